@@ -1,0 +1,2 @@
+//! The actors of botfleet, one file each. They reach Redis only through
+//! [`crate::storage::Storage`] and never depend on the daemon, HTTP or CLI code.

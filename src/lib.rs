@@ -1,0 +1,24 @@
+//! botfleet: supervised actix actors that share a bot fleet's state through Redis, and keep
+//! working on an in-memory or file store while Redis is down.
+//!
+//! # Layout
+//!
+//! | module | what it owns |
+//! |---|---|
+//! | [`settings`] | the settings tree, its loading from `settings.toml` and the environment, validation |
+//! | [`storage`] | the one path to Redis (fred), the memory and file fallbacks, modes, outbox, replay |
+//! | [`supervisor`] | restart policy, stable actor handles, health, ordered start and stop |
+//! | [`actors`] | the actors (mounted from `actors/`); they depend on `storage` and `supervisor` only |
+//! | [`telemetry`] | tracing set-up and the typed events that log and count |
+//!
+//! See `ARCHITECTURE.md` for the actors, the messages between them and the storage modes.
+#![deny(missing_docs)]
+
+#[path = "../actors/mod.rs"]
+pub mod actors;
+pub mod settings;
+pub mod storage;
+pub mod supervisor;
+pub mod telemetry;
+
+pub use settings::Settings;

@@ -1,0 +1,301 @@
+//! The settings tree: one struct per section, one `const fn` per default, unit-suffixed keys.
+//!
+//! Loading (file + environment), validation that reports every error at once, and redaction of
+//! secrets live in the submodules; this file holds the types and their defaults.
+
+use serde::{Deserialize, Serialize};
+
+/// Every setting of botfleet. `Settings::default()` equals the shipped `settings.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// Where state lives: Redis, and the fallback used while it is unreachable.
+    pub storage: StorageSettings,
+    /// Redis key names shared with bots written in other languages.
+    pub keys: KeySettings,
+    /// Restart policy of the actor tree.
+    pub supervisor: SupervisorSettings,
+    /// Logging.
+    pub log: LogSettings,
+    /// HTTP API of the daemon.
+    pub api: ApiSettings,
+}
+
+/// `[storage]`: the storage handle, its Redis connection and its fallback.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageSettings {
+    /// Backend that serves calls while Redis is unreachable (and always, when Redis is off).
+    pub fallback: FallbackKind,
+    /// `[storage.redis]`.
+    pub redis: RedisSettings,
+    /// `[storage.memory]`.
+    pub memory: MemorySettings,
+    /// `[storage.file]`.
+    pub file: FileSettings,
+    /// `[storage.outbox]`.
+    pub outbox: OutboxSettings,
+    /// Keys whose replay must not overwrite a newer value (compared by a version field).
+    pub versioned: Vec<VersionedKey>,
+}
+
+impl Default for StorageSettings {
+    fn default() -> Self {
+        Self {
+            fallback: FallbackKind::Memory,
+            redis: RedisSettings::default(),
+            memory: MemorySettings::default(),
+            file: FileSettings::default(),
+            outbox: OutboxSettings::default(),
+            versioned: default_versioned(),
+        }
+    }
+}
+
+fn default_versioned() -> Vec<VersionedKey> {
+    vec![VersionedKey {
+        pattern: "fivem_red_green_shared_data".into(),
+        field: "timestamp".into(),
+    }]
+}
+
+/// Which fallback backend serves calls while Redis is unreachable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FallbackKind {
+    /// In-process keyspace; lost when the process exits.
+    Memory,
+    /// In-process keyspace journaled to `storage.file.dir`; survives `kill -9`.
+    File,
+}
+
+/// A key (glob pattern) whose values carry a version: a JSON field of a string value, or a
+/// field of a hash. Replay after an outage skips a write older than what Redis holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VersionedKey {
+    /// Redis glob pattern, matched against the full key name.
+    pub pattern: String,
+    /// JSON field (string values) or hash field (hashes) holding a number that grows.
+    pub field: String,
+}
+
+/// `[storage.redis]`: connection and fast-failure settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisSettings {
+    /// Use Redis at all (`USE_REDIS`). When false the fallback is the store.
+    pub enabled: bool,
+    /// `redis://[user[:password]@]host:port[/db]` or `rediss://...`; empty means no Redis.
+    pub url: String,
+    /// ACL user name; overrides the URL's.
+    pub username: String,
+    /// Password (secret): set it through `REDIS_PASSWORD` or `BOTFLEET__STORAGE__REDIS__PASSWORD`.
+    pub password: String,
+    /// Database number (`REDIS_DB`); overrides the URL's.
+    pub db: u8,
+    /// Command timeout: past it a call is served by the fallback.
+    pub timeout_ms: u64,
+    /// Timeout of one connection attempt (TCP, TLS, AUTH, SELECT).
+    pub connect_timeout_ms: u64,
+    /// First reconnect delay; doubles up to `reconnect_max_ms`.
+    pub reconnect_min_ms: u64,
+    /// Largest reconnect delay.
+    pub reconnect_max_ms: u64,
+    /// Interval of the liveness PING that detects a dead idle connection.
+    pub ping_interval_ms: u64,
+    /// Number of multiplexed connections the handle spreads commands over.
+    pub pool_size: usize,
+    /// Commands buffered while reconnecting before calls are refused.
+    pub max_command_buffer: usize,
+}
+
+impl Default for RedisSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            url: default_redis_url(),
+            username: String::new(),
+            password: String::new(),
+            db: 0,
+            timeout_ms: RedisSettings::default_timeout_ms(),
+            connect_timeout_ms: 300,
+            reconnect_min_ms: 100,
+            reconnect_max_ms: 2_000,
+            ping_interval_ms: 100,
+            pool_size: 2,
+            max_command_buffer: 10_000,
+        }
+    }
+}
+
+impl RedisSettings {
+    /// Default command timeout (ms).
+    pub const fn default_timeout_ms() -> u64 {
+        250
+    }
+}
+
+fn default_redis_url() -> String {
+    "redis://127.0.0.1:6379".into()
+}
+
+/// `[storage.memory]`: the in-process fallback.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MemorySettings {
+    /// Upper bound on the bytes held by the in-process keyspace; writes past it are refused.
+    pub max_bytes: u64,
+    /// Interval of the sweep that drops expired keys.
+    pub sweep_interval_ms: u64,
+}
+
+impl Default for MemorySettings {
+    fn default() -> Self {
+        Self {
+            max_bytes: 256 * 1024 * 1024,
+            sweep_interval_ms: 1_000,
+        }
+    }
+}
+
+/// `[storage.file]`: the durable fallback.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileSettings {
+    /// Directory of the journal and snapshot.
+    pub dir: String,
+    /// `fsync` the journal at most this often (0: before every acknowledgement). A write is
+    /// acknowledged only after it reached the kernel, so `kill -9` never loses it; this bounds
+    /// what a power loss can take.
+    pub fsync_interval_ms: u64,
+    /// Compact the journal once it is this large and twice the size of the live data.
+    pub compact_min_bytes: u64,
+}
+
+impl Default for FileSettings {
+    fn default() -> Self {
+        Self {
+            dir: "data/store".into(),
+            fsync_interval_ms: 1_000,
+            compact_min_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// `[storage.outbox]`: writes accepted while Redis is unreachable, replayed when it returns.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboxSettings {
+    /// Most writes held; past it writes are refused with `StorageError::OutboxFull`.
+    pub max_entries: usize,
+    /// Writes sent to Redis per round trip during replay.
+    pub replay_batch: usize,
+}
+
+impl Default for OutboxSettings {
+    fn default() -> Self {
+        Self {
+            max_entries: 1_000_000,
+            replay_batch: 256,
+        }
+    }
+}
+
+/// `[keys]`: names of the shared keys.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KeySettings {
+    /// Prefix of the scheduler's keys (`bot:tasks:queue`). `{bot}` keeps them in one cluster slot.
+    pub prefix: String,
+    /// Prefix of botfleet's own bookkeeping keys (replay markers, fencing counters).
+    pub internal_prefix: String,
+}
+
+impl Default for KeySettings {
+    fn default() -> Self {
+        Self {
+            prefix: "bot".into(),
+            internal_prefix: "botfleet".into(),
+        }
+    }
+}
+
+/// `[supervisor]`: restart policy of the actor tree.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SupervisorSettings {
+    /// Most restarts within `within_secs` before the runtime stops with an error.
+    pub max_restarts: u32,
+    /// Window of the restart intensity.
+    pub within_secs: u64,
+    /// First restart delay; doubles per restart within the window, with jitter.
+    pub backoff_base_ms: u64,
+    /// Largest restart delay.
+    pub backoff_max_ms: u64,
+    /// An actor that makes no progress on a pending message for this long is restarted.
+    pub watchdog_ms: u64,
+    /// Deadline for each actor to stop at shutdown.
+    pub stop_timeout_ms: u64,
+}
+
+impl Default for SupervisorSettings {
+    fn default() -> Self {
+        Self {
+            max_restarts: 5,
+            within_secs: 10,
+            backoff_base_ms: 50,
+            backoff_max_ms: 5_000,
+            watchdog_ms: 10_000,
+            stop_timeout_ms: 5_000,
+        }
+    }
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// Filter used when `RUST_LOG` is not set, e.g. `info` or `botfleet=debug,fred=warn`.
+    pub level: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[api]`: the daemon's HTTP server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiSettings {
+    /// Listen address; loopback by default.
+    pub bind: String,
+    /// Bearer token required by mutating endpoints (secret: set `BOTFLEET__API__TOKEN`).
+    pub token: String,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        Self {
+            bind: "127.0.0.1:8080".into(),
+            token: String::new(),
+        }
+    }
+}

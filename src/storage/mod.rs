@@ -1,0 +1,1 @@
+//! Storage: the one path to Redis, the fallbacks, modes, outbox and replay.

@@ -1,0 +1,1 @@
+//! Supervision: restart policy, stable actor handles, health, ordered start and stop.
