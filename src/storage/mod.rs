@@ -1,1 +1,1131 @@
-//! Storage: the one path to Redis, the fallbacks, modes, outbox and replay.
+//! Storage: the one path by which state reaches Redis, and the fallback that serves while Redis
+//! is unreachable.
+//!
+//! [`Storage`] is a cheap, cloneable handle. It is in one of four [`Mode`]s:
+//!
+//! ```text
+//!            error / timeout / disconnect            PING answers again
+//!   redis ─────────────────────────────▶ degraded ───────────────────▶ resyncing
+//!     ▲                                      ▲                              │
+//!     └──────────── outbox empty ────────────┼──────── outage again ────────┘
+//!                                            │
+//!   fallback: no Redis configured; the fallback is the store (embedded default).
+//! ```
+//!
+//! - `redis`: every call goes to Redis with a command timeout (`storage.redis.timeout_ms`).
+//!   The first call that meets an outage (error, timeout, lost connection) switches the mode
+//!   and is itself served by the fallback, so no caller waits longer than about the timeout
+//!   and none sees an error because of the outage.
+//! - `degraded`: calls are served by the fallback ([`local::Local`]: memory, or memory plus a
+//!   journal on disk); writes are also recorded in the outbox. A monitor PINGs Redis.
+//! - `resyncing`: Redis answers again; the outbox is replayed in order ([`outbox`] explains
+//!   why replay is idempotent, keeps absolute expiry and respects newer versions). Calls are
+//!   still served by the fallback until the outbox is empty; then the fallback is emptied and
+//!   the mode is `redis` again.
+//!
+//! Pub/sub: subscribers always read from an in-process bus. In `redis` mode a publish goes to
+//! Redis and comes back through the subscriber connection (so other processes see it);
+//! otherwise it is delivered on the bus directly. Messages are not stored, so they are not
+//! replayed.
+//!
+//! A write that times out is ambiguous: Redis may have applied it. It is then applied to the
+//! fallback and replayed, so a non-idempotent write (`INCRBY`, `LPUSH`) caught in flight at
+//! the moment of an outage can be applied twice. Every other write is applied exactly once.
+
+mod glob;
+mod journal;
+mod keyspace;
+mod local;
+mod op;
+mod outbox;
+mod redis;
+mod script;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use dashmap::DashMap;
+use serde::Serialize;
+use tokio::sync::{broadcast, mpsc, Notify};
+
+pub use glob::glob_match;
+pub use keyspace::{Keyspace, LocalError};
+pub use op::{Expiry, Op, Reply};
+pub use script::{LocalScript, Script};
+
+use crate::settings::{FallbackKind, StorageSettings, VersionedKey};
+use local::{Local, OutboxMode};
+use outbox::VersionCheck;
+use redis::{ConnEvent, Failure, RedisBackend};
+
+/// Capacity of each pub/sub channel's in-process bus; a subscriber that falls further behind
+/// loses the oldest messages (counted in [`StorageStats::lagged_messages`]).
+const BUS_CAPACITY: usize = 4_096;
+
+/// An error a caller of the storage handle can see. An outage of Redis is not one of them.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    /// A setting is wrong (bad URL, failed AUTH, TLS error): start-up fails.
+    #[error("{key}: {message}")]
+    Config {
+        /// The setting at fault.
+        key: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// The command was refused (Redis's or the fallback's error reply, e.g. WRONGTYPE).
+    #[error("{0}")]
+    Command(String),
+    /// The fallback keyspace is at `storage.memory.max_bytes`: the write was refused.
+    #[error("storage full: the fallback holds {max_bytes} bytes (storage.memory.max_bytes); write refused")]
+    MemoryFull {
+        /// The bound.
+        max_bytes: u64,
+    },
+    /// The outbox is at `storage.outbox.max_entries`: the write was refused.
+    #[error("outbox full: {max_entries} writes wait for Redis (storage.outbox.max_entries); write refused")]
+    OutboxFull {
+        /// The bound.
+        max_entries: usize,
+    },
+    /// The file fallback could not read or write its journal.
+    #[error("file store: {0}")]
+    File(String),
+    /// The handle was opened outside a multi-threaded tokio runtime.
+    #[error("storage must be opened on a multi-threaded tokio runtime: {0}")]
+    Runtime(String),
+}
+
+impl StorageError {
+    fn file(e: std::io::Error) -> Self {
+        StorageError::File(e.to_string())
+    }
+}
+
+impl From<LocalError> for StorageError {
+    fn from(e: LocalError) -> Self {
+        StorageError::Command(e.to_string())
+    }
+}
+
+/// The storage mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Connected: Redis serves every call.
+    Redis,
+    /// Redis unreachable: the fallback serves, writes go to the outbox.
+    Degraded,
+    /// Redis back: the outbox is being replayed.
+    Resyncing,
+    /// No Redis configured: the fallback is the store.
+    Fallback,
+}
+
+impl Mode {
+    fn from_u8(v: u8) -> Mode {
+        match v {
+            0 => Mode::Redis,
+            1 => Mode::Degraded,
+            2 => Mode::Resyncing,
+            _ => Mode::Fallback,
+        }
+    }
+
+    fn as_u8(self) -> u8 {
+        match self {
+            Mode::Redis => 0,
+            Mode::Degraded => 1,
+            Mode::Resyncing => 2,
+            Mode::Fallback => 3,
+        }
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Mode::Redis => "redis",
+            Mode::Degraded => "degraded",
+            Mode::Resyncing => "resyncing",
+            Mode::Fallback => "fallback",
+        })
+    }
+}
+
+/// A typed storage event. [`StorageEvent::emit`] logs it once and counts it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub enum StorageEvent {
+    /// The mode changed.
+    ModeChanged {
+        /// Previous mode.
+        from: Mode,
+        /// New mode.
+        to: Mode,
+        /// Why.
+        reason: String,
+    },
+    /// The outbox was replayed to Redis.
+    Resynced {
+        /// Entries replayed (applied or skipped as already applied / expired / older).
+        entries: u64,
+        /// Time from Redis answering again to the mode being `redis`.
+        millis: u64,
+    },
+}
+
+/// Counters of the storage handle, as one serializable value.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct StorageStats {
+    /// Current mode.
+    pub mode: Option<Mode>,
+    /// Mode changes since start.
+    pub mode_changes: u64,
+    /// Writes waiting for Redis.
+    pub outbox_len: usize,
+    /// Bytes held by the fallback keyspace.
+    pub fallback_bytes: u64,
+    /// Writes refused because a bound was reached.
+    pub refused_writes: u64,
+    /// Outbox entries replayed since start.
+    pub replayed: u64,
+    /// Calls served by the fallback while Redis was configured.
+    pub fallback_calls: u64,
+    /// Pub/sub messages a slow subscriber missed.
+    pub lagged_messages: u64,
+}
+
+impl StorageEvent {
+    /// Logs the event (WARN into `degraded`, INFO otherwise) and counts it.
+    pub fn emit(&self, stats: &Counters) {
+        match self {
+            StorageEvent::ModeChanged { from, to, reason } => {
+                stats.mode_changes.fetch_add(1, Ordering::Relaxed);
+                if *to == Mode::Degraded {
+                    tracing::warn!(backend = "redis", %from, %to, error = %reason, "storage degraded: serving from the fallback");
+                } else {
+                    tracing::info!(backend = "redis", %from, %to, %reason, "storage mode changed");
+                }
+            }
+            StorageEvent::Resynced { entries, millis } => {
+                tracing::info!(backend = "redis", entries, millis, "outbox replayed to redis");
+            }
+        }
+    }
+}
+
+/// Atomic counters behind [`StorageStats`].
+#[derive(Debug, Default)]
+pub struct Counters {
+    mode_changes: AtomicU64,
+    refused_writes: AtomicU64,
+    replayed: AtomicU64,
+    fallback_calls: AtomicU64,
+    lagged_messages: AtomicU64,
+}
+
+/// How long a key lives, as [`Storage::ttl`] reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ttl {
+    /// No such key.
+    Missing,
+    /// The key has no expiry.
+    Persistent,
+    /// Time left.
+    Expires(Duration),
+}
+
+/// The storage handle. Cheap to clone; every clone shares one state.
+#[derive(Clone, Debug)]
+pub struct Storage {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    mode: AtomicU8,
+    redis: Option<RedisBackend>,
+    local: Local,
+    internal_prefix: String,
+    versioned: Vec<VersionedKey>,
+    replay_batch: usize,
+    counters: Counters,
+    events: broadcast::Sender<StorageEvent>,
+    bus: DashMap<String, broadcast::Sender<String>>,
+    wake: Notify,
+    stop: Notify,
+    resync: tokio::sync::Mutex<()>,
+    ping_interval: Duration,
+    sweep_interval: Duration,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Storage {
+    /// Opens the storage: the fallback, then Redis when configured. Must run on a
+    /// multi-threaded tokio runtime (fred's connection tasks live there, not on an actix
+    /// arbiter). With Redis unreachable it starts `degraded` and keeps connecting; a
+    /// misconfiguration fails with [`StorageError::Config`] naming the setting.
+    pub async fn open(
+        settings: &StorageSettings,
+        internal_prefix: &str,
+    ) -> Result<Storage, StorageError> {
+        let handle = tokio::runtime::Handle::try_current()
+            .map_err(|e| StorageError::Runtime(e.to_string()))?;
+        if handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
+            return Err(StorageError::Runtime(
+                "the current runtime is single-threaded".into(),
+            ));
+        }
+        let local = match settings.fallback {
+            FallbackKind::Memory => Local::memory(
+                settings.memory.max_bytes,
+                settings.outbox.max_entries,
+            ),
+            FallbackKind::File => Local::file(
+                std::path::Path::new(&settings.file.dir),
+                settings.file.fsync_interval_ms,
+                settings.file.compact_min_bytes,
+                settings.memory.max_bytes,
+                settings.outbox.max_entries,
+            )
+            .map_err(|e| StorageError::Config {
+                key: "storage.file.dir",
+                message: format!("{}: {e}", settings.file.dir),
+            })?,
+        };
+        let use_redis = settings.redis.enabled && !settings.redis.url.trim().is_empty();
+        let (redis, mode) = if use_redis {
+            let (backend, connected) = RedisBackend::connect(&settings.redis).await?;
+            let mode = if connected && local.outbox_len() == 0 {
+                Mode::Redis
+            } else {
+                Mode::Degraded
+            };
+            (Some(backend), mode)
+        } else {
+            (None, Mode::Fallback)
+        };
+        let (events, _) = broadcast::channel(256);
+        let inner = Arc::new(Inner {
+            mode: AtomicU8::new(mode.as_u8()),
+            redis,
+            local,
+            internal_prefix: internal_prefix.to_string(),
+            versioned: settings.versioned.clone(),
+            replay_batch: settings.outbox.replay_batch.max(1),
+            counters: Counters::default(),
+            events,
+            bus: DashMap::new(),
+            wake: Notify::new(),
+            stop: Notify::new(),
+            resync: tokio::sync::Mutex::new(()),
+            ping_interval: Duration::from_millis(settings.redis.ping_interval_ms.max(10)),
+            sweep_interval: Duration::from_millis(settings.memory.sweep_interval_ms.max(10)),
+        });
+        let storage = Storage { inner };
+        match mode {
+            Mode::Redis => tracing::info!(backend = "redis", "storage connected to redis"),
+            Mode::Degraded => tracing::warn!(
+                backend = "redis",
+                outbox = storage.inner.local.outbox_len(),
+                "storage starting degraded: redis unreachable or outbox to replay; serving from the fallback"
+            ),
+            _ => tracing::info!(backend = "fallback", "storage running without redis"),
+        }
+        storage.spawn_monitor();
+        Ok(storage)
+    }
+
+    /// The current mode.
+    pub fn mode(&self) -> Mode {
+        Mode::from_u8(self.inner.mode.load(Ordering::Acquire))
+    }
+
+    /// Storage events (mode changes, resyncs) from now on.
+    pub fn events(&self) -> broadcast::Receiver<StorageEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// Counters and gauges.
+    pub fn stats(&self) -> StorageStats {
+        let c = &self.inner.counters;
+        StorageStats {
+            mode: Some(self.mode()),
+            mode_changes: c.mode_changes.load(Ordering::Relaxed),
+            outbox_len: self.inner.local.outbox_len(),
+            fallback_bytes: self.inner.local.used_bytes(),
+            refused_writes: c.refused_writes.load(Ordering::Relaxed),
+            replayed: c.replayed.load(Ordering::Relaxed),
+            fallback_calls: c.fallback_calls.load(Ordering::Relaxed),
+            lagged_messages: c.lagged_messages.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Executes one op (the typed methods below are thin wrappers of this).
+    pub async fn execute(&self, op: Op) -> Result<Reply, StorageError> {
+        self.run(op, None).await
+    }
+
+    async fn run(&self, op: Op, script: Option<LocalScript>) -> Result<Reply, StorageError> {
+        let inner = &self.inner;
+        if let Some(redis) = &inner.redis {
+            if self.mode() == Mode::Redis {
+                match redis.exec(&op).await {
+                    Ok(reply) => return Ok(reply),
+                    Err(Failure::Outage(reason)) => self.degrade(reason),
+                    Err(Failure::Command(message)) => return Err(StorageError::Command(message)),
+                    Err(Failure::NoScript) => {
+                        return Err(StorageError::Command("NOSCRIPT after reload".into()))
+                    }
+                }
+            }
+        }
+        if let Op::Publish { channel, message } = &op {
+            return Ok(Reply::Int(self.deliver_local(channel, message) as i64));
+        }
+        let outbox = if inner.redis.is_some() {
+            inner.counters.fallback_calls.fetch_add(1, Ordering::Relaxed);
+            OutboxMode::Yes
+        } else {
+            OutboxMode::No
+        };
+        let version = if op.is_write() {
+            self.version_of(&op)
+        } else {
+            None
+        };
+        let has_redis = inner.redis.is_some();
+        let result = inner.local.execute(&op, script, now_ms(), outbox, version, || {
+            !has_redis || self.mode() != Mode::Redis
+        });
+        match result {
+            Ok(Some(reply)) => Ok(reply),
+            // The outbox was drained and the mode went back to `redis` between our check
+            // and the lock: send the op to Redis after all.
+            Ok(None) => Box::pin(self.run(op, script)).await,
+            Err(e) => {
+                if matches!(
+                    e,
+                    StorageError::MemoryFull { .. } | StorageError::OutboxFull { .. }
+                ) {
+                    inner.counters.refused_writes.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(backend = "fallback", error = %e, "write refused");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn version_of(&self, op: &Op) -> Option<VersionCheck> {
+        let key = op.first_key()?;
+        let rule = self
+            .inner
+            .versioned
+            .iter()
+            .find(|v| glob_match(&v.pattern, key))?;
+        let version = match op {
+            Op::Set { value, .. } => serde_json::from_str::<serde_json::Value>(value)
+                .ok()?
+                .get(&rule.field)?
+                .as_f64()?,
+            Op::HSet { fields, .. } => fields
+                .iter()
+                .find(|(f, _)| *f == rule.field)?
+                .1
+                .parse()
+                .ok()?,
+            _ => return None,
+        };
+        Some(VersionCheck {
+            field: rule.field.clone(),
+            version,
+        })
+    }
+
+    fn set_mode(&self, to: Mode, reason: &str) -> bool {
+        let from = Mode::from_u8(self.inner.mode.swap(to.as_u8(), Ordering::AcqRel));
+        if from == to {
+            return false;
+        }
+        let event = StorageEvent::ModeChanged {
+            from,
+            to,
+            reason: reason.to_string(),
+        };
+        event.emit(&self.inner.counters);
+        let _ = self.inner.events.send(event);
+        true
+    }
+
+    fn degrade(&self, reason: String) {
+        if matches!(self.mode(), Mode::Redis | Mode::Resyncing) {
+            self.set_mode(Mode::Degraded, &reason);
+            self.inner.wake.notify_one();
+        }
+    }
+
+    fn spawn_monitor(&self) {
+        let weak = Arc::downgrade(&self.inner);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        if let Some(redis) = &self.inner.redis {
+            redis.watch(tx);
+            let mut messages = redis.messages();
+            let weak_bus = weak.clone();
+            tokio::spawn(async move {
+                loop {
+                    match messages.recv().await {
+                        Ok(message) => {
+                            let Some(inner) = weak_bus.upgrade() else { break };
+                            let (channel, payload) = redis::message_text(&message);
+                            Storage { inner }.deliver_local(&channel, &payload);
+                        }
+                        Err(broadcast::error::RecvError::Lagged(n)) => {
+                            if let Some(inner) = weak_bus.upgrade() {
+                                inner.counters.lagged_messages.fetch_add(n, Ordering::Relaxed);
+                            }
+                        }
+                        Err(_) => break,
+                    }
+                }
+            });
+        } else {
+            drop(tx);
+        }
+        tokio::spawn(async move {
+            let Some(first) = weak.upgrade() else { return };
+            let ping_every = first.ping_interval;
+            let sweep_every = first.sweep_interval;
+            drop(first);
+            let mut ping = tokio::time::interval(ping_every);
+            ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut sweep = tokio::time::interval(sweep_every);
+            sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                let Some(inner) = weak.upgrade() else { break };
+                let storage = Storage { inner };
+                tokio::select! {
+                    _ = storage.inner.stop.notified() => break,
+                    event = rx.recv() => match event {
+                        Some(ConnEvent::Error(reason)) => {
+                            if storage.mode() == Mode::Redis {
+                                storage.degrade(reason);
+                            }
+                        }
+                        Some(ConnEvent::Reconnected) => {
+                            if let Some(redis) = &storage.inner.redis {
+                                let _ = redis.resubscribe().await;
+                            }
+                            if matches!(storage.mode(), Mode::Degraded | Mode::Resyncing) {
+                                storage.try_resync().await;
+                            }
+                        }
+                        None => {
+                            // No Redis: only the sweep is left.
+                            std::future::pending::<()>().await;
+                        }
+                    },
+                    _ = ping.tick() => storage.check_redis().await,
+                    _ = storage.inner.wake.notified() => {}
+                    _ = sweep.tick() => {
+                        if let Err(e) = storage.inner.local.maintain(now_ms()) {
+                            tracing::error!(backend = "file", error = %e, "fallback maintenance failed");
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    /// Liveness check of the monitor: PING in `redis` mode (an idle dead connection is not
+    /// noticed otherwise), resync attempt in `degraded`/`resyncing`.
+    async fn check_redis(&self) {
+        let Some(redis) = &self.inner.redis else {
+            return;
+        };
+        match self.mode() {
+            Mode::Redis => {
+                if !redis.ping().await && self.mode() == Mode::Redis {
+                    self.degrade("PING unanswered".into());
+                }
+            }
+            Mode::Degraded | Mode::Resyncing => {
+                if redis.ping().await {
+                    self.try_resync().await;
+                }
+            }
+            Mode::Fallback => {}
+        }
+    }
+
+    /// Replays the outbox and returns to `redis` mode; on a new outage stays `degraded`.
+    async fn try_resync(&self) {
+        let Some(redis) = &self.inner.redis else {
+            return;
+        };
+        let Ok(_guard) = self.inner.resync.try_lock() else {
+            return;
+        };
+        if self.mode() == Mode::Redis {
+            return;
+        }
+        let started = Instant::now();
+        self.set_mode(Mode::Resyncing, "redis answers again");
+        let mut replayed = 0u64;
+        loop {
+            let (outbox_id, batch) = self.inner.local.peek(self.inner.replay_batch);
+            if batch.is_empty() {
+                match self
+                    .inner
+                    .local
+                    .finish_resync(|| {
+                        self.set_mode(Mode::Redis, "outbox replayed");
+                    }) {
+                    Ok(true) => {
+                        let event = StorageEvent::Resynced {
+                            entries: replayed,
+                            millis: started.elapsed().as_millis() as u64,
+                        };
+                        event.emit(&self.inner.counters);
+                        let _ = self.inner.events.send(event);
+                        return;
+                    }
+                    Ok(false) => continue,
+                    Err(e) => {
+                        tracing::error!(backend = "file", error = %e, "resync bookkeeping failed");
+                        self.set_mode(Mode::Degraded, &e.to_string());
+                        return;
+                    }
+                }
+            }
+            let last = batch.last().map_or(0, |e| e.seq);
+            match redis
+                .replay(&outbox_id, &self.inner.internal_prefix, &batch)
+                .await
+            {
+                Ok(_) => {
+                    replayed += batch.len() as u64;
+                    self.inner
+                        .counters
+                        .replayed
+                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    if let Err(e) = self.inner.local.ack(last) {
+                        tracing::error!(backend = "file", error = %e, "outbox ack failed");
+                    }
+                }
+                Err(Failure::Outage(reason)) | Err(Failure::Command(reason)) => {
+                    self.set_mode(Mode::Degraded, &format!("replay interrupted: {reason}"));
+                    return;
+                }
+                Err(Failure::NoScript) => {
+                    self.set_mode(Mode::Degraded, "replay script missing");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Waits until the outbox is replayed (or `deadline` passes); returns whether the mode is
+    /// `redis` (or `fallback`) with an empty outbox. Used at shutdown to flush.
+    pub async fn flush(&self, deadline: Duration) -> bool {
+        let until = Instant::now() + deadline;
+        loop {
+            match self.mode() {
+                Mode::Fallback => {
+                    let _ = self.inner.local.flush();
+                    return true;
+                }
+                Mode::Redis if self.inner.local.outbox_len() == 0 => return true,
+                _ => {}
+            }
+            if Instant::now() >= until {
+                let _ = self.inner.local.flush();
+                return false;
+            }
+            self.check_redis().await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops the background tasks, syncs the journal and closes Redis connections.
+    pub async fn close(&self) {
+        self.inner.stop.notify_waiters();
+        let _ = self.inner.local.flush();
+        if let Some(redis) = &self.inner.redis {
+            redis.quit().await;
+        }
+    }
+
+    fn deliver_local(&self, channel: &str, message: &str) -> usize {
+        match self.inner.bus.get(channel) {
+            Some(tx) => tx.send(message.to_string()).unwrap_or(0),
+            None => 0,
+        }
+    }
+
+    // ----- typed operations -------------------------------------------------------------
+
+    /// `GET`.
+    pub async fn get(&self, key: &str) -> Result<Option<String>, StorageError> {
+        Ok(self
+            .execute(Op::Get { key: key.into() })
+            .await?
+            .into_opt_string())
+    }
+
+    /// `SET` with an optional time to live.
+    pub async fn set(
+        &self,
+        key: &str,
+        value: impl Into<String>,
+        ttl: Option<Duration>,
+    ) -> Result<(), StorageError> {
+        self.execute(Op::Set {
+            key: key.into(),
+            value: value.into(),
+            expiry: ttl.map_or(Expiry::Never, |t| Expiry::In(t.as_millis() as u64)),
+            only_if_absent: false,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// `SET ... NX`: true when the key was absent and is now set.
+    pub async fn set_nx(
+        &self,
+        key: &str,
+        value: impl Into<String>,
+        ttl: Option<Duration>,
+    ) -> Result<bool, StorageError> {
+        let reply = self
+            .execute(Op::Set {
+                key: key.into(),
+                value: value.into(),
+                expiry: ttl.map_or(Expiry::Never, |t| Expiry::In(t.as_millis() as u64)),
+                only_if_absent: true,
+            })
+            .await?;
+        Ok(reply != Reply::Nil)
+    }
+
+    /// `DEL`: how many of the keys existed.
+    pub async fn del(&self, keys: &[&str]) -> Result<u64, StorageError> {
+        Ok(self
+            .execute(Op::Del {
+                keys: keys.iter().map(|k| k.to_string()).collect(),
+            })
+            .await?
+            .as_int() as u64)
+    }
+
+    /// `EXISTS`.
+    pub async fn exists(&self, key: &str) -> Result<bool, StorageError> {
+        Ok(self.execute(Op::Exists { key: key.into() }).await?.as_int() == 1)
+    }
+
+    /// `PEXPIRE`: false when the key does not exist.
+    pub async fn expire(&self, key: &str, ttl: Duration) -> Result<bool, StorageError> {
+        Ok(self
+            .execute(Op::Expire {
+                key: key.into(),
+                expiry: Expiry::In(ttl.as_millis() as u64),
+            })
+            .await?
+            .as_int()
+            == 1)
+    }
+
+    /// `PTTL`.
+    pub async fn ttl(&self, key: &str) -> Result<Ttl, StorageError> {
+        Ok(
+            match self.execute(Op::Pttl { key: key.into() }).await?.as_int() {
+                -2 => Ttl::Missing,
+                -1 => Ttl::Persistent,
+                ms => Ttl::Expires(Duration::from_millis(ms.max(0) as u64)),
+            },
+        )
+    }
+
+    /// `INCRBY`.
+    pub async fn incr_by(&self, key: &str, by: i64) -> Result<i64, StorageError> {
+        Ok(self
+            .execute(Op::IncrBy {
+                key: key.into(),
+                by,
+            })
+            .await?
+            .as_int())
+    }
+
+    /// `GET` of a JSON value.
+    pub async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<T>, StorageError> {
+        match self.get(key).await? {
+            None => Ok(None),
+            Some(text) => serde_json::from_str(&text)
+                .map(Some)
+                .map_err(|e| StorageError::Command(format!("{key}: not the expected JSON: {e}"))),
+        }
+    }
+
+    /// `SET` of a value as JSON.
+    pub async fn set_json<T: Serialize>(
+        &self,
+        key: &str,
+        value: &T,
+        ttl: Option<Duration>,
+    ) -> Result<(), StorageError> {
+        let text = serde_json::to_string(value)
+            .map_err(|e| StorageError::Command(format!("{key}: cannot encode JSON: {e}")))?;
+        self.set(key, text, ttl).await
+    }
+
+    /// `HGET`.
+    pub async fn hget(&self, key: &str, field: &str) -> Result<Option<String>, StorageError> {
+        Ok(self
+            .execute(Op::HGet {
+                key: key.into(),
+                field: field.into(),
+            })
+            .await?
+            .into_opt_string())
+    }
+
+    /// `HSET`: how many fields are new.
+    pub async fn hset(&self, key: &str, fields: &[(&str, &str)]) -> Result<u64, StorageError> {
+        Ok(self
+            .execute(Op::HSet {
+                key: key.into(),
+                fields: fields
+                    .iter()
+                    .map(|(f, v)| (f.to_string(), v.to_string()))
+                    .collect(),
+            })
+            .await?
+            .as_int() as u64)
+    }
+
+    /// `HGETALL`.
+    pub async fn hgetall(&self, key: &str) -> Result<HashMap<String, String>, StorageError> {
+        let items = self
+            .execute(Op::HGetAll { key: key.into() })
+            .await?
+            .into_strings();
+        Ok(items
+            .chunks_exact(2)
+            .map(|p| (p[0].clone(), p[1].clone()))
+            .collect())
+    }
+
+    /// `HINCRBY`.
+    pub async fn hincr_by(&self, key: &str, field: &str, by: i64) -> Result<i64, StorageError> {
+        Ok(self
+            .execute(Op::HIncrBy {
+                key: key.into(),
+                field: field.into(),
+                by,
+            })
+            .await?
+            .as_int())
+    }
+
+    /// `HDEL`: how many fields existed.
+    pub async fn hdel(&self, key: &str, fields: &[&str]) -> Result<u64, StorageError> {
+        Ok(self
+            .execute(Op::HDel {
+                key: key.into(),
+                fields: fields.iter().map(|f| f.to_string()).collect(),
+            })
+            .await?
+            .as_int() as u64)
+    }
+
+    /// `SADD`: how many members are new.
+    pub async fn sadd(&self, key: &str, members: &[&str]) -> Result<u64, StorageError> {
+        Ok(self
+            .execute(Op::SAdd {
+                key: key.into(),
+                members: members.iter().map(|m| m.to_string()).collect(),
+            })
+            .await?
+            .as_int() as u64)
+    }
+
+    /// `SREM`: how many members were removed.
+    pub async fn srem(&self, key: &str, members: &[&str]) -> Result<u64, StorageError> {
+        Ok(self
+            .execute(Op::SRem {
+                key: key.into(),
+                members: members.iter().map(|m| m.to_string()).collect(),
+            })
+            .await?
+            .as_int() as u64)
+    }
+
+    /// `SMEMBERS`, sorted.
+    pub async fn smembers(&self, key: &str) -> Result<Vec<String>, StorageError> {
+        let mut members = self
+            .execute(Op::SMembers { key: key.into() })
+            .await?
+            .into_strings();
+        members.sort();
+        Ok(members)
+    }
+
+    /// `SISMEMBER`.
+    pub async fn sismember(&self, key: &str, member: &str) -> Result<bool, StorageError> {
+        Ok(self
+            .execute(Op::SIsMember {
+                key: key.into(),
+                member: member.into(),
+            })
+            .await?
+            .as_int()
+            == 1)
+    }
+
+    /// `SCARD`.
+    pub async fn scard(&self, key: &str) -> Result<u64, StorageError> {
+        Ok(self.execute(Op::SCard { key: key.into() }).await?.as_int() as u64)
+    }
+
+    /// `ZADD`: how many members are new.
+    pub async fn zadd(&self, key: &str, members: &[(f64, &str)]) -> Result<u64, StorageError> {
+        Ok(self
+            .execute(Op::ZAdd {
+                key: key.into(),
+                members: members.iter().map(|(s, m)| (*s, m.to_string())).collect(),
+            })
+            .await?
+            .as_int() as u64)
+    }
+
+    /// `ZREM`: how many members were removed.
+    pub async fn zrem(&self, key: &str, members: &[&str]) -> Result<u64, StorageError> {
+        Ok(self
+            .execute(Op::ZRem {
+                key: key.into(),
+                members: members.iter().map(|m| m.to_string()).collect(),
+            })
+            .await?
+            .as_int() as u64)
+    }
+
+    /// `ZPOPMIN key count`: the lowest-scored members with their scores.
+    pub async fn zpopmin(&self, key: &str, count: u64) -> Result<Vec<(String, f64)>, StorageError> {
+        Ok(self
+            .execute(Op::ZPopMin {
+                key: key.into(),
+                count,
+            })
+            .await?
+            .into_scored())
+    }
+
+    /// `ZRANGEBYSCORE key min max WITHSCORES [LIMIT offset count]`, bounds inclusive.
+    pub async fn zrange_by_score(
+        &self,
+        key: &str,
+        min: f64,
+        max: f64,
+        limit: Option<(u64, u64)>,
+    ) -> Result<Vec<(String, f64)>, StorageError> {
+        Ok(self
+            .execute(Op::ZRangeByScore {
+                key: key.into(),
+                min,
+                max,
+                limit,
+            })
+            .await?
+            .into_scored())
+    }
+
+    /// `ZCARD`.
+    pub async fn zcard(&self, key: &str) -> Result<u64, StorageError> {
+        Ok(self.execute(Op::ZCard { key: key.into() }).await?.as_int() as u64)
+    }
+
+    /// `ZSCORE`.
+    pub async fn zscore(&self, key: &str, member: &str) -> Result<Option<f64>, StorageError> {
+        Ok(self
+            .execute(Op::ZScore {
+                key: key.into(),
+                member: member.into(),
+            })
+            .await?
+            .into_opt_string()
+            .and_then(|s| op::parse_score(&s)))
+    }
+
+    /// `LPUSH`: the new length.
+    pub async fn lpush(&self, key: &str, values: &[&str]) -> Result<u64, StorageError> {
+        Ok(self
+            .execute(Op::LPush {
+                key: key.into(),
+                values: values.iter().map(|v| v.to_string()).collect(),
+            })
+            .await?
+            .as_int() as u64)
+    }
+
+    /// `RPUSH`: the new length.
+    pub async fn rpush(&self, key: &str, values: &[&str]) -> Result<u64, StorageError> {
+        Ok(self
+            .execute(Op::RPush {
+                key: key.into(),
+                values: values.iter().map(|v| v.to_string()).collect(),
+            })
+            .await?
+            .as_int() as u64)
+    }
+
+    /// `LRANGE` (negative indexes count from the end).
+    pub async fn lrange(&self, key: &str, start: i64, stop: i64) -> Result<Vec<String>, StorageError> {
+        Ok(self
+            .execute(Op::LRange {
+                key: key.into(),
+                start,
+                stop,
+            })
+            .await?
+            .into_strings())
+    }
+
+    /// `LTRIM`.
+    pub async fn ltrim(&self, key: &str, start: i64, stop: i64) -> Result<(), StorageError> {
+        self.execute(Op::LTrim {
+            key: key.into(),
+            start,
+            stop,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// `LLEN`.
+    pub async fn llen(&self, key: &str) -> Result<u64, StorageError> {
+        Ok(self.execute(Op::LLen { key: key.into() }).await?.as_int() as u64)
+    }
+
+    /// Runs a script atomically: Lua on Redis, its Rust twin on the fallback.
+    pub async fn eval(
+        &self,
+        script: &Script,
+        keys: &[&str],
+        args: &[&str],
+    ) -> Result<Reply, StorageError> {
+        self.run(
+            Op::Eval {
+                script: script.reference.clone(),
+                keys: keys.iter().map(|k| k.to_string()).collect(),
+                args: args.iter().map(|a| a.to_string()).collect(),
+            },
+            Some(script.local),
+        )
+        .await
+    }
+
+    /// Every key matching the glob `pattern`, with `SCAN` (never `KEYS`); sorted.
+    pub async fn scan(&self, pattern: &str) -> Result<Vec<String>, StorageError> {
+        let mut cursor = 0u64;
+        let mut keys = std::collections::BTreeSet::new();
+        loop {
+            let reply = self
+                .execute(Op::Scan {
+                    cursor,
+                    pattern: pattern.into(),
+                    count: 500,
+                })
+                .await?;
+            let Reply::Array(mut parts) = reply else {
+                break;
+            };
+            if parts.len() != 2 {
+                break;
+            }
+            let batch = parts.pop().map(Reply::into_strings).unwrap_or_default();
+            keys.extend(batch);
+            cursor = parts
+                .pop()
+                .and_then(Reply::into_opt_string)
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0);
+            if cursor == 0 {
+                break;
+            }
+        }
+        Ok(keys.into_iter().collect())
+    }
+
+    /// `PUBLISH`: how many subscribers received it (in this process, when not on Redis).
+    pub async fn publish(&self, channel: &str, message: &str) -> Result<u64, StorageError> {
+        Ok(self
+            .execute(Op::Publish {
+                channel: channel.into(),
+                message: message.into(),
+            })
+            .await?
+            .as_int() as u64)
+    }
+
+    /// Subscribes to `channel`. Messages published by any process through Redis, or by this
+    /// process while Redis is unreachable, arrive in order.
+    pub async fn subscribe(&self, channel: &str) -> Subscription {
+        let rx = self
+            .inner
+            .bus
+            .entry(channel.to_string())
+            .or_insert_with(|| broadcast::channel(BUS_CAPACITY).0)
+            .subscribe();
+        if let Some(redis) = &self.inner.redis {
+            if let Err(Failure::Outage(reason)) = redis.subscribe(channel).await {
+                // Remembered: the subscription is made when the connection is back.
+                tracing::debug!(backend = "redis", %channel, error = %reason, "subscribe deferred");
+            }
+        }
+        Subscription {
+            rx,
+            storage: Arc::downgrade(&self.inner),
+        }
+    }
+}
+
+/// A subscription to one pub/sub channel.
+#[derive(Debug)]
+pub struct Subscription {
+    rx: broadcast::Receiver<String>,
+    storage: Weak<Inner>,
+}
+
+impl Subscription {
+    /// The next message; `None` when the storage is gone.
+    pub async fn recv(&mut self) -> Option<String> {
+        loop {
+            match self.rx.recv().await {
+                Ok(message) => return Some(message),
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    if let Some(inner) = self.storage.upgrade() {
+                        inner
+                            .counters
+                            .lagged_messages
+                            .fetch_add(n, Ordering::Relaxed);
+                    }
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
+}

@@ -1,0 +1,307 @@
+//! The fallback store: the keyspace, the outbox and (for the file fallback) the journal,
+//! behind one mutex.
+//!
+//! One `parking_lot::Mutex` rather than a sharded map: scripts change several keys atomically,
+//! the outbox order must follow the order writes were applied in, and the lock is never held
+//! across an `.await` (every method here is synchronous and short).
+
+use std::collections::VecDeque;
+use std::path::Path;
+
+use parking_lot::Mutex;
+
+use super::journal::{Journal, Record, Snapshot};
+use super::keyspace::Keyspace;
+use super::op::{Op, Reply};
+use super::outbox::{OutboxEntry, VersionCheck};
+use super::script::LocalScript;
+use super::StorageError;
+
+/// Keyspace, outbox and journal.
+#[derive(Debug)]
+pub struct Local {
+    state: Mutex<State>,
+    max_bytes: u64,
+    max_outbox: usize,
+    compact_min_bytes: u64,
+}
+
+#[derive(Debug)]
+struct State {
+    ks: Keyspace,
+    outbox: VecDeque<OutboxEntry>,
+    outbox_id: String,
+    next_seq: u64,
+    journal: Option<Journal>,
+}
+
+/// What the caller asks of [`Local::execute`] about the outbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutboxMode {
+    /// Fallback-only store: nothing is replayed anywhere.
+    No,
+    /// Degraded: record writes for replay.
+    Yes,
+}
+
+impl Local {
+    /// A memory-only fallback.
+    pub fn memory(max_bytes: u64, max_outbox: usize) -> Self {
+        Self {
+            state: Mutex::new(State {
+                ks: Keyspace::new(),
+                outbox: VecDeque::new(),
+                outbox_id: new_outbox_id(),
+                next_seq: 1,
+                journal: None,
+            }),
+            max_bytes,
+            max_outbox,
+            compact_min_bytes: u64::MAX,
+        }
+    }
+
+    /// A journaled fallback in `dir`, restored from what an earlier process left there.
+    pub fn file(
+        dir: &Path,
+        fsync_interval_ms: u64,
+        compact_min_bytes: u64,
+        max_bytes: u64,
+        max_outbox: usize,
+    ) -> std::io::Result<Self> {
+        let (journal, snapshot, records) = Journal::open(dir, fsync_interval_ms)?;
+        let mut ks = Keyspace::new();
+        for (key, entry) in snapshot.entries {
+            ks.put_entry(key, Some(entry));
+        }
+        let mut outbox: VecDeque<OutboxEntry> = snapshot.outbox.into();
+        let mut next_seq = snapshot.next_seq.max(1);
+        for record in records {
+            match record {
+                Record::Op { op, at_ms } => {
+                    let _ = ks.apply(&op, at_ms);
+                }
+                Record::Effects(changes) => {
+                    for (key, entry) in changes {
+                        ks.put_entry(key, entry);
+                    }
+                }
+                Record::Outbox(entry) => {
+                    next_seq = next_seq.max(entry.seq + 1);
+                    outbox.push_back(entry);
+                }
+                Record::Acked(upto) => outbox.retain(|e| e.seq > upto),
+                Record::Cleared => {
+                    ks.clear();
+                    outbox.clear();
+                }
+            }
+        }
+        let outbox_id = if snapshot.outbox_id.is_empty() {
+            new_outbox_id()
+        } else {
+            snapshot.outbox_id
+        };
+        let local = Self {
+            state: Mutex::new(State {
+                ks,
+                outbox,
+                outbox_id,
+                next_seq,
+                journal: Some(journal),
+            }),
+            max_bytes,
+            max_outbox,
+            compact_min_bytes,
+        };
+        // Persist the outbox id at once, so that replay markers stay meaningful after a crash.
+        local.compact_now()?;
+        Ok(local)
+    }
+
+    /// Executes `op` on the keyspace; a write is journaled and, when asked, recorded in the
+    /// outbox. `guard` runs under the lock first: when it answers false nothing happens and
+    /// `Ok(None)` is returned (the caller's mode changed meanwhile).
+    pub fn execute(
+        &self,
+        op: &Op,
+        script: Option<LocalScript>,
+        now_ms: u64,
+        outbox: OutboxMode,
+        version: Option<VersionCheck>,
+        guard: impl FnOnce() -> bool,
+    ) -> Result<Option<Reply>, StorageError> {
+        let mut st = self.state.lock();
+        if !guard() {
+            return Ok(None);
+        }
+        let write = op.is_write();
+        if write {
+            if st.ks.used_bytes().saturating_add(op_size(op)) > self.max_bytes {
+                return Err(StorageError::MemoryFull {
+                    max_bytes: self.max_bytes,
+                });
+            }
+            if outbox == OutboxMode::Yes && st.outbox.len() >= self.max_outbox {
+                return Err(StorageError::OutboxFull {
+                    max_entries: self.max_outbox,
+                });
+            }
+        }
+        let journaled = st.journal.is_some();
+        let reply = match (op, script) {
+            (Op::Eval { keys, args, .. }, Some(local)) => {
+                if journaled {
+                    st.ks.record_touched();
+                }
+                let result = local(&mut st.ks, now_ms, keys, args);
+                let effects = if journaled { st.ks.take_touched() } else { Vec::new() };
+                let reply = result.map_err(StorageError::from)?;
+                if !effects.is_empty() {
+                    journal(&mut st, &[Record::Effects(effects)])?;
+                }
+                reply
+            }
+            _ => st.ks.apply(op, now_ms)?,
+        };
+        if !write {
+            return Ok(Some(reply));
+        }
+        let abs = op.clone().with_absolute_expiry(now_ms);
+        let mut records = Vec::with_capacity(2);
+        if journaled && !matches!(op, Op::Eval { .. }) {
+            records.push(Record::Op {
+                op: abs.clone(),
+                at_ms: now_ms,
+            });
+        }
+        if outbox == OutboxMode::Yes {
+            let entry = OutboxEntry {
+                seq: st.next_seq,
+                op: abs,
+                version,
+            };
+            st.next_seq += 1;
+            if journaled {
+                records.push(Record::Outbox(entry.clone()));
+            }
+            st.outbox.push_back(entry);
+        }
+        if !records.is_empty() {
+            journal(&mut st, &records)?;
+        }
+        Ok(Some(reply))
+    }
+
+    /// The outbox id and up to `n` entries from its head.
+    pub fn peek(&self, n: usize) -> (String, Vec<OutboxEntry>) {
+        let st = self.state.lock();
+        (
+            st.outbox_id.clone(),
+            st.outbox.iter().take(n).cloned().collect(),
+        )
+    }
+
+    /// Removes entries up to `upto` (replayed).
+    pub fn ack(&self, upto: u64) -> Result<(), StorageError> {
+        let mut st = self.state.lock();
+        while st.outbox.front().is_some_and(|e| e.seq <= upto) {
+            st.outbox.pop_front();
+        }
+        if st.journal.is_some() {
+            journal(&mut st, &[Record::Acked(upto)])?;
+        }
+        Ok(())
+    }
+
+    /// Under the lock: when the outbox is empty, runs `switch` (the mode change to `redis`)
+    /// and empties the keyspace, since Redis now holds everything. Returns whether it did.
+    pub fn finish_resync(&self, switch: impl FnOnce()) -> Result<bool, StorageError> {
+        let mut st = self.state.lock();
+        if !st.outbox.is_empty() {
+            return Ok(false);
+        }
+        switch();
+        st.ks.clear();
+        if st.journal.is_some() {
+            journal(&mut st, &[Record::Cleared])?;
+        }
+        Ok(true)
+    }
+
+    /// Writes waiting for Redis.
+    pub fn outbox_len(&self) -> usize {
+        self.state.lock().outbox.len()
+    }
+
+    /// Bytes held by the keyspace.
+    pub fn used_bytes(&self) -> u64 {
+        self.state.lock().ks.used_bytes()
+    }
+
+    /// Drops expired keys, `fsync`s when due and compacts when the journal is large.
+    pub fn maintain(&self, now_ms: u64) -> Result<(), StorageError> {
+        let compact = {
+            let mut st = self.state.lock();
+            st.ks.sweep(now_ms);
+            let used = st.ks.used_bytes();
+            match st.journal.as_mut() {
+                Some(j) => {
+                    j.sync_if_due().map_err(StorageError::file)?;
+                    j.bytes() >= self.compact_min_bytes && j.bytes() > used.saturating_mul(2)
+                }
+                None => false,
+            }
+        };
+        if compact {
+            self.compact_now().map_err(StorageError::file)?;
+        }
+        Ok(())
+    }
+
+    /// `fsync`s the journal (shutdown).
+    pub fn flush(&self) -> Result<(), StorageError> {
+        let mut st = self.state.lock();
+        if let Some(j) = st.journal.as_mut() {
+            j.sync().map_err(StorageError::file)?;
+        }
+        Ok(())
+    }
+
+    fn compact_now(&self) -> std::io::Result<()> {
+        let mut st = self.state.lock();
+        let now = super::now_ms();
+        let snapshot = Snapshot {
+            generation: 0,
+            outbox_id: st.outbox_id.clone(),
+            next_seq: st.next_seq,
+            entries: st
+                .ks
+                .entries(now)
+                .map(|(k, e)| (k.clone(), e.clone()))
+                .collect(),
+            outbox: st.outbox.iter().cloned().collect(),
+        };
+        match st.journal.as_mut() {
+            Some(j) => j.compact(snapshot),
+            None => Ok(()),
+        }
+    }
+}
+
+fn journal(st: &mut State, records: &[Record]) -> Result<(), StorageError> {
+    match st.journal.as_mut() {
+        Some(j) => j.append(records).map_err(StorageError::file),
+        None => Ok(()),
+    }
+}
+
+/// Bytes an op may add (its arguments).
+fn op_size(op: &Op) -> u64 {
+    let (_, args) = op.to_command();
+    args.iter().map(|a| a.len() as u64 + 16).sum()
+}
+
+fn new_outbox_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}

@@ -1,0 +1,433 @@
+//! The Redis backend: the only code in botfleet that talks to fred.
+//!
+//! Every op is sent as one raw command through `custom()`, with per-command options
+//! (`fail_fast`, a timeout, one attempt) that fred honours there, EVALSHA included (its `eval`
+//! helpers ignore them). The connection uses the fast-failure settings measured in
+//! `notes/fred-and-actix.md`: exponential reconnect forever, short connection and internal
+//! timeouts, unresponsive detection, one attempt per command and a bounded command buffer.
+//! Clients are created and initialised on the caller's multi-threaded tokio runtime, never
+//! inside the actix system.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use fred::clients::SubscriberClient;
+use fred::prelude::*;
+use fred::types::config::{Options, UnresponsiveConfig};
+use fred::types::{ClusterHash, CustomCommand, Message};
+use parking_lot::Mutex;
+use tokio::sync::broadcast;
+
+use super::op::{Op, Reply, ScriptRef};
+use super::outbox::{command_wrapper, marker_key, replay_command, script_wrapper, OutboxEntry};
+use super::StorageError;
+use crate::settings::RedisSettings;
+
+/// Why a Redis call failed.
+#[derive(Debug, Clone)]
+pub enum Failure {
+    /// Redis is unreachable, slow or frozen: a mode change, not an error for the caller.
+    Outage(String),
+    /// Redis answered with an error (WRONGTYPE, a script error, ...).
+    Command(String),
+    /// The script is not in Redis's cache (after a restart).
+    NoScript,
+}
+
+/// A connection event, forwarded to the storage monitor.
+#[derive(Debug, Clone)]
+pub enum ConnEvent {
+    /// A connection failed or was lost.
+    Error(String),
+    /// A connection was (re-)established.
+    Reconnected,
+}
+
+/// The Redis side of the storage handle.
+pub struct RedisBackend {
+    pool: Pool,
+    subscriber: SubscriberClient,
+    opts: Options,
+    channels: Mutex<BTreeSet<String>>,
+}
+
+impl std::fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBackend")
+            .field("pool_size", &self.pool.size())
+            .finish()
+    }
+}
+
+/// The fred configuration from settings; errors name the setting at fault.
+fn fred_config(settings: &RedisSettings, fail_fast: bool) -> Result<Config, StorageError> {
+    let mut config = Config::from_url(&settings.url).map_err(|e| StorageError::Config {
+        key: "storage.redis.url",
+        message: e.details().to_string(),
+    })?;
+    if !settings.username.is_empty() {
+        config.username = Some(settings.username.clone());
+    }
+    let password = settings.password.as_str().to_string();
+    if !password.is_empty() {
+        config.password = Some(password);
+    }
+    if settings.db != 0 {
+        config.database = Some(settings.db);
+    }
+    config.fail_fast = fail_fast;
+    Ok(config)
+}
+
+fn builder(settings: &RedisSettings, fail_fast: bool) -> Result<Builder, StorageError> {
+    let config = fred_config(settings, fail_fast)?;
+    let timeout = Duration::from_millis(settings.timeout_ms);
+    let connect = Duration::from_millis(settings.connect_timeout_ms);
+    let mut builder = Builder::from_config(config);
+    builder
+        .set_policy(ReconnectPolicy::new_exponential(
+            0,
+            settings.reconnect_min_ms.min(u32::MAX as u64) as u32,
+            settings.reconnect_max_ms.min(u32::MAX as u64) as u32,
+            2,
+        ))
+        .with_performance_config(|perf| {
+            perf.default_command_timeout = timeout;
+        })
+        .with_connection_config(|conn| {
+            conn.connection_timeout = connect;
+            conn.internal_command_timeout = connect;
+            conn.max_command_attempts = 1;
+            conn.max_command_buffer_len = settings.max_command_buffer;
+            conn.unresponsive = UnresponsiveConfig {
+                max_timeout: Some(connect),
+                interval: Duration::from_millis(settings.ping_interval_ms.clamp(10, 1_000)),
+            };
+        });
+    Ok(builder)
+}
+
+/// Classifies a fred error.
+fn classify(e: &Error) -> Failure {
+    let details = e.details();
+    match e.kind() {
+        ErrorKind::IO
+        | ErrorKind::Timeout
+        | ErrorKind::Canceled
+        | ErrorKind::Backpressure
+        | ErrorKind::Routing
+        | ErrorKind::Cluster
+        | ErrorKind::Sentinel
+        | ErrorKind::Protocol
+        | ErrorKind::Unknown => Failure::Outage(e.to_string()),
+        _ if details.starts_with("NOSCRIPT") => Failure::NoScript,
+        // Replies that mean the server cannot serve writes right now (loading a dataset, a
+        // replica after a fail-over): treat as an outage, the data path will come back.
+        _ if details.starts_with("LOADING")
+            || details.starts_with("READONLY")
+            || details.starts_with("MASTERDOWN")
+            || details.starts_with("BUSY") =>
+        {
+            Failure::Outage(e.to_string())
+        }
+        _ => Failure::Command(details.to_string()),
+    }
+}
+
+fn to_reply(value: Value) -> Reply {
+    match value {
+        Value::Null => Reply::Nil,
+        Value::Integer(i) => Reply::Int(i),
+        Value::Boolean(b) => Reply::Int(b as i64),
+        Value::Double(d) => Reply::Str(d.to_string()),
+        Value::String(s) => Reply::Str(s.to_string()),
+        Value::Bytes(b) => Reply::Str(String::from_utf8_lossy(&b).into_owned()),
+        Value::Array(items) => Reply::Array(items.into_iter().map(to_reply).collect()),
+        Value::Map(map) => Reply::Array(
+            map.inner()
+                .into_iter()
+                .flat_map(|(k, v)| {
+                    [
+                        Reply::Str(k.as_str().map(|s| s.to_string()).unwrap_or_default()),
+                        to_reply(v),
+                    ]
+                })
+                .collect(),
+        ),
+        Value::Queued => Reply::Status("QUEUED".into()),
+    }
+}
+
+fn hash_for(key: Option<&str>) -> ClusterHash {
+    match key {
+        Some(k) => ClusterHash::Custom(fred::util::redis_keyslot(k.as_bytes())),
+        None => ClusterHash::Random,
+    }
+}
+
+impl RedisBackend {
+    /// Connects. `Ok((backend, true))` when Redis answered, `Ok((backend, false))` when it is
+    /// unreachable (the backend keeps connecting in the background), `Err` for a
+    /// misconfiguration (bad URL, failed AUTH, TLS error), naming the setting.
+    pub async fn connect(settings: &RedisSettings) -> Result<(Self, bool), StorageError> {
+        // A fail-fast probe tells an unreachable server from a misconfigured one.
+        let probe = builder(settings, true)?
+            .build()
+            .map_err(|e| config_error(&e))?;
+        let deadline = Duration::from_millis(settings.connect_timeout_ms.max(100) * 3);
+        let reachable = match tokio::time::timeout(deadline, probe.init()).await {
+            Ok(Ok(_task)) => {
+                let _ = probe.quit().await;
+                true
+            }
+            Ok(Err(e)) => match e.kind() {
+                ErrorKind::Auth | ErrorKind::Tls | ErrorKind::Config | ErrorKind::Url => {
+                    return Err(config_error(&e));
+                }
+                _ if e.details().contains("WRONGPASS") || e.details().contains("NOAUTH") => {
+                    return Err(config_error(&e));
+                }
+                _ => false,
+            },
+            Err(_) => false,
+        };
+
+        let b = builder(settings, false)?;
+        let pool = b
+            .build_pool(settings.pool_size.max(1))
+            .map_err(|e| config_error(&e))?;
+        let subscriber = b
+            .build_subscriber_client()
+            .map_err(|e| config_error(&e))?;
+        pool.connect_pool();
+        subscriber.connect();
+        if reachable {
+            let wait = async {
+                pool.wait_for_connect().await?;
+                subscriber.wait_for_connect().await
+            };
+            let connected = matches!(tokio::time::timeout(deadline, wait).await, Ok(Ok(())));
+            let opts = command_options(settings);
+            return Ok((Self::assemble(pool, subscriber, opts), connected));
+        }
+        Ok((
+            Self::assemble(pool, subscriber, command_options(settings)),
+            false,
+        ))
+    }
+
+    fn assemble(pool: Pool, subscriber: SubscriberClient, opts: Options) -> Self {
+        Self {
+            pool,
+            subscriber,
+            opts,
+            channels: Mutex::new(BTreeSet::new()),
+        }
+    }
+
+    /// Connection events of every connection (pool and subscriber), into `tx`.
+    pub fn watch(&self, tx: tokio::sync::mpsc::UnboundedSender<ConnEvent>) {
+        let clients = self
+            .pool
+            .clients()
+            .iter()
+            .map(|c| (c.error_rx(), c.reconnect_rx(), false))
+            .chain(std::iter::once((
+                self.subscriber.error_rx(),
+                self.subscriber.reconnect_rx(),
+                true,
+            )));
+        for (mut errors, mut reconnects, is_subscriber) in clients {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                loop {
+                    let event = tokio::select! {
+                        e = errors.recv() => match e {
+                            Ok((err, _)) => ConnEvent::Error(err.to_string()),
+                            Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                            Err(_) => break,
+                        },
+                        r = reconnects.recv() => match r {
+                            Ok(_) if is_subscriber => ConnEvent::Reconnected,
+                            Ok(_) => ConnEvent::Reconnected,
+                            Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                            Err(_) => break,
+                        },
+                    };
+                    if tx.send(event).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    }
+
+    /// Runs one op.
+    pub async fn exec(&self, op: &Op) -> Result<Reply, Failure> {
+        let (cmd, args) = op.to_command();
+        match self.raw(cmd, args, op.first_key()).await {
+            Err(Failure::NoScript) => {
+                let Op::Eval { script, .. } = op else {
+                    return Err(Failure::Command("NOSCRIPT".into()));
+                };
+                self.load(script).await?;
+                let (cmd, args) = op.to_command();
+                self.raw(cmd, args, op.first_key()).await
+            }
+            other => other,
+        }
+    }
+
+    async fn raw(
+        &self,
+        cmd: &'static str,
+        args: Vec<String>,
+        key: Option<&str>,
+    ) -> Result<Reply, Failure> {
+        let command = CustomCommand::new_static(cmd, hash_for(key), false);
+        self.pool
+            .next()
+            .with_options(&self.opts)
+            .custom::<Value, String>(command, args)
+            .await
+            .map(to_reply)
+            .map_err(|e| classify(&e))
+    }
+
+    /// Loads a script into Redis's cache.
+    pub async fn load(&self, script: &ScriptRef) -> Result<(), Failure> {
+        self.raw("SCRIPT", vec!["LOAD".into(), script.lua.to_string()], None)
+            .await
+            .map(|_| ())
+    }
+
+    /// A PING with the command timeout: true when Redis answers.
+    pub async fn ping(&self) -> bool {
+        self.raw("PING", Vec::new(), None).await.is_ok()
+    }
+
+    /// Replays outbox entries in order on one connection, pipelined. Returns how many were
+    /// applied (the rest had been applied by an earlier replay, or were expired or older).
+    pub async fn replay(
+        &self,
+        outbox_id: &str,
+        internal_prefix: &str,
+        entries: &[OutboxEntry],
+    ) -> Result<usize, Failure> {
+        let client = self.pool.next();
+        // Wrappers for the scripts in this batch, loaded before the pipeline.
+        let mut wrappers = std::collections::HashMap::new();
+        self.load(command_wrapper()).await?;
+        for entry in entries {
+            if let Op::Eval { script, .. } = &entry.op {
+                if !wrappers.contains_key(&script.sha) {
+                    let wrapper = script_wrapper(script);
+                    self.load(&wrapper).await?;
+                    wrappers.insert(script.sha.clone(), wrapper);
+                }
+            }
+        }
+        let pipeline = client.pipeline();
+        for entry in entries {
+            let marker = marker_key(internal_prefix, entry.op.first_key());
+            let wrapper = match &entry.op {
+                Op::Eval { script, .. } => &wrappers[&script.sha],
+                _ => command_wrapper(),
+            };
+            let args = replay_command(entry, outbox_id, &marker, wrapper);
+            let command = CustomCommand::new_static("EVALSHA", hash_for(Some(&marker)), false);
+            let _: () = pipeline
+                .custom(command, args)
+                .await
+                .map_err(|e| classify(&e))?;
+        }
+        let timeout = self.opts.timeout.unwrap_or(Duration::from_secs(1)) * 8;
+        let results: Vec<Result<Value, Error>> = tokio::time::timeout(timeout, pipeline.try_all())
+            .await
+            .map_err(|_| Failure::Outage("replay timed out".into()))?;
+        let mut applied = 0;
+        for (entry, result) in entries.iter().zip(results) {
+            match result {
+                Ok(Value::Integer(1)) => applied += 1,
+                Ok(Value::Integer(_)) | Ok(Value::Null) => {}
+                Ok(_) => applied += 1,
+                Err(e) => match classify(&e) {
+                    Failure::Command(message) => {
+                        // A write Redis refuses (a script error, WRONGTYPE) would block the
+                        // outbox forever; it is logged and dropped, as it would have failed
+                        // had Redis been up.
+                        tracing::warn!(seq = entry.seq, error = %message, "replayed write refused by Redis");
+                    }
+                    other => return Err(other),
+                },
+            }
+        }
+        Ok(applied)
+    }
+
+    /// Subscribes the subscriber connection to `channel` (remembered across reconnects).
+    pub async fn subscribe(&self, channel: &str) -> Result<(), Failure> {
+        self.channels.lock().insert(channel.to_string());
+        self.subscriber
+            .subscribe(channel.to_string())
+            .await
+            .map_err(|e| classify(&e))
+    }
+
+    /// Subscribes again to every remembered channel (after the subscriber reconnected).
+    pub async fn resubscribe(&self) -> Result<(), Failure> {
+        let channels: Vec<String> = self.channels.lock().iter().cloned().collect();
+        if channels.is_empty() {
+            return Ok(());
+        }
+        self.subscriber
+            .subscribe(channels)
+            .await
+            .map_err(|e| classify(&e))
+    }
+
+    /// Messages arriving on subscribed channels, as (channel, payload).
+    pub fn messages(&self) -> broadcast::Receiver<Message> {
+        self.subscriber.message_rx()
+    }
+
+    /// Closes every connection.
+    pub async fn quit(&self) {
+        let _ = self.subscriber.quit().await;
+        let _ = self.pool.quit().await;
+    }
+}
+
+/// Decodes a pub/sub payload as text.
+pub fn message_text(message: &Message) -> (String, String) {
+    let payload = match &message.value {
+        Value::String(s) => s.to_string(),
+        Value::Bytes(b) => String::from_utf8_lossy(b).into_owned(),
+        other => format!("{other:?}"),
+    };
+    (message.channel.to_string(), payload)
+}
+
+fn command_options(settings: &RedisSettings) -> Options {
+    Options {
+        fail_fast: true,
+        max_attempts: Some(1),
+        timeout: Some(Duration::from_millis(settings.timeout_ms)),
+        ..Default::default()
+    }
+}
+
+fn config_error(e: &Error) -> StorageError {
+    let key = match e.kind() {
+        ErrorKind::Auth => "storage.redis.password",
+        ErrorKind::Tls => "storage.redis.url (TLS)",
+        _ if e.details().contains("WRONGPASS") || e.details().contains("NOAUTH") => {
+            "storage.redis.password"
+        }
+        _ => "storage.redis.url",
+    };
+    StorageError::Config {
+        key,
+        message: e.details().to_string(),
+    }
+}
