@@ -22,17 +22,22 @@ fn settings(url: &str, dir: &str) -> StorageSettings {
     st
 }
 
-/// The child's role: write forever while degraded, printing each acknowledged write.
+/// The child's role: write forever while degraded, printing each acknowledged write. Not a
+/// test of its own: the parent runs it with `--ignored`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "child process of kill9_while_degraded_then_restart_loses_nothing"]
 async fn child_writer() {
-    let Ok(spec) = std::env::var(CHILD_ENV) else {
-        return; // Not a child: nothing to do in the normal test run.
-    };
+    let spec = std::env::var(CHILD_ENV).expect("run by the parent test");
     let (url, dir) = spec.split_once('|').unwrap();
-    let storage = Storage::open(&settings(url, dir), "botfleet").await.unwrap();
+    let storage = Storage::open(&settings(url, dir), "botfleet")
+        .await
+        .unwrap();
     assert_eq!(storage.mode(), Mode::Degraded);
     for i in 0u64.. {
-        storage.set(&format!("crash:{i}"), format!("v{i}"), None).await.unwrap();
+        storage
+            .set(&format!("crash:{i}"), format!("v{i}"), None)
+            .await
+            .unwrap();
         storage.incr_by("crash:count", 1).await.unwrap();
         println!("acked {i}");
     }
@@ -40,17 +45,20 @@ async fn child_writer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_while_degraded_then_restart_loses_nothing() {
-    if std::env::var(CHILD_ENV).is_ok() {
-        return;
-    }
-    let mut server = RedisServer::start();
+    let mut server = RedisServer::start().unwrap();
     let url = server.url();
     server.kill9();
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store").to_string_lossy().into_owned();
 
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_writer", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "child_writer",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env(CHILD_ENV, format!("{url}|{store}"))
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -73,8 +81,10 @@ async fn kill9_while_degraded_then_restart_loses_nothing() {
     child.wait().unwrap();
     let last = last_acked.expect("the child acknowledged writes");
 
-    server.restart_empty();
-    let storage = Storage::open(&settings(&url, &store), "botfleet").await.unwrap();
+    server.restart_empty().unwrap();
+    let storage = Storage::open(&settings(&url, &store), "botfleet")
+        .await
+        .unwrap();
     let s = storage.clone();
     poll_until_async(Duration::from_secs(15), move || {
         let s = s.clone();
@@ -84,9 +94,21 @@ async fn kill9_while_degraded_then_restart_loses_nothing() {
     .expect("resynced");
     for i in 0..=last {
         let want = format!("v{i}");
-        assert_eq!(server.cmd(&["GET", &format!("crash:{i}")]).as_str(), Some(want.as_str()), "write {i} lost");
+        assert_eq!(
+            server.cmd(&["GET", &format!("crash:{i}")]).as_str(),
+            Some(want.as_str()),
+            "write {i} lost"
+        );
     }
-    let count: u64 = server.cmd(&["GET", "crash:count"]).as_str().unwrap().parse().unwrap();
-    assert!(count > last, "every acknowledged increment replayed: {count} <= {last}");
+    let count: u64 = server
+        .cmd(&["GET", "crash:count"])
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        count > last,
+        "every acknowledged increment replayed: {count} <= {last}"
+    );
     println!("replayed {} acknowledged writes after kill -9", last + 1);
 }

@@ -55,7 +55,8 @@ impl PrivateRedis {
     /// Starts one and waits until it answers.
     pub fn start() -> std::io::Result<Self> {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let dir = std::env::temp_dir().join(format!("botfleet-bench-{}-{port}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("botfleet-bench-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let mut me = Self {
             port,
@@ -68,7 +69,14 @@ impl PrivateRedis {
 
     fn spawn(&mut self) -> std::io::Result<()> {
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
             .args(["--appendonly", "no", "--dir"])
             .arg(&self.dir)
             .stdout(Stdio::null())
@@ -114,10 +122,22 @@ impl Drop for PrivateRedis {
 
 /// Runs `redis-benchmark` against `url` for `tests` at `clients` connections and returns
 /// requests per second by test name (upper case), or an empty list when it is not installed.
-pub fn redis_benchmark(url: &str, tests: &str, clients: usize, requests: usize) -> Vec<(String, f64)> {
+pub fn redis_benchmark(
+    url: &str,
+    tests: &str,
+    clients: usize,
+    requests: usize,
+) -> Vec<(String, f64)> {
     let (host, port) = host_port(url);
     let output = Command::new("redis-benchmark")
-        .args(["-h", &host, "-p", &port.to_string(), "-c", &clients.to_string()])
+        .args([
+            "-h",
+            &host,
+            "-p",
+            &port.to_string(),
+            "-c",
+            &clients.to_string(),
+        ])
         .args(["-n", &requests.to_string(), "-t", tests, "--csv"])
         .output();
     let Ok(output) = output else {
@@ -152,7 +172,10 @@ mod tests {
 
     #[test]
     fn host_port_reads_urls() {
-        assert_eq!(host_port("redis://127.0.0.1:7000"), ("127.0.0.1".into(), 7000));
+        assert_eq!(
+            host_port("redis://127.0.0.1:7000"),
+            ("127.0.0.1".into(), 7000)
+        );
         assert_eq!(host_port("redis://:pw@h:1/0"), ("h".into(), 1));
         assert_eq!(host_port("redis://h"), ("h".into(), 6379));
     }

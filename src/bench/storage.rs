@@ -24,7 +24,10 @@ pub struct StorageBench {
 }
 
 /// Runs every scenario, printing one JSON line each through `out`.
-pub async fn run(bench: &StorageBench, mut out: impl FnMut(serde_json::Value)) -> Result<(), StorageError> {
+pub async fn run(
+    bench: &StorageBench,
+    mut out: impl FnMut(serde_json::Value),
+) -> Result<(), StorageError> {
     let mut settings = StorageSettings::default();
     settings.redis.url = bench.redis_url.clone();
     let storage = Storage::open(&settings, "botfleet").await?;
@@ -34,14 +37,25 @@ pub async fn run(bench: &StorageBench, mut out: impl FnMut(serde_json::Value)) -
             message: format!("{} does not answer", bench.redis_url),
         });
     }
-    let baseline = redis_benchmark(&bench.redis_url, "set,get,zadd,zpopmin", 50, bench.ops.max(10_000));
+    let baseline = redis_benchmark(
+        &bench.redis_url,
+        "set,get,zadd,zpopmin",
+        50,
+        bench.ops.max(10_000),
+    );
     for (test, rps) in &baseline {
-        out(json!({"bench": "storage", "scenario": "redis-benchmark", "test": test,
-                   "concurrency": 50, "ops_per_s": rps.round()}));
+        out(
+            json!({"bench": "storage", "scenario": "redis-benchmark", "test": test,
+                   "concurrency": 50, "ops_per_s": rps.round()}),
+        );
     }
     for op in ["set", "get", "zadd", "zpopmin"] {
         for concurrency in [1usize, 50] {
-            let ops = if concurrency == 1 { bench.ops / 4 } else { bench.ops };
+            let ops = if concurrency == 1 {
+                bench.ops / 4
+            } else {
+                bench.ops
+            };
             let (elapsed, lat) = throughput(&storage, op, concurrency, ops.max(1)).await?;
             let ops_per_s = ops as f64 / elapsed.as_secs_f64();
             let mut line = json!({"bench": "storage", "scenario": op, "concurrency": concurrency,
@@ -71,7 +85,11 @@ async fn throughput(
         // Fill the set the pops will drain.
         let members: Vec<String> = (0..ops).map(|i| format!("m{i}")).collect();
         for chunk in members.chunks(1_000) {
-            let scored: Vec<(f64, &str)> = chunk.iter().enumerate().map(|(i, m)| (i as f64, m.as_str())).collect();
+            let scored: Vec<(f64, &str)> = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, m)| (i as f64, m.as_str()))
+                .collect();
             storage.zadd("bench:z", &scored).await?;
         }
     }
@@ -92,7 +110,10 @@ async fn throughput(
                 match op.as_str() {
                     "set" => storage.set(&key, "x".repeat(100), None).await.map(|_| ()),
                     "get" => storage.get(&key).await.map(|_| ()),
-                    "zadd" => storage.zadd("bench:za", &[(i as f64, &key)]).await.map(|_| ()),
+                    "zadd" => storage
+                        .zadd("bench:za", &[(i as f64, &key)])
+                        .await
+                        .map(|_| ()),
                     _ => storage.zpopmin("bench:z", 1).await.map(|_| ()),
                 }?;
                 lat.record(t.elapsed());
@@ -110,8 +131,12 @@ async fn throughput(
 }
 
 /// kill -9 of a private server under a 50-task write load; restart; replay.
-async fn failover(outbox_writes: usize, out: &mut impl FnMut(serde_json::Value)) -> Result<(), StorageError> {
-    let mut server = PrivateRedis::start().map_err(|e| StorageError::Runtime(format!("redis-server: {e}")))?;
+async fn failover(
+    outbox_writes: usize,
+    out: &mut impl FnMut(serde_json::Value),
+) -> Result<(), StorageError> {
+    let mut server =
+        PrivateRedis::start().map_err(|e| StorageError::Runtime(format!("redis-server: {e}")))?;
     let mut settings = StorageSettings::default();
     settings.redis.url = server.url();
     settings.outbox.max_entries = outbox_writes * 4;
@@ -121,7 +146,8 @@ async fn failover(outbox_writes: usize, out: &mut impl FnMut(serde_json::Value))
     let acked = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for t in 0..50 {
-        let (storage, stop, errors, acked) = (storage.clone(), stop.clone(), errors.clone(), acked.clone());
+        let (storage, stop, errors, acked) =
+            (storage.clone(), stop.clone(), errors.clone(), acked.clone());
         tasks.push(tokio::spawn(async move {
             let mut written = Vec::new();
             let mut slowest = Duration::ZERO;
@@ -144,12 +170,20 @@ async fn failover(outbox_writes: usize, out: &mut impl FnMut(serde_json::Value))
             (written, slowest)
         }));
     }
-    wait_for(|| acked.load(Ordering::Relaxed) >= 5_000, Duration::from_secs(30)).await;
+    wait_for(
+        || acked.load(Ordering::Relaxed) >= 5_000,
+        Duration::from_secs(30),
+    )
+    .await;
     server.kill9();
     let killed = Instant::now();
     wait_for(|| storage.mode() == Mode::Degraded, Duration::from_secs(5)).await;
     let degraded_after = killed.elapsed();
-    wait_for(|| storage.stats().outbox_len >= outbox_writes, Duration::from_secs(60)).await;
+    wait_for(
+        || storage.stats().outbox_len >= outbox_writes,
+        Duration::from_secs(60),
+    )
+    .await;
     stop.store(true, Ordering::Relaxed);
     let mut written = Vec::new();
     let mut slowest = Duration::ZERO;
@@ -160,7 +194,9 @@ async fn failover(outbox_writes: usize, out: &mut impl FnMut(serde_json::Value))
     }
     let outbox = storage.stats().outbox_len;
     let mut events = storage.events();
-    server.restart().map_err(|e| StorageError::Runtime(format!("redis-server: {e}")))?;
+    server
+        .restart()
+        .map_err(|e| StorageError::Runtime(format!("redis-server: {e}")))?;
     let restarted = Instant::now();
     wait_for(|| storage.mode() == Mode::Redis, Duration::from_secs(60)).await;
     let recovered = restarted.elapsed();

@@ -197,7 +197,7 @@ impl Default for OutboxSettings {
     fn default() -> Self {
         Self {
             max_entries: 1_000_000,
-            replay_batch: 256,
+            replay_batch: 1_000,
         }
     }
 }

@@ -92,7 +92,10 @@ fn io_err(e: postcard::Error) -> io::Error {
 impl Journal {
     /// Opens (creating) the directory; returns the journal, the snapshot and the records to
     /// apply on top of it, in order.
-    pub fn open(dir: &Path, fsync_interval_ms: u64) -> io::Result<(Journal, Snapshot, Vec<Record>)> {
+    pub fn open(
+        dir: &Path,
+        fsync_interval_ms: u64,
+    ) -> io::Result<(Journal, Snapshot, Vec<Record>)> {
         fs::create_dir_all(dir)?;
         let snapshot_path = dir.join("snapshot.bin");
         let snapshot = match fs::read(&snapshot_path) {

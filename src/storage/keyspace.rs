@@ -220,7 +220,7 @@ impl Keyspace {
     pub fn entries(&self, now_ms: u64) -> impl Iterator<Item = (&String, &Entry)> {
         self.entries
             .iter()
-            .filter(move |(_, e)| !e.expire_at.is_some_and(|at| at <= now_ms))
+            .filter(move |(_, e)| e.expire_at.is_none_or(|at| at > now_ms))
     }
 
     fn remove(&mut self, key: &str) {
@@ -337,7 +337,7 @@ impl Keyspace {
                 } else {
                     self.resize(key);
                 }
-                Ok(Reply::Status("OK".into()))
+                Ok(Reply::Str("OK".into()))
             }
             Op::Del { keys } => {
                 let mut n = 0;
@@ -433,10 +433,7 @@ impl Keyspace {
                     return Err(LocalError::WrongType);
                 };
                 let current = h.get(field).map(String::as_str).unwrap_or("0");
-                let next = current
-                    .parse::<i64>()
-                    .ok()
-                    .and_then(|n| n.checked_add(*by));
+                let next = current.parse::<i64>().ok().and_then(|n| n.checked_add(*by));
                 let Some(next) = next else {
                     self.resize(key);
                     return Err(LocalError::NotInteger);
@@ -586,7 +583,7 @@ impl Keyspace {
             )),
             Op::LTrim { key, start, stop } => {
                 let Some(entry) = self.live(key, now_ms) else {
-                    return Ok(Reply::Status("OK".into()));
+                    return Ok(Reply::Str("OK".into()));
                 };
                 let Data::List(l) = &mut entry.data else {
                     return Err(LocalError::WrongType);
@@ -599,7 +596,7 @@ impl Keyspace {
                     None => l.clear(),
                 }
                 self.resize(key);
-                Ok(Reply::Status("OK".into()))
+                Ok(Reply::Str("OK".into()))
             }
             Op::LLen { key } => self.count(key, now_ms, |d| match d {
                 Data::List(l) => Some(l.len()),
@@ -615,7 +612,7 @@ impl Keyspace {
                     .entries
                     .iter()
                     .filter(|(k, e)| {
-                        !e.expire_at.is_some_and(|at| at <= now_ms) && glob_match(pattern, k)
+                        e.expire_at.is_none_or(|at| at > now_ms) && glob_match(pattern, k)
                     })
                     .map(|(k, _)| k.clone())
                     .collect();
@@ -665,8 +662,16 @@ fn is_list(d: &Data) -> bool {
 /// The index range `LRANGE start stop` selects in a list of `len`, as Redis computes it.
 fn list_range(len: usize, start: i64, stop: i64) -> Option<std::ops::Range<usize>> {
     let len = len as i64;
-    let start = if start < 0 { (len + start).max(0) } else { start };
-    let stop = if stop < 0 { len + stop } else { stop.min(len - 1) };
+    let start = if start < 0 {
+        (len + start).max(0)
+    } else {
+        start
+    };
+    let stop = if stop < 0 {
+        len + stop
+    } else {
+        stop.min(len - 1)
+    };
     if start > stop || start >= len {
         return None;
     }
@@ -690,8 +695,14 @@ mod tests {
     fn expired_keys_read_as_missing_and_are_swept() {
         let mut ks = Keyspace::new();
         ks.apply(&set("a", "1", Expiry::In(100)), 1_000).unwrap();
-        assert_eq!(ks.apply(&Op::Get { key: "a".into() }, 1_099).unwrap(), Reply::Str("1".into()));
-        assert_eq!(ks.apply(&Op::Get { key: "a".into() }, 1_100).unwrap(), Reply::Nil);
+        assert_eq!(
+            ks.apply(&Op::Get { key: "a".into() }, 1_099).unwrap(),
+            Reply::Str("1".into())
+        );
+        assert_eq!(
+            ks.apply(&Op::Get { key: "a".into() }, 1_100).unwrap(),
+            Reply::Nil
+        );
         ks.apply(&set("b", "1", Expiry::In(100)), 1_000).unwrap();
         assert_eq!(ks.sweep(2_000), 1);
         assert_eq!(ks.used_bytes(), 0);
@@ -700,12 +711,35 @@ mod tests {
     #[test]
     fn byte_accounting_follows_changes() {
         let mut ks = Keyspace::new();
-        ks.apply(&Op::RPush { key: "l".into(), values: vec!["x".repeat(100); 10] }, 0).unwrap();
+        ks.apply(
+            &Op::RPush {
+                key: "l".into(),
+                values: vec!["x".repeat(100); 10],
+            },
+            0,
+        )
+        .unwrap();
         let full = ks.used_bytes();
         assert!(full > 1_000, "{full}");
-        ks.apply(&Op::LTrim { key: "l".into(), start: 0, stop: 0 }, 0).unwrap();
+        ks.apply(
+            &Op::LTrim {
+                key: "l".into(),
+                start: 0,
+                stop: 0,
+            },
+            0,
+        )
+        .unwrap();
         assert!(ks.used_bytes() < full / 5);
-        ks.apply(&Op::LTrim { key: "l".into(), start: 5, stop: 6 }, 0).unwrap();
+        ks.apply(
+            &Op::LTrim {
+                key: "l".into(),
+                start: 5,
+                stop: 6,
+            },
+            0,
+        )
+        .unwrap();
         assert_eq!(ks.used_bytes(), 0);
         assert!(ks.is_empty());
     }
@@ -725,7 +759,13 @@ mod tests {
         let mut ks = Keyspace::new();
         ks.record_touched();
         ks.apply(&set("a", "1", Expiry::Never), 0).unwrap();
-        ks.apply(&Op::Del { keys: vec!["a".into(), "b".into()] }, 0).unwrap();
+        ks.apply(
+            &Op::Del {
+                keys: vec!["a".into(), "b".into()],
+            },
+            0,
+        )
+        .unwrap();
         let touched = ks.take_touched();
         assert_eq!(touched, vec![("a".to_string(), None)]);
     }

@@ -155,7 +155,11 @@ impl Local {
                     st.ks.record_touched();
                 }
                 let result = local(&mut st.ks, now_ms, keys, args);
-                let effects = if journaled { st.ks.take_touched() } else { Vec::new() };
+                let effects = if journaled {
+                    st.ks.take_touched()
+                } else {
+                    Vec::new()
+                };
                 let reply = result.map_err(StorageError::from)?;
                 if !effects.is_empty() {
                     journal(&mut st, &[Record::Effects(effects)])?;
@@ -189,6 +193,9 @@ impl Local {
         }
         if !records.is_empty() {
             journal(&mut st, &records)?;
+        }
+        if self.should_compact(&st) {
+            compact_locked(&mut st).map_err(StorageError::file)?;
         }
         Ok(Some(reply))
     }
@@ -239,24 +246,21 @@ impl Local {
         self.state.lock().ks.used_bytes()
     }
 
-    /// Drops expired keys, `fsync`s when due and compacts when the journal is large.
+    /// Drops expired keys and `fsync`s the journal when due.
     pub fn maintain(&self, now_ms: u64) -> Result<(), StorageError> {
-        let compact = {
-            let mut st = self.state.lock();
-            st.ks.sweep(now_ms);
-            let used = st.ks.used_bytes();
-            match st.journal.as_mut() {
-                Some(j) => {
-                    j.sync_if_due().map_err(StorageError::file)?;
-                    j.bytes() >= self.compact_min_bytes && j.bytes() > used.saturating_mul(2)
-                }
-                None => false,
-            }
-        };
-        if compact {
-            self.compact_now().map_err(StorageError::file)?;
+        let mut st = self.state.lock();
+        st.ks.sweep(now_ms);
+        match st.journal.as_mut() {
+            Some(j) => j.sync_if_due().map_err(StorageError::file),
+            None => Ok(()),
         }
-        Ok(())
+    }
+
+    /// The journal is past `compact_min_bytes` and more than twice the live data.
+    fn should_compact(&self, st: &State) -> bool {
+        st.journal.as_ref().is_some_and(|j| {
+            j.bytes() >= self.compact_min_bytes && j.bytes() > st.ks.used_bytes().saturating_mul(2)
+        })
     }
 
     /// `fsync`s the journal (shutdown).
@@ -269,7 +273,13 @@ impl Local {
     }
 
     fn compact_now(&self) -> std::io::Result<()> {
-        let mut st = self.state.lock();
+        compact_locked(&mut self.state.lock())
+    }
+}
+
+/// Writes the state as a snapshot and starts a new journal generation.
+fn compact_locked(st: &mut State) -> std::io::Result<()> {
+    {
         let now = super::now_ms();
         let snapshot = Snapshot {
             generation: 0,

@@ -212,7 +212,12 @@ impl StorageEvent {
                 }
             }
             StorageEvent::Resynced { entries, millis } => {
-                tracing::info!(backend = "redis", entries, millis, "outbox replayed to redis");
+                tracing::info!(
+                    backend = "redis",
+                    entries,
+                    millis,
+                    "outbox replayed to redis"
+                );
             }
         }
     }
@@ -258,6 +263,8 @@ struct Inner {
     bus: DashMap<String, broadcast::Sender<String>>,
     wake: Notify,
     stop: Notify,
+    mode_changed: Notify,
+    resync_wait: Duration,
     resync: tokio::sync::Mutex<()>,
     ping_interval: Duration,
     sweep_interval: Duration,
@@ -288,10 +295,9 @@ impl Storage {
             ));
         }
         let local = match settings.fallback {
-            FallbackKind::Memory => Local::memory(
-                settings.memory.max_bytes,
-                settings.outbox.max_entries,
-            ),
+            FallbackKind::Memory => {
+                Local::memory(settings.memory.max_bytes, settings.outbox.max_entries)
+            }
             FallbackKind::File => Local::file(
                 std::path::Path::new(&settings.file.dir),
                 settings.file.fsync_interval_ms,
@@ -329,6 +335,8 @@ impl Storage {
             bus: DashMap::new(),
             wake: Notify::new(),
             stop: Notify::new(),
+            mode_changed: Notify::new(),
+            resync_wait: Duration::from_millis(settings.redis.timeout_ms.max(1)),
             resync: tokio::sync::Mutex::new(()),
             ping_interval: Duration::from_millis(settings.redis.ping_interval_ms.max(10)),
             sweep_interval: Duration::from_millis(settings.memory.sweep_interval_ms.max(10)),
@@ -394,8 +402,14 @@ impl Storage {
         if let Op::Publish { channel, message } = &op {
             return Ok(Reply::Int(self.deliver_local(channel, message) as i64));
         }
+        if op.is_write() && self.mode() == Mode::Resyncing && self.wait_out_resync().await {
+            return Box::pin(self.run(op, script)).await;
+        }
         let outbox = if inner.redis.is_some() {
-            inner.counters.fallback_calls.fetch_add(1, Ordering::Relaxed);
+            inner
+                .counters
+                .fallback_calls
+                .fetch_add(1, Ordering::Relaxed);
             OutboxMode::Yes
         } else {
             OutboxMode::No
@@ -406,9 +420,11 @@ impl Storage {
             None
         };
         let has_redis = inner.redis.is_some();
-        let result = inner.local.execute(&op, script, now_ms(), outbox, version, || {
-            !has_redis || self.mode() != Mode::Redis
-        });
+        let result = inner
+            .local
+            .execute(&op, script, now_ms(), outbox, version, || {
+                !has_redis || self.mode() != Mode::Redis
+            });
         match result {
             Ok(Some(reply)) => Ok(reply),
             // The outbox was drained and the mode went back to `redis` between our check
@@ -419,12 +435,34 @@ impl Storage {
                     e,
                     StorageError::MemoryFull { .. } | StorageError::OutboxFull { .. }
                 ) {
-                    inner.counters.refused_writes.fetch_add(1, Ordering::Relaxed);
+                    inner
+                        .counters
+                        .refused_writes
+                        .fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(backend = "fallback", error = %e, "write refused");
                 }
                 Err(e)
             }
         }
+    }
+
+    /// Holds a write back while the outbox is replayed, so that writers cannot outpace the
+    /// replay; after `resync_wait` it goes to the outbox after all. True when the mode is
+    /// `redis` again.
+    async fn wait_out_resync(&self) -> bool {
+        let wait = async {
+            loop {
+                let changed = self.inner.mode_changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                if self.mode() != Mode::Resyncing {
+                    return;
+                }
+                changed.await;
+            }
+        };
+        let _ = tokio::time::timeout(self.inner.resync_wait, wait).await;
+        self.mode() == Mode::Redis
     }
 
     fn version_of(&self, op: &Op) -> Option<VersionCheck> {
@@ -465,6 +503,7 @@ impl Storage {
         };
         event.emit(&self.inner.counters);
         let _ = self.inner.events.send(event);
+        self.inner.mode_changed.notify_waiters();
         true
     }
 
@@ -486,13 +525,18 @@ impl Storage {
                 loop {
                     match messages.recv().await {
                         Ok(message) => {
-                            let Some(inner) = weak_bus.upgrade() else { break };
+                            let Some(inner) = weak_bus.upgrade() else {
+                                break;
+                            };
                             let (channel, payload) = redis::message_text(&message);
                             Storage { inner }.deliver_local(&channel, &payload);
                         }
                         Err(broadcast::error::RecvError::Lagged(n)) => {
                             if let Some(inner) = weak_bus.upgrade() {
-                                inner.counters.lagged_messages.fetch_add(n, Ordering::Relaxed);
+                                inner
+                                    .counters
+                                    .lagged_messages
+                                    .fetch_add(n, Ordering::Relaxed);
                             }
                         }
                         Err(_) => break,
@@ -511,12 +555,13 @@ impl Storage {
             ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut sweep = tokio::time::interval(sweep_every);
             sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut events_open = true;
             loop {
                 let Some(inner) = weak.upgrade() else { break };
                 let storage = Storage { inner };
                 tokio::select! {
                     _ = storage.inner.stop.notified() => break,
-                    event = rx.recv() => match event {
+                    event = rx.recv(), if events_open => match event {
                         Some(ConnEvent::Error(reason)) => {
                             if storage.mode() == Mode::Redis {
                                 storage.degrade(reason);
@@ -530,10 +575,7 @@ impl Storage {
                                 storage.try_resync().await;
                             }
                         }
-                        None => {
-                            // No Redis: only the sweep is left.
-                            std::future::pending::<()>().await;
-                        }
+                        None => events_open = false,
                     },
                     _ = ping.tick() => storage.check_redis().await,
                     _ = storage.inner.wake.notified() => {}
@@ -555,7 +597,8 @@ impl Storage {
         };
         match self.mode() {
             Mode::Redis => {
-                if !redis.ping().await && self.mode() == Mode::Redis {
+                let patience = self.inner.resync_wait.max(Duration::from_millis(250)) * 4;
+                if !redis.ping_patiently(patience).await && self.mode() == Mode::Redis {
                     self.degrade("PING unanswered".into());
                 }
             }
@@ -582,15 +625,16 @@ impl Storage {
         let started = Instant::now();
         self.set_mode(Mode::Resyncing, "redis answers again");
         let mut replayed = 0u64;
+        if let Err(e) = redis.load(outbox::command_wrapper()).await {
+            self.set_mode(Mode::Degraded, &format!("replay interrupted: {e:?}"));
+            return;
+        }
         loop {
             let (outbox_id, batch) = self.inner.local.peek(self.inner.replay_batch);
             if batch.is_empty() {
-                match self
-                    .inner
-                    .local
-                    .finish_resync(|| {
-                        self.set_mode(Mode::Redis, "outbox replayed");
-                    }) {
+                match self.inner.local.finish_resync(|| {
+                    self.set_mode(Mode::Redis, "outbox replayed");
+                }) {
                     Ok(true) => {
                         let event = StorageEvent::Resynced {
                             entries: replayed,
@@ -993,7 +1037,12 @@ impl Storage {
     }
 
     /// `LRANGE` (negative indexes count from the end).
-    pub async fn lrange(&self, key: &str, start: i64, stop: i64) -> Result<Vec<String>, StorageError> {
+    pub async fn lrange(
+        &self,
+        key: &str,
+        start: i64,
+        stop: i64,
+    ) -> Result<Vec<String>, StorageError> {
         Ok(self
             .execute(Op::LRange {
                 key: key.into(),

@@ -54,41 +54,136 @@ pub struct ScriptRef {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[allow(missing_docs)] // the fields are the arguments of the Redis command named by the variant
 pub enum Op {
-    Get { key: String },
-    Set { key: String, value: String, expiry: Expiry, only_if_absent: bool },
-    Del { keys: Vec<String> },
-    Exists { key: String },
+    Get {
+        key: String,
+    },
+    Set {
+        key: String,
+        value: String,
+        expiry: Expiry,
+        only_if_absent: bool,
+    },
+    Del {
+        keys: Vec<String>,
+    },
+    Exists {
+        key: String,
+    },
     /// `PEXPIREAT` once made absolute.
-    Expire { key: String, expiry: Expiry },
-    Pttl { key: String },
-    IncrBy { key: String, by: i64 },
-    HGet { key: String, field: String },
-    HSet { key: String, fields: Vec<(String, String)> },
-    HGetAll { key: String },
-    HIncrBy { key: String, field: String, by: i64 },
-    HDel { key: String, fields: Vec<String> },
-    HLen { key: String },
-    SAdd { key: String, members: Vec<String> },
-    SRem { key: String, members: Vec<String> },
-    SMembers { key: String },
-    SIsMember { key: String, member: String },
-    SCard { key: String },
-    ZAdd { key: String, members: Vec<(f64, String)> },
-    ZRem { key: String, members: Vec<String> },
-    ZPopMin { key: String, count: u64 },
+    Expire {
+        key: String,
+        expiry: Expiry,
+    },
+    Pttl {
+        key: String,
+    },
+    IncrBy {
+        key: String,
+        by: i64,
+    },
+    HGet {
+        key: String,
+        field: String,
+    },
+    HSet {
+        key: String,
+        fields: Vec<(String, String)>,
+    },
+    HGetAll {
+        key: String,
+    },
+    HIncrBy {
+        key: String,
+        field: String,
+        by: i64,
+    },
+    HDel {
+        key: String,
+        fields: Vec<String>,
+    },
+    HLen {
+        key: String,
+    },
+    SAdd {
+        key: String,
+        members: Vec<String>,
+    },
+    SRem {
+        key: String,
+        members: Vec<String>,
+    },
+    SMembers {
+        key: String,
+    },
+    SIsMember {
+        key: String,
+        member: String,
+    },
+    SCard {
+        key: String,
+    },
+    ZAdd {
+        key: String,
+        members: Vec<(f64, String)>,
+    },
+    ZRem {
+        key: String,
+        members: Vec<String>,
+    },
+    ZPopMin {
+        key: String,
+        count: u64,
+    },
     /// Inclusive bounds; infinite bounds allowed. `limit` is (offset, count).
-    ZRangeByScore { key: String, min: f64, max: f64, limit: Option<(u64, u64)> },
-    ZCard { key: String },
-    ZScore { key: String, member: String },
-    LPush { key: String, values: Vec<String> },
-    RPush { key: String, values: Vec<String> },
-    LRange { key: String, start: i64, stop: i64 },
-    LTrim { key: String, start: i64, stop: i64 },
-    LLen { key: String },
-    Publish { channel: String, message: String },
-    Eval { script: ScriptRef, keys: Vec<String>, args: Vec<String> },
+    ZRangeByScore {
+        key: String,
+        min: f64,
+        max: f64,
+        limit: Option<(u64, u64)>,
+    },
+    ZCard {
+        key: String,
+    },
+    ZScore {
+        key: String,
+        member: String,
+    },
+    LPush {
+        key: String,
+        values: Vec<String>,
+    },
+    RPush {
+        key: String,
+        values: Vec<String>,
+    },
+    LRange {
+        key: String,
+        start: i64,
+        stop: i64,
+    },
+    LTrim {
+        key: String,
+        start: i64,
+        stop: i64,
+    },
+    LLen {
+        key: String,
+    },
+    Publish {
+        channel: String,
+        message: String,
+    },
+    Eval {
+        script: ScriptRef,
+        keys: Vec<String>,
+        args: Vec<String>,
+    },
     /// One `SCAN` round: `cursor` 0 starts, a reply cursor of 0 ends.
-    Scan { cursor: u64, pattern: String, count: u64 },
+    Scan {
+        cursor: u64,
+        pattern: String,
+        count: u64,
+    },
 }
 
 impl Op {
@@ -177,7 +272,12 @@ impl Op {
         }
         match self {
             Op::Get { key } => ("GET", v(&[key])),
-            Op::Set { key, value, expiry, only_if_absent } => {
+            Op::Set {
+                key,
+                value,
+                expiry,
+                only_if_absent,
+            } => {
                 let mut args = v(&[key, value]);
                 match expiry {
                     Expiry::Never => {}
@@ -226,7 +326,12 @@ impl Op {
             }
             Op::ZRem { key, members } => ("ZREM", prepend(key, members)),
             Op::ZPopMin { key, count } => ("ZPOPMIN", v(&[key, &count.to_string()])),
-            Op::ZRangeByScore { key, min, max, limit } => {
+            Op::ZRangeByScore {
+                key,
+                min,
+                max,
+                limit,
+            } => {
                 let mut args = v(&[key, &format_score(*min), &format_score(*max), "WITHSCORES"]);
                 if let Some((offset, count)) = limit {
                     args.extend(["LIMIT".into(), offset.to_string(), count.to_string()]);
@@ -251,9 +356,19 @@ impl Op {
                 out.extend(args.iter().cloned());
                 ("EVALSHA", out)
             }
-            Op::Scan { cursor, pattern, count } => (
+            Op::Scan {
+                cursor,
+                pattern,
+                count,
+            } => (
                 "SCAN",
-                v(&[&cursor.to_string(), "MATCH", pattern, "COUNT", &count.to_string()]),
+                v(&[
+                    &cursor.to_string(),
+                    "MATCH",
+                    pattern,
+                    "COUNT",
+                    &count.to_string(),
+                ]),
             ),
         }
     }
@@ -295,8 +410,6 @@ pub enum Reply {
     Int(i64),
     /// Bulk string reply.
     Str(String),
-    /// Status reply such as `OK`.
-    Status(String),
     /// Array reply.
     Array(Vec<Reply>),
 }
@@ -306,7 +419,7 @@ impl Reply {
     pub fn into_opt_string(self) -> Option<String> {
         match self {
             Reply::Nil => None,
-            Reply::Str(s) | Reply::Status(s) => Some(s),
+            Reply::Str(s) => Some(s),
             Reply::Int(i) => Some(i.to_string()),
             Reply::Array(_) => None,
         }
@@ -316,7 +429,7 @@ impl Reply {
     pub fn as_int(&self) -> i64 {
         match self {
             Reply::Int(i) => *i,
-            Reply::Str(s) | Reply::Status(s) => s.parse().unwrap_or(0),
+            Reply::Str(s) => s.parse().unwrap_or(0),
             _ => 0,
         }
     }
@@ -324,7 +437,10 @@ impl Reply {
     /// The reply's elements as strings (a non-array gives an empty list).
     pub fn into_strings(self) -> Vec<String> {
         match self {
-            Reply::Array(items) => items.into_iter().filter_map(Reply::into_opt_string).collect(),
+            Reply::Array(items) => items
+                .into_iter()
+                .filter_map(Reply::into_opt_string)
+                .collect(),
             _ => Vec::new(),
         }
     }

@@ -169,10 +169,16 @@ pub fn replay_command(
     }
 }
 
-/// The marker key for the slot of `key`: `PREFIX:replayed:{TAG}` where TAG hashes to that slot.
+/// The marker key for the slot of `key`: `PREFIX:replayed:{TAG}` where TAG hashes to that
+/// slot; with no key (a standalone server), `PREFIX:replayed`.
 pub fn marker_key(internal_prefix: &str, key: Option<&str>) -> String {
-    let slot = key.map_or(0, |k| fred::util::redis_keyslot(k.as_bytes()));
-    format!("{internal_prefix}:replayed:{{{}}}", slot_tag(slot))
+    match key {
+        Some(k) => {
+            let slot = fred::util::redis_keyslot(k.as_bytes());
+            format!("{internal_prefix}:replayed:{{{}}}", slot_tag(slot))
+        }
+        None => format!("{internal_prefix}:replayed"),
+    }
 }
 
 /// A short string whose hash slot is `slot` (computed once for all 16,384 slots).
@@ -202,7 +208,12 @@ mod tests {
 
     #[test]
     fn marker_shares_the_slot_of_its_key() {
-        for key in ["{bot}:task:1", "hazards-EASY", "fivem_red_green_shared_data", "a{}b"] {
+        for key in [
+            "{bot}:task:1",
+            "hazards-EASY",
+            "fivem_red_green_shared_data",
+            "a{}b",
+        ] {
             let marker = marker_key("botfleet", Some(key));
             assert_eq!(
                 fred::util::redis_keyslot(marker.as_bytes()),
@@ -229,7 +240,20 @@ mod tests {
         };
         let cmd = replay_command(&entry, "box", "m", command_wrapper());
         assert_eq!(&cmd[1..4], &["2", "m", "k"]);
-        assert_eq!(&cmd[4..10], &["box", "7", "123", "timestamp", "5", &MARKER_TTL_MS.to_string()]);
-        assert_eq!(&cmd[10..], &["SET", "k", "{\"timestamp\":5}", "PXAT", "123"]);
+        assert_eq!(
+            &cmd[4..10],
+            &[
+                "box",
+                "7",
+                "123",
+                "timestamp",
+                "5",
+                &MARKER_TTL_MS.to_string()
+            ]
+        );
+        assert_eq!(
+            &cmd[10..],
+            &["SET", "k", "{\"timestamp\":5}", "PXAT", "123"]
+        );
     }
 }

@@ -49,6 +49,7 @@ pub struct RedisBackend {
     subscriber: SubscriberClient,
     opts: Options,
     channels: Mutex<BTreeSet<String>>,
+    clustered: bool,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -61,6 +62,25 @@ impl std::fmt::Debug for RedisBackend {
 
 /// The fred configuration from settings; errors name the setting at fault.
 fn fred_config(settings: &RedisSettings, fail_fast: bool) -> Result<Config, StorageError> {
+    let scheme = settings.url.split("://").next().unwrap_or_default();
+    if !settings.url.contains("://")
+        || ![
+            "redis",
+            "rediss",
+            "redis-cluster",
+            "rediss-cluster",
+            "redis-sentinel",
+            "rediss-sentinel",
+        ]
+        .contains(&scheme)
+    {
+        return Err(StorageError::Config {
+            key: "storage.redis.url",
+            message: format!(
+                "expected a redis://, rediss://, redis-cluster:// or redis-sentinel:// URL, got scheme {scheme:?}"
+            ),
+        });
+    }
     let mut config = Config::from_url(&settings.url).map_err(|e| StorageError::Config {
         key: "storage.redis.url",
         message: e.details().to_string(),
@@ -107,9 +127,24 @@ fn builder(settings: &RedisSettings, fail_fast: bool) -> Result<Builder, Storage
     Ok(builder)
 }
 
-/// Classifies a fred error.
+/// Classifies a fred error. fred reports many server error replies as `Unknown`, so the
+/// reply text decides first: Redis error replies start with an upper-case code (`ERR`,
+/// `WRONGTYPE`, `NOSCRIPT`, ...).
 fn classify(e: &Error) -> Failure {
     let details = e.details();
+    let code = details.split_whitespace().next().unwrap_or_default();
+    let is_reply_code = !code.is_empty()
+        && code.len() <= 16
+        && code.chars().all(|c| c.is_ascii_uppercase() || c == '_');
+    match code {
+        "NOSCRIPT" => return Failure::NoScript,
+        // The server cannot serve right now (loading a dataset, a replica after a fail-over,
+        // a script running too long): an outage, the data path will come back.
+        "LOADING" | "READONLY" | "MASTERDOWN" | "BUSY" | "TRYAGAIN" | "CLUSTERDOWN" => {
+            return Failure::Outage(e.to_string())
+        }
+        _ => {}
+    }
     match e.kind() {
         ErrorKind::IO
         | ErrorKind::Timeout
@@ -118,18 +153,8 @@ fn classify(e: &Error) -> Failure {
         | ErrorKind::Routing
         | ErrorKind::Cluster
         | ErrorKind::Sentinel
-        | ErrorKind::Protocol
-        | ErrorKind::Unknown => Failure::Outage(e.to_string()),
-        _ if details.starts_with("NOSCRIPT") => Failure::NoScript,
-        // Replies that mean the server cannot serve writes right now (loading a dataset, a
-        // replica after a fail-over): treat as an outage, the data path will come back.
-        _ if details.starts_with("LOADING")
-            || details.starts_with("READONLY")
-            || details.starts_with("MASTERDOWN")
-            || details.starts_with("BUSY") =>
-        {
-            Failure::Outage(e.to_string())
-        }
+        | ErrorKind::Protocol => Failure::Outage(e.to_string()),
+        ErrorKind::Unknown if !is_reply_code => Failure::Outage(e.to_string()),
         _ => Failure::Command(details.to_string()),
     }
 }
@@ -154,7 +179,7 @@ fn to_reply(value: Value) -> Reply {
                 })
                 .collect(),
         ),
-        Value::Queued => Reply::Status("QUEUED".into()),
+        Value::Queued => Reply::Str("QUEUED".into()),
     }
 }
 
@@ -196,9 +221,7 @@ impl RedisBackend {
         let pool = b
             .build_pool(settings.pool_size.max(1))
             .map_err(|e| config_error(&e))?;
-        let subscriber = b
-            .build_subscriber_client()
-            .map_err(|e| config_error(&e))?;
+        let subscriber = b.build_subscriber_client().map_err(|e| config_error(&e))?;
         pool.connect_pool();
         subscriber.connect();
         if reachable {
@@ -217,11 +240,13 @@ impl RedisBackend {
     }
 
     fn assemble(pool: Pool, subscriber: SubscriberClient, opts: Options) -> Self {
+        let clustered = pool.clients()[0].is_clustered();
         Self {
             pool,
             subscriber,
             opts,
             channels: Mutex::new(BTreeSet::new()),
+            clustered,
         }
     }
 
@@ -306,6 +331,22 @@ impl RedisBackend {
         self.raw("PING", Vec::new(), None).await.is_ok()
     }
 
+    /// A PING allowed `patience`: the idle-connection check in `redis` mode, which must not
+    /// take a busy machine for an outage (calls detect outages within the command timeout).
+    pub async fn ping_patiently(&self, patience: Duration) -> bool {
+        let opts = Options {
+            timeout: Some(patience),
+            ..self.opts.clone()
+        };
+        let command = CustomCommand::new_static("PING", ClusterHash::Random, false);
+        self.pool
+            .next()
+            .with_options(&opts)
+            .custom::<Value, String>(command, Vec::new())
+            .await
+            .is_ok()
+    }
+
     /// Replays outbox entries in order on one connection, pipelined. Returns how many were
     /// applied (the rest had been applied by an earlier replay, or were expired or older).
     pub async fn replay(
@@ -317,7 +358,6 @@ impl RedisBackend {
         let client = self.pool.next();
         // Wrappers for the scripts in this batch, loaded before the pipeline.
         let mut wrappers = std::collections::HashMap::new();
-        self.load(command_wrapper()).await?;
         for entry in entries {
             if let Op::Eval { script, .. } = &entry.op {
                 if !wrappers.contains_key(&script.sha) {
@@ -329,7 +369,12 @@ impl RedisBackend {
         }
         let pipeline = client.pipeline();
         for entry in entries {
-            let marker = marker_key(internal_prefix, entry.op.first_key());
+            // One marker per slot on a cluster (the wrapper touches it with the entry's keys);
+            // a single one on a standalone server.
+            let marker = marker_key(
+                internal_prefix,
+                entry.op.first_key().filter(|_| self.clustered),
+            );
             let wrapper = match &entry.op {
                 Op::Eval { script, .. } => &wrappers[&script.sha],
                 _ => command_wrapper(),
@@ -341,6 +386,9 @@ impl RedisBackend {
                 .await
                 .map_err(|e| classify(&e))?;
         }
+        // The command wrapper is loaded once per resync by the caller; after a restart of
+        // Redis in the middle, NOSCRIPT sends the replay back to `degraded` and the next
+        // attempt loads it again.
         let timeout = self.opts.timeout.unwrap_or(Duration::from_secs(1)) * 8;
         let results: Vec<Result<Value, Error>> = tokio::time::timeout(timeout, pipeline.try_all())
             .await

@@ -417,8 +417,14 @@ fn launch(dir: &Path, port: u16, timeout: Duration) -> Result<Child, Launch> {
     }
 }
 
+/// Whether the server answers: PONG, or NOAUTH from a server with `requirepass` (it is up,
+/// it just wants a password first).
 fn ping(addr: SocketAddr) -> bool {
-    matches!(send_command(addr, &["PING"], PING_TIMEOUT), Ok(RespValue::Simple(s)) if s == "PONG")
+    match send_command(addr, &["PING"], PING_TIMEOUT) {
+        Ok(RespValue::Simple(s)) => s == "PONG",
+        Ok(RespValue::Error(e)) => e.starts_with("NOAUTH"),
+        _ => false,
+    }
 }
 
 fn signal(pid: u32, signal: libc::c_int) {
