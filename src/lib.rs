@@ -9,7 +9,7 @@
 //! | [`storage`] | the one path to Redis (fred), the memory and file fallbacks, modes, outbox, replay |
 //! | [`supervisor`] | restart policy, stable actor handles, health, ordered start and stop |
 //! | [`actors`] | the actors (mounted from `actors/`); they depend on `storage` and `supervisor` only |
-//! | [`bench`] | `botfleet bench ...`: benchmarks printing one JSON line per scenario |
+//! | [`mod@bench`] | `botfleet bench ...`: benchmarks printing one JSON line per scenario |
 //! | [`telemetry`] | tracing set-up and the typed events that log and count |
 //!
 //! See `ARCHITECTURE.md` for the actors, the messages between them and the storage modes.

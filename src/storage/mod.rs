@@ -16,9 +16,9 @@
 //!   The first call that meets an outage (error, timeout, lost connection) switches the mode
 //!   and is itself served by the fallback, so no caller waits longer than about the timeout
 //!   and none sees an error because of the outage.
-//! - `degraded`: calls are served by the fallback ([`local::Local`]: memory, or memory plus a
+//! - `degraded`: calls are served by the fallback (`local::Local`: memory, or memory plus a
 //!   journal on disk); writes are also recorded in the outbox. A monitor PINGs Redis.
-//! - `resyncing`: Redis answers again; the outbox is replayed in order ([`outbox`] explains
+//! - `resyncing`: Redis answers again; the outbox is replayed in order (the `outbox` module explains
 //!   why replay is idempotent, keeps absolute expiry and respects newer versions). Calls are
 //!   still served by the fallback until the outbox is empty; then the fallback is emptied and
 //!   the mode is `redis` again.
