@@ -16,6 +16,7 @@
 
 #[path = "../actors/mod.rs"]
 pub mod actors;
+pub mod cli;
 pub mod settings;
 pub mod storage;
 pub mod supervisor;
