@@ -10,6 +10,7 @@
 //! | [`supervisor`] | restart policy, stable actor handles, health, ordered start and stop |
 //! | [`actors`] | the actors (mounted from `actors/`); they depend on `storage` and `supervisor` only |
 //! | [`mod@bench`] | `botfleet bench ...`: benchmarks printing one JSON line per scenario |
+//! | [`cli`] | the command line: parsing, `config check`, exit codes |
 //! | [`telemetry`] | tracing set-up and the typed events that log and count |
 //!
 //! See `ARCHITECTURE.md` for the actors, the messages between them and the storage modes.
@@ -18,6 +19,7 @@
 #[path = "../actors/mod.rs"]
 pub mod actors;
 pub mod bench;
+pub mod cli;
 pub mod settings;
 pub mod storage;
 pub mod supervisor;

@@ -1,1 +1,43 @@
-fn main() {}
+//! The `botfleet` daemon and tool: parse the command line, dispatch, map errors to exit codes.
+//! Everything else lives in the library (`botfleet::cli` for the commands).
+
+use std::io;
+use std::process::ExitCode;
+
+use botfleet::cli::{self, Cli, Command, ConfigCommand};
+use botfleet::settings::SettingsError;
+use clap::Parser;
+
+fn main() -> ExitCode {
+    // Usage errors exit with cli::EXIT_USAGE (2), --help and --version with 0.
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(()) => ExitCode::from(cli::EXIT_OK),
+        Err(err) => report(&err),
+    }
+}
+
+/// Runs the command. Commands that run the fleet set up tracing first, with
+/// `botfleet::telemetry::init(&settings.log)`, once their settings are loaded.
+fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    match &cli.command {
+        Command::Config(ConfigCommand::Check) => {
+            let settings = cli.load_settings()?;
+            cli::config_check(&settings, &mut io::stdout().lock())?;
+        }
+    }
+    Ok(())
+}
+
+/// Prints `err` to stderr and chooses the exit code: bad settings exit with
+/// `cli::EXIT_USAGE`, one problem per line; anything else with `cli::EXIT_FAILURE`.
+fn report(err: &anyhow::Error) -> ExitCode {
+    if let Some(bad) = err.downcast_ref::<SettingsError>() {
+        for problem in bad.problems() {
+            eprintln!("{problem}");
+        }
+        return ExitCode::from(cli::EXIT_USAGE);
+    }
+    eprintln!("botfleet: {err:#}");
+    ExitCode::from(cli::EXIT_FAILURE)
+}

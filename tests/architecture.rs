@@ -19,14 +19,25 @@ fn files_under(dir: &str) -> Vec<(String, String)> {
     rust_files(&root, &mut files);
     files
         .into_iter()
-        .map(|p| (p.display().to_string(), std::fs::read_to_string(&p).unwrap()))
+        .map(|p| {
+            (
+                p.display().to_string(),
+                std::fs::read_to_string(&p).unwrap(),
+            )
+        })
         .collect()
 }
 
 /// Actors never depend on the daemon, HTTP, CLI or the Fleet wiring above them.
 #[test]
 fn actors_do_not_depend_on_the_layers_above() {
-    let forbidden = ["crate::daemon", "crate::cli", "crate::http", "crate::fleet", "crate::bench"];
+    let forbidden = [
+        "crate::daemon",
+        "crate::cli",
+        "crate::http",
+        "crate::fleet",
+        "crate::bench",
+    ];
     for (path, text) in files_under("actors") {
         for f in forbidden {
             assert!(!text.contains(f), "{path} uses {f}");

@@ -2,10 +2,43 @@
 //!
 //! Loading (file + environment), validation that reports every error at once, and redaction of
 //! secrets live in the submodules; this file holds the types and their defaults.
+//!
+//! ```no_run
+//! use botfleet::Settings;
+//!
+//! match Settings::load(None) {
+//!     Ok(settings) => println!("{}", settings.redacted().to_toml()),
+//!     // One line per problem, each naming its key.
+//!     Err(err) => eprintln!("{err}"),
+//! }
+//! ```
+//!
+//! | submodule | what it does |
+//! |---|---|
+//! | `load` | merges defaults, the file and the environment with the `config` crate |
+//! | `tree` | the merged value tree and a lenient serde deserializer over it |
+//! | `validate` | unknown keys, type errors one path at a time, semantic checks |
+//! | `error` | [`SettingsError`] and its [`Problem`]s |
+//! | `secret` | [`Secret`] and [`redact_url`] |
+
+use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+mod error;
+mod load;
+mod secret;
+mod tree;
+mod validate;
+
+pub use error::{Problem, ProblemKind, SettingsError};
+pub use load::{DEFAULT_FILE, ENV_PREFIX, ENV_SEPARATOR, SEED_VARIABLES};
+pub use secret::{redact_url, Secret, REDACTED};
+
 /// Every setting of botfleet. `Settings::default()` equals the shipped `settings.toml`.
+///
+/// Load with [`Settings::load`] (file and process environment) or [`Settings::load_with_env`]
+/// (environment given, for tests). Secrets are [`Secret`]s; print [`Settings::redacted`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
@@ -19,6 +52,25 @@ pub struct Settings {
     pub log: LogSettings,
     /// HTTP API of the daemon.
     pub api: ApiSettings,
+}
+
+impl Settings {
+    /// A copy safe to print: every non-empty secret replaced by `***`, and the password inside
+    /// `storage.redis.url` too.
+    pub fn redacted(&self) -> Self {
+        let mut copy = self.clone();
+        copy.storage.redis.password = copy.storage.redis.password.redacted();
+        copy.storage.redis.url = redact_url(&copy.storage.redis.url);
+        copy.api.token = copy.api.token.redacted();
+        copy
+    }
+
+    /// These settings as TOML, in the layout of `settings.toml`. Call it on
+    /// [`Settings::redacted`] before printing.
+    pub fn to_toml(&self) -> String {
+        // Plain structs of strings, integers, booleans and unit enums always serialize to TOML.
+        toml::to_string(self).expect("settings serialize to TOML")
+    }
 }
 
 /// `[storage]`: the storage handle, its Redis connection and its fallback.
@@ -81,7 +133,9 @@ pub struct VersionedKey {
 }
 
 /// `[storage.redis]`: connection and fast-failure settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// `Debug` hides the password, and the password inside the URL.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisSettings {
     /// Use Redis at all (`USE_REDIS`). When false the fallback is the store.
@@ -91,7 +145,7 @@ pub struct RedisSettings {
     /// ACL user name; overrides the URL's.
     pub username: String,
     /// Password (secret): set it through `REDIS_PASSWORD` or `BOTFLEET__STORAGE__REDIS__PASSWORD`.
-    pub password: String,
+    pub password: Secret,
     /// Database number (`REDIS_DB`); overrides the URL's.
     pub db: u8,
     /// Command timeout: past it a call is served by the fallback.
@@ -116,7 +170,7 @@ impl Default for RedisSettings {
             enabled: true,
             url: default_redis_url(),
             username: String::new(),
-            password: String::new(),
+            password: Secret::default(),
             db: 0,
             timeout_ms: RedisSettings::default_timeout_ms(),
             connect_timeout_ms: 300,
@@ -138,6 +192,40 @@ impl RedisSettings {
 
 fn default_redis_url() -> String {
     "redis://127.0.0.1:6379".into()
+}
+
+impl fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Destructured so that a new field cannot be left out of Debug unnoticed.
+        let Self {
+            enabled,
+            url,
+            username,
+            password,
+            db,
+            timeout_ms,
+            connect_timeout_ms,
+            reconnect_min_ms,
+            reconnect_max_ms,
+            ping_interval_ms,
+            pool_size,
+            max_command_buffer,
+        } = self;
+        f.debug_struct("RedisSettings")
+            .field("enabled", enabled)
+            .field("url", &redact_url(url))
+            .field("username", username)
+            .field("password", password)
+            .field("db", db)
+            .field("timeout_ms", timeout_ms)
+            .field("connect_timeout_ms", connect_timeout_ms)
+            .field("reconnect_min_ms", reconnect_min_ms)
+            .field("reconnect_max_ms", reconnect_max_ms)
+            .field("ping_interval_ms", ping_interval_ms)
+            .field("pool_size", pool_size)
+            .field("max_command_buffer", max_command_buffer)
+            .finish()
+    }
 }
 
 /// `[storage.memory]`: the in-process fallback.
@@ -288,14 +376,14 @@ pub struct ApiSettings {
     /// Listen address; loopback by default.
     pub bind: String,
     /// Bearer token required by mutating endpoints (secret: set `BOTFLEET__API__TOKEN`).
-    pub token: String,
+    pub token: Secret,
 }
 
 impl Default for ApiSettings {
     fn default() -> Self {
         Self {
             bind: "127.0.0.1:8080".into(),
-            token: String::new(),
+            token: Secret::default(),
         }
     }
 }

@@ -88,7 +88,7 @@ fn fred_config(settings: &RedisSettings, fail_fast: bool) -> Result<Config, Stor
     if !settings.username.is_empty() {
         config.username = Some(settings.username.clone());
     }
-    let password = settings.password.as_str().to_string();
+    let password = settings.password.expose().to_string();
     if !password.is_empty() {
         config.password = Some(password);
     }

@@ -1,0 +1,144 @@
+//! The `botfleet` command line: argument types (clap derive) and the commands' library side.
+//!
+//! `src/main.rs` parses [`Cli`], dispatches on [`Command`] and maps errors to exit codes
+//! ([`EXIT_OK`], [`EXIT_FAILURE`], [`EXIT_USAGE`]). To add a subcommand:
+//!
+//! 1. add a variant to [`Command`] (its doc comment is the `--help` line), with an `Args`
+//!    struct or a nested `Subcommand` enum for its options;
+//! 2. write what it does here (or in the module that owns it) as a function that takes the loaded
+//!    [`Settings`] and its output stream (so that tests can read it) and returns a library
+//!    error type;
+//! 3. add its arm to `dispatch` in `src/main.rs`: load the settings with
+//!    [`Cli::load_settings`], call `telemetry::init(&settings.log)` if it logs, then the
+//!    function. A [`SettingsError`] exits with [`EXIT_USAGE`], any other error with
+//!    [`EXIT_FAILURE`].
+
+use std::io::{self, Write};
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::settings::{Settings, SettingsError};
+
+/// Exit code of success.
+pub const EXIT_OK: u8 = 0;
+/// Exit code of a failure at run time (I/O, Redis refusing to start, a crashed actor tree...).
+pub const EXIT_FAILURE: u8 = 1;
+/// Exit code of bad settings or bad command-line usage (clap uses it for usage errors too).
+pub const EXIT_USAGE: u8 = 2;
+
+const EXIT_CODES_HELP: &str = "\
+Exit codes:
+  0  success
+  1  failure at run time
+  2  bad configuration or bad usage (every problem is printed to stderr, one per line)
+
+Settings: settings.toml in the working directory (or --config FILE), overridden by the
+environment: REDIS_URL, USE_REDIS, REDIS_DB, REDIS_HOST, REDIS_PORT, REDIS_PASSWORD, and
+BOTFLEET__SECTION__KEY for any key (e.g. BOTFLEET__STORAGE__REDIS__TIMEOUT_MS=300).
+RUST_LOG overrides log.level.";
+
+/// botfleet: supervised actors that share a bot fleet's state through Redis, and keep working
+/// when it is down.
+#[derive(Debug, Parser)]
+#[command(name = "botfleet", version, after_help = EXIT_CODES_HELP)]
+pub struct Cli {
+    /// Settings file [default: ./settings.toml, if present]
+    #[arg(long, short = 'c', global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+impl Cli {
+    /// Loads the settings named by `--config` (or the default file) and the environment.
+    pub fn load_settings(&self) -> Result<Settings, SettingsError> {
+        Settings::load(self.config.as_deref())
+    }
+}
+
+/// The subcommands. Deliberately exhaustive: a new one does not compile until `main`
+/// dispatches it.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Inspect the settings.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+/// `botfleet config ...`.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Load and validate the settings; print the effective settings as TOML with secrets
+    /// redacted (exit 0), or every problem, one per line on stderr (exit 2).
+    Check,
+}
+
+/// `botfleet config check` once the settings loaded: writes them to `out` as TOML with secrets
+/// redacted, under a comment saying so. (Loading is [`Cli::load_settings`]; its
+/// [`SettingsError`] is the "every problem" outcome.)
+pub fn config_check(settings: &Settings, out: &mut impl Write) -> io::Result<()> {
+    writeln!(out, "# Effective botfleet settings (secrets shown as ***)")?;
+    out.write_all(settings.redacted().to_toml().as_bytes())?;
+    out.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn config_is_accepted_before_and_after_the_subcommand() {
+        let before =
+            Cli::try_parse_from(["botfleet", "--config", "a.toml", "config", "check"]).unwrap();
+        assert_eq!(before.config.as_deref(), Some(Path::new("a.toml")));
+        let after = Cli::try_parse_from(["botfleet", "config", "check", "-c", "b.toml"]).unwrap();
+        assert_eq!(after.config.as_deref(), Some(Path::new("b.toml")));
+        assert!(matches!(
+            after.command,
+            Command::Config(ConfigCommand::Check)
+        ));
+    }
+
+    #[test]
+    fn usage_errors_exit_with_the_usage_code() {
+        let err = Cli::try_parse_from(["botfleet", "config", "frobnicate"]).unwrap_err();
+        assert_eq!(err.exit_code(), i32::from(EXIT_USAGE));
+    }
+
+    #[test]
+    fn help_documents_the_exit_codes() {
+        let help = Cli::command().render_long_help().to_string();
+        assert!(
+            help.contains("Exit codes:") && help.contains("2  bad configuration"),
+            "{help}"
+        );
+    }
+
+    #[test]
+    fn written_settings_hide_secrets_and_parse_back() {
+        let mut settings = Settings::default();
+        settings.storage.redis.password = "hunter2".into();
+        settings.storage.redis.url = "redis://:hunter3@cache:6379".into();
+        settings.api.token = "tok-123".into();
+        let mut out = Vec::new();
+        config_check(&settings, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        for secret in ["hunter2", "hunter3", "tok-123"] {
+            assert!(!text.contains(secret), "{secret} leaked:\n{text}");
+        }
+        let back: Settings = toml::from_str(&text).unwrap();
+        assert_eq!(back, settings.redacted());
+    }
+}

@@ -1,0 +1,473 @@
+//! From the merged value tree to [`Settings`], collecting every problem instead of stopping at
+//! the first.
+//!
+//! 1. Keys absent from the serialized defaults are reported as unknown and dropped.
+//! 2. The tree is deserialized; on failure `serde_path_to_error` names the failing path, a
+//!    message is recorded, the value there is replaced by the default's, and deserialization is
+//!    tried again until it succeeds. Every key is checked without any per-field code.
+//! 3. Semantic checks run on the result: positive durations and sizes, min <= max, a usable
+//!    Redis URL, a socket address, a tracing filter...
+
+use std::net::SocketAddr;
+
+use super::error::{Problem, ProblemKind};
+use super::secret::redact_url;
+use super::tree::{display_path, parse_path, De, DeError, Kind, Node, Step};
+use super::{FallbackKind, Settings};
+
+/// Keys whose value must be at least 1: a zero timeout, interval, size or count makes no sense.
+pub(crate) const POSITIVE: &[&str] = &[
+    "storage.redis.timeout_ms",
+    "storage.redis.connect_timeout_ms",
+    "storage.redis.reconnect_min_ms",
+    "storage.redis.reconnect_max_ms",
+    "storage.redis.ping_interval_ms",
+    "storage.redis.pool_size",
+    "storage.memory.max_bytes",
+    "storage.memory.sweep_interval_ms",
+    "storage.outbox.max_entries",
+    "storage.outbox.replay_batch",
+    "supervisor.within_secs",
+    "supervisor.backoff_base_ms",
+    "supervisor.backoff_max_ms",
+    "supervisor.watchdog_ms",
+    "supervisor.stop_timeout_ms",
+];
+
+/// Keys whose values are secrets: a message never shows what was given there.
+pub(crate) const SECRETS: &[&str] = &["storage.redis.password", "api.token"];
+
+/// URL schemes the storage handle understands.
+pub(crate) const REDIS_SCHEMES: &[&str] = &[
+    "redis",
+    "rediss",
+    "redis-cluster",
+    "rediss-cluster",
+    "redis-sentinel",
+    "rediss-sentinel",
+];
+
+/// Deserialization attempts before giving up on repairing the tree (each attempt repairs one
+/// value, so this bounds the number of type errors reported).
+const MAX_ATTEMPTS: usize = 256;
+
+/// Turns the merged tree into settings, appending every problem found to `problems`. The
+/// settings returned are usable (bad values replaced by defaults) even when problems were found,
+/// so that the semantic checks can still run on everything else.
+pub(crate) fn settle(mut tree: Node, defaults: &Node, problems: &mut Vec<Problem>) -> Settings {
+    drop_unknown(&mut tree, defaults, &mut Vec::new(), problems);
+    for _ in 0..MAX_ATTEMPTS {
+        let err = match serde_path_to_error::deserialize::<_, Settings>(De(&tree)) {
+            Ok(settings) => {
+                semantic(&settings, &tree, problems);
+                return settings;
+            }
+            Err(err) => err,
+        };
+        let path = steps(err.path());
+        let err = err.into_inner();
+        problems.push(describe(&tree, &path, &err));
+        repair(&mut tree, defaults, path, &err);
+    }
+    problems.push(Problem::new(
+        ProblemKind::InvalidType,
+        "settings",
+        format!("more than {MAX_ATTEMPTS} invalid values; fix these first"),
+    ));
+    Settings::default()
+}
+
+fn steps(path: &serde_path_to_error::Path) -> Vec<Step> {
+    path.iter()
+        .filter_map(|segment| match segment {
+            serde_path_to_error::Segment::Seq { index } => Some(Step::Index(*index)),
+            serde_path_to_error::Segment::Map { key } => Some(Step::Key(key.clone())),
+            serde_path_to_error::Segment::Enum { variant } => Some(Step::Key(variant.clone())),
+            serde_path_to_error::Segment::Unknown => None,
+        })
+        .collect()
+}
+
+/// Reports and removes every table key the defaults do not have. Arrays are left to
+/// `deny_unknown_fields`, since the defaults may have no element to compare with.
+fn drop_unknown(
+    node: &mut Node,
+    default: &Node,
+    path: &mut Vec<Step>,
+    problems: &mut Vec<Problem>,
+) {
+    let (Kind::Table(table), Kind::Table(known)) = (&mut node.kind, &default.kind) else {
+        return;
+    };
+    let unknown: Vec<String> = table
+        .keys()
+        .filter(|key| !known.contains_key(*key))
+        .cloned()
+        .collect();
+    for key in unknown {
+        let Some(removed) = table.remove(&key) else {
+            continue;
+        };
+        let message = match suggest(&key, known.keys().map(String::as_str)) {
+            Some(near) => format!("unknown key (did you mean {near:?}?)"),
+            None => "unknown key".to_owned(),
+        };
+        path.push(Step::Key(key));
+        problems.push(
+            Problem::new(ProblemKind::UnknownKey, display_path(path), message)
+                .with_origin(removed.origin()),
+        );
+        path.pop();
+    }
+    for (key, child) in table.iter_mut() {
+        if let Some(default_child) = known.get(key) {
+            path.push(Step::Key(key.clone()));
+            drop_unknown(child, default_child, path, problems);
+            path.pop();
+        }
+    }
+}
+
+/// A known key close to `key`: one extends the other (`timeout` / `timeout_ms`) or they differ
+/// by at most two edits.
+fn suggest<'a>(key: &str, known: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    known
+        .map(|candidate| (edit_distance(key, candidate), candidate))
+        .filter(|(distance, candidate)| {
+            *distance <= 2
+                || (key.len() >= 3 && (candidate.starts_with(key) || key.starts_with(*candidate)))
+        })
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, candidate)| candidate)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
+/// The message for a deserialization error at `path`.
+fn describe(tree: &Node, path: &[Step], err: &DeError) -> Problem {
+    let key = display_path(path);
+    let given = tree.get(path);
+    let origin = given.and_then(Node::origin);
+    let shown = || match given {
+        _ if SECRETS.contains(&key.as_str()) => "***".to_owned(),
+        Some(node) => node.describe(),
+        None => "nothing".to_owned(),
+    };
+    let (key, message, origin) = match err {
+        DeError::Expected(expected) => (
+            key.clone(),
+            format!(
+                "expected {}, got {}",
+                human_expected(expected, &key),
+                shown()
+            ),
+            origin,
+        ),
+        DeError::Variant(variants) => {
+            let choices: Vec<String> = variants.iter().map(|v| format!("{v:?}")).collect();
+            (
+                key.clone(),
+                format!("expected one of {}, got {}", choices.join(", "), shown()),
+                origin,
+            )
+        }
+        DeError::UnknownField(field) => {
+            let child = field_path(path, field);
+            let origin = tree.get(&child).and_then(Node::origin);
+            (display_path(&child), "unknown key".to_owned(), origin)
+        }
+        DeError::MissingField(field) => (
+            format!("{key}.{field}"),
+            "required key missing".to_owned(),
+            origin,
+        ),
+        DeError::Other(message) => (key.clone(), message.clone(), origin),
+    };
+    let kind = match err {
+        DeError::UnknownField(_) => ProblemKind::UnknownKey,
+        _ => ProblemKind::InvalidType,
+    };
+    Problem::new(kind, key, message).with_origin(origin)
+}
+
+/// The path of an unknown field: serde_path_to_error's path may or may not end with it already.
+fn field_path(path: &[Step], field: &str) -> Vec<Step> {
+    let mut child = path.to_vec();
+    if path.last() != Some(&Step::Key(field.to_owned())) {
+        child.push(Step::Key(field.to_owned()));
+    }
+    child
+}
+
+/// serde's wording of a type (`u64`, `a boolean`, `struct RedisSettings`) for people.
+fn human_expected(expected: &str, key: &str) -> String {
+    let phrase = match expected {
+        "u8" => "an integer from 0 to 255",
+        "u16" => "an integer from 0 to 65535",
+        "u32" | "u64" | "u128" | "usize" if POSITIVE.contains(&key) => "a positive integer",
+        "u32" | "u64" | "u128" | "usize" => "a non-negative integer",
+        "i8" | "i16" | "i32" | "i64" | "i128" | "isize" => "an integer",
+        "f32" | "f64" => "a number",
+        "a boolean" => "true or false",
+        "a string" | "a borrowed string" | "a character" => "a string",
+        "a sequence" => "an array",
+        "a map" => "a table",
+        other if other.starts_with("struct ") => "a table",
+        other => return other.to_owned(),
+    };
+    phrase.to_owned()
+}
+
+/// Replaces the value that failed with the default's, so that the next attempt gets further.
+/// When that changes nothing, the enclosing value is replaced instead, up to the whole tree.
+fn repair(tree: &mut Node, defaults: &Node, mut path: Vec<Step>, err: &DeError) {
+    if let DeError::UnknownField(field) = err {
+        if tree.replace(&field_path(&path, field), None) {
+            return;
+        }
+    }
+    loop {
+        if tree.replace(&path, defaults.get(&path).cloned()) {
+            return;
+        }
+        if path.pop().is_none() {
+            // Already the defaults: nothing left to repair. Unreachable in practice, since the
+            // defaults deserialize; `settle` stops after MAX_ATTEMPTS anyway.
+            return;
+        }
+    }
+}
+
+/// Checks that types alone cannot express.
+fn semantic(settings: &Settings, tree: &Node, problems: &mut Vec<Problem>) {
+    let mut check = Checker { tree, problems };
+    // Serialized, every integer setting can be looked up by its key.
+    let values = toml::Value::try_from(settings).ok();
+    for key in POSITIVE {
+        let value = values.as_ref().and_then(|v| lookup(v, key));
+        if let Some(toml::Value::Integer(0)) = value {
+            check.fail(key, "expected a positive integer, got 0".to_owned());
+        }
+    }
+
+    let redis = &settings.storage.redis;
+    check.at_most(
+        "storage.redis.reconnect_min_ms",
+        redis.reconnect_min_ms,
+        "storage.redis.reconnect_max_ms",
+        redis.reconnect_max_ms,
+    );
+    let supervisor = &settings.supervisor;
+    check.at_most(
+        "supervisor.backoff_base_ms",
+        supervisor.backoff_base_ms,
+        "supervisor.backoff_max_ms",
+        supervisor.backoff_max_ms,
+    );
+
+    if redis.enabled && !redis.url.is_empty() {
+        check.redis_url(&redis.url, redis.db);
+    }
+
+    if settings.storage.fallback == FallbackKind::File
+        && settings.storage.file.dir.trim().is_empty()
+    {
+        check.fail(
+            "storage.file.dir",
+            "expected a directory when storage.fallback is \"file\", got \"\"".to_owned(),
+        );
+    }
+    for (i, versioned) in settings.storage.versioned.iter().enumerate() {
+        for (name, value) in [("pattern", &versioned.pattern), ("field", &versioned.field)] {
+            if value.is_empty() {
+                check.fail(
+                    &format!("storage.versioned[{i}].{name}"),
+                    "expected a non-empty string, got \"\"".to_owned(),
+                );
+            }
+        }
+    }
+
+    for (key, value) in [
+        ("keys.prefix", &settings.keys.prefix),
+        ("keys.internal_prefix", &settings.keys.internal_prefix),
+    ] {
+        if value.is_empty() || value.chars().any(char::is_whitespace) {
+            check.fail(
+                key,
+                format!("expected a non-empty key prefix without spaces, got {value:?}"),
+            );
+        }
+    }
+
+    if let Err(reason) = check_filter(&settings.log.level) {
+        check.fail(
+            "log.level",
+            format!(
+                "expected a tracing filter such as \"info\" or \"botfleet=debug,fred=warn\", got {:?} ({reason})",
+                settings.log.level
+            ),
+        );
+    }
+
+    if settings.api.bind.parse::<SocketAddr>().is_err() {
+        check.fail(
+            "api.bind",
+            format!(
+                "expected a socket address such as 127.0.0.1:8080, got {:?}",
+                settings.api.bind
+            ),
+        );
+    }
+}
+
+fn lookup<'a>(value: &'a toml::Value, key: &str) -> Option<&'a toml::Value> {
+    key.split('.')
+        .try_fold(value, |value, part| value.get(part))
+}
+
+/// A `log.level`/`RUST_LOG` filter: comma-separated directives, each a level (`info`) or
+/// `TARGET[SPAN]=LEVEL`. A bare word that is not a level is refused, although tracing reads it
+/// as "everything from that target": far more often it is a misspelt level.
+pub(crate) fn check_filter(filter: &str) -> Result<(), String> {
+    const LEVELS: &[&str] = &["off", "error", "warn", "info", "debug", "trace"];
+    if filter.trim().is_empty() {
+        return Err("empty".to_owned());
+    }
+    for directive in filter.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        if !directive.contains('=') && !LEVELS.contains(&directive.to_ascii_lowercase().as_str()) {
+            return Err(format!(
+                "{directive:?} is not a level: use one of {} or TARGET=LEVEL",
+                LEVELS.join(", ")
+            ));
+        }
+    }
+    tracing_subscriber::EnvFilter::builder()
+        .parse(filter)
+        .map(drop)
+        .map_err(|err| err.to_string())
+}
+
+struct Checker<'a> {
+    tree: &'a Node,
+    problems: &'a mut Vec<Problem>,
+}
+
+impl Checker<'_> {
+    fn fail(&mut self, key: &str, message: String) {
+        let origin = self.tree.get(&parse_path(key)).and_then(Node::origin);
+        self.problems
+            .push(Problem::new(ProblemKind::InvalidValue, key, message).with_origin(origin));
+    }
+
+    fn at_most(&mut self, low_key: &str, low: u64, high_key: &str, high: u64) {
+        if low > high {
+            self.fail(
+                low_key,
+                format!("expected at most {high_key} ({high}), got {low}"),
+            );
+        }
+    }
+
+    fn redis_url(&mut self, url: &str, db: u8) {
+        const KEY: &str = "storage.redis.url";
+        let shown = redact_url(url);
+        let parsed = match url::Url::parse(url) {
+            Ok(parsed) => parsed,
+            Err(err) => {
+                self.fail(
+                    KEY,
+                    format!(
+                        "expected a Redis URL such as redis://127.0.0.1:6379, got {shown:?} ({err})"
+                    ),
+                );
+                return;
+            }
+        };
+        if !REDIS_SCHEMES.contains(&parsed.scheme()) {
+            let mut schemes = REDIS_SCHEMES
+                .iter()
+                .map(|s| format!("{s}://"))
+                .collect::<Vec<_>>();
+            let last = schemes.pop().unwrap_or_default();
+            self.fail(
+                KEY,
+                format!(
+                    "expected a URL with scheme {} or {last}, got {shown:?}",
+                    schemes.join(", ")
+                ),
+            );
+            return;
+        }
+        // The storage handle hands the URL to fred: refuse now what it would refuse later.
+        if let Err(err) = fred::types::config::Config::from_url(url) {
+            self.fail(
+                KEY,
+                format!(
+                    "expected a usable Redis URL, got {shown:?} ({})",
+                    err.details()
+                ),
+            );
+            return;
+        }
+        if parsed.scheme().ends_with("-cluster") && db != 0 {
+            self.fail(
+                "storage.redis.db",
+                format!("expected 0 with Redis Cluster, which has only database 0, got {db}"),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suggests_near_keys() {
+        let known = ["timeout_ms", "connect_timeout_ms", "db", "url"];
+        assert_eq!(suggest("timeout", known.into_iter()), Some("timeout_ms"));
+        assert_eq!(suggest("timeut_ms", known.into_iter()), Some("timeout_ms"));
+        assert_eq!(suggest("urls", known.into_iter()), Some("url"));
+        assert_eq!(suggest("completely_else", known.into_iter()), None);
+    }
+
+    #[test]
+    fn filters() {
+        assert!(check_filter("info").is_ok());
+        assert!(check_filter("botfleet=debug,fred=warn").is_ok());
+        assert!(check_filter("warn,botfleet::storage=trace").is_ok());
+        assert!(check_filter("").is_err());
+        assert!(check_filter("loud").is_err());
+        assert!(check_filter("botfleet=loud").is_err());
+    }
+
+    #[test]
+    fn expected_phrases() {
+        assert_eq!(
+            human_expected("u64", "storage.redis.timeout_ms"),
+            "a positive integer"
+        );
+        assert_eq!(
+            human_expected("u64", "storage.file.fsync_interval_ms"),
+            "a non-negative integer"
+        );
+        assert_eq!(human_expected("a boolean", "x"), "true or false");
+        assert_eq!(human_expected("struct RedisSettings", "x"), "a table");
+    }
+}
