@@ -415,13 +415,10 @@ impl Checker<'_> {
             return;
         }
         // The storage handle hands the URL to fred: refuse now what it would refuse later.
-        if let Err(err) = fred::types::config::Config::from_url(url) {
+        if let Err(err) = crate::storage::validate_redis_url(url) {
             self.fail(
                 KEY,
-                format!(
-                    "expected a usable Redis URL, got {shown:?} ({})",
-                    err.details()
-                ),
+                format!("expected a usable Redis URL, got {shown:?} ({err})"),
             );
             return;
         }

@@ -270,6 +270,11 @@ struct Inner {
     sweep_interval: Duration,
 }
 
+/// Checks a Redis URL the way the storage handle will read it; the reason when it cannot.
+pub fn validate_redis_url(url: &str) -> Result<(), String> {
+    redis::parse_url(url)
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
     SystemTime::now()

@@ -60,6 +60,13 @@ impl std::fmt::Debug for RedisBackend {
     }
 }
 
+/// Parses a Redis URL as fred does; the reason when it cannot.
+pub fn parse_url(url: &str) -> Result<(), String> {
+    Config::from_url(url)
+        .map(|_| ())
+        .map_err(|e| e.details().to_string())
+}
+
 /// The fred configuration from settings; errors name the setting at fault.
 fn fred_config(settings: &RedisSettings, fail_fast: bool) -> Result<Config, StorageError> {
     let scheme = settings.url.split("://").next().unwrap_or_default();
