@@ -1,1 +1,102 @@
 //! Supervision: restart policy, stable actor handles, health, ordered start and stop.
+//!
+//! actix restarts an actor only when it *stops*; a panic in a handler or a timer closure drops
+//! the actor's task for good (its queued requests get `MailboxError::Closed`) and nothing
+//! restarts it. This module adds the missing layer, in the manner of Erlang/OTP:
+//!
+//! - failures: a panic (handler, `run_interval`/`run_later` closure, `started`, factory), a
+//!   fatal error reported with [`ChildContext::fail`], and a hung actor (a request pending
+//!   longer than `watchdog_ms`, seen by a watchdog). Deaths are detected without the actor's
+//!   cooperation: a guard spawned into each actor's context reports when the context is
+//!   dropped, and a panic hook captures the message;
+//! - restart types ([`RestartType`]), backoff with jitter, and a restart intensity (at most
+//!   `max_restarts` within `within_secs` across the tree, then every child is stopped in
+//!   reverse order and [`Supervisor::wait`] resolves with
+//!   [`SupervisorError::IntensityExceeded`]);
+//! - stable handles ([`ActorHandle`]) that reach the current incarnation, and a request that
+//!   was in flight when its actor died resolves at once with [`CallError::ActorRestarted`];
+//! - ordered start, reverse-ordered stop with a deadline per child ([`ShutdownReport`]);
+//! - health per child ([`HealthReport`]) and typed, logged events ([`SupervisionEvent`]).
+//!
+//! Each child runs on an arbiter (thread) of its own, created by an [`ActorSystem`] that runs
+//! the actix `System` on a dedicated thread; the supervisor loop runs on yet another arbiter,
+//! so a child blocked in a synchronous handler stalls neither its siblings nor its supervisor.
+//! Such a child is abandoned (its arbiter stopped) and replaced; its thread is leaked until the
+//! blocking handler returns.
+//!
+//! A panic is seen only after the panic hook has run on the actor's thread: with
+//! `RUST_BACKTRACE=1` the default hook first symbolizes a backtrace, and in a debug build the
+//! restart after a process's first panic then took 190-240 ms instead of about 50 ms.
+//!
+//! | file | what it holds |
+//! |---|---|
+//! | `system.rs` | [`ActorSystem`]: the actix `System` thread, arbiters, joining their threads |
+//! | `tree.rs` | [`SupervisorBuilder`], [`Supervisor`], [`ShutdownReport`] |
+//! | `run/` | the supervisor loop: ordered start, restarts, watchdog; reverse-ordered stop |
+//! | `child.rs` | [`ChildSpec`], [`ChildContext`], how an incarnation is created and its death seen |
+//! | `handle.rs` | [`ActorHandle`]: stable address, in-flight requests, fates |
+//! | `restart.rs` | [`RestartType`], backoff with jitter, the intensity window |
+//! | `health.rs`, `events.rs`, `error.rs`, `panic.rs` | health report, typed events, errors, panic capture |
+//!
+//! ```no_run
+//! use actix::prelude::*;
+//! use botfleet::settings::SupervisorSettings;
+//! use botfleet::supervisor::{ActorSystem, ChildSpec, RestartType, SupervisorBuilder};
+//!
+//! #[derive(Default)]
+//! struct Counter(u64);
+//! impl Actor for Counter {
+//!     type Context = Context<Self>;
+//! }
+//!
+//! #[derive(Message)]
+//! #[rtype(result = "u64")]
+//! struct Increment;
+//!
+//! impl Handler<Increment> for Counter {
+//!     type Result = u64;
+//!     fn handle(&mut self, _: Increment, _: &mut Context<Self>) -> u64 {
+//!         self.0 += 1;
+//!         self.0
+//!     }
+//! }
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let system = ActorSystem::start("botfleet")?;
+//! let mut tree = SupervisorBuilder::new("root", SupervisorSettings::default());
+//! let counter = tree.child(ChildSpec::new("counter", |_| Counter::default()));
+//! let spare = tree.child(
+//!     ChildSpec::new("spare", |_| Counter::default()).restart(RestartType::Transient),
+//! );
+//! let supervisor = tree.start(&system).await?;
+//!
+//! assert_eq!(counter.send(Increment).await?, 1);
+//! spare.do_send(Increment)?;
+//! let health = supervisor.health();
+//! println!("{}", serde_json::to_string(&health)?);
+//! let report = supervisor.shutdown().await?;
+//! assert_eq!(report.stop_order(), ["spare", "counter"]);
+//! system.stop().await;
+//! # Ok(())
+//! # }
+//! ```
+
+mod child;
+mod error;
+mod events;
+mod handle;
+mod health;
+mod panic;
+mod restart;
+mod run;
+mod system;
+mod tree;
+
+pub use child::{ChildContext, ChildSpec};
+pub use error::{CallError, Exit, SupervisorError};
+pub use events::SupervisionEvent;
+pub use handle::ActorHandle;
+pub use health::{ActorHealth, ChildState, HealthReport};
+pub use restart::{backoff, backoff_ceiling, RestartType};
+pub use system::{ActorSystem, ManagedArbiter, SystemStopReport, DEFAULT_JOIN_TIMEOUT};
+pub use tree::{ChildStopReport, ShutdownReport, StopOutcome, Supervisor, SupervisorBuilder};
