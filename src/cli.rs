@@ -29,9 +29,11 @@ pub const EXIT_USAGE: u8 = 2;
 
 const EXIT_CODES_HELP: &str = "\
 Exit codes:
-  0  success
-  1  failure at run time
-  2  bad configuration or bad usage (every problem is printed to stderr, one per line)
+  0    success (`run`: stopped by SIGINT/SIGTERM with every write flushed)
+  1    failure at run time (`run`: an actor kept failing past the restart intensity)
+  2    bad configuration or bad usage (every problem is printed to stderr, one per line)
+  3    `run` stopped while Redis was unreachable: writes held in memory were lost
+  130  `run` interrupted by a second signal during the graceful stop
 
 Settings: settings.toml in the working directory (or --config FILE), overridden by the
 environment: REDIS_URL, USE_REDIS, REDIS_DB, REDIS_HOST, REDIS_PORT, REDIS_PASSWORD, and
@@ -63,9 +65,32 @@ impl Cli {
 /// dispatches it.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the daemon until SIGINT or SIGTERM (a second signal quits at once).
+    Run,
     /// Inspect the settings.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Run a benchmark; prints one JSON line per scenario.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+/// `botfleet bench ...`.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Storage handle throughput and latency beside redis-benchmark on the same server, and a
+    /// kill -9 fail-over of a private redis-server (needs redis-server on PATH).
+    Storage {
+        /// Server for the throughput scenarios (keys under `bench:` are overwritten).
+        #[arg(long, value_name = "URL")]
+        redis: String,
+        /// Operations per throughput scenario.
+        #[arg(long, default_value_t = 100_000)]
+        ops: usize,
+        /// Outbox writes to replay in the fail-over scenario.
+        #[arg(long, default_value_t = 10_000)]
+        outbox_writes: usize,
+    },
 }
 
 /// `botfleet config ...`.
@@ -120,10 +145,23 @@ mod tests {
     #[test]
     fn help_documents_the_exit_codes() {
         let help = Cli::command().render_long_help().to_string();
-        assert!(
-            help.contains("Exit codes:") && help.contains("2  bad configuration"),
-            "{help}"
-        );
+        assert!(help.contains("Exit codes:"), "{help}");
+        for (code, meaning) in [
+            (EXIT_OK, "success"),
+            (EXIT_FAILURE, "failure at run time"),
+            (EXIT_USAGE, "bad configuration"),
+            (
+                crate::daemon::EXIT_UNFLUSHED,
+                "writes held in memory were lost",
+            ),
+            (crate::daemon::EXIT_INTERRUPTED, "second signal"),
+        ] {
+            let line = help
+                .lines()
+                .find(|l| l.trim_start().starts_with(&format!("{code} ")))
+                .unwrap_or_else(|| panic!("exit code {code} undocumented: {help}"));
+            assert!(line.contains(meaning), "{line}");
+        }
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //! | [`supervisor`] | restart policy, stable actor handles, health, ordered start and stop |
 //! | [`actors`] | the actors (mounted from `actors/`); they depend on `storage` and `supervisor` only |
 //! | [`mod@bench`] | `botfleet bench ...`: benchmarks printing one JSON line per scenario |
+//! | [`fleet`] | the `Fleet` handle a host starts: storage, actor system, supervision tree |
+//! | [`daemon`] | `botfleet run`: signals, graceful stop, exit codes |
 //! | [`cli`] | the command line: parsing, `config check`, exit codes |
 //! | [`telemetry`] | tracing set-up and the typed events that log and count |
 //!
@@ -20,9 +22,12 @@
 pub mod actors;
 pub mod bench;
 pub mod cli;
+pub mod daemon;
+pub mod fleet;
 pub mod settings;
 pub mod storage;
 pub mod supervisor;
 pub mod telemetry;
 
+pub use fleet::{BlockingFleet, Fleet, FleetError, FleetHealth};
 pub use settings::Settings;

@@ -4,13 +4,16 @@
 use std::io;
 use std::process::ExitCode;
 
-use botfleet::cli::{self, Cli, Command, ConfigCommand};
+use botfleet::cli::{self, BenchCommand, Cli, Command, ConfigCommand};
 use botfleet::settings::SettingsError;
 use clap::Parser;
 
 fn main() -> ExitCode {
     // Usage errors exit with cli::EXIT_USAGE (2), --help and --version with 0.
     let cli = Cli::parse();
+    if let Command::Run = cli.command {
+        return run(&cli);
+    }
     match dispatch(cli) {
         Ok(()) => ExitCode::from(cli::EXIT_OK),
         Err(err) => report(&err),
@@ -25,8 +28,38 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let settings = cli.load_settings()?;
             cli::config_check(&settings, &mut io::stdout().lock())?;
         }
+        Command::Bench(BenchCommand::Storage {
+            redis,
+            ops,
+            outbox_writes,
+        }) => {
+            let settings = cli.load_settings()?;
+            botfleet::telemetry::init(&settings.log)?;
+            let bench = botfleet::bench::storage::StorageBench {
+                redis_url: redis.clone(),
+                ops: *ops,
+                outbox_writes: *outbox_writes,
+            };
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(botfleet::bench::storage::run(&bench, |line| {
+                println!("{line}")
+            }))?;
+        }
+        Command::Run => unreachable!("handled in main"),
     }
     Ok(())
+}
+
+/// `botfleet run`: the daemon's exit code is its own (see `botfleet --help`).
+fn run(cli: &Cli) -> ExitCode {
+    let settings = match cli.load_settings() {
+        Ok(settings) => settings,
+        Err(err) => return report(&err.into()),
+    };
+    if let Err(err) = botfleet::telemetry::init(&settings.log) {
+        return report(&err.into());
+    }
+    ExitCode::from(botfleet::daemon::run(settings))
 }
 
 /// Prints `err` to stderr and chooses the exit code: bad settings exit with

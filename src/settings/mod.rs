@@ -48,6 +48,8 @@ pub struct Settings {
     pub keys: KeySettings,
     /// Restart policy of the actor tree.
     pub supervisor: SupervisorSettings,
+    /// This instance's presence record in Redis.
+    pub presence: PresenceSettings,
     /// Logging.
     pub log: LogSettings,
     /// HTTP API of the daemon.
@@ -336,6 +338,26 @@ impl Default for SupervisorSettings {
             backoff_max_ms: 5_000,
             watchdog_ms: 10_000,
             stop_timeout_ms: 5_000,
+        }
+    }
+}
+
+/// `[presence]`: every instance records itself under `INTERNAL_PREFIX:instance:ID`, so that
+/// operators (and other instances) can list the live daemons.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PresenceSettings {
+    /// Interval between two presence records.
+    pub interval_ms: u64,
+    /// Lifetime of a presence record; at least three intervals.
+    pub ttl_secs: u64,
+}
+
+impl Default for PresenceSettings {
+    fn default() -> Self {
+        Self {
+            interval_ms: 5_000,
+            ttl_secs: 30,
         }
     }
 }

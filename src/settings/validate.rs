@@ -32,6 +32,8 @@ pub(crate) const POSITIVE: &[&str] = &[
     "supervisor.backoff_max_ms",
     "supervisor.watchdog_ms",
     "supervisor.stop_timeout_ms",
+    "presence.interval_ms",
+    "presence.ttl_secs",
 ];
 
 /// Keys whose values are secrets: a message never shows what was given there.
@@ -282,6 +284,18 @@ fn semantic(settings: &Settings, tree: &Node, problems: &mut Vec<Problem>) {
 
     if redis.enabled && !redis.url.is_empty() {
         check.redis_url(&redis.url, redis.db);
+    }
+
+    let presence = &settings.presence;
+    if presence.ttl_secs.saturating_mul(1_000) < presence.interval_ms.saturating_mul(3) {
+        check.fail(
+            "presence.ttl_secs",
+            format!(
+                "expected at least three presence.interval_ms ({} ms), got {} s",
+                presence.interval_ms.saturating_mul(3),
+                presence.ttl_secs
+            ),
+        );
     }
 
     if settings.storage.fallback == FallbackKind::File

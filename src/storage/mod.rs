@@ -263,6 +263,7 @@ struct Inner {
     bus: DashMap<String, broadcast::Sender<String>>,
     wake: Notify,
     stop: Notify,
+    stopped: std::sync::atomic::AtomicBool,
     mode_changed: Notify,
     resync_wait: Duration,
     resync: tokio::sync::Mutex<()>,
@@ -340,6 +341,7 @@ impl Storage {
             bus: DashMap::new(),
             wake: Notify::new(),
             stop: Notify::new(),
+            stopped: std::sync::atomic::AtomicBool::new(false),
             mode_changed: Notify::new(),
             resync_wait: Duration::from_millis(settings.redis.timeout_ms.max(1)),
             resync: tokio::sync::Mutex::new(()),
@@ -563,6 +565,9 @@ impl Storage {
             let mut events_open = true;
             loop {
                 let Some(inner) = weak.upgrade() else { break };
+                if inner.stopped.load(Ordering::Acquire) {
+                    break;
+                }
                 let storage = Storage { inner };
                 tokio::select! {
                     _ = storage.inner.stop.notified() => break,
@@ -708,6 +713,7 @@ impl Storage {
 
     /// Stops the background tasks, syncs the journal and closes Redis connections.
     pub async fn close(&self) {
+        self.inner.stopped.store(true, Ordering::Release);
         self.inner.stop.notify_waiters();
         let _ = self.inner.local.flush();
         if let Some(redis) = &self.inner.redis {

@@ -106,7 +106,7 @@ impl SupervisorBuilder {
                 name: self.name,
                 health,
                 events,
-                shutdown: Some(shutdown_tx),
+                shutdown: parking_lot::Mutex::new(Some(shutdown_tx)),
                 outcome: outcome_rx,
             }),
             Ok(Err(error)) => Err(error),
@@ -122,7 +122,7 @@ pub struct Supervisor {
     name: String,
     health: Arc<HealthBoard>,
     events: broadcast::Sender<SupervisionEvent>,
-    shutdown: Option<oneshot::Sender<()>>,
+    shutdown: parking_lot::Mutex<Option<oneshot::Sender<()>>>,
     outcome: watch::Receiver<Option<Outcome>>,
 }
 
@@ -162,8 +162,11 @@ impl Supervisor {
     /// Stops the children in reverse declaration order, each within `stop_timeout_ms` (a child
     /// that does not stop in time is abandoned and reported), and returns the report. If the
     /// tree had already given up, returns that error instead.
-    pub async fn shutdown(mut self) -> Result<ShutdownReport, SupervisorError> {
-        if let Some(shutdown) = self.shutdown.take() {
+    /// Takes `&self` so that a shared owner (the `Fleet`) can stop the tree while others wait
+    /// on it; a second call returns the same outcome.
+    pub async fn shutdown(&self) -> Result<ShutdownReport, SupervisorError> {
+        let shutdown = self.shutdown.lock().take();
+        if let Some(shutdown) = shutdown {
             let _ = shutdown.send(());
         }
         self.wait().await

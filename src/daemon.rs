@@ -1,0 +1,104 @@
+//! `botfleet run`: the daemon.
+//!
+//! Starts a [`Fleet`] on a multi-threaded tokio runtime and runs until SIGINT or SIGTERM, then
+//! stops gracefully: actors in reverse order within their deadline, the outbox flushed to Redis
+//! (or kept in the file store). A second signal during the graceful stop quits at once. When
+//! the supervision tree gives up (restart intensity exceeded) the daemon exits non-zero so
+//! that a process manager restarts it.
+
+use std::time::Duration;
+
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::cli::{EXIT_FAILURE, EXIT_OK};
+use crate::fleet::{Fleet, FleetError};
+use crate::settings::Settings;
+
+/// Exit code: stopped by a signal, but writes held in memory could not reach Redis.
+pub const EXIT_UNFLUSHED: u8 = 3;
+/// Exit code: a second signal interrupted the graceful stop.
+pub const EXIT_INTERRUPTED: u8 = 130;
+
+/// Runs the daemon until a signal or a fatal failure; returns the process exit code.
+pub fn run(settings: Settings) -> u8 {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .thread_name("botfleet")
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the tokio runtime");
+            return EXIT_FAILURE;
+        }
+    };
+    let code = runtime.block_on(serve(settings));
+    runtime.shutdown_timeout(Duration::from_millis(500));
+    code
+}
+
+async fn serve(settings: Settings) -> u8 {
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(t), Ok(i)) => (t, i),
+        _ => {
+            tracing::error!("cannot install signal handlers");
+            return EXIT_FAILURE;
+        }
+    };
+    let fleet = match Fleet::start(settings).await {
+        Ok(fleet) => fleet,
+        Err(FleetError::Storage(e)) => {
+            tracing::error!(error = %e, "cannot start: storage");
+            eprintln!("botfleet: {e}");
+            return crate::cli::EXIT_USAGE;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start");
+            eprintln!("botfleet: {e}");
+            return EXIT_FAILURE;
+        }
+    };
+    tracing::info!(instance = %fleet.instance(), "daemon running; SIGINT or SIGTERM stops it");
+    let outcome = tokio::select! {
+        _ = term.recv() => Ok("SIGTERM"),
+        _ = int.recv() => Ok("SIGINT"),
+        result = fleet.wait() => Err(result),
+    };
+    match outcome {
+        Ok(signal_name) => {
+            tracing::info!(
+                signal = signal_name,
+                "stopping: a second signal quits at once"
+            );
+            let stop = fleet.shutdown();
+            tokio::select! {
+                report = stop => match report {
+                    Ok(report) if report.flushed => EXIT_OK,
+                    Ok(report) => {
+                        eprintln!("botfleet: {} writes could not reach redis and are lost", report.unflushed_writes);
+                        EXIT_UNFLUSHED
+                    }
+                    Err(e) => {
+                        eprintln!("botfleet: {e}");
+                        EXIT_FAILURE
+                    }
+                },
+                _ = term.recv() => EXIT_INTERRUPTED,
+                _ = int.recv() => EXIT_INTERRUPTED,
+            }
+        }
+        Err(result) => {
+            let message = match result {
+                Ok(()) => "the supervision tree stopped".to_string(),
+                Err(e) => e.to_string(),
+            };
+            tracing::error!(error = %message, "runtime failure: exiting so that a process manager restarts botfleet");
+            eprintln!("botfleet: {message}");
+            let _ = fleet.shutdown().await;
+            EXIT_FAILURE
+        }
+    }
+}

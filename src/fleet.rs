@@ -1,0 +1,326 @@
+//! The `Fleet` handle: what a host application (or the daemon) starts.
+//!
+//! [`Fleet::start`] opens the storage on the caller's multi-threaded tokio runtime, starts the
+//! actix system on a thread of its own ([`ActorSystem`]), and the supervision tree with the
+//! built-in actors in order (storage monitor, presence) followed by the host's own
+//! ([`Fleet::start_with`]). [`Fleet::shutdown`] stops them in reverse order, each within
+//! `supervisor.stop_timeout_ms`, flushes the outbox to Redis (or leaves it in the file store)
+//! and stops the system thread. [`BlockingFleet`] is the same handle for hosts without an
+//! async runtime.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use serde::Serialize;
+
+use crate::actors::presence::{GetPresence, Presence, PresenceStatus};
+use crate::actors::storage_monitor::{ListStorageEvents, SeenEvent, StorageMonitor};
+use crate::settings::{FallbackKind, Settings};
+use crate::storage::{Mode, Storage, StorageError, StorageStats};
+use crate::supervisor::{
+    ActorHandle, ActorSystem, CallError, ChildSpec, HealthReport, RestartType, ShutdownReport,
+    Supervisor, SupervisorBuilder, SupervisorError,
+};
+
+/// Why a fleet could not start, or stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FleetError {
+    /// The storage could not be opened (a misconfiguration names its setting).
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// Supervision failed: start-up of an actor, or the restart intensity was exceeded.
+    #[error(transparent)]
+    Supervisor(#[from] SupervisorError),
+    /// A call to a built-in actor failed.
+    #[error(transparent)]
+    Call(#[from] CallError),
+    /// The fleet is already shut down.
+    #[error("the fleet is shut down")]
+    ShutDown,
+}
+
+/// The health of a fleet: storage and every actor, as one serializable value.
+#[derive(Debug, Clone, Serialize)]
+pub struct FleetHealth {
+    /// This instance's id (`HOST-PID`).
+    pub instance: String,
+    /// Storage mode and counters.
+    pub storage: StorageStats,
+    /// Every supervised actor.
+    pub actors: HealthReport,
+}
+
+/// What [`Fleet::shutdown`] did.
+#[derive(Debug, Clone, Serialize)]
+pub struct FleetShutdown {
+    /// Actors in the order they stopped, and any abandoned past the deadline.
+    pub actors: ShutdownReport,
+    /// Whether every write reached Redis (or the durable file store).
+    pub flushed: bool,
+    /// Writes still waiting, lost if the fallback is memory.
+    pub unflushed_writes: usize,
+}
+
+/// A running fleet. Cheap to clone, `Send + Sync`; every clone is the same fleet.
+#[derive(Clone)]
+pub struct Fleet {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fleet")
+            .field("instance", &self.inner.instance)
+            .finish()
+    }
+}
+
+struct Inner {
+    settings: Settings,
+    instance: String,
+    storage: Storage,
+    supervisor: Supervisor,
+    system: Mutex<Option<ActorSystem>>,
+    presence: ActorHandle<Presence>,
+    monitor: ActorHandle<StorageMonitor>,
+    shut_down: tokio::sync::Mutex<Option<FleetShutdown>>,
+}
+
+impl Fleet {
+    /// Starts a fleet with the built-in actors. Call it from a multi-threaded tokio runtime.
+    pub async fn start(settings: Settings) -> Result<Fleet, FleetError> {
+        Self::start_with(settings, |_, _| {}).await
+    }
+
+    /// Starts a fleet; `configure` adds the host's own supervised actors after the built-in
+    /// ones (they start after them and stop before them). Keep the handles `tree.child(..)`
+    /// returns: they stay valid across restarts.
+    pub async fn start_with<F>(settings: Settings, configure: F) -> Result<Fleet, FleetError>
+    where
+        F: FnOnce(&mut SupervisorBuilder, &Storage),
+    {
+        let storage = Storage::open(&settings.storage, &settings.keys.internal_prefix).await?;
+        let instance = format!("{}-{}", hostname(), std::process::id());
+        let system = match ActorSystem::start("botfleet") {
+            Ok(system) => system,
+            Err(e) => {
+                storage.close().await;
+                return Err(e.into());
+            }
+        };
+        let mut tree = SupervisorBuilder::new("botfleet", settings.supervisor.clone());
+        let monitor = {
+            let storage = storage.clone();
+            tree.child(ChildSpec::new("storage-monitor", move |_| {
+                StorageMonitor::new(storage.clone())
+            }))
+        };
+        let presence = {
+            let (storage, presence, prefix, id) = (
+                storage.clone(),
+                settings.presence.clone(),
+                settings.keys.internal_prefix.clone(),
+                instance.clone(),
+            );
+            tree.child(
+                ChildSpec::new("presence", move |child| {
+                    Presence::new(
+                        storage.clone(),
+                        presence.clone(),
+                        &prefix,
+                        &id,
+                        child.clone(),
+                    )
+                })
+                .restart(RestartType::Permanent),
+            )
+        };
+        configure(&mut tree, &storage);
+        let supervisor = match tree.start(&system).await {
+            Ok(s) => s,
+            Err(e) => {
+                system.stop().await;
+                storage.close().await;
+                return Err(e.into());
+            }
+        };
+        tracing::info!(%instance, mode = %storage.mode(), "fleet started");
+        Ok(Fleet {
+            inner: Arc::new(Inner {
+                settings,
+                instance,
+                storage,
+                supervisor,
+                system: Mutex::new(Some(system)),
+                presence,
+                monitor,
+                shut_down: tokio::sync::Mutex::new(None),
+            }),
+        })
+    }
+
+    /// The storage handle (the one path to Redis).
+    pub fn storage(&self) -> &Storage {
+        &self.inner.storage
+    }
+
+    /// The settings the fleet runs with.
+    pub fn settings(&self) -> &Settings {
+        &self.inner.settings
+    }
+
+    /// This instance's id (`HOST-PID`).
+    pub fn instance(&self) -> &str {
+        &self.inner.instance
+    }
+
+    /// Storage and actor health.
+    pub fn health(&self) -> FleetHealth {
+        FleetHealth {
+            instance: self.inner.instance.clone(),
+            storage: self.inner.storage.stats(),
+            actors: self.inner.supervisor.health(),
+        }
+    }
+
+    /// The presence actor's status.
+    pub async fn presence(&self) -> Result<PresenceStatus, FleetError> {
+        Ok(self.inner.presence.send(GetPresence).await?)
+    }
+
+    /// Recent storage events (mode changes, resyncs), oldest first.
+    pub async fn storage_events(&self) -> Result<Vec<SeenEvent>, FleetError> {
+        Ok(self.inner.monitor.send(ListStorageEvents).await?)
+    }
+
+    /// Resolves when the supervision tree stops on its own: with an error naming the actor
+    /// when the restart intensity was exceeded.
+    pub async fn wait(&self) -> Result<(), FleetError> {
+        self.inner.supervisor.wait().await?;
+        Ok(())
+    }
+
+    /// Stops the actors in reverse order (each within `supervisor.stop_timeout_ms`), flushes
+    /// the outbox to Redis (waiting up to the same deadline when Redis is reachable), syncs the
+    /// file store and stops the actix thread. Idempotent: later calls return the first report.
+    pub async fn shutdown(&self) -> Result<FleetShutdown, FleetError> {
+        let mut done = self.inner.shut_down.lock().await;
+        if let Some(report) = done.as_ref() {
+            return Ok(report.clone());
+        }
+        // After an escalation the tree has already stopped its children: nothing to report.
+        let actors = self
+            .inner
+            .supervisor
+            .shutdown()
+            .await
+            .unwrap_or(ShutdownReport {
+                children: Vec::new(),
+                elapsed_ms: 0,
+            });
+        let deadline = Duration::from_millis(self.inner.settings.supervisor.stop_timeout_ms);
+        let storage = &self.inner.storage;
+        let mut flushed = storage.flush(deadline).await;
+        let unflushed_writes = storage.stats().outbox_len;
+        if !flushed && self.inner.settings.storage.fallback == FallbackKind::File {
+            tracing::warn!(
+                unflushed_writes,
+                "redis unreachable at shutdown: writes stay in the file store and are replayed on the next start"
+            );
+            flushed = true;
+        } else if !flushed {
+            tracing::error!(
+                unflushed_writes,
+                "redis unreachable at shutdown: writes held in memory are lost (use storage.fallback = \"file\" to keep them)"
+            );
+        }
+        storage.close().await;
+        let system = self.inner.system.lock().take();
+        if let Some(system) = system {
+            system.stop().await;
+        }
+        tracing::info!(instance = %self.inner.instance, flushed, "fleet stopped");
+        let report = FleetShutdown {
+            actors,
+            flushed,
+            unflushed_writes: if flushed && storage.mode() != Mode::Degraded {
+                0
+            } else {
+                unflushed_writes
+            },
+        };
+        *done = Some(report.clone());
+        Ok(report)
+    }
+}
+
+/// A [`Fleet`] for hosts without an async runtime: it owns a small multi-threaded tokio
+/// runtime and blocks on the same async methods.
+pub struct BlockingFleet {
+    runtime: tokio::runtime::Runtime,
+    fleet: Fleet,
+}
+
+impl std::fmt::Debug for BlockingFleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlockingFleet")
+            .field("fleet", &self.fleet)
+            .finish()
+    }
+}
+
+impl BlockingFleet {
+    /// Starts a fleet on a runtime of its own. Must not be called from inside a tokio runtime.
+    pub fn start(settings: Settings) -> Result<BlockingFleet, FleetError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("botfleet-host")
+            .enable_all()
+            .build()
+            .map_err(|e| FleetError::Storage(StorageError::Runtime(e.to_string())))?;
+        let fleet = runtime.block_on(Fleet::start(settings))?;
+        Ok(BlockingFleet { runtime, fleet })
+    }
+
+    /// The async handle, for calls this facade does not wrap.
+    pub fn fleet(&self) -> &Fleet {
+        &self.fleet
+    }
+
+    /// Runs any future on the fleet's runtime and blocks until it is done, e.g.
+    /// `blocking.block_on(blocking.fleet().storage().get("key"))`.
+    pub fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
+        self.runtime.block_on(future)
+    }
+
+    /// `GET` through the storage handle.
+    pub fn get(&self, key: &str) -> Result<Option<String>, StorageError> {
+        self.block_on(self.fleet.storage().get(key))
+    }
+
+    /// `SET` through the storage handle.
+    pub fn set(&self, key: &str, value: &str, ttl: Option<Duration>) -> Result<(), StorageError> {
+        self.block_on(self.fleet.storage().set(key, value, ttl))
+    }
+
+    /// Storage and actor health.
+    pub fn health(&self) -> FleetHealth {
+        self.fleet.health()
+    }
+
+    /// Stops the fleet and its runtime.
+    pub fn shutdown(self) -> Result<FleetShutdown, FleetError> {
+        let report = self.runtime.block_on(self.fleet.shutdown());
+        self.runtime.shutdown_timeout(Duration::from_secs(5));
+        report
+    }
+}
+
+/// The host name, from the kernel.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
