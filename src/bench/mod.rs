@@ -43,7 +43,9 @@ impl Latencies {
     }
 }
 
-/// A private `redis-server` on a free loopback port, killed on drop (benchmarks only).
+/// A private `redis-server` on a free loopback port, killed on drop (benchmarks only). It
+/// persists every write (`appendfsync always`), so what it acknowledged before a kill -9 is
+/// there after the restart and a lost write can only be botfleet's.
 #[derive(Debug)]
 pub struct PrivateRedis {
     port: u16,
@@ -77,7 +79,7 @@ impl PrivateRedis {
                 "--save",
                 "",
             ])
-            .args(["--appendonly", "no", "--dir"])
+            .args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
             .arg(&self.dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -106,7 +108,7 @@ impl PrivateRedis {
         }
     }
 
-    /// Starts again on the same port, empty.
+    /// Starts again on the same port and directory (with the persisted data).
     pub fn restart(&mut self) -> std::io::Result<()> {
         self.kill9();
         self.spawn()

@@ -2,7 +2,7 @@
 //! `redis-benchmark` on the same server in the same run, and a kill -9 fail-over scenario on a
 //! private server.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -141,18 +141,26 @@ async fn failover(
     settings.redis.url = server.url();
     settings.outbox.max_entries = outbox_writes * 4;
     let storage = Storage::open(&settings, "botfleet").await?;
+    // Writes allowed from now on: unlimited until the kill, then exactly `outbox_writes`, so
+    // the outbox holds what the scenario replays (writers are far faster than any poll).
+    let budget = Arc::new(AtomicI64::new(i64::MAX));
     let stop = Arc::new(AtomicBool::new(false));
     let errors = Arc::new(AtomicU64::new(0));
     let acked = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for t in 0..50 {
-        let (storage, stop, errors, acked) =
-            (storage.clone(), stop.clone(), errors.clone(), acked.clone());
+        let (storage, stop, errors, acked, budget) = (
+            storage.clone(),
+            stop.clone(),
+            errors.clone(),
+            acked.clone(),
+            budget.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut written = Vec::new();
             let mut slowest = Duration::ZERO;
             let mut i = 0u64;
-            while !stop.load(Ordering::Relaxed) {
+            while !stop.load(Ordering::Relaxed) && budget.fetch_sub(1, Ordering::AcqRel) > 0 {
                 let key = format!("fo:{t}:{i}");
                 let started = Instant::now();
                 match storage.set(&key, i.to_string(), None).await {

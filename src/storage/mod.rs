@@ -406,6 +406,10 @@ impl Storage {
                 }
             }
         }
+        // The fallback answers without ever returning Pending: without this, callers in a
+        // tight loop would monopolise the runtime's workers and starve the monitor that
+        // resyncs (tokio does not preempt). Yields once the task's coop budget is spent.
+        tokio::task::consume_budget().await;
         if let Op::Publish { channel, message } = &op {
             return Ok(Reply::Int(self.deliver_local(channel, message) as i64));
         }
