@@ -20,11 +20,6 @@ use crate::settings::PresenceSettings;
 use crate::storage::{now_ms, Storage, StorageError};
 use crate::supervisor::ChildContext;
 
-/// The key of an instance's presence record.
-pub fn presence_key(internal_prefix: &str, instance_id: &str) -> String {
-    format!("{internal_prefix}:instance:{instance_id}")
-}
-
 /// What [`GetPresence`] answers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PresenceStatus {
@@ -60,14 +55,13 @@ impl Presence {
     pub fn new(
         storage: Storage,
         settings: PresenceSettings,
-        internal_prefix: &str,
         instance_id: &str,
         child: ChildContext,
     ) -> Self {
         Self {
+            key: storage.keys().instance(instance_id),
             storage,
             settings,
-            key: presence_key(internal_prefix, instance_id),
             pid: std::process::id().to_string(),
             host: hostname(),
             started_at: now_ms().to_string(),

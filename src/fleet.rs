@@ -17,7 +17,7 @@ use serde::Serialize;
 use crate::actors::presence::{GetPresence, Presence, PresenceStatus};
 use crate::actors::storage_monitor::{ListStorageEvents, SeenEvent, StorageMonitor};
 use crate::settings::{FallbackKind, Settings};
-use crate::storage::{Mode, Storage, StorageError, StorageStats};
+use crate::storage::{KeySchema, Mode, Storage, StorageError, StorageStats};
 use crate::supervisor::{
     ActorHandle, ActorSystem, CallError, ChildSpec, HealthReport, RestartType, ShutdownReport,
     Supervisor, SupervisorBuilder, SupervisorError,
@@ -101,7 +101,7 @@ impl Fleet {
     where
         F: FnOnce(&mut SupervisorBuilder, &Storage),
     {
-        let storage = Storage::open(&settings.storage, &settings.keys.internal_prefix).await?;
+        let storage = Storage::open(&settings.storage, &KeySchema::new(&settings.keys)).await?;
         let instance = format!("{}-{}", hostname(), std::process::id());
         let system = match ActorSystem::start("botfleet") {
             Ok(system) => system,
@@ -118,21 +118,11 @@ impl Fleet {
             }))
         };
         let presence = {
-            let (storage, presence, prefix, id) = (
-                storage.clone(),
-                settings.presence.clone(),
-                settings.keys.internal_prefix.clone(),
-                instance.clone(),
-            );
+            let (storage, presence, id) =
+                (storage.clone(), settings.presence.clone(), instance.clone());
             tree.child(
                 ChildSpec::new("presence", move |child| {
-                    Presence::new(
-                        storage.clone(),
-                        presence.clone(),
-                        &prefix,
-                        &id,
-                        child.clone(),
-                    )
+                    Presence::new(storage.clone(), presence.clone(), &id, child.clone())
                 })
                 .restart(RestartType::Permanent),
             )

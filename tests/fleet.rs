@@ -7,7 +7,6 @@ mod support;
 use std::time::Duration;
 
 use actix::prelude::*;
-use botfleet::actors::presence::presence_key;
 use botfleet::settings::Settings;
 use botfleet::supervisor::{ActorHandle, ChildSpec, ChildState};
 use botfleet::{BlockingFleet, Fleet};
@@ -59,7 +58,7 @@ async fn starts_and_stops_three_times_without_leaking_threads() {
 async fn presence_is_mirrored_to_redis_in_the_seed_style_layout() {
     let server = RedisServer::start().unwrap();
     let fleet = Fleet::start(settings(&server.url())).await.unwrap();
-    let key = presence_key("botfleet", fleet.instance());
+    let key = fleet.storage().keys().instance(fleet.instance());
     let s = &server;
     poll_until(Duration::from_secs(5), || {
         s.cmd(&["HGET", &key, "beats"])
@@ -86,7 +85,7 @@ async fn presence_is_mirrored_to_redis_in_the_seed_style_layout() {
 async fn a_fatal_storage_error_restarts_the_actor_which_repairs_its_key() {
     let server = RedisServer::start().unwrap();
     let fleet = Fleet::start(settings(&server.url())).await.unwrap();
-    let key = presence_key("botfleet", fleet.instance());
+    let key = fleet.storage().keys().instance(fleet.instance());
     let s = &server;
     poll_until(Duration::from_secs(5), || {
         s.cmd(&["EXISTS", &key]).as_int() == Some(1)

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use botfleet::settings::{FallbackKind, StorageSettings};
-use botfleet::storage::{Mode, Storage, StorageError, StorageEvent};
+use botfleet::storage::{KeySchema, Mode, Storage, StorageError, StorageEvent};
 use parking_lot::Mutex;
 use support::{poll_until_async, RedisServer};
 
@@ -120,7 +120,7 @@ fn missing_in_redis(server: &RedisServer, written: &[(String, String)]) -> usize
 async fn kill9_under_load_loses_nothing_and_switches_within_bound() {
     let mut server = RedisServer::builder().persistence(true).start().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let storage = Storage::open(&settings(&server.url(), dir.path()), "botfleet")
+    let storage = Storage::open(&settings(&server.url(), dir.path()), &KeySchema::default())
         .await
         .unwrap();
     assert_eq!(storage.mode(), Mode::Redis);
@@ -181,7 +181,7 @@ async fn kill9_under_load_loses_nothing_and_switches_within_bound() {
 async fn frozen_server_is_an_outage_within_bound() {
     let server = RedisServer::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let storage = Storage::open(&settings(&server.url(), dir.path()), "botfleet")
+    let storage = Storage::open(&settings(&server.url(), dir.path()), &KeySchema::default())
         .await
         .unwrap();
     let load = Load::start(&storage, 8, None);
@@ -211,7 +211,7 @@ async fn frozen_server_is_an_outage_within_bound() {
 async fn replay_keeps_absolute_expiry() {
     let mut server = RedisServer::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let storage = Storage::open(&settings(&server.url(), dir.path()), "botfleet")
+    let storage = Storage::open(&settings(&server.url(), dir.path()), &KeySchema::default())
         .await
         .unwrap();
     server.kill9();
@@ -261,7 +261,7 @@ async fn replay_keeps_absolute_expiry() {
 async fn replay_does_not_overwrite_newer_versions() {
     let mut server = RedisServer::builder().persistence(true).start().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let storage = Storage::open(&settings(&server.url(), dir.path()), "botfleet")
+    let storage = Storage::open(&settings(&server.url(), dir.path()), &KeySchema::default())
         .await
         .unwrap();
     let newer = r#"{"timestamp":200,"game_data":{},"processed_data":{}}"#;
@@ -293,7 +293,7 @@ async fn replay_is_idempotent() {
     let mut st = settings(&server.url(), dir.path());
     st.fallback = FallbackKind::File;
     st.file.fsync_interval_ms = 0;
-    let storage = Storage::open(&st, "botfleet").await.unwrap();
+    let storage = Storage::open(&st, &KeySchema::default()).await.unwrap();
     server.kill9();
     for i in 0..300 {
         storage.incr_by("counter", 1).await.unwrap();
@@ -315,7 +315,7 @@ async fn replay_is_idempotent() {
 
     let mut again = settings(&server.url(), copy.path());
     again.fallback = FallbackKind::File;
-    let second = Storage::open(&again, "botfleet").await.unwrap();
+    let second = Storage::open(&again, &KeySchema::default()).await.unwrap();
     assert_eq!(
         second.stats().outbox_len,
         900,
@@ -342,7 +342,7 @@ async fn starts_degraded_when_redis_is_down() {
     server.kill9();
     let dir = tempfile::tempdir().unwrap();
     let started = Instant::now();
-    let storage = Storage::open(&settings(&url, dir.path()), "botfleet")
+    let storage = Storage::open(&settings(&url, dir.path()), &KeySchema::default())
         .await
         .unwrap();
     let took = started.elapsed();
@@ -362,7 +362,7 @@ async fn starts_degraded_when_redis_is_down() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn misconfiguration_fails_start_up_naming_the_setting() {
     let dir = tempfile::tempdir().unwrap();
-    let err = Storage::open(&settings("nonsense://x", dir.path()), "botfleet")
+    let err = Storage::open(&settings("nonsense://x", dir.path()), &KeySchema::default())
         .await
         .unwrap_err();
     assert!(
@@ -382,7 +382,7 @@ async fn misconfiguration_fails_start_up_naming_the_setting() {
         .unwrap();
     let mut st = settings(&server.url(), dir.path());
     st.redis.password = "wrong-secret".into();
-    let err = Storage::open(&st, "botfleet").await.unwrap_err();
+    let err = Storage::open(&st, &KeySchema::default()).await.unwrap_err();
     assert!(
         matches!(
             err,
@@ -399,7 +399,7 @@ async fn misconfiguration_fails_start_up_naming_the_setting() {
     );
 
     st.redis.password = "right-secret".into();
-    let storage = Storage::open(&st, "botfleet").await.unwrap();
+    let storage = Storage::open(&st, &KeySchema::default()).await.unwrap();
     assert_eq!(storage.mode(), Mode::Redis);
 }
 
@@ -411,7 +411,7 @@ async fn bounds_refuse_writes_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let mut st = settings(&server.url(), dir.path());
     st.outbox.max_entries = 100;
-    let storage = Storage::open(&st, "botfleet").await.unwrap();
+    let storage = Storage::open(&st, &KeySchema::default()).await.unwrap();
     server.kill9();
     for i in 0..100 {
         storage.set(&format!("k{i}"), "v", None).await.unwrap();
@@ -433,7 +433,7 @@ async fn bounds_refuse_writes_with_a_clear_error() {
     let mut st = StorageSettings::default();
     st.redis.enabled = false;
     st.memory.max_bytes = 10_000;
-    let small = Storage::open(&st, "botfleet").await.unwrap();
+    let small = Storage::open(&st, &KeySchema::default()).await.unwrap();
     let mut refused = None;
     for i in 0..1_000 {
         if let Err(e) = small.set(&format!("k{i}"), "x".repeat(100), None).await {
@@ -458,7 +458,7 @@ async fn bounds_refuse_writes_with_a_clear_error() {
 async fn pubsub_works_connected_and_degraded() {
     let mut server = RedisServer::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let storage = Storage::open(&settings(&server.url(), dir.path()), "botfleet")
+    let storage = Storage::open(&settings(&server.url(), dir.path()), &KeySchema::default())
         .await
         .unwrap();
     let mut sub = storage.subscribe("news").await;

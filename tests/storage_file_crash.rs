@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use botfleet::settings::{FallbackKind, StorageSettings};
-use botfleet::storage::{Mode, Storage};
+use botfleet::storage::{KeySchema, Mode, Storage};
 use support::{poll_until_async, RedisServer};
 
 const CHILD_ENV: &str = "BOTFLEET_TEST_FILE_CHILD";
@@ -29,7 +29,7 @@ fn settings(url: &str, dir: &str) -> StorageSettings {
 async fn child_writer() {
     let spec = std::env::var(CHILD_ENV).expect("run by the parent test");
     let (url, dir) = spec.split_once('|').unwrap();
-    let storage = Storage::open(&settings(url, dir), "botfleet")
+    let storage = Storage::open(&settings(url, dir), &KeySchema::default())
         .await
         .unwrap();
     assert_eq!(storage.mode(), Mode::Degraded);
@@ -82,7 +82,7 @@ async fn kill9_while_degraded_then_restart_loses_nothing() {
     let last = last_acked.expect("the child acknowledged writes");
 
     server.restart_empty().unwrap();
-    let storage = Storage::open(&settings(&url, &store), "botfleet")
+    let storage = Storage::open(&settings(&url, &store), &KeySchema::default())
         .await
         .unwrap();
     let s = storage.clone();

@@ -7,7 +7,9 @@ mod support;
 use std::time::Duration;
 
 use botfleet::settings::{FallbackKind, StorageSettings};
-use botfleet::storage::{Expiry, Keyspace, LocalError, Mode, Op, Reply, Script, Storage};
+use botfleet::storage::{
+    Expiry, KeySchema, Keyspace, LocalError, Mode, Op, Reply, Script, Storage,
+};
 use support::RedisServer;
 
 fn s(x: &str) -> String {
@@ -512,7 +514,7 @@ async fn fallbacks_answer_exactly_as_redis_does() {
     let dir = tempfile::tempdir().unwrap();
     let redis = Storage::open(
         &settings(FallbackKind::Memory, Some(&server.url()), dir.path()),
-        "botfleet",
+        &KeySchema::default(),
     )
     .await
     .unwrap();
@@ -521,7 +523,7 @@ async fn fallbacks_answer_exactly_as_redis_does() {
 
     for fallback in [FallbackKind::Memory, FallbackKind::File] {
         let dir = tempfile::tempdir().unwrap();
-        let local = Storage::open(&settings(fallback, None, dir.path()), "botfleet")
+        let local = Storage::open(&settings(fallback, None, dir.path()), &KeySchema::default())
             .await
             .unwrap();
         assert_eq!(local.mode(), Mode::Fallback);
@@ -540,7 +542,7 @@ async fn file_fallback_keeps_its_data_across_reopen_and_compaction() {
     st.file.compact_min_bytes = 4_096;
     st.memory.sweep_interval_ms = 20;
     {
-        let storage = Storage::open(&st, "botfleet").await.unwrap();
+        let storage = Storage::open(&st, &KeySchema::default()).await.unwrap();
         for i in 0..5_000 {
             storage.set("k", format!("{i}"), None).await.unwrap();
             storage.rpush("events", &[&format!("e{i}")]).await.unwrap();
@@ -561,7 +563,7 @@ async fn file_fallback_keeps_its_data_across_reopen_and_compaction() {
         journal_bytes < 60_000,
         "the store compacts: {journal_bytes} bytes on disk"
     );
-    let storage = Storage::open(&st, "botfleet").await.unwrap();
+    let storage = Storage::open(&st, &KeySchema::default()).await.unwrap();
     assert_eq!(storage.get("k").await.unwrap().as_deref(), Some("4999"));
     let events = storage.lrange("events", 0, -1).await.unwrap();
     assert_eq!(events.first().map(String::as_str), Some("e4990"));

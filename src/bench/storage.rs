@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::{redis_benchmark, Latencies, PrivateRedis};
 use crate::settings::StorageSettings;
-use crate::storage::{Mode, Storage, StorageError, StorageEvent};
+use crate::storage::{KeySchema, Mode, Storage, StorageError, StorageEvent};
 
 /// Options of the storage benchmark.
 #[derive(Debug, Clone)]
@@ -30,7 +30,7 @@ pub async fn run(
 ) -> Result<(), StorageError> {
     let mut settings = StorageSettings::default();
     settings.redis.url = bench.redis_url.clone();
-    let storage = Storage::open(&settings, "botfleet").await?;
+    let storage = Storage::open(&settings, &KeySchema::default()).await?;
     if storage.mode() != Mode::Redis {
         return Err(StorageError::Config {
             key: "--redis",
@@ -140,7 +140,7 @@ async fn failover(
     let mut settings = StorageSettings::default();
     settings.redis.url = server.url();
     settings.outbox.max_entries = outbox_writes * 4;
-    let storage = Storage::open(&settings, "botfleet").await?;
+    let storage = Storage::open(&settings, &KeySchema::default()).await?;
     // Writes allowed from now on: unlimited until the kill, then exactly `outbox_writes`, so
     // the outbox holds what the scenario replays (writers are far faster than any poll).
     let budget = Arc::new(AtomicI64::new(i64::MAX));

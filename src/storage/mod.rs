@@ -34,6 +34,7 @@
 
 mod glob;
 mod journal;
+mod keys;
 mod keyspace;
 mod local;
 mod op;
@@ -51,6 +52,7 @@ use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, Notify};
 
 pub use glob::glob_match;
+pub use keys::{hash_slot, KeySchema};
 pub use keyspace::{Keyspace, LocalError};
 pub use op::{Expiry, Op, Reply};
 pub use script::{LocalScript, Script};
@@ -255,7 +257,7 @@ struct Inner {
     mode: AtomicU8,
     redis: Option<RedisBackend>,
     local: Local,
-    internal_prefix: String,
+    keys: KeySchema,
     versioned: Vec<VersionedKey>,
     replay_batch: usize,
     counters: Counters,
@@ -291,7 +293,7 @@ impl Storage {
     /// misconfiguration fails with [`StorageError::Config`] naming the setting.
     pub async fn open(
         settings: &StorageSettings,
-        internal_prefix: &str,
+        keys: &KeySchema,
     ) -> Result<Storage, StorageError> {
         let handle = tokio::runtime::Handle::try_current()
             .map_err(|e| StorageError::Runtime(e.to_string()))?;
@@ -333,7 +335,7 @@ impl Storage {
             mode: AtomicU8::new(mode.as_u8()),
             redis,
             local,
-            internal_prefix: internal_prefix.to_string(),
+            keys: keys.clone(),
             versioned: settings.versioned.clone(),
             replay_batch: settings.outbox.replay_batch.max(1),
             counters: Counters::default(),
@@ -360,6 +362,11 @@ impl Storage {
         }
         storage.spawn_monitor();
         Ok(storage)
+    }
+
+    /// The key schema (every key name, from `[keys]`).
+    pub fn keys(&self) -> &KeySchema {
+        &self.inner.keys
     }
 
     /// The current mode.
@@ -668,7 +675,7 @@ impl Storage {
             }
             let last = batch.last().map_or(0, |e| e.seq);
             match redis
-                .replay(&outbox_id, &self.inner.internal_prefix, &batch)
+                .replay(&outbox_id, self.inner.keys.internal_prefix(), &batch)
                 .await
             {
                 Ok(_) => {

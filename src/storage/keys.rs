@@ -1,0 +1,125 @@
+//! The key schema: every Redis key name botfleet uses, built from `[keys]` in the settings.
+//!
+//! The seed layouts are a public interface (bots in Python or TypeScript read and write these
+//! keys), so the defaults reproduce them: `bot:tasks:queue`, `bot:task:ID`, `bot:state`, ...
+//! With a hash-tagged prefix such as `{bot}` every key of the prefix lands in one cluster
+//! slot, so the scripts that touch the queue and a task hash together run on Redis Cluster.
+//! botfleet's own bookkeeping lives under `keys.internal_prefix` (`botfleet` by default).
+
+use crate::settings::KeySettings;
+
+/// Key names, from settings. Cheap to clone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeySchema {
+    prefix: String,
+    internal: String,
+}
+
+impl Default for KeySchema {
+    fn default() -> Self {
+        Self::new(&KeySettings::default())
+    }
+}
+
+impl KeySchema {
+    /// The schema for `[keys]`.
+    pub fn new(settings: &KeySettings) -> Self {
+        Self {
+            prefix: settings.prefix.clone(),
+            internal: settings.internal_prefix.clone(),
+        }
+    }
+
+    /// The seed's prefix (`bot`, or `{bot}` on a cluster).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// botfleet's own prefix.
+    pub fn internal_prefix(&self) -> &str {
+        &self.internal
+    }
+
+    /// `PREFIX:tasks:queue`: sorted set of waiting task ids, score = -priority.
+    pub fn task_queue(&self) -> String {
+        format!("{}:tasks:queue", self.prefix)
+    }
+
+    /// `PREFIX:task:ID`: a task's hash.
+    pub fn task(&self, id: &str) -> String {
+        format!("{}:task:{id}", self.prefix)
+    }
+
+    /// `PREFIX:state`: the bot state hash.
+    pub fn state(&self) -> String {
+        format!("{}:state", self.prefix)
+    }
+
+    /// `PREFIX:sessions:active`: set of active session ids.
+    pub fn sessions_active(&self) -> String {
+        format!("{}:sessions:active", self.prefix)
+    }
+
+    /// `PREFIX:session:ID`: a session's hash.
+    pub fn session(&self, id: &str) -> String {
+        format!("{}:session:{id}", self.prefix)
+    }
+
+    /// `PREFIX:metrics:ID`: a session's metrics hash.
+    pub fn metrics(&self, session_id: &str) -> String {
+        format!("{}:metrics:{session_id}", self.prefix)
+    }
+
+    /// `PREFIX:events`: the capped event log.
+    pub fn events(&self) -> String {
+        format!("{}:events", self.prefix)
+    }
+
+    /// `INTERNAL:instance:ID`: an instance's presence record.
+    pub fn instance(&self, instance_id: &str) -> String {
+        format!("{}:instance:{instance_id}", self.internal)
+    }
+
+    /// Glob matching every presence record.
+    pub fn instances_pattern(&self) -> String {
+        format!("{}:instance:*", self.internal)
+    }
+}
+
+/// The cluster hash slot of a key (CRC16 of its hash tag, as Redis Cluster computes it).
+pub fn hash_slot(key: &str) -> u16 {
+    fred::util::redis_keyslot(key.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_reproduce_the_seed_layout() {
+        let keys = KeySchema::new(&KeySettings::default());
+        assert_eq!(keys.task_queue(), "bot:tasks:queue");
+        assert_eq!(keys.task("42"), "bot:task:42");
+        assert_eq!(keys.state(), "bot:state");
+        assert_eq!(keys.sessions_active(), "bot:sessions:active");
+        assert_eq!(keys.session("s1"), "bot:session:s1");
+        assert_eq!(keys.metrics("s1"), "bot:metrics:s1");
+        assert_eq!(keys.events(), "bot:events");
+        assert_eq!(keys.instance("h-1"), "botfleet:instance:h-1");
+    }
+
+    #[test]
+    fn a_hash_tagged_prefix_keeps_script_keys_in_one_slot() {
+        let keys = KeySchema::new(&KeySettings {
+            prefix: "{bot}".into(),
+            ..KeySettings::default()
+        });
+        let slot = hash_slot(&keys.task_queue());
+        for key in [keys.task("1"), keys.task("zz"), keys.state(), keys.events()] {
+            assert_eq!(hash_slot(&key), slot, "{key}");
+        }
+        // Without the tag they spread over slots.
+        let plain = KeySchema::new(&KeySettings::default());
+        assert_ne!(hash_slot(&plain.task("1")), hash_slot(&plain.task_queue()));
+    }
+}
