@@ -1,0 +1,447 @@
+//! The typed operations of [`Storage`]: thin wrappers that build an [`Op`], execute it and
+//! shape the [`Reply`] (the same on Redis and on the fallback).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+use super::op::{self, Expiry, Op, Reply};
+use super::redis::Failure;
+use super::{Script, Storage, StorageError, Subscription, Ttl, BUS_CAPACITY};
+
+impl Storage {
+    /// `GET`.
+    pub async fn get(&self, key: &str) -> Result<Option<String>, StorageError> {
+        Ok(self
+            .execute(Op::Get { key: key.into() })
+            .await?
+            .into_opt_string())
+    }
+
+    /// `SET` with an optional time to live.
+    pub async fn set(
+        &self,
+        key: &str,
+        value: impl Into<String>,
+        ttl: Option<Duration>,
+    ) -> Result<(), StorageError> {
+        self.execute(Op::Set {
+            key: key.into(),
+            value: value.into(),
+            expiry: ttl.map_or(Expiry::Never, |t| Expiry::In(t.as_millis() as u64)),
+            only_if_absent: false,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// `SET ... NX`: true when the key was absent and is now set.
+    pub async fn set_nx(
+        &self,
+        key: &str,
+        value: impl Into<String>,
+        ttl: Option<Duration>,
+    ) -> Result<bool, StorageError> {
+        let reply = self
+            .execute(Op::Set {
+                key: key.into(),
+                value: value.into(),
+                expiry: ttl.map_or(Expiry::Never, |t| Expiry::In(t.as_millis() as u64)),
+                only_if_absent: true,
+            })
+            .await?;
+        Ok(reply != Reply::Nil)
+    }
+
+    /// `DEL`: how many of the keys existed.
+    pub async fn del(&self, keys: &[&str]) -> Result<u64, StorageError> {
+        Ok(self
+            .execute(Op::Del {
+                keys: keys.iter().map(|k| k.to_string()).collect(),
+            })
+            .await?
+            .as_int() as u64)
+    }
+
+    /// `EXISTS`.
+    pub async fn exists(&self, key: &str) -> Result<bool, StorageError> {
+        Ok(self.execute(Op::Exists { key: key.into() }).await?.as_int() == 1)
+    }
+
+    /// `PEXPIRE`: false when the key does not exist.
+    pub async fn expire(&self, key: &str, ttl: Duration) -> Result<bool, StorageError> {
+        Ok(self
+            .execute(Op::Expire {
+                key: key.into(),
+                expiry: Expiry::In(ttl.as_millis() as u64),
+            })
+            .await?
+            .as_int()
+            == 1)
+    }
+
+    /// `PTTL`.
+    pub async fn ttl(&self, key: &str) -> Result<Ttl, StorageError> {
+        Ok(
+            match self.execute(Op::Pttl { key: key.into() }).await?.as_int() {
+                -2 => Ttl::Missing,
+                -1 => Ttl::Persistent,
+                ms => Ttl::Expires(Duration::from_millis(ms.max(0) as u64)),
+            },
+        )
+    }
+
+    /// `INCRBY`.
+    pub async fn incr_by(&self, key: &str, by: i64) -> Result<i64, StorageError> {
+        Ok(self
+            .execute(Op::IncrBy {
+                key: key.into(),
+                by,
+            })
+            .await?
+            .as_int())
+    }
+
+    /// `GET` of a JSON value.
+    pub async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<T>, StorageError> {
+        match self.get(key).await? {
+            None => Ok(None),
+            Some(text) => serde_json::from_str(&text)
+                .map(Some)
+                .map_err(|e| StorageError::Command(format!("{key}: not the expected JSON: {e}"))),
+        }
+    }
+
+    /// `SET` of a value as JSON.
+    pub async fn set_json<T: Serialize>(
+        &self,
+        key: &str,
+        value: &T,
+        ttl: Option<Duration>,
+    ) -> Result<(), StorageError> {
+        let text = serde_json::to_string(value)
+            .map_err(|e| StorageError::Command(format!("{key}: cannot encode JSON: {e}")))?;
+        self.set(key, text, ttl).await
+    }
+
+    /// `HGET`.
+    pub async fn hget(&self, key: &str, field: &str) -> Result<Option<String>, StorageError> {
+        Ok(self
+            .execute(Op::HGet {
+                key: key.into(),
+                field: field.into(),
+            })
+            .await?
+            .into_opt_string())
+    }
+
+    /// `HSET`: how many fields are new.
+    pub async fn hset(&self, key: &str, fields: &[(&str, &str)]) -> Result<u64, StorageError> {
+        Ok(self
+            .execute(Op::HSet {
+                key: key.into(),
+                fields: fields
+                    .iter()
+                    .map(|(f, v)| (f.to_string(), v.to_string()))
+                    .collect(),
+            })
+            .await?
+            .as_int() as u64)
+    }
+
+    /// `HGETALL`.
+    pub async fn hgetall(&self, key: &str) -> Result<HashMap<String, String>, StorageError> {
+        let items = self
+            .execute(Op::HGetAll { key: key.into() })
+            .await?
+            .into_strings();
+        Ok(items
+            .chunks_exact(2)
+            .map(|p| (p[0].clone(), p[1].clone()))
+            .collect())
+    }
+
+    /// `HINCRBY`.
+    pub async fn hincr_by(&self, key: &str, field: &str, by: i64) -> Result<i64, StorageError> {
+        Ok(self
+            .execute(Op::HIncrBy {
+                key: key.into(),
+                field: field.into(),
+                by,
+            })
+            .await?
+            .as_int())
+    }
+
+    /// `HDEL`: how many fields existed.
+    pub async fn hdel(&self, key: &str, fields: &[&str]) -> Result<u64, StorageError> {
+        Ok(self
+            .execute(Op::HDel {
+                key: key.into(),
+                fields: fields.iter().map(|f| f.to_string()).collect(),
+            })
+            .await?
+            .as_int() as u64)
+    }
+
+    /// `SADD`: how many members are new.
+    pub async fn sadd(&self, key: &str, members: &[&str]) -> Result<u64, StorageError> {
+        Ok(self
+            .execute(Op::SAdd {
+                key: key.into(),
+                members: members.iter().map(|m| m.to_string()).collect(),
+            })
+            .await?
+            .as_int() as u64)
+    }
+
+    /// `SREM`: how many members were removed.
+    pub async fn srem(&self, key: &str, members: &[&str]) -> Result<u64, StorageError> {
+        Ok(self
+            .execute(Op::SRem {
+                key: key.into(),
+                members: members.iter().map(|m| m.to_string()).collect(),
+            })
+            .await?
+            .as_int() as u64)
+    }
+
+    /// `SMEMBERS`, sorted.
+    pub async fn smembers(&self, key: &str) -> Result<Vec<String>, StorageError> {
+        let mut members = self
+            .execute(Op::SMembers { key: key.into() })
+            .await?
+            .into_strings();
+        members.sort();
+        Ok(members)
+    }
+
+    /// `SISMEMBER`.
+    pub async fn sismember(&self, key: &str, member: &str) -> Result<bool, StorageError> {
+        Ok(self
+            .execute(Op::SIsMember {
+                key: key.into(),
+                member: member.into(),
+            })
+            .await?
+            .as_int()
+            == 1)
+    }
+
+    /// `SCARD`.
+    pub async fn scard(&self, key: &str) -> Result<u64, StorageError> {
+        Ok(self.execute(Op::SCard { key: key.into() }).await?.as_int() as u64)
+    }
+
+    /// `ZADD`: how many members are new.
+    pub async fn zadd(&self, key: &str, members: &[(f64, &str)]) -> Result<u64, StorageError> {
+        Ok(self
+            .execute(Op::ZAdd {
+                key: key.into(),
+                members: members.iter().map(|(s, m)| (*s, m.to_string())).collect(),
+            })
+            .await?
+            .as_int() as u64)
+    }
+
+    /// `ZREM`: how many members were removed.
+    pub async fn zrem(&self, key: &str, members: &[&str]) -> Result<u64, StorageError> {
+        Ok(self
+            .execute(Op::ZRem {
+                key: key.into(),
+                members: members.iter().map(|m| m.to_string()).collect(),
+            })
+            .await?
+            .as_int() as u64)
+    }
+
+    /// `ZPOPMIN key count`: the lowest-scored members with their scores.
+    pub async fn zpopmin(&self, key: &str, count: u64) -> Result<Vec<(String, f64)>, StorageError> {
+        Ok(self
+            .execute(Op::ZPopMin {
+                key: key.into(),
+                count,
+            })
+            .await?
+            .into_scored())
+    }
+
+    /// `ZRANGEBYSCORE key min max WITHSCORES [LIMIT offset count]`, bounds inclusive.
+    pub async fn zrange_by_score(
+        &self,
+        key: &str,
+        min: f64,
+        max: f64,
+        limit: Option<(u64, u64)>,
+    ) -> Result<Vec<(String, f64)>, StorageError> {
+        Ok(self
+            .execute(Op::ZRangeByScore {
+                key: key.into(),
+                min,
+                max,
+                limit,
+            })
+            .await?
+            .into_scored())
+    }
+
+    /// `ZCARD`.
+    pub async fn zcard(&self, key: &str) -> Result<u64, StorageError> {
+        Ok(self.execute(Op::ZCard { key: key.into() }).await?.as_int() as u64)
+    }
+
+    /// `ZSCORE`.
+    pub async fn zscore(&self, key: &str, member: &str) -> Result<Option<f64>, StorageError> {
+        Ok(self
+            .execute(Op::ZScore {
+                key: key.into(),
+                member: member.into(),
+            })
+            .await?
+            .into_opt_string()
+            .and_then(|s| op::parse_score(&s)))
+    }
+
+    /// `LPUSH`: the new length.
+    pub async fn lpush(&self, key: &str, values: &[&str]) -> Result<u64, StorageError> {
+        Ok(self
+            .execute(Op::LPush {
+                key: key.into(),
+                values: values.iter().map(|v| v.to_string()).collect(),
+            })
+            .await?
+            .as_int() as u64)
+    }
+
+    /// `RPUSH`: the new length.
+    pub async fn rpush(&self, key: &str, values: &[&str]) -> Result<u64, StorageError> {
+        Ok(self
+            .execute(Op::RPush {
+                key: key.into(),
+                values: values.iter().map(|v| v.to_string()).collect(),
+            })
+            .await?
+            .as_int() as u64)
+    }
+
+    /// `LRANGE` (negative indexes count from the end).
+    pub async fn lrange(
+        &self,
+        key: &str,
+        start: i64,
+        stop: i64,
+    ) -> Result<Vec<String>, StorageError> {
+        Ok(self
+            .execute(Op::LRange {
+                key: key.into(),
+                start,
+                stop,
+            })
+            .await?
+            .into_strings())
+    }
+
+    /// `LTRIM`.
+    pub async fn ltrim(&self, key: &str, start: i64, stop: i64) -> Result<(), StorageError> {
+        self.execute(Op::LTrim {
+            key: key.into(),
+            start,
+            stop,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// `LLEN`.
+    pub async fn llen(&self, key: &str) -> Result<u64, StorageError> {
+        Ok(self.execute(Op::LLen { key: key.into() }).await?.as_int() as u64)
+    }
+
+    /// Runs a script atomically: Lua on Redis, its Rust twin on the fallback.
+    pub async fn eval(
+        &self,
+        script: &Script,
+        keys: &[&str],
+        args: &[&str],
+    ) -> Result<Reply, StorageError> {
+        self.run(
+            Op::Eval {
+                script: script.reference.clone(),
+                keys: keys.iter().map(|k| k.to_string()).collect(),
+                args: args.iter().map(|a| a.to_string()).collect(),
+            },
+            Some(script.local),
+        )
+        .await
+    }
+
+    /// Every key matching the glob `pattern`, with `SCAN` (never `KEYS`); sorted.
+    pub async fn scan(&self, pattern: &str) -> Result<Vec<String>, StorageError> {
+        let mut cursor = 0u64;
+        let mut keys = std::collections::BTreeSet::new();
+        loop {
+            let reply = self
+                .execute(Op::Scan {
+                    cursor,
+                    pattern: pattern.into(),
+                    count: 500,
+                })
+                .await?;
+            let Reply::Array(mut parts) = reply else {
+                break;
+            };
+            if parts.len() != 2 {
+                break;
+            }
+            let batch = parts.pop().map(Reply::into_strings).unwrap_or_default();
+            keys.extend(batch);
+            cursor = parts
+                .pop()
+                .and_then(Reply::into_opt_string)
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0);
+            if cursor == 0 {
+                break;
+            }
+        }
+        Ok(keys.into_iter().collect())
+    }
+
+    /// `PUBLISH`: how many subscribers received it (in this process, when not on Redis).
+    pub async fn publish(&self, channel: &str, message: &str) -> Result<u64, StorageError> {
+        Ok(self
+            .execute(Op::Publish {
+                channel: channel.into(),
+                message: message.into(),
+            })
+            .await?
+            .as_int() as u64)
+    }
+
+    /// Subscribes to `channel`. Messages published by any process through Redis, or by this
+    /// process while Redis is unreachable, arrive in order.
+    pub async fn subscribe(&self, channel: &str) -> Subscription {
+        let rx = self
+            .inner
+            .bus
+            .entry(channel.to_string())
+            .or_insert_with(|| broadcast::channel(BUS_CAPACITY).0)
+            .subscribe();
+        if let Some(redis) = &self.inner.redis {
+            if let Err(Failure::Outage(reason)) = redis.subscribe(channel).await {
+                // Remembered: the subscription is made when the connection is back.
+                tracing::debug!(backend = "redis", %channel, error = %reason, "subscribe deferred");
+            }
+        }
+        Subscription {
+            rx,
+            storage: Arc::downgrade(&self.inner),
+        }
+    }
+}
