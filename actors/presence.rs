@@ -153,7 +153,7 @@ impl Handler<GetPresence> for Presence {
 }
 
 /// The host name, from the kernel (no extra dependency).
-fn hostname() -> String {
+pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "unknown".into())

@@ -14,7 +14,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use serde::Serialize;
 
-use crate::actors::presence::{GetPresence, Presence, PresenceStatus};
+use crate::actors::presence::{hostname, GetPresence, Presence, PresenceStatus};
 use crate::actors::storage_monitor::{ListStorageEvents, SeenEvent, StorageMonitor};
 use crate::settings::{FallbackKind, Settings};
 use crate::storage::{KeySchema, Mode, Storage, StorageError, StorageStats};
@@ -306,11 +306,4 @@ impl BlockingFleet {
         self.runtime.shutdown_timeout(Duration::from_secs(5));
         report
     }
-}
-
-/// The host name, from the kernel.
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into())
 }

@@ -40,14 +40,7 @@ pub(crate) const POSITIVE: &[&str] = &[
 pub(crate) const SECRETS: &[&str] = &["storage.redis.password", "api.token"];
 
 /// URL schemes the storage handle understands.
-pub(crate) const REDIS_SCHEMES: &[&str] = &[
-    "redis",
-    "rediss",
-    "redis-cluster",
-    "rediss-cluster",
-    "redis-sentinel",
-    "rediss-sentinel",
-];
+pub(crate) use crate::storage::REDIS_SCHEMES;
 
 /// Deserialization attempts before giving up on repairing the tree (each attempt repairs one
 /// value, so this bounds the number of type errors reported).

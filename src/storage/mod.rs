@@ -274,6 +274,16 @@ struct Inner {
     sweep_interval: Duration,
 }
 
+/// URL schemes the storage handle understands.
+pub const REDIS_SCHEMES: &[&str] = &[
+    "redis",
+    "rediss",
+    "redis-cluster",
+    "rediss-cluster",
+    "redis-sentinel",
+    "rediss-sentinel",
+];
+
 /// Checks a Redis URL the way the storage handle will read it; the reason when it cannot.
 pub fn validate_redis_url(url: &str) -> Result<(), String> {
     redis::parse_url(url)

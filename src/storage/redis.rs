@@ -70,17 +70,7 @@ pub fn parse_url(url: &str) -> Result<(), String> {
 /// The fred configuration from settings; errors name the setting at fault.
 fn fred_config(settings: &RedisSettings, fail_fast: bool) -> Result<Config, StorageError> {
     let scheme = settings.url.split("://").next().unwrap_or_default();
-    if !settings.url.contains("://")
-        || ![
-            "redis",
-            "rediss",
-            "redis-cluster",
-            "rediss-cluster",
-            "redis-sentinel",
-            "rediss-sentinel",
-        ]
-        .contains(&scheme)
-    {
+    if !settings.url.contains("://") || !super::REDIS_SCHEMES.contains(&scheme) {
         return Err(StorageError::Config {
             key: "storage.redis.url",
             message: format!(
