@@ -188,7 +188,7 @@ impl Default for RedisSettings {
 impl RedisSettings {
     /// Default command timeout (ms).
     pub const fn default_timeout_ms() -> u64 {
-        250
+        200
     }
 }
 

@@ -63,6 +63,10 @@ use local::{Local, OutboxMode};
 use outbox::VersionCheck;
 use redis::{Failure, RedisBackend};
 
+/// Longest a write is held back while the outbox is replayed (then it joins the outbox).
+/// Enough to keep writers from outpacing the replay, well inside the 300 ms call bound.
+const RESYNC_HOLD_MS: u64 = 100;
+
 /// Capacity of each pub/sub channel's in-process bus; a subscriber that falls further behind
 /// loses the oldest messages (counted in [`StorageStats::lagged_messages`]).
 const BUS_CAPACITY: usize = 4_096;
@@ -356,7 +360,7 @@ impl Storage {
             stop: Notify::new(),
             stopped: std::sync::atomic::AtomicBool::new(false),
             mode_changed: Notify::new(),
-            resync_wait: Duration::from_millis(settings.redis.timeout_ms.max(1)),
+            resync_wait: Duration::from_millis(settings.redis.timeout_ms.clamp(1, RESYNC_HOLD_MS)),
             resync: tokio::sync::Mutex::new(()),
             ping_interval: Duration::from_millis(settings.redis.ping_interval_ms.max(10)),
             sweep_interval: Duration::from_millis(settings.memory.sweep_interval_ms.max(10)),
@@ -476,7 +480,7 @@ impl Storage {
     }
 
     /// Holds a write back while the outbox is replayed, so that writers cannot outpace the
-    /// replay; after `resync_wait` it goes to the outbox after all. True when the mode is
+    /// replay; after `resync_wait` (at most [`RESYNC_HOLD_MS`]) it goes to the outbox after all. True when the mode is
     /// `redis` again.
     async fn wait_out_resync(&self) -> bool {
         let wait = async {

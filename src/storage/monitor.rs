@@ -97,7 +97,8 @@ impl Storage {
         };
         match self.mode() {
             Mode::Redis => {
-                let patience = self.inner.resync_wait.max(Duration::from_millis(250)) * 4;
+                // Patient: a busy machine must not pass for an outage (calls detect real ones).
+                let patience = Duration::from_secs(1);
                 if !redis.ping_patiently(patience).await && self.mode() == Mode::Redis {
                     self.degrade("PING unanswered".into());
                 }
