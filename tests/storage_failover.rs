@@ -376,6 +376,25 @@ async fn misconfiguration_fails_start_up_naming_the_setting() {
         "{err}"
     );
 
+    // TLS asked of a plaintext server: the handshake stalls, which must not pass for an
+    // outage.
+    let plain = RedisServer::start().unwrap();
+    let tls_url = plain.url().replace("redis://", "rediss://");
+    let err = Storage::open(&settings(&tls_url, dir.path()), &KeySchema::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StorageError::Config {
+                key: "storage.redis.url",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("TLS"), "{err}");
+
     let server = RedisServer::builder()
         .config("requirepass right-secret")
         .start()

@@ -213,6 +213,19 @@ impl RedisBackend {
             },
             Err(_) => false,
         };
+        if !reachable && settings.url.starts_with("rediss") {
+            // A TLS handshake with a plaintext server stalls (the server waits for a line
+            // that never comes) and looks like an outage; asking the same port in plain RESP
+            // tells the misconfiguration apart.
+            if let Some(addr) = plaintext_redis_answers(&settings.url, deadline).await {
+                return Err(StorageError::Config {
+                    key: "storage.redis.url",
+                    message: format!(
+                        "the URL asks for TLS (rediss://) but {addr} answers plain RESP: use redis://"
+                    ),
+                });
+            }
+        }
 
         let b = builder(settings, false)?;
         let pool = b
@@ -451,6 +464,23 @@ pub fn message_text(message: &Message) -> (String, String) {
         other => format!("{other:?}"),
     };
     (message.channel.to_string(), payload)
+}
+
+/// `Some(host:port)` when a plaintext Redis answers PING at the URL's address.
+async fn plaintext_redis_answers(url: &str, within: Duration) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let parsed = url::Url::parse(url).ok()?;
+    let addr = format!("{}:{}", parsed.host_str()?, parsed.port().unwrap_or(6379));
+    let probe = async {
+        let mut stream = tokio::net::TcpStream::connect(&addr).await.ok()?;
+        stream.write_all(b"PING\r\n").await.ok()?;
+        let mut reply = [0u8; 16];
+        let n = stream.read(&mut reply).await.ok()?;
+        let reply = &reply[..n];
+        (reply.starts_with(b"+PONG") || reply.starts_with(b"-NOAUTH")).then_some(())
+    };
+    tokio::time::timeout(within, probe).await.ok()??;
+    Some(addr)
 }
 
 fn command_options(settings: &RedisSettings) -> Options {
