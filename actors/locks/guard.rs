@@ -6,6 +6,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use super::queue::Grant;
 use super::scripts::scripts;
 use super::{LockError, Shared};
 
@@ -18,6 +19,7 @@ pub struct LockGuard {
     name: String,
     token: String,
     fence: Option<u64>,
+    handoffs: u32,
     lost: watch::Receiver<bool>,
     watchdog: Option<JoinHandle<()>>,
     shared: Arc<Shared>,
@@ -32,6 +34,7 @@ impl LockGuard {
         token: String,
         fence: u64,
         ttl: Duration,
+        handoffs: u32,
     ) -> Self {
         let (tx, rx) = watch::channel(false);
         let watchdog = tokio::spawn(watchdog(
@@ -45,6 +48,7 @@ impl LockGuard {
             name: name.to_string(),
             token,
             fence: Some(fence),
+            handoffs,
             lost: rx,
             watchdog: Some(watchdog),
             shared,
@@ -60,6 +64,7 @@ impl LockGuard {
             name: name.to_string(),
             token,
             fence: None,
+            handoffs: 0,
             lost: rx,
             watchdog: None,
             shared,
@@ -113,6 +118,13 @@ impl LockGuard {
         if let Some(watchdog) = self.watchdog.take() {
             watchdog.abort();
         }
+        if !self.is_local() && self.handoffs < MAX_HANDOFFS {
+            if let Some(released) =
+                handoff(&self.shared, &self.name, &self.token, self.handoffs).await
+            {
+                return released;
+            }
+        }
         release(&self.shared, &self.name, &self.token, self.is_local()).await
     }
 }
@@ -135,7 +147,16 @@ impl Drop for LockGuard {
             shared.release_local(&name, &token);
             return;
         }
+        let handoffs = self.handoffs;
         let task = async move {
+            if handoffs < MAX_HANDOFFS {
+                if let Some(released) = handoff(&shared, &name, &token, handoffs).await {
+                    if let Err(e) = released {
+                        tracing::warn!(actor = "locks", key = %name, error = %e, "lock hand-over on drop failed; it expires with its ttl");
+                    }
+                    return;
+                }
+            }
             if let Err(e) = release(&shared, &name, &token, false).await {
                 tracing::warn!(actor = "locks", key = %name, error = %e, "lock release on drop failed; it expires with its ttl");
             }
@@ -147,6 +168,56 @@ impl Drop for LockGuard {
             handle.spawn(task);
         }
     }
+}
+
+/// Consecutive hand-overs inside one process before a lock is released for everyone: other
+/// processes' waiters get a turn at least this often.
+const MAX_HANDOFFS: u32 = 16;
+
+/// Hands the lock to this process's head waiter of `name` in one script (compare-and-set to
+/// the waiter's token, new fencing token). `None` when nobody waits here: release normally.
+pub(super) async fn handoff(
+    shared: &Arc<Shared>,
+    name: &str,
+    token: &str,
+    handoffs: u32,
+) -> Option<Result<bool, LockError>> {
+    let waiter = shared.queues.head(name)?;
+    let next = super::new_token();
+    let fence_key = shared.storage.keys().lock_fence(name);
+    let ttl_ms = waiter.ttl_ms.to_string();
+    let reply = shared
+        .storage
+        .eval_on_redis(
+            &scripts().handoff,
+            &[name, &fence_key],
+            &[token, &next, &ttl_ms],
+        )
+        .await;
+    let fence = match reply {
+        Ok(reply) => reply.as_int(),
+        Err(e) => {
+            shared.queues.wake(name);
+            return Some(Err(LockError::from_storage(e)));
+        }
+    };
+    if fence <= 0 {
+        // Not ours any more: nothing handed over; the waiter tries by itself.
+        shared.queues.wake(name);
+        return Some(Ok(false));
+    }
+    let grant = Grant {
+        token: next,
+        fence: fence as u64,
+        handoffs: handoffs + 1,
+    };
+    if !waiter.deliver(grant.clone()) {
+        // The waiter gave up meanwhile: release what it would have held.
+        if let Err(e) = release(shared, name, &grant.token, false).await {
+            tracing::warn!(actor = "locks", key = %name, error = %e, "release of an unclaimed hand-over failed; it expires with its ttl");
+        }
+    }
+    Some(Ok(true))
 }
 
 async fn release(shared: &Shared, name: &str, token: &str, local: bool) -> Result<bool, LockError> {

@@ -132,7 +132,7 @@ impl Locks {
     /// A lock handle over `storage`. Without a [`LockManager`] (which the `Fleet` starts)
     /// waiters are not woken by other processes' releases, only by retries.
     pub fn new(storage: Storage, settings: LockSettings) -> Self {
-        Self {
+        let locks = Self {
             shared: Arc::new(Shared {
                 storage,
                 settings,
@@ -142,7 +142,36 @@ impl Locks {
                 notices: AtomicU64::new(0),
                 runtime: tokio::runtime::Handle::try_current().ok(),
             }),
-        }
+        };
+        // A hand-over that reached a waiter whose future was dropped: release it (weakly
+        // held: the queues belong to the shared state).
+        let weak = Arc::downgrade(&locks.shared);
+        locks
+            .shared
+            .queues
+            .set_on_orphan(Box::new(move |name: &str, grant: queue::Grant| {
+                let Some(shared) = weak.upgrade() else {
+                    return;
+                };
+                let name = name.to_string();
+                let task = async move {
+                    let guard = LockGuard::remote(
+                        shared,
+                        &name,
+                        grant.token,
+                        grant.fence,
+                        Duration::from_secs(1),
+                        grant.handoffs,
+                    );
+                    let _ = guard.release().await;
+                };
+                if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                    handle.spawn(task);
+                } else if let Some(handle) = weak_runtime(&weak) {
+                    handle.spawn(task);
+                }
+            }));
+        locks
     }
 
     /// The settings in use.
@@ -173,7 +202,7 @@ impl Locks {
         self.validate(name, ttl)?;
         let start = Instant::now();
         let deadline = tokio::time::Instant::now() + wait;
-        let ticket = self.shared.queues.enqueue(name);
+        let ticket = self.shared.queues.enqueue(name, ttl.as_millis() as u64);
         let (min, max) = (
             self.shared.settings.retry_min_ms,
             self.shared
@@ -182,6 +211,18 @@ impl Locks {
                 .max(self.shared.settings.retry_min_ms),
         );
         loop {
+            // A holder of this process may have handed the lock over (see `guard::handoff`).
+            if let Some(grant) = ticket.take_grant() {
+                ticket.served();
+                return Ok(LockGuard::remote(
+                    self.shared.clone(),
+                    name,
+                    grant.token,
+                    grant.fence,
+                    ttl,
+                    grant.handoffs,
+                ));
+            }
             let head = ticket.is_head();
             if head {
                 if let Some(guard) = self.attempt(name, ttl).await? {
@@ -189,7 +230,7 @@ impl Locks {
                     return Ok(guard);
                 }
             }
-            if tokio::time::Instant::now() >= deadline {
+            if tokio::time::Instant::now() >= deadline && ticket.is_waiting() {
                 return Err(LockError::Timeout {
                     name: name.to_string(),
                     waited_ms: start.elapsed().as_millis() as u64,
@@ -299,6 +340,7 @@ impl Locks {
                         token,
                         fence as u64,
                         ttl,
+                        0,
                     )))
                 } else {
                     Ok(None)
@@ -349,7 +391,11 @@ impl Locks {
     }
 }
 
-fn new_token() -> String {
+fn weak_runtime(shared: &std::sync::Weak<Shared>) -> Option<tokio::runtime::Handle> {
+    shared.upgrade().and_then(|s| s.runtime.clone())
+}
+
+pub(super) fn new_token() -> String {
     format!("{:032x}", rand::random::<u128>())
 }
 

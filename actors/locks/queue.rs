@@ -1,6 +1,7 @@
 //! Per-name wait queues of one process: waiters are served in arrival order. Only the head
 //! of a queue tries the lock; a release (heard locally or through the release channel) wakes
-//! the head.
+//! the head. A holder of this process may instead hand its lock to the head directly (one
+//! script moves the lock to the head's token): the head then finds a [`Grant`] in its slot.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,27 +10,81 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
+/// A lock handed over to a waiter by the holder before it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Grant {
+    /// The waiter's token, now held by the lock key.
+    pub(crate) token: String,
+    /// Its fencing token.
+    pub(crate) fence: u64,
+    /// Consecutive in-process hand-overs so far (bounded, so other processes get a turn).
+    pub(crate) handoffs: u32,
+}
+
+#[derive(Debug)]
+enum Slot {
+    Waiting,
+    Granted(Grant),
+    Gone,
+}
+
 /// One waiter.
 #[derive(Debug)]
-struct Waiter {
+pub(crate) struct Waiter {
     id: u64,
+    /// The TTL the waiter asked for, ms.
+    pub(crate) ttl_ms: u64,
     notify: Notify,
+    // A parking_lot mutex: a state change under it, never an await.
+    slot: Mutex<Slot>,
+}
+
+impl Waiter {
+    /// Hands `grant` to this waiter; false (and nothing done) when it has given up.
+    pub(crate) fn deliver(&self, grant: Grant) -> bool {
+        let mut slot = self.slot.lock();
+        if matches!(*slot, Slot::Waiting) {
+            *slot = Slot::Granted(grant);
+            drop(slot);
+            self.notify.notify_one();
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// The queues, shared by the [`Locks`](super::Locks) handles and the lock manager actor.
 // A parking_lot mutex: held for a hash-map operation only, never across an await.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct WaitQueues {
     queues: Mutex<HashMap<String, VecDeque<Arc<Waiter>>>>,
     next_id: AtomicU64,
+    /// Releases a hand-over that reached a waiter which then went away (its future dropped).
+    on_orphan: std::sync::OnceLock<Box<dyn Fn(&str, Grant) + Send + Sync>>,
+}
+
+impl std::fmt::Debug for WaitQueues {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WaitQueues")
+            .field("queues", &self.queues)
+            .finish()
+    }
 }
 
 impl WaitQueues {
+    /// Sets what releases an orphaned hand-over (once).
+    pub(crate) fn set_on_orphan(&self, f: Box<dyn Fn(&str, Grant) + Send + Sync>) {
+        let _ = self.on_orphan.set(f);
+    }
+
     /// Joins the queue of `name` at its tail.
-    pub(crate) fn enqueue(self: &Arc<Self>, name: &str) -> Ticket {
+    pub(crate) fn enqueue(self: &Arc<Self>, name: &str, ttl_ms: u64) -> Ticket {
         let waiter = Arc::new(Waiter {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            ttl_ms,
             notify: Notify::new(),
+            slot: Mutex::new(Slot::Waiting),
         });
         self.queues
             .lock()
@@ -49,6 +104,16 @@ impl WaitQueues {
         if let Some(head) = self.queues.lock().get(name).and_then(|q| q.front()) {
             head.notify.notify_one();
         }
+    }
+
+    /// The head waiter of `name`, if it still waits (a candidate for a hand-over).
+    pub(crate) fn head(&self, name: &str) -> Option<Arc<Waiter>> {
+        self.queues
+            .lock()
+            .get(name)
+            .and_then(|q| q.front())
+            .filter(|w| matches!(*w.slot.lock(), Slot::Waiting))
+            .cloned()
     }
 
     /// The names somebody waits for.
@@ -109,10 +174,45 @@ impl Ticket {
     pub(crate) fn served(mut self) {
         self.served = true;
     }
+
+    /// Whether nothing was handed over to this waiter (yet).
+    pub(crate) fn is_waiting(&self) -> bool {
+        matches!(*self.waiter.slot.lock(), Slot::Waiting)
+    }
+
+    /// A lock handed over to this waiter, if any (taken once).
+    pub(crate) fn take_grant(&self) -> Option<Grant> {
+        let mut slot = self.waiter.slot.lock();
+        match std::mem::replace(&mut *slot, Slot::Waiting) {
+            Slot::Granted(grant) => Some(grant),
+            other => {
+                *slot = other;
+                None
+            }
+        }
+    }
+
+    /// Gives up: no hand-over is accepted from now on; one that arrived before is returned
+    /// (the caller must release it).
+    pub(crate) fn give_up(&self) -> Option<Grant> {
+        match std::mem::replace(&mut *self.waiter.slot.lock(), Slot::Gone) {
+            Slot::Granted(grant) => Some(grant),
+            _ => None,
+        }
+    }
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
+        if !self.served {
+            // A hand-over arriving after this point is refused by `deliver` and released by
+            // the giver; one that arrived before is released here.
+            if let Some(grant) = self.give_up() {
+                if let Some(release) = self.queues.on_orphan.get() {
+                    release(&self.name, grant);
+                }
+            }
+        }
         self.queues.leave(&self.name, self.waiter.id, !self.served);
     }
 }
@@ -124,8 +224,8 @@ mod tests {
     #[tokio::test]
     async fn head_is_first_arrival_and_turn_passes_on() {
         let queues = Arc::new(WaitQueues::default());
-        let a = queues.enqueue("n");
-        let b = queues.enqueue("n");
+        let a = queues.enqueue("n", 1_000);
+        let b = queues.enqueue("n", 1_000);
         assert!(a.is_head() && !b.is_head());
         drop(a);
         assert!(b.is_head());
@@ -133,6 +233,18 @@ mod tests {
         tokio::time::timeout(std::time::Duration::from_secs(1), b.woken())
             .await
             .unwrap();
+        // A hand-over reaches the head once; after giving up none is accepted.
+        let head = queues.head("n").unwrap();
+        let grant = Grant {
+            token: "t".into(),
+            fence: 7,
+            handoffs: 1,
+        };
+        assert!(head.deliver(grant.clone()));
+        assert_eq!(b.take_grant(), Some(grant.clone()));
+        assert_eq!(b.take_grant(), None);
+        assert!(b.give_up().is_none());
+        assert!(!head.deliver(grant));
         b.served();
         assert_eq!(queues.counts(), (0, 0));
     }

@@ -1,4 +1,4 @@
-//! The lock scripts. Each is one round trip. They run on Redis only
+//! The lock scripts (acquire, release, extend, hand-over). Each is one round trip. They run on Redis only
 //! ([`Storage::eval_on_redis`](crate::storage::Storage::eval_on_redis)): a lock granted by the
 //! fallback and replayed later would be a lie, so the local twins refuse to run.
 
@@ -28,6 +28,17 @@ end
 return 0
 "#;
 
+/// KEYS: lock, fencing hash. ARGV: token, next holder's token, its ttl ms. Compare-and-set:
+/// hands the lock to a waiter of the same process with a new fencing token. Answers the
+/// fencing token, or 0 when the lock was not ours (nothing changed).
+const HANDOFF: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return redis.call('HINCRBY', KEYS[2], KEYS[1], 1)
+end
+return 0
+"#;
+
 /// KEYS: lock. ARGV: token, ttl ms. Compare-and-extend. Answers 1 when the lock is still ours.
 const EXTEND: &str = r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -42,6 +53,7 @@ pub(crate) struct LockScripts {
     pub(crate) acquire: Script,
     pub(crate) release: Script,
     pub(crate) extend: Script,
+    pub(crate) handoff: Script,
 }
 
 /// The scripts (hashed once per process).
@@ -51,6 +63,7 @@ pub(crate) fn scripts() -> &'static LockScripts {
         acquire: Script::new("lock-acquire", ACQUIRE, redis_only),
         release: Script::new("lock-release", RELEASE, redis_only),
         extend: Script::new("lock-extend", EXTEND, redis_only),
+        handoff: Script::new("lock-handoff", HANDOFF, redis_only),
     })
 }
 
