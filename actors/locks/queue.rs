@@ -56,12 +56,15 @@ impl Waiter {
 
 /// The queues, shared by the [`Locks`](super::Locks) handles and the lock manager actor.
 // A parking_lot mutex: held for a hash-map operation only, never across an await.
+/// Releases a hand-over (lock name, grant) nobody is left to take.
+pub(crate) type OrphanRelease = Box<dyn Fn(&str, Grant) + Send + Sync>;
+
 #[derive(Default)]
 pub(crate) struct WaitQueues {
     queues: Mutex<HashMap<String, VecDeque<Arc<Waiter>>>>,
     next_id: AtomicU64,
     /// Releases a hand-over that reached a waiter which then went away (its future dropped).
-    on_orphan: std::sync::OnceLock<Box<dyn Fn(&str, Grant) + Send + Sync>>,
+    on_orphan: std::sync::OnceLock<OrphanRelease>,
 }
 
 impl std::fmt::Debug for WaitQueues {
@@ -74,7 +77,7 @@ impl std::fmt::Debug for WaitQueues {
 
 impl WaitQueues {
     /// Sets what releases an orphaned hand-over (once).
-    pub(crate) fn set_on_orphan(&self, f: Box<dyn Fn(&str, Grant) + Send + Sync>) {
+    pub(crate) fn set_on_orphan(&self, f: OrphanRelease) {
         let _ = self.on_orphan.set(f);
     }
 
