@@ -54,11 +54,11 @@ impl Waiter {
     }
 }
 
-/// The queues, shared by the [`Locks`](super::Locks) handles and the lock manager actor.
-// A parking_lot mutex: held for a hash-map operation only, never across an await.
 /// Releases a hand-over (lock name, grant) nobody is left to take.
 pub(crate) type OrphanRelease = Box<dyn Fn(&str, Grant) + Send + Sync>;
 
+/// The queues, shared by the [`Locks`](super::Locks) handles and the lock manager actor.
+// A parking_lot mutex: held for a hash-map operation only, never across an await.
 #[derive(Default)]
 pub(crate) struct WaitQueues {
     queues: Mutex<HashMap<String, VecDeque<Arc<Waiter>>>>,
