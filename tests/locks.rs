@@ -539,3 +539,49 @@ async fn eval_on_redis_never_falls_back() {
     );
     storage.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_hands_the_lock_to_the_waiter_of_this_process() {
+    let server = RedisServer::start().unwrap();
+    let mut s = patient(&server.url());
+    // Only a hand-over (or a release notice) can serve the waiter before its 5 s retry.
+    s.locks.retry_min_ms = 5_000;
+    s.locks.retry_max_ms = 5_000;
+    let fleet = Fleet::start(s).await.unwrap();
+    let locks = fleet.locks();
+    let name = "retry-job-lock:tx-7:credit";
+    let first = locks
+        .try_acquire(name, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    let waiter = {
+        let locks = locks.clone();
+        tokio::spawn(async move {
+            locks
+                .acquire(name, Duration::from_secs(20), Duration::from_secs(20))
+                .await
+                .unwrap()
+        })
+    };
+    let f = fleet.clone();
+    poll_until_async(Duration::from_secs(5), move || {
+        let f = f.clone();
+        async move { f.lock_stats().await.unwrap().waiters == 1 }
+    })
+    .await
+    .unwrap();
+    let fence = first.fencing_token().unwrap();
+    let released = Instant::now();
+    assert!(first.release().await.unwrap(), "the holder still held it");
+    let second = waiter.await.unwrap();
+    assert!(released.elapsed() < Duration::from_secs(2));
+    assert_eq!(second.fencing_token(), Some(fence + 1));
+    assert_eq!(server.cmd(&["GET", name]).as_str(), Some(second.token()));
+    // The waiter's own TTL was applied.
+    let pttl = server.cmd(&["PTTL", name]).as_int().unwrap();
+    assert!(pttl > 10_000 && pttl <= 20_000, "pttl {pttl}");
+    assert!(second.release().await.unwrap());
+    assert_eq!(server.cmd(&["EXISTS", name]).as_int(), Some(0));
+    fleet.shutdown().await.unwrap();
+}

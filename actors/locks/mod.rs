@@ -14,7 +14,10 @@
 //! releases it when dropped; it never talks to the actor. The [`LockManager`] actor listens to
 //! the release channel and wakes the head waiter of the released name; it accepts
 //! [`GetLockStats`]. A release announces itself on the channel (`ORIGIN\nNAME`, in the
-//! release script) and wakes this process's waiters directly.
+//! release script) and wakes this process's waiters directly. When this process has a waiter
+//! for the name, the holder instead hands the lock over in one script (compare-and-set to the
+//! waiter's token, with a new fencing token), at most 16 times in a row so that other
+//! processes get a turn.
 //!
 //! Failure: while Redis is unreachable `acquire` fails at once with [`LockError::Unavailable`]
 //! (`locks.on_outage = "refuse"`) or grants a process-local lock (`"local"`); a guard whose
