@@ -60,12 +60,16 @@ pub async fn run(
     }
     let locks = Locks::new(storage.clone(), LockSettings::default());
     let n = bench.pairs.max(1);
-    for (scenario, tasks, pairs, shared) in [
-        ("one-task", 1usize, n, false),
-        ("50-tasks-distinct-keys", 50, n, false),
-        ("8-tasks-one-key", 8, (n / 10).max(8), true),
+    for (scenario, tasks, pairs, shared, on_drop) in [
+        ("one-task", 1usize, n, false, false),
+        ("50-tasks-distinct-keys", 50, n, false, false),
+        ("8-tasks-one-key", 8, (n / 10).max(8), true, false),
+        // Not a peer scenario: the guard is dropped (its release runs in the background,
+        // overlapping the next acquisition); timed until every lock is gone from Redis.
+        ("one-task-release-on-drop", 1, n, false, true),
     ] {
-        let (elapsed, waits, done) = scenario_run(&locks, tasks, pairs, shared).await?;
+        let (elapsed, waits, done) =
+            scenario_run(&locks, &storage, tasks, pairs, shared, on_drop).await?;
         out(json!({
             "peer": "botfleet", "bench": "locks", "scenario": scenario, "tasks": tasks,
             "pairs": done, "pairs_per_s": (done as f64 / elapsed.as_secs_f64()).round(),
@@ -78,9 +82,11 @@ pub async fn run(
 
 async fn scenario_run(
     locks: &Locks,
+    storage: &Storage,
     tasks: usize,
     pairs: usize,
     shared: bool,
+    on_drop: bool,
 ) -> Result<(Duration, Latencies, usize), LocksBenchError> {
     let per_task = pairs / tasks;
     let waits = Arc::new(Mutex::new(Latencies::default()));
@@ -100,7 +106,11 @@ async fn scenario_run(
                 let asked = Instant::now();
                 let guard = locks.acquire(&key, TTL, Duration::from_secs(60)).await?;
                 mine.record(asked.elapsed());
-                guard.release().await?;
+                if on_drop {
+                    drop(guard);
+                } else {
+                    guard.release().await?;
+                }
             }
             waits.lock().merge(&mine);
             Ok::<(), LockError>(())
@@ -109,6 +119,13 @@ async fn scenario_run(
     for h in handles {
         h.await
             .map_err(|e| LocksBenchError::Task(e.to_string()))??;
+    }
+    if on_drop {
+        // The releases run in the background: the scenario ends when they are all done.
+        let pattern = format!("bench-lock:{run}:*");
+        while !storage.scan(&pattern).await?.is_empty() {
+            tokio::task::yield_now().await;
+        }
     }
     let elapsed = start.elapsed();
     let waits = waits.lock().clone();
