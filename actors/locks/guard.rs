@@ -125,7 +125,15 @@ impl LockGuard {
                 return released;
             }
         }
-        release(&self.shared, &self.name, &self.token, self.is_local()).await
+        let yield_turn = self.handoffs >= MAX_HANDOFFS;
+        release(
+            &self.shared,
+            &self.name,
+            &self.token,
+            self.is_local(),
+            yield_turn,
+        )
+        .await
     }
 }
 
@@ -157,7 +165,7 @@ impl Drop for LockGuard {
                     return;
                 }
             }
-            if let Err(e) = release(&shared, &name, &token, false).await {
+            if let Err(e) = release(&shared, &name, &token, false, handoffs >= MAX_HANDOFFS).await {
                 tracing::warn!(actor = "locks", key = %name, error = %e, "lock release on drop failed; it expires with its ttl");
             }
         };
@@ -172,7 +180,7 @@ impl Drop for LockGuard {
 
 /// Consecutive hand-overs inside one process before a lock is released for everyone: other
 /// processes' waiters get a turn at least this often.
-const MAX_HANDOFFS: u32 = 16;
+const MAX_HANDOFFS: u32 = 32;
 
 /// Hands the lock to this process's head waiter of `name` in one script (compare-and-set to
 /// the waiter's token, new fencing token). `None` when nobody waits here: release normally.
@@ -213,14 +221,24 @@ pub(super) async fn handoff(
     };
     if !waiter.deliver(grant.clone()) {
         // The waiter gave up meanwhile: release what it would have held.
-        if let Err(e) = release(shared, name, &grant.token, false).await {
+        if let Err(e) = release(shared, name, &grant.token, false, false).await {
             tracing::warn!(actor = "locks", key = %name, error = %e, "release of an unclaimed hand-over failed; it expires with its ttl");
         }
     }
     Some(Ok(true))
 }
 
-async fn release(shared: &Shared, name: &str, token: &str, local: bool) -> Result<bool, LockError> {
+/// How long a holder that gave the lock up after [`MAX_HANDOFFS`] hand-overs keeps its own
+/// waiters back, so that another process's waiter, woken by the release notice, can take it.
+const YIELD: Duration = Duration::from_millis(1);
+
+async fn release(
+    shared: &Shared,
+    name: &str,
+    token: &str,
+    local: bool,
+    yield_turn: bool,
+) -> Result<bool, LockError> {
     if local {
         return Ok(shared.release_local(name, token));
     }
@@ -233,8 +251,17 @@ async fn release(shared: &Shared, name: &str, token: &str, local: bool) -> Resul
             &[token, &shared.settings.release_channel, &notice],
         )
         .await;
-    // Whatever happened, the head waiter of this process may try now.
-    shared.queues.wake(name);
+    // Whatever happened, the head waiter of this process may try now (or, after a run of
+    // hand-overs, a moment later: the other processes' turn).
+    if yield_turn {
+        let (queues, name) = (shared.queues.clone(), name.to_string());
+        tokio::spawn(async move {
+            tokio::time::sleep(YIELD).await;
+            queues.wake(&name);
+        });
+    } else {
+        shared.queues.wake(name);
+    }
     Ok(reply.map_err(LockError::from_storage)?.as_int() == 1)
 }
 
