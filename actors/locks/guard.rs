@@ -180,7 +180,7 @@ impl Drop for LockGuard {
 
 /// Consecutive hand-overs inside one process before a lock is released for everyone: other
 /// processes' waiters get a turn at least this often.
-const MAX_HANDOFFS: u32 = 32;
+const MAX_HANDOFFS: u32 = 128;
 
 /// Hands the lock to this process's head waiter of `name` in one script (compare-and-set to
 /// the waiter's token, new fencing token). `None` when nobody waits here: release normally.

@@ -16,7 +16,7 @@
 //! [`GetLockStats`]. A release announces itself on the channel (`ORIGIN\nNAME`, in the
 //! release script) and wakes this process's waiters directly. When this process has a waiter
 //! for the name, the holder instead hands the lock over in one script (compare-and-set to the
-//! waiter's token, with a new fencing token), at most 32 times in a row; then it releases the
+//! waiter's token, with a new fencing token), at most 128 times in a row; then it releases the
 //! lock for everyone and holds its own waiters back for 1 ms, so other processes get a turn.
 //!
 //! Failure: while Redis is unreachable `acquire` fails at once with [`LockError::Unavailable`]
