@@ -91,6 +91,16 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 10_000)]
         outbox_writes: usize,
     },
+    /// The peers' lock workload (acquire + release, TTL 10 s: one task on new keys, 50 tasks
+    /// on keys of their own, 8 tasks on one key), to compare with `peers/run.sh locks`.
+    Locks {
+        /// Server to use (keys under `bench-lock:` are overwritten).
+        #[arg(long, value_name = "URL")]
+        redis: String,
+        /// Pairs per uncontended scenario; the contended one runs a tenth of them.
+        #[arg(long, default_value_t = 20_000)]
+        pairs: usize,
+    },
 }
 
 /// `botfleet config ...`.

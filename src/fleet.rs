@@ -2,7 +2,7 @@
 //!
 //! [`Fleet::start`] opens the storage on the caller's multi-threaded tokio runtime, starts the
 //! actix system on a thread of its own ([`ActorSystem`]), and the supervision tree with the
-//! built-in actors in order (storage monitor, presence) followed by the host's own
+//! built-in actors in order (storage monitor, presence, lock manager) followed by the host's own
 //! ([`Fleet::start_with`]). [`Fleet::shutdown`] stops them in reverse order, each within
 //! `supervisor.stop_timeout_ms`, flushes the outbox to Redis (or leaves it in the file store)
 //! and stops the system thread. [`BlockingFleet`] is the same handle for hosts without an
@@ -14,6 +14,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use serde::Serialize;
 
+use crate::actors::locks::{GetLockStats, LockManager, LockStats, Locks};
 use crate::actors::presence::{hostname, GetPresence, Presence, PresenceStatus};
 use crate::actors::storage_monitor::{ListStorageEvents, SeenEvent, StorageMonitor};
 use crate::settings::{FallbackKind, Settings};
@@ -85,6 +86,8 @@ struct Inner {
     system: Mutex<Option<ActorSystem>>,
     presence: ActorHandle<Presence>,
     monitor: ActorHandle<StorageMonitor>,
+    locks: Locks,
+    lock_manager: ActorHandle<LockManager>,
     shut_down: tokio::sync::Mutex<Option<FleetShutdown>>,
 }
 
@@ -127,6 +130,14 @@ impl Fleet {
                 .restart(RestartType::Permanent),
             )
         };
+        let locks = Locks::new(storage.clone(), settings.locks.clone());
+        let lock_manager = {
+            let locks = locks.clone();
+            tree.child(
+                ChildSpec::new("locks", move |_| LockManager::new(locks.clone()))
+                    .restart(RestartType::Permanent),
+            )
+        };
         configure(&mut tree, &storage);
         let supervisor = match tree.start(&system).await {
             Ok(s) => s,
@@ -146,6 +157,8 @@ impl Fleet {
                 system: Mutex::new(Some(system)),
                 presence,
                 monitor,
+                locks,
+                lock_manager,
                 shut_down: tokio::sync::Mutex::new(None),
             }),
         })
@@ -178,6 +191,17 @@ impl Fleet {
     /// The presence actor's status.
     pub async fn presence(&self) -> Result<PresenceStatus, FleetError> {
         Ok(self.inner.presence.send(GetPresence).await?)
+    }
+
+    /// The lock API (`acquire`, `try_acquire`, `run_exclusive`). Cheap to clone; guards it
+    /// hands out run their watchdog and release on this runtime, not on the actor.
+    pub fn locks(&self) -> Locks {
+        self.inner.locks.clone()
+    }
+
+    /// The lock manager's counters (waiters, release notices heard).
+    pub async fn lock_stats(&self) -> Result<LockStats, FleetError> {
+        Ok(self.inner.lock_manager.send(GetLockStats).await?)
     }
 
     /// Recent storage events (mode changes, resyncs), oldest first.

@@ -45,6 +45,18 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 println!("{line}")
             }))?;
         }
+        Command::Bench(BenchCommand::Locks { redis, pairs }) => {
+            let settings = cli.load_settings()?;
+            botfleet::telemetry::init(&settings.log)?;
+            let bench = botfleet::bench::locks::LocksBench {
+                redis_url: redis.clone(),
+                pairs: *pairs,
+            };
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(botfleet::bench::locks::run(&bench, |line| {
+                println!("{line}")
+            }))?;
+        }
         Command::Run => unreachable!("handled in main"),
     }
     Ok(())

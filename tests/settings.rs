@@ -447,3 +447,17 @@ fn secrets_never_appear_in_debug_or_redacted_output() {
         .to_toml()
         .contains("token = \"\""));
 }
+
+#[test]
+fn lock_settings_are_validated() {
+    let err = load_err(
+        "[locks]\non_outage = \"replay\"\nmax_ttl_ms = 0\nretry_min_ms = 500\nretry_max_ms = 100\nrelease_channel = \"\"\n",
+        &[],
+    );
+    assert!(!message(&err, "locks.on_outage").is_empty());
+    assert!(!message(&err, "locks.max_ttl_ms").is_empty());
+    assert!(!message(&err, "locks.retry_min_ms").is_empty());
+    assert!(!message(&err, "locks.release_channel").is_empty());
+    let ok = load_ok("[locks]\non_outage = \"local\"\n", &[]);
+    assert_eq!(ok.locks.on_outage, botfleet::settings::LockOutage::Local);
+}

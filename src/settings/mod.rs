@@ -50,6 +50,8 @@ pub struct Settings {
     pub supervisor: SupervisorSettings,
     /// This instance's presence record in Redis.
     pub presence: PresenceSettings,
+    /// The distributed lock manager.
+    pub locks: LockSettings,
     /// Logging.
     pub log: LogSettings,
     /// HTTP API of the daemon.
@@ -360,6 +362,47 @@ impl Default for PresenceSettings {
             ttl_secs: 30,
         }
     }
+}
+
+/// `[locks]`: the distributed lock manager (`Fleet::locks()`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LockSettings {
+    /// What `acquire` does while Redis is unreachable.
+    pub on_outage: LockOutage,
+    /// Longest lock name, bytes.
+    pub max_name_bytes: usize,
+    /// Longest lock TTL, milliseconds.
+    pub max_ttl_ms: u64,
+    /// Shortest delay between two attempts of a waiter that heard no release notice.
+    pub retry_min_ms: u64,
+    /// Longest delay between two attempts of a waiter that heard no release notice.
+    pub retry_max_ms: u64,
+    /// Pub/sub channel on which releases are announced.
+    pub release_channel: String,
+}
+
+impl Default for LockSettings {
+    fn default() -> Self {
+        Self {
+            on_outage: LockOutage::Refuse,
+            max_name_bytes: 512,
+            max_ttl_ms: 86_400_000,
+            retry_min_ms: 50,
+            retry_max_ms: 250,
+            release_channel: "botfleet:locks:released".into(),
+        }
+    }
+}
+
+/// What the lock manager does while Redis is unreachable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LockOutage {
+    /// `acquire` fails at once with `LockError::Unavailable`.
+    Refuse,
+    /// `acquire` grants a process-local lock; its guard says so.
+    Local,
 }
 
 /// `[log]`.

@@ -34,6 +34,10 @@ pub(crate) const POSITIVE: &[&str] = &[
     "supervisor.stop_timeout_ms",
     "presence.interval_ms",
     "presence.ttl_secs",
+    "locks.max_name_bytes",
+    "locks.max_ttl_ms",
+    "locks.retry_min_ms",
+    "locks.retry_max_ms",
 ];
 
 /// Keys whose values are secrets: a message never shows what was given there.
@@ -288,6 +292,20 @@ fn semantic(settings: &Settings, tree: &Node, problems: &mut Vec<Problem>) {
                 presence.interval_ms.saturating_mul(3),
                 presence.ttl_secs
             ),
+        );
+    }
+
+    let locks = &settings.locks;
+    check.at_most(
+        "locks.retry_min_ms",
+        locks.retry_min_ms,
+        "locks.retry_max_ms",
+        locks.retry_max_ms,
+    );
+    if locks.release_channel.trim().is_empty() {
+        check.fail(
+            "locks.release_channel",
+            "expected a channel name, got \"\"".to_owned(),
         );
     }
 

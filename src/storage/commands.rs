@@ -10,7 +10,7 @@ use tokio::sync::broadcast;
 
 use super::op::{self, Expiry, Op, Reply};
 use super::redis::Failure;
-use super::{Script, Storage, StorageError, Subscription, Ttl, BUS_CAPACITY};
+use super::{Mode, Script, Storage, StorageError, Subscription, Ttl, BUS_CAPACITY};
 
 impl Storage {
     /// `GET`.
@@ -379,6 +379,40 @@ impl Storage {
             Some(script.local),
         )
         .await
+    }
+
+    /// Runs a script on Redis only, never on the fallback and never through the outbox: for
+    /// operations that are wrong to apply locally and replay later (locks). Fails with
+    /// [`StorageError::Unavailable`] at once when the mode is not `redis`, and when Redis
+    /// fails mid-call (an error, the command timeout, a lost connection): the mode then turns
+    /// `degraded` as for any call. Such a failure is ambiguous: Redis may have run the script.
+    pub async fn eval_on_redis(
+        &self,
+        script: &Script,
+        keys: &[&str],
+        args: &[&str],
+    ) -> Result<Reply, StorageError> {
+        let Some(redis) = &self.inner.redis else {
+            return Err(StorageError::Unavailable("no redis configured".into()));
+        };
+        let mode = self.mode();
+        if mode != Mode::Redis {
+            return Err(StorageError::Unavailable(format!("storage is {mode}")));
+        }
+        let op = Op::Eval {
+            script: script.reference.clone(),
+            keys: keys.iter().map(|k| k.to_string()).collect(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+        };
+        match redis.exec(&op).await {
+            Ok(reply) => Ok(reply),
+            Err(Failure::Outage(reason)) => {
+                self.degrade(reason.clone());
+                Err(StorageError::Unavailable(reason))
+            }
+            Err(Failure::Command(message)) => Err(StorageError::Command(message)),
+            Err(Failure::NoScript) => Err(StorageError::Command("NOSCRIPT after reload".into())),
+        }
     }
 
     /// Every key matching the glob `pattern`, with `SCAN` (never `KEYS`); sorted.

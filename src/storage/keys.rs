@@ -80,6 +80,14 @@ impl KeySchema {
         format!("{}:instance:{instance_id}", self.internal)
     }
 
+    /// `INTERNAL:lock-fence:{TAG}`: hash of fencing counters (field = lock name) for the locks
+    /// whose name hashes to TAG's cluster slot, so a lock and its counter are touched by one
+    /// script even on Redis Cluster while the lock key stays exactly the name given.
+    pub fn lock_fence(&self, lock_name: &str) -> String {
+        let tag = super::outbox::slot_tag(hash_slot(lock_name));
+        format!("{}:lock-fence:{{{tag}}}", self.internal)
+    }
+
     /// Glob matching every presence record.
     pub fn instances_pattern(&self) -> String {
         format!("{}:instance:*", self.internal)
@@ -121,5 +129,16 @@ mod tests {
         // Without the tag they spread over slots.
         let plain = KeySchema::new(&KeySettings::default());
         assert_ne!(hash_slot(&plain.task("1")), hash_slot(&plain.task_queue()));
+        for name in [
+            "bet-lock:user123-agent456",
+            "wallet-retry-scheduler-lock",
+            "{x}y",
+        ] {
+            assert_eq!(
+                hash_slot(&plain.lock_fence(name)),
+                hash_slot(name),
+                "{name}"
+            );
+        }
     }
 }

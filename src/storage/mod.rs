@@ -101,6 +101,10 @@ pub enum StorageError {
     /// The file fallback could not read or write its journal.
     #[error("file store: {0}")]
     File(String),
+    /// Redis is unreachable (or not configured) and the call must not be served by the
+    /// fallback: only [`Storage::eval_on_redis`] answers this.
+    #[error("redis unavailable: {0}")]
+    Unavailable(String),
     /// The handle was opened outside a multi-threaded tokio runtime.
     #[error("storage must be opened on a multi-threaded tokio runtime: {0}")]
     Runtime(String),

@@ -182,7 +182,7 @@ pub fn marker_key(internal_prefix: &str, key: Option<&str>) -> String {
 }
 
 /// A short string whose hash slot is `slot` (computed once for all 16,384 slots).
-pub fn slot_tag(slot: u16) -> &'static str {
+pub(crate) fn slot_tag(slot: u16) -> &'static str {
     static TAGS: OnceLock<Vec<String>> = OnceLock::new();
     let tags = TAGS.get_or_init(|| {
         let mut tags = vec![String::new(); 16_384];

@@ -1,0 +1,295 @@
+//! [`LockGuard`]: a held lock, its watchdog, and its release.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::queue::Grant;
+use super::scripts::scripts;
+use super::{LockError, Shared};
+
+/// A held lock. While it lives a watchdog extends the lock every TTL/3; dropping it releases
+/// the lock (in a background task); [`LockGuard::release`] releases it and says whether it was
+/// still held. When the lock cannot be extended (Redis unreachable, or the lock expired and
+/// was taken), the guard reports itself lost: [`LockGuard::is_lost`], [`LockGuard::lost`].
+#[derive(Debug)]
+pub struct LockGuard {
+    name: String,
+    token: String,
+    fence: Option<u64>,
+    handoffs: u32,
+    lost: watch::Receiver<bool>,
+    watchdog: Option<JoinHandle<()>>,
+    shared: Arc<Shared>,
+    released: bool,
+}
+
+impl LockGuard {
+    /// A guard for a lock just acquired on Redis; starts its watchdog.
+    pub(super) fn remote(
+        shared: Arc<Shared>,
+        name: &str,
+        token: String,
+        fence: u64,
+        ttl: Duration,
+        handoffs: u32,
+    ) -> Self {
+        let (tx, rx) = watch::channel(false);
+        let watchdog = tokio::spawn(watchdog(
+            shared.clone(),
+            name.to_string(),
+            token.clone(),
+            ttl,
+            tx,
+        ));
+        Self {
+            name: name.to_string(),
+            token,
+            fence: Some(fence),
+            handoffs,
+            lost: rx,
+            watchdog: Some(watchdog),
+            shared,
+            released: false,
+        }
+    }
+
+    /// A guard for a process-local lock (granted during an outage with
+    /// `locks.on_outage = "local"`). It has no fencing token and never expires.
+    pub(super) fn local(shared: Arc<Shared>, name: &str, token: String) -> Self {
+        let (_tx, rx) = watch::channel(false);
+        Self {
+            name: name.to_string(),
+            token,
+            fence: None,
+            handoffs: 0,
+            lost: rx,
+            watchdog: None,
+            shared,
+            released: false,
+        }
+    }
+
+    /// The lock's name (its Redis key).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The random token the lock key holds while this guard holds it.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// The fencing token: strictly increasing per lock name across processes (and across a
+    /// Redis restart with persistence). Pass it to the protected resource so that it can
+    /// refuse a stale holder. `None` for a process-local lock.
+    pub fn fencing_token(&self) -> Option<u64> {
+        self.fence
+    }
+
+    /// Whether this is a process-local lock, granted while Redis was unreachable: it excludes
+    /// the other tasks of this process only.
+    pub fn is_local(&self) -> bool {
+        self.fence.is_none()
+    }
+
+    /// Whether the lock was lost: it could not be extended (Redis unreachable, or it expired
+    /// and is no longer ours). The protected work should stop.
+    pub fn is_lost(&self) -> bool {
+        *self.lost.borrow()
+    }
+
+    /// Resolves when the lock is lost; pends forever while it is held.
+    pub async fn lost(&self) {
+        let mut rx = self.lost.clone();
+        if rx.wait_for(|lost| *lost).await.is_err() {
+            // The watchdog is gone without reporting a loss (local lock, or released):
+            // the lock is never lost.
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Releases the lock (compare-and-delete: only if it is still ours). `Ok(true)` when it
+    /// was still held, `Ok(false)` when it had expired or belonged to someone else by then.
+    pub async fn release(mut self) -> Result<bool, LockError> {
+        self.released = true;
+        if let Some(watchdog) = self.watchdog.take() {
+            watchdog.abort();
+        }
+        if !self.is_local() && self.handoffs < MAX_HANDOFFS {
+            if let Some(released) =
+                handoff(&self.shared, &self.name, &self.token, self.handoffs).await
+            {
+                return released;
+            }
+        }
+        let yield_turn = self.handoffs >= MAX_HANDOFFS;
+        release(
+            &self.shared,
+            &self.name,
+            &self.token,
+            self.is_local(),
+            yield_turn,
+        )
+        .await
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        if let Some(watchdog) = self.watchdog.take() {
+            watchdog.abort();
+        }
+        if self.released {
+            return;
+        }
+        let (shared, name, token, local) = (
+            self.shared.clone(),
+            std::mem::take(&mut self.name),
+            std::mem::take(&mut self.token),
+            self.is_local(),
+        );
+        if local {
+            shared.release_local(&name, &token);
+            return;
+        }
+        let handoffs = self.handoffs;
+        let task = async move {
+            if handoffs < MAX_HANDOFFS {
+                if let Some(released) = handoff(&shared, &name, &token, handoffs).await {
+                    if let Err(e) = released {
+                        tracing::warn!(actor = "locks", key = %name, error = %e, "lock hand-over on drop failed; it expires with its ttl");
+                    }
+                    return;
+                }
+            }
+            if let Err(e) = release(&shared, &name, &token, false, handoffs >= MAX_HANDOFFS).await {
+                tracing::warn!(actor = "locks", key = %name, error = %e, "lock release on drop failed; it expires with its ttl");
+            }
+        };
+        // Dropped outside a runtime (e.g. after shutdown): the lock expires with its TTL.
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(task);
+        } else if let Some(handle) = &self.shared.runtime {
+            handle.spawn(task);
+        }
+    }
+}
+
+/// Consecutive hand-overs inside one process before a lock is released for everyone: other
+/// processes' waiters get a turn at least this often.
+const MAX_HANDOFFS: u32 = 128;
+
+/// Hands the lock to this process's head waiter of `name` in one script (compare-and-set to
+/// the waiter's token, new fencing token). `None` when nobody waits here: release normally.
+pub(super) async fn handoff(
+    shared: &Arc<Shared>,
+    name: &str,
+    token: &str,
+    handoffs: u32,
+) -> Option<Result<bool, LockError>> {
+    let waiter = shared.queues.head(name)?;
+    let next = super::new_token();
+    let fence_key = shared.storage.keys().lock_fence(name);
+    let ttl_ms = waiter.ttl_ms.to_string();
+    let reply = shared
+        .storage
+        .eval_on_redis(
+            &scripts().handoff,
+            &[name, &fence_key],
+            &[token, &next, &ttl_ms],
+        )
+        .await;
+    let fence = match reply {
+        Ok(reply) => reply.as_int(),
+        Err(e) => {
+            shared.queues.wake(name);
+            return Some(Err(LockError::from_storage(e)));
+        }
+    };
+    if fence <= 0 {
+        // Not ours any more: nothing handed over; the waiter tries by itself.
+        shared.queues.wake(name);
+        return Some(Ok(false));
+    }
+    let grant = Grant {
+        token: next,
+        fence: fence as u64,
+        handoffs: handoffs + 1,
+    };
+    if !waiter.deliver(grant.clone()) {
+        // The waiter gave up meanwhile: release what it would have held.
+        if let Err(e) = release(shared, name, &grant.token, false, false).await {
+            tracing::warn!(actor = "locks", key = %name, error = %e, "release of an unclaimed hand-over failed; it expires with its ttl");
+        }
+    }
+    Some(Ok(true))
+}
+
+/// How long a holder that gave the lock up after [`MAX_HANDOFFS`] hand-overs keeps its own
+/// waiters back, so that another process's waiter, woken by the release notice, can take it.
+const YIELD: Duration = Duration::from_millis(1);
+
+async fn release(
+    shared: &Shared,
+    name: &str,
+    token: &str,
+    local: bool,
+    yield_turn: bool,
+) -> Result<bool, LockError> {
+    if local {
+        return Ok(shared.release_local(name, token));
+    }
+    let notice = format!("{}\n{name}", shared.origin);
+    let reply = shared
+        .storage
+        .eval_on_redis(
+            &scripts().release,
+            &[name],
+            &[token, &shared.settings.release_channel, &notice],
+        )
+        .await;
+    // Whatever happened, the head waiter of this process may try now (or, after a run of
+    // hand-overs, a moment later: the other processes' turn).
+    if yield_turn {
+        let (queues, name) = (shared.queues.clone(), name.to_string());
+        tokio::spawn(async move {
+            tokio::time::sleep(YIELD).await;
+            queues.wake(&name);
+        });
+    } else {
+        shared.queues.wake(name);
+    }
+    Ok(reply.map_err(LockError::from_storage)?.as_int() == 1)
+}
+
+/// Extends the lock every `ttl / 3` until aborted; reports a loss once and stops.
+async fn watchdog(
+    shared: Arc<Shared>,
+    name: String,
+    token: String,
+    ttl: Duration,
+    lost: watch::Sender<bool>,
+) {
+    let every = (ttl / 3).max(Duration::from_millis(1));
+    let ttl_ms = ttl.as_millis().to_string();
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let reply = shared
+            .storage
+            .eval_on_redis(&scripts().extend, &[&name], &[&token, &ttl_ms])
+            .await;
+        let reason = match reply {
+            Ok(r) if r.as_int() == 1 => continue,
+            Ok(_) => "expired and no longer ours".to_string(),
+            Err(e) => e.to_string(),
+        };
+        tracing::warn!(actor = "locks", key = %name, error = %reason, "lock lost: it could not be extended");
+        let _ = lost.send(true);
+        return;
+    }
+}

@@ -1,0 +1,574 @@
+//! Locks: distributed locks on Redis that are safe where the seed's `SET key "1" EX ttl NX` +
+//! `DEL` is not.
+//!
+//! Owns: the lock keys, named exactly as given (`bet-lock:USER-AGENT`,
+//! `wallet-retry-scheduler-lock`, ...) and holding the holder's random token; the fencing
+//! counters (`INTERNAL:lock-fence:{TAG}`, a hash with one field per lock name, TAG chosen to
+//! hash to the lock's cluster slot); this process's wait queues (arrival order) and the
+//! subscription to the release channel (`locks.release_channel`).
+//!
+//! The host calls the [`Locks`] handle (`Fleet::locks()`): [`Locks::try_acquire`],
+//! [`Locks::acquire`], [`Locks::run_exclusive`]. Every acquisition, release and extension is
+//! one Lua script round trip, run on Redis only (never on the fallback, never through the
+//! outbox). A [`LockGuard`] extends its lock every TTL/3 from a task on the host runtime and
+//! releases it when dropped; it never talks to the actor. The [`LockManager`] actor listens to
+//! the release channel and wakes the head waiter of the released name; it accepts
+//! [`GetLockStats`]. A release announces itself on the channel (`ORIGIN\nNAME`, in the
+//! release script) and wakes this process's waiters directly. When this process has a waiter
+//! for the name, the holder instead hands the lock over in one script (compare-and-set to the
+//! waiter's token, with a new fencing token), at most 128 times in a row; then it releases the
+//! lock for everyone and holds its own waiters back for 1 ms, so other processes get a turn.
+//!
+//! Failure: while Redis is unreachable `acquire` fails at once with [`LockError::Unavailable`]
+//! (`locks.on_outage = "refuse"`) or grants a process-local lock (`"local"`); a guard whose
+//! lock cannot be extended reports itself lost. The actor holds no state of its own: when it
+//! is restarted it subscribes again; notices published meanwhile are missed, and waiters find
+//! the lock free on their next retry (`locks.retry_min_ms` .. `retry_max_ms`, with jitter).
+
+mod guard;
+mod queue;
+mod scripts;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use rand::Rng;
+use serde::Serialize;
+
+pub use guard::LockGuard;
+use queue::WaitQueues;
+use scripts::scripts;
+
+use crate::settings::{LockOutage, LockSettings};
+use crate::storage::{Mode, Storage, StorageError};
+
+/// Why a lock call failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LockError {
+    /// The name is empty or longer than `locks.max_name_bytes`. Nothing was written.
+    #[error("invalid lock name: {0}")]
+    InvalidName(String),
+    /// The TTL is zero (under a millisecond) or longer than `locks.max_ttl_ms`. Nothing was
+    /// written.
+    #[error("invalid lock ttl of {ttl_ms} ms: {reason}")]
+    InvalidTtl {
+        /// The TTL given, in milliseconds.
+        ttl_ms: u128,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Redis is unreachable and `locks.on_outage` is `"refuse"` (or the call met an outage
+    /// mid-way: it may or may not have been applied; a lock so taken expires with its TTL).
+    #[error("lock service unavailable: {0}")]
+    Unavailable(String),
+    /// `acquire` waited its whole `wait` without getting the lock.
+    #[error("lock {name} still held by another holder after {waited_ms} ms")]
+    Timeout {
+        /// The lock.
+        name: String,
+        /// How long it waited.
+        waited_ms: u64,
+    },
+    /// The lock was lost while [`Locks::run_exclusive`] ran its future (which was dropped).
+    #[error("lock {name} lost while held: the protected work was stopped")]
+    Lost {
+        /// The lock.
+        name: String,
+    },
+    /// Redis refused a script (e.g. WRONGTYPE: the lock key holds another type).
+    #[error(transparent)]
+    Storage(StorageError),
+}
+
+impl LockError {
+    fn from_storage(e: StorageError) -> Self {
+        match e {
+            StorageError::Unavailable(reason) => LockError::Unavailable(reason),
+            other => LockError::Storage(other),
+        }
+    }
+}
+
+/// What the lock handles of one process share.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    storage: Storage,
+    settings: LockSettings,
+    /// A random id of this process's lock handle: notices it published itself are ignored.
+    origin: String,
+    queues: Arc<WaitQueues>,
+    /// Process-local locks granted during an outage: name → token.
+    // A parking_lot mutex: a map operation under it, never an await.
+    local: parking_lot::Mutex<HashMap<String, String>>,
+    notices: AtomicU64,
+    runtime: Option<tokio::runtime::Handle>,
+}
+
+impl Shared {
+    fn release_local(&self, name: &str, token: &str) -> bool {
+        let released = {
+            let mut local = self.local.lock();
+            if local.get(name).is_some_and(|t| t == token) {
+                local.remove(name);
+                true
+            } else {
+                false
+            }
+        };
+        self.queues.wake(name);
+        released
+    }
+}
+
+/// The lock API: a cheap, cloneable handle (`Fleet::locks()`).
+#[derive(Debug, Clone)]
+pub struct Locks {
+    shared: Arc<Shared>,
+}
+
+impl Locks {
+    /// A lock handle over `storage`. Without a [`LockManager`] (which the `Fleet` starts)
+    /// waiters are not woken by other processes' releases, only by retries.
+    pub fn new(storage: Storage, settings: LockSettings) -> Self {
+        let locks = Self {
+            shared: Arc::new(Shared {
+                storage,
+                settings,
+                origin: format!("{:016x}", rand::random::<u64>()),
+                queues: Arc::new(WaitQueues::default()),
+                local: parking_lot::Mutex::new(HashMap::new()),
+                notices: AtomicU64::new(0),
+                runtime: tokio::runtime::Handle::try_current().ok(),
+            }),
+        };
+        // A hand-over that reached a waiter whose future was dropped: release it (weakly
+        // held: the queues belong to the shared state).
+        let weak = Arc::downgrade(&locks.shared);
+        locks
+            .shared
+            .queues
+            .set_on_orphan(Box::new(move |name: &str, grant: queue::Grant| {
+                let Some(shared) = weak.upgrade() else {
+                    return;
+                };
+                let name = name.to_string();
+                let task = async move {
+                    let guard = LockGuard::remote(
+                        shared,
+                        &name,
+                        grant.token,
+                        grant.fence,
+                        Duration::from_secs(1),
+                        grant.handoffs,
+                    );
+                    let _ = guard.release().await;
+                };
+                if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                    handle.spawn(task);
+                } else if let Some(handle) = weak_runtime(&weak) {
+                    handle.spawn(task);
+                }
+            }));
+        locks
+    }
+
+    /// The settings in use.
+    pub fn settings(&self) -> &LockSettings {
+        &self.shared.settings
+    }
+
+    /// Tries once, without waiting: `Ok(None)` when another holder has the lock.
+    pub async fn try_acquire(
+        &self,
+        name: &str,
+        ttl: Duration,
+    ) -> Result<Option<LockGuard>, LockError> {
+        self.validate(name, ttl)?;
+        self.attempt(name, ttl).await
+    }
+
+    /// Acquires `name` for `ttl` (extended by the guard's watchdog while it lives), waiting up
+    /// to `wait`. Waiters of this process are served in arrival order; they are woken by
+    /// release notices, and retry after a random `locks.retry_min_ms`..`retry_max_ms` in case
+    /// a notice is missed or the lock expires instead.
+    pub async fn acquire(
+        &self,
+        name: &str,
+        ttl: Duration,
+        wait: Duration,
+    ) -> Result<LockGuard, LockError> {
+        self.validate(name, ttl)?;
+        let start = Instant::now();
+        let deadline = tokio::time::Instant::now() + wait;
+        let ticket = self.shared.queues.enqueue(name, ttl.as_millis() as u64);
+        let (min, max) = (
+            self.shared.settings.retry_min_ms,
+            self.shared
+                .settings
+                .retry_max_ms
+                .max(self.shared.settings.retry_min_ms),
+        );
+        loop {
+            // A holder of this process may have handed the lock over (see `guard::handoff`).
+            if let Some(grant) = ticket.take_grant() {
+                ticket.served();
+                return Ok(LockGuard::remote(
+                    self.shared.clone(),
+                    name,
+                    grant.token,
+                    grant.fence,
+                    ttl,
+                    grant.handoffs,
+                ));
+            }
+            let head = ticket.is_head();
+            if head {
+                if let Some(guard) = self.attempt(name, ttl).await? {
+                    ticket.served();
+                    return Ok(guard);
+                }
+            }
+            if tokio::time::Instant::now() >= deadline && ticket.is_waiting() {
+                return Err(LockError::Timeout {
+                    name: name.to_string(),
+                    waited_ms: start.elapsed().as_millis() as u64,
+                });
+            }
+            // The head retries after a jittered delay (the safety net); the others wait for
+            // their turn.
+            let retry = if head {
+                tokio::time::Instant::now()
+                    + Duration::from_millis(rand::thread_rng().gen_range(min..=max))
+            } else {
+                deadline
+            };
+            tokio::select! {
+                _ = ticket.woken() => {}
+                _ = tokio::time::sleep_until(retry.min(deadline)) => {}
+            }
+        }
+    }
+
+    /// Runs `work` while holding `name`, for jobs that one process of the fleet must run at a
+    /// time (`wallet-retry-scheduler-lock`, `bet-cleanup-lock`): `Ok(None)` without running it
+    /// when another holder has the lock. If the lock is lost while `work` runs, `work` is
+    /// dropped and [`LockError::Lost`] returned. The lock is released afterwards.
+    pub async fn run_exclusive<F, T>(
+        &self,
+        name: &str,
+        ttl: Duration,
+        work: F,
+    ) -> Result<Option<T>, LockError>
+    where
+        F: Future<Output = T>,
+    {
+        let Some(guard) = self.try_acquire(name, ttl).await? else {
+            return Ok(None);
+        };
+        let outcome = tokio::select! {
+            out = work => Some(out),
+            _ = guard.lost() => None,
+        };
+        match outcome {
+            Some(out) => {
+                // The work is done; a failed release only leaves the lock to its TTL.
+                if let Err(e) = guard.release().await {
+                    tracing::warn!(actor = "locks", key = %name, error = %e, "release after exclusive run failed; the lock expires with its ttl");
+                }
+                Ok(Some(out))
+            }
+            None => Err(LockError::Lost {
+                name: name.to_string(),
+            }),
+        }
+    }
+
+    fn validate(&self, name: &str, ttl: Duration) -> Result<(), LockError> {
+        let settings = &self.shared.settings;
+        if name.is_empty() {
+            return Err(LockError::InvalidName("the name is empty".into()));
+        }
+        if name.len() > settings.max_name_bytes {
+            return Err(LockError::InvalidName(format!(
+                "{} bytes, more than locks.max_name_bytes ({})",
+                name.len(),
+                settings.max_name_bytes
+            )));
+        }
+        let ttl_ms = ttl.as_millis();
+        if ttl_ms == 0 {
+            return Err(LockError::InvalidTtl {
+                ttl_ms,
+                reason: "expected at least 1 ms".into(),
+            });
+        }
+        if ttl_ms > settings.max_ttl_ms as u128 {
+            return Err(LockError::InvalidTtl {
+                ttl_ms,
+                reason: format!("more than locks.max_ttl_ms ({})", settings.max_ttl_ms),
+            });
+        }
+        Ok(())
+    }
+
+    /// One attempt: one script on Redis, or the outage policy.
+    async fn attempt(&self, name: &str, ttl: Duration) -> Result<Option<LockGuard>, LockError> {
+        let shared = &self.shared;
+        if shared.storage.mode() != Mode::Redis {
+            return self.outage(name, format!("storage is {}", shared.storage.mode()));
+        }
+        // A process-local lock granted during an outage still excludes this process's tasks.
+        if shared.local.lock().contains_key(name) {
+            return Ok(None);
+        }
+        let token = new_token();
+        let fence_key = shared.storage.keys().lock_fence(name);
+        let ttl_ms = ttl.as_millis().to_string();
+        let reply = shared
+            .storage
+            .eval_on_redis(&scripts().acquire, &[name, &fence_key], &[&token, &ttl_ms])
+            .await;
+        match reply {
+            Ok(reply) => {
+                let fence = reply.as_int();
+                if fence > 0 {
+                    Ok(Some(LockGuard::remote(
+                        shared.clone(),
+                        name,
+                        token,
+                        fence as u64,
+                        ttl,
+                        0,
+                    )))
+                } else {
+                    Ok(None)
+                }
+            }
+            Err(StorageError::Unavailable(reason)) => self.outage(name, reason),
+            Err(e) => Err(LockError::Storage(e)),
+        }
+    }
+
+    fn outage(&self, name: &str, reason: String) -> Result<Option<LockGuard>, LockError> {
+        match self.shared.settings.on_outage {
+            LockOutage::Refuse => Err(LockError::Unavailable(reason)),
+            LockOutage::Local => {
+                let token = new_token();
+                let mut local = self.shared.local.lock();
+                if local.contains_key(name) {
+                    return Ok(None);
+                }
+                local.insert(name.to_string(), token.clone());
+                drop(local);
+                tracing::debug!(actor = "locks", key = %name, "granted a process-local lock during an outage");
+                Ok(Some(LockGuard::local(self.shared.clone(), name, token)))
+            }
+        }
+    }
+
+    /// A release notice from the channel: wakes this process's head waiter of the name,
+    /// unless this process published it (it has woken its waiters already).
+    fn heard(&self, notice: &str) {
+        let Some((origin, name)) = notice.split_once('\n') else {
+            return;
+        };
+        self.shared.notices.fetch_add(1, Ordering::Relaxed);
+        if origin != self.shared.origin {
+            self.shared.queues.wake(name);
+        }
+    }
+
+    fn stats(&self) -> LockStats {
+        let (waiters, names) = self.shared.queues.counts();
+        LockStats {
+            waiters,
+            names_waited_for: names,
+            local_locks: self.shared.local.lock().len(),
+            notices_heard: self.shared.notices.load(Ordering::Relaxed),
+        }
+    }
+}
+
+fn weak_runtime(shared: &std::sync::Weak<Shared>) -> Option<tokio::runtime::Handle> {
+    shared.upgrade().and_then(|s| s.runtime.clone())
+}
+
+pub(super) fn new_token() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+/// What [`GetLockStats`] answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LockStats {
+    /// Tasks of this process waiting for a lock.
+    pub waiters: usize,
+    /// Lock names they wait for.
+    pub names_waited_for: usize,
+    /// Process-local locks held (granted during an outage).
+    pub local_locks: usize,
+    /// Release notices heard on the release channel since start.
+    pub notices_heard: u64,
+}
+
+/// Query: the lock manager's counters.
+#[derive(Debug, Message)]
+#[rtype(result = "LockStats")]
+pub struct GetLockStats;
+
+/// Event: a lock was released (a notice from the release channel: `ORIGIN\nNAME`).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct LockReleased(pub String);
+
+/// Listens to the release channel and wakes this process's waiters.
+#[derive(Debug)]
+pub struct LockManager {
+    locks: Locks,
+}
+
+impl LockManager {
+    /// A manager for the waiters of `locks` (the handle the host uses).
+    pub fn new(locks: Locks) -> Self {
+        Self { locks }
+    }
+}
+
+impl Actor for LockManager {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        let storage = self.locks.shared.storage.clone();
+        let channel = self.locks.shared.settings.release_channel.clone();
+        let subscribe = async move { storage.subscribe(&channel).await };
+        ctx.wait(subscribe.into_actor(self).map(|subscription, act, ctx| {
+            let notices = futures::stream::unfold(subscription, |mut s| async move {
+                s.recv().await.map(|m| (LockReleased(m), s))
+            });
+            ctx.add_stream(notices);
+            // Releases missed while we were (re)subscribing: let every head waiter try.
+            let names: Vec<String> = act.locks.shared.queues.names();
+            for name in names {
+                act.locks.shared.queues.wake(&name);
+            }
+        }));
+    }
+}
+
+impl StreamHandler<LockReleased> for LockManager {
+    fn handle(&mut self, notice: LockReleased, _: &mut Context<Self>) {
+        self.locks.heard(&notice.0);
+    }
+
+    fn finished(&mut self, _: &mut Context<Self>) {
+        // The storage is gone (shutdown): keep running until stopped by the supervisor.
+    }
+}
+
+impl Handler<LockReleased> for LockManager {
+    type Result = ();
+
+    fn handle(&mut self, notice: LockReleased, _: &mut Context<Self>) {
+        self.locks.heard(&notice.0);
+    }
+}
+
+impl Handler<GetLockStats> for LockManager {
+    type Result = MessageResult<GetLockStats>;
+
+    fn handle(&mut self, _: GetLockStats, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.locks.stats())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::KeySchema;
+
+    async fn fallback_locks(on_outage: LockOutage) -> Locks {
+        let mut settings = crate::settings::Settings::default();
+        settings.storage.redis.enabled = false;
+        let storage = Storage::open(&settings.storage, &KeySchema::default())
+            .await
+            .unwrap();
+        let lock_settings = LockSettings {
+            on_outage,
+            ..LockSettings::default()
+        };
+        Locks::new(storage, lock_settings)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bad_input_is_a_typed_error() {
+        let locks = fallback_locks(LockOutage::Local).await;
+        let second = Duration::from_secs(1);
+        assert!(matches!(
+            locks.try_acquire("", second).await,
+            Err(LockError::InvalidName(_))
+        ));
+        let long = "x".repeat(513);
+        assert!(matches!(
+            locks.try_acquire(&long, second).await,
+            Err(LockError::InvalidName(_))
+        ));
+        assert!(matches!(
+            locks.try_acquire("a", Duration::ZERO).await,
+            Err(LockError::InvalidTtl { .. })
+        ));
+        assert!(matches!(
+            locks.try_acquire("a", Duration::from_micros(10)).await,
+            Err(LockError::InvalidTtl { .. })
+        ));
+        assert!(matches!(
+            locks
+                .acquire("a", Duration::from_secs(86_401), second)
+                .await,
+            Err(LockError::InvalidTtl { .. })
+        ));
+        assert_eq!(locks.stats().local_locks, 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn without_redis_refuse_fails_and_local_grants_a_local_lock() {
+        let refuse = fallback_locks(LockOutage::Refuse).await;
+        assert!(matches!(
+            refuse
+                .try_acquire("bet-cleanup-lock", Duration::from_secs(1))
+                .await,
+            Err(LockError::Unavailable(_))
+        ));
+        let local = fallback_locks(LockOutage::Local).await;
+        let guard = local
+            .try_acquire("bet-cleanup-lock", Duration::from_secs(1))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(guard.is_local() && guard.fencing_token().is_none() && !guard.is_lost());
+        assert!(local
+            .try_acquire("bet-cleanup-lock", Duration::from_secs(1))
+            .await
+            .unwrap()
+            .is_none());
+        // A waiter is served once the holder lets go.
+        let waiter = {
+            let local = local.clone();
+            tokio::spawn(async move {
+                local
+                    .acquire(
+                        "bet-cleanup-lock",
+                        Duration::from_secs(1),
+                        Duration::from_secs(5),
+                    )
+                    .await
+            })
+        };
+        assert!(guard.release().await.unwrap());
+        let second = waiter.await.unwrap().unwrap();
+        assert!(second.is_local());
+    }
+}

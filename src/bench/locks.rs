@@ -1,0 +1,133 @@
+//! `botfleet bench locks --redis URL`: the peers' lock workload (`../shared/peers`, rslock):
+//! acquire then release, TTL 10 s, `N` pairs — one task on a new key each time, 50 tasks on
+//! keys of their own, 8 tasks contending for one key (N/10 pairs). One JSON line per scenario
+//! with `pairs_per_s`, and the wait for the lock (p50/p99, µs).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use serde_json::json;
+
+use super::Latencies;
+use crate::actors::locks::{LockError, Locks};
+use crate::settings::{LockSettings, StorageSettings};
+use crate::storage::{KeySchema, Mode, Storage, StorageError};
+
+/// The lock TTL of the workload.
+const TTL: Duration = Duration::from_secs(10);
+
+/// Options of the lock benchmark.
+#[derive(Debug, Clone)]
+pub struct LocksBench {
+    /// Server to use (keys under `bench-lock:` are overwritten).
+    pub redis_url: String,
+    /// Pairs (acquire + release) of the uncontended scenarios; the contended one runs N/10.
+    pub pairs: usize,
+}
+
+/// Why the benchmark failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LocksBenchError {
+    /// The storage could not be opened, or Redis does not answer.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// A lock call failed.
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    /// A benchmark task panicked.
+    #[error("benchmark task failed: {0}")]
+    Task(String),
+}
+
+/// Runs the three scenarios, printing one JSON line each through `out`.
+pub async fn run(
+    bench: &LocksBench,
+    mut out: impl FnMut(serde_json::Value),
+) -> Result<(), LocksBenchError> {
+    let mut settings = StorageSettings::default();
+    settings.redis.url = bench.redis_url.clone();
+    // A loaded 2-core machine must not look like an outage half-way through.
+    settings.redis.timeout_ms = 2_000;
+    let storage = Storage::open(&settings, &KeySchema::default()).await?;
+    if storage.mode() != Mode::Redis {
+        return Err(StorageError::Config {
+            key: "--redis",
+            message: format!("{} does not answer", bench.redis_url),
+        }
+        .into());
+    }
+    let locks = Locks::new(storage.clone(), LockSettings::default());
+    let n = bench.pairs.max(1);
+    for (scenario, tasks, pairs, shared, on_drop) in [
+        ("one-task", 1usize, n, false, false),
+        ("50-tasks-distinct-keys", 50, n, false, false),
+        ("8-tasks-one-key", 8, (n / 10).max(8), true, false),
+        // Not a peer scenario: the guard is dropped (its release runs in the background,
+        // overlapping the next acquisition); timed until every lock is gone from Redis.
+        ("one-task-release-on-drop", 1, n, false, true),
+    ] {
+        let (elapsed, waits, done) =
+            scenario_run(&locks, &storage, tasks, pairs, shared, on_drop).await?;
+        out(json!({
+            "peer": "botfleet", "bench": "locks", "scenario": scenario, "tasks": tasks,
+            "pairs": done, "pairs_per_s": (done as f64 / elapsed.as_secs_f64()).round(),
+            "wait_p50_us": waits.percentile_us(0.50), "wait_p99_us": waits.percentile_us(0.99),
+        }));
+    }
+    storage.close().await;
+    Ok(())
+}
+
+async fn scenario_run(
+    locks: &Locks,
+    storage: &Storage,
+    tasks: usize,
+    pairs: usize,
+    shared: bool,
+    on_drop: bool,
+) -> Result<(Duration, Latencies, usize), LocksBenchError> {
+    let per_task = pairs / tasks;
+    let waits = Arc::new(Mutex::new(Latencies::default()));
+    let run = format!("{:08x}", rand::random::<u32>());
+    let start = Instant::now();
+    let mut handles = Vec::with_capacity(tasks);
+    for t in 0..tasks {
+        let (locks, waits, run) = (locks.clone(), waits.clone(), run.clone());
+        handles.push(tokio::spawn(async move {
+            let mut mine = Latencies::default();
+            for i in 0..per_task {
+                let key = if shared {
+                    "bench-lock:shared".to_string()
+                } else {
+                    format!("bench-lock:{run}:{t}:{i}")
+                };
+                let asked = Instant::now();
+                let guard = locks.acquire(&key, TTL, Duration::from_secs(60)).await?;
+                mine.record(asked.elapsed());
+                if on_drop {
+                    drop(guard);
+                } else {
+                    guard.release().await?;
+                }
+            }
+            waits.lock().merge(&mine);
+            Ok::<(), LockError>(())
+        }));
+    }
+    for h in handles {
+        h.await
+            .map_err(|e| LocksBenchError::Task(e.to_string()))??;
+    }
+    if on_drop {
+        // The releases run in the background: the scenario ends when they are all done.
+        let pattern = format!("bench-lock:{run}:*");
+        while !storage.scan(&pattern).await?.is_empty() {
+            tokio::task::yield_now().await;
+        }
+    }
+    let elapsed = start.elapsed();
+    let waits = waits.lock().clone();
+    Ok((elapsed, waits, per_task * tasks))
+}

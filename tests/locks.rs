@@ -1,0 +1,640 @@
+//! The lock manager against real redis-server processes: mutual exclusion across processes,
+//! a holder killed with -9, the watchdog, fencing tokens across processes and a Redis restart,
+//! compare-and-delete, both outage modes, arrival order, and interplay with the seed's own
+//! `SET key "1" EX ttl NX` clients.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use botfleet::actors::locks::LockError;
+use botfleet::settings::{LockOutage, Settings};
+use botfleet::storage::{KeySchema, Mode, Storage, StorageError};
+use botfleet::Fleet;
+use support::{poll_until_async, RedisServer, RespValue};
+
+const CHILD_ENV: &str = "BOTFLEET_TEST_LOCK_CHILD";
+const SHARED: &str = "bet-lock:user123-agent456";
+const TOTAL: u64 = 10_000;
+const PROCESSES: u64 = 3;
+const TASKS: u64 = 2;
+
+fn settings(url: &str) -> Settings {
+    let mut s = Settings::default();
+    s.storage.redis.url = url.to_string();
+    s.supervisor.stop_timeout_ms = 2_000;
+    s
+}
+
+/// Settings for tests that must not see a busy machine as an outage.
+fn patient(url: &str) -> Settings {
+    let mut s = settings(url);
+    s.storage.redis.timeout_ms = 2_000;
+    s
+}
+
+fn spawn_child(role: &str, spec: String) -> std::process::Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            role,
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, spec)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Child role: acquires [`SHARED`] `count` times over [`TASKS`] tasks; inside each critical
+/// section INCR/DECR of `overlap:inside` detects a second holder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "child process of mutual_exclusion_across_three_processes"]
+async fn child_contender() {
+    let spec = std::env::var(CHILD_ENV).expect("run by the parent test");
+    let (url, count) = spec.split_once('|').unwrap();
+    let count: u64 = count.parse().unwrap();
+    let fleet = Fleet::start(patient(url)).await.unwrap();
+    let mut tasks = Vec::new();
+    for t in 0..TASKS {
+        let (locks, storage) = (fleet.locks(), fleet.storage().clone());
+        let mine = count / TASKS + u64::from(t < count % TASKS);
+        tasks.push(tokio::spawn(async move {
+            let mut last_fence = 0;
+            for _ in 0..mine {
+                let guard = locks
+                    .acquire(SHARED, Duration::from_secs(10), Duration::from_secs(60))
+                    .await
+                    .unwrap();
+                let fence = guard.fencing_token().unwrap();
+                assert!(fence > last_fence, "fence {fence} after {last_fence}");
+                last_fence = fence;
+                if storage.incr_by("overlap:inside", 1).await.unwrap() != 1 {
+                    storage.incr_by("overlap:violations", 1).await.unwrap();
+                }
+                storage.incr_by("overlap:inside", -1).await.unwrap();
+                storage.incr_by("overlap:acquired", 1).await.unwrap();
+                assert!(guard.release().await.unwrap());
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    println!("done");
+    fleet.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_exclusion_across_three_processes() {
+    let server = RedisServer::start().unwrap();
+    let children: Vec<_> = (0..PROCESSES)
+        .map(|p| {
+            let count = TOTAL / PROCESSES + u64::from(p < TOTAL % PROCESSES);
+            spawn_child("child_contender", format!("{}|{count}", server.url()))
+        })
+        .collect();
+    for mut child in children {
+        let status = child.wait().unwrap();
+        assert!(status.success(), "a contender failed: {status}");
+    }
+    let get = |key: &str| server.cmd(&["GET", key]).as_str().map(str::to_owned);
+    assert_eq!(get("overlap:acquired").as_deref(), Some("10000"));
+    assert_eq!(get("overlap:violations"), None, "two holders at once");
+    assert_eq!(get("overlap:inside").as_deref(), Some("0"));
+    assert_eq!(server.cmd(&["EXISTS", SHARED]).as_int(), Some(0));
+    // Every acquisition raised the fencing counter once.
+    let fence_key = KeySchema::default().lock_fence(SHARED);
+    assert_eq!(
+        server.cmd(&["HGET", &fence_key, SHARED]).as_str(),
+        Some("10000")
+    );
+}
+
+/// Child role: takes a lock (TTL 1 s, extended by its watchdog), prints its fencing token,
+/// and holds it until killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "child process of holder_killed_with_sigkill_frees_the_lock_after_its_ttl"]
+async fn child_holder() {
+    let spec = std::env::var(CHILD_ENV).expect("run by the parent test");
+    let (url, name) = spec.split_once('|').unwrap();
+    let fleet = Fleet::start(patient(url)).await.unwrap();
+    let guard = fleet
+        .locks()
+        .acquire(name, Duration::from_secs(1), Duration::from_secs(10))
+        .await
+        .unwrap();
+    println!("held {}", guard.fencing_token().unwrap());
+    std::future::pending::<()>().await;
+}
+
+fn child_fence(url: &str, name: &str) -> (std::process::Child, u64) {
+    let mut child = spawn_child("child_holder", format!("{url}|{name}"));
+    let stdout = child.stdout.take().unwrap();
+    let fence = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        // libtest prints "test child_holder ... " before the child's own output.
+        .find_map(|l| {
+            l.rsplit_once("held ")
+                .map(|(_, f)| f.trim().parse::<u64>().unwrap())
+        })
+        .expect("the child took the lock");
+    (child, fence)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holder_killed_with_sigkill_frees_the_lock_after_its_ttl() {
+    let server = RedisServer::start().unwrap();
+    let name = "wallet-retry-scheduler-lock";
+    let (mut child, _) = child_fence(&server.url(), name);
+    let fleet = Fleet::start(patient(&server.url())).await.unwrap();
+    let locks = fleet.locks();
+    // The watchdog keeps it past its 1 s TTL while the holder lives.
+    let held_since = Instant::now();
+    while held_since.elapsed() < Duration::from_millis(1_500) {
+        assert!(locks
+            .try_acquire(name, Duration::from_secs(5))
+            .await
+            .unwrap()
+            .is_none());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let killed = Instant::now();
+    let guard = locks
+        .acquire(name, Duration::from_secs(5), Duration::from_secs(5))
+        .await
+        .unwrap();
+    let waited = killed.elapsed();
+    assert!(
+        waited <= Duration::from_millis(1_500),
+        "free after {waited:?}"
+    );
+    assert!(guard.release().await.unwrap());
+    fleet.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchdog_holds_a_lock_far_past_its_ttl() {
+    let server = RedisServer::start().unwrap();
+    let fleet = Fleet::start(patient(&server.url())).await.unwrap();
+    let locks = fleet.locks();
+    let guard = locks
+        .try_acquire("bet-cleanup-lock", Duration::from_millis(300))
+        .await
+        .unwrap()
+        .unwrap();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(2) {
+        assert!(!guard.is_lost());
+        assert!(locks
+            .try_acquire("bet-cleanup-lock", Duration::from_secs(1))
+            .await
+            .unwrap()
+            .is_none());
+        assert_eq!(
+            server.cmd(&["GET", "bet-cleanup-lock"]).as_str(),
+            Some(guard.token())
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(guard.release().await.unwrap());
+    assert_eq!(
+        server.cmd(&["EXISTS", "bet-cleanup-lock"]).as_int(),
+        Some(0)
+    );
+    fleet.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fencing_tokens_increase_across_processes_and_a_redis_restart() {
+    let mut server = RedisServer::builder().persistence(true).start().unwrap();
+    let name = "retry-job-lock:tx-42:refund";
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let (mut child, fence) = child_fence(&server.url(), name);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        seen.push(fence);
+        // Free it for the next one rather than wait for its TTL.
+        server.cmd(&["DEL", name]);
+    }
+    let fleet = Fleet::start(patient(&server.url())).await.unwrap();
+    let guard = fleet
+        .locks()
+        .try_acquire(name, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    seen.push(guard.fencing_token().unwrap());
+    assert!(guard.release().await.unwrap());
+    fleet.shutdown().await.unwrap();
+
+    server.restart().unwrap();
+    let fleet = Fleet::start(patient(&server.url())).await.unwrap();
+    let guard = fleet
+        .locks()
+        .try_acquire(name, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    seen.push(guard.fencing_token().unwrap());
+    fleet.shutdown().await.unwrap();
+    assert!(
+        seen.windows(2).all(|w| w[0] < w[1]),
+        "not strictly increasing: {seen:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_by_a_non_holder_is_refused_and_the_old_holder_is_told() {
+    let server = RedisServer::start().unwrap();
+    let fleet = Fleet::start(patient(&server.url())).await.unwrap();
+    let locks = fleet.locks();
+    let name = "bet-lock:user1-agent1";
+    let old = locks
+        .try_acquire(name, Duration::from_millis(600))
+        .await
+        .unwrap()
+        .unwrap();
+    // Its lock goes away (as by expiry) and another holder takes it.
+    server.cmd(&["DEL", name]);
+    let new = locks
+        .try_acquire(name, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), old.lost())
+        .await
+        .expect("the old holder is told its lock is lost");
+    assert!(old.is_lost());
+    assert!(
+        !old.release().await.unwrap(),
+        "a non-holder released the lock"
+    );
+    assert_eq!(server.cmd(&["GET", name]).as_str(), Some(new.token()));
+    assert!(new.release().await.unwrap());
+    fleet.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_style_clients_are_excluded_both_ways() {
+    let server = RedisServer::start().unwrap();
+    let fleet = Fleet::start(patient(&server.url())).await.unwrap();
+    let locks = fleet.locks();
+    for (name, ttl) in [
+        ("bet-lock:user123-agent456", 30),
+        ("wallet-retry-scheduler-lock", 60),
+        ("retry-job-lock:ptx-9:debit", 300),
+        ("bet-cleanup-lock", 300),
+        ("wallet-audit-cleanup-lock", 300),
+    ] {
+        let ex = ttl.to_string();
+        let guard = locks
+            .try_acquire(name, Duration::from_secs(ttl))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            server.cmd(&["SET", name, "1", "EX", &ex, "NX"]),
+            RespValue::Nil,
+            "{name}: seed client got a lock botfleet holds"
+        );
+        assert!(guard.release().await.unwrap());
+        assert!(server.cmd(&["SET", name, "1", "EX", &ex, "NX"]).is_ok());
+        assert!(locks
+            .try_acquire(name, Duration::from_secs(ttl))
+            .await
+            .unwrap()
+            .is_none());
+        assert_eq!(
+            locks
+                .run_exclusive(name, Duration::from_secs(ttl), async { 1 })
+                .await
+                .unwrap(),
+            None,
+            "{name}: the job ran while a seed client held the lock"
+        );
+        server.cmd(&["DEL", name]);
+        assert_eq!(
+            locks
+                .run_exclusive(name, Duration::from_secs(ttl), async { 1 })
+                .await
+                .unwrap(),
+            Some(1)
+        );
+        assert_eq!(server.cmd(&["EXISTS", name]).as_int(), Some(0));
+    }
+    fleet.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_of_one_process_are_served_in_arrival_order() {
+    let server = RedisServer::start().unwrap();
+    let fleet = Fleet::start(patient(&server.url())).await.unwrap();
+    let locks = fleet.locks();
+    let name = "bet-lock:queue";
+    let holder = locks
+        .try_acquire(name, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    let order = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let mut waiters = Vec::new();
+    for i in 0..5usize {
+        let (locks, order) = (locks.clone(), order.clone());
+        waiters.push(tokio::spawn(async move {
+            let guard = locks
+                .acquire(name, Duration::from_secs(5), Duration::from_secs(20))
+                .await
+                .unwrap();
+            order.lock().push(i);
+            guard.release().await.unwrap();
+        }));
+        let f = fleet.clone();
+        poll_until_async(Duration::from_secs(5), move || {
+            let f = f.clone();
+            async move { f.lock_stats().await.unwrap().waiters == i + 1 }
+        })
+        .await
+        .unwrap();
+    }
+    assert!(holder.release().await.unwrap());
+    for w in waiters {
+        w.await.unwrap();
+    }
+    assert_eq!(*order.lock(), vec![0, 1, 2, 3, 4]);
+    fleet.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_notice_from_another_process_wakes_a_waiter_at_once() {
+    let server = RedisServer::start().unwrap();
+    let mut s = patient(&server.url());
+    // Without the notice the waiter would wait for its 5 s retry.
+    s.locks.retry_min_ms = 5_000;
+    s.locks.retry_max_ms = 5_000;
+    let (a, b) = (
+        Fleet::start(s.clone()).await.unwrap(),
+        Fleet::start(s).await.unwrap(),
+    );
+    let name = "wallet-audit-cleanup-lock";
+    let held = a
+        .locks()
+        .try_acquire(name, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    let locks = b.locks();
+    let waiter = tokio::spawn(async move {
+        let started = Instant::now();
+        let guard = locks
+            .acquire(name, Duration::from_secs(30), Duration::from_secs(20))
+            .await
+            .unwrap();
+        (started.elapsed(), guard.fencing_token())
+    });
+    let bb = b.clone();
+    poll_until_async(Duration::from_secs(5), move || {
+        let b = bb.clone();
+        async move { b.lock_stats().await.unwrap().waiters == 1 }
+    })
+    .await
+    .unwrap();
+    let released = Instant::now();
+    assert!(held.release().await.unwrap());
+    let (_, fence) = waiter.await.unwrap();
+    assert!(released.elapsed() < Duration::from_secs(2), "woken late");
+    assert_eq!(fence, Some(2));
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outage_refuse_fails_fast_and_a_held_lock_is_reported_lost() {
+    let mut server = RedisServer::start().unwrap();
+    let fleet = Fleet::start(settings(&server.url())).await.unwrap();
+    let locks = fleet.locks();
+    let held = locks
+        .try_acquire("bet-lock:u-a", Duration::from_millis(600))
+        .await
+        .unwrap()
+        .unwrap();
+    server.kill9();
+    let start = Instant::now();
+    let first = locks
+        .try_acquire("bet-lock:u-b", Duration::from_secs(5))
+        .await;
+    assert!(matches!(first, Err(LockError::Unavailable(_))), "{first:?}");
+    assert!(
+        start.elapsed() < Duration::from_millis(1_000),
+        "{:?}",
+        start.elapsed()
+    );
+    let start = Instant::now();
+    let again = locks
+        .acquire(
+            "bet-lock:u-b",
+            Duration::from_secs(5),
+            Duration::from_secs(5),
+        )
+        .await;
+    assert!(matches!(again, Err(LockError::Unavailable(_))), "{again:?}");
+    assert!(
+        start.elapsed() < Duration::from_millis(300),
+        "{:?}",
+        start.elapsed()
+    );
+    tokio::time::timeout(Duration::from_secs(5), held.lost())
+        .await
+        .expect("the holder is told");
+    // Nothing went to the fallback (or its outbox; presence beats may be there).
+    assert_eq!(fleet.storage().mode(), Mode::Degraded);
+    assert_eq!(fleet.storage().get("bet-lock:u-b").await.unwrap(), None);
+    fleet.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outage_local_grants_process_local_locks() {
+    let mut server = RedisServer::start().unwrap();
+    let mut s = settings(&server.url());
+    s.locks.on_outage = LockOutage::Local;
+    let fleet = Fleet::start(s).await.unwrap();
+    let locks = fleet.locks();
+    server.kill9();
+    let st = fleet.storage().clone();
+    // The first attempt meets the outage and is granted locally.
+    let guard = locks
+        .try_acquire("bet-cleanup-lock", Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(guard.is_local() && guard.fencing_token().is_none());
+    assert!(locks
+        .try_acquire("bet-cleanup-lock", Duration::from_secs(5))
+        .await
+        .unwrap()
+        .is_none());
+    // Nothing went to the fallback (reads are served by it while degraded).
+    assert_eq!(st.mode(), Mode::Degraded);
+    assert_eq!(st.get("bet-cleanup-lock").await.unwrap(), None);
+    // Back on Redis: the local lock still excludes this process until released; then the
+    // lock is a Redis lock again.
+    server.restart().unwrap();
+    let st2 = st.clone();
+    poll_until_async(Duration::from_secs(15), move || {
+        let s = st2.clone();
+        async move { s.mode() == Mode::Redis }
+    })
+    .await
+    .unwrap();
+    assert!(locks
+        .try_acquire("bet-cleanup-lock", Duration::from_secs(5))
+        .await
+        .unwrap()
+        .is_none());
+    assert!(guard.release().await.unwrap());
+    let remote = locks
+        .try_acquire("bet-cleanup-lock", Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!remote.is_local());
+    assert_eq!(remote.fencing_token(), Some(1));
+    fleet.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eval_on_redis_never_falls_back() {
+    let mut server = RedisServer::start().unwrap();
+    let s = settings(&server.url());
+    let storage = Storage::open(&s.storage, &KeySchema::default())
+        .await
+        .unwrap();
+    let script = botfleet::storage::Script::new(
+        "test-set",
+        "return redis.call('SET', KEYS[1], ARGV[1])",
+        |_, _, _, _| Err(botfleet::storage::LocalError::Script("redis only".into())),
+    );
+    assert!(storage.eval_on_redis(&script, &["k"], &["v"]).await.is_ok());
+    assert_eq!(server.cmd(&["GET", "k"]).as_str(), Some("v"));
+    server.kill9();
+    let start = Instant::now();
+    let err = storage.eval_on_redis(&script, &["k"], &["w"]).await;
+    assert!(matches!(err, Err(StorageError::Unavailable(_))), "{err:?}");
+    assert!(start.elapsed() < Duration::from_millis(1_000));
+    assert_eq!(storage.mode(), Mode::Degraded);
+    let err = storage.eval_on_redis(&script, &["k"], &["w"]).await;
+    assert!(matches!(err, Err(StorageError::Unavailable(_))), "{err:?}");
+    assert_eq!(storage.stats().outbox_len, 0);
+    assert_eq!(
+        storage.get("k").await.unwrap(),
+        None,
+        "nothing applied locally"
+    );
+    storage.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_hands_the_lock_to_the_waiter_of_this_process() {
+    let server = RedisServer::start().unwrap();
+    let mut s = patient(&server.url());
+    // Only a hand-over (or a release notice) can serve the waiter before its 5 s retry.
+    s.locks.retry_min_ms = 5_000;
+    s.locks.retry_max_ms = 5_000;
+    let fleet = Fleet::start(s).await.unwrap();
+    let locks = fleet.locks();
+    let name = "retry-job-lock:tx-7:credit";
+    let first = locks
+        .try_acquire(name, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    let waiter = {
+        let locks = locks.clone();
+        tokio::spawn(async move {
+            locks
+                .acquire(name, Duration::from_secs(20), Duration::from_secs(20))
+                .await
+                .unwrap()
+        })
+    };
+    let f = fleet.clone();
+    poll_until_async(Duration::from_secs(5), move || {
+        let f = f.clone();
+        async move { f.lock_stats().await.unwrap().waiters == 1 }
+    })
+    .await
+    .unwrap();
+    let fence = first.fencing_token().unwrap();
+    let released = Instant::now();
+    assert!(first.release().await.unwrap(), "the holder still held it");
+    let second = waiter.await.unwrap();
+    assert!(released.elapsed() < Duration::from_secs(2));
+    assert_eq!(second.fencing_token(), Some(fence + 1));
+    assert_eq!(server.cmd(&["GET", name]).as_str(), Some(second.token()));
+    // The waiter's own TTL was applied.
+    let pttl = server.cmd(&["PTTL", name]).as_int().unwrap();
+    assert!(pttl > 10_000 && pttl <= 20_000, "pttl {pttl}");
+    assert!(second.release().await.unwrap());
+    assert_eq!(server.cmd(&["EXISTS", name]).as_int(), Some(0));
+    fleet.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hand_overs_inside_one_process_do_not_starve_another() {
+    let server = RedisServer::start().unwrap();
+    let mut s = patient(&server.url());
+    // The other process's waiter must get in through a release notice, not a retry.
+    s.locks.retry_min_ms = 5_000;
+    s.locks.retry_max_ms = 5_000;
+    let (a, b) = (
+        Fleet::start(s.clone()).await.unwrap(),
+        Fleet::start(s).await.unwrap(),
+    );
+    let name = "bet-lock:hot-user-agent";
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Two tasks of process A keep the lock busy, handing it to each other.
+    let hammers: Vec<_> = (0..2)
+        .map(|_| {
+            let (locks, stop) = (a.locks(), stop.clone());
+            tokio::spawn(async move {
+                let mut pairs = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let guard = locks
+                        .acquire(name, Duration::from_secs(10), Duration::from_secs(30))
+                        .await
+                        .unwrap();
+                    guard.release().await.unwrap();
+                    pairs += 1;
+                }
+                pairs
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    let guard = b
+        .locks()
+        .acquire(name, Duration::from_secs(10), Duration::from_secs(10))
+        .await
+        .expect("process B got a turn");
+    let waited = started.elapsed();
+    assert!(guard.release().await.unwrap());
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut pairs = 0;
+    for h in hammers {
+        pairs += h.await.unwrap();
+    }
+    assert!(waited < Duration::from_secs(3), "B waited {waited:?}");
+    assert!(pairs > 0);
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
