@@ -484,8 +484,8 @@ impl Storage {
     }
 
     /// Holds a write back while the outbox is replayed, so that writers cannot outpace the
-    /// replay; after `resync_wait` (at most [`RESYNC_HOLD_MS`]) it goes to the outbox after all. True when the mode is
-    /// `redis` again.
+    /// replay; after `resync_wait` (at most [`RESYNC_HOLD_MS`]) it goes to the outbox after
+    /// all. True when the mode is `redis` again.
     async fn wait_out_resync(&self) -> bool {
         let wait = async {
             loop {
