@@ -378,14 +378,8 @@ async fn waiters_of_one_process_are_served_in_arrival_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_notice_from_another_process_wakes_a_waiter_at_once() {
     let server = RedisServer::start().unwrap();
-    let mut s = patient(&server.url());
     // Without the notice the waiter would wait for its 5 s retry.
-    s.locks.retry_min_ms = 5_000;
-    s.locks.retry_max_ms = 5_000;
-    let (a, b) = (
-        Fleet::start(s.clone()).await.unwrap(),
-        Fleet::start(s).await.unwrap(),
-    );
+    let (a, b) = two_fleets_woken_only_by_notices(&server).await;
     let name = "wallet-audit-cleanup-lock";
     let held = a
         .locks()
@@ -592,14 +586,8 @@ async fn a_release_hands_the_lock_to_the_waiter_of_this_process() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hand_overs_inside_one_process_do_not_starve_another() {
     let server = RedisServer::start().unwrap();
-    let mut s = patient(&server.url());
     // The other process's waiter must get in through a release notice, not a retry.
-    s.locks.retry_min_ms = 5_000;
-    s.locks.retry_max_ms = 5_000;
-    let (a, b) = (
-        Fleet::start(s.clone()).await.unwrap(),
-        Fleet::start(s).await.unwrap(),
-    );
+    let (a, b) = two_fleets_woken_only_by_notices(&server).await;
     let name = "bet-lock:hot-user-agent";
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     // Two tasks of process A keep the lock busy, handing it to each other.
@@ -637,4 +625,16 @@ async fn hand_overs_inside_one_process_do_not_starve_another() {
     assert!(pairs > 0);
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
+}
+
+/// Two fleets (two "processes") on one Redis whose lock waiters retry only every 5 s, so a
+/// waiter that gets in quickly was woken by a release notice.
+async fn two_fleets_woken_only_by_notices(server: &RedisServer) -> (Fleet, Fleet) {
+    let mut s = patient(&server.url());
+    s.locks.retry_min_ms = 5_000;
+    s.locks.retry_max_ms = 5_000;
+    (
+        Fleet::start(s.clone()).await.unwrap(),
+        Fleet::start(s).await.unwrap(),
+    )
 }
