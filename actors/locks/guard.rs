@@ -243,11 +243,12 @@ async fn release(
         return Ok(shared.release_local(name, token));
     }
     let notice = format!("{}\n{name}", shared.origin);
+    let waiting_key = shared.storage.keys().lock_waiting(name);
     let reply = shared
         .storage
         .eval_on_redis(
             &scripts().release,
-            &[name],
+            &[name, &waiting_key],
             &[token, &shared.settings.release_channel, &notice],
         )
         .await;

@@ -3,8 +3,8 @@
 //!
 //! Owns: the lock keys, named exactly as given (`bet-lock:USER-AGENT`,
 //! `wallet-retry-scheduler-lock`, ...) and holding the holder's random token; the fencing
-//! counters (`INTERNAL:lock-fence:{TAG}`, a hash with one field per lock name, TAG chosen to
-//! hash to the lock's cluster slot); this process's wait queues (arrival order) and the
+//! counters (`INTERNAL:lock-fence:{TAG}`, one counter per cluster slot, TAG chosen to hash to
+//! the lock's slot); the waiting marks (`INTERNAL:lock-waiting:{TAG}:NAME`); this process's wait queues (arrival order) and the
 //! subscription to the release channel (`locks.release_channel`).
 //!
 //! The host calls the [`Locks`] handle (`Fleet::locks()`): [`Locks::try_acquire`],
@@ -13,8 +13,10 @@
 //! outbox). A [`LockGuard`] extends its lock every TTL/3 from a task on the host runtime and
 //! releases it when dropped; it never talks to the actor. The [`LockManager`] actor listens to
 //! the release channel and wakes the head waiter of the released name; it accepts
-//! [`GetLockStats`]. A release announces itself on the channel (`ORIGIN\nNAME`, in the
-//! release script) and wakes this process's waiters directly. When this process has a waiter
+//! [`GetLockStats`]. A waiter whose attempt fails marks the name (in the acquire script); a
+//! release that finds the mark announces itself on the channel (`ORIGIN\nNAME`, in the
+//! release script), so an uncontended release publishes nothing; it wakes this process's
+//! waiters directly. When this process has a waiter
 //! for the name, the holder instead hands the lock over in one script (compare-and-set to the
 //! waiter's token, with a new fencing token), at most 128 times in a row; then it releases the
 //! lock for everyone and holds its own waiters back for 1 ms, so other processes get a turn.
@@ -189,7 +191,7 @@ impl Locks {
         ttl: Duration,
     ) -> Result<Option<LockGuard>, LockError> {
         self.validate(name, ttl)?;
-        self.attempt(name, ttl).await
+        self.attempt(name, ttl, 0).await
     }
 
     /// Acquires `name` for `ttl` (extended by the guard's watchdog while it lives), waiting up
@@ -228,7 +230,13 @@ impl Locks {
             }
             let head = ticket.is_head();
             if head {
-                if let Some(guard) = self.attempt(name, ttl).await? {
+                // A failed attempt marks the name for as long as this waiter may still wait,
+                // so that its release is announced on the channel.
+                let mark_ms = deadline
+                    .saturating_duration_since(tokio::time::Instant::now())
+                    .as_millis()
+                    .max(1) as u64;
+                if let Some(guard) = self.attempt(name, ttl, mark_ms).await? {
                     ticket.served();
                     return Ok(guard);
                 }
@@ -316,8 +324,14 @@ impl Locks {
         Ok(())
     }
 
-    /// One attempt: one script on Redis, or the outage policy.
-    async fn attempt(&self, name: &str, ttl: Duration) -> Result<Option<LockGuard>, LockError> {
+    /// One attempt: one script on Redis, or the outage policy. When the lock is taken and
+    /// `mark_ms` is not 0, the name is marked as waited for during `mark_ms`.
+    async fn attempt(
+        &self,
+        name: &str,
+        ttl: Duration,
+        mark_ms: u64,
+    ) -> Result<Option<LockGuard>, LockError> {
         let shared = &self.shared;
         if shared.storage.mode() != Mode::Redis {
             return self.outage(name, format!("storage is {}", shared.storage.mode()));
@@ -327,11 +341,16 @@ impl Locks {
             return Ok(None);
         }
         let token = new_token();
-        let fence_key = shared.storage.keys().lock_fence(name);
-        let ttl_ms = ttl.as_millis().to_string();
+        let keys = shared.storage.keys();
+        let (fence_key, waiting_key) = (keys.lock_fence(name), keys.lock_waiting(name));
+        let (ttl_ms, mark_ms) = (ttl.as_millis().to_string(), mark_ms.to_string());
         let reply = shared
             .storage
-            .eval_on_redis(&scripts().acquire, &[name, &fence_key], &[&token, &ttl_ms])
+            .eval_on_redis(
+                &scripts().acquire,
+                &[name, &fence_key, &waiting_key],
+                &[&token, &ttl_ms, &mark_ms],
+            )
             .await;
         match reply {
             Ok(reply) => {

@@ -6,35 +6,42 @@ use std::sync::OnceLock;
 
 use crate::storage::{Keyspace, LocalError, Reply, Script};
 
-/// KEYS: lock, fencing hash. ARGV: token, ttl ms. The lock key holds the token (so a seed
-/// client's `SET key "1" EX ttl NX` fails while we hold it, and ours fails while it holds it);
-/// the fencing counter is raised in the same script. Answers the fencing token, or 0 when the
-/// lock is held by someone else.
+/// KEYS: lock, fencing counter, waiting mark. ARGV: token, ttl ms, mark ms. The lock key
+/// holds the token (so a seed client's `SET key "1" EX ttl NX` fails while we hold it, and
+/// ours fails while it holds it); the fencing counter is raised in the same script. Answers
+/// the fencing token, or 0 when the lock is held by someone else; then, unless mark ms is 0
+/// (`try_acquire`), sets the waiting mark for that long, so that the release is announced.
 const ACQUIRE: &str = r#"
 if redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX') then
-  return redis.call('HINCRBY', KEYS[2], KEYS[1], 1)
+  return redis.call('INCR', KEYS[2])
+end
+if ARGV[3] ~= '0' then
+  redis.call('SET', KEYS[3], '1', 'PX', ARGV[3])
 end
 return 0
 "#;
 
-/// KEYS: lock. ARGV: token, channel, notice. Compare-and-delete; announces the release.
-/// Answers 1 when the lock was still ours.
+/// KEYS: lock, waiting mark. ARGV: token, channel, notice. Compare-and-delete; announces the
+/// release when a waiter marked the name (an uncontended release publishes nothing). Answers
+/// 1 when the lock was still ours.
 const RELEASE: &str = r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1])
-  redis.call('PUBLISH', ARGV[2], ARGV[3])
+  if redis.call('DEL', KEYS[2]) == 1 then
+    redis.call('PUBLISH', ARGV[2], ARGV[3])
+  end
   return 1
 end
 return 0
 "#;
 
-/// KEYS: lock, fencing hash. ARGV: token, next holder's token, its ttl ms. Compare-and-set:
+/// KEYS: lock, fencing counter. ARGV: token, next holder's token, its ttl ms. Compare-and-set:
 /// hands the lock to a waiter of the same process with a new fencing token. Answers the
 /// fencing token, or 0 when the lock was not ours (nothing changed).
 const HANDOFF: &str = r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-  return redis.call('HINCRBY', KEYS[2], KEYS[1], 1)
+  return redis.call('INCR', KEYS[2])
 end
 return 0
 "#;

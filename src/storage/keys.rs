@@ -80,12 +80,22 @@ impl KeySchema {
         format!("{}:instance:{instance_id}", self.internal)
     }
 
-    /// `INTERNAL:lock-fence:{TAG}`: hash of fencing counters (field = lock name) for the locks
-    /// whose name hashes to TAG's cluster slot, so a lock and its counter are touched by one
-    /// script even on Redis Cluster while the lock key stays exactly the name given.
+    /// `INTERNAL:lock-fence:{TAG}`: the fencing counter (a string, raised with `INCR`) shared
+    /// by the locks whose name hashes to TAG's cluster slot, so a lock and its counter are
+    /// touched by one script even on Redis Cluster while the lock key stays exactly the name
+    /// given. One counter per slot, not one per name: tokens strictly increase for every name
+    /// of the slot and the counters never grow with the number of names.
     pub fn lock_fence(&self, lock_name: &str) -> String {
         let tag = super::outbox::slot_tag(hash_slot(lock_name));
         format!("{}:lock-fence:{{{tag}}}", self.internal)
+    }
+
+    /// `INTERNAL:lock-waiting:{TAG}:NAME`: set (with a TTL) by a waiter whose attempt failed,
+    /// deleted by the release script, which announces the release only when it was set; TAG
+    /// puts it in the lock name's slot.
+    pub fn lock_waiting(&self, lock_name: &str) -> String {
+        let tag = super::outbox::slot_tag(hash_slot(lock_name));
+        format!("{}:lock-waiting:{{{tag}}}:{lock_name}", self.internal)
     }
 
     /// Glob matching every presence record.
@@ -136,6 +146,11 @@ mod tests {
         ] {
             assert_eq!(
                 hash_slot(&plain.lock_fence(name)),
+                hash_slot(name),
+                "{name}"
+            );
+            assert_eq!(
+                hash_slot(&plain.lock_waiting(name)),
                 hash_slot(name),
                 "{name}"
             );
