@@ -655,3 +655,140 @@ async fn two_fleets_woken_only_by_notices(server: &RedisServer) -> (Fleet, Fleet
         Fleet::start(s).await.unwrap(),
     )
 }
+
+/// Calls of one script (`EVALSHA`) that Redis ran, from `INFO commandstats`.
+fn evalsha_calls(server: &RedisServer) -> u64 {
+    let info = server.cmd(&["INFO", "commandstats"]);
+    let info = info.as_str().unwrap_or_default().to_string();
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_of_one_process_share_script_calls() {
+    let server = RedisServer::start().unwrap();
+    let fleet = Fleet::start(patient(&server.url())).await.unwrap();
+    let locks = fleet.locks();
+    let ttl = Duration::from_secs(30);
+    let names: Vec<String> = (0..30).map(|i| format!("bet-lock:user{i}-agent")).collect();
+    // Warm the script cache so the counts below are the calls themselves.
+    drop(locks.try_acquire("warm-up", ttl).await.unwrap());
+    poll_until_async(Duration::from_secs(5), || async {
+        server.cmd(&["EXISTS", "warm-up"]).as_int() == Some(0)
+    })
+    .await
+    .unwrap();
+
+    // Redis is frozen while 30 tasks ask: the first call stays in flight, the 29 others
+    // queue behind it, and go out together once it is answered.
+    let acquired = {
+        let names = names.clone();
+        shared_calls(&server, &fleet, move |locks| {
+            names
+                .into_iter()
+                .map(|n| {
+                    let locks = locks.clone();
+                    tokio::spawn(async move { locks.try_acquire(&n, ttl).await })
+                })
+                .collect()
+        })
+        .await
+    };
+    let guards: Vec<_> = acquired.into_iter().map(|g| g.unwrap().unwrap()).collect();
+    for (guard, name) in guards.iter().zip(&names) {
+        assert_eq!(
+            server.cmd(&["GET", name]).as_str(),
+            Some(guard.token()),
+            "{name} holds its holder's token"
+        );
+        // Each name's counter is its slot's: a fresh server starts every one at 1.
+        let counter = KeySchema::default().lock_fence(name);
+        let expected = server
+            .cmd(&["GET", &counter])
+            .as_str()
+            .unwrap()
+            .parse::<u64>();
+        assert_eq!(guard.fencing_token(), Some(expected.unwrap()), "{name}");
+    }
+
+    let released = shared_calls(&server, &fleet, move |_| {
+        guards
+            .into_iter()
+            .map(|g| tokio::spawn(g.release()))
+            .collect()
+    })
+    .await;
+    assert!(released.into_iter().all(|r| r.unwrap()));
+    for name in &names {
+        assert_eq!(server.cmd(&["EXISTS", name]).as_int(), Some(0), "{name}");
+    }
+
+    // One name asked for 30 times at once: one winner.
+    let one = "wallet-retry-scheduler-lock";
+    let tries = futures::future::join_all((0..30).map(|_| locks.try_acquire(one, ttl))).await;
+    let winners: Vec<_> = tries.into_iter().filter_map(|t| t.unwrap()).collect();
+    assert_eq!(winners.len(), 1);
+    assert_eq!(server.cmd(&["GET", one]).as_str(), Some(winners[0].token()));
+    drop(winners);
+    fleet.shutdown().await.unwrap();
+}
+
+/// Runs the 30 lock calls `start` spawns while Redis is frozen until 29 of them queue behind
+/// the first; asserts they went out in 2 script calls (counted by botfleet and by Redis).
+async fn shared_calls<T: Send + 'static>(
+    server: &RedisServer,
+    fleet: &Fleet,
+    start: impl FnOnce(&botfleet::actors::locks::Locks) -> Vec<tokio::task::JoinHandle<T>>,
+) -> Vec<T> {
+    let before = fleet.lock_stats().await.unwrap();
+    let evalsha_before = evalsha_calls(server);
+    server.freeze();
+    let tasks = start(&fleet.locks());
+    let queued = poll_until_async(Duration::from_secs(5), || async {
+        fleet.lock_stats().await.unwrap().queued_calls == 29
+    })
+    .await;
+    server.thaw();
+    queued.expect("29 calls queued behind the one in flight");
+    let mut out = Vec::new();
+    for task in tasks {
+        out.push(task.await.unwrap());
+    }
+    let after = fleet.lock_stats().await.unwrap();
+    assert_eq!(after.script_requests - before.script_requests, 30);
+    assert_eq!(after.script_calls - before.script_calls, 2);
+    assert_eq!(evalsha_calls(server) - evalsha_before, 2);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acquisitions_whose_caller_is_gone_are_released() {
+    let server = RedisServer::start().unwrap();
+    let fleet = Fleet::start(patient(&server.url())).await.unwrap();
+    let locks = fleet.locks();
+    let ttl = Duration::from_secs(30);
+    let names: Vec<String> = (0..30).map(|i| format!("orphan-lock:{i}")).collect();
+    {
+        // Polled once: the first call is sent, the other 29 are queued behind it; then every
+        // caller is gone before any answer.
+        let mut all = Box::pin(futures::future::join_all(
+            names.iter().map(|n| locks.try_acquire(n, ttl)),
+        ));
+        assert!(futures::poll!(all.as_mut()).is_pending());
+    }
+    // The queued 29 are still acquired (they were sent after their callers left), and then
+    // released since nobody guards them; the first, sent on its caller's task, is left to
+    // its TTL.
+    let left = || {
+        names
+            .iter()
+            .filter(|n| server.cmd(&["EXISTS", n]).as_int() == Some(1))
+            .count()
+    };
+    poll_until_async(Duration::from_secs(5), || async { left() <= 1 })
+        .await
+        .unwrap_or_else(|_| panic!("{} orphaned locks still held", left()));
+    fleet.shutdown().await.unwrap();
+}

@@ -232,7 +232,7 @@ pub(super) async fn handoff(
 /// waiters back, so that another process's waiter, woken by the release notice, can take it.
 const YIELD: Duration = Duration::from_millis(1);
 
-async fn release(
+pub(super) async fn release(
     shared: &Shared,
     name: &str,
     token: &str,
@@ -245,12 +245,11 @@ async fn release(
     let notice = format!("{}\n{name}", shared.origin);
     let waiting_key = shared.storage.keys().lock_waiting(name);
     let reply = shared
-        .storage
-        .eval_on_redis(
-            &scripts().release,
-            &[name, &waiting_key],
-            &[token, &shared.settings.release_channel, &notice],
-        )
+        .release_batch
+        .call(super::batch::Request {
+            keys: vec![name.to_string(), waiting_key],
+            args: vec![token.to_string(), notice],
+        })
         .await;
     // Whatever happened, the head waiter of this process may try now (or, after a run of
     // hand-overs, a moment later: the other processes' turn).
@@ -263,7 +262,7 @@ async fn release(
     } else {
         shared.queues.wake(name);
     }
-    Ok(reply.map_err(LockError::from_storage)?.as_int() == 1)
+    Ok(reply.map_err(LockError::from_storage)? == 1)
 }
 
 /// Extends the lock every `ttl / 3` until aborted; reports a loss once and stops.

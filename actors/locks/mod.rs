@@ -27,6 +27,7 @@
 //! is restarted it subscribes again; notices published meanwhile are missed, and waiters find
 //! the lock free on their next retry (`locks.retry_min_ms` .. `retry_max_ms`, with jitter).
 
+mod batch;
 mod guard;
 mod queue;
 mod scripts;
@@ -109,6 +110,9 @@ pub(crate) struct Shared {
     local: parking_lot::Mutex<HashMap<String, String>>,
     notices: AtomicU64,
     runtime: Option<tokio::runtime::Handle>,
+    /// Acquisitions and releases in flight together go out as one script call.
+    acquire_batch: Arc<batch::Batcher>,
+    release_batch: Arc<batch::Batcher>,
 }
 
 impl Shared {
@@ -137,8 +141,35 @@ impl Locks {
     /// A lock handle over `storage`. Without a [`LockManager`] (which the `Fleet` starts)
     /// waiters are not woken by other processes' releases, only by retries.
     pub fn new(storage: Storage, settings: LockSettings) -> Self {
-        let locks = Self {
-            shared: Arc::new(Shared {
+        let shared = Arc::new_cyclic(|weak: &std::sync::Weak<Shared>| {
+            // An acquisition whose caller was gone when it succeeded: release it.
+            let weak = weak.clone();
+            let orphan: batch::Orphan = Box::new(move |request: batch::Request, fence: i64| {
+                let Some(shared) = weak.upgrade() else {
+                    return;
+                };
+                if fence <= 0 {
+                    return;
+                }
+                let (name, token) = (request.keys[0].clone(), request.args[0].clone());
+                tokio::spawn(async move {
+                    let _ = guard::release(&shared, &name, &token, false, false).await;
+                });
+            });
+            let channel = settings.release_channel.clone();
+            Shared {
+                acquire_batch: batch::Batcher::new(
+                    storage.clone(),
+                    &scripts().acquire,
+                    Vec::new(),
+                    Some(orphan),
+                ),
+                release_batch: batch::Batcher::new(
+                    storage.clone(),
+                    &scripts().release,
+                    vec![channel],
+                    None,
+                ),
                 storage,
                 settings,
                 origin: format!("{:016x}", rand::random::<u64>()),
@@ -146,8 +177,9 @@ impl Locks {
                 local: parking_lot::Mutex::new(HashMap::new()),
                 notices: AtomicU64::new(0),
                 runtime: tokio::runtime::Handle::try_current().ok(),
-            }),
-        };
+            }
+        });
+        let locks = Self { shared };
         // A hand-over that reached a waiter whose future was dropped: release it (weakly
         // held: the queues belong to the shared state).
         let weak = Arc::downgrade(&locks.shared);
@@ -345,16 +377,14 @@ impl Locks {
         let (fence_key, waiting_key) = (keys.lock_fence(name), keys.lock_waiting(name));
         let (ttl_ms, mark_ms) = (ttl.as_millis().to_string(), mark_ms.to_string());
         let reply = shared
-            .storage
-            .eval_on_redis(
-                &scripts().acquire,
-                &[name, &fence_key, &waiting_key],
-                &[&token, &ttl_ms, &mark_ms],
-            )
+            .acquire_batch
+            .call(batch::Request {
+                keys: vec![name.to_string(), fence_key, waiting_key],
+                args: vec![token.clone(), ttl_ms, mark_ms],
+            })
             .await;
         match reply {
-            Ok(reply) => {
-                let fence = reply.as_int();
+            Ok(fence) => {
                 if fence > 0 {
                     Ok(Some(LockGuard::remote(
                         shared.clone(),
@@ -404,11 +434,16 @@ impl Locks {
 
     fn stats(&self) -> LockStats {
         let (waiters, names) = self.shared.queues.counts();
+        let (aq, ac, ar) = self.shared.acquire_batch.counts();
+        let (rq, rc, rr) = self.shared.release_batch.counts();
         LockStats {
             waiters,
             names_waited_for: names,
             local_locks: self.shared.local.lock().len(),
             notices_heard: self.shared.notices.load(Ordering::Relaxed),
+            queued_calls: aq + rq,
+            script_calls: ac + rc,
+            script_requests: ar + rr,
         }
     }
 }
@@ -432,6 +467,14 @@ pub struct LockStats {
     pub local_locks: usize,
     /// Release notices heard on the release channel since start.
     pub notices_heard: u64,
+    /// Acquisitions and releases waiting for the next script call (they queue while one is
+    /// in flight, and go out together).
+    pub queued_calls: usize,
+    /// Acquire and release script calls sent since start.
+    pub script_calls: u64,
+    /// Acquisitions and releases those calls carried (over `script_calls`: how well calls
+    /// are shared).
+    pub script_requests: u64,
 }
 
 /// Query: the lock manager's counters.

@@ -6,33 +6,48 @@ use std::sync::OnceLock;
 
 use crate::storage::{Keyspace, LocalError, Reply, Script};
 
-/// KEYS: lock, fencing counter, waiting mark. ARGV: token, ttl ms, mark ms. The lock key
-/// holds the token (so a seed client's `SET key "1" EX ttl NX` fails while we hold it, and
-/// ours fails while it holds it); the fencing counter is raised in the same script. Answers
-/// the fencing token, or 0 when the lock is held by someone else; then, unless mark ms is 0
-/// (`try_acquire`), sets the waiting mark for that long, so that the release is announced.
+/// Acquires a batch of locks (one or more requests of this process, see `batch.rs`).
+/// KEYS: per request, lock, fencing counter, waiting mark. ARGV: per request, token, ttl ms,
+/// mark ms. The lock key holds the token (so a seed client's `SET key "1" EX ttl NX` fails
+/// while we hold it, and ours fails while it holds it); the fencing counter is raised in the
+/// same script. Answers, per request, the fencing token, or 0 when the lock is held by
+/// someone else; then, unless mark ms is 0 (`try_acquire`), it sets the waiting mark for that
+/// long, so that the release is announced.
 const ACQUIRE: &str = r#"
-if redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX') then
-  return redis.call('INCR', KEYS[2])
+local out = {}
+for i = 1, #KEYS / 3 do
+  local k, a = i * 3 - 2, i * 3 - 2
+  if redis.call('SET', KEYS[k], ARGV[a], 'PX', ARGV[a + 1], 'NX') then
+    out[i] = redis.call('INCR', KEYS[k + 1])
+  else
+    if ARGV[a + 2] ~= '0' then
+      redis.call('SET', KEYS[k + 2], '1', 'PX', ARGV[a + 2])
+    end
+    out[i] = 0
+  end
 end
-if ARGV[3] ~= '0' then
-  redis.call('SET', KEYS[3], '1', 'PX', ARGV[3])
-end
-return 0
+return out
 "#;
 
-/// KEYS: lock, waiting mark. ARGV: token, channel, notice. Compare-and-delete; announces the
-/// release when a waiter marked the name (an uncontended release publishes nothing). Answers
-/// 1 when the lock was still ours.
+/// Releases a batch of locks. KEYS: per request, lock, waiting mark. ARGV: the release
+/// channel, then per request, token, notice. Compare-and-delete; announces a release when a
+/// waiter marked the name (an uncontended release publishes nothing). Answers, per request, 1
+/// when the lock was still ours, else 0.
 const RELEASE: &str = r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('DEL', KEYS[1])
-  if redis.call('DEL', KEYS[2]) == 1 then
-    redis.call('PUBLISH', ARGV[2], ARGV[3])
+local out = {}
+for i = 1, #KEYS / 2 do
+  local k, a = i * 2 - 1, i * 2
+  if redis.call('GET', KEYS[k]) == ARGV[a] then
+    redis.call('DEL', KEYS[k])
+    if redis.call('DEL', KEYS[k + 1]) == 1 then
+      redis.call('PUBLISH', ARGV[1], ARGV[a + 1])
+    end
+    out[i] = 1
+  else
+    out[i] = 0
   end
-  return 1
 end
-return 0
+return out
 "#;
 
 /// KEYS: lock, fencing counter. ARGV: token, next holder's token, its ttl ms. Compare-and-set:

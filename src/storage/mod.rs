@@ -388,6 +388,11 @@ impl Storage {
         &self.inner.keys
     }
 
+    /// Whether Redis is a Cluster: keys of one script must then share a hash slot.
+    pub fn is_clustered(&self) -> bool {
+        self.inner.redis.as_ref().is_some_and(|r| r.is_clustered())
+    }
+
     /// The current mode.
     pub fn mode(&self) -> Mode {
         Mode::from_u8(self.inner.mode.load(Ordering::Acquire))

@@ -260,6 +260,11 @@ impl RedisBackend {
         }
     }
 
+    /// Whether the server is a Cluster.
+    pub fn is_clustered(&self) -> bool {
+        self.clustered
+    }
+
     /// Connection events of every connection (pool and subscriber), into `tx`.
     pub fn watch(&self, tx: tokio::sync::mpsc::UnboundedSender<ConnEvent>) {
         let clients = self

@@ -1,0 +1,234 @@
+//! Batching of this process's concurrent acquisitions and releases.
+//!
+//! A lock call is one script on Redis, and on a busy Redis most of a script's cost is the
+//! call itself, not the two or three commands inside. So calls that arrive while another is
+//! in flight are queued and sent together as one call of the same script (its KEYS and ARGV
+//! are per-request groups). An idle process pays nothing for this: a call that finds no other
+//! in flight goes out at once, on the caller's task. On Redis Cluster a batch is split by hash
+//! slot, since one script may only touch keys of one slot.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tokio::sync::oneshot;
+
+use crate::storage::{hash_slot, Reply, Script, Storage, StorageError};
+
+/// Requests sent in one script call at most.
+const MAX_BATCH: usize = 256;
+
+/// One request, in the script's per-request layout.
+#[derive(Debug, Clone)]
+pub(super) struct Request {
+    /// Its keys; the first is the lock (it decides the cluster slot).
+    pub(super) keys: Vec<String>,
+    /// Its arguments.
+    pub(super) args: Vec<String>,
+}
+
+/// What a request gets back: the script's integer for it.
+pub(super) type Outcome = Result<i64, StorageError>;
+
+/// Told about a request whose caller was gone when its answer came (its future was
+/// dropped), with that answer: an acquisition nobody will guard must be released.
+pub(super) type Orphan = Box<dyn Fn(Request, i64) + Send + Sync>;
+
+/// One script's batcher.
+pub(super) struct Batcher {
+    storage: Storage,
+    script: &'static Script,
+    /// Arguments that come before the per-request ones (the release channel).
+    head_args: Vec<String>,
+    orphan: Option<Orphan>,
+    runtime: Option<tokio::runtime::Handle>,
+    /// Script calls sent, and the requests they carried.
+    calls: AtomicU64,
+    requests: AtomicU64,
+    // A parking_lot mutex: a push or a drain under it, never an await.
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for Batcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = self.state.lock();
+        f.debug_struct("Batcher")
+            .field("script", &self.script)
+            .field("busy", &state.busy)
+            .field("pending", &state.pending.len())
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct State {
+    /// A call of this script is in flight (on a caller's task or the drain task).
+    busy: bool,
+    /// Requests waiting for the next call.
+    pending: Vec<(Request, oneshot::Sender<Outcome>)>,
+}
+
+impl Batcher {
+    pub(super) fn new(
+        storage: Storage,
+        script: &'static Script,
+        head_args: Vec<String>,
+        orphan: Option<Orphan>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            storage,
+            script,
+            head_args,
+            orphan,
+            runtime: tokio::runtime::Handle::try_current().ok(),
+            calls: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            state: Mutex::new(State::default()),
+        })
+    }
+
+    /// Requests waiting for the next call; script calls sent; requests they carried.
+    pub(super) fn counts(&self) -> (usize, u64, u64) {
+        let queued = self.state.lock().pending.len();
+        (
+            queued,
+            self.calls.load(Ordering::Relaxed),
+            self.requests.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Runs `request`: at once when no call is in flight, else with the next batch.
+    pub(super) async fn call(self: &Arc<Self>, request: Request) -> Outcome {
+        let queued = {
+            let mut state = self.state.lock();
+            if state.busy {
+                let (tx, rx) = oneshot::channel();
+                state.pending.push((request.clone(), tx));
+                Some(rx)
+            } else {
+                state.busy = true;
+                None
+            }
+        };
+        if let Some(rx) = queued {
+            return rx.await.unwrap_or_else(|_| {
+                Err(StorageError::Unavailable(
+                    "the lock batch was dropped".into(),
+                ))
+            });
+        }
+        // Our turn: whatever queues up meanwhile is sent when it ends, even if this future is
+        // dropped half-way.
+        let _turn = Turn(self.clone());
+        let mut out = self.run(std::slice::from_ref(&request)).await?;
+        Ok(out.pop().unwrap_or(0))
+    }
+
+    /// One script call for `requests` (all in one slot on a cluster).
+    async fn run(&self, requests: &[Request]) -> Result<Vec<i64>, StorageError> {
+        let mut keys = Vec::with_capacity(requests.len() * 3);
+        let mut args: Vec<&str> = self.head_args.iter().map(String::as_str).collect();
+        for r in requests {
+            keys.extend(r.keys.iter().map(String::as_str));
+            args.extend(r.args.iter().map(String::as_str));
+        }
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.requests
+            .fetch_add(requests.len() as u64, Ordering::Relaxed);
+        let reply = self
+            .storage
+            .eval_on_redis(self.script, &keys, &args)
+            .await?;
+        let values: Vec<i64> = match reply {
+            Reply::Array(items) => items.iter().map(Reply::as_int).collect(),
+            other => vec![other.as_int()],
+        };
+        if values.len() != requests.len() {
+            return Err(StorageError::Command(format!(
+                "{}: {} answers for {} requests",
+                self.script.name(),
+                values.len(),
+                requests.len()
+            )));
+        }
+        Ok(values)
+    }
+
+    /// Sends the queued requests, batch after batch, until none is left.
+    async fn drain(self: Arc<Self>) {
+        loop {
+            let batch: Vec<_> = {
+                let mut state = self.state.lock();
+                if state.pending.is_empty() {
+                    state.busy = false;
+                    return;
+                }
+                let n = state.pending.len().min(MAX_BATCH);
+                state.pending.drain(..n).collect()
+            };
+            if self.storage.is_clustered() {
+                let mut slots: BTreeMap<u16, Vec<_>> = BTreeMap::new();
+                for entry in batch {
+                    slots
+                        .entry(hash_slot(&entry.0.keys[0]))
+                        .or_default()
+                        .push(entry);
+                }
+                futures::future::join_all(slots.into_values().map(|g| self.send(g))).await;
+            } else {
+                self.send(batch).await;
+            }
+        }
+    }
+
+    async fn send(&self, group: Vec<(Request, oneshot::Sender<Outcome>)>) {
+        let requests: Vec<Request> = group.iter().map(|(r, _)| r.clone()).collect();
+        match self.run(&requests).await {
+            Ok(values) => {
+                for ((request, tx), value) in group.into_iter().zip(values) {
+                    if tx.send(Ok(value)).is_err() {
+                        if let Some(orphan) = &self.orphan {
+                            orphan(request, value);
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                for (_, tx) in group {
+                    let _ = tx.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// The end of a caller's turn: hands the queue to a drain task, or marks the batcher idle.
+struct Turn(Arc<Batcher>);
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        let batcher = &self.0;
+        let mut state = batcher.state.lock();
+        if state.pending.is_empty() {
+            state.busy = false;
+            return;
+        }
+        let runtime = tokio::runtime::Handle::try_current()
+            .ok()
+            .or_else(|| batcher.runtime.clone());
+        match runtime {
+            Some(runtime) => {
+                drop(state);
+                runtime.spawn(batcher.clone().drain());
+            }
+            None => {
+                // No runtime to run a batch on (the process is shutting down): fail the queue.
+                state.busy = false;
+                for (_, tx) in state.pending.drain(..) {
+                    let _ = tx.send(Err(StorageError::Unavailable("no runtime".into())));
+                }
+            }
+        }
+    }
+}
