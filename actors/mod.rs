@@ -4,3 +4,5 @@
 pub mod locks;
 pub mod presence;
 pub mod storage_monitor;
+pub mod cache;
+pub mod hazards;
