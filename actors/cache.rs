@@ -270,7 +270,10 @@ impl Cache {
                 });
             }
         };
-        self.inner.storage.set(key, value.as_str(), Some(ttl)).await?;
+        self.inner
+            .storage
+            .set(key, value.as_str(), Some(ttl))
+            .await?;
         Ok(self.keep(key, value, ttl, generation))
     }
 
@@ -367,7 +370,10 @@ fn make_room(inner: &Inner) {
         }
     }
     let dropped = before.saturating_sub(inner.near.len()) as u64;
-    inner.counters.evictions.fetch_add(dropped, Ordering::Relaxed);
+    inner
+        .counters
+        .evictions
+        .fetch_add(dropped, Ordering::Relaxed);
 }
 
 fn check(key: &str, ttl: Duration) -> Result<(), CacheError> {
@@ -395,10 +401,7 @@ async fn listen(inner: Weak<Inner>, mut subscription: crate::storage::Subscripti
         }
         inner.generation.fetch_add(1, Ordering::AcqRel);
         inner.near.remove(&invalidation.key);
-        inner
-            .counters
-            .invalidations
-            .fetch_add(1, Ordering::Relaxed);
+        inner.counters.invalidations.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -417,7 +420,10 @@ async fn watch_mode(
         let Some(inner) = inner.upgrade() else {
             return;
         };
-        if let StorageEvent::ModeChanged { to: Mode::Redis, .. } = event {
+        if let StorageEvent::ModeChanged {
+            to: Mode::Redis, ..
+        } = event
+        {
             inner.generation.fetch_add(1, Ordering::AcqRel);
             inner.near.clear();
             tracing::info!(actor = "cache", "near cache cleared: storage back on redis");

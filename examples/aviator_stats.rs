@@ -81,10 +81,16 @@ fn stats_from_db(path: &PathBuf, bookmaker: Option<&str>) -> rusqlite::Result<St
     })
 }
 
-async fn worker(fleet: Fleet, bookmaker: &'static str, db: mpsc::Sender<Round>) -> anyhow::Result<()> {
+async fn worker(
+    fleet: Fleet,
+    bookmaker: &'static str,
+    db: mpsc::Sender<Round>,
+) -> anyhow::Result<()> {
     let cache = fleet.cache();
     let storage = fleet.storage();
-    storage.hset("worker:states", &[(bookmaker, "RUNNING")]).await?;
+    storage
+        .hset("worker:states", &[(bookmaker, "RUNNING")])
+        .await?;
     let mut local = Stats::default();
     for round_id in 1..=ROUNDS_PER_WORKER {
         // A crash multiplier: 1.00 and up, heavy-tailed.
@@ -98,23 +104,37 @@ async fn worker(fleet: Fleet, bookmaker: &'static str, db: mpsc::Sender<Round>) 
         };
         db.send(round.clone())?;
         let text = serde_json::to_string(&round)?;
-        cache.set(&format!("round:{bookmaker}:{round_id}"), &text, TTL_ROUND).await?;
-        cache.set(&format!("last_round:{bookmaker}"), &text, TTL_LAST_ROUND).await?;
-        local.avg_score = (local.avg_score * local.rounds as f64 + score) / (local.rounds + 1) as f64;
+        cache
+            .set(&format!("round:{bookmaker}:{round_id}"), &text, TTL_ROUND)
+            .await?;
+        cache
+            .set(&format!("last_round:{bookmaker}"), &text, TTL_LAST_ROUND)
+            .await?;
+        local.avg_score =
+            (local.avg_score * local.rounds as f64 + score) / (local.rounds + 1) as f64;
         local.rounds += 1;
         local.max_score = local.max_score.max(score);
-        cache.set(&format!("stats:{bookmaker}"), &serde_json::to_string(&local)?, TTL_STATS).await?;
+        cache
+            .set(
+                &format!("stats:{bookmaker}"),
+                &serde_json::to_string(&local)?,
+                TTL_STATS,
+            )
+            .await?;
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    storage.hset("worker:states", &[(bookmaker, "IDLE")]).await?;
+    storage
+        .hset("worker:states", &[(bookmaker, "IDLE")])
+        .await?;
     Ok(())
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
-    let path = std::env::args().nth(1).map(PathBuf::from).unwrap_or_else(|| {
-        std::env::temp_dir().join(format!("aviator-{}.db", std::process::id()))
-    });
+    let path = std::env::args()
+        .nth(1)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("aviator-{}.db", std::process::id())));
     Connection::open(&path)?.execute_batch(
         "CREATE TABLE IF NOT EXISTS rounds (round_id INTEGER, bookmaker TEXT, score REAL, players INTEGER, timestamp_ms INTEGER);
          CREATE INDEX IF NOT EXISTS rounds_bookmaker ON rounds (bookmaker);",
@@ -125,7 +145,11 @@ async fn main() -> anyhow::Result<()> {
         _ => settings.storage.redis.enabled = false,
     }
     let fleet = Fleet::start(settings).await?;
-    println!("storage mode: {}, database: {}", fleet.storage().mode(), path.display());
+    println!(
+        "storage mode: {}, database: {}",
+        fleet.storage().mode(),
+        path.display()
+    );
 
     let (tx, rx) = mpsc::channel();
     let writer = {
@@ -140,7 +164,9 @@ async fn main() -> anyhow::Result<()> {
     for w in workers {
         w.await??;
     }
-    let written = writer.join().map_err(|_| anyhow::anyhow!("batch writer panicked"))??;
+    let written = writer
+        .join()
+        .map_err(|_| anyhow::anyhow!("batch writer panicked"))??;
     println!("batch writer committed {written} rounds");
 
     // stats:total is not written by the workers: the first read misses and SQLite answers.
@@ -151,7 +177,8 @@ async fn main() -> anyhow::Result<()> {
             .get_or_load("stats:total", TTL_STATS, || {
                 let path = path.clone();
                 async move {
-                    let stats = tokio::task::spawn_blocking(move || stats_from_db(&path, None)).await??;
+                    let stats =
+                        tokio::task::spawn_blocking(move || stats_from_db(&path, None)).await??;
                     anyhow::Ok(serde_json::to_string(&stats)?)
                 }
             })
@@ -166,14 +193,20 @@ async fn main() -> anyhow::Result<()> {
                 let (path, bm) = (path.clone(), bm.to_string());
                 async move {
                     let stats =
-                        tokio::task::spawn_blocking(move || stats_from_db(&path, Some(&bm))).await??;
+                        tokio::task::spawn_blocking(move || stats_from_db(&path, Some(&bm)))
+                            .await??;
                     anyhow::Ok(serde_json::to_string(&stats)?)
                 }
             })
             .await?;
-        let last = cache.get(&format!("last_round:{bm}"), TTL_LAST_ROUND).await?;
+        let last = cache
+            .get(&format!("last_round:{bm}"), TTL_LAST_ROUND)
+            .await?;
         let state = states.get(*bm).map(String::as_str).unwrap_or("?");
-        println!("{bm:<10} [{state}] stats {stats} last {}", last.as_deref().unwrap_or("-"));
+        println!(
+            "{bm:<10} [{state}] stats {stats} last {}",
+            last.as_deref().unwrap_or("-")
+        );
     }
     println!("cache counters: {}", serde_json::to_string(&cache.stats())?);
     fleet.shutdown().await?;

@@ -101,11 +101,7 @@ pub struct VerifyArgs {
 
 /// `botfleet verify`: writes the round's hazards (and the seed's SHA-256, to compare with the
 /// hash published before the round) to `out`.
-pub fn verify(
-    settings: &Settings,
-    args: &VerifyArgs,
-    out: &mut impl Write,
-) -> anyhow::Result<()> {
+pub fn verify(settings: &Settings, args: &VerifyArgs, out: &mut impl Write) -> anyhow::Result<()> {
     use crate::actors::hazards::{fairness, HazardError};
     let difficulty = settings
         .hazards
@@ -113,12 +109,8 @@ pub fn verify(
         .iter()
         .find(|d| d.name == args.difficulty)
         .ok_or_else(|| HazardError::UnknownDifficulty(args.difficulty.clone()))?;
-    let hazards = fairness::derive_hazards(
-        &args.server_seed,
-        &args.client_seed,
-        args.nonce,
-        difficulty,
-    )?;
+    let hazards =
+        fairness::derive_hazards(&args.server_seed, &args.client_seed, args.nonce, difficulty)?;
     let hashed = fairness::hash_seed(&args.server_seed);
     if args.json {
         let value = serde_json::json!({
@@ -132,7 +124,11 @@ pub fn verify(
         writeln!(out, "{value}")?;
     } else {
         let list: Vec<String> = hazards.iter().map(u32::to_string).collect();
-        writeln!(out, "difficulty:       {} ({} columns)", difficulty.name, difficulty.columns)?;
+        writeln!(
+            out,
+            "difficulty:       {} ({} columns)",
+            difficulty.name, difficulty.columns
+        )?;
         writeln!(out, "hazards:          {}", list.join(" "))?;
         writeln!(out, "hashedServerSeed: {hashed}")?;
     }

@@ -40,7 +40,9 @@ async fn concurrent_loads_of_one_key_call_the_loader_once() {
                     let n = calls.fetch_add(1, Ordering::SeqCst);
                     // Slow enough that every caller arrives while the load runs.
                     tokio::time::sleep(Duration::from_millis(200)).await;
-                    Ok::<_, std::io::Error>(format!("{{\"gameCode\":\"chicken-road-two\",\"n\":{n}}}"))
+                    Ok::<_, std::io::Error>(format!(
+                        "{{\"gameCode\":\"chicken-road-two\",\"n\":{n}}}"
+                    ))
                 })
                 .await
                 .unwrap()
@@ -103,7 +105,10 @@ async fn child_reader() {
     std::io::stdout().flush().unwrap();
     let start = Instant::now();
     while cache.peek("game.payloads").is_some() {
-        assert!(start.elapsed() < Duration::from_secs(20), "never invalidated");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "never invalidated"
+        );
         tokio::task::yield_now().await;
     }
     println!("invalidated");
@@ -125,7 +130,10 @@ async fn invalidation_reaches_a_second_process() {
         lines
             .by_ref()
             .map_while(Result::ok)
-            .find_map(|l| l.split_once(prefix).map(|(_, rest)| rest.trim().to_string()))
+            .find_map(|l| {
+                l.split_once(prefix)
+                    .map(|(_, rest)| rest.trim().to_string())
+            })
             .unwrap_or_else(|| panic!("the child printed no {prefix:?}"))
     };
     assert_eq!(next_line("cached "), "v1");
@@ -167,7 +175,11 @@ async fn a_seed_style_message_and_a_second_fleet_invalidate_the_near_copy() {
     .expect("b's copy dropped");
     assert!(cb.get("game.payloads", TTL).await.unwrap().is_none());
     assert!(cb.stats().invalidations_received >= 2);
-    assert_eq!(ca.stats().invalidations_received, 1, "its own messages are ignored");
+    assert_eq!(
+        ca.stats().invalidations_received,
+        1,
+        "its own messages are ignored"
+    );
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }
@@ -179,7 +191,10 @@ async fn near_cache_and_fallback_serve_while_redis_is_down() {
     s.storage.redis.timeout_ms = 250;
     let fleet = Fleet::start(s).await.unwrap();
     let cache = fleet.cache();
-    cache.set("stats:total", "{\"rounds\":10}", TTL).await.unwrap();
+    cache
+        .set("stats:total", "{\"rounds\":10}", TTL)
+        .await
+        .unwrap();
     server.kill9();
     // Near hit: no storage call at all.
     assert_eq!(

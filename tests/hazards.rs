@@ -41,7 +41,9 @@ struct Notices {
 
 impl Notices {
     async fn open(s: &Settings) -> Self {
-        let storage = Storage::open(&s.storage, &KeySchema::default()).await.unwrap();
+        let storage = Storage::open(&s.storage, &KeySchema::default())
+            .await
+            .unwrap();
         let sub = storage.subscribe(&s.hazards.channel).await;
         Self { storage, sub }
     }
@@ -154,9 +156,42 @@ async fn ticks_do_not_drift_and_are_never_doubled() {
     // A tick late by a whole interval is skipped; on a loaded machine allow a few.
     assert!(gaps <= 4, "{gaps} ticks skipped out of 40");
     let state = fleet.hazards().current("EASY").await.unwrap().unwrap();
-    assert!(state.last_refresh.ends_with("00Z"), "{}", state.last_refresh);
+    assert!(
+        state.last_refresh.ends_with("00Z"),
+        "{}",
+        state.last_refresh
+    );
     assert_eq!(fleet.hazards().status().ticks_refused, 0);
     fleet.shutdown().await.unwrap();
+    notices.storage.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_leaders_at_once_still_write_each_tick_once() {
+    // A split brain, forced: two fleets whose tickers use different lock names both lead.
+    // The tick script lets exactly one of them write each (difficulty, tick).
+    let server = RedisServer::start().unwrap();
+    let s = settings(&server.url(), 100, 2_000);
+    let mut other = s.clone();
+    other.hazards.lock_name = "hazards-ticker-lock-b".into();
+    let mut notices = Notices::open(&s).await;
+    let a = Fleet::start(s.clone()).await.unwrap();
+    let b = Fleet::start(other).await.unwrap();
+    let mut written = HashSet::new();
+    for _ in 0..60 {
+        let n = notices.next().await;
+        assert!(
+            written.insert((n.difficulty.clone(), n.tick)),
+            "tick {} of {} written twice",
+            n.tick,
+            n.difficulty
+        );
+    }
+    let (sa, sb) = (a.hazards().status(), b.hazards().status());
+    assert!(sa.leader && sb.leader);
+    assert!(sa.ticks_refused + sb.ticks_refused > 0, "{sa:?} {sb:?}");
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
     notices.storage.close().await;
 }
 
@@ -204,7 +239,10 @@ async fn leader_killed_another_takes_over_without_a_doubled_tick() {
     let child_instance = BufReader::new(stdout)
         .lines()
         .map_while(Result::ok)
-        .find_map(|l| l.rsplit_once("leader ").map(|(_, id)| id.trim().to_string()))
+        .find_map(|l| {
+            l.rsplit_once("leader ")
+                .map(|(_, id)| id.trim().to_string())
+        })
         .expect("the child leads");
     let fleet = Fleet::start(s.clone()).await.unwrap();
     let mut seen: Vec<TickNotice> = Vec::new();
@@ -287,7 +325,11 @@ async fn verify_reproduces_past_rounds_from_the_revealed_seed() {
         assert_eq!(commitment.hashed_server_seed, notice.hashed_server_seed);
         assert!(commitment.published_ms <= notice.written_ms);
         assert!(commitment.first_tick <= notice.tick && notice.tick <= commitment.last_tick);
-        assert!(hazards.commitment(notice.epoch + 1).await.unwrap().is_some());
+        assert!(hazards
+            .commitment(notice.epoch + 1)
+            .await
+            .unwrap()
+            .is_some());
         // Not revealed while in use.
         if hazards.epoch_of(hazards.status().last_tick.unwrap()) == notice.epoch {
             assert!(hazards.revealed(notice.epoch).await.unwrap().is_none());
@@ -306,7 +348,10 @@ async fn verify_reproduces_past_rounds_from_the_revealed_seed() {
     assert_eq!(hash_seed(&seed.server_seed), past.hashed_server_seed);
     // The revealed seed reproduces every round of its epoch, through the CLI too.
     for round in rounds.iter().filter(|r| r.epoch == past.epoch) {
-        assert_eq!(verify_cli(&seed.server_seed, "HARD", round.tick, "HARD"), round.hazards);
+        assert_eq!(
+            verify_cli(&seed.server_seed, "HARD", round.tick, "HARD"),
+            round.hazards
+        );
     }
     // A wrong seed does not (7 of 22 columns: a chance match is 1 in 170,544).
     let mut wrong = seed.server_seed.clone();
@@ -375,7 +420,11 @@ async fn fairness_records_hide_the_active_seed_until_settlement() {
         round.hazards
     );
     // Rotated: new seed hash, next nonce.
-    let next = hazards.fairness("user123", "agent456").await.unwrap().unwrap();
+    let next = hazards
+        .fairness("user123", "agent456")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(next.nonce, 1);
     assert_ne!(next.hashed_server_seed, record.hashed_server_seed);
     assert_eq!(next, settled.next);
@@ -421,7 +470,18 @@ async fn bad_input_is_a_typed_error_and_stores_nothing() {
         hazards.round("nobody", "agent", "EASY").await,
         Err(HazardError::NoFairnessRecord { .. })
     ));
-    assert_eq!(server.cmd(&["DBSIZE"]).as_int(), Some(0));
+    // Nothing but the presence record was written.
+    let keys = server.cmd(&["KEYS", "*"]);
+    let keys: Vec<&str> = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(RespValue::as_str)
+        .collect();
+    assert!(
+        keys.iter().all(|k| k.starts_with("botfleet:instance:")),
+        "{keys:?}"
+    );
     // The CLI refuses a negative nonce and an unknown difficulty with exit code 1.
     for (nonce, difficulty) in [("-1", "EASY"), ("0", "NIGHTMARE")] {
         let output = Command::new(env!("CARGO_BIN_EXE_botfleet"))
@@ -432,7 +492,10 @@ async fn bad_input_is_a_typed_error_and_stores_nothing() {
             .unwrap();
         assert_eq!(output.status.code(), Some(1));
         let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(stderr.contains(nonce) || stderr.contains(difficulty), "{stderr}");
+        assert!(
+            stderr.contains(nonce) || stderr.contains(difficulty),
+            "{stderr}"
+        );
     }
     fleet.shutdown().await.unwrap();
 }
@@ -456,7 +519,10 @@ fn hazard_settings_are_validated_naming_the_key() {
         "cache.channel",
         "cache.near_capacity",
     ] {
-        assert!(err.problem(key).is_some(), "no problem about {key} in:\n{err}");
+        assert!(
+            err.problem(key).is_some(),
+            "no problem about {key} in:\n{err}"
+        );
     }
 }
 
@@ -536,6 +602,9 @@ async fn game_sessions_round_trip_and_expire() {
     .await
     .expect("the session expires");
     assert!(sessions.list("agent456").await.unwrap().is_empty());
-    assert_eq!(server.cmd(&["SCARD", "user-sessions:agent456"]).as_int(), Some(0));
+    assert_eq!(
+        server.cmd(&["SCARD", "user-sessions:agent456"]).as_int(),
+        Some(0)
+    );
     fleet.shutdown().await.unwrap();
 }

@@ -165,7 +165,10 @@ mod tests {
         let a = derive_hazards("server", "client", 7, &d).unwrap();
         assert_eq!(a, derive_hazards("server", "client", 7, &d).unwrap());
         assert_eq!(a.len(), 7);
-        assert!(a.windows(2).all(|w| w[0] < w[1]), "sorted and distinct: {a:?}");
+        assert!(
+            a.windows(2).all(|w| w[0] < w[1]),
+            "sorted and distinct: {a:?}"
+        );
         assert!(a.iter().all(|&c| c < 22));
         assert_ne!(a, derive_hazards("server", "client", 8, &d).unwrap());
         assert_ne!(a, derive_hazards("server2", "client", 7, &d).unwrap());

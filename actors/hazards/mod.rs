@@ -38,8 +38,8 @@ use crate::actors::locks::Locks;
 use crate::settings::{DifficultySettings, HazardSettings};
 use crate::storage::{now_ms, Storage, StorageError};
 
-pub use ticker::TickerStatus;
 use ticker::TickerShared;
+pub use ticker::TickerStatus;
 
 /// Why a hazard call failed. Nothing is stored when the input is refused.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -234,7 +234,10 @@ impl HazardKeys {
         format!("fairness:{user}:{agent}")
     }
     fn fairness_secret(&self, user: &str, agent: &str) -> String {
-        format!("{}:fairness-secret:{{fairness:{user}:{agent}}}", self.internal)
+        format!(
+            "{}:fairness-secret:{{fairness:{user}:{agent}}}",
+            self.internal
+        )
     }
 }
 

@@ -8,7 +8,9 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::fairness::{derive_hazards, hash_seed, new_server_seed};
-use super::{iso8601, now, HazardError, HazardKeys, HazardState, RevealedSeed, SeedCommitment, TickNotice};
+use super::{
+    iso8601, now, HazardError, HazardKeys, HazardState, RevealedSeed, SeedCommitment, TickNotice,
+};
 use crate::actors::locks::{LockError, LockGuard, Locks};
 use crate::settings::HazardSettings;
 use crate::storage::{Keyspace, LocalError, Reply, Script, Storage};
@@ -254,7 +256,10 @@ async fn write_local(
 ) -> Result<i64, HazardError> {
     let storage = &shared.storage;
     let last = storage.hget(tick_key, "tick").await?;
-    if last.and_then(|t| t.parse::<u64>().ok()).is_some_and(|t| t >= tick) {
+    if last
+        .and_then(|t| t.parse::<u64>().ok())
+        .is_some_and(|t| t >= tick)
+    {
         return Ok(0);
     }
     storage
