@@ -1,6 +1,8 @@
 //! The actors of botfleet, one file each. They reach Redis only through
 //! [`crate::storage::Storage`] and never depend on the daemon, HTTP or CLI code.
 
+pub mod cache;
+pub mod hazards;
 pub mod locks;
 pub mod presence;
 pub mod storage_monitor;

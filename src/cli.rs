@@ -73,6 +73,67 @@ pub enum Command {
     /// Run a benchmark; prints one JSON line per scenario.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Recompute the hazards of a past round from its revealed server seed (provably fair).
+    Verify(VerifyArgs),
+}
+
+/// `botfleet verify ...`: the hazards of one round, by the procedure documented in
+/// `botfleet::actors::hazards::fairness`. A ticker round of difficulty D at tick N has client
+/// seed D and nonce N.
+#[derive(Debug, clap::Args)]
+pub struct VerifyArgs {
+    /// The revealed server seed.
+    #[arg(long, value_name = "SEED")]
+    pub server_seed: String,
+    /// The client (player) seed.
+    #[arg(long, value_name = "SEED")]
+    pub client_seed: String,
+    /// The round's nonce.
+    #[arg(long, allow_negative_numbers = true)]
+    pub nonce: i64,
+    /// Difficulty name, as in `[[hazards.difficulties]]` (e.g. EASY).
+    #[arg(long)]
+    pub difficulty: String,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `botfleet verify`: writes the round's hazards (and the seed's SHA-256, to compare with the
+/// hash published before the round) to `out`.
+pub fn verify(settings: &Settings, args: &VerifyArgs, out: &mut impl Write) -> anyhow::Result<()> {
+    use crate::actors::hazards::{fairness, HazardError};
+    let difficulty = settings
+        .hazards
+        .difficulties
+        .iter()
+        .find(|d| d.name == args.difficulty)
+        .ok_or_else(|| HazardError::UnknownDifficulty(args.difficulty.clone()))?;
+    let hazards =
+        fairness::derive_hazards(&args.server_seed, &args.client_seed, args.nonce, difficulty)?;
+    let hashed = fairness::hash_seed(&args.server_seed);
+    if args.json {
+        let value = serde_json::json!({
+            "difficulty": difficulty.name,
+            "columns": difficulty.columns,
+            "hazards": hazards,
+            "clientSeed": args.client_seed,
+            "nonce": args.nonce,
+            "hashedServerSeed": hashed,
+        });
+        writeln!(out, "{value}")?;
+    } else {
+        let list: Vec<String> = hazards.iter().map(u32::to_string).collect();
+        writeln!(
+            out,
+            "difficulty:       {} ({} columns)",
+            difficulty.name, difficulty.columns
+        )?;
+        writeln!(out, "hazards:          {}", list.join(" "))?;
+        writeln!(out, "hashedServerSeed: {hashed}")?;
+    }
+    out.flush()?;
+    Ok(())
 }
 
 /// `botfleet bench ...`.
@@ -100,6 +161,19 @@ pub enum BenchCommand {
         /// Pairs per uncontended scenario; the contended one runs a tenth of them.
         #[arg(long, default_value_t = 20_000)]
         pairs: usize,
+    },
+    /// Cache service: near-cache hit and storage hit latency, and invalidation propagation
+    /// between two processes (p50/p99). Without --redis a private redis-server is started.
+    Cache {
+        /// Server to use (keys under `bench-cache:` are overwritten).
+        #[arg(long, value_name = "URL")]
+        redis: Option<String>,
+        /// Reads per hit scenario.
+        #[arg(long, default_value_t = 200_000)]
+        reads: usize,
+        /// Invalidations measured.
+        #[arg(long, default_value_t = 2_000)]
+        invalidations: usize,
     },
 }
 

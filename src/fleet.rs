@@ -17,6 +17,10 @@ use serde::Serialize;
 use crate::actors::locks::{GetLockStats, LockManager, LockStats, Locks};
 use crate::actors::presence::{hostname, GetPresence, Presence, PresenceStatus};
 use crate::actors::storage_monitor::{ListStorageEvents, SeenEvent, StorageMonitor};
+// Hazards, game sessions and the cache service (issue 7).
+use crate::actors::cache::Cache;
+use crate::actors::hazards::sessions::GameSessions;
+use crate::actors::hazards::{GetTickerStatus, HazardTicker, Hazards, TickerStatus};
 use crate::settings::{FallbackKind, Settings};
 use crate::storage::{KeySchema, Mode, Storage, StorageError, StorageStats};
 use crate::supervisor::{
@@ -88,6 +92,10 @@ struct Inner {
     monitor: ActorHandle<StorageMonitor>,
     locks: Locks,
     lock_manager: ActorHandle<LockManager>,
+    hazards: Hazards,
+    hazard_ticker: ActorHandle<HazardTicker>,
+    game_sessions: GameSessions,
+    cache: Cache,
     shut_down: tokio::sync::Mutex<Option<FleetShutdown>>,
 }
 
@@ -138,6 +146,22 @@ impl Fleet {
                     .restart(RestartType::Permanent),
             )
         };
+        // Hazards, game sessions and the cache service (issue 7).
+        let hazards = Hazards::new(
+            storage.clone(),
+            settings.hazards.clone(),
+            locks.clone(),
+            &instance,
+        );
+        let hazard_ticker = {
+            let (hazards, runtime) = (hazards.clone(), tokio::runtime::Handle::current());
+            tree.child(
+                ChildSpec::new("hazards", move |_| hazards.ticker(runtime.clone()))
+                    .restart(RestartType::Permanent),
+            )
+        };
+        let game_sessions = GameSessions::new(storage.clone(), settings.game_sessions.clone());
+        let cache = Cache::start(storage.clone(), settings.cache.clone()).await;
         configure(&mut tree, &storage);
         let supervisor = match tree.start(&system).await {
             Ok(s) => s,
@@ -159,6 +183,10 @@ impl Fleet {
                 monitor,
                 locks,
                 lock_manager,
+                hazards,
+                hazard_ticker,
+                game_sessions,
+                cache,
                 shut_down: tokio::sync::Mutex::new(None),
             }),
         })
@@ -202,6 +230,26 @@ impl Fleet {
     /// The lock manager's counters (waiters, release notices heard).
     pub async fn lock_stats(&self) -> Result<LockStats, FleetError> {
         Ok(self.inner.lock_manager.send(GetLockStats).await?)
+    }
+
+    /// The hazards API: current hazards, seed history, verification, fairness records.
+    pub fn hazards(&self) -> Hazards {
+        self.inner.hazards.clone()
+    }
+
+    /// The hazard ticker's status, asked of its actor.
+    pub async fn hazard_ticker_status(&self) -> Result<TickerStatus, FleetError> {
+        Ok(self.inner.hazard_ticker.send(GetTickerStatus).await?)
+    }
+
+    /// Game sessions `gameSession:USER-AGENT`.
+    pub fn game_sessions(&self) -> GameSessions {
+        self.inner.game_sessions.clone()
+    }
+
+    /// The cache service (near cache, pub/sub invalidation, single-flight loads).
+    pub fn cache(&self) -> Cache {
+        self.inner.cache.clone()
     }
 
     /// Recent storage events (mode changes, resyncs), oldest first.

@@ -57,6 +57,27 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 println!("{line}")
             }))?;
         }
+        Command::Verify(args) => {
+            let settings = cli.load_settings()?;
+            cli::verify(&settings, args, &mut io::stdout().lock())?;
+        }
+        Command::Bench(BenchCommand::Cache {
+            redis,
+            reads,
+            invalidations,
+        }) => {
+            let settings = cli.load_settings()?;
+            botfleet::telemetry::init(&settings.log)?;
+            let bench = botfleet::bench::cache::CacheBench {
+                redis_url: redis.clone(),
+                reads: *reads,
+                invalidations: *invalidations,
+            };
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(botfleet::bench::cache::run(&bench, |line| {
+                println!("{line}")
+            }))?;
+        }
         Command::Run => unreachable!("handled in main"),
     }
     Ok(())

@@ -3,6 +3,8 @@
 
 pub mod locks;
 pub mod storage;
+// Issue 7.
+pub mod cache;
 
 use std::net::TcpListener;
 use std::path::PathBuf;

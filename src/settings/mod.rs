@@ -56,6 +56,12 @@ pub struct Settings {
     pub log: LogSettings,
     /// HTTP API of the daemon.
     pub api: ApiSettings,
+    /// The hazard ticker and provably fair seeds (seed 002).
+    pub hazards: HazardSettings,
+    /// Game sessions `gameSession:USER-AGENT` (seed 002).
+    pub game_sessions: GameSessionSettings,
+    /// The cache service: near cache in process, invalidated through pub/sub.
+    pub cache: CacheSettings,
 }
 
 impl Settings {
@@ -449,6 +455,113 @@ impl Default for ApiSettings {
         Self {
             bind: "127.0.0.1:8080".into(),
             token: Secret::default(),
+        }
+    }
+}
+
+/// `[hazards]`: the hazard ticker (`Fleet::hazards()`): one leader across the fleet writes
+/// `hazards-DIFFICULTY` every interval from provably fair seeds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HazardSettings {
+    /// Whether this instance runs a ticker (it writes only while it is the leader).
+    pub enabled: bool,
+    /// Interval between two ticks, milliseconds; tick N is due at N x interval after the Unix
+    /// epoch.
+    pub interval_ms: u64,
+    /// Lock that elects the leader (a `Fleet::locks()` lock).
+    pub lock_name: String,
+    /// TTL of the leader lock, milliseconds (extended by its watchdog while the leader lives).
+    pub lock_ttl_ms: u64,
+    /// Channel on which every tick is announced.
+    pub channel: String,
+    /// Ticks served by one server seed before it is rotated and revealed.
+    pub rotate_every_ticks: u64,
+    /// Lifetime of the seed commitments and revealed seeds, seconds.
+    pub history_ttl_secs: u64,
+    /// Lifetime of a player's fairness record `fairness:USER:AGENT`, seconds.
+    pub fairness_ttl_secs: u64,
+    /// The difficulties ticked, in order.
+    pub difficulties: Vec<DifficultySettings>,
+}
+
+impl Default for HazardSettings {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            interval_ms: 5_000,
+            lock_name: "hazards-ticker-lock".into(),
+            lock_ttl_ms: 10_000,
+            channel: "hazards-refreshed".into(),
+            rotate_every_ticks: 720,
+            history_ttl_secs: 604_800,
+            fairness_ttl_secs: 604_800,
+            difficulties: vec![
+                DifficultySettings::new("EASY", 30, 3),
+                DifficultySettings::new("MEDIUM", 25, 5),
+                DifficultySettings::new("HARD", 22, 7),
+                DifficultySettings::new("DAREDEVIL", 18, 9),
+            ],
+        }
+    }
+}
+
+/// One `[[hazards.difficulties]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DifficultySettings {
+    /// Name, as in `hazards-NAME` (`EASY`).
+    pub name: String,
+    /// Columns of the board; hazards are column indices `0..columns`.
+    pub columns: u32,
+    /// Hazards per round; fewer than `columns`.
+    pub hazards: u32,
+}
+
+impl DifficultySettings {
+    /// A difficulty.
+    pub fn new(name: &str, columns: u32, hazards: u32) -> Self {
+        Self {
+            name: name.into(),
+            columns,
+            hazards,
+        }
+    }
+}
+
+/// `[game_sessions]`: `gameSession:USER-AGENT` and `user-sessions:AGENT` (`Fleet::game_sessions()`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GameSessionSettings {
+    /// Lifetime of a session, seconds (renewed by every update).
+    pub ttl_secs: u64,
+}
+
+impl Default for GameSessionSettings {
+    fn default() -> Self {
+        Self { ttl_secs: 3_600 }
+    }
+}
+
+/// `[cache]`: the cache service (`Fleet::cache()`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheSettings {
+    /// Most entries held in process.
+    pub near_capacity: usize,
+    /// Longest life of an entry in process, milliseconds (a safety net for a missed
+    /// invalidation); an entry never outlives the TTL it was stored with.
+    pub near_ttl_ms: u64,
+    /// Pub/sub channel of invalidations: `{"key":"NAME"}`.
+    pub channel: String,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        Self {
+            near_capacity: 10_000,
+            near_ttl_ms: 60_000,
+            channel: "cache-invalidate".into(),
         }
     }
 }

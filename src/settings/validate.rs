@@ -38,6 +38,14 @@ pub(crate) const POSITIVE: &[&str] = &[
     "locks.max_ttl_ms",
     "locks.retry_min_ms",
     "locks.retry_max_ms",
+    "hazards.interval_ms",
+    "hazards.lock_ttl_ms",
+    "hazards.rotate_every_ticks",
+    "hazards.history_ttl_secs",
+    "hazards.fairness_ttl_secs",
+    "game_sessions.ttl_secs",
+    "cache.near_capacity",
+    "cache.near_ttl_ms",
 ];
 
 /// Keys whose values are secrets: a message never shows what was given there.
@@ -350,6 +358,8 @@ fn semantic(settings: &Settings, tree: &Node, problems: &mut Vec<Problem>) {
         );
     }
 
+    hazards_and_cache(settings, &mut check);
+
     if settings.api.bind.parse::<SocketAddr>().is_err() {
         check.fail(
             "api.bind",
@@ -357,6 +367,55 @@ fn semantic(settings: &Settings, tree: &Node, problems: &mut Vec<Problem>) {
                 "expected a socket address such as 127.0.0.1:8080, got {:?}",
                 settings.api.bind
             ),
+        );
+    }
+}
+
+/// `[hazards]`, `[game_sessions]` and `[cache]`.
+fn hazards_and_cache(settings: &Settings, check: &mut Checker<'_>) {
+    let hazards = &settings.hazards;
+    for (key, value) in [
+        ("hazards.lock_name", &hazards.lock_name),
+        ("hazards.channel", &hazards.channel),
+        ("cache.channel", &settings.cache.channel),
+    ] {
+        if value.trim().is_empty() {
+            check.fail(key, "expected a non-empty name, got \"\"".to_owned());
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (i, d) in hazards.difficulties.iter().enumerate() {
+        if d.name.is_empty() || d.name.chars().any(char::is_whitespace) {
+            check.fail(
+                &format!("hazards.difficulties[{i}].name"),
+                format!("expected a name without spaces, got {:?}", d.name),
+            );
+        } else if !seen.insert(d.name.as_str()) {
+            check.fail(
+                &format!("hazards.difficulties[{i}].name"),
+                format!("difficulty {:?} is listed twice", d.name),
+            );
+        }
+        if d.columns < 2 || d.columns > 1_000 {
+            check.fail(
+                &format!("hazards.difficulties[{i}].columns"),
+                format!("expected 2 to 1000 columns, got {}", d.columns),
+            );
+        }
+        if d.hazards == 0 || d.hazards >= d.columns {
+            check.fail(
+                &format!("hazards.difficulties[{i}].hazards"),
+                format!(
+                    "expected at least 1 and fewer than the {} columns, got {}",
+                    d.columns, d.hazards
+                ),
+            );
+        }
+    }
+    if hazards.enabled && hazards.difficulties.is_empty() {
+        check.fail(
+            "hazards.difficulties",
+            "expected at least one difficulty when hazards.enabled is true".to_owned(),
         );
     }
 }

@@ -1,0 +1,432 @@
+//! Cache: cache-aside over the storage with a near cache in process (seeds 002 and 003).
+//!
+//! Owns: the near cache (a map of key → value and deadline, at most `cache.near_capacity`
+//! entries, each living at most `cache.near_ttl_ms` and never past its own TTL); the
+//! subscription to `cache.channel` (`cache-invalidate`); one in-flight loader per key.
+//!
+//! [`Cache::get_or_load`] answers from the near cache, else from the storage (Redis, or its
+//! fallback while Redis is down), else calls the loader once however many callers ask for the
+//! key at the same time, stores its value with the TTL given and keeps it near.
+//! [`Cache::set`] and [`Cache::invalidate`] write through and publish `{"key":"K","origin":O}`
+//! on the channel; every other process drops its near copy when the message arrives (a bot
+//! of the seed publishing `{"key":"K"}` does the same). A near entry filled from a read that
+//! overlapped an invalidation is not kept, so a stale value cannot outlive the message.
+//!
+//! Failure: while Redis is down the near cache and the fallback keep serving, but
+//! invalidations of other processes cannot arrive; when the storage is back on Redis the near
+//! cache is cleared. A loader error is returned to every caller waiting on it and nothing is
+//! cached. The subscription task stops when the last handle is dropped.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use serde::{Deserialize, Serialize};
+
+use crate::settings::CacheSettings;
+use crate::storage::{Mode, Storage, StorageError, StorageEvent};
+
+/// Why a cache call failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CacheError {
+    /// The key is empty.
+    #[error("cache key is empty")]
+    EmptyKey,
+    /// The TTL is zero.
+    #[error("cache ttl of key {0} is zero")]
+    ZeroTtl(String),
+    /// The loader failed; nothing was cached.
+    #[error("loader of {key} failed: {reason}")]
+    Loader {
+        /// The key.
+        key: String,
+        /// The loader's error, formatted.
+        reason: String,
+    },
+    /// The storage refused the call.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// The cache's counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct CacheStats {
+    /// Answers from the near cache.
+    pub near_hits: u64,
+    /// Answers from the storage (Redis or its fallback).
+    pub storage_hits: u64,
+    /// Keys found nowhere.
+    pub misses: u64,
+    /// Loader calls.
+    pub loads: u64,
+    /// Loader calls that failed.
+    pub load_errors: u64,
+    /// Invalidations received from other processes.
+    pub invalidations_received: u64,
+    /// Near entries dropped because the near cache was full.
+    pub evictions: u64,
+    /// Entries in the near cache now.
+    pub near_entries: u64,
+}
+
+/// An invalidation message on `cache.channel`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Invalidation {
+    key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    origin: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+struct Near {
+    value: Arc<str>,
+    expires_at: Instant,
+}
+
+#[derive(Default)]
+struct Counters {
+    near_hits: AtomicU64,
+    storage_hits: AtomicU64,
+    misses: AtomicU64,
+    loads: AtomicU64,
+    load_errors: AtomicU64,
+    invalidations: AtomicU64,
+    evictions: AtomicU64,
+}
+
+struct Inner {
+    storage: Storage,
+    settings: CacheSettings,
+    origin: String,
+    near: DashMap<String, Near>,
+    loading: DashMap<String, Arc<tokio::sync::Mutex<()>>>,
+    /// Raised by every invalidation received: a read that overlapped one does not fill the
+    /// near cache.
+    generation: AtomicU64,
+    counters: Counters,
+    tasks: parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        for task in self.tasks.get_mut().drain(..) {
+            task.abort();
+        }
+    }
+}
+
+/// The cache API: a cheap, cloneable handle (`Fleet::cache()`).
+#[derive(Clone)]
+pub struct Cache {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("near_entries", &self.inner.near.len())
+            .finish()
+    }
+}
+
+impl Cache {
+    /// A cache over `storage`, subscribed to `settings.channel` before it returns. Call it on
+    /// a tokio runtime: the subscription task runs there.
+    pub async fn start(storage: Storage, settings: CacheSettings) -> Self {
+        let subscription = storage.subscribe(&settings.channel).await;
+        let events = storage.events();
+        let inner = Arc::new(Inner {
+            storage,
+            settings,
+            origin: format!("{:016x}", rand::random::<u64>()),
+            near: DashMap::new(),
+            loading: DashMap::new(),
+            generation: AtomicU64::new(0),
+            counters: Counters::default(),
+            tasks: parking_lot::Mutex::new(Vec::new()),
+        });
+        let listen = tokio::spawn(listen(Arc::downgrade(&inner), subscription));
+        let watch = tokio::spawn(watch_mode(Arc::downgrade(&inner), events));
+        inner.tasks.lock().extend([listen, watch]);
+        Self { inner }
+    }
+
+    /// The settings in use.
+    pub fn settings(&self) -> &CacheSettings {
+        &self.inner.settings
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> CacheStats {
+        let c = &self.inner.counters;
+        CacheStats {
+            near_hits: c.near_hits.load(Ordering::Relaxed),
+            storage_hits: c.storage_hits.load(Ordering::Relaxed),
+            misses: c.misses.load(Ordering::Relaxed),
+            loads: c.loads.load(Ordering::Relaxed),
+            load_errors: c.load_errors.load(Ordering::Relaxed),
+            invalidations_received: c.invalidations.load(Ordering::Relaxed),
+            evictions: c.evictions.load(Ordering::Relaxed),
+            near_entries: self.inner.near.len() as u64,
+        }
+    }
+
+    /// The near copy of `key`, if this process holds a live one (no storage call).
+    pub fn peek(&self, key: &str) -> Option<Arc<str>> {
+        let entry = self.inner.near.get(key)?;
+        (entry.expires_at > Instant::now()).then(|| entry.value.clone())
+    }
+
+    /// The value of `key`: near cache, then storage (kept near for `ttl` at most).
+    pub async fn get(&self, key: &str, ttl: Duration) -> Result<Option<Arc<str>>, CacheError> {
+        check(key, ttl)?;
+        if let Some(value) = self.near_hit(key) {
+            return Ok(Some(value));
+        }
+        let generation = self.inner.generation.load(Ordering::Acquire);
+        match self.inner.storage.get(key).await? {
+            Some(value) => {
+                self.inner
+                    .counters
+                    .storage_hits
+                    .fetch_add(1, Ordering::Relaxed);
+                Ok(Some(self.keep(key, value, ttl, generation)))
+            }
+            None => {
+                self.inner.counters.misses.fetch_add(1, Ordering::Relaxed);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Cache-aside: the value of `key` from the near cache or the storage, else from
+    /// `loader` (stored with `ttl`). Concurrent calls for one key in this process share one
+    /// loader call.
+    pub async fn get_or_load<F, Fut, E>(
+        &self,
+        key: &str,
+        ttl: Duration,
+        loader: F,
+    ) -> Result<Arc<str>, CacheError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<String, E>>,
+        E: std::fmt::Display,
+    {
+        check(key, ttl)?;
+        if let Some(value) = self.near_hit(key) {
+            return Ok(value);
+        }
+        let flight = self
+            .inner
+            .loading
+            .entry(key.to_string())
+            .or_default()
+            .clone();
+        let result = {
+            let _turn = flight.lock().await;
+            self.load_once(key, ttl, loader).await
+        };
+        // The last one out removes the key's slot (the map holds one reference, we hold one).
+        self.inner
+            .loading
+            .remove_if(key, |_, slot| Arc::strong_count(slot) <= 2);
+        result
+    }
+
+    async fn load_once<F, Fut, E>(
+        &self,
+        key: &str,
+        ttl: Duration,
+        loader: F,
+    ) -> Result<Arc<str>, CacheError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<String, E>>,
+        E: std::fmt::Display,
+    {
+        // Filled by the caller that went first.
+        if let Some(value) = self.near_hit(key) {
+            return Ok(value);
+        }
+        let generation = self.inner.generation.load(Ordering::Acquire);
+        let counters = &self.inner.counters;
+        if let Some(value) = self.inner.storage.get(key).await? {
+            counters.storage_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(self.keep(key, value, ttl, generation));
+        }
+        counters.misses.fetch_add(1, Ordering::Relaxed);
+        counters.loads.fetch_add(1, Ordering::Relaxed);
+        let value = match loader().await {
+            Ok(value) => value,
+            Err(e) => {
+                counters.load_errors.fetch_add(1, Ordering::Relaxed);
+                return Err(CacheError::Loader {
+                    key: key.to_string(),
+                    reason: e.to_string(),
+                });
+            }
+        };
+        self.inner
+            .storage
+            .set(key, value.as_str(), Some(ttl))
+            .await?;
+        Ok(self.keep(key, value, ttl, generation))
+    }
+
+    /// Writes `value` with `ttl` through to the storage, keeps it near, and tells the other
+    /// processes to drop their copy.
+    pub async fn set(&self, key: &str, value: &str, ttl: Duration) -> Result<(), CacheError> {
+        check(key, ttl)?;
+        self.inner.storage.set(key, value, Some(ttl)).await?;
+        self.put_near(key, Arc::from(value), ttl);
+        self.announce(key).await
+    }
+
+    /// Deletes `key` everywhere: storage, this near cache, and (by message) the others'.
+    pub async fn invalidate(&self, key: &str) -> Result<(), CacheError> {
+        if key.is_empty() {
+            return Err(CacheError::EmptyKey);
+        }
+        self.inner.storage.del(&[key]).await?;
+        self.inner.near.remove(key);
+        self.announce(key).await
+    }
+
+    /// Drops every near entry of this process.
+    pub fn clear_near(&self) {
+        self.inner.near.clear();
+    }
+
+    async fn announce(&self, key: &str) -> Result<(), CacheError> {
+        let message = Invalidation {
+            key: key.to_string(),
+            origin: Some(self.inner.origin.clone()),
+        };
+        // A struct of two strings always serializes.
+        let text = serde_json::to_string(&message).expect("invalidation serializes");
+        self.inner
+            .storage
+            .publish(&self.inner.settings.channel, &text)
+            .await?;
+        Ok(())
+    }
+
+    fn near_hit(&self, key: &str) -> Option<Arc<str>> {
+        let value = self.peek(key)?;
+        self.inner
+            .counters
+            .near_hits
+            .fetch_add(1, Ordering::Relaxed);
+        Some(value)
+    }
+
+    /// Keeps a value read from the storage near, unless an invalidation arrived since the
+    /// read began.
+    fn keep(&self, key: &str, value: String, ttl: Duration, generation: u64) -> Arc<str> {
+        let value: Arc<str> = Arc::from(value);
+        if self.inner.generation.load(Ordering::Acquire) == generation {
+            self.put_near(key, value.clone(), ttl);
+        }
+        value
+    }
+
+    fn put_near(&self, key: &str, value: Arc<str>, ttl: Duration) {
+        let inner = &self.inner;
+        let life = ttl.min(Duration::from_millis(inner.settings.near_ttl_ms));
+        if inner.near.len() >= inner.settings.near_capacity && !inner.near.contains_key(key) {
+            make_room(inner);
+        }
+        inner.near.insert(
+            key.to_string(),
+            Near {
+                value,
+                expires_at: Instant::now() + life,
+            },
+        );
+    }
+}
+
+/// The near cache is full: drop expired entries, then arbitrary ones down to 7/8 of the
+/// capacity (no bookkeeping on the hit path, so hits stay cheap).
+fn make_room(inner: &Inner) {
+    let now = Instant::now();
+    let before = inner.near.len();
+    inner.near.retain(|_, near| near.expires_at > now);
+    let target = inner.settings.near_capacity - inner.settings.near_capacity / 8 - 1;
+    if inner.near.len() > target {
+        let excess = inner.near.len() - target;
+        let victims: Vec<String> = inner
+            .near
+            .iter()
+            .take(excess)
+            .map(|e| e.key().clone())
+            .collect();
+        for key in victims {
+            inner.near.remove(&key);
+        }
+    }
+    let dropped = before.saturating_sub(inner.near.len()) as u64;
+    inner
+        .counters
+        .evictions
+        .fetch_add(dropped, Ordering::Relaxed);
+}
+
+fn check(key: &str, ttl: Duration) -> Result<(), CacheError> {
+    if key.is_empty() {
+        return Err(CacheError::EmptyKey);
+    }
+    if ttl.is_zero() {
+        return Err(CacheError::ZeroTtl(key.to_string()));
+    }
+    Ok(())
+}
+
+/// Drops near copies named by invalidations of other processes.
+async fn listen(inner: Weak<Inner>, mut subscription: crate::storage::Subscription) {
+    while let Some(message) = subscription.recv().await {
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let invalidation = serde_json::from_str::<Invalidation>(&message).unwrap_or(Invalidation {
+            key: message.trim_matches('"').to_string(),
+            origin: None,
+        });
+        if invalidation.origin.as_deref() == Some(inner.origin.as_str()) {
+            continue;
+        }
+        inner.generation.fetch_add(1, Ordering::AcqRel);
+        inner.near.remove(&invalidation.key);
+        inner.counters.invalidations.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Clears the near cache when the storage is back on Redis: invalidations published while
+/// this process was cut off never arrived.
+async fn watch_mode(
+    inner: Weak<Inner>,
+    mut events: tokio::sync::broadcast::Receiver<StorageEvent>,
+) {
+    loop {
+        let event = match events.recv().await {
+            Ok(event) => event,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        };
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        if let StorageEvent::ModeChanged {
+            to: Mode::Redis, ..
+        } = event
+        {
+            inner.generation.fetch_add(1, Ordering::AcqRel);
+            inner.near.clear();
+            tracing::info!(actor = "cache", "near cache cleared: storage back on redis");
+        }
+    }
+}

@@ -1,0 +1,614 @@
+//! Hazards (seed 002): the hazard ticker, provably fair seeds and per-player fairness records.
+//!
+//! Owns: `hazards-DIFFICULTY` (the seed's JSON: `difficulty`, `hazards`, `lastRefresh`,
+//! `nextRefresh`, TTL 1.5 intervals); the tick record `INTERNAL:hazards-tick:{hazards-D}`
+//! (last tick number and the leader's fencing token, in the slot of `hazards-D`); the seed
+//! history `INTERNAL:hazards:commitments`, `INTERNAL:hazards:secrets`,
+//! `INTERNAL:hazards:revealed` (hashes, one field per seed epoch); the players' records
+//! `fairness:USER:AGENT` and their hidden seeds `INTERNAL:fairness-secret:{fairness:USER:AGENT}`.
+//!
+//! The [`HazardTicker`] actor owns one task on the host runtime: it campaigns for the leader
+//! lock (`hazards.lock_name`, a fenced [`Locks`] lock extended by its watchdog) and, while it
+//! holds it, writes tick `N` of every difficulty at `N x hazards.interval_ms` after the Unix
+//! epoch (sleeps computed from the clock each time, so ticks do not drift; a tick that is late
+//! by a whole interval is skipped, never doubled). Each write is one Lua script that refuses a
+//! tick number already written and a fencing token older than the last writer's, so a new
+//! leader never repeats a tick of the old one. It accepts [`GetTickerStatus`]. When the actor
+//! is restarted its task is aborted (the lock guard releases the lock) and a new one starts.
+//!
+//! The [`Hazards`] handle (`Fleet::hazards()`) reads the current hazards, the seed history,
+//! verifies rounds, and keeps the players' fairness records ([`Hazards::start_fairness`],
+//! [`Hazards::round`], [`Hazards::settle`]).
+//!
+//! Failure: while Redis is unreachable the leader cannot extend its lock and stops ticking
+//! (`hazards-D` expires after 1.5 intervals); with `locks.on_outage = "local"` each instance
+//! ticks on its own fallback instead. Player records go through the storage and its fallback.
+
+pub mod fairness;
+pub mod sessions;
+mod ticker;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::actors::locks::Locks;
+use crate::settings::{DifficultySettings, HazardSettings};
+use crate::storage::{now_ms, Storage, StorageError};
+
+use ticker::TickerShared;
+pub use ticker::TickerStatus;
+
+/// Why a hazard call failed. Nothing is stored when the input is refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HazardError {
+    /// The difficulty is not in `hazards.difficulties`.
+    #[error("unknown difficulty {0:?}")]
+    UnknownDifficulty(String),
+    /// A difficulty with as many hazards as columns (or none).
+    #[error("difficulty {difficulty}: {hazards} hazards do not fit {columns} columns (need 1 <= hazards < columns)")]
+    TooManyHazards {
+        /// The difficulty.
+        difficulty: String,
+        /// Hazards asked for.
+        hazards: u32,
+        /// Columns of the board.
+        columns: u32,
+    },
+    /// A seed is empty.
+    #[error("the {0} is empty")]
+    EmptySeed(&'static str),
+    /// The nonce is negative.
+    #[error("nonce must be >= 0, got {0}")]
+    NegativeNonce(i64),
+    /// A user or agent id is empty or contains a character reserved by the key layout.
+    #[error("invalid {what}: {value:?}")]
+    InvalidId {
+        /// `user id` or `agent id`.
+        what: &'static str,
+        /// The value given.
+        value: String,
+    },
+    /// No fairness record for this player (never started, or expired).
+    #[error("no fairness record for user {user} agent {agent}")]
+    NoFairnessRecord {
+        /// User id.
+        user: String,
+        /// Agent id.
+        agent: String,
+    },
+    /// A stored value is not what botfleet wrote.
+    #[error("corrupt record {key}: {reason}")]
+    Corrupt {
+        /// The key.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The storage refused the call.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// `hazards-DIFFICULTY`, in the seed's JSON shape.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HazardState {
+    /// The difficulty's name.
+    pub difficulty: String,
+    /// Column indices, ascending.
+    pub hazards: Vec<u32>,
+    /// When this tick was due, ISO-8601 UTC with milliseconds.
+    pub last_refresh: String,
+    /// When the next tick is due.
+    pub next_refresh: String,
+}
+
+/// The notice published on `hazards.channel` for every tick written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TickNotice {
+    /// The difficulty.
+    pub difficulty: String,
+    /// Tick number `N` (due at `N x interval` ms after the Unix epoch); the round's nonce.
+    pub tick: u64,
+    /// Seed epoch (`tick / hazards.rotate_every_ticks`).
+    pub epoch: u64,
+    /// The hazards written.
+    pub hazards: Vec<u32>,
+    /// SHA-256 of the epoch's server seed (published before the epoch began).
+    pub hashed_server_seed: String,
+    /// When the tick was due, Unix ms.
+    pub due_ms: u64,
+    /// When it was written, Unix ms.
+    pub written_ms: u64,
+    /// The instance that wrote it.
+    pub instance: String,
+}
+
+/// A seed commitment: the hash of an epoch's server seed, published before the epoch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SeedCommitment {
+    /// The epoch.
+    pub epoch: u64,
+    /// SHA-256 of the server seed, hex.
+    pub hashed_server_seed: String,
+    /// First tick served by the seed.
+    pub first_tick: u64,
+    /// Last tick served by the seed.
+    pub last_tick: u64,
+    /// When the commitment was written, Unix ms.
+    pub published_ms: u64,
+}
+
+/// A revealed ticker seed: an epoch that is over.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RevealedSeed {
+    /// The epoch.
+    pub epoch: u64,
+    /// The server seed.
+    pub server_seed: String,
+    /// Its SHA-256 (equal to the commitment's).
+    pub hashed_server_seed: String,
+    /// When it was revealed, Unix ms.
+    pub revealed_ms: u64,
+}
+
+/// `fairness:USER:AGENT` in the seed's fields, without `serverSeed`: the active server seed
+/// is kept apart and is never readable before it is rotated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FairnessRecord {
+    /// User id.
+    pub user_id: String,
+    /// Agent id.
+    pub agent_id: String,
+    /// The player's (client) seed.
+    pub user_seed: String,
+    /// SHA-256 of the active server seed.
+    pub hashed_server_seed: String,
+    /// The nonce of the round in play.
+    pub nonce: u64,
+}
+
+/// The hazards of a player's round in play.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlayerRound {
+    /// The difficulty.
+    pub difficulty: String,
+    /// Column indices, ascending.
+    pub hazards: Vec<u32>,
+    /// The nonce.
+    pub nonce: u64,
+    /// The player's seed.
+    pub user_seed: String,
+    /// SHA-256 of the server seed that derived them.
+    pub hashed_server_seed: String,
+}
+
+/// What a settlement reveals: everything needed to verify the rounds played with the seed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SettledSeed {
+    /// The server seed, now revealed.
+    pub server_seed: String,
+    /// Its hash, as published before the rounds.
+    pub hashed_server_seed: String,
+    /// The player's seed.
+    pub user_seed: String,
+    /// The nonce of the settled round.
+    pub nonce: u64,
+    /// The record now in force (new seed hash, next nonce).
+    pub next: FairnessRecord,
+}
+
+/// Key names of this module.
+#[derive(Debug, Clone)]
+pub(crate) struct HazardKeys {
+    internal: String,
+}
+
+impl HazardKeys {
+    pub(crate) fn hazards(&self, difficulty: &str) -> String {
+        format!("hazards-{difficulty}")
+    }
+    pub(crate) fn tick(&self, difficulty: &str) -> String {
+        format!("{}:hazards-tick:{{hazards-{difficulty}}}", self.internal)
+    }
+    pub(crate) fn commitments(&self) -> String {
+        format!("{}:hazards:commitments", self.internal)
+    }
+    pub(crate) fn secrets(&self) -> String {
+        format!("{}:hazards:secrets", self.internal)
+    }
+    pub(crate) fn revealed(&self) -> String {
+        format!("{}:hazards:revealed", self.internal)
+    }
+    fn fairness(&self, user: &str, agent: &str) -> String {
+        format!("fairness:{user}:{agent}")
+    }
+    fn fairness_secret(&self, user: &str, agent: &str) -> String {
+        format!(
+            "{}:fairness-secret:{{fairness:{user}:{agent}}}",
+            self.internal
+        )
+    }
+}
+
+struct Inner {
+    storage: Storage,
+    settings: HazardSettings,
+    keys: HazardKeys,
+    ticker: Arc<TickerShared>,
+}
+
+/// The hazards API: a cheap, cloneable handle (`Fleet::hazards()`).
+#[derive(Clone)]
+pub struct Hazards {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Hazards {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hazards")
+            .field("interval_ms", &self.inner.settings.interval_ms)
+            .finish()
+    }
+}
+
+impl Hazards {
+    /// A handle over `storage`; `instance` names this process in tick notices. The ticker
+    /// runs in a [`HazardTicker`] made with [`Hazards::ticker`].
+    pub fn new(storage: Storage, settings: HazardSettings, locks: Locks, instance: &str) -> Self {
+        let keys = HazardKeys {
+            internal: storage.keys().internal_prefix().to_string(),
+        };
+        let ticker = Arc::new(TickerShared::new(
+            storage.clone(),
+            settings.clone(),
+            keys.clone(),
+            locks,
+            instance,
+        ));
+        Self {
+            inner: Arc::new(Inner {
+                storage,
+                settings,
+                keys,
+                ticker,
+            }),
+        }
+    }
+
+    /// The ticker actor for this handle; its task runs on `runtime` (the host's).
+    pub fn ticker(&self, runtime: tokio::runtime::Handle) -> HazardTicker {
+        HazardTicker {
+            shared: self.inner.ticker.clone(),
+            runtime,
+            task: None,
+        }
+    }
+
+    /// The settings in use.
+    pub fn settings(&self) -> &HazardSettings {
+        &self.inner.settings
+    }
+
+    /// A configured difficulty.
+    pub fn difficulty(&self, name: &str) -> Result<&DifficultySettings, HazardError> {
+        find_difficulty(&self.inner.settings, name)
+    }
+
+    /// The ticker's status in this process.
+    pub fn status(&self) -> TickerStatus {
+        self.inner.ticker.status()
+    }
+
+    /// The seed epoch of a tick.
+    pub fn epoch_of(&self, tick: u64) -> u64 {
+        tick / self.inner.settings.rotate_every_ticks.max(1)
+    }
+
+    /// `hazards-DIFFICULTY` as last written (`None` once it expired).
+    pub async fn current(&self, difficulty: &str) -> Result<Option<HazardState>, HazardError> {
+        self.difficulty(difficulty)?;
+        let key = self.inner.keys.hazards(difficulty);
+        Ok(self.inner.storage.get_json(&key).await?)
+    }
+
+    /// The commitment of a seed epoch (published before the epoch's first tick).
+    pub async fn commitment(&self, epoch: u64) -> Result<Option<SeedCommitment>, HazardError> {
+        self.history(&self.inner.keys.commitments(), epoch).await
+    }
+
+    /// The revealed seed of an epoch that is over (`None` while it is in use).
+    pub async fn revealed(&self, epoch: u64) -> Result<Option<RevealedSeed>, HazardError> {
+        self.history(&self.inner.keys.revealed(), epoch).await
+    }
+
+    async fn history<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+        epoch: u64,
+    ) -> Result<Option<T>, HazardError> {
+        let Some(text) = self.inner.storage.hget(key, &epoch.to_string()).await? else {
+            return Ok(None);
+        };
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| HazardError::Corrupt {
+                key: key.to_string(),
+                reason: e.to_string(),
+            })
+    }
+
+    /// The hazards of a round, from its seeds (see [`fairness`] for the procedure). A ticker
+    /// round of difficulty `D` at tick `N` has client seed `D` and nonce `N`.
+    pub fn verify(
+        &self,
+        server_seed: &str,
+        client_seed: &str,
+        nonce: i64,
+        difficulty: &str,
+    ) -> Result<Vec<u32>, HazardError> {
+        let d = self.difficulty(difficulty)?;
+        fairness::derive_hazards(server_seed, client_seed, nonce, d)
+    }
+
+    /// Starts (or restarts) a player's fairness record: a new server seed whose hash is
+    /// recorded at once, the player's seed, nonce 0. Returns the record (never the seed).
+    pub async fn start_fairness(
+        &self,
+        user: &str,
+        agent: &str,
+        user_seed: &str,
+    ) -> Result<FairnessRecord, HazardError> {
+        check_id("user id", user)?;
+        check_id("agent id", agent)?;
+        if user_seed.is_empty() {
+            return Err(HazardError::EmptySeed("user seed"));
+        }
+        self.write_fairness(user, agent, user_seed, 0).await
+    }
+
+    /// A player's fairness record.
+    pub async fn fairness(
+        &self,
+        user: &str,
+        agent: &str,
+    ) -> Result<Option<FairnessRecord>, HazardError> {
+        check_id("user id", user)?;
+        check_id("agent id", agent)?;
+        let key = self.inner.keys.fairness(user, agent);
+        self.inner
+            .storage
+            .get_json(&key)
+            .await
+            .map_err(HazardError::from)
+    }
+
+    /// The hazards of the player's round in play (same seeds and nonce: same hazards until
+    /// [`Hazards::settle`]).
+    pub async fn round(
+        &self,
+        user: &str,
+        agent: &str,
+        difficulty: &str,
+    ) -> Result<PlayerRound, HazardError> {
+        let d = self.difficulty(difficulty)?.clone();
+        let (record, seed) = self.load_fairness(user, agent).await?;
+        let nonce = i64::try_from(record.nonce).unwrap_or(i64::MAX);
+        let hazards = fairness::derive_hazards(&seed, &record.user_seed, nonce, &d)?;
+        Ok(PlayerRound {
+            difficulty: d.name,
+            hazards,
+            nonce: record.nonce,
+            user_seed: record.user_seed,
+            hashed_server_seed: record.hashed_server_seed,
+        })
+    }
+
+    /// Settles the round in play: reveals its server seed and rotates to a new one (its hash
+    /// recorded before any use), with the next nonce and the player's seed (or a new one).
+    pub async fn settle(
+        &self,
+        user: &str,
+        agent: &str,
+        next_user_seed: Option<&str>,
+    ) -> Result<SettledSeed, HazardError> {
+        if next_user_seed.is_some_and(str::is_empty) {
+            return Err(HazardError::EmptySeed("user seed"));
+        }
+        let (record, seed) = self.load_fairness(user, agent).await?;
+        let user_seed = next_user_seed.unwrap_or(&record.user_seed).to_string();
+        let next = self
+            .write_fairness(user, agent, &user_seed, record.nonce + 1)
+            .await?;
+        Ok(SettledSeed {
+            server_seed: seed,
+            hashed_server_seed: record.hashed_server_seed,
+            user_seed: record.user_seed,
+            nonce: record.nonce,
+            next,
+        })
+    }
+
+    async fn load_fairness(
+        &self,
+        user: &str,
+        agent: &str,
+    ) -> Result<(FairnessRecord, String), HazardError> {
+        let missing = || HazardError::NoFairnessRecord {
+            user: user.to_string(),
+            agent: agent.to_string(),
+        };
+        let record = self.fairness(user, agent).await?.ok_or_else(missing)?;
+        let secret_key = self.inner.keys.fairness_secret(user, agent);
+        let seed = self
+            .inner
+            .storage
+            .get(&secret_key)
+            .await?
+            .ok_or_else(missing)?;
+        if fairness::hash_seed(&seed) != record.hashed_server_seed {
+            return Err(HazardError::Corrupt {
+                key: secret_key,
+                reason: "the seed does not match the record's hash".into(),
+            });
+        }
+        Ok((record, seed))
+    }
+
+    async fn write_fairness(
+        &self,
+        user: &str,
+        agent: &str,
+        user_seed: &str,
+        nonce: u64,
+    ) -> Result<FairnessRecord, HazardError> {
+        let seed = fairness::new_server_seed();
+        let record = FairnessRecord {
+            user_id: user.to_string(),
+            agent_id: agent.to_string(),
+            user_seed: user_seed.to_string(),
+            hashed_server_seed: fairness::hash_seed(&seed),
+            nonce,
+        };
+        let ttl = Some(Duration::from_secs(self.inner.settings.fairness_ttl_secs));
+        let storage = &self.inner.storage;
+        // The seed first: a record never names a hash whose seed is missing.
+        storage
+            .set(&self.inner.keys.fairness_secret(user, agent), seed, ttl)
+            .await?;
+        storage
+            .set_json(&self.inner.keys.fairness(user, agent), &record, ttl)
+            .await?;
+        Ok(record)
+    }
+}
+
+fn find_difficulty<'a>(
+    settings: &'a HazardSettings,
+    name: &str,
+) -> Result<&'a DifficultySettings, HazardError> {
+    settings
+        .difficulties
+        .iter()
+        .find(|d| d.name == name)
+        .ok_or_else(|| HazardError::UnknownDifficulty(name.to_string()))
+}
+
+/// Ids are part of key names: not empty, at most 256 bytes, no `:`, braces or white space.
+pub(crate) fn check_id(what: &'static str, value: &str) -> Result<(), HazardError> {
+    if value.is_empty()
+        || value.len() > 256
+        || value.contains([':', '{', '}'])
+        || value.chars().any(char::is_whitespace)
+    {
+        return Err(HazardError::InvalidId {
+            what,
+            value: value.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// Unix ms as ISO-8601 UTC with milliseconds (`2024-01-01T00:00:05.000Z`), the format of
+/// JavaScript's `Date.toISOString()`.
+pub fn iso8601(unix_ms: u64) -> String {
+    let secs = unix_ms / 1_000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (proleptic Gregorian, eras of 400 years).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3_600,
+        rem % 3_600 / 60,
+        rem % 60,
+        unix_ms % 1_000
+    )
+}
+
+/// Asks the ticker for its status.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "TickerStatus")]
+pub struct GetTickerStatus;
+
+/// The hazard ticker: owns the leader-election-and-tick task on the host runtime.
+pub struct HazardTicker {
+    shared: Arc<TickerShared>,
+    runtime: tokio::runtime::Handle,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for HazardTicker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HazardTicker").finish_non_exhaustive()
+    }
+}
+
+impl Actor for HazardTicker {
+    type Context = Context<Self>;
+
+    fn started(&mut self, _ctx: &mut Self::Context) {
+        if self.shared.settings.enabled && !self.shared.settings.difficulties.is_empty() {
+            let shared = self.shared.clone();
+            self.task = Some(self.runtime.spawn(ticker::run(shared)));
+            tracing::info!(actor = "hazards", "hazard ticker started");
+        }
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        if let Some(task) = self.task.take() {
+            // Dropping the task drops its lock guard, which releases the leader lock.
+            task.abort();
+        }
+    }
+}
+
+impl Handler<GetTickerStatus> for HazardTicker {
+    type Result = MessageResult<GetTickerStatus>;
+
+    fn handle(&mut self, _: GetTickerStatus, _: &mut Self::Context) -> Self::Result {
+        MessageResult(self.shared.status())
+    }
+}
+
+/// Now, Unix ms (re-exported for the ticker).
+fn now() -> u64 {
+    now_ms()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iso8601_matches_known_dates() {
+        assert_eq!(iso8601(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(iso8601(1_704_067_205_000), "2024-01-01T00:00:05.000Z");
+        assert_eq!(iso8601(951_782_400_123), "2000-02-29T00:00:00.123Z");
+    }
+
+    #[test]
+    fn ids_with_separators_are_refused() {
+        assert!(check_id("user id", "user123").is_ok());
+        assert!(check_id("user id", "").is_err());
+        assert!(check_id("user id", "a:b").is_err());
+        assert!(check_id("user id", "a b").is_err());
+    }
+}
