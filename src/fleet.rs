@@ -88,6 +88,7 @@ struct Inner {
     monitor: ActorHandle<StorageMonitor>,
     locks: Locks,
     lock_manager: ActorHandle<LockManager>,
+    scheduler: SchedulerParts,
     shut_down: tokio::sync::Mutex<Option<FleetShutdown>>,
 }
 
@@ -138,6 +139,7 @@ impl Fleet {
                     .restart(RestartType::Permanent),
             )
         };
+        let scheduler = SchedulerParts::start(&mut tree, &storage, &locks, &settings, &instance);
         configure(&mut tree, &storage);
         let supervisor = match tree.start(&system).await {
             Ok(s) => s,
@@ -159,6 +161,7 @@ impl Fleet {
                 monitor,
                 locks,
                 lock_manager,
+                scheduler,
                 shut_down: tokio::sync::Mutex::new(None),
             }),
         })
@@ -331,3 +334,58 @@ impl BlockingFleet {
         report
     }
 }
+
+/// The scheduler's handles, as the fleet keeps them.
+struct SchedulerParts {
+    scheduler: Scheduler,
+    periodic: Periodic,
+    actor: ActorHandle<SchedulerActor>,
+}
+
+impl SchedulerParts {
+    fn start(
+        tree: &mut SupervisorBuilder,
+        storage: &Storage,
+        locks: &Locks,
+        settings: &Settings,
+        instance: &str,
+    ) -> Self {
+        let scheduler = Scheduler::new(storage.clone(), settings.scheduler.clone(), instance);
+        let periodic = Periodic::new(storage.clone(), locks.clone());
+        let actor = {
+            let (scheduler, periodic) = (scheduler.clone(), periodic.clone());
+            tree.child(
+                ChildSpec::new("scheduler", move |_| {
+                    SchedulerActor::new(scheduler.clone(), periodic.clone())
+                })
+                .restart(RestartType::Permanent),
+            )
+        };
+        Self {
+            scheduler,
+            periodic,
+            actor,
+        }
+    }
+}
+
+impl Fleet {
+    /// The task scheduler: the seed's task queue with workers, bot state, sessions, metrics
+    /// and events.
+    pub fn scheduler(&self) -> Scheduler {
+        self.inner.scheduler.scheduler.clone()
+    }
+
+    /// Periodic jobs that run once per period across the fleet.
+    pub fn periodic(&self) -> Periodic {
+        self.inner.scheduler.periodic.clone()
+    }
+
+    /// Counters of this process's task workers.
+    pub async fn scheduler_stats(&self) -> Result<SchedulerStats, FleetError> {
+        Ok(self.inner.scheduler.actor.send(GetSchedulerStats).await?)
+    }
+}
+
+use crate::actors::scheduler::periodic::Periodic;
+use crate::actors::scheduler::{GetSchedulerStats, Scheduler, SchedulerActor, SchedulerStats};

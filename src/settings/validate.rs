@@ -38,6 +38,16 @@ pub(crate) const POSITIVE: &[&str] = &[
     "locks.max_ttl_ms",
     "locks.retry_min_ms",
     "locks.retry_max_ms",
+    "scheduler.visibility_timeout_ms",
+    "scheduler.max_attempts",
+    "scheduler.backoff_base_ms",
+    "scheduler.backoff_max_ms",
+    "scheduler.max_data_bytes",
+    "scheduler.max_delay_ms",
+    "scheduler.poll_interval_ms",
+    "scheduler.claim_batch",
+    "scheduler.scan_limit",
+    "scheduler.events_max_len",
 ];
 
 /// Keys whose values are secrets: a message never shows what was given there.
@@ -305,6 +315,20 @@ fn semantic(settings: &Settings, tree: &Node, problems: &mut Vec<Problem>) {
     if locks.release_channel.trim().is_empty() {
         check.fail(
             "locks.release_channel",
+            "expected a channel name, got \"\"".to_owned(),
+        );
+    }
+
+    let scheduler = &settings.scheduler;
+    check.at_most(
+        "scheduler.backoff_base_ms",
+        scheduler.backoff_base_ms,
+        "scheduler.backoff_max_ms",
+        scheduler.backoff_max_ms,
+    );
+    if scheduler.events_channel.trim().is_empty() {
+        check.fail(
+            "scheduler.events_channel",
             "expected a channel name, got \"\"".to_owned(),
         );
     }
