@@ -56,11 +56,17 @@ async fn higher_priority_first_then_arrival_order() {
     let sched = fleet.scheduler();
     // Lowest priority first, so that arrival order alone would be wrong.
     let mut expected = Vec::new();
-    for (i, ty) in ["screenshot", "job_check", "navigation", "job_accept", "login"]
-        .iter()
-        .cycle()
-        .take(15)
-        .enumerate()
+    for (i, ty) in [
+        "screenshot",
+        "job_check",
+        "navigation",
+        "job_accept",
+        "login",
+    ]
+    .iter()
+    .cycle()
+    .take(15)
+    .enumerate()
     {
         let id = sched
             .enqueue(NewTask::new(*ty, &serde_json::json!({ "i": i })))
@@ -80,7 +86,9 @@ async fn higher_priority_first_then_arrival_order() {
     let want: Vec<String> = expected.iter().map(|e| e.2.clone()).collect();
     assert_eq!(queued, want);
     assert_eq!(
-        server.cmd(&["ZSCORE", "bot:tasks:queue", &want[0]]).as_str(),
+        server
+            .cmd(&["ZSCORE", "bot:tasks:queue", &want[0]])
+            .as_str(),
         Some("-10")
     );
     // The scheduler's own listing answers the same order.
@@ -114,9 +122,11 @@ async fn one_worker_slot_runs_in_exact_queue_order() {
             }
         })
         .unwrap();
-    poll_until_async(Duration::from_secs(20), || async { seen.lock().len() == 30 })
-        .await
-        .unwrap();
+    poll_until_async(Duration::from_secs(20), || async {
+        seen.lock().len() == 30
+    })
+    .await
+    .unwrap();
     let order: Vec<String> = seen.lock().iter().map(|s| s.0.clone()).collect();
     let want: Vec<String> = expected.into_iter().map(|e| e.2).collect();
     assert_eq!(order, want);
@@ -177,8 +187,20 @@ async fn an_outside_clients_seed_layout_task_is_processed() {
     );
     // A type nobody here handles stays queued for other processes.
     server.cmd(&[
-        "HSET", "bot:task:py-2", "id", "py-2", "type", "ocr", "data", "{}", "priority", "9",
-        "created_at", "2025-09-28T05:15:14Z", "status", "pending",
+        "HSET",
+        "bot:task:py-2",
+        "id",
+        "py-2",
+        "type",
+        "ocr",
+        "data",
+        "{}",
+        "priority",
+        "9",
+        "created_at",
+        "2025-09-28T05:15:14Z",
+        "status",
+        "pending",
     ]);
     server.cmd(&["ZADD", "bot:tasks:queue", "-9", "py-2"]);
     let id = sched
@@ -239,8 +261,13 @@ async fn failures_retry_with_backoff_then_dead_letter() {
         })
         .unwrap();
     poll_until_async(Duration::from_secs(20), || async {
-        server.cmd(&["HGET", &format!("bot:task:{doomed}"), "status"]).as_str() == Some("failed")
-            && server.cmd(&["HGET", &format!("bot:task:{once}"), "status"]).as_str()
+        server
+            .cmd(&["HGET", &format!("bot:task:{doomed}"), "status"])
+            .as_str()
+            == Some("failed")
+            && server
+                .cmd(&["HGET", &format!("bot:task:{once}"), "status"])
+                .as_str()
                 == Some("completed")
     })
     .await
@@ -249,7 +276,10 @@ async fn failures_retry_with_backoff_then_dead_letter() {
     assert_eq!(task.status, Some(TaskStatus::Failed));
     assert_eq!(task.attempts, 3);
     assert_eq!(task.last_error.as_deref(), Some("boom 3"));
-    assert_eq!(sched.list(TaskStatus::Failed).await.unwrap(), vec![doomed.clone()]);
+    assert_eq!(
+        sched.list(TaskStatus::Failed).await.unwrap(),
+        vec![doomed.clone()]
+    );
     let times = calls.lock()[&doomed].clone();
     assert_eq!(times.len(), 3, "three attempts, no more");
     // Exponential backoff: 20 ms before the second attempt, 40 ms before the third.
@@ -260,7 +290,15 @@ async fn failures_retry_with_backoff_then_dead_letter() {
     assert_eq!(ok.last_error.as_deref(), Some("boom 1"));
     assert_eq!(calls.lock()[&once].len(), 2);
     let counts = sched.counts().await.unwrap();
-    assert_eq!((counts.pending, counts.processing, counts.delayed, counts.dead), (0, 0, 0, 1));
+    assert_eq!(
+        (
+            counts.pending,
+            counts.processing,
+            counts.delayed,
+            counts.dead
+        ),
+        (0, 0, 0, 1)
+    );
     fleet.shutdown().await.unwrap();
 }
 
@@ -280,7 +318,10 @@ async fn delayed_tasks_wait_for_their_time_and_cancel_removes() {
         .unwrap();
     let queued = sched.enqueue(NewTask::raw("later", "{}")).await.unwrap();
     assert!(sched.get(&later).await.unwrap().unwrap().run_at.is_some());
-    assert_eq!(server.cmd(&["ZCARD", "bot:tasks:delayed"]).as_int(), Some(2));
+    assert_eq!(
+        server.cmd(&["ZCARD", "bot:tasks:delayed"]).as_int(),
+        Some(2)
+    );
     assert!(sched.cancel(&cancelled).await.unwrap());
     assert!(!sched.cancel(&cancelled).await.unwrap());
     assert_eq!(sched.get(&cancelled).await.unwrap(), None);
@@ -301,7 +342,11 @@ async fn delayed_tasks_wait_for_their_time_and_cancel_removes() {
     let ran = ran.lock().clone();
     assert_eq!(ran[0].0, queued);
     assert_eq!(ran[1].0, later);
-    assert!(ran[1].1 >= enqueued + 600, "ran {} ms early", enqueued + 600 - ran[1].1);
+    assert!(
+        ran[1].1 >= enqueued + 600,
+        "ran {} ms early",
+        enqueued + 600 - ran[1].1
+    );
     fleet.shutdown().await.unwrap();
 }
 
@@ -315,9 +360,18 @@ async fn bad_input_is_refused_and_nothing_stored() {
     let sched = fleet.scheduler();
     let cases = [
         (NewTask::raw("t", "not json"), "not JSON"),
-        (NewTask::raw("t", format!("\"{}\"", "x".repeat(200))), "scheduler.max_data_bytes"),
-        (NewTask::raw("t", "{}").delay_ms(-5), "scheduler.max_delay_ms"),
-        (NewTask::raw("t", "{}").delay_ms(20_000), "scheduler.max_delay_ms"),
+        (
+            NewTask::raw("t", format!("\"{}\"", "x".repeat(200))),
+            "scheduler.max_data_bytes",
+        ),
+        (
+            NewTask::raw("t", "{}").delay_ms(-5),
+            "scheduler.max_delay_ms",
+        ),
+        (
+            NewTask::raw("t", "{}").delay_ms(20_000),
+            "scheduler.max_delay_ms",
+        ),
         (NewTask::raw("", "{}"), "task type"),
         (NewTask::raw("t", "{}").priority(i64::MAX), "priority"),
         (NewTask::raw("t", "{}").id("has space"), "task id"),
@@ -333,10 +387,20 @@ async fn bad_input_is_refused_and_nothing_stored() {
         .unwrap_err();
     assert!(matches!(err, SchedulerError::DataNotJson(_)));
     let stored = server.cmd(&["KEYS", "bot:*"]);
-    assert_eq!(stored.as_array().map(|a| a.len()), Some(0), "something was stored");
+    assert_eq!(
+        stored.as_array().map(|a| a.len()),
+        Some(0),
+        "something was stored"
+    );
     // Illegal state transitions.
-    let err = sched.set_bot_state(BotState::Running, None).await.unwrap_err();
-    assert!(matches!(err, SchedulerError::IllegalTransition { .. }), "{err}");
+    let err = sched
+        .set_bot_state(BotState::Running, None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, SchedulerError::IllegalTransition { .. }),
+        "{err}"
+    );
     assert_eq!(server.cmd(&["EXISTS", "bot:state"]).as_int(), Some(0));
     fleet.shutdown().await.unwrap();
 }
@@ -348,13 +412,25 @@ async fn bot_state_sessions_metrics_and_events_in_the_seed_layout() {
     let sched = fleet.scheduler();
     let mut live = sched.subscribe_events().await;
     let session = sched.start_session("Redis Bot Test").await.unwrap();
-    assert_eq!(sched.set_bot_state(BotState::Starting, Some(&session)).await.unwrap(), None);
+    assert_eq!(
+        sched
+            .set_bot_state(BotState::Starting, Some(&session))
+            .await
+            .unwrap(),
+        None
+    );
     assert_eq!(
         sched.set_bot_state(BotState::Running, None).await.unwrap(),
         Some(BotState::Starting)
     );
-    let err = sched.set_bot_state(BotState::Starting, None).await.unwrap_err();
-    assert_eq!(err.to_string(), "illegal bot state transition running -> starting");
+    let err = sched
+        .set_bot_state(BotState::Starting, None)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "illegal bot state transition running -> starting"
+    );
     let state = server.cmd(&["HGET", "bot:state", "state"]);
     assert_eq!(state.as_str(), Some("running"));
     assert_eq!(
@@ -380,8 +456,14 @@ async fn bot_state_sessions_metrics_and_events_in_the_seed_layout() {
     }
     sched.count(&session, Counter::Accepted, 2).await.unwrap();
     let key = format!("bot:session:{session}");
-    assert_eq!(server.cmd(&["HGET", &key, "total_checks"]).as_str(), Some("20"));
-    assert_eq!(server.cmd(&["HGET", &key, "total_accepted"]).as_str(), Some("2"));
+    assert_eq!(
+        server.cmd(&["HGET", &key, "total_checks"]).as_str(),
+        Some("20")
+    );
+    assert_eq!(
+        server.cmd(&["HGET", &key, "total_accepted"]).as_str(),
+        Some("2")
+    );
     assert_eq!(
         server
             .cmd(&["HGET", &format!("bot:metrics:{session}"), "total_checks"])
@@ -391,7 +473,11 @@ async fn bot_state_sessions_metrics_and_events_in_the_seed_layout() {
     // Events: capped list, newest first, and each one published live.
     for i in 0..(fleet.settings().scheduler.events_max_len + 5) {
         sched
-            .record_event(&session, EventType::JobFound, &serde_json::json!({ "i": i }))
+            .record_event(
+                &session,
+                EventType::JobFound,
+                &serde_json::json!({ "i": i }),
+            )
             .await
             .unwrap();
     }
@@ -459,7 +545,9 @@ async fn a_worker_killed_mid_task_is_replaced_after_the_visibility_timeout() {
     // The child extends its claim while it lives: still processing well after 1.5 s.
     tokio::time::sleep(Duration::from_millis(2_000)).await;
     assert_eq!(
-        server.cmd(&["HGET", &format!("bot:task:{id}"), "status"]).as_str(),
+        server
+            .cmd(&["HGET", &format!("bot:task:{id}"), "status"])
+            .as_str(),
         Some("processing")
     );
     child.kill().unwrap();
@@ -476,7 +564,10 @@ async fn a_worker_killed_mid_task_is_replaced_after_the_visibility_timeout() {
         })
         .unwrap();
     poll_until_async(Duration::from_secs(20), || async {
-        server.cmd(&["HGET", &format!("bot:task:{id}"), "status"]).as_str() == Some("completed")
+        server
+            .cmd(&["HGET", &format!("bot:task:{id}"), "status"])
+            .as_str()
+            == Some("completed")
     })
     .await
     .unwrap();
@@ -544,11 +635,18 @@ async fn a_periodic_job_runs_once_per_period_across_three_processes() {
     }
     let keys = runs();
     for key in &keys {
-        assert_eq!(server.cmd(&["GET", key]).as_str(), Some("1"), "{key} ran more than once");
+        assert_eq!(
+            server.cmd(&["GET", key]).as_str(),
+            Some("1"),
+            "{key} ran more than once"
+        );
     }
     let last = server.cmd(&["GET", "sched-test-job-last-run"]);
     assert!(last.as_str().is_some());
-    let ttl = server.cmd(&["TTL", "sched-test-job-last-run"]).as_int().unwrap();
+    let ttl = server
+        .cmd(&["TTL", "sched-test-job-last-run"])
+        .as_int()
+        .unwrap();
     assert!(ttl > 2 * 24 * 3600 && ttl <= 3 * 24 * 3600, "ttl {ttl}");
 }
 
@@ -575,10 +673,8 @@ async fn after_downtime_a_missed_period_runs_once() {
             },
         )
         .unwrap();
-    let today = botfleet::actors::scheduler::periodic::period_label(
-        Duration::from_secs(86_400),
-        now_ms(),
-    );
+    let today =
+        botfleet::actors::scheduler::periodic::period_label(Duration::from_secs(86_400), now_ms());
     poll_until_async(Duration::from_secs(10), || async {
         server.cmd(&["GET", "daily-job-last-run"]).as_str() == Some(today.as_str())
     })
@@ -629,9 +725,11 @@ async fn redis_killed_and_restarted_under_load_every_task_completes_once() {
             ids
         })
     };
-    poll_until_async(Duration::from_secs(30), || async { done.lock().len() >= 200 })
-        .await
-        .unwrap();
+    poll_until_async(Duration::from_secs(30), || async {
+        done.lock().len() >= 200
+    })
+    .await
+    .unwrap();
     server.kill9();
     poll_until_async(Duration::from_secs(10), || async {
         fleet.storage().mode() == Mode::Degraded
@@ -663,9 +761,16 @@ async fn redis_killed_and_restarted_under_load_every_task_completes_once() {
     });
     let done = done.lock().clone();
     for id in &ids {
-        assert_eq!(done.get(id), Some(&1), "{id} completed {:?} times", done.get(id));
         assert_eq!(
-            server.cmd(&["HGET", &format!("bot:task:{id}"), "status"]).as_str(),
+            done.get(id),
+            Some(&1),
+            "{id} completed {:?} times",
+            done.get(id)
+        );
+        assert_eq!(
+            server
+                .cmd(&["HGET", &format!("bot:task:{id}"), "status"])
+                .as_str(),
             Some("completed"),
             "{id}"
         );

@@ -67,7 +67,9 @@ mod tests {
 
     #[test]
     fn ids_sort_in_creation_order_even_within_one_millisecond() {
-        let ids: Vec<String> = (0..10_000).map(|_| new_task_id(1_700_000_000_000)).collect();
+        let ids: Vec<String> = (0..10_000)
+            .map(|_| new_task_id(1_700_000_000_000))
+            .collect();
         let mut sorted = ids.clone();
         sorted.sort();
         assert_eq!(ids, sorted);

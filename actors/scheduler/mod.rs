@@ -440,10 +440,7 @@ impl Scheduler {
         }
         let id = match &task.id {
             Some(id) => {
-                if id.is_empty()
-                    || id.len() > MAX_ID_BYTES
-                    || id.chars().any(char::is_whitespace)
-                {
+                if id.is_empty() || id.len() > MAX_ID_BYTES || id.chars().any(char::is_whitespace) {
                     return Err(SchedulerError::InvalidId(id.clone()));
                 }
                 id.clone()
@@ -506,7 +503,11 @@ impl Scheduler {
         let reply = self
             .shared
             .storage
-            .eval(&scripts().cancel, &[&k.queue, &k.delayed], &[&k.task_prefix, id])
+            .eval(
+                &scripts().cancel,
+                &[&k.queue, &k.delayed],
+                &[&k.task_prefix, id],
+            )
             .await?;
         Ok(reply.as_int() == 1)
     }
@@ -795,7 +796,9 @@ async fn worker(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Outcome>) {
             handlers
                 .iter()
                 .map(|(t, h)| {
-                    let free = h.concurrency.saturating_sub(h.running.load(Ordering::Acquire));
+                    let free = h
+                        .concurrency
+                        .saturating_sub(h.running.load(Ordering::Acquire));
                     (t.clone(), free)
                 })
                 .filter(|c| c.1 > 0)
@@ -803,8 +806,7 @@ async fn worker(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Outcome>) {
         };
         // Outside Redis, claims name their tasks, so that their replay claims the same ones.
         let mut explicit = Vec::new();
-        if !caps.is_empty() && matches!(shared.storage.mode(), Mode::Degraded | Mode::Resyncing)
-        {
+        if !caps.is_empty() && matches!(shared.storage.mode(), Mode::Degraded | Mode::Resyncing) {
             match shared
                 .storage
                 .zrange_by_score(
@@ -852,7 +854,9 @@ async fn worker(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Outcome>) {
                             shared.spawn_handler(task, entry);
                         }
                         // Unreachable: the script claims only types given in `caps`.
-                        None => tracing::error!(actor = "scheduler", id = %task.id, "claimed a task without handler"),
+                        None => {
+                            tracing::error!(actor = "scheduler", id = %task.id, "claimed a task without handler")
+                        }
                     }
                 }
                 if claimed == 0 && !had_results {
@@ -937,7 +941,10 @@ impl Actor for SchedulerActor {
     type Context = Context<Self>;
 
     fn stopping(&mut self, _: &mut Self::Context) -> actix::Running {
-        self.scheduler.shared.stopping.store(true, Ordering::Release);
+        self.scheduler
+            .shared
+            .stopping
+            .store(true, Ordering::Release);
         self.scheduler.shared.stop.notify_waiters();
         self.scheduler.shared.wake.notify_one();
         self.periodic.stop();

@@ -166,7 +166,10 @@ async fn run_job(
                 match job().await {
                     Ok(()) => {
                         runs.fetch_add(1, Ordering::Relaxed);
-                        if let Err(e) = storage.set(&last_key, label.clone(), Some(LAST_RUN_TTL)).await {
+                        if let Err(e) = storage
+                            .set(&last_key, label.clone(), Some(LAST_RUN_TTL))
+                            .await
+                        {
                             tracing::warn!(actor = "scheduler", job = %name, error = %e, "recording the run failed");
                         }
                     }
@@ -202,7 +205,10 @@ mod tests {
         let day = Duration::from_secs(86_400);
         assert_eq!(period_label(day, 1_759_036_514_000), "2025-09-28");
         let hour = Duration::from_secs(3_600);
-        assert_eq!(period_label(hour, 1_759_036_514_000), "2025-09-28T05:00:00Z");
+        assert_eq!(
+            period_label(hour, 1_759_036_514_000),
+            "2025-09-28T05:00:00Z"
+        );
         assert_eq!(
             period_label(hour, 1_759_036_514_000),
             period_label(hour, 1_759_039_199_999)

@@ -324,7 +324,14 @@ impl Ks<'_> {
             .into_opt_string()
             .is_some())
     }
-    fn zrange(&mut self, key: &str, min: f64, max: f64, offset: u64, count: u64) -> Result<Vec<String>, LocalError> {
+    fn zrange(
+        &mut self,
+        key: &str,
+        min: f64,
+        max: f64,
+        offset: u64,
+        count: u64,
+    ) -> Result<Vec<String>, LocalError> {
         Ok(self
             .apply(Op::ZRangeByScore {
                 key: key.into(),
@@ -403,7 +410,14 @@ fn step_local(ks: &mut Keyspace, now_ms: u64, keys: &[String], args: &[String]) 
     let (mut done, mut dead, mut reaped, mut claimed) = (0i64, 0i64, 0i64, 0i64);
     let limit = |m: &Option<String>| m.as_deref().and_then(num).unwrap_or(maxa);
     let mut bury = |k: &mut Ks, id: &str, h: &str, err: &str| -> Result<(), LocalError> {
-        k.hset(h, &[("status", "failed"), ("last_error", err), ("updated_at", &iso)])?;
+        k.hset(
+            h,
+            &[
+                ("status", "failed"),
+                ("last_error", err),
+                ("updated_at", &iso),
+            ],
+        )?;
         k.zadd(dead_key, now, id)?;
         dead += 1;
         Ok(())
@@ -492,7 +506,10 @@ fn step_local(ks: &mut Keyspace, now_ms: u64, keys: &[String], args: &[String]) 
                      id: &str|
      -> Result<bool, LocalError> {
         let h = format!("{prefix}{id}");
-        let f = k.hmget(&h, &["type", "data", "priority", "created_at", "max_attempts"])?;
+        let f = k.hmget(
+            &h,
+            &["type", "data", "priority", "created_at", "max_attempts"],
+        )?;
         let Some(ty) = f[0].clone() else {
             return Ok(false);
         };
@@ -520,7 +537,10 @@ fn step_local(ks: &mut Keyspace, now_ms: u64, keys: &[String], args: &[String]) 
         for _ in 0..ni {
             let id = arg(args, a).to_string();
             a += 1;
-            if claimed < total && k.zscore(queue, &id)? && try_claim(&mut k, &mut caps, &mut out, &id)? {
+            if claimed < total
+                && k.zscore(queue, &id)?
+                && try_claim(&mut k, &mut caps, &mut out, &id)?
+            {
                 claimed += 1;
             }
         }
@@ -601,7 +621,9 @@ fn transition_local(ks: &mut Keyspace, now_ms: u64, keys: &[String], args: &[Str
 
 fn count_local(ks: &mut Keyspace, now_ms: u64, keys: &[String], args: &[String]) -> Res {
     let mut k = Ks { ks, now: now_ms };
-    let by = arg(args, 1).parse::<i64>().map_err(|_| LocalError::NotInteger)?;
+    let by = arg(args, 1)
+        .parse::<i64>()
+        .map_err(|_| LocalError::NotInteger)?;
     let v = k.hincr(&keys[0], arg(args, 0), by)?;
     k.hset(&keys[0], &[("updated_at", arg(args, 2))])?;
     k.hincr(&keys[1], arg(args, 0), by)?;

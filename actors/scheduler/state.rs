@@ -189,9 +189,11 @@ impl Scheduler {
                 parts[0].as_int() == 1,
                 parts[1].clone().into_opt_string().unwrap_or_default(),
             ),
-            _ => return Err(SchedulerError::Storage(crate::storage::StorageError::Command(
-                "bot-state: unexpected reply".into(),
-            ))),
+            _ => {
+                return Err(SchedulerError::Storage(
+                    crate::storage::StorageError::Command("bot-state: unexpected reply".into()),
+                ))
+            }
         };
         if !ok {
             return Err(SchedulerError::IllegalTransition {

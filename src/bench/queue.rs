@@ -140,7 +140,10 @@ pub async fn run(
             })?;
         }
         let limit = Duration::from_secs(300);
-        if tokio::time::timeout(limit, all_done.notified()).await.is_err() {
+        if tokio::time::timeout(limit, all_done.notified())
+            .await
+            .is_err()
+        {
             return Err(QueueBenchError::Stalled {
                 scenario,
                 done: done.load(Ordering::SeqCst),
