@@ -57,7 +57,7 @@ impl std::fmt::Debug for Periodic {
 pub fn period_label(every: Duration, now: u64) -> String {
     let period = every.as_millis().max(1) as u64;
     let start = now - now % period;
-    if period % 86_400_000 == 0 {
+    if period.is_multiple_of(86_400_000) {
         iso8601(start)[..10].to_string()
     } else {
         iso8601(start)
