@@ -2,7 +2,7 @@
 //! reliable, workers with per-type handlers, bot state, sessions, metrics, events and periodic
 //! jobs.
 //!
-//! A task is claimed by one script call ([`scripts`]): popped from the queue, marked
+//! A task is claimed by one script call (`task-step`): popped from the queue, marked
 //! `processing`, its attempt counted and a visibility deadline recorded in
 //! `PREFIX:tasks:processing`. While the handler runs the deadline is extended; a task whose
 //! deadline passes (its worker died) goes back to the queue. A failure retries after an
