@@ -5,4 +5,5 @@ pub mod cache;
 pub mod hazards;
 pub mod locks;
 pub mod presence;
+pub mod scheduler;
 pub mod storage_monitor;

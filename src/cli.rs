@@ -175,6 +175,19 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 2_000)]
         invalidations: usize,
     },
+    /// The peers' queue workload (20,000 no-op tasks, 50 concurrent handlers: seq-add,
+    /// bulk-add, priority), to compare with `peers/run.sh queue`.
+    Queue {
+        /// Server to use (keys under `bench-queue-` are overwritten).
+        #[arg(long, value_name = "URL")]
+        redis: String,
+        /// Tasks per scenario.
+        #[arg(long, default_value_t = 20_000)]
+        tasks: usize,
+        /// Concurrent handlers.
+        #[arg(long, default_value_t = 50)]
+        concurrency: usize,
+    },
 }
 
 /// `botfleet config ...`.

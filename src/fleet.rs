@@ -96,6 +96,7 @@ struct Inner {
     hazard_ticker: ActorHandle<HazardTicker>,
     game_sessions: GameSessions,
     cache: Cache,
+    scheduler: SchedulerParts,
     shut_down: tokio::sync::Mutex<Option<FleetShutdown>>,
 }
 
@@ -162,6 +163,7 @@ impl Fleet {
         };
         let game_sessions = GameSessions::new(storage.clone(), settings.game_sessions.clone());
         let cache = Cache::start(storage.clone(), settings.cache.clone()).await;
+        let scheduler = SchedulerParts::start(&mut tree, &storage, &locks, &settings, &instance);
         configure(&mut tree, &storage);
         let supervisor = match tree.start(&system).await {
             Ok(s) => s,
@@ -187,6 +189,7 @@ impl Fleet {
                 hazard_ticker,
                 game_sessions,
                 cache,
+                scheduler,
                 shut_down: tokio::sync::Mutex::new(None),
             }),
         })
@@ -379,3 +382,58 @@ impl BlockingFleet {
         report
     }
 }
+
+/// The scheduler's handles, as the fleet keeps them.
+struct SchedulerParts {
+    scheduler: Scheduler,
+    periodic: Periodic,
+    actor: ActorHandle<SchedulerActor>,
+}
+
+impl SchedulerParts {
+    fn start(
+        tree: &mut SupervisorBuilder,
+        storage: &Storage,
+        locks: &Locks,
+        settings: &Settings,
+        instance: &str,
+    ) -> Self {
+        let scheduler = Scheduler::new(storage.clone(), settings.scheduler.clone(), instance);
+        let periodic = Periodic::new(storage.clone(), locks.clone());
+        let actor = {
+            let (scheduler, periodic) = (scheduler.clone(), periodic.clone());
+            tree.child(
+                ChildSpec::new("scheduler", move |_| {
+                    SchedulerActor::new(scheduler.clone(), periodic.clone())
+                })
+                .restart(RestartType::Permanent),
+            )
+        };
+        Self {
+            scheduler,
+            periodic,
+            actor,
+        }
+    }
+}
+
+impl Fleet {
+    /// The task scheduler: the seed's task queue with workers, bot state, sessions, metrics
+    /// and events.
+    pub fn scheduler(&self) -> Scheduler {
+        self.inner.scheduler.scheduler.clone()
+    }
+
+    /// Periodic jobs that run once per period across the fleet.
+    pub fn periodic(&self) -> Periodic {
+        self.inner.scheduler.periodic.clone()
+    }
+
+    /// Counters of this process's task workers.
+    pub async fn scheduler_stats(&self) -> Result<SchedulerStats, FleetError> {
+        Ok(self.inner.scheduler.actor.send(GetSchedulerStats).await?)
+    }
+}
+
+use crate::actors::scheduler::periodic::Periodic;
+use crate::actors::scheduler::{GetSchedulerStats, Scheduler, SchedulerActor, SchedulerStats};

@@ -78,6 +78,23 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 println!("{line}")
             }))?;
         }
+        Command::Bench(BenchCommand::Queue {
+            redis,
+            tasks,
+            concurrency,
+        }) => {
+            let settings = cli.load_settings()?;
+            botfleet::telemetry::init(&settings.log)?;
+            let bench = botfleet::bench::queue::QueueBench {
+                redis_url: redis.clone(),
+                tasks: *tasks,
+                concurrency: *concurrency,
+            };
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(botfleet::bench::queue::run(&bench, |line| {
+                println!("{line}")
+            }))?;
+        }
         Command::Run => unreachable!("handled in main"),
     }
     Ok(())

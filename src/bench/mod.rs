@@ -2,6 +2,7 @@
 //! with their unit, so that runs can be compared side by side with peers and baselines.
 
 pub mod locks;
+pub mod queue;
 pub mod storage;
 // Issue 7.
 pub mod cache;

@@ -62,6 +62,8 @@ pub struct Settings {
     pub game_sessions: GameSessionSettings,
     /// The cache service: near cache in process, invalidated through pub/sub.
     pub cache: CacheSettings,
+    /// The task scheduler, bot state, sessions and events.
+    pub scheduler: SchedulerSettings,
 }
 
 impl Settings {
@@ -562,6 +564,57 @@ impl Default for CacheSettings {
             near_capacity: 10_000,
             near_ttl_ms: 60_000,
             channel: "cache-invalidate".into(),
+        }
+    }
+}
+
+/// `[scheduler]`: the task queue, its workers, bot state, sessions and events
+/// (`Fleet::scheduler()`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchedulerSettings {
+    /// A claimed task whose worker neither finishes nor extends it within this time goes back
+    /// to the queue, milliseconds.
+    pub visibility_timeout_ms: u64,
+    /// Attempts before a failing task goes to the dead-letter set.
+    pub max_attempts: u32,
+    /// Delay before the first retry, milliseconds; doubled at each further attempt.
+    pub backoff_base_ms: u64,
+    /// Longest delay between retries, milliseconds.
+    pub backoff_max_ms: u64,
+    /// Largest `data` of a task, bytes.
+    pub max_data_bytes: usize,
+    /// Longest delay of a delayed task, milliseconds.
+    pub max_delay_ms: u64,
+    /// How long a completed task's hash stays (status `completed`), seconds; 0 deletes it.
+    pub completed_ttl_secs: u64,
+    /// How often an idle worker looks at the queue, milliseconds.
+    pub poll_interval_ms: u64,
+    /// Most tasks claimed by one script call.
+    pub claim_batch: usize,
+    /// Most queued tasks one claim looks at to find tasks of the types handled here.
+    pub scan_limit: usize,
+    /// Length of the `PREFIX:events` list.
+    pub events_max_len: usize,
+    /// Pub/sub channel that carries each event live.
+    pub events_channel: String,
+}
+
+impl Default for SchedulerSettings {
+    fn default() -> Self {
+        Self {
+            visibility_timeout_ms: 30_000,
+            max_attempts: 3,
+            backoff_base_ms: 1_000,
+            backoff_max_ms: 300_000,
+            max_data_bytes: 65_536,
+            max_delay_ms: 2_592_000_000,
+            completed_ttl_secs: 3_600,
+            poll_interval_ms: 100,
+            claim_batch: 100,
+            scan_limit: 1_000,
+            events_max_len: 1_000,
+            events_channel: "bot:events:live".into(),
         }
     }
 }

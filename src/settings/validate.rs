@@ -46,6 +46,16 @@ pub(crate) const POSITIVE: &[&str] = &[
     "game_sessions.ttl_secs",
     "cache.near_capacity",
     "cache.near_ttl_ms",
+    "scheduler.visibility_timeout_ms",
+    "scheduler.max_attempts",
+    "scheduler.backoff_base_ms",
+    "scheduler.backoff_max_ms",
+    "scheduler.max_data_bytes",
+    "scheduler.max_delay_ms",
+    "scheduler.poll_interval_ms",
+    "scheduler.claim_batch",
+    "scheduler.scan_limit",
+    "scheduler.events_max_len",
 ];
 
 /// Keys whose values are secrets: a message never shows what was given there.
@@ -313,6 +323,20 @@ fn semantic(settings: &Settings, tree: &Node, problems: &mut Vec<Problem>) {
     if locks.release_channel.trim().is_empty() {
         check.fail(
             "locks.release_channel",
+            "expected a channel name, got \"\"".to_owned(),
+        );
+    }
+
+    let scheduler = &settings.scheduler;
+    check.at_most(
+        "scheduler.backoff_base_ms",
+        scheduler.backoff_base_ms,
+        "scheduler.backoff_max_ms",
+        scheduler.backoff_max_ms,
+    );
+    if scheduler.events_channel.trim().is_empty() {
+        check.fail(
+            "scheduler.events_channel",
             "expected a channel name, got \"\"".to_owned(),
         );
     }

@@ -1,0 +1,961 @@
+//! The task scheduler: the seed's priority queue (`PREFIX:tasks:queue`, `PREFIX:task:ID`) made
+//! reliable, workers with per-type handlers, bot state, sessions, metrics, events and periodic
+//! jobs.
+//!
+//! A task is claimed by one script call (`task-step`): popped from the queue, marked
+//! `processing`, its attempt counted and a visibility deadline recorded in
+//! `PREFIX:tasks:processing`. While the handler runs the deadline is extended; a task whose
+//! deadline passes (its worker died) goes back to the queue. A failure retries after an
+//! exponential backoff through `PREFIX:tasks:delayed`; after the last attempt the task goes to
+//! `PREFIX:tasks:dead` with its error. Completions, failures, the reaper, the promotion of due
+//! delayed tasks and the next claims travel together in one script call, so a busy worker
+//! makes one round trip per batch.
+//!
+//! Everything goes through [`Storage`]: while Redis is unreachable tasks are enqueued and
+//! claimed on the fallback, and the outbox replays the scripts when Redis returns. Claims
+//! made then name their tasks explicitly, so their replay claims the same tasks; a replayed
+//! enqueue skips an id that exists, and a completion is applied once.
+
+pub mod ids;
+pub mod periodic;
+mod scripts;
+pub mod state;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::{Actor, Context, Handler, Message};
+use dashmap::DashMap;
+use futures::FutureExt;
+use parking_lot::{Mutex, RwLock};
+use serde::Serialize;
+use tokio::sync::{mpsc, Notify};
+
+use crate::settings::SchedulerSettings;
+use crate::storage::{now_ms, Mode, Reply, Storage, StorageError};
+use ids::{iso8601, new_task_id};
+use scripts::scripts;
+
+/// Longest task type name, bytes.
+pub const MAX_TYPE_BYTES: usize = 128;
+/// Longest task id, bytes.
+pub const MAX_ID_BYTES: usize = 128;
+/// Largest absolute priority.
+pub const MAX_PRIORITY: i64 = 1_000_000;
+/// Tasks per script call of a bulk enqueue.
+const BULK_CHUNK: usize = 1_000;
+/// Results sent with one step.
+const MAX_RESULTS_PER_STEP: usize = 1_000;
+
+/// A bad call or a storage failure.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SchedulerError {
+    /// The task type is empty or too long.
+    #[error("invalid task type {0:?}: expected 1..={MAX_TYPE_BYTES} bytes")]
+    InvalidType(String),
+    /// The task id is empty, too long or contains whitespace.
+    #[error("invalid task id {0:?}: expected 1..={MAX_ID_BYTES} bytes without whitespace")]
+    InvalidId(String),
+    /// The data is larger than `scheduler.max_data_bytes`.
+    #[error("task data is {bytes} bytes, more than scheduler.max_data_bytes ({max})")]
+    DataTooLarge {
+        /// Size given.
+        bytes: usize,
+        /// The bound.
+        max: usize,
+    },
+    /// The data is not a JSON document.
+    #[error("task data is not JSON: {0}")]
+    DataNotJson(String),
+    /// The delay is negative or longer than `scheduler.max_delay_ms`.
+    #[error("invalid delay {delay_ms} ms: expected 0..={max} (scheduler.max_delay_ms)")]
+    InvalidDelay {
+        /// Delay given.
+        delay_ms: i64,
+        /// The bound.
+        max: u64,
+    },
+    /// The priority is out of range.
+    #[error("invalid priority {0}: expected -{MAX_PRIORITY}..={MAX_PRIORITY}")]
+    InvalidPriority(i64),
+    /// `max_attempts` or a handler's concurrency is 0.
+    #[error("{0} must be at least 1")]
+    Zero(&'static str),
+    /// A state name the seed does not know.
+    #[error("unknown bot state {0:?}: expected starting, running, stopping, stopped or error")]
+    UnknownState(String),
+    /// The bot state cannot go from `from` to `to`.
+    #[error("illegal bot state transition {from} -> {to}")]
+    IllegalTransition {
+        /// Current state ("none" when there is none).
+        from: String,
+        /// State asked for.
+        to: String,
+    },
+    /// A session id, counter, event type or job name is not acceptable.
+    #[error("invalid {what}: {message}")]
+    Invalid {
+        /// What was given.
+        what: &'static str,
+        /// Why it is refused.
+        message: String,
+    },
+    /// Workers need a tokio runtime.
+    #[error("register_handler must be called inside a tokio runtime")]
+    NoRuntime,
+    /// The storage refused the call.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// The seed's task status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskStatus {
+    /// Waiting in the queue (or delayed until `run_at`).
+    Pending,
+    /// Claimed by a worker.
+    Processing,
+    /// Done.
+    Completed,
+    /// Dead-lettered after its last attempt.
+    Failed,
+}
+
+impl TaskStatus {
+    /// The seed's name of the status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskStatus::Pending => "pending",
+            TaskStatus::Processing => "processing",
+            TaskStatus::Completed => "completed",
+            TaskStatus::Failed => "failed",
+        }
+    }
+
+    fn parse(s: &str) -> Option<TaskStatus> {
+        Some(match s {
+            "pending" => TaskStatus::Pending,
+            "processing" => TaskStatus::Processing,
+            "completed" => TaskStatus::Completed,
+            "failed" => TaskStatus::Failed,
+            _ => return None,
+        })
+    }
+}
+
+/// The seed's default priority of a task type: login 10, job_accept and job_reject 8,
+/// navigation 7, job_check 5, screenshot 1; any other type 5.
+pub fn default_priority(task_type: &str) -> i64 {
+    match task_type {
+        "login" => 10,
+        "job_accept" | "job_reject" => 8,
+        "navigation" => 7,
+        "job_check" => 5,
+        "screenshot" => 1,
+        _ => 5,
+    }
+}
+
+/// A task to enqueue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewTask {
+    /// Task type (`login`, `job_check`, ...; any other name too).
+    pub task_type: String,
+    /// The data: a JSON document, stored as a string.
+    pub data: String,
+    /// Priority; the type's default when `None`. Higher runs first.
+    pub priority: Option<i64>,
+    /// Run no earlier than this many milliseconds from now.
+    pub delay_ms: i64,
+    /// Id to use (enqueueing an existing id again does nothing); a new time-ordered id when
+    /// `None`.
+    pub id: Option<String>,
+    /// Attempts before dead-lettering; `scheduler.max_attempts` when `None`.
+    pub max_attempts: Option<u32>,
+}
+
+impl NewTask {
+    /// A task of `task_type` with `data` serialized as JSON.
+    pub fn new(task_type: impl Into<String>, data: &impl Serialize) -> Self {
+        Self::raw(
+            task_type,
+            serde_json::to_string(data).unwrap_or_else(|_| "null".into()),
+        )
+    }
+
+    /// A task whose data is given as JSON text (checked at enqueue).
+    pub fn raw(task_type: impl Into<String>, data: impl Into<String>) -> Self {
+        Self {
+            task_type: task_type.into(),
+            data: data.into(),
+            priority: None,
+            delay_ms: 0,
+            id: None,
+            max_attempts: None,
+        }
+    }
+
+    /// With this priority.
+    pub fn priority(mut self, priority: i64) -> Self {
+        self.priority = Some(priority);
+        self
+    }
+
+    /// Delayed by `delay_ms` milliseconds.
+    pub fn delay_ms(mut self, delay_ms: i64) -> Self {
+        self.delay_ms = delay_ms;
+        self
+    }
+
+    /// With this id.
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.id = Some(id.into());
+        self
+    }
+
+    /// With this many attempts.
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = Some(attempts);
+        self
+    }
+}
+
+/// A task as stored (the seed's fields and the reliability fields).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Task {
+    /// Id.
+    pub id: String,
+    /// Type.
+    pub task_type: String,
+    /// Data (JSON text).
+    pub data: String,
+    /// Priority.
+    pub priority: i64,
+    /// Creation time, ISO-8601.
+    pub created_at: String,
+    /// Status.
+    pub status: Option<TaskStatus>,
+    /// Attempts so far (this one included, for a claimed task).
+    pub attempts: u32,
+    /// Error of the last failed attempt.
+    pub last_error: Option<String>,
+    /// Last change, ISO-8601.
+    pub updated_at: Option<String>,
+    /// When a delayed or retried task becomes due, ISO-8601.
+    pub run_at: Option<String>,
+}
+
+impl Task {
+    fn from_hash(id: &str, h: &HashMap<String, String>) -> Task {
+        let get = |f: &str| h.get(f).cloned();
+        Task {
+            id: get("id").unwrap_or_else(|| id.to_string()),
+            task_type: get("type").unwrap_or_default(),
+            data: get("data").unwrap_or_default(),
+            priority: get("priority").and_then(|p| p.parse().ok()).unwrap_or(0),
+            created_at: get("created_at").unwrap_or_default(),
+            status: get("status").as_deref().and_then(TaskStatus::parse),
+            attempts: get("attempts").and_then(|p| p.parse().ok()).unwrap_or(0),
+            last_error: get("last_error"),
+            updated_at: get("updated_at"),
+            run_at: get("run_at"),
+        }
+    }
+}
+
+/// Counts of the queue's sets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct QueueCounts {
+    /// Waiting in `PREFIX:tasks:queue`.
+    pub pending: u64,
+    /// Waiting for their time in `PREFIX:tasks:delayed`.
+    pub delayed: u64,
+    /// Claimed, in `PREFIX:tasks:processing`.
+    pub processing: u64,
+    /// Dead letters in `PREFIX:tasks:dead`.
+    pub dead: u64,
+}
+
+/// Counters of this process's workers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct SchedulerStats {
+    /// Tasks claimed.
+    pub claimed: u64,
+    /// Completions applied.
+    pub completed: u64,
+    /// Failed attempts reported.
+    pub failed_attempts: u64,
+    /// Tasks dead-lettered by this process's script calls.
+    pub dead_lettered: u64,
+    /// Expired claims returned to the queue by this process's script calls.
+    pub reaped: u64,
+    /// Handlers running now.
+    pub running: u64,
+}
+
+/// What a handler returns: `Err(message)` fails the attempt.
+pub type HandlerResult = Result<(), String>;
+type BoxHandler = Arc<
+    dyn Fn(Task) -> Pin<Box<dyn Future<Output = HandlerResult> + Send + 'static>> + Send + Sync,
+>;
+
+struct HandlerEntry {
+    run: BoxHandler,
+    concurrency: usize,
+    running: AtomicUsize,
+}
+
+/// Key names of the queue.
+#[derive(Debug, Clone)]
+struct QueueKeys {
+    queue: String,
+    processing: String,
+    delayed: String,
+    dead: String,
+    task_prefix: String,
+}
+
+struct Outcome {
+    id: String,
+    attempt: String,
+    error: Option<String>,
+}
+
+struct Shared {
+    storage: Storage,
+    settings: SchedulerSettings,
+    keys: QueueKeys,
+    handlers: RwLock<HashMap<String, Arc<HandlerEntry>>>,
+    wake: Notify,
+    stop: Notify,
+    stopping: AtomicBool,
+    worker_started: AtomicBool,
+    results_tx: mpsc::UnboundedSender<Outcome>,
+    results_rx: Mutex<Option<mpsc::UnboundedReceiver<Outcome>>>,
+    inflight: DashMap<String, (String, Instant)>,
+    idle: Notify,
+    claimed: AtomicU64,
+    completed: AtomicU64,
+    failed_attempts: AtomicU64,
+    dead_lettered: AtomicU64,
+    reaped: AtomicU64,
+    updated_by: String,
+}
+
+/// The scheduler API: a cheap, cloneable handle (`Fleet::scheduler()`).
+#[derive(Clone)]
+pub struct Scheduler {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Scheduler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scheduler")
+            .field("queue", &self.shared.keys.queue)
+            .finish()
+    }
+}
+
+impl Scheduler {
+    /// A scheduler over `storage` (key names from its [`KeySchema`](crate::storage::KeySchema)).
+    /// `updated_by` names this process in `PREFIX:state`.
+    pub fn new(storage: Storage, settings: SchedulerSettings, updated_by: &str) -> Self {
+        let k = storage.keys().clone();
+        let prefix = k.prefix().to_string();
+        let keys = QueueKeys {
+            queue: k.task_queue(),
+            processing: format!("{prefix}:tasks:processing"),
+            delayed: format!("{prefix}:tasks:delayed"),
+            dead: format!("{prefix}:tasks:dead"),
+            task_prefix: k.task(""),
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        Self {
+            shared: Arc::new(Shared {
+                storage,
+                settings,
+                keys,
+                handlers: RwLock::new(HashMap::new()),
+                wake: Notify::new(),
+                stop: Notify::new(),
+                stopping: AtomicBool::new(false),
+                worker_started: AtomicBool::new(false),
+                results_tx: tx,
+                results_rx: Mutex::new(Some(rx)),
+                inflight: DashMap::new(),
+                idle: Notify::new(),
+                claimed: AtomicU64::new(0),
+                completed: AtomicU64::new(0),
+                failed_attempts: AtomicU64::new(0),
+                dead_lettered: AtomicU64::new(0),
+                reaped: AtomicU64::new(0),
+                updated_by: updated_by.to_string(),
+            }),
+        }
+    }
+
+    /// The settings in use.
+    pub fn settings(&self) -> &SchedulerSettings {
+        &self.shared.settings
+    }
+
+    /// The storage handle.
+    pub fn storage(&self) -> &Storage {
+        &self.shared.storage
+    }
+
+    fn check(&self, task: &NewTask, now: u64) -> Result<Vec<String>, SchedulerError> {
+        let s = &self.shared.settings;
+        if task.task_type.is_empty() || task.task_type.len() > MAX_TYPE_BYTES {
+            return Err(SchedulerError::InvalidType(task.task_type.clone()));
+        }
+        if task.data.len() > s.max_data_bytes {
+            return Err(SchedulerError::DataTooLarge {
+                bytes: task.data.len(),
+                max: s.max_data_bytes,
+            });
+        }
+        serde_json::from_str::<serde::de::IgnoredAny>(&task.data)
+            .map_err(|e| SchedulerError::DataNotJson(e.to_string()))?;
+        if task.delay_ms < 0 || task.delay_ms as u64 > s.max_delay_ms {
+            return Err(SchedulerError::InvalidDelay {
+                delay_ms: task.delay_ms,
+                max: s.max_delay_ms,
+            });
+        }
+        let priority = task
+            .priority
+            .unwrap_or_else(|| default_priority(&task.task_type));
+        if priority.abs() > MAX_PRIORITY {
+            return Err(SchedulerError::InvalidPriority(priority));
+        }
+        if task.max_attempts == Some(0) {
+            return Err(SchedulerError::Zero("max_attempts"));
+        }
+        let id = match &task.id {
+            Some(id) => {
+                if id.is_empty() || id.len() > MAX_ID_BYTES || id.chars().any(char::is_whitespace) {
+                    return Err(SchedulerError::InvalidId(id.clone()));
+                }
+                id.clone()
+            }
+            None => new_task_id(now),
+        };
+        let (run_at, run_at_iso) = if task.delay_ms > 0 {
+            let at = now + task.delay_ms as u64;
+            (at.to_string(), iso8601(at))
+        } else {
+            ("0".to_string(), String::new())
+        };
+        Ok(vec![
+            id,
+            task.task_type.clone(),
+            task.data.clone(),
+            priority.to_string(),
+            run_at,
+            run_at_iso,
+            task.max_attempts.map(|m| m.to_string()).unwrap_or_default(),
+        ])
+    }
+
+    /// Enqueues one task; answers its id. Bad input is refused with nothing stored.
+    pub async fn enqueue(&self, task: NewTask) -> Result<String, SchedulerError> {
+        Ok(self.enqueue_bulk(vec![task]).await?.remove(0))
+    }
+
+    /// Enqueues many tasks (1,000 per script call); answers their ids in order. Every task is
+    /// checked first: one bad task refuses the whole call, nothing stored.
+    pub async fn enqueue_bulk(&self, tasks: Vec<NewTask>) -> Result<Vec<String>, SchedulerError> {
+        let now = now_ms();
+        let mut rows = Vec::with_capacity(tasks.len());
+        for task in &tasks {
+            rows.push(self.check(task, now)?);
+        }
+        let ids: Vec<String> = rows.iter().map(|r| r[0].clone()).collect();
+        let k = &self.shared.keys;
+        let iso = iso8601(now);
+        let now_text = now.to_string();
+        for chunk in rows.chunks(BULK_CHUNK) {
+            let mut args: Vec<&str> = Vec::with_capacity(3 + chunk.len() * 7);
+            args.extend([k.task_prefix.as_str(), now_text.as_str(), iso.as_str()]);
+            for row in chunk {
+                args.extend(row.iter().map(String::as_str));
+            }
+            self.shared
+                .storage
+                .eval(&scripts().enqueue, &[&k.queue, &k.delayed], &args)
+                .await?;
+        }
+        self.shared.wake.notify_one();
+        Ok(ids)
+    }
+
+    /// Cancels a waiting (queued or delayed) task, deleting it: false when it is not waiting
+    /// (unknown, processing, completed or dead).
+    pub async fn cancel(&self, id: &str) -> Result<bool, SchedulerError> {
+        let k = &self.shared.keys;
+        let reply = self
+            .shared
+            .storage
+            .eval(
+                &scripts().cancel,
+                &[&k.queue, &k.delayed],
+                &[&k.task_prefix, id],
+            )
+            .await?;
+        Ok(reply.as_int() == 1)
+    }
+
+    /// The task `id`, if its hash exists.
+    pub async fn get(&self, id: &str) -> Result<Option<Task>, SchedulerError> {
+        let key = format!("{}{id}", self.shared.keys.task_prefix);
+        let h = self.shared.storage.hgetall(&key).await?;
+        Ok((!h.is_empty()).then(|| Task::from_hash(id, &h)))
+    }
+
+    /// Ids with `status`: pending in queue order (then the delayed ones by due time),
+    /// processing by deadline, failed (dead letters) by time of death, completed (those whose
+    /// hash is kept, `scheduler.completed_ttl_secs`) found by `SCAN`.
+    pub async fn list(&self, status: TaskStatus) -> Result<Vec<String>, SchedulerError> {
+        let st = &self.shared.storage;
+        let k = &self.shared.keys;
+        let all = |key: &str| {
+            let key = key.to_string();
+            async move {
+                st.zrange_by_score(&key, f64::NEG_INFINITY, f64::INFINITY, None)
+                    .await
+                    .map(|v| v.into_iter().map(|(m, _)| m).collect::<Vec<_>>())
+            }
+        };
+        Ok(match status {
+            TaskStatus::Pending => {
+                let mut ids = all(&k.queue).await?;
+                ids.extend(all(&k.delayed).await?);
+                ids
+            }
+            TaskStatus::Processing => all(&k.processing).await?,
+            TaskStatus::Failed => all(&k.dead).await?,
+            TaskStatus::Completed => {
+                let mut ids = Vec::new();
+                for key in st.scan(&format!("{}*", k.task_prefix)).await? {
+                    if st.hget(&key, "status").await?.as_deref() == Some("completed") {
+                        ids.push(key[k.task_prefix.len()..].to_string());
+                    }
+                }
+                ids
+            }
+        })
+    }
+
+    /// Sizes of the queue's sets.
+    pub async fn counts(&self) -> Result<QueueCounts, SchedulerError> {
+        let st = &self.shared.storage;
+        let k = &self.shared.keys;
+        Ok(QueueCounts {
+            pending: st.zcard(&k.queue).await?,
+            delayed: st.zcard(&k.delayed).await?,
+            processing: st.zcard(&k.processing).await?,
+            dead: st.zcard(&k.dead).await?,
+        })
+    }
+
+    /// Counters of this process's workers.
+    pub fn stats(&self) -> SchedulerStats {
+        let s = &self.shared;
+        SchedulerStats {
+            claimed: s.claimed.load(Ordering::Relaxed),
+            completed: s.completed.load(Ordering::Relaxed),
+            failed_attempts: s.failed_attempts.load(Ordering::Relaxed),
+            dead_lettered: s.dead_lettered.load(Ordering::Relaxed),
+            reaped: s.reaped.load(Ordering::Relaxed),
+            running: s.inflight.len() as u64,
+        }
+    }
+
+    /// Runs tasks of `task_type` with `handler`, at most `concurrency` at a time in this
+    /// process. `Err(message)` (or a panic) fails the attempt: it is retried after a backoff,
+    /// dead-lettered after the last attempt. Registering a type again replaces its handler.
+    /// Starts this process's worker on first use (inside a tokio runtime).
+    pub fn register_handler<F, Fut>(
+        &self,
+        task_type: &str,
+        concurrency: usize,
+        handler: F,
+    ) -> Result<(), SchedulerError>
+    where
+        F: Fn(Task) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = HandlerResult> + Send + 'static,
+    {
+        if task_type.is_empty() || task_type.len() > MAX_TYPE_BYTES {
+            return Err(SchedulerError::InvalidType(task_type.to_string()));
+        }
+        if concurrency == 0 {
+            return Err(SchedulerError::Zero("concurrency"));
+        }
+        let runtime =
+            tokio::runtime::Handle::try_current().map_err(|_| SchedulerError::NoRuntime)?;
+        let run: BoxHandler = Arc::new(move |task| Box::pin(handler(task)));
+        self.shared.handlers.write().insert(
+            task_type.to_string(),
+            Arc::new(HandlerEntry {
+                run,
+                concurrency,
+                running: AtomicUsize::new(0),
+            }),
+        );
+        if !self.shared.worker_started.swap(true, Ordering::AcqRel) {
+            if let Some(rx) = self.shared.results_rx.lock().take() {
+                runtime.spawn(worker(self.shared.clone(), rx));
+                runtime.spawn(heartbeat(self.shared.clone()));
+            }
+        }
+        self.shared.wake.notify_one();
+        Ok(())
+    }
+
+    /// Stops claiming, waits up to `deadline` for running handlers and reports their results.
+    /// Tasks still running after it go back to the queue when their visibility expires.
+    pub async fn stop(&self, deadline: Duration) {
+        self.shared.stopping.store(true, Ordering::Release);
+        self.shared.stop.notify_waiters();
+        self.shared.wake.notify_one();
+        if !self.shared.worker_started.load(Ordering::Acquire) {
+            return;
+        }
+        let until = tokio::time::Instant::now() + deadline;
+        loop {
+            let idle = self.shared.idle.notified();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
+            // The worker hands its receiver back when it exits (nothing running, all reported).
+            if self.shared.results_rx.lock().is_some() {
+                return;
+            }
+            if tokio::time::timeout_at(until, idle).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Wakes this process's worker (after tasks were added by other means).
+    pub fn wake(&self) {
+        self.shared.wake.notify_one();
+    }
+}
+
+impl Shared {
+    fn backoff_ms(&self, attempt: u32) -> u64 {
+        let s = &self.settings;
+        let factor = 1u64 << attempt.saturating_sub(1).min(40);
+        s.backoff_base_ms
+            .saturating_mul(factor)
+            .min(s.backoff_max_ms)
+    }
+
+    /// One step: report `results`, reap, promote, claim up to `caps`.
+    async fn step(
+        &self,
+        results: &[Outcome],
+        caps: &[(String, usize)],
+        explicit: &[String],
+    ) -> Result<Vec<Task>, StorageError> {
+        let k = &self.keys;
+        let s = &self.settings;
+        let now = now_ms();
+        let iso = iso8601(now);
+        let total: usize = caps.iter().map(|c| c.1).sum::<usize>().min(s.claim_batch);
+        let (done, failed): (Vec<&Outcome>, Vec<&Outcome>) =
+            results.iter().partition(|o| o.error.is_none());
+        let mut args: Vec<String> = Vec::with_capacity(12 + results.len() * 3 + caps.len() * 2);
+        args.extend([
+            k.task_prefix.clone(),
+            now.to_string(),
+            iso.clone(),
+            s.visibility_timeout_ms.to_string(),
+            s.max_attempts.to_string(),
+            (s.completed_ttl_secs * 1000).to_string(),
+            done.len().to_string(),
+            failed.len().to_string(),
+            caps.len().to_string(),
+            total.to_string(),
+            s.scan_limit.to_string(),
+            explicit.len().to_string(),
+        ]);
+        for o in &done {
+            args.push(o.id.clone());
+            args.push(o.attempt.clone());
+        }
+        for o in &failed {
+            let attempt: u32 = o.attempt.parse().unwrap_or(1);
+            let at = now + self.backoff_ms(attempt);
+            args.push(o.id.clone());
+            args.push(o.attempt.clone());
+            args.push(o.error.clone().unwrap_or_default());
+            args.push(at.to_string());
+            args.push(iso8601(at));
+        }
+        for (ty, cap) in caps {
+            args.push(ty.clone());
+            args.push(cap.to_string());
+        }
+        args.extend(explicit.iter().cloned());
+        let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let reply = self
+            .storage
+            .eval(
+                &scripts().step,
+                &[&k.queue, &k.processing, &k.delayed, &k.dead],
+                &arg_refs,
+            )
+            .await?;
+        let Reply::Array(mut parts) = reply else {
+            return Err(StorageError::Command("task-step: unexpected reply".into()));
+        };
+        if parts.len() != 5 {
+            return Err(StorageError::Command("task-step: unexpected reply".into()));
+        }
+        let claimed_fields = parts.pop().map(Reply::into_strings).unwrap_or_default();
+        self.completed
+            .fetch_add(parts[0].as_int() as u64, Ordering::Relaxed);
+        self.dead_lettered
+            .fetch_add(parts[1].as_int() as u64, Ordering::Relaxed);
+        self.reaped
+            .fetch_add(parts[2].as_int() as u64, Ordering::Relaxed);
+        self.failed_attempts
+            .fetch_add(failed.len() as u64, Ordering::Relaxed);
+        let tasks: Vec<Task> = claimed_fields
+            .chunks_exact(7)
+            .map(|f| Task {
+                id: f[0].clone(),
+                task_type: f[1].clone(),
+                data: f[2].clone(),
+                priority: f[3].parse().unwrap_or(0),
+                created_at: f[5].clone(),
+                status: Some(TaskStatus::Processing),
+                attempts: f[4].parse().unwrap_or(1),
+                last_error: None,
+                updated_at: Some(iso.clone()),
+                run_at: None,
+            })
+            .collect();
+        self.claimed
+            .fetch_add(tasks.len() as u64, Ordering::Relaxed);
+        Ok(tasks)
+    }
+
+    fn spawn_handler(self: &Arc<Self>, task: Task, entry: Arc<HandlerEntry>) {
+        let attempt = task.attempts.to_string();
+        let id = task.id.clone();
+        self.inflight
+            .insert(id.clone(), (attempt.clone(), Instant::now()));
+        let shared = self.clone();
+        tokio::spawn(async move {
+            let fut = (entry.run)(task);
+            let result = std::panic::AssertUnwindSafe(fut).catch_unwind().await;
+            let error = match result {
+                Ok(Ok(())) => None,
+                Ok(Err(message)) => Some(message),
+                Err(_) => Some("handler panicked".to_string()),
+            };
+            entry.running.fetch_sub(1, Ordering::AcqRel);
+            let _ = shared.results_tx.send(Outcome { id, attempt, error });
+        });
+    }
+}
+
+/// The worker loop of a process: one step at a time, each carrying every finished result.
+async fn worker(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Outcome>) {
+    let poll = Duration::from_millis(shared.settings.poll_interval_ms.max(1));
+    let mut results: Vec<Outcome> = Vec::new();
+    loop {
+        while results.len() < MAX_RESULTS_PER_STEP {
+            match rx.try_recv() {
+                Ok(o) => results.push(o),
+                Err(_) => break,
+            }
+        }
+        let stopping = shared.stopping.load(Ordering::Acquire);
+        if stopping && results.is_empty() && shared.inflight.is_empty() {
+            break;
+        }
+        let handlers: Vec<(String, Arc<HandlerEntry>)> = shared
+            .handlers
+            .read()
+            .iter()
+            .map(|(t, h)| (t.clone(), h.clone()))
+            .collect();
+        let mut caps: Vec<(String, usize)> = if stopping {
+            Vec::new()
+        } else {
+            handlers
+                .iter()
+                .map(|(t, h)| {
+                    let free = h
+                        .concurrency
+                        .saturating_sub(h.running.load(Ordering::Acquire));
+                    (t.clone(), free)
+                })
+                .filter(|c| c.1 > 0)
+                .collect()
+        };
+        // Outside Redis, claims name their tasks, so that their replay claims the same ones.
+        let mut explicit = Vec::new();
+        if !caps.is_empty() && matches!(shared.storage.mode(), Mode::Degraded | Mode::Resyncing) {
+            match shared
+                .storage
+                .zrange_by_score(
+                    &shared.keys.queue,
+                    f64::NEG_INFINITY,
+                    f64::INFINITY,
+                    Some((0, shared.settings.scan_limit as u64)),
+                )
+                .await
+            {
+                Ok(v) => explicit = v.into_iter().map(|(m, _)| m).collect(),
+                Err(_) => caps.clear(),
+            }
+            if explicit.is_empty() {
+                caps.clear();
+            }
+        }
+        if results.is_empty() && caps.is_empty() {
+            // Every slot is busy (or nothing to claim here): wait for a result.
+            tokio::select! {
+                o = rx.recv() => match o { Some(o) => results.push(o), None => break },
+                _ = shared.stop.notified() => {}
+                _ = shared.wake.notified() => {}
+                _ = tokio::time::sleep(poll) => {}
+            }
+            continue;
+        }
+        let had_results = !results.is_empty();
+        match shared.step(&results, &caps, &explicit).await {
+            Ok(tasks) => {
+                for o in &results {
+                    shared.inflight.remove(&o.id);
+                }
+                results.clear();
+                shared.idle.notify_waiters();
+                let claimed = tasks.len();
+                for task in tasks {
+                    let entry = handlers
+                        .iter()
+                        .find(|(t, _)| *t == task.task_type)
+                        .map(|(_, h)| h.clone());
+                    match entry {
+                        Some(entry) => {
+                            entry.running.fetch_add(1, Ordering::AcqRel);
+                            shared.spawn_handler(task, entry);
+                        }
+                        // Unreachable: the script claims only types given in `caps`.
+                        None => {
+                            tracing::error!(actor = "scheduler", id = %task.id, "claimed a task without handler")
+                        }
+                    }
+                }
+                if claimed == 0 && !had_results {
+                    tokio::select! {
+                        o = rx.recv() => match o { Some(o) => results.push(o), None => break },
+                        _ = shared.stop.notified() => {}
+                        _ = shared.wake.notified() => {}
+                        _ = tokio::time::sleep(poll) => {}
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(actor = "scheduler", error = %e, "task step failed; retrying");
+                tokio::time::sleep(poll).await;
+            }
+        }
+    }
+    *shared.results_rx.lock() = Some(rx);
+    shared.idle.notify_waiters();
+}
+
+/// Extends the visibility deadline of the tasks this process runs, every third of the timeout.
+async fn heartbeat(shared: Arc<Shared>) {
+    let vis = shared.settings.visibility_timeout_ms.max(3);
+    let every = Duration::from_millis(vis / 3);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shared.stop.notified() => {}
+        }
+        if shared.stopping.load(Ordering::Acquire) && shared.inflight.is_empty() {
+            return;
+        }
+        let held: Vec<(String, String)> = shared
+            .inflight
+            .iter()
+            .filter(|e| e.value().1.elapsed() >= every)
+            .map(|e| (e.key().clone(), e.value().0.clone()))
+            .collect();
+        for chunk in held.chunks(500) {
+            let deadline = (now_ms() + vis).to_string();
+            let mut args = vec![shared.keys.task_prefix.as_str(), deadline.as_str()];
+            for (id, attempt) in chunk {
+                args.push(id);
+                args.push(attempt);
+            }
+            if let Err(e) = shared
+                .storage
+                .eval(&scripts().extend, &[&shared.keys.processing], &args)
+                .await
+            {
+                tracing::warn!(actor = "scheduler", error = %e, "extending visibility failed");
+            }
+        }
+    }
+}
+
+/// Asks the [`SchedulerActor`] for the worker counters.
+#[derive(Debug, Message)]
+#[rtype(result = "SchedulerStats")]
+pub struct GetSchedulerStats;
+
+/// The scheduler's place in the actor tree: answers [`GetSchedulerStats`] and, when the tree
+/// shuts down, stops claiming and stops the periodic jobs.
+#[derive(Debug)]
+pub struct SchedulerActor {
+    scheduler: Scheduler,
+    periodic: periodic::Periodic,
+}
+
+impl SchedulerActor {
+    /// The actor for `scheduler` and its periodic jobs.
+    pub fn new(scheduler: Scheduler, periodic: periodic::Periodic) -> Self {
+        Self {
+            scheduler,
+            periodic,
+        }
+    }
+}
+
+impl Actor for SchedulerActor {
+    type Context = Context<Self>;
+
+    fn stopping(&mut self, _: &mut Self::Context) -> actix::Running {
+        self.scheduler
+            .shared
+            .stopping
+            .store(true, Ordering::Release);
+        self.scheduler.shared.stop.notify_waiters();
+        self.scheduler.shared.wake.notify_one();
+        self.periodic.stop();
+        actix::Running::Stop
+    }
+}
+
+impl Handler<GetSchedulerStats> for SchedulerActor {
+    type Result = actix::MessageResult<GetSchedulerStats>;
+
+    fn handle(&mut self, _: GetSchedulerStats, _: &mut Self::Context) -> Self::Result {
+        actix::MessageResult(self.scheduler.stats())
+    }
+}

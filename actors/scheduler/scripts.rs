@@ -1,0 +1,652 @@
+//! The scheduler's scripts, in Lua for Redis and in Rust for the fallback (same keys, same
+//! arguments, same replies). Task hashes are named `ARGV[1] .. id` (`PREFIX:task:`): with a
+//! hash-tagged prefix (`{bot}`) every key a script touches is in one cluster slot.
+//!
+//! Replay after an outage runs the Lua with the arguments recorded while Redis was away, so
+//! the scripts take the clock (`now`) as an argument and are safe to run twice: `enqueue`
+//! skips an id that exists, `step` completes a task only while it is not completed, fails it
+//! only when the attempt matches, and claims explicit ids only while they are still queued.
+
+use std::sync::OnceLock;
+
+use crate::storage::{Expiry, Keyspace, LocalError, Op, Reply, Script};
+
+/// KEYS: queue, delayed. ARGV: task key prefix, now ms, now ISO, then per task 7 values: id,
+/// type, data, priority, run_at ms (0: now), run_at ISO, max_attempts ('' : default).
+/// Answers how many tasks were added (an existing id is skipped).
+const ENQUEUE: &str = r#"
+local now = tonumber(ARGV[2])
+local added = 0
+for i = 4, #ARGV, 7 do
+  local id = ARGV[i]
+  local h = ARGV[1] .. id
+  if redis.call('EXISTS', h) == 0 then
+    local prio = ARGV[i + 3]
+    local run_at = tonumber(ARGV[i + 4])
+    redis.call('HSET', h, 'id', id, 'type', ARGV[i + 1], 'data', ARGV[i + 2], 'priority', prio,
+      'created_at', ARGV[3], 'status', 'pending', 'attempts', '0', 'updated_at', ARGV[3])
+    if ARGV[i + 6] ~= '' then redis.call('HSET', h, 'max_attempts', ARGV[i + 6]) end
+    if run_at > now then
+      redis.call('HSET', h, 'run_at', ARGV[i + 5])
+      redis.call('ZADD', KEYS[2], run_at, id)
+    else
+      redis.call('ZADD', KEYS[1], -tonumber(prio), id)
+    end
+    added = added + 1
+  end
+end
+return added
+"#;
+
+/// One round trip of a worker: completions, failures, the reaper (expired visibility
+/// deadlines), the promotion of due delayed tasks, then claims.
+///
+/// KEYS: queue, processing, delayed, dead. ARGV: 1 task key prefix, 2 now ms, 3 now ISO,
+/// 4 visibility ms, 5 default max attempts, 6 completed ttl ms (0: delete), 7 completions,
+/// 8 failures, 9 capacities, 10 claim at most, 11 scan at most, 12 explicit ids; then
+/// completions (id, attempt), failures (id, attempt, error, retry at ms, retry at ISO),
+/// capacities (type, free slots), explicit ids (claimed only while still queued; when none
+/// are given the queue is read from its head).
+/// Answers {completed, dead-lettered, reaped, claimed, {id, type, data, priority, attempt,
+/// created_at, max_attempts, ...}}.
+const STEP: &str = r#"
+local P, now, iso = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local vis, maxa, ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local nd, nf, nc = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
+local total, scan, ni = tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12])
+local a = 13
+local done, dead, reaped, claimed = 0, 0, 0, 0
+local function limit(m)
+  return tonumber(m) or maxa
+end
+local function bury(id, h, err)
+  redis.call('HSET', h, 'status', 'failed', 'last_error', err, 'updated_at', iso)
+  redis.call('ZADD', KEYS[4], now, id)
+  dead = dead + 1
+end
+for _ = 1, nd do
+  local id = ARGV[a]
+  a = a + 2
+  local h = P .. id
+  local st = redis.call('HGET', h, 'status')
+  if st and st ~= 'completed' then
+    redis.call('ZREM', KEYS[2], id)
+    if st ~= 'processing' then
+      redis.call('ZREM', KEYS[1], id)
+      redis.call('ZREM', KEYS[3], id)
+      redis.call('ZREM', KEYS[4], id)
+    end
+    if ttl > 0 then
+      redis.call('HSET', h, 'status', 'completed', 'updated_at', iso)
+      redis.call('PEXPIRE', h, ttl)
+    else
+      redis.call('DEL', h)
+    end
+    done = done + 1
+  end
+end
+for _ = 1, nf do
+  local id, att, err = ARGV[a], ARGV[a + 1], ARGV[a + 2]
+  local retry, retry_iso = tonumber(ARGV[a + 3]), ARGV[a + 4]
+  a = a + 5
+  local h = P .. id
+  local f = redis.call('HMGET', h, 'status', 'attempts', 'max_attempts')
+  if f[1] == 'processing' and f[2] == att then
+    redis.call('ZREM', KEYS[2], id)
+    if tonumber(att) >= limit(f[3]) then
+      bury(id, h, err)
+    else
+      redis.call('HSET', h, 'status', 'pending', 'last_error', err, 'updated_at', iso,
+        'run_at', retry_iso)
+      redis.call('ZADD', KEYS[3], retry, id)
+    end
+  end
+end
+local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 100)
+for _, id in ipairs(expired) do
+  redis.call('ZREM', KEYS[2], id)
+  local h = P .. id
+  local f = redis.call('HMGET', h, 'status', 'attempts', 'max_attempts', 'priority')
+  if f[1] == 'processing' then
+    if (tonumber(f[2]) or 0) >= limit(f[3]) then
+      bury(id, h, 'visibility timeout expired')
+    else
+      redis.call('HSET', h, 'status', 'pending', 'updated_at', iso)
+      redis.call('ZADD', KEYS[1], -(tonumber(f[4]) or 0), id)
+    end
+    reaped = reaped + 1
+  end
+end
+local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, 1000)
+for _, id in ipairs(due) do
+  redis.call('ZREM', KEYS[3], id)
+  local pr = redis.call('HGET', P .. id, 'priority')
+  if pr then redis.call('ZADD', KEYS[1], -(tonumber(pr) or 0), id) end
+end
+local caps = {}
+for _ = 1, nc do
+  caps[ARGV[a]] = tonumber(ARGV[a + 1])
+  a = a + 2
+end
+local out = {}
+local function try(id)
+  local h = P .. id
+  local f = redis.call('HMGET', h, 'type', 'data', 'priority', 'created_at', 'max_attempts')
+  if not f[1] then return false end
+  local c = caps[f[1]]
+  if not c or c <= 0 then return false end
+  caps[f[1]] = c - 1
+  redis.call('ZREM', KEYS[1], id)
+  local att = redis.call('HINCRBY', h, 'attempts', 1)
+  redis.call('HSET', h, 'status', 'processing', 'updated_at', iso)
+  redis.call('ZADD', KEYS[2], now + vis, id)
+  local n = #out
+  out[n + 1] = id
+  out[n + 2] = f[1]
+  out[n + 3] = f[2] or ''
+  out[n + 4] = f[3] or '0'
+  out[n + 5] = tostring(att)
+  out[n + 6] = f[4] or ''
+  out[n + 7] = f[5] or ''
+  claimed = claimed + 1
+  return true
+end
+if ni > 0 then
+  for _ = 1, ni do
+    local id = ARGV[a]
+    a = a + 1
+    if claimed < total and redis.call('ZSCORE', KEYS[1], id) then try(id) end
+  end
+else
+  local start, scanned = 0, 0
+  while claimed < total and scanned < scan do
+    local ids = redis.call('ZRANGE', KEYS[1], start, start + total - claimed - 1)
+    if #ids == 0 then break end
+    for _, id in ipairs(ids) do
+      scanned = scanned + 1
+      if not try(id) then start = start + 1 end
+    end
+  end
+end
+return {done, dead, reaped, claimed, out}
+"#;
+
+/// KEYS: processing. ARGV: task key prefix, new deadline ms, then (id, attempt) pairs.
+/// Moves the deadline of the tasks still held by that attempt. Answers how many.
+const EXTEND: &str = r#"
+local n = 0
+for i = 3, #ARGV, 2 do
+  local id = ARGV[i]
+  local f = redis.call('HMGET', ARGV[1] .. id, 'status', 'attempts')
+  if f[1] == 'processing' and f[2] == ARGV[i + 1] and redis.call('ZSCORE', KEYS[1], id) then
+    redis.call('ZADD', KEYS[1], ARGV[2], id)
+    n = n + 1
+  end
+end
+return n
+"#;
+
+/// KEYS: queue, delayed. ARGV: task key prefix, id. Removes a waiting task and its hash.
+/// Answers 1 when it was waiting.
+const CANCEL: &str = r#"
+local a = redis.call('ZREM', KEYS[1], ARGV[2])
+local b = redis.call('ZREM', KEYS[2], ARGV[2])
+if a + b > 0 then
+  redis.call('DEL', ARGV[1] .. ARGV[2])
+  return 1
+end
+return 0
+"#;
+
+/// KEYS: state. ARGV: new state, session id ('' : keep), timestamp, updated_by, then the
+/// states it may follow ('' : no state yet). Answers {1, previous} or {0, previous}.
+const TRANSITION: &str = r#"
+local cur = redis.call('HGET', KEYS[1], 'state') or ''
+for i = 5, #ARGV do
+  if ARGV[i] == cur then
+    redis.call('HSET', KEYS[1], 'state', ARGV[1], 'timestamp', ARGV[3], 'updated_by', ARGV[4])
+    if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'session_id', ARGV[2]) end
+    return {1, cur}
+  end
+end
+return {0, cur}
+"#;
+
+/// KEYS: session, metrics. ARGV: counter field, increment, timestamp. Raises the counter in
+/// both hashes. Answers the session's new value.
+const COUNT: &str = r#"
+local v = redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[1], 'updated_at', ARGV[3])
+redis.call('HINCRBY', KEYS[2], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[2], 'timestamp', ARGV[3])
+return v
+"#;
+
+/// KEYS: events. ARGV: event JSON, cap. Pushes the event at the head and trims the list.
+const EVENT: &str = r#"
+redis.call('LPUSH', KEYS[1], ARGV[1])
+redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[2]) - 1)
+return 1
+"#;
+
+/// The scheduler's scripts.
+#[derive(Debug)]
+pub(crate) struct SchedulerScripts {
+    pub(crate) enqueue: Script,
+    pub(crate) step: Script,
+    pub(crate) extend: Script,
+    pub(crate) cancel: Script,
+    pub(crate) transition: Script,
+    pub(crate) count: Script,
+    pub(crate) event: Script,
+}
+
+/// The scripts (hashed once per process).
+pub(crate) fn scripts() -> &'static SchedulerScripts {
+    static SCRIPTS: OnceLock<SchedulerScripts> = OnceLock::new();
+    SCRIPTS.get_or_init(|| SchedulerScripts {
+        enqueue: Script::new("task-enqueue", ENQUEUE, enqueue_local),
+        step: Script::new("task-step", STEP, step_local),
+        extend: Script::new("task-extend", EXTEND, extend_local),
+        cancel: Script::new("task-cancel", CANCEL, cancel_local),
+        transition: Script::new("bot-state", TRANSITION, transition_local),
+        count: Script::new("session-count", COUNT, count_local),
+        event: Script::new("bot-event", EVENT, event_local),
+    })
+}
+
+type Res = Result<Reply, LocalError>;
+
+/// Commands on the fallback keyspace, shaped like `redis.call` in the Lua twins.
+struct Ks<'a> {
+    ks: &'a mut Keyspace,
+    now: u64,
+}
+
+impl Ks<'_> {
+    fn apply(&mut self, op: Op) -> Res {
+        self.ks.apply(&op, self.now)
+    }
+    fn exists(&mut self, key: &str) -> Result<bool, LocalError> {
+        Ok(self.apply(Op::Exists { key: key.into() })?.as_int() == 1)
+    }
+    fn hget(&mut self, key: &str, field: &str) -> Result<Option<String>, LocalError> {
+        Ok(self
+            .apply(Op::HGet {
+                key: key.into(),
+                field: field.into(),
+            })?
+            .into_opt_string())
+    }
+    fn hmget(&mut self, key: &str, fields: &[&str]) -> Result<Vec<Option<String>>, LocalError> {
+        fields.iter().map(|f| self.hget(key, f)).collect()
+    }
+    fn hset(&mut self, key: &str, fields: &[(&str, &str)]) -> Result<(), LocalError> {
+        self.apply(Op::HSet {
+            key: key.into(),
+            fields: fields
+                .iter()
+                .map(|(f, v)| (f.to_string(), v.to_string()))
+                .collect(),
+        })
+        .map(|_| ())
+    }
+    fn hincr(&mut self, key: &str, field: &str, by: i64) -> Result<i64, LocalError> {
+        Ok(self
+            .apply(Op::HIncrBy {
+                key: key.into(),
+                field: field.into(),
+                by,
+            })?
+            .as_int())
+    }
+    fn zadd(&mut self, key: &str, score: f64, member: &str) -> Result<(), LocalError> {
+        self.apply(Op::ZAdd {
+            key: key.into(),
+            members: vec![(score, member.into())],
+        })
+        .map(|_| ())
+    }
+    fn zrem(&mut self, key: &str, member: &str) -> Result<i64, LocalError> {
+        Ok(self
+            .apply(Op::ZRem {
+                key: key.into(),
+                members: vec![member.into()],
+            })?
+            .as_int())
+    }
+    fn zscore(&mut self, key: &str, member: &str) -> Result<bool, LocalError> {
+        Ok(self
+            .apply(Op::ZScore {
+                key: key.into(),
+                member: member.into(),
+            })?
+            .into_opt_string()
+            .is_some())
+    }
+    fn zrange(
+        &mut self,
+        key: &str,
+        min: f64,
+        max: f64,
+        offset: u64,
+        count: u64,
+    ) -> Result<Vec<String>, LocalError> {
+        Ok(self
+            .apply(Op::ZRangeByScore {
+                key: key.into(),
+                min,
+                max,
+                limit: Some((offset, count)),
+            })?
+            .into_scored()
+            .into_iter()
+            .map(|(m, _)| m)
+            .collect())
+    }
+    fn del(&mut self, key: &str) -> Result<(), LocalError> {
+        self.apply(Op::Del {
+            keys: vec![key.into()],
+        })
+        .map(|_| ())
+    }
+}
+
+fn arg(args: &[String], i: usize) -> &str {
+    args.get(i).map(String::as_str).unwrap_or("")
+}
+
+fn num(text: &str) -> Option<f64> {
+    text.trim().parse::<f64>().ok()
+}
+
+fn enqueue_local(ks: &mut Keyspace, now_ms: u64, keys: &[String], args: &[String]) -> Res {
+    let mut k = Ks { ks, now: now_ms };
+    let (prefix, now, iso) = (arg(args, 0), num(arg(args, 1)).unwrap_or(0.0), arg(args, 2));
+    let mut added = 0;
+    for t in args[3.min(args.len())..].chunks_exact(7) {
+        let h = format!("{prefix}{}", t[0]);
+        if k.exists(&h)? {
+            continue;
+        }
+        let prio = num(&t[3]).ok_or(LocalError::NotInteger)?;
+        let run_at = num(&t[4]).unwrap_or(0.0);
+        k.hset(
+            &h,
+            &[
+                ("id", &t[0]),
+                ("type", &t[1]),
+                ("data", &t[2]),
+                ("priority", &t[3]),
+                ("created_at", iso),
+                ("status", "pending"),
+                ("attempts", "0"),
+                ("updated_at", iso),
+            ],
+        )?;
+        if !t[6].is_empty() {
+            k.hset(&h, &[("max_attempts", &t[6])])?;
+        }
+        if run_at > now {
+            k.hset(&h, &[("run_at", &t[5])])?;
+            k.zadd(&keys[1], run_at, &t[0])?;
+        } else {
+            k.zadd(&keys[0], -prio, &t[0])?;
+        }
+        added += 1;
+    }
+    Ok(Reply::Int(added))
+}
+
+fn step_local(ks: &mut Keyspace, now_ms: u64, keys: &[String], args: &[String]) -> Res {
+    let mut k = Ks { ks, now: now_ms };
+    let int = |i: usize| num(arg(args, i)).unwrap_or(0.0);
+    let (prefix, now, iso) = (arg(args, 0), int(1), arg(args, 2).to_string());
+    let (vis, maxa, ttl) = (int(3), int(4), int(5) as u64);
+    let (nd, nf, nc) = (int(6) as usize, int(7) as usize, int(8) as usize);
+    let (total, scan, ni) = (int(9) as i64, int(10) as i64, int(11) as usize);
+    let (queue, processing, delayed, dead_key) = (&keys[0], &keys[1], &keys[2], &keys[3]);
+    let mut a = 12;
+    let (mut done, mut dead, mut reaped, mut claimed) = (0i64, 0i64, 0i64, 0i64);
+    let limit = |m: &Option<String>| m.as_deref().and_then(num).unwrap_or(maxa);
+    let mut bury = |k: &mut Ks, id: &str, h: &str, err: &str| -> Result<(), LocalError> {
+        k.hset(
+            h,
+            &[
+                ("status", "failed"),
+                ("last_error", err),
+                ("updated_at", &iso),
+            ],
+        )?;
+        k.zadd(dead_key, now, id)?;
+        dead += 1;
+        Ok(())
+    };
+    for _ in 0..nd {
+        let id = arg(args, a).to_string();
+        a += 2;
+        let h = format!("{prefix}{id}");
+        match k.hget(&h, "status")? {
+            Some(st) if st != "completed" => {
+                k.zrem(processing, &id)?;
+                if st != "processing" {
+                    k.zrem(queue, &id)?;
+                    k.zrem(delayed, &id)?;
+                    k.zrem(dead_key, &id)?;
+                }
+                if ttl > 0 {
+                    k.hset(&h, &[("status", "completed"), ("updated_at", &iso)])?;
+                    k.apply(Op::Expire {
+                        key: h.clone(),
+                        expiry: Expiry::In(ttl),
+                    })?;
+                } else {
+                    k.del(&h)?;
+                }
+                done += 1;
+            }
+            _ => {}
+        }
+    }
+    for _ in 0..nf {
+        let (id, att, err) = (arg(args, a), arg(args, a + 1), arg(args, a + 2));
+        let (retry, retry_iso) = (num(arg(args, a + 3)).unwrap_or(now), arg(args, a + 4));
+        a += 5;
+        let h = format!("{prefix}{id}");
+        let f = k.hmget(&h, &["status", "attempts", "max_attempts"])?;
+        if f[0].as_deref() == Some("processing") && f[1].as_deref() == Some(att) {
+            k.zrem(processing, id)?;
+            if num(att).unwrap_or(0.0) >= limit(&f[2]) {
+                bury(&mut k, id, &h, err)?;
+            } else {
+                k.hset(
+                    &h,
+                    &[
+                        ("status", "pending"),
+                        ("last_error", err),
+                        ("updated_at", &iso),
+                        ("run_at", retry_iso),
+                    ],
+                )?;
+                k.zadd(delayed, retry, id)?;
+            }
+        }
+    }
+    for id in k.zrange(processing, f64::NEG_INFINITY, now, 0, 100)? {
+        k.zrem(processing, &id)?;
+        let h = format!("{prefix}{id}");
+        let f = k.hmget(&h, &["status", "attempts", "max_attempts", "priority"])?;
+        if f[0].as_deref() == Some("processing") {
+            let attempts = f[1].as_deref().and_then(num).unwrap_or(0.0);
+            if attempts >= limit(&f[2]) {
+                bury(&mut k, &id, &h, "visibility timeout expired")?;
+            } else {
+                k.hset(&h, &[("status", "pending"), ("updated_at", &iso)])?;
+                let prio = f[3].as_deref().and_then(num).unwrap_or(0.0);
+                k.zadd(queue, -prio, &id)?;
+            }
+            reaped += 1;
+        }
+    }
+    for id in k.zrange(delayed, f64::NEG_INFINITY, now, 0, 1000)? {
+        k.zrem(delayed, &id)?;
+        if let Some(pr) = k.hget(&format!("{prefix}{id}"), "priority")? {
+            k.zadd(queue, -num(&pr).unwrap_or(0.0), &id)?;
+        }
+    }
+    let mut caps = std::collections::HashMap::new();
+    for _ in 0..nc {
+        caps.insert(arg(args, a).to_string(), int(a + 1) as i64);
+        a += 2;
+    }
+    let mut out = Vec::new();
+    let try_claim = |k: &mut Ks,
+                     caps: &mut std::collections::HashMap<String, i64>,
+                     out: &mut Vec<Reply>,
+                     id: &str|
+     -> Result<bool, LocalError> {
+        let h = format!("{prefix}{id}");
+        let f = k.hmget(
+            &h,
+            &["type", "data", "priority", "created_at", "max_attempts"],
+        )?;
+        let Some(ty) = f[0].clone() else {
+            return Ok(false);
+        };
+        match caps.get_mut(&ty) {
+            Some(c) if *c > 0 => *c -= 1,
+            _ => return Ok(false),
+        }
+        k.zrem(queue, id)?;
+        let att = k.hincr(&h, "attempts", 1)?;
+        k.hset(&h, &[("status", "processing"), ("updated_at", &iso)])?;
+        k.zadd(processing, now + vis, id)?;
+        let text = |v: &Option<String>, d: &str| Reply::Str(v.clone().unwrap_or_else(|| d.into()));
+        out.extend([
+            Reply::Str(id.to_string()),
+            Reply::Str(ty),
+            text(&f[1], ""),
+            text(&f[2], "0"),
+            Reply::Str(att.to_string()),
+            text(&f[3], ""),
+            text(&f[4], ""),
+        ]);
+        Ok(true)
+    };
+    if ni > 0 {
+        for _ in 0..ni {
+            let id = arg(args, a).to_string();
+            a += 1;
+            if claimed < total
+                && k.zscore(queue, &id)?
+                && try_claim(&mut k, &mut caps, &mut out, &id)?
+            {
+                claimed += 1;
+            }
+        }
+    } else {
+        let (mut start, mut scanned) = (0u64, 0i64);
+        while claimed < total && scanned < scan {
+            let want = (total - claimed) as u64;
+            let ids = k.zrange(queue, f64::NEG_INFINITY, f64::INFINITY, start, want)?;
+            if ids.is_empty() {
+                break;
+            }
+            for id in ids {
+                scanned += 1;
+                if try_claim(&mut k, &mut caps, &mut out, &id)? {
+                    claimed += 1;
+                } else {
+                    start += 1;
+                }
+            }
+        }
+    }
+    Ok(Reply::Array(vec![
+        Reply::Int(done),
+        Reply::Int(dead),
+        Reply::Int(reaped),
+        Reply::Int(claimed),
+        Reply::Array(out),
+    ]))
+}
+
+fn extend_local(ks: &mut Keyspace, now_ms: u64, keys: &[String], args: &[String]) -> Res {
+    let mut k = Ks { ks, now: now_ms };
+    let (prefix, deadline) = (arg(args, 0), num(arg(args, 1)).unwrap_or(0.0));
+    let mut n = 0;
+    for pair in args[2.min(args.len())..].chunks_exact(2) {
+        let f = k.hmget(&format!("{prefix}{}", pair[0]), &["status", "attempts"])?;
+        if f[0].as_deref() == Some("processing")
+            && f[1].as_deref() == Some(pair[1].as_str())
+            && k.zscore(&keys[0], &pair[0])?
+        {
+            k.zadd(&keys[0], deadline, &pair[0])?;
+            n += 1;
+        }
+    }
+    Ok(Reply::Int(n))
+}
+
+fn cancel_local(ks: &mut Keyspace, now_ms: u64, keys: &[String], args: &[String]) -> Res {
+    let mut k = Ks { ks, now: now_ms };
+    let id = arg(args, 1);
+    let removed = k.zrem(&keys[0], id)? + k.zrem(&keys[1], id)?;
+    if removed > 0 {
+        k.del(&format!("{}{id}", arg(args, 0)))?;
+        return Ok(Reply::Int(1));
+    }
+    Ok(Reply::Int(0))
+}
+
+fn transition_local(ks: &mut Keyspace, now_ms: u64, keys: &[String], args: &[String]) -> Res {
+    let mut k = Ks { ks, now: now_ms };
+    let cur = k.hget(&keys[0], "state")?.unwrap_or_default();
+    if args.iter().skip(4).any(|s| *s == cur) {
+        k.hset(
+            &keys[0],
+            &[
+                ("state", arg(args, 0)),
+                ("timestamp", arg(args, 2)),
+                ("updated_by", arg(args, 3)),
+            ],
+        )?;
+        if !arg(args, 1).is_empty() {
+            k.hset(&keys[0], &[("session_id", arg(args, 1))])?;
+        }
+        return Ok(Reply::Array(vec![Reply::Int(1), Reply::Str(cur)]));
+    }
+    Ok(Reply::Array(vec![Reply::Int(0), Reply::Str(cur)]))
+}
+
+fn count_local(ks: &mut Keyspace, now_ms: u64, keys: &[String], args: &[String]) -> Res {
+    let mut k = Ks { ks, now: now_ms };
+    let by = arg(args, 1)
+        .parse::<i64>()
+        .map_err(|_| LocalError::NotInteger)?;
+    let v = k.hincr(&keys[0], arg(args, 0), by)?;
+    k.hset(&keys[0], &[("updated_at", arg(args, 2))])?;
+    k.hincr(&keys[1], arg(args, 0), by)?;
+    k.hset(&keys[1], &[("timestamp", arg(args, 2))])?;
+    Ok(Reply::Int(v))
+}
+
+fn event_local(ks: &mut Keyspace, now_ms: u64, keys: &[String], args: &[String]) -> Res {
+    let cap = arg(args, 1).parse::<i64>().unwrap_or(1);
+    ks.apply(
+        &Op::LPush {
+            key: keys[0].clone(),
+            values: vec![arg(args, 0).to_string()],
+        },
+        now_ms,
+    )?;
+    ks.apply(
+        &Op::LTrim {
+            key: keys[0].clone(),
+            start: 0,
+            stop: cap - 1,
+        },
+        now_ms,
+    )?;
+    Ok(Reply::Int(1))
+}

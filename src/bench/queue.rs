@@ -1,0 +1,168 @@
+//! `botfleet bench queue --redis URL`: the peers' queue workload (`../shared/peers`, BullMQ
+//! and bullmq-official): N no-op tasks with the payload `{"i": i, "payload": "x" * 100}`, one
+//! worker with 50 concurrent handlers, completed tasks removed. Scenarios `seq-add` (enqueue
+//! one at a time), `bulk-add` (batches of 1,000), `priority` (bulk, priorities 1..10). One
+//! JSON line each with `enqueue_per_s`, `process_per_s` and the Redis memory per waiting task.
+//! The scheduler runs with its reliability on (visibility deadlines, retries, dead letters).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tokio::sync::Notify;
+
+use crate::actors::scheduler::{NewTask, Scheduler, SchedulerError};
+use crate::settings::{KeySettings, SchedulerSettings, StorageSettings};
+use crate::storage::{KeySchema, Mode, Script, Storage, StorageError};
+
+/// Options of the queue benchmark.
+#[derive(Debug, Clone)]
+pub struct QueueBench {
+    /// Server to use (keys under `bench-queue-*` are overwritten).
+    pub redis_url: String,
+    /// Tasks per scenario.
+    pub tasks: usize,
+    /// Concurrent handlers.
+    pub concurrency: usize,
+}
+
+/// Why the benchmark failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum QueueBenchError {
+    /// The storage could not be opened, or Redis does not answer.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// A scheduler call failed.
+    #[error(transparent)]
+    Scheduler(#[from] SchedulerError),
+    /// The tasks were not all processed in time.
+    #[error("{scenario}: {done} of {tasks} tasks processed after {secs} s")]
+    Stalled {
+        /// Scenario.
+        scenario: &'static str,
+        /// Processed.
+        done: usize,
+        /// Expected.
+        tasks: usize,
+        /// Waited.
+        secs: u64,
+    },
+}
+
+const USED_MEMORY: &str = r#"
+local info = redis.call('INFO', 'memory')
+return tonumber(string.match(info, 'used_memory:(%d+)'))
+"#;
+
+fn no_local(
+    _: &mut crate::storage::Keyspace,
+    _: u64,
+    _: &[String],
+    _: &[String],
+) -> Result<crate::storage::Reply, crate::storage::LocalError> {
+    Err(crate::storage::LocalError::Script("redis only".into()))
+}
+
+/// Runs the three scenarios, printing one JSON line each through `out`.
+pub async fn run(
+    bench: &QueueBench,
+    mut out: impl FnMut(serde_json::Value),
+) -> Result<(), QueueBenchError> {
+    let n = bench.tasks.max(1);
+    let conc = bench.concurrency.max(1);
+    let memory = Script::new("bench-used-memory", USED_MEMORY, no_local);
+    for scenario in ["seq-add", "bulk-add", "priority"] {
+        let mut settings = StorageSettings::default();
+        settings.redis.url = bench.redis_url.clone();
+        // A loaded 2-core machine must not look like an outage half-way through.
+        settings.redis.timeout_ms = 5_000;
+        let keys = KeySchema::new(&KeySettings {
+            prefix: format!("bench-queue-{scenario}-{}", std::process::id()),
+            ..KeySettings::default()
+        });
+        let storage = Storage::open(&settings, &keys).await?;
+        if storage.mode() != Mode::Redis {
+            return Err(StorageError::Config {
+                key: "--redis",
+                message: format!("{} does not answer", bench.redis_url),
+            }
+            .into());
+        }
+        let sched_settings = SchedulerSettings {
+            completed_ttl_secs: 0,
+            ..SchedulerSettings::default()
+        };
+        let scheduler = Scheduler::new(storage.clone(), sched_settings, "bench");
+        let task = |i: usize| {
+            let t = NewTask::new("noop", &json!({ "i": i, "payload": "x".repeat(100) }));
+            if scenario == "priority" {
+                t.priority(1 + (i % 10) as i64)
+            } else {
+                t
+            }
+        };
+        let used = |storage: Storage, memory: Script| async move {
+            storage
+                .eval_on_redis(&memory, &[], &[])
+                .await
+                .map(|r| r.as_int())
+                .unwrap_or(0)
+        };
+        let before = used(storage.clone(), memory.clone()).await;
+        let t0 = Instant::now();
+        if scenario == "seq-add" {
+            for i in 0..n {
+                scheduler.enqueue(task(i)).await?;
+            }
+        } else {
+            for start in (0..n).step_by(1_000) {
+                let batch = (start..(start + 1_000).min(n)).map(task).collect();
+                scheduler.enqueue_bulk(batch).await?;
+            }
+        }
+        let enqueue = t0.elapsed();
+        let after = used(storage.clone(), memory.clone()).await;
+        let done = Arc::new(AtomicUsize::new(0));
+        let all_done = Arc::new(Notify::new());
+        let t1 = Instant::now();
+        {
+            let (done, all_done) = (done.clone(), all_done.clone());
+            scheduler.register_handler("noop", conc, move |_task| {
+                let (done, all_done) = (done.clone(), all_done.clone());
+                async move {
+                    if done.fetch_add(1, Ordering::SeqCst) + 1 >= n {
+                        all_done.notify_one();
+                    }
+                    Ok(())
+                }
+            })?;
+        }
+        let limit = Duration::from_secs(300);
+        if tokio::time::timeout(limit, all_done.notified())
+            .await
+            .is_err()
+        {
+            return Err(QueueBenchError::Stalled {
+                scenario,
+                done: done.load(Ordering::SeqCst),
+                tasks: n,
+                secs: limit.as_secs(),
+            });
+        }
+        let process = t1.elapsed();
+        scheduler.stop(Duration::from_secs(10)).await;
+        let counts = scheduler.counts().await?;
+        out(json!({
+            "peer": "botfleet", "bench": "queue", "scenario": scenario, "n": n,
+            "concurrency": conc,
+            "enqueue_per_s": (n as f64 / enqueue.as_secs_f64()).round(),
+            "process_per_s": (n as f64 / process.as_secs_f64()).round(),
+            "redis_bytes_per_waiting_task": ((after - before).max(0) as f64 / n as f64).round(),
+            "left_in_queue": counts.pending + counts.processing + counts.delayed + counts.dead,
+        }));
+        storage.close().await;
+    }
+    Ok(())
+}
