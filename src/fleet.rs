@@ -16,6 +16,7 @@ use serde::Serialize;
 
 use crate::actors::locks::{GetLockStats, LockManager, LockStats, Locks};
 use crate::actors::presence::{hostname, GetPresence, Presence, PresenceStatus};
+use crate::actors::shared_data::{Fetcher, ReaderActor, SharedData, SharedDataError};
 use crate::actors::storage_monitor::{ListStorageEvents, SeenEvent, StorageMonitor};
 use crate::settings::{FallbackKind, Settings};
 use crate::storage::{KeySchema, Mode, Storage, StorageError, StorageStats};
@@ -40,6 +41,9 @@ pub enum FleetError {
     /// The fleet is already shut down.
     #[error("the fleet is shut down")]
     ShutDown,
+    /// The shared-data settings could not be used (e.g. an invalid source header).
+    #[error(transparent)]
+    SharedData(#[from] SharedDataError),
 }
 
 /// The health of a fleet: storage and every actor, as one serializable value.
@@ -89,6 +93,7 @@ struct Inner {
     locks: Locks,
     lock_manager: ActorHandle<LockManager>,
     shut_down: tokio::sync::Mutex<Option<FleetShutdown>>,
+    shared_data: SharedData,
 }
 
 impl Fleet {
@@ -138,6 +143,38 @@ impl Fleet {
                     .restart(RestartType::Permanent),
             )
         };
+        // Shared data (seed 000): the fetcher and the readers, when enabled.
+        let shared_data = match SharedData::new(
+            storage.clone(),
+            settings.shared_data.clone(),
+            locks.clone(),
+            &instance,
+        ) {
+            Ok(shared_data) => shared_data,
+            Err(e) => {
+                system.stop().await;
+                storage.close().await;
+                return Err(e.into());
+            }
+        };
+        if settings.shared_data.enabled {
+            let shared = shared_data.clone();
+            tree.child(
+                ChildSpec::new("shared-data-fetcher", move |child| {
+                    Fetcher::new(shared.clone(), child.clone())
+                })
+                .restart(RestartType::Permanent),
+            );
+            for name in &settings.shared_data.readers {
+                let (shared, name) = (shared_data.clone(), name.clone());
+                tree.child(
+                    ChildSpec::new(format!("reader-{name}"), move |child| {
+                        ReaderActor::new(shared.clone(), &name, child.clone())
+                    })
+                    .restart(RestartType::Permanent),
+                );
+            }
+        }
         configure(&mut tree, &storage);
         let supervisor = match tree.start(&system).await {
             Ok(s) => s,
@@ -160,6 +197,7 @@ impl Fleet {
                 locks,
                 lock_manager,
                 shut_down: tokio::sync::Mutex::new(None),
+                shared_data,
             }),
         })
     }
@@ -207,6 +245,12 @@ impl Fleet {
     /// Recent storage events (mode changes, resyncs), oldest first.
     pub async fn storage_events(&self) -> Result<Vec<SeenEvent>, FleetError> {
         Ok(self.inner.monitor.send(ListStorageEvents).await?)
+    }
+
+    /// The shared data (seed 000): readers by name, `register_source`, `metrics()`. Its
+    /// fetcher and readers run when `shared_data.enabled` is true.
+    pub fn shared_data(&self) -> SharedData {
+        self.inner.shared_data.clone()
     }
 
     /// Resolves when the supervision tree stops on its own: with an error naming the actor
