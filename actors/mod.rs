@@ -3,5 +3,5 @@
 
 pub mod locks;
 pub mod presence;
-pub mod storage_monitor;
 pub mod shared_data;
+pub mod storage_monitor;

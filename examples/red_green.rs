@@ -36,7 +36,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let api = HttpServer::start(move |_| {
         let issue = 20_250_000 + epoch.elapsed().as_secs() / ROUND.as_secs();
         let value = format!("{}", issue % 1_000);
-        let color = if issue % 2 == 0 { "Green" } else { "Red" };
+        let color = if issue.is_multiple_of(2) {
+            "Green"
+        } else {
+            "Red"
+        };
         HttpReply::json(
             json!({"code": 0, "data": {"records": [
                 {"issue": issue, "value": value, "resultFormatValueI18n": ["Small", color]}
@@ -58,7 +62,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     shared.fresh_ms = 10_000;
     let fleet = Fleet::start(settings).await?;
     let data = fleet.shared_data();
-    println!("game API on {}; storage {}", api.url("/"), fleet.storage().mode());
+    println!(
+        "game API on {}; storage {}",
+        api.url("/"),
+        fleet.storage().mode()
+    );
 
     let mut written = 0;
     for _ in 0..seconds {
@@ -79,12 +87,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                             reading.age_ms
                         ),
                         Origin::Direct => "Redis data is stale, using direct API".into(),
-                        Origin::Stale => format!("Serving the last snapshot ({}ms old)", reading.age_ms),
+                        Origin::Stale => {
+                            format!("Serving the last snapshot ({}ms old)", reading.age_ms)
+                        }
                         Origin::Legacy => "Read the legacy key".into(),
                     };
                     println!(
                         "[{name}] {status} | issue {} {} result {}",
-                        p["issue_number"], p["colors"].as_str().unwrap_or(""), p["result_format"]
+                        p["issue_number"],
+                        p["colors"].as_str().unwrap_or(""),
+                        p["result_format"]
                     );
                 }
                 Err(e) => println!("[{name}] Redis unavailable, using direct API: {e}"),

@@ -72,7 +72,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 readers: *readers,
             };
             let runtime = tokio::runtime::Runtime::new()?;
-            runtime.block_on(botfleet::bench::read::run(&bench, |line| println!("{line}")))?;
+            runtime.block_on(botfleet::bench::read::run(&bench, |line| {
+                println!("{line}")
+            }))?;
         }
         Command::Run => unreachable!("handled in main"),
     }

@@ -129,7 +129,8 @@ async fn the_fetcher_writes_the_seed_layout_that_a_plain_client_reads() {
         "{head}"
     );
     assert!(
-        head.to_ascii_lowercase().contains("user-agent: red-green-bot"),
+        head.to_ascii_lowercase()
+            .contains("user-agent: red-green-bot"),
         "{head}"
     );
 
@@ -269,7 +270,10 @@ async fn a_killed_leader_is_replaced_within_twice_the_lock_ttl_without_interleav
             "--nocapture",
             "--test-threads=1",
         ])
-        .env(CHILD_ENV, format!("{}|{}", redis.url(), source.url("/game")))
+        .env(
+            CHILD_ENV,
+            format!("{}|{}", redis.url(), source.url("/game")),
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -277,7 +281,10 @@ async fn a_killed_leader_is_replaced_within_twice_the_lock_ttl_without_interleav
     let child_fence: u64 = BufReader::new(child.stdout.take().unwrap())
         .lines()
         .map_while(Result::ok)
-        .find_map(|l| l.rsplit_once("leading ").map(|(_, f)| f.trim().parse().unwrap()))
+        .find_map(|l| {
+            l.rsplit_once("leading ")
+                .map(|(_, f)| f.trim().parse().unwrap())
+        })
         .expect("the child leads");
 
     let s = settings(&redis.url(), &source.url("/game"));
@@ -286,19 +293,18 @@ async fn a_killed_leader_is_replaced_within_twice_the_lock_ttl_without_interleav
     let data = fleet.shared_data();
     // Every write of either fetcher, in order, from the notices.
     let notices: Arc<Mutex<Vec<Notice>>> = Arc::default();
-    let mut subscription = fleet
-        .storage()
-        .subscribe(&data.settings().channel)
-        .await;
+    let mut subscription = fleet.storage().subscribe(&data.settings().channel).await;
     let log = notices.clone();
     tokio::spawn(async move {
         while let Some(message) = subscription.recv().await {
             log.lock().push(serde_json::from_str(&message).unwrap());
         }
     });
-    poll_until_async(Duration::from_secs(5), || async { notices.lock().len() >= 3 })
-        .await
-        .expect("the child keeps writing");
+    poll_until_async(Duration::from_secs(5), || async {
+        notices.lock().len() >= 3
+    })
+    .await
+    .expect("the child keeps writing");
     assert!(!data.metrics().fetcher.leader, "one fetcher per fleet");
 
     child.kill().unwrap();
@@ -309,7 +315,12 @@ async fn a_killed_leader_is_replaced_within_twice_the_lock_ttl_without_interleav
         .unwrap_or_else(|e| panic!("no takeover within 2x the ttl: {e:?}"));
     let took_over = killed.elapsed();
     poll_until_async(Duration::from_secs(5), || async {
-        notices.lock().iter().filter(|n| n.writer == fleet.instance()).count() >= 3
+        notices
+            .lock()
+            .iter()
+            .filter(|n| n.writer == fleet.instance())
+            .count()
+            >= 3
     })
     .await
     .unwrap();
@@ -321,11 +332,15 @@ async fn a_killed_leader_is_replaced_within_twice_the_lock_ttl_without_interleav
         .unwrap();
     assert!(first_ours > 0);
     let (before, after) = notices.split_at(first_ours);
-    assert!(before.iter().all(|n| n.fence == child_fence as i64 && n.writer != fleet.instance()));
+    assert!(before
+        .iter()
+        .all(|n| n.fence == child_fence as i64 && n.writer != fleet.instance()));
     let our_fence = data.metrics().fetcher.fence.unwrap() as i64;
     assert!(our_fence > child_fence as i64);
     assert!(
-        after.iter().all(|n| n.writer == fleet.instance() && n.fence == our_fence),
+        after
+            .iter()
+            .all(|n| n.writer == fleet.instance() && n.fence == our_fence),
         "a write of the dead leader after the takeover: {after:?}"
     );
     for pair in notices.windows(2) {
@@ -336,7 +351,11 @@ async fn a_killed_leader_is_replaced_within_twice_the_lock_ttl_without_interleav
         shared["timestamp"].as_u64(),
         Some(notices.last().unwrap().snapshot.timestamp)
     );
-    eprintln!("takeover after {} ms (ttl {} ms)", took_over.as_millis(), ttl.as_millis());
+    eprintln!(
+        "takeover after {} ms (ttl {} ms)",
+        took_over.as_millis(),
+        ttl.as_millis()
+    );
     fleet.shutdown().await.unwrap();
 }
 
@@ -391,7 +410,10 @@ async fn with_redis_killed_readers_keep_answering_with_the_age_and_the_newest_sn
     .await
     .expect("the fetcher keeps fetching");
     let reading = reader.read().await.unwrap();
-    assert!(issue_of(&reading.snapshot.game_data) > before + 3, "{reading:?}");
+    assert!(
+        issue_of(&reading.snapshot.game_data) > before + 3,
+        "{reading:?}"
+    );
     assert!(reading.age_ms < 1_000, "{reading:?}");
 
     // Source down too: the last snapshot is served, with its growing age.
@@ -450,7 +472,10 @@ async fn with_the_source_down_the_fetcher_retries_with_backoff_and_the_last_good
     .expect("a fetch failed after its attempts");
     let metrics = data.metrics().fetcher;
     assert!(metrics.retries >= 2, "{metrics:?}");
-    assert!(metrics.last_error.as_deref().unwrap().contains("503"), "{metrics:?}");
+    assert!(
+        metrics.last_error.as_deref().unwrap().contains("503"),
+        "{metrics:?}"
+    );
     let times = arrivals.lock().clone();
     assert!(times.len() >= 3);
     // Backoff: 50 ms, then 100 ms between the attempts of one fetch.
@@ -461,11 +486,9 @@ async fn with_the_source_down_the_fetcher_retries_with_backoff_and_the_last_good
     let shared = get_json(&redis, SHARED).unwrap();
     let kept = shared["timestamp"].as_u64().unwrap();
     assert!(kept >= good.timestamp);
-    poll_until_async(Duration::from_secs(5), || async {
-        now_ms() - kept > 1_000
-    })
-    .await
-    .unwrap();
+    poll_until_async(Duration::from_secs(5), || async { now_ms() - kept > 1_000 })
+        .await
+        .unwrap();
     let reading = reader.read().await.unwrap();
     assert_eq!(reading.origin, Origin::Stale);
     assert_eq!(reading.snapshot.timestamp, kept);

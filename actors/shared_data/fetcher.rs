@@ -119,24 +119,24 @@ impl Actor for Fetcher {
         let core = self.shared.core.clone();
         let task = core.runtime.clone().spawn(run(core));
         self.task = Some(task.abort_handle());
-        ctx.spawn(
-            async move { task.await }
-                .into_actor(self)
-                .map(|result, act, ctx| {
-                    if let Err(e) = result {
-                        if e.is_panic() {
-                            act.child.fail(ctx, format!("fetch loop panicked: {e}"));
-                        }
-                    }
-                }),
-        );
+        ctx.spawn(task.into_actor(self).map(|result, act, ctx| {
+            if let Err(e) = result {
+                if e.is_panic() {
+                    act.child.fail(ctx, format!("fetch loop panicked: {e}"));
+                }
+            }
+        }));
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
         if let Some(task) = self.task.take() {
             task.abort();
         }
-        self.shared.core.fetcher.leader.store(false, Ordering::Relaxed);
+        self.shared
+            .core
+            .fetcher
+            .leader
+            .store(false, Ordering::Relaxed);
     }
 }
 
@@ -167,7 +167,11 @@ async fn run(core: Arc<Core>) {
             guard = None;
         }
         if guard.is_none() && source.is_some() && mode == Mode::Redis {
-            match core.locks.try_acquire(&settings.leader_lock, lock_ttl).await {
+            match core
+                .locks
+                .try_acquire(&settings.leader_lock, lock_ttl)
+                .await
+            {
                 Ok(Some(g)) => {
                     let fence = g.fencing_token().unwrap_or(0);
                     counters.elections.fetch_add(1, Ordering::Relaxed);

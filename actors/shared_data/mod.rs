@@ -275,7 +275,11 @@ impl SharedData {
     /// (the readers of the settings are followed by their actors instead).
     pub async fn add_reader(&self, name: &str) -> Result<Reader, SharedDataError> {
         let reader = self.register_reader(name)?;
-        let subscription = self.core.storage.subscribe(&self.core.settings.channel).await;
+        let subscription = self
+            .core
+            .storage
+            .subscribe(&self.core.settings.channel)
+            .await;
         tokio::spawn(reader::follow(
             Arc::downgrade(&self.core),
             reader.state.clone(),
@@ -334,10 +338,9 @@ impl SharedData {
             .core
             .source()
             .ok_or_else(|| SharedDataError::Source("no source configured".into()))?;
-        let value =
-            source::fetch_with_retries(source.as_ref(), &self.core.settings.source, |_| {})
-                .await
-                .map_err(SharedDataError::Source)?;
+        let value = source::fetch_with_retries(source.as_ref(), &self.core.settings.source, |_| {})
+            .await
+            .map_err(SharedDataError::Source)?;
         let snapshot = Arc::new(self.core.snapshot_of(value));
         Ok(match self.core.write(&snapshot, fence).await? {
             WRITTEN => Some(snapshot),
@@ -426,9 +429,11 @@ impl Core {
                 fence,
                 snapshot: snapshot.as_ref().clone(),
             };
-            let notice = serde_json::to_string(&notice)
-                .map_err(|e| StorageError::Command(e.to_string()))?;
-            self.storage.publish(&self.settings.channel, &notice).await?;
+            let notice =
+                serde_json::to_string(&notice).map_err(|e| StorageError::Command(e.to_string()))?;
+            self.storage
+                .publish(&self.settings.channel, &notice)
+                .await?;
         } else {
             debug_assert!(verdict == DEPOSED || verdict == OLDER);
         }
@@ -475,7 +480,10 @@ impl Core {
 
     /// Redis, then one direct fetch per freshness window across the fleet (or the notice of
     /// the process that made it), then the last snapshot known, then the legacy key.
-    async fn slow_read(self: Arc<Self>, by: &ReaderState) -> Result<(Arc<Snapshot>, Origin), String> {
+    async fn slow_read(
+        self: Arc<Self>,
+        by: &ReaderState,
+    ) -> Result<(Arc<Snapshot>, Origin), String> {
         let deadline = tokio::time::Instant::now() + self.source_timeout();
         let mut best = self.latest.load_full();
         let mut redis_down = false;
@@ -488,7 +496,10 @@ impl Core {
                         by.name, snapshot.age_ms(now_ms()));
                     return Ok((snapshot, Origin::Redis));
                 }
-                if best.as_ref().is_none_or(|b| b.timestamp < snapshot.timestamp) {
+                if best
+                    .as_ref()
+                    .is_none_or(|b| b.timestamp < snapshot.timestamp)
+                {
                     best = Some(snapshot);
                 }
                 tracing::info!(actor = "reader", reader = %by.name, "[{}] Redis data is stale, using direct API", by.name);
@@ -538,8 +549,7 @@ impl Core {
         match self.storage.get(&self.settings.legacy_key).await {
             Ok(Some(text)) => match serde_json::from_str::<Value>(&text) {
                 Ok(game_data) => {
-                    let processed_data =
-                        source::extract(&self.settings.extract, &game_data, 0);
+                    let processed_data = source::extract(&self.settings.extract, &game_data, 0);
                     Ok((
                         Arc::new(Snapshot {
                             timestamp: 0,
@@ -551,7 +561,9 @@ impl Core {
                 }
                 Err(e) => Err(format!("legacy key holds no JSON: {e}")),
             },
-            Ok(None) => Err("nothing in memory, in redis, from the source or in the legacy key".into()),
+            Ok(None) => {
+                Err("nothing in memory, in redis, from the source or in the legacy key".into())
+            }
             Err(e) => Err(e.to_string()),
         }
     }

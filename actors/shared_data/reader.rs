@@ -249,7 +249,11 @@ impl Reader {
 
 /// Applies the change notices of `subscription` to `state` (and the process's newest
 /// snapshot) until the storage or the shared-data handle is gone.
-pub(crate) async fn follow(core: Weak<Core>, state: Arc<ReaderState>, mut subscription: Subscription) {
+pub(crate) async fn follow(
+    core: Weak<Core>,
+    state: Arc<ReaderState>,
+    mut subscription: Subscription,
+) {
     while let Some(message) = subscription.recv().await {
         let Some(core) = core.upgrade() else {
             return;
@@ -307,8 +311,10 @@ impl Actor for ReaderActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         let Some(reader) = self.shared.reader(&self.name) else {
-            self.child
-                .fail(ctx, format!("no reader named {:?} in the handle", self.name));
+            self.child.fail(
+                ctx,
+                format!("no reader named {:?} in the handle", self.name),
+            );
             return;
         };
         let core = self.shared.core.clone();
@@ -323,18 +329,14 @@ impl Actor for ReaderActor {
         });
         self.task = Some(task.abort_handle());
         tracing::info!(actor = "reader", reader = %self.name, "[{}] reader started", self.name);
-        ctx.spawn(
-            async move { task.await }
-                .into_actor(self)
-                .map(|result, act, ctx| {
-                    if let Err(e) = result {
-                        if e.is_panic() {
-                            act.child
-                                .fail(ctx, format!("reader {} panicked: {e}", act.name));
-                        }
-                    }
-                }),
-        );
+        ctx.spawn(task.into_actor(self).map(|result, act, ctx| {
+            if let Err(e) = result {
+                if e.is_panic() {
+                    act.child
+                        .fail(ctx, format!("reader {} panicked: {e}", act.name));
+                }
+            }
+        }));
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {

@@ -2,8 +2,8 @@
 //! with their unit, so that runs can be compared side by side with peers and baselines.
 
 pub mod locks;
-pub mod storage;
 pub mod read;
+pub mod storage;
 
 use std::net::TcpListener;
 use std::path::PathBuf;

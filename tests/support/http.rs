@@ -69,7 +69,9 @@ pub struct HttpServer {
 impl HttpServer {
     /// Starts on a free loopback port, answering with `handler`.
     pub async fn start(handler: impl Fn(u64) -> HttpReply + Send + Sync + 'static) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
         let addr = listener.local_addr().expect("bound address");
         let state = Arc::new(State {
             handler: Mutex::new(Arc::new(handler)),
