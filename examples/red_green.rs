@@ -57,7 +57,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let shared = &mut settings.shared_data;
     shared.enabled = true;
     shared.source.url = api.url("/api/game/history");
-    shared.source.query.insert("gameCode".into(), "RG5M".into());
+    shared.source.query.push(("gameCode".into(), "RG5M".into()));
     shared.fetch_interval_ms = 1_000;
     shared.fresh_ms = 10_000;
     let fleet = Fleet::start(settings).await?;

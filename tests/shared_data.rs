@@ -93,11 +93,11 @@ async fn the_fetcher_writes_the_seed_layout_that_a_plain_client_reads() {
     s.shared_data
         .source
         .headers
-        .insert("User-Agent".into(), "red-green-bot".into());
+        .push(("User-Agent".into(), "red-green-bot".into()));
     s.shared_data
         .source
         .query
-        .insert("gameCode".into(), "RG5M".into());
+        .push(("gameCode".into(), "RG5M".into()));
     let fleet = Fleet::start(s).await.unwrap();
 
     // A client that knows nothing of botfleet: plain GET, the seed's freshness check.

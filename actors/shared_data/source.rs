@@ -68,11 +68,7 @@ impl HttpSource {
         Ok(Self {
             client,
             url: settings.url.clone(),
-            query: settings
-                .query
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
+            query: settings.query.clone(),
         })
     }
 }

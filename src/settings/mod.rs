@@ -520,10 +520,10 @@ pub struct SharedSourceSettings {
     pub backoff_base_ms: u64,
     /// Longest delay between two attempts, milliseconds.
     pub backoff_max_ms: u64,
-    /// Request headers.
-    pub headers: std::collections::BTreeMap<String, String>,
-    /// Query parameters.
-    pub query: std::collections::BTreeMap<String, String>,
+    /// Request headers, as `[name, value]` pairs.
+    pub headers: Vec<(String, String)>,
+    /// Query parameters, as `[name, value]` pairs, in order.
+    pub query: Vec<(String, String)>,
 }
 
 impl Default for SharedSourceSettings {
@@ -534,8 +534,8 @@ impl Default for SharedSourceSettings {
             attempts: 5,
             backoff_base_ms: 200,
             backoff_max_ms: 5_000,
-            headers: Default::default(),
-            query: Default::default(),
+            headers: Vec::new(),
+            query: Vec::new(),
         }
     }
 }

@@ -443,12 +443,12 @@ fn shared_data(settings: &Settings, check: &mut Checker<'_>) {
             ),
         }
     }
-    for (name, value) in &shared.source.headers {
+    for (i, (name, value)) in shared.source.headers.iter().enumerate() {
         if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err()
             || reqwest::header::HeaderValue::from_str(value).is_err()
         {
             check.fail(
-                &format!("shared_data.source.headers.{name}"),
+                &format!("shared_data.source.headers[{i}]"),
                 format!("expected a valid HTTP header name and value, got {name:?}"),
             );
         }
