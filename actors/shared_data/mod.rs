@@ -176,8 +176,8 @@ impl std::fmt::Debug for SharedData {
 }
 
 impl SharedData {
-    /// A handle over `storage`, with the readers named in the settings (their actors are
-    /// started by the fleet) and the HTTP source when `source.url` is set. Call it on the
+    /// A handle over `storage`, with the readers named in the settings when
+    /// `shared_data.enabled` (their actors are started by the fleet) and the HTTP source when `source.url` is set. Call it on the
     /// host runtime: loops and direct fetches run there.
     pub fn new(
         storage: Storage,
@@ -220,8 +220,10 @@ impl SharedData {
             fetcher: fetcher::Counters::default(),
         });
         let handle = SharedData { core };
-        for name in handle.core.settings.readers.clone() {
-            handle.register_reader(&name)?;
+        if handle.core.settings.enabled {
+            for name in handle.core.settings.readers.clone() {
+                handle.register_reader(&name)?;
+            }
         }
         Ok(handle)
     }
