@@ -51,8 +51,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     .await;
 
     let mut settings = Settings::default();
-    if let Ok(url) = std::env::var("REDIS_URL") {
-        settings.storage.redis.url = url;
+    match std::env::var("REDIS_URL") {
+        Ok(url) => settings.storage.redis.url = url,
+        // No REDIS_URL: the in-memory store alone, never whatever listens on the default port.
+        Err(_) => settings.storage.redis.enabled = false,
     }
     let shared = &mut settings.shared_data;
     shared.enabled = true;
