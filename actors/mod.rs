@@ -6,4 +6,5 @@ pub mod hazards;
 pub mod locks;
 pub mod presence;
 pub mod scheduler;
+pub mod shared_data;
 pub mod storage_monitor;

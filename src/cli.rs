@@ -188,6 +188,23 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 50)]
         concurrency: usize,
     },
+    /// The shared-data reader: `read()` on a fresh snapshot beside a plain GET of the same
+    /// key, and propagation of a write to 100 readers.
+    Read {
+        /// Server to use (keys under `bench:shared-data` are overwritten); without it a
+        /// private redis-server is started.
+        #[arg(long, value_name = "URL")]
+        redis: Option<String>,
+        /// Reads (and GETs) timed.
+        #[arg(long, default_value_t = 100_000)]
+        reads: usize,
+        /// Writes whose propagation is timed.
+        #[arg(long, default_value_t = 500)]
+        rounds: usize,
+        /// Readers following the notices.
+        #[arg(long, default_value_t = 100)]
+        readers: usize,
+    },
 }
 
 /// `botfleet config ...`.

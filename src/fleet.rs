@@ -2,7 +2,8 @@
 //!
 //! [`Fleet::start`] opens the storage on the caller's multi-threaded tokio runtime, starts the
 //! actix system on a thread of its own ([`ActorSystem`]), and the supervision tree with the
-//! built-in actors in order (storage monitor, presence, lock manager) followed by the host's own
+//! built-in actors in order (storage monitor, presence, lock manager, and the shared-data
+//! fetcher and readers when `shared_data.enabled`) followed by the host's own
 //! ([`Fleet::start_with`]). [`Fleet::shutdown`] stops them in reverse order, each within
 //! `supervisor.stop_timeout_ms`, flushes the outbox to Redis (or leaves it in the file store)
 //! and stops the system thread. [`BlockingFleet`] is the same handle for hosts without an
@@ -16,6 +17,7 @@ use serde::Serialize;
 
 use crate::actors::locks::{GetLockStats, LockManager, LockStats, Locks};
 use crate::actors::presence::{hostname, GetPresence, Presence, PresenceStatus};
+use crate::actors::shared_data::{Fetcher, ReaderActor, SharedData, SharedDataError};
 use crate::actors::storage_monitor::{ListStorageEvents, SeenEvent, StorageMonitor};
 // Hazards, game sessions and the cache service (issue 7).
 use crate::actors::cache::Cache;
@@ -44,6 +46,9 @@ pub enum FleetError {
     /// The fleet is already shut down.
     #[error("the fleet is shut down")]
     ShutDown,
+    /// The shared-data settings could not be used (e.g. an invalid source header).
+    #[error(transparent)]
+    SharedData(#[from] SharedDataError),
 }
 
 /// The health of a fleet: storage and every actor, as one serializable value.
@@ -98,6 +103,7 @@ struct Inner {
     cache: Cache,
     scheduler: SchedulerParts,
     shut_down: tokio::sync::Mutex<Option<FleetShutdown>>,
+    shared_data: SharedData,
 }
 
 impl Fleet {
@@ -164,6 +170,38 @@ impl Fleet {
         let game_sessions = GameSessions::new(storage.clone(), settings.game_sessions.clone());
         let cache = Cache::start(storage.clone(), settings.cache.clone()).await;
         let scheduler = SchedulerParts::start(&mut tree, &storage, &locks, &settings, &instance);
+        // Shared data (seed 000): the fetcher and the readers, when enabled.
+        let shared_data = match SharedData::new(
+            storage.clone(),
+            settings.shared_data.clone(),
+            locks.clone(),
+            &instance,
+        ) {
+            Ok(shared_data) => shared_data,
+            Err(e) => {
+                system.stop().await;
+                storage.close().await;
+                return Err(e.into());
+            }
+        };
+        if settings.shared_data.enabled {
+            let shared = shared_data.clone();
+            tree.child(
+                ChildSpec::new("shared-data-fetcher", move |child| {
+                    Fetcher::new(shared.clone(), child.clone())
+                })
+                .restart(RestartType::Permanent),
+            );
+            for name in &settings.shared_data.readers {
+                let (shared, name) = (shared_data.clone(), name.clone());
+                tree.child(
+                    ChildSpec::new(format!("reader-{name}"), move |child| {
+                        ReaderActor::new(shared.clone(), &name, child.clone())
+                    })
+                    .restart(RestartType::Permanent),
+                );
+            }
+        }
         configure(&mut tree, &storage);
         let supervisor = match tree.start(&system).await {
             Ok(s) => s,
@@ -191,6 +229,7 @@ impl Fleet {
                 cache,
                 scheduler,
                 shut_down: tokio::sync::Mutex::new(None),
+                shared_data,
             }),
         })
     }
@@ -258,6 +297,12 @@ impl Fleet {
     /// Recent storage events (mode changes, resyncs), oldest first.
     pub async fn storage_events(&self) -> Result<Vec<SeenEvent>, FleetError> {
         Ok(self.inner.monitor.send(ListStorageEvents).await?)
+    }
+
+    /// The shared data (seed 000): readers by name, `register_source`, `metrics()`. Its
+    /// fetcher and readers run when `shared_data.enabled` is true.
+    pub fn shared_data(&self) -> SharedData {
+        self.inner.shared_data.clone()
     }
 
     /// Resolves when the supervision tree stops on its own: with an error naming the actor

@@ -95,6 +95,25 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 println!("{line}")
             }))?;
         }
+        Command::Bench(BenchCommand::Read {
+            redis,
+            reads,
+            rounds,
+            readers,
+        }) => {
+            let settings = cli.load_settings()?;
+            botfleet::telemetry::init(&settings.log)?;
+            let bench = botfleet::bench::read::ReadBench {
+                redis_url: redis.clone(),
+                reads: *reads,
+                rounds: *rounds,
+                readers: *readers,
+            };
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(botfleet::bench::read::run(&bench, |line| {
+                println!("{line}")
+            }))?;
+        }
         Command::Run => unreachable!("handled in main"),
     }
     Ok(())

@@ -461,3 +461,34 @@ fn lock_settings_are_validated() {
     let ok = load_ok("[locks]\non_outage = \"local\"\n", &[]);
     assert_eq!(ok.locks.on_outage, botfleet::settings::LockOutage::Local);
 }
+
+#[test]
+fn shared_data_settings_are_validated() {
+    let err = load_err(
+        "[shared_data]\nshared_key = \"\"\nlegacy_key = \"api_response\"\nfresh_ms = 0\nreaders = [\"EN\", \"EN\"]\n\
+         [shared_data.source]\nurl = \"ftp://game\"\nattempts = 0\nbackoff_base_ms = 900\nbackoff_max_ms = 100\n\
+         headers = [[\"bad header\", \"x\"]]\n[shared_data.extract]\ncolors = \"data/colors\"\n",
+        &[],
+    );
+    for key in [
+        "shared_data.shared_key",
+        "shared_data.fresh_ms",
+        "shared_data.readers[1]",
+        "shared_data.source.url",
+        "shared_data.source.attempts",
+        "shared_data.source.backoff_base_ms",
+        "shared_data.source.headers[0]",
+        "shared_data.extract.colors",
+    ] {
+        assert!(!message(&err, key).is_empty(), "{key} not reported");
+    }
+    let ok = load_ok(
+        "[shared_data]\nenabled = true\n[shared_data.source]\nurl = \"https://game.example/api\"\nquery = [[\"gameCode\", \"RG5M\"]]\n",
+        &[],
+    );
+    assert!(ok.shared_data.enabled);
+    assert_eq!(
+        ok.shared_data.source.query,
+        [("gameCode".to_string(), "RG5M".to_string())]
+    );
+}

@@ -3,6 +3,7 @@
 
 pub mod locks;
 pub mod queue;
+pub mod read;
 pub mod storage;
 // Issue 7.
 pub mod cache;

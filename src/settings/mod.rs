@@ -64,6 +64,8 @@ pub struct Settings {
     pub cache: CacheSettings,
     /// The task scheduler, bot state, sessions and events.
     pub scheduler: SchedulerSettings,
+    /// Shared data: the fetcher and the readers (seed 000).
+    pub shared_data: SharedDataSettings,
 }
 
 impl Settings {
@@ -615,6 +617,117 @@ impl Default for SchedulerSettings {
             scan_limit: 1_000,
             events_max_len: 1_000,
             events_channel: "bot:events:live".into(),
+        }
+    }
+}
+
+/// `[shared_data]`: one fetcher per fleet writes the source's JSON to Redis in the seed's
+/// layout; named readers serve it from memory while fresh (`Fleet::shared_data()`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SharedDataSettings {
+    /// Start the fetcher and the readers. Off by default: a fleet without a source has
+    /// nothing to fetch.
+    pub enabled: bool,
+    /// Key of the snapshot `{"timestamp", "game_data", "processed_data"}`.
+    pub shared_key: String,
+    /// Key of the source's JSON alone (the seed's legacy key).
+    pub legacy_key: String,
+    /// Time to live of both keys, seconds.
+    pub ttl_secs: u64,
+    /// A snapshot younger than this is fresh, milliseconds.
+    pub fresh_ms: u64,
+    /// Pause between two fetches of the leader, milliseconds.
+    pub fetch_interval_ms: u64,
+    /// Pub/sub channel of the change notices.
+    pub channel: String,
+    /// Lock that elects the one fetcher of the fleet.
+    pub leader_lock: String,
+    /// TTL of the leader lock, milliseconds (renewed every third of it).
+    pub leader_ttl_ms: u64,
+    /// Names of the readers started with the fleet (used in logs and metrics).
+    pub readers: Vec<String>,
+    /// `[shared_data.source]`.
+    pub source: SharedSourceSettings,
+    /// `[shared_data.extract]`.
+    pub extract: ExtractSettings,
+}
+
+impl Default for SharedDataSettings {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            shared_key: "fivem_red_green_shared_data".into(),
+            legacy_key: "api_response".into(),
+            ttl_secs: 300,
+            fresh_ms: 10_000,
+            fetch_interval_ms: 2_000,
+            channel: "botfleet:shared-data:changed".into(),
+            leader_lock: "botfleet:shared-data:leader".into(),
+            leader_ttl_ms: 5_000,
+            readers: ["EN", "VI", "JP", "ID"].map(String::from).to_vec(),
+            source: SharedSourceSettings::default(),
+            extract: ExtractSettings::default(),
+        }
+    }
+}
+
+/// `[shared_data.source]`: the HTTP JSON endpoint the fetcher polls.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SharedSourceSettings {
+    /// `http://` or `https://` URL; empty: the host registers an async function instead.
+    pub url: String,
+    /// Timeout of one request, milliseconds.
+    pub timeout_ms: u64,
+    /// Attempts per fetch of the fetcher (a reader's direct fetch makes one).
+    pub attempts: u32,
+    /// Delay before the second attempt, doubled before each next one, milliseconds.
+    pub backoff_base_ms: u64,
+    /// Longest delay between two attempts, milliseconds.
+    pub backoff_max_ms: u64,
+    /// Request headers, as `[name, value]` pairs.
+    pub headers: Vec<(String, String)>,
+    /// Query parameters, as `[name, value]` pairs, in order.
+    pub query: Vec<(String, String)>,
+}
+
+impl Default for SharedSourceSettings {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            timeout_ms: 10_000,
+            attempts: 5,
+            backoff_base_ms: 200,
+            backoff_max_ms: 5_000,
+            headers: Vec::new(),
+            query: Vec::new(),
+        }
+    }
+}
+
+/// `[shared_data.extract]`: how `processed_data` is built from the source's JSON (JSON
+/// pointers, RFC 6901), unless the host registers an extractor function.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExtractSettings {
+    /// Pointer to the round number (`issue_number`).
+    pub issue_number: String,
+    /// Pointer to the list of colors (`colors`: the last one, upper-cased, with its emoji).
+    pub colors: String,
+    /// Pointer to the result (`result_format`).
+    pub result_format: String,
+    /// Constant `game_type`.
+    pub game_type: String,
+}
+
+impl Default for ExtractSettings {
+    fn default() -> Self {
+        Self {
+            issue_number: "/data/records/0/issue".into(),
+            colors: "/data/records/0/resultFormatValueI18n".into(),
+            result_format: "/data/records/0/value".into(),
+            game_type: "RG5M".into(),
         }
     }
 }

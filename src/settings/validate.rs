@@ -56,6 +56,14 @@ pub(crate) const POSITIVE: &[&str] = &[
     "scheduler.claim_batch",
     "scheduler.scan_limit",
     "scheduler.events_max_len",
+    "shared_data.ttl_secs",
+    "shared_data.fresh_ms",
+    "shared_data.fetch_interval_ms",
+    "shared_data.leader_ttl_ms",
+    "shared_data.source.timeout_ms",
+    "shared_data.source.attempts",
+    "shared_data.source.backoff_base_ms",
+    "shared_data.source.backoff_max_ms",
 ];
 
 /// Keys whose values are secrets: a message never shows what was given there.
@@ -340,6 +348,7 @@ fn semantic(settings: &Settings, tree: &Node, problems: &mut Vec<Problem>) {
             "expected a channel name, got \"\"".to_owned(),
         );
     }
+    shared_data(settings, &mut check);
 
     if settings.storage.fallback == FallbackKind::File
         && settings.storage.file.dir.trim().is_empty()
@@ -469,6 +478,88 @@ pub(crate) fn check_filter(filter: &str) -> Result<(), String> {
         .parse(filter)
         .map(drop)
         .map_err(|err| err.to_string())
+}
+
+/// `[shared_data]`: names, the source URL, pointers and the backoff bounds.
+fn shared_data(settings: &Settings, check: &mut Checker<'_>) {
+    let shared = &settings.shared_data;
+    for (key, value) in [
+        ("shared_data.shared_key", &shared.shared_key),
+        ("shared_data.legacy_key", &shared.legacy_key),
+        ("shared_data.channel", &shared.channel),
+        ("shared_data.leader_lock", &shared.leader_lock),
+    ] {
+        if value.trim().is_empty() {
+            check.fail(key, "expected a non-empty name, got \"\"".to_owned());
+        }
+    }
+    if shared.shared_key == shared.legacy_key {
+        check.fail(
+            "shared_data.legacy_key",
+            format!(
+                "expected a key other than shared_data.shared_key, got {:?}",
+                shared.legacy_key
+            ),
+        );
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, name) in shared.readers.iter().enumerate() {
+        if name.trim().is_empty() || !seen.insert(name.as_str()) {
+            check.fail(
+                &format!("shared_data.readers[{i}]"),
+                format!("expected a non-empty name used once, got {name:?}"),
+            );
+        }
+    }
+    let url = &shared.source.url;
+    if !url.is_empty() {
+        match url::Url::parse(url) {
+            Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
+            Ok(u) => check.fail(
+                "shared_data.source.url",
+                format!("expected an http or https URL, got scheme {:?}", u.scheme()),
+            ),
+            Err(e) => check.fail(
+                "shared_data.source.url",
+                format!("expected an http or https URL: {e}"),
+            ),
+        }
+    }
+    for (i, (name, value)) in shared.source.headers.iter().enumerate() {
+        if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err()
+            || reqwest::header::HeaderValue::from_str(value).is_err()
+        {
+            check.fail(
+                &format!("shared_data.source.headers[{i}]"),
+                format!("expected a valid HTTP header name and value, got {name:?}"),
+            );
+        }
+    }
+    check.at_most(
+        "shared_data.source.backoff_base_ms",
+        shared.source.backoff_base_ms,
+        "shared_data.source.backoff_max_ms",
+        shared.source.backoff_max_ms,
+    );
+    if shared.source.attempts > 20 {
+        check.fail(
+            "shared_data.source.attempts",
+            format!("expected at most 20, got {}", shared.source.attempts),
+        );
+    }
+    let extract = &shared.extract;
+    for (key, pointer) in [
+        ("shared_data.extract.issue_number", &extract.issue_number),
+        ("shared_data.extract.colors", &extract.colors),
+        ("shared_data.extract.result_format", &extract.result_format),
+    ] {
+        if !pointer.is_empty() && !pointer.starts_with('/') {
+            check.fail(
+                key,
+                format!("expected a JSON pointer starting with '/' (or \"\"), got {pointer:?}"),
+            );
+        }
+    }
 }
 
 struct Checker<'a> {

@@ -13,6 +13,7 @@
 //! | [`poll`] | [`poll_until`], [`poll_until_async`]: wait for a condition with a deadline |
 //! | [`port`] | [`free_port`] and the reservation that keeps a server's port ours while it is down |
 //! | [`process`] | spawning children that die with the test process, `/proc` liveness checks |
+//! | [`http`] | [`HttpServer`]: a real HTTP/1.1 server on loopback that counts requests and can go down |
 //!
 //! # Example
 //!
@@ -25,12 +26,14 @@
 //! ```
 #![allow(dead_code, unused_imports)]
 
+pub mod http;
 pub mod poll;
 pub mod port;
 pub mod process;
 pub mod redis;
 pub mod resp;
 
+pub use http::{HttpReply, HttpServer};
 pub use poll::{poll_until, poll_until_async, TimedOut, POLL_INTERVAL};
 pub use port::free_port;
 pub use process::process_is_alive;

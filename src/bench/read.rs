@@ -1,0 +1,176 @@
+//! `botfleet bench read [--redis URL]`: the shared-data reader. One JSON line per scenario:
+//! `read()` on a fresh snapshot (ns, p50/p99) beside a plain Redis `GET` of the same key
+//! through the storage handle (µs, p50/p99) and their ratio; then the propagation time from
+//! the start of a write to 100 readers all holding the new snapshot (ms, p50/p99). Without
+//! `--redis` it starts a private redis-server (needs `redis-server` on PATH).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde_json::json;
+
+use super::PrivateRedis;
+use crate::actors::locks::Locks;
+use crate::actors::shared_data::{SharedData, SharedDataError};
+use crate::settings::{LockSettings, SharedDataSettings, StorageSettings};
+use crate::storage::{KeySchema, Mode, Storage, StorageError};
+
+/// Options of the read benchmark.
+#[derive(Debug, Clone)]
+pub struct ReadBench {
+    /// Server to use (the key `bench:shared-data` is overwritten); `None`: a private one.
+    pub redis_url: Option<String>,
+    /// Reads (and GETs) timed.
+    pub reads: usize,
+    /// Writes whose propagation is timed.
+    pub rounds: usize,
+    /// Readers that must all hold each new snapshot.
+    pub readers: usize,
+}
+
+/// Why the benchmark failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReadBenchError {
+    /// The storage could not be opened, or Redis does not answer.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// A shared-data call failed.
+    #[error(transparent)]
+    SharedData(#[from] SharedDataError),
+    /// The private redis-server could not be started.
+    #[error("private redis-server: {0}")]
+    Redis(String),
+    /// A write did not reach every reader within 5 s.
+    #[error("propagation to {0} readers did not complete within 5 s")]
+    Propagation(usize),
+}
+
+fn histogram() -> Histogram<u64> {
+    // 1 ns .. 60 s at 3 significant digits: constant bounds, so this cannot fail.
+    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid histogram bounds")
+}
+
+/// Runs the scenarios, printing one JSON line each through `out`.
+pub async fn run(
+    bench: &ReadBench,
+    mut out: impl FnMut(serde_json::Value),
+) -> Result<(), ReadBenchError> {
+    let private = match &bench.redis_url {
+        Some(_) => None,
+        None => Some(PrivateRedis::start().map_err(|e| ReadBenchError::Redis(e.to_string()))?),
+    };
+    let url = match (&bench.redis_url, &private) {
+        (Some(url), _) => url.clone(),
+        (None, Some(p)) => p.url(),
+        (None, None) => unreachable!("a private server is started when no url is given"),
+    };
+    let mut settings = StorageSettings::default();
+    settings.redis.url = url.clone();
+    settings.redis.timeout_ms = 2_000;
+    let storage = Storage::open(&settings, &KeySchema::default()).await?;
+    if storage.mode() != Mode::Redis {
+        return Err(StorageError::Config {
+            key: "--redis",
+            message: format!("{url} does not answer"),
+        }
+        .into());
+    }
+    let shared_settings = SharedDataSettings {
+        shared_key: "bench:shared-data".into(),
+        legacy_key: "bench:shared-data:legacy".into(),
+        channel: "bench:shared-data:changed".into(),
+        // Fresh for the whole run.
+        fresh_ms: 3_600_000,
+        readers: Vec::new(),
+        ..SharedDataSettings::default()
+    };
+    let locks = Locks::new(storage.clone(), LockSettings::default());
+    let data = SharedData::new(storage.clone(), shared_settings, locks, "bench")?;
+    let round = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = round.clone();
+    data.register_source(move || {
+        let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        async move {
+            Ok::<_, String>(json!({"data": {"records": [
+                {"issue": n, "value": "123", "resultFormatValueI18n": ["Red", "Green"]}
+            ]}}))
+        }
+    });
+    let mut readers = Vec::with_capacity(bench.readers.max(1));
+    for i in 0..bench.readers.max(1) {
+        readers.push(data.add_reader(&format!("R{i}")).await?);
+    }
+    data.fetch_and_write(-1).await?;
+    let reader = readers[0].clone();
+    // Warm-up: the first read may fall back to Redis.
+    for _ in 0..1_000 {
+        reader.read().await?;
+    }
+
+    let mut reads = histogram();
+    for _ in 0..bench.reads {
+        let started = Instant::now();
+        let reading = reader.read().await?;
+        let ns = started.elapsed().as_nanos() as u64;
+        std::hint::black_box(reading);
+        let _ = reads.record(ns.max(1));
+    }
+    let mut gets = histogram();
+    for _ in 0..bench.reads {
+        let started = Instant::now();
+        let value = storage.get("bench:shared-data").await?;
+        let ns = started.elapsed().as_nanos() as u64;
+        std::hint::black_box(value);
+        let _ = gets.record(ns.max(1));
+    }
+    let (read_p50, get_p50) = (reads.value_at_quantile(0.5), gets.value_at_quantile(0.5));
+    out(json!({
+        "scenario": "read_fresh_vs_get",
+        "reads": bench.reads,
+        "read_ns_p50": read_p50,
+        "read_ns_p99": reads.value_at_quantile(0.99),
+        "get_us_p50": get_p50 as f64 / 1_000.0,
+        "get_us_p99": gets.value_at_quantile(0.99) as f64 / 1_000.0,
+        "speedup_p50": get_p50 as f64 / read_p50.max(1) as f64,
+        "goal": "read() at least 100x faster than GET",
+    }));
+
+    let mut propagation = histogram();
+    for _ in 0..bench.rounds {
+        let started = Instant::now();
+        let Some(snapshot) = data.fetch_and_write(-1).await? else {
+            continue;
+        };
+        let deadline = started + Duration::from_secs(5);
+        loop {
+            let missing = readers
+                .iter()
+                .filter(|r| r.current().is_none_or(|s| s.timestamp < snapshot.timestamp))
+                .count();
+            if missing == 0 {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(ReadBenchError::Propagation(readers.len()));
+            }
+            tokio::task::yield_now().await;
+        }
+        let _ = propagation.record((started.elapsed().as_nanos() as u64).max(1));
+        // Timestamps are milliseconds: the next write must be newer.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    out(json!({
+        "scenario": "propagation",
+        "readers": readers.len(),
+        "rounds": bench.rounds,
+        "ms_p50": propagation.value_at_quantile(0.5) as f64 / 1e6,
+        "ms_p99": propagation.value_at_quantile(0.99) as f64 / 1e6,
+        "ms_max": propagation.max() as f64 / 1e6,
+        "goal": "p99 under 2 ms",
+    }));
+    storage.close().await;
+    drop(private);
+    Ok(())
+}
