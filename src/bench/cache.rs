@@ -123,8 +123,8 @@ impl Drop for Peer {
     }
 }
 
-/// The peer's loop: `fill` → reads the key, answers `ok`; `wait` → spins until the near copy
-/// is dropped, answers the wall-clock time in ns (`lost` after 5 s).
+/// The peer's loop: `fill` → reads the key, starts watching its near copy, answers `ok`;
+/// `wait` → the wall-clock time in ns at which the copy was dropped (`lost` after 5 s).
 async fn run_peer(url: &str) -> Result<(), CacheBenchError> {
     let storage = open(url).await?;
     let settings = CacheSettings {
@@ -140,24 +140,33 @@ async fn run_peer(url: &str) -> Result<(), CacheBenchError> {
             }
         }
     });
+    // After `fill`, a task watches the near copy from that moment on and records the time
+    // it disappeared; `wait` collects it.
+    let mut watcher: Option<tokio::task::JoinHandle<Option<u64>>> = None;
     while let Some(command) = rx.recv().await {
         let answer = match command.as_str() {
             "fill" => {
                 cache.get(PEER_KEY, TTL).await?;
+                let cache = cache.clone();
+                watcher = Some(tokio::spawn(async move {
+                    let start = Instant::now();
+                    while cache.peek(PEER_KEY).is_some() {
+                        if start.elapsed() > Duration::from_secs(5) {
+                            return None;
+                        }
+                        tokio::task::yield_now().await;
+                    }
+                    Some(unix_ns())
+                }));
                 "ok".to_string()
             }
-            "wait" => {
-                let start = Instant::now();
-                loop {
-                    if cache.peek(PEER_KEY).is_none() {
-                        break unix_ns().to_string();
-                    }
-                    if start.elapsed() > Duration::from_secs(5) {
-                        break "lost".to_string();
-                    }
-                    tokio::task::yield_now().await;
-                }
-            }
+            "wait" => match watcher.take() {
+                Some(task) => match task.await {
+                    Ok(Some(ns)) => ns.to_string(),
+                    _ => "lost".to_string(),
+                },
+                None => "?".to_string(),
+            },
             _ => "?".to_string(),
         };
         println!("{answer}");
