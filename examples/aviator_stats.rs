@@ -131,9 +131,9 @@ async fn worker(
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
-    let path = std::env::args()
-        .nth(1)
-        .map(PathBuf::from)
+    let given = std::env::args().nth(1).map(PathBuf::from);
+    let path = given
+        .clone()
         .unwrap_or_else(|| std::env::temp_dir().join(format!("aviator-{}.db", std::process::id())));
     Connection::open(&path)?.execute_batch(
         "CREATE TABLE IF NOT EXISTS rounds (round_id INTEGER, bookmaker TEXT, score REAL, players INTEGER, timestamp_ms INTEGER);
@@ -210,5 +210,9 @@ async fn main() -> anyhow::Result<()> {
     }
     println!("cache counters: {}", serde_json::to_string(&cache.stats())?);
     fleet.shutdown().await?;
+    if given.is_none() {
+        // A database of our own in the temporary directory: remove it.
+        std::fs::remove_file(&path)?;
+    }
     Ok(())
 }

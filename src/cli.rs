@@ -174,6 +174,9 @@ pub enum BenchCommand {
         /// Invalidations measured.
         #[arg(long, default_value_t = 2_000)]
         invalidations: usize,
+        /// Internal: run as the second process of the propagation scenario.
+        #[arg(long, hide = true)]
+        peer: bool,
     },
     /// The peers' queue workload (20,000 no-op tasks, 50 concurrent handlers: seq-add,
     /// bulk-add, priority), to compare with `peers/run.sh queue`.

@@ -65,6 +65,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             redis,
             reads,
             invalidations,
+            peer,
         }) => {
             let settings = cli.load_settings()?;
             botfleet::telemetry::init(&settings.log)?;
@@ -72,6 +73,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 redis_url: redis.clone(),
                 reads: *reads,
                 invalidations: *invalidations,
+                peer: *peer,
             };
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(botfleet::bench::cache::run(&bench, |line| {

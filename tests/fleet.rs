@@ -167,6 +167,13 @@ async fn host_actors_are_supervised_and_stopped_first() {
     })
     .await
     .expect("the restarted counter answers with fresh state");
+    // The supervisor hears of the restart asynchronously: the new incarnation can answer
+    // before its health row says Running.
+    poll_until_async(Duration::from_secs(3), || async {
+        fleet.health().actors.actor("host-counter").unwrap().state == ChildState::Running
+    })
+    .await
+    .expect("the restarted counter is marked running");
     let health = fleet.health();
     let host = health.actors.actor("host-counter").unwrap();
     assert_eq!(host.restarts, 1);
@@ -174,7 +181,7 @@ async fn host_actors_are_supervised_and_stopped_first() {
     let report = fleet.shutdown().await.unwrap();
     assert_eq!(
         report.actors.stop_order(),
-        ["host-counter", "scheduler", "locks", "presence", "storage-monitor"]
+        ["host-counter", "scheduler", "hazards", "locks", "presence", "storage-monitor"]
     );
     assert!(report.actors.abandoned().is_empty());
 }

@@ -141,18 +141,22 @@ async fn ticks_do_not_drift_and_are_never_doubled() {
         assert!(pair[1].tick > pair[0].tick, "ticks strictly increase");
         gaps += pair[1].tick - pair[0].tick - 1;
     }
+    let mut late = 0;
     for t in &ticks {
-        // Tick N is due at N x interval after the epoch and written within its own slot:
-        // a scheduler that slept an interval after each tick would slide out of its slot.
+        // Tick N is due at N x interval after the epoch and written within its own slot: a
+        // scheduler that slept an interval after each tick would slide out of its slot more
+        // with every tick. A busy machine may delay a few ticks on their own.
         assert_eq!(t.due_ms, t.tick * interval);
         assert!(
-            t.written_ms + 5 >= t.due_ms && t.written_ms < t.due_ms + interval,
-            "tick {} due {} written {}",
-            t.tick,
-            t.due_ms,
-            t.written_ms
+            t.written_ms + 5 >= t.due_ms,
+            "tick {} written early",
+            t.tick
         );
+        if t.written_ms >= t.due_ms + interval {
+            late += 1;
+        }
     }
+    assert!(late <= 4, "{late} of 40 ticks written outside their slot");
     // A tick late by a whole interval is skipped; on a loaded machine allow a few.
     assert!(gaps <= 4, "{gaps} ticks skipped out of 40");
     let state = fleet.hazards().current("EASY").await.unwrap().unwrap();

@@ -1,7 +1,8 @@
 //! `botfleet bench cache [--redis URL]`: the cache service's near-cache hit latency, its
 //! storage (Redis) hit latency beside a bare storage `GET` of the same key (the baseline),
-//! and invalidation propagation: one cache writes a key, the time until a second cache (its
-//! own storage handle and Redis connections) has dropped its near copy. One JSON line each.
+//! and invalidation propagation: one cache writes a key, the time until a second process
+//! (`botfleet bench cache --peer`, driven through its stdin) has dropped its near copy, and the
+//! same with a second cache in this process. One JSON line each.
 //! Without `--redis` a private redis-server is started.
 
 use std::time::{Duration, Instant};
@@ -27,6 +28,8 @@ pub struct CacheBench {
     pub reads: usize,
     /// Invalidations measured.
     pub invalidations: usize,
+    /// Run as the second process of the propagation scenario (driven through stdin/stdout).
+    pub peer: bool,
 }
 
 /// Why the benchmark failed.
@@ -42,9 +45,134 @@ pub enum CacheBenchError {
     /// The private redis-server could not start.
     #[error("private redis-server: {0}")]
     Redis(String),
-    /// An invalidation did not arrive within a second.
-    #[error("invalidation of {0} did not arrive within 1 s")]
+    /// An invalidation did not arrive within 5 s.
+    #[error("invalidation of {0} did not arrive within 5 s")]
     Lost(String),
+    /// The peer process failed.
+    #[error("peer process: {0}")]
+    Peer(String),
+}
+
+const PEER_KEY: &str = "bench-cache:payload";
+
+fn unix_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// The second process: `botfleet bench cache --redis URL --peer`.
+struct Peer {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Peer {
+    fn spawn(url: &str) -> Result<Self, CacheBenchError> {
+        let fail = |e: std::io::Error| CacheBenchError::Peer(e.to_string());
+        let exe = std::env::current_exe().map_err(fail)?;
+        let mut child = std::process::Command::new(exe)
+            .args(["bench", "cache", "--redis", url, "--peer"])
+            .env("RUST_LOG", "error")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .map_err(fail)?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            return Err(CacheBenchError::Peer("no pipes".into()));
+        };
+        Ok(Self {
+            child,
+            stdin,
+            stdout: std::io::BufReader::new(stdout),
+        })
+    }
+
+    fn ask(&mut self, command: &str) -> Result<String, CacheBenchError> {
+        use std::io::{BufRead, Write};
+        let fail = |e: std::io::Error| CacheBenchError::Peer(e.to_string());
+        writeln!(self.stdin, "{command}").map_err(fail)?;
+        self.stdin.flush().map_err(fail)?;
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).map_err(fail)?;
+        if line.is_empty() {
+            return Err(CacheBenchError::Peer("exited".into()));
+        }
+        Ok(line.trim().to_string())
+    }
+
+    /// The peer reads the key (its near copy is then filled).
+    fn fill(&mut self) -> Result<(), CacheBenchError> {
+        self.ask("fill").map(drop)
+    }
+
+    /// Blocks until the peer's near copy was dropped; the wall-clock time it saw it, ns.
+    fn seen(&mut self) -> Result<u64, CacheBenchError> {
+        let line = self.ask("wait")?;
+        line.parse()
+            .map_err(|_| CacheBenchError::Peer(format!("unexpected answer {line:?}")))
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The peer's loop: `fill` → reads the key, starts watching its near copy, answers `ok`;
+/// `wait` → the wall-clock time in ns at which the copy was dropped (`lost` after 5 s).
+async fn run_peer(url: &str) -> Result<(), CacheBenchError> {
+    let storage = open(url).await?;
+    let settings = CacheSettings {
+        near_ttl_ms: 600_000,
+        ..CacheSettings::default()
+    };
+    let cache = Cache::start(storage.clone(), settings).await;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(1);
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines().map_while(Result::ok) {
+            if tx.blocking_send(line).is_err() {
+                return;
+            }
+        }
+    });
+    // After `fill`, a task watches the near copy from that moment on and records the time
+    // it disappeared; `wait` collects it.
+    let mut watcher: Option<tokio::task::JoinHandle<Option<u64>>> = None;
+    while let Some(command) = rx.recv().await {
+        let answer = match command.as_str() {
+            "fill" => {
+                cache.get(PEER_KEY, TTL).await?;
+                let cache = cache.clone();
+                watcher = Some(tokio::spawn(async move {
+                    let start = Instant::now();
+                    while cache.peek(PEER_KEY).is_some() {
+                        if start.elapsed() > Duration::from_secs(5) {
+                            return None;
+                        }
+                        tokio::task::yield_now().await;
+                    }
+                    Some(unix_ns())
+                }));
+                "ok".to_string()
+            }
+            "wait" => match watcher.take() {
+                Some(task) => match task.await {
+                    Ok(Some(ns)) => ns.to_string(),
+                    _ => "lost".to_string(),
+                },
+                None => "?".to_string(),
+            },
+            _ => "?".to_string(),
+        };
+        println!("{answer}");
+    }
+    storage.close().await;
+    Ok(())
 }
 
 async fn open(url: &str) -> Result<Storage, CacheBenchError> {
@@ -67,6 +195,10 @@ pub async fn run(
     bench: &CacheBench,
     mut out: impl FnMut(serde_json::Value),
 ) -> Result<(), CacheBenchError> {
+    if bench.peer {
+        let url = bench.redis_url.clone().unwrap_or_default();
+        return run_peer(&url).await;
+    }
     let private = match &bench.redis_url {
         Some(_) => None,
         None => Some(PrivateRedis::start().map_err(|e| CacheBenchError::Redis(e.to_string()))?),
@@ -83,7 +215,7 @@ pub async fn run(
     };
     let a = Cache::start(storage_a.clone(), settings.clone()).await;
     let b = Cache::start(storage_b.clone(), settings).await;
-    let key = "bench-cache:payload";
+    let key = PEER_KEY;
     let value = "x".repeat(200);
     a.set(key, &value, TTL).await?;
     let reads = bench.reads.max(BATCH);
@@ -128,27 +260,45 @@ pub async fn run(
         "baseline_p99_us": bare.percentile_us(0.99),
     }));
 
-    // Propagation: a writes, b's near copy disappears.
+    // Propagation between processes: a second botfleet process (`bench cache --peer`)
+    // caches the key; this one writes it; the peer reports the wall-clock time at which its
+    // near copy was dropped.
     let mut propagation = Latencies::default();
+    let mut peer = Peer::spawn(&url)?;
     for i in 0..bench.invalidations.max(1) {
-        b.get(key, TTL).await?;
-        debug_assert!(b.peek(key).is_some());
-        let t = Instant::now();
+        peer.fill()?;
+        let sent = unix_ns();
         a.set(key, &format!("{value}{i}"), TTL).await?;
-        while b.peek(key).is_some() {
-            if t.elapsed() > Duration::from_secs(1) {
-                return Err(CacheBenchError::Lost(key.to_string()));
-            }
-            tokio::task::yield_now().await;
-        }
-        propagation.record(t.elapsed());
+        let seen = peer.seen()?;
+        propagation.record(Duration::from_nanos(seen.saturating_sub(sent)));
     }
+    drop(peer);
     out(json!({
         "peer": "botfleet", "bench": "cache", "scenario": "invalidation-propagation",
         "invalidations": bench.invalidations.max(1),
         "p50_us": propagation.percentile_us(0.50), "p99_us": propagation.percentile_us(0.99),
         "max_us": propagation.max_us(), "goal_p99_us": 2000,
-        "note": "two caches with their own storage handles and Redis connections, timed from the write call",
+        "note": "second OS process; timed from the writer's set() call (SET + PUBLISH) to the reader's near copy being dropped",
+    }));
+    // The in-process reader b (its own storage handle and connections), for comparison.
+    let mut local = Latencies::default();
+    for i in 0..bench.invalidations.max(1) {
+        b.get(key, TTL).await?;
+        let t = Instant::now();
+        a.set(key, &format!("{value}-{i}"), TTL).await?;
+        while b.peek(key).is_some() {
+            if t.elapsed() > Duration::from_secs(5) {
+                return Err(CacheBenchError::Lost(key.to_string()));
+            }
+            tokio::task::yield_now().await;
+        }
+        local.record(t.elapsed());
+    }
+    out(json!({
+        "peer": "botfleet", "bench": "cache", "scenario": "invalidation-propagation-same-process",
+        "invalidations": bench.invalidations.max(1),
+        "p50_us": local.percentile_us(0.50), "p99_us": local.percentile_us(0.99),
+        "max_us": local.max_us(),
     }));
     storage_a.del(&[key]).await?;
     drop((a, b));
