@@ -4,3 +4,4 @@
 pub mod locks;
 pub mod presence;
 pub mod storage_monitor;
+pub mod heartbeat;

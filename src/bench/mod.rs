@@ -3,6 +3,7 @@
 
 pub mod locks;
 pub mod storage;
+pub mod heartbeat;
 
 use std::net::TcpListener;
 use std::path::PathBuf;
