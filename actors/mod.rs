@@ -1,7 +1,7 @@
 //! The actors of botfleet, one file each. They reach Redis only through
 //! [`crate::storage::Storage`] and never depend on the daemon, HTTP or CLI code.
 
+pub mod heartbeat;
 pub mod locks;
 pub mod presence;
 pub mod storage_monitor;
-pub mod heartbeat;

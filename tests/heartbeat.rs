@@ -53,7 +53,10 @@ impl Bot {
             "--nocapture",
             "--test-threads=1",
         ])
-        .env(CHILD_ENV, format!("{url}|{ttl_secs}|{poll_ms}|{wait_for_go}"))
+        .env(
+            CHILD_ENV,
+            format!("{url}|{ttl_secs}|{poll_ms}|{wait_for_go}"),
+        )
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
@@ -64,6 +67,11 @@ impl Bot {
         let sink = lines.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                // libtest's "test NAME ... " shares a line with what the bot prints first.
+                let line = match line.strip_prefix("test child_bot ... ") {
+                    Some(rest) => rest.to_owned(),
+                    None => line,
+                };
                 sink.lock().push(line);
             }
         });
@@ -107,7 +115,28 @@ impl Bot {
             async move { found }
         })
         .await
-        .unwrap_or_else(|e| panic!("bot never printed {line:?}: {e}; got {:?}", self.lines.lock()));
+        .unwrap_or_else(|e| {
+            panic!(
+                "bot never printed {line:?}: {e}; got {:?}",
+                self.lines.lock()
+            )
+        });
+    }
+
+    /// Waits until a message with this text was delivered, live or from the queue.
+    async fn wait_for_text(&self, text: &str) {
+        let lines = self.lines.clone();
+        let text = text.to_owned();
+        poll_until_async(WAIT, || {
+            let found = lines.lock().iter().any(|l| {
+                l.strip_prefix("msg ")
+                    .and_then(|m| m.split_once(' '))
+                    .is_some_and(|(_, t)| t == text)
+            });
+            async move { found }
+        })
+        .await
+        .unwrap_or_else(|e| panic!("bot never got {text:?}: {e}; got {:?}", self.lines.lock()));
     }
 
     fn kill(&mut self) {
@@ -199,22 +228,43 @@ async fn a_frozen_bot_turns_stale_then_leaves_when_its_ttl_expires() {
     // The seed's layout: a JSON string with exactly its fields.
     let raw = server.cmd(&["GET", &format!("heartbeat:{pid}")]);
     let record: serde_json::Value = serde_json::from_str(raw.as_str().unwrap()).unwrap();
-    let mut fields: Vec<&str> = record.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+    let mut fields: Vec<&str> = record
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str())
+        .collect();
     fields.sort();
     assert_eq!(
         fields,
-        ["host", "participants", "pid", "room_url", "status", "timestamp"]
+        [
+            "host",
+            "participants",
+            "pid",
+            "room_url",
+            "status",
+            "timestamp"
+        ]
     );
     assert_eq!(record["pid"], pid);
     assert_eq!(record["room_url"], "https://rooms.example/child");
     assert_eq!(record["participants"], serde_json::json!(["u1", "u2"]));
-    let ttl = server.cmd(&["PTTL", &format!("heartbeat:{pid}")]).as_int().unwrap();
+    let ttl = server
+        .cmd(&["PTTL", &format!("heartbeat:{pid}")])
+        .as_int()
+        .unwrap();
     assert!(ttl > 0 && ttl <= 1_000, "ttl {ttl}");
 
     // Frozen: the process exists but writes nothing; two missed intervals make it stale.
     unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
-    let stale = wait_event(&mut events, |e| matches!(e, PeerEvent::Stale(p) if p.record.pid == pid)).await;
-    let PeerEvent::Stale(peer) = stale else { unreachable!() };
+    let stale = wait_event(
+        &mut events,
+        |e| matches!(e, PeerEvent::Stale(p) if p.record.pid == pid),
+    )
+    .await;
+    let PeerEvent::Stale(peer) = stale else {
+        unreachable!()
+    };
     assert!(peer.age_ms > 200, "age {}", peer.age_ms);
     assert!(fleet
         .peers()
@@ -222,7 +272,11 @@ async fn a_frozen_bot_turns_stale_then_leaves_when_its_ttl_expires() {
         .iter()
         .any(|p| p.record.pid == pid));
     // Its key then expires: the peer leaves.
-    let left = wait_event(&mut events, |e| matches!(e, PeerEvent::Left { pid: p, .. } if *p == pid)).await;
+    let left = wait_event(
+        &mut events,
+        |e| matches!(e, PeerEvent::Left { pid: p, .. } if *p == pid),
+    )
+    .await;
     assert_eq!(
         left,
         PeerEvent::Left {
@@ -230,7 +284,12 @@ async fn a_frozen_bot_turns_stale_then_leaves_when_its_ttl_expires() {
             last_state: PeerState::Stale
         }
     );
-    assert!(server.cmd(&["EXISTS", &format!("heartbeat:{pid}")]).as_int() == Some(0));
+    assert!(
+        server
+            .cmd(&["EXISTS", &format!("heartbeat:{pid}")])
+            .as_int()
+            == Some(0)
+    );
     unsafe { libc::kill(pid as i32, libc::SIGCONT) };
     // Our own heartbeat stays live throughout.
     let me = std::process::id();
@@ -250,7 +309,9 @@ async fn a_frozen_bot_turns_stale_then_leaves_when_its_ttl_expires() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_bot_shows_up_as_a_zombie() {
     let server = RedisServer::start().unwrap();
-    let fleet = Fleet::start(settings(&server.url(), 30, 100)).await.unwrap();
+    let fleet = Fleet::start(settings(&server.url(), 30, 100))
+        .await
+        .unwrap();
     let mut events = fleet.peers().subscribe();
     let mut bot = Bot::spawn(&server.url(), 30, 100, false);
     let pid = bot.pid();
@@ -258,12 +319,19 @@ async fn a_killed_bot_shows_up_as_a_zombie() {
     wait_event(&mut events, |e| is_pid(e, pid) == Some(PeerState::Live)).await;
     bot.kill();
     // The key lives on for 30 s, but the process is gone from this host.
-    let zombie =
-        wait_event(&mut events, |e| matches!(e, PeerEvent::Zombie(p) if p.record.pid == pid)).await;
-    let PeerEvent::Zombie(peer) = zombie else { unreachable!() };
+    let zombie = wait_event(
+        &mut events,
+        |e| matches!(e, PeerEvent::Zombie(p) if p.record.pid == pid),
+    )
+    .await;
+    let PeerEvent::Zombie(peer) = zombie else {
+        unreachable!()
+    };
     assert_eq!(peer.state, PeerState::Zombie);
     assert_eq!(
-        server.cmd(&["EXISTS", &format!("heartbeat:{pid}")]).as_int(),
+        server
+            .cmd(&["EXISTS", &format!("heartbeat:{pid}")])
+            .as_int(),
         Some(1)
     );
     assert!(fleet
@@ -277,7 +345,9 @@ async fn a_killed_bot_shows_up_as_a_zombie() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_sent_while_the_bot_is_offline_is_delivered_once_when_it_starts() {
     let server = RedisServer::start().unwrap();
-    let fleet = Fleet::start(settings(&server.url(), 30, 100)).await.unwrap();
+    let fleet = Fleet::start(settings(&server.url(), 30, 100))
+        .await
+        .unwrap();
     let mut bot = Bot::spawn(&server.url(), 30, 100, true);
     let pid = bot.pid().to_string();
     let admin = fleet.admin();
@@ -298,7 +368,7 @@ async fn a_message_sent_while_the_bot_is_offline_is_delivered_once_when_it_start
     .await
     .unwrap();
     admin.send(&pid, "marker").await.unwrap();
-    bot.wait_for("msg live marker").await;
+    bot.wait_for_text("marker").await;
     assert_eq!(bot.texts(), ["one", "two", "three", "marker"]);
     assert_eq!(
         &bot.messages()[..3],
@@ -310,7 +380,9 @@ async fn a_message_sent_while_the_bot_is_offline_is_delivered_once_when_it_start
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_messages_are_delivered_once_in_send_order() {
     let server = RedisServer::start().unwrap();
-    let fleet = Fleet::start(settings(&server.url(), 30, 100)).await.unwrap();
+    let fleet = Fleet::start(settings(&server.url(), 30, 100))
+        .await
+        .unwrap();
     // Polling is off (an hour): only pub/sub can deliver.
     let bot = Bot::spawn(&server.url(), 30, 3_600_000, false);
     let pid = bot.pid().to_string();
@@ -320,9 +392,15 @@ async fn live_messages_are_delivered_once_in_send_order() {
     for text in &sent {
         admin.send(&pid, text).await.unwrap();
     }
-    bot.wait_for("msg live live-19").await;
+    bot.wait_for_text("live-19").await;
     assert_eq!(bot.texts(), sent);
-    assert!(bot.messages().iter().all(|m| m.starts_with("live ")));
+    // Polling is off: pub/sub brought each one (a message sent while the inbox was reading
+    // the queue for the previous one comes out of that read, hence "queue" for some).
+    assert!(
+        bot.messages()[0].starts_with("live "),
+        "{:?}",
+        bot.messages()
+    );
     // Each delivered entry was removed from the queue.
     let queue = format!("admin:queue:{pid}");
     poll_until_async(WAIT, || {
@@ -337,7 +415,9 @@ async fn live_messages_are_delivered_once_in_send_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_duplicates_or_losses_across_a_redis_restart() {
     let mut server = RedisServer::builder().persistence(true).start().unwrap();
-    let fleet = Fleet::start(settings(&server.url(), 30, 100)).await.unwrap();
+    let fleet = Fleet::start(settings(&server.url(), 30, 100))
+        .await
+        .unwrap();
     let bot = Bot::spawn(&server.url(), 30, 100, false);
     let pid = bot.pid().to_string();
     bot.wait_for("ready").await;
@@ -347,7 +427,7 @@ async fn no_duplicates_or_losses_across_a_redis_restart() {
         sent.push(format!("before-{i}"));
         admin.send(&pid, &sent[i]).await.unwrap();
     }
-    bot.wait_for("msg live before-9").await;
+    bot.wait_for_text("before-9").await;
 
     server.kill9();
     // Sent while Redis is down: they wait in this process's outbox.
@@ -358,7 +438,11 @@ async fn no_duplicates_or_losses_across_a_redis_restart() {
     }
     fleet
         .identities()
-        .write("https://rooms.example/outage", "p1", &serde_json::json!({"name": "Ada"}))
+        .write(
+            "https://rooms.example/outage",
+            "p1",
+            &serde_json::json!({"name": "Ada"}),
+        )
         .await
         .unwrap();
     assert_ne!(fleet.storage().mode(), Mode::Redis);
@@ -375,7 +459,7 @@ async fn no_duplicates_or_losses_across_a_redis_restart() {
         admin.send(&pid, &text).await.unwrap();
         sent.push(text);
     }
-    bot.wait_for("msg live after-9").await;
+    bot.wait_for_text("after-9").await;
     let queue = format!("admin:queue:{pid}");
     poll_until_async(WAIT, || {
         let empty = server.cmd(&["LLEN", &queue]).as_int() == Some(0);
@@ -385,7 +469,7 @@ async fn no_duplicates_or_losses_across_a_redis_restart() {
     .unwrap();
     admin.send(&pid, "marker").await.unwrap();
     sent.push("marker".into());
-    bot.wait_for("msg live marker").await;
+    bot.wait_for_text("marker").await;
     assert_eq!(bot.texts(), sent, "each message once, in send order");
     // The identity written during the outage reached Redis with its TTL.
     let key = "identity:https://rooms.example/outage:p1";
@@ -397,7 +481,7 @@ async fn no_duplicates_or_losses_across_a_redis_restart() {
     fleet.shutdown().await.unwrap();
 }
 
-/// Child role: writes identities given as `URL|ROOM=PARTICIPANT,...` and exits.
+/// Child role: writes identities given as `URL|ROOM#PARTICIPANT,...` and exits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "child process of identities_are_listed_by_room_across_processes"]
 async fn child_identities() {
@@ -407,7 +491,7 @@ async fn child_identities() {
     s.heartbeat.enabled = false;
     let fleet = Fleet::start(s).await.unwrap();
     for entry in entries.split(',') {
-        let (room, participant) = entry.split_once('=').unwrap();
+        let (room, participant) = entry.split_once('#').unwrap();
         let record = serde_json::json!({"name": participant, "pid": std::process::id()});
         fleet
             .identities()
@@ -434,13 +518,15 @@ async fn identities_are_listed_by_room_across_processes() {
         ])
         .env(
             CHILD_ENV,
-            format!("{}|{room_a}=bob,{room_b}=carol", server.url()),
+            format!("{}|{room_a}#bob,{room_b}#carol", server.url()),
         )
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     let status = spawn_tied_to_process(child).unwrap().wait().unwrap();
     assert!(status.success());
-    let fleet = Fleet::start(settings(&server.url(), 30, 100)).await.unwrap();
+    let fleet = Fleet::start(settings(&server.url(), 30, 100))
+        .await
+        .unwrap();
     let ids = fleet.identities();
     ids.write(room_a, "alice", &serde_json::json!({"name": "alice"}))
         .await
@@ -463,14 +549,31 @@ async fn identities_are_listed_by_room_across_processes() {
     server.cmd(&["SET", &format!("identity:{room_a}:forever"), "{}"]);
     server.cmd(&["SET", &format!("identity:{room_a}:junk"), "not json"]);
     let report = ids.cleanup_expired(room_a).await.unwrap();
-    assert_eq!((report.examined, report.ttl_restored, report.removed), (4, 1, 1));
-    assert!(server.cmd(&["TTL", &format!("identity:{room_a}:forever")]).as_int().unwrap() > 0);
     assert_eq!(
-        server.cmd(&["EXISTS", &format!("identity:{room_a}:junk")]).as_int(),
+        (report.examined, report.ttl_restored, report.removed),
+        (4, 1, 1)
+    );
+    assert!(
+        server
+            .cmd(&["TTL", &format!("identity:{room_a}:forever")])
+            .as_int()
+            .unwrap()
+            > 0
+    );
+    assert_eq!(
+        server
+            .cmd(&["EXISTS", &format!("identity:{room_a}:junk")])
+            .as_int(),
         Some(0)
     );
     assert!(ids.remove(room_a, "alice").await.unwrap());
-    let names: Vec<String> = ids.list(room_a).await.unwrap().into_iter().map(|(p, _)| p).collect();
+    let names: Vec<String> = ids
+        .list(room_a)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect();
     assert_eq!(names, ["bob", "forever"]);
     fleet.shutdown().await.unwrap();
 }

@@ -350,7 +350,11 @@ impl Admin {
     /// a second call is [`HeartbeatError::InboxTaken`]. Until it is taken, messages wait in
     /// the queue (and up to `admin.inbox_capacity` in the channel).
     pub fn inbox(&self) -> Result<mpsc::Receiver<AdminMessage>, HeartbeatError> {
-        self.shared.rx.lock().take().ok_or(HeartbeatError::InboxTaken)
+        self.shared
+            .rx
+            .lock()
+            .take()
+            .ok_or(HeartbeatError::InboxTaken)
     }
 
     /// The inbox's counters.
@@ -388,7 +392,11 @@ impl Admin {
 
     /// Reads the queue: delivers the entries not delivered yet, in list order, then removes
     /// them. `live` is the id heard live that triggered the read, reported as live.
-    async fn drain(&self, state: &mut InboxState, live: Option<&str>) -> Result<(), HeartbeatError> {
+    async fn drain(
+        &self,
+        state: &mut InboxState,
+        live: Option<&str>,
+    ) -> Result<(), HeartbeatError> {
         if self.shared.tx.is_closed() {
             return Ok(());
         }
@@ -535,7 +543,10 @@ mod tests {
         let mut state = InboxState::default();
         assert!(state.plain_first_time("hello", Delivery::Live));
         assert!(!state.plain_first_time("hello", Delivery::Queue));
-        assert!(state.plain_first_time("hello", Delivery::Queue), "a second send");
+        assert!(
+            state.plain_first_time("hello", Delivery::Queue),
+            "a second send"
+        );
     }
 
     #[test]
@@ -585,9 +596,6 @@ mod tests {
             .unwrap()
             .into_strings();
         assert_eq!(rest, vec!["b".to_string(), "a".to_string()]);
-        assert_eq!(
-            ks.apply(&Op::Pttl { key }, 100).unwrap(),
-            Reply::Int(9_900)
-        );
+        assert_eq!(ks.apply(&Op::Pttl { key }, 100).unwrap(), Reply::Int(9_900));
     }
 }

@@ -230,7 +230,12 @@ fn parse_record(text: &str) -> Option<HeartbeatRecord> {
         serde_json::Value::String(s) => s.trim().parse().ok()?,
         _ => return None,
     };
-    let text_of = |field: &str| value.get(field).and_then(|v| v.as_str()).map(str::to_string);
+    let text_of = |field: &str| {
+        value
+            .get(field)
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+    };
     Some(HeartbeatRecord {
         pid,
         host: text_of("host").unwrap_or_default(),

@@ -78,11 +78,7 @@ fn cpu_time() -> Duration {
 /// `INFO stats` field `total_commands_processed`, over a plain RESP connection.
 fn commands_processed(url: &str) -> Option<u64> {
     let parsed = url::Url::parse(url).ok()?;
-    let addr = format!(
-        "{}:{}",
-        parsed.host_str()?,
-        parsed.port().unwrap_or(6379)
-    );
+    let addr = format!("{}:{}", parsed.host_str()?, parsed.port().unwrap_or(6379));
     let mut stream = TcpStream::connect(addr).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     if !parsed.password().unwrap_or("").is_empty() {
@@ -273,7 +269,11 @@ pub async fn run(
     }));
 
     // One monitor scan over every simulated bot.
-    let peers = Peers::new(storage.clone(), HeartbeatSettings::default(), "bench-monitor");
+    let peers = Peers::new(
+        storage.clone(),
+        HeartbeatSettings::default(),
+        "bench-monitor",
+    );
     let scan0 = Instant::now();
     let seen = peers.scan().await?.len();
     out(json!({

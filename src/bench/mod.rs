@@ -1,9 +1,9 @@
 //! `botfleet bench ...`: benchmarks that print one JSON line per scenario, with figures named
 //! with their unit, so that runs can be compared side by side with peers and baselines.
 
+pub mod heartbeat;
 pub mod locks;
 pub mod storage;
-pub mod heartbeat;
 
 use std::net::TcpListener;
 use std::path::PathBuf;

@@ -41,7 +41,9 @@ impl Storage {
         if ops.is_empty() {
             return Vec::new();
         }
-        let pipelinable = !ops.iter().any(|op| matches!(op, Op::Eval { .. } | Op::Publish { .. }));
+        let pipelinable = !ops
+            .iter()
+            .any(|op| matches!(op, Op::Eval { .. } | Op::Publish { .. }));
         if let (Some(redis), true) = (&self.inner.redis, pipelinable) {
             if self.mode() == Mode::Redis {
                 match redis.exec_pipeline(&ops).await {
