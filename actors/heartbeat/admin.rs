@@ -582,7 +582,13 @@ mod tests {
             0,
         )
         .unwrap();
-        let n = ack_local(&mut ks, 100, &[key.clone()], &["a".into(), "c".into()]).unwrap();
+        let n = ack_local(
+            &mut ks,
+            100,
+            std::slice::from_ref(&key),
+            &["a".into(), "c".into()],
+        )
+        .unwrap();
         assert_eq!(n, Reply::Int(2));
         let rest = ks
             .apply(
