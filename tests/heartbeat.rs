@@ -641,3 +641,97 @@ async fn bad_input_is_a_typed_error_and_nothing_is_stored() {
     assert!(err.to_string().contains("heartbeat.ttl_secs"), "{err}");
     fleet.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_time_and_pipelined_batches_answer_alike_on_redis_and_the_fallback() {
+    use botfleet::storage::{Expiry, KeySchema, Op, Reply, Storage};
+    let server = RedisServer::start().unwrap();
+    let redis = Fleet::start(settings(&server.url(), 30, 100))
+        .await
+        .unwrap();
+    // No Redis configured: the fallback is the store (never the server on 6379).
+    let mut fallback = Settings::default().storage;
+    fallback.redis.enabled = false;
+    let local = Storage::open(&fallback, &KeySchema::default())
+        .await
+        .unwrap();
+    assert_eq!(local.mode(), Mode::Fallback);
+    for storage in [redis.storage(), &local] {
+        let before = botfleet::storage::now_ms();
+        let t = storage.server_time_ms().await.unwrap();
+        // The same machine's clock: within a second either way.
+        assert!(t + 1_000 > before && t < botfleet::storage::now_ms() + 1_000);
+        let replies = storage
+            .execute_batch(vec![
+                Op::Set {
+                    key: "batch:a".into(),
+                    value: "1".into(),
+                    expiry: Expiry::In(60_000),
+                    only_if_absent: false,
+                },
+                Op::RPush {
+                    key: "batch:a".into(),
+                    values: vec!["x".into()],
+                },
+                Op::Get {
+                    key: "batch:a".into(),
+                },
+                Op::Get {
+                    key: "batch:none".into(),
+                },
+            ])
+            .await;
+        assert_eq!(replies.len(), 4);
+        assert!(replies[0].is_ok());
+        assert!(
+            matches!(&replies[1], Err(e) if e.to_string().contains("WRONGTYPE")),
+            "{:?}",
+            replies[1]
+        );
+        assert_eq!(replies[2], Ok(Reply::Str("1".into())));
+        assert_eq!(replies[3], Ok(Reply::Nil));
+    }
+    local.close().await;
+    redis.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_continue_on_the_fallback_and_resync() {
+    let mut server = RedisServer::start().unwrap();
+    let fleet = Fleet::start(settings(&server.url(), 30, 100))
+        .await
+        .unwrap();
+    let key = format!("heartbeat:{}", std::process::id());
+    poll_until_async(WAIT, || {
+        let there = server.cmd(&["EXISTS", &key]).as_int() == Some(1);
+        async move { there }
+    })
+    .await
+    .unwrap();
+    server.restart_empty().unwrap();
+    // The outage is noticed by the next write; meanwhile the heartbeat is on the fallback.
+    fleet
+        .heartbeat()
+        .set_room(Some("https://rooms.example/outage"), &["p"])
+        .await
+        .unwrap();
+    let storage = fleet.storage().clone();
+    poll_until_async(WAIT, || {
+        let back = storage.mode() == Mode::Redis;
+        async move { back }
+    })
+    .await
+    .unwrap();
+    poll_until_async(WAIT, || {
+        let there = server
+            .cmd(&["GET", &key])
+            .as_str()
+            .is_some_and(|v| v.contains("https://rooms.example/outage"));
+        async move { there }
+    })
+    .await
+    .unwrap();
+    let ttl = server.cmd(&["PTTL", &key]).as_int().unwrap();
+    assert!(ttl > 0 && ttl <= 30_000, "ttl {ttl}");
+    fleet.shutdown().await.unwrap();
+}
