@@ -2,7 +2,8 @@
 //!
 //! [`Fleet::start`] opens the storage on the caller's multi-threaded tokio runtime, starts the
 //! actix system on a thread of its own ([`ActorSystem`]), and the supervision tree with the
-//! built-in actors in order (storage monitor, presence, lock manager) followed by the host's own
+//! built-in actors in order (storage monitor, presence, lock manager, then seed 004's heartbeat
+//! sender, peer monitor and admin inbox) followed by the host's own
 //! ([`Fleet::start_with`]). [`Fleet::shutdown`] stops them in reverse order, each within
 //! `supervisor.stop_timeout_ms`, flushes the outbox to Redis (or leaves it in the file store)
 //! and stops the system thread. [`BlockingFleet`] is the same handle for hosts without an
