@@ -28,8 +28,8 @@ use crate::storage::{Expiry, KeySchema, Mode, Op, Storage, StorageError};
 
 /// Slots per second: each bot belongs to one.
 const SLOTS: u64 = 100;
-/// First simulated pid (far above any real one, so none is taken for a zombie).
-const FIRST_PID: u32 = 3_000_000_000;
+/// First simulated pid (far above any real one; their host is not ours, so none is a zombie).
+const FIRST_PID: u32 = 2_000_000_000;
 
 /// Options of the heartbeat benchmark.
 #[derive(Debug, Clone)]
@@ -112,6 +112,39 @@ fn commands_processed(url: &str) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+fn record(
+    lateness: &mut Latencies,
+    written: &mut u64,
+    failed: &mut u64,
+    n: usize,
+    ok: usize,
+    late: Duration,
+) {
+    for _ in 0..ok {
+        lateness.record(late);
+    }
+    *written += ok as u64;
+    *failed += (n - ok) as u64;
+}
+
+/// `CONFIG SET appendfsync everysec` on the private server (it starts with `always`, which
+/// measures the disk rather than botfleet).
+fn relax_fsync(url: &str) {
+    let Some(addr) = url::Url::parse(url)
+        .ok()
+        .and_then(|u| Some(format!("{}:{}", u.host_str()?, u.port()?)))
+    else {
+        return;
+    };
+    if let Ok(mut stream) = TcpStream::connect(addr) {
+        let _ = stream.write_all(
+            b"*4\r\n$6\r\nCONFIG\r\n$3\r\nSET\r\n$11\r\nappendfsync\r\n$8\r\neverysec\r\n",
+        );
+        let mut line = String::new();
+        let _ = BufReader::new(stream).read_line(&mut line);
+    }
+}
+
 fn record_of(pid: u32, timestamp_ms: u64) -> String {
     HeartbeatRecord {
         pid,
@@ -135,7 +168,10 @@ pub async fn run(
     };
     let url = match (&bench.redis_url, &private) {
         (Some(url), _) => url.clone(),
-        (None, Some(p)) => p.url(),
+        (None, Some(p)) => {
+            relax_fsync(&p.url());
+            p.url()
+        }
         (None, None) => unreachable!("a private server is started when no URL is given"),
     };
     let mut settings = StorageSettings::default();
@@ -161,6 +197,8 @@ pub async fn run(
     let mut offset_ms: i64 = 0;
     let slot_len = Duration::from_millis(1_000 / SLOTS);
     let mut written = 0u64;
+    let mut failed = 0u64;
+    let mut in_flight = std::collections::VecDeque::new();
     let mut tick = 0u64;
     loop {
         let due = wall0 + slot_len * tick as u32;
@@ -187,16 +225,29 @@ pub async fn run(
                 }
             })
             .collect();
-        let n = ops.len();
-        for reply in storage.execute_batch(ops).await {
-            reply?;
+        // Each batch is its own task, so a slow acknowledgement does not delay the next slot.
+        let batch_storage = storage.clone();
+        in_flight.push_back(tokio::spawn(async move {
+            let n = ops.len();
+            let ok = batch_storage
+                .execute_batch(ops)
+                .await
+                .iter()
+                .filter(|r| r.is_ok())
+                .count();
+            (n, ok, due.elapsed())
+        }));
+        while in_flight.len() > 200 {
+            if let Some(h) = in_flight.pop_front() {
+                let (n, ok, late) = h.await.unwrap_or((0, 0, Duration::ZERO));
+                record(&mut lateness, &mut written, &mut failed, n, ok, late);
+            }
         }
-        let late = due.elapsed();
-        for _ in 0..n {
-            lateness.record(late);
-        }
-        written += n as u64;
         tick += 1;
+    }
+    for h in in_flight {
+        let (n, ok, late) = h.await.unwrap_or((0, 0, Duration::ZERO));
+        record(&mut lateness, &mut written, &mut failed, n, ok, late);
     }
     let wall = wall0.elapsed();
     let cpu = cpu_time() - cpu0;
@@ -206,7 +257,7 @@ pub async fn run(
     out(json!({
         "peer": "botfleet", "bench": "heartbeat", "scenario": "heartbeats",
         "bots": bots, "rate_hz": 1, "duration_s": wall.as_secs_f64(),
-        "heartbeats": written,
+        "heartbeats": written, "failed": failed,
         "cpu_pct_of_one_core": (cpu.as_secs_f64() / wall.as_secs_f64() * 1_000.0).round() / 10.0,
         "redis_commands_per_s": cmds.map(|c| (c as f64 / wall.as_secs_f64()).round()),
         "lateness_p50_us": lateness.percentile_us(0.50),
