@@ -3,6 +3,7 @@
 
 pub mod cache;
 pub mod hazards;
+pub mod heartbeat;
 pub mod locks;
 pub mod presence;
 pub mod scheduler;

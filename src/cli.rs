@@ -208,6 +208,23 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 100)]
         readers: usize,
     },
+    /// Seed 004's load: simulated bots heartbeating at 1 Hz from one process (CPU, Redis
+    /// commands/s, lateness), a peer scan, and admin message delivery latency.
+    Heartbeat {
+        /// Server to use (`heartbeat:*` keys of simulated pids are overwritten); without it a
+        /// private redis-server is started.
+        #[arg(long, value_name = "URL")]
+        redis: Option<String>,
+        /// Simulated bots.
+        #[arg(long, default_value_t = 10_000)]
+        bots: u64,
+        /// Seconds of heartbeating.
+        #[arg(long, default_value_t = 30)]
+        duration: u64,
+        /// Admin messages to time.
+        #[arg(long, default_value_t = 2_000)]
+        messages: u64,
+    },
 }
 
 /// `botfleet config ...`.

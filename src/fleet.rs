@@ -4,6 +4,8 @@
 //! actix system on a thread of its own ([`ActorSystem`]), and the supervision tree with the
 //! built-in actors in order (storage monitor, presence, lock manager, and the shared-data
 //! fetcher and readers when `shared_data.enabled`) followed by the host's own
+//! built-in actors in order (storage monitor, presence, lock manager, then seed 004's heartbeat
+//! sender, peer monitor and admin inbox) followed by the host's own
 //! ([`Fleet::start_with`]). [`Fleet::shutdown`] stops them in reverse order, each within
 //! `supervisor.stop_timeout_ms`, flushes the outbox to Redis (or leaves it in the file store)
 //! and stops the system thread. [`BlockingFleet`] is the same handle for hosts without an
@@ -15,6 +17,9 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use serde::Serialize;
 
+use crate::actors::heartbeat::{
+    Admin, AdminInbox, Heartbeat, HeartbeatSender, Identities, PeerMonitor, Peers,
+};
 use crate::actors::locks::{GetLockStats, LockManager, LockStats, Locks};
 use crate::actors::presence::{hostname, GetPresence, Presence, PresenceStatus};
 use crate::actors::shared_data::{Fetcher, ReaderActor, SharedData, SharedDataError};
@@ -102,6 +107,7 @@ struct Inner {
     game_sessions: GameSessions,
     cache: Cache,
     scheduler: SchedulerParts,
+    seed004: Seed004,
     shut_down: tokio::sync::Mutex<Option<FleetShutdown>>,
     shared_data: SharedData,
 }
@@ -202,6 +208,7 @@ impl Fleet {
                 );
             }
         }
+        let seed004 = Seed004::add(&mut tree, &storage, &settings);
         configure(&mut tree, &storage);
         let supervisor = match tree.start(&system).await {
             Ok(s) => s,
@@ -228,6 +235,7 @@ impl Fleet {
                 game_sessions,
                 cache,
                 scheduler,
+                seed004,
                 shut_down: tokio::sync::Mutex::new(None),
                 shared_data,
             }),
@@ -330,6 +338,7 @@ impl Fleet {
                 children: Vec::new(),
                 elapsed_ms: 0,
             });
+        self.inner.seed004.stopped().await;
         let deadline = Duration::from_millis(self.inner.settings.supervisor.stop_timeout_ms);
         let storage = &self.inner.storage;
         let mut flushed = storage.flush(deadline).await;
@@ -363,6 +372,81 @@ impl Fleet {
         };
         *done = Some(report.clone());
         Ok(report)
+    }
+}
+
+impl Fleet {
+    /// This process's heartbeat (`heartbeat:PID`): set the room, participants and status.
+    pub fn heartbeat(&self) -> Heartbeat {
+        self.inner.seed004.heartbeat.clone()
+    }
+
+    /// The peer monitor: live, stale and zombie peers, and their events.
+    pub fn peers(&self) -> Peers {
+        self.inner.seed004.peers.clone()
+    }
+
+    /// The participant identity registry (`identity:ROOM:PARTICIPANT`).
+    pub fn identities(&self) -> Identities {
+        self.inner.seed004.identities.clone()
+    }
+
+    /// Admin messages: `send(pid, message)` and this process's `inbox()`.
+    pub fn admin(&self) -> Admin {
+        self.inner.seed004.admin.clone()
+    }
+}
+
+/// Seed 004's services: their handles, and their actors added to the tree.
+struct Seed004 {
+    enabled: bool,
+    heartbeat: Heartbeat,
+    peers: Peers,
+    identities: Identities,
+    admin: Admin,
+}
+
+impl Seed004 {
+    fn add(tree: &mut SupervisorBuilder, storage: &Storage, settings: &Settings) -> Self {
+        let host = hostname();
+        let heartbeat = Heartbeat::new(storage.clone(), settings.heartbeat.clone(), &host);
+        let peers = Peers::new(storage.clone(), settings.heartbeat.clone(), &host);
+        let identities = Identities::new(storage.clone(), settings.identities.clone());
+        let admin = Admin::new(storage.clone(), settings.admin.clone(), &host);
+        let enabled = settings.heartbeat.enabled;
+        if enabled {
+            let h = heartbeat.clone();
+            tree.child(
+                ChildSpec::new("heartbeat", move |_| HeartbeatSender::new(h.clone()))
+                    .restart(RestartType::Permanent),
+            );
+            let p = peers.clone();
+            tree.child(
+                ChildSpec::new("peer-monitor", move |_| PeerMonitor::new(p.clone()))
+                    .restart(RestartType::Permanent),
+            );
+        }
+        let a = admin.clone();
+        tree.child(
+            ChildSpec::new("admin-inbox", move |_| AdminInbox::new(a.clone()))
+                .restart(RestartType::Permanent),
+        );
+        Self {
+            enabled,
+            heartbeat,
+            peers,
+            identities,
+            admin,
+        }
+    }
+
+    /// After the actors stopped: a clean exit removes this process's heartbeat.
+    async fn stopped(&self) {
+        if self.enabled {
+            if let Err(e) = self.heartbeat.remove().await {
+                tracing::warn!(actor = "heartbeat", error = %e, "heartbeat not removed at shutdown");
+            }
+        }
     }
 }
 

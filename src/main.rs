@@ -116,6 +116,25 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 println!("{line}")
             }))?;
         }
+        Command::Bench(BenchCommand::Heartbeat {
+            redis,
+            bots,
+            duration,
+            messages,
+        }) => {
+            let settings = cli.load_settings()?;
+            botfleet::telemetry::init(&settings.log)?;
+            let bench = botfleet::bench::heartbeat::HeartbeatBench {
+                redis_url: redis.clone(),
+                bots: *bots,
+                duration_secs: *duration,
+                messages: *messages,
+            };
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(botfleet::bench::heartbeat::run(&bench, |line| {
+                println!("{line}")
+            }))?;
+        }
         Command::Run => unreachable!("handled in main"),
     }
     Ok(())

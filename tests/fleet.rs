@@ -181,7 +181,17 @@ async fn host_actors_are_supervised_and_stopped_first() {
     let report = fleet.shutdown().await.unwrap();
     assert_eq!(
         report.actors.stop_order(),
-        ["host-counter", "scheduler", "hazards", "locks", "presence", "storage-monitor"]
+        [
+            "host-counter",
+            "admin-inbox",
+            "peer-monitor",
+            "heartbeat",
+            "scheduler",
+            "hazards",
+            "locks",
+            "presence",
+            "storage-monitor"
+        ]
     );
     assert!(report.actors.abandoned().is_empty());
 }

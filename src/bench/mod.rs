@@ -1,6 +1,7 @@
 //! `botfleet bench ...`: benchmarks that print one JSON line per scenario, with figures named
 //! with their unit, so that runs can be compared side by side with peers and baselines.
 
+pub mod heartbeat;
 pub mod locks;
 pub mod queue;
 pub mod read;

@@ -66,6 +66,12 @@ pub struct Settings {
     pub scheduler: SchedulerSettings,
     /// Shared data: the fetcher and the readers (seed 000).
     pub shared_data: SharedDataSettings,
+    /// Seed 004's heartbeats (`heartbeat:PID`) and the peer monitor.
+    pub heartbeat: HeartbeatSettings,
+    /// Seed 004's participant identities (`identity:ROOM:PARTICIPANT`).
+    pub identities: IdentitySettings,
+    /// Seed 004's admin messages (`admin:bot:PID`, `admin:queue:PID`).
+    pub admin: AdminSettings,
 }
 
 impl Settings {
@@ -728,6 +734,82 @@ impl Default for ExtractSettings {
             colors: "/data/records/0/resultFormatValueI18n".into(),
             result_format: "/data/records/0/value".into(),
             game_type: "RG5M".into(),
+        }
+    }
+}
+
+/// `[heartbeat]`: this process writes `heartbeat:PID` (seed 004) and watches its peers'.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HeartbeatSettings {
+    /// Whether this process sends heartbeats and runs the peer monitor.
+    pub enabled: bool,
+    /// Interval between two heartbeats, milliseconds.
+    pub interval_ms: u64,
+    /// Lifetime of a heartbeat key, seconds; at least three intervals.
+    pub ttl_secs: u64,
+    /// A peer whose last heartbeat is older than this many intervals is stale.
+    pub stale_after_intervals: u64,
+    /// Interval between two scans of the peers, milliseconds.
+    pub monitor_interval_ms: u64,
+    /// Status written in the heartbeat until the host sets another.
+    pub status: String,
+}
+
+impl Default for HeartbeatSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval_ms: 10_000,
+            ttl_secs: 30,
+            stale_after_intervals: 2,
+            monitor_interval_ms: 5_000,
+            status: "active".into(),
+        }
+    }
+}
+
+/// `[identities]`: the participant identity registry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentitySettings {
+    /// Lifetime of an identity entry, seconds.
+    pub ttl_secs: u64,
+    /// Largest identity record (JSON), bytes.
+    pub max_bytes: usize,
+}
+
+impl Default for IdentitySettings {
+    fn default() -> Self {
+        Self {
+            ttl_secs: 86_400,
+            max_bytes: 65_536,
+        }
+    }
+}
+
+/// `[admin]`: admin messages to bot processes and this process's inbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSettings {
+    /// Lifetime of a bot's message queue after the last message sent to it, seconds.
+    pub queue_ttl_secs: u64,
+    /// Largest message, bytes.
+    pub max_message_bytes: usize,
+    /// Interval between two reads of this process's queue (the safety net behind pub/sub),
+    /// milliseconds.
+    pub poll_interval_ms: u64,
+    /// Messages the inbox holds for the host before it waits for the host to read.
+    pub inbox_capacity: usize,
+}
+
+impl Default for AdminSettings {
+    fn default() -> Self {
+        Self {
+            queue_ttl_secs: 3_600,
+            max_message_bytes: 65_536,
+            poll_interval_ms: 1_000,
+            inbox_capacity: 1_024,
         }
     }
 }

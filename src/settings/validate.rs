@@ -64,6 +64,16 @@ pub(crate) const POSITIVE: &[&str] = &[
     "shared_data.source.attempts",
     "shared_data.source.backoff_base_ms",
     "shared_data.source.backoff_max_ms",
+    "heartbeat.interval_ms",
+    "heartbeat.ttl_secs",
+    "heartbeat.stale_after_intervals",
+    "heartbeat.monitor_interval_ms",
+    "identities.ttl_secs",
+    "identities.max_bytes",
+    "admin.queue_ttl_secs",
+    "admin.max_message_bytes",
+    "admin.poll_interval_ms",
+    "admin.inbox_capacity",
 ];
 
 /// Keys whose values are secrets: a message never shows what was given there.
@@ -349,6 +359,23 @@ fn semantic(settings: &Settings, tree: &Node, problems: &mut Vec<Problem>) {
         );
     }
     shared_data(settings, &mut check);
+    let heartbeat = &settings.heartbeat;
+    if heartbeat.ttl_secs.saturating_mul(1_000) < heartbeat.interval_ms.saturating_mul(3) {
+        check.fail(
+            "heartbeat.ttl_secs",
+            format!(
+                "expected at least three heartbeat.interval_ms ({} ms), got {} s",
+                heartbeat.interval_ms.saturating_mul(3),
+                heartbeat.ttl_secs
+            ),
+        );
+    }
+    if heartbeat.status.trim().is_empty() {
+        check.fail(
+            "heartbeat.status",
+            "expected a status such as \"active\", got \"\"".to_owned(),
+        );
+    }
 
     if settings.storage.fallback == FallbackKind::File
         && settings.storage.file.dir.trim().is_empty()

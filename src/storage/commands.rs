@@ -21,6 +21,65 @@ impl Storage {
             .into_opt_string())
     }
 
+    /// `TIME`: the server's clock in Unix milliseconds (the local clock on the fallback), so
+    /// that processes on several hosts compare ages against one clock.
+    pub async fn server_time_ms(&self) -> Result<u64, StorageError> {
+        let parts = self.execute(Op::Time).await?.into_strings();
+        let num = |i: usize| parts.get(i).and_then(|p| p.parse::<u64>().ok());
+        match (num(0), num(1)) {
+            (Some(secs), Some(micros)) => Ok(secs * 1_000 + micros / 1_000),
+            _ => Err(StorageError::Command(format!("TIME answered {parts:?}"))),
+        }
+    }
+
+    /// Executes many ops in one round trip: pipelined on Redis, one by one on the fallback.
+    /// Replies come in the order of `ops`. An outage met by the pipeline switches the mode
+    /// as for any call, and the ops are then served by the fallback (writes join the outbox;
+    /// as for a single call, a write Redis may have applied before the outage is replayed).
+    /// Scripts are run one by one.
+    pub async fn execute_batch(&self, ops: Vec<Op>) -> Vec<Result<Reply, StorageError>> {
+        if ops.is_empty() {
+            return Vec::new();
+        }
+        let pipelinable = !ops
+            .iter()
+            .any(|op| matches!(op, Op::Eval { .. } | Op::Publish { .. }));
+        if let (Some(redis), true) = (&self.inner.redis, pipelinable) {
+            if self.mode() == Mode::Redis {
+                match redis.exec_pipeline(&ops).await {
+                    Ok(replies) => {
+                        return replies
+                            .into_iter()
+                            .map(|r| {
+                                r.map_err(|f| match f {
+                                    Failure::Command(m) => StorageError::Command(m),
+                                    Failure::Outage(m) => StorageError::Unavailable(m),
+                                    Failure::NoScript => StorageError::Command("NOSCRIPT".into()),
+                                })
+                            })
+                            .collect()
+                    }
+                    Err(Failure::Outage(reason)) => self.degrade(reason),
+                    Err(other) => {
+                        let message = match other {
+                            Failure::Command(m) | Failure::Outage(m) => m,
+                            Failure::NoScript => "NOSCRIPT".into(),
+                        };
+                        return ops
+                            .iter()
+                            .map(|_| Err(StorageError::Command(message.clone())))
+                            .collect();
+                    }
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(ops.len());
+        for op in ops {
+            out.push(self.execute(op).await);
+        }
+        out
+    }
+
     /// `SET` with an optional time to live.
     pub async fn set(
         &self,

@@ -603,6 +603,10 @@ impl Keyspace {
                 _ => None,
             }),
             Op::Publish { .. } => Ok(Reply::Int(0)),
+            Op::Time => Ok(Reply::Array(vec![
+                Reply::Str((now_ms / 1_000).to_string()),
+                Reply::Str(((now_ms % 1_000) * 1_000).to_string()),
+            ])),
             Op::Eval { script, .. } => Err(LocalError::Script(format!(
                 "{} has no local implementation",
                 script.name

@@ -184,6 +184,8 @@ pub enum Op {
         pattern: String,
         count: u64,
     },
+    /// `TIME`: the server's clock (the local clock on the fallback).
+    Time,
 }
 
 impl Op {
@@ -244,7 +246,7 @@ impl Op {
             | Op::LLen { key } => Some(key),
             Op::Del { keys } => keys.first().map(String::as_str),
             Op::Eval { keys, .. } => keys.first().map(String::as_str),
-            Op::Publish { .. } | Op::Scan { .. } => None,
+            Op::Publish { .. } | Op::Scan { .. } | Op::Time => None,
         }
     }
 
@@ -370,6 +372,7 @@ impl Op {
                     &count.to_string(),
                 ]),
             ),
+            Op::Time => ("TIME", Vec::new()),
         }
     }
 }

@@ -334,6 +334,35 @@ impl RedisBackend {
             .map_err(|e| classify(&e))
     }
 
+    /// Runs plain ops (no scripts) pipelined on one connection: one round trip for the lot.
+    /// The outer error is an outage; the inner ones are Redis's replies to single commands.
+    pub async fn exec_pipeline(&self, ops: &[Op]) -> Result<Vec<Result<Reply, Failure>>, Failure> {
+        let pipeline = self.pool.next().pipeline();
+        for op in ops {
+            let (cmd, args) = op.to_command();
+            let command = CustomCommand::new_static(cmd, hash_for(op.first_key()), false);
+            let _: () = pipeline
+                .custom(command, args)
+                .await
+                .map_err(|e| classify(&e))?;
+        }
+        let timeout = self.opts.timeout.unwrap_or(Duration::from_secs(1));
+        let results: Vec<Result<Value, Error>> = tokio::time::timeout(timeout, pipeline.try_all())
+            .await
+            .map_err(|_| Failure::Outage("pipeline timed out".into()))?;
+        let mut out = Vec::with_capacity(results.len());
+        for result in results {
+            match result {
+                Ok(value) => out.push(Ok(to_reply(value))),
+                Err(e) => match classify(&e) {
+                    Failure::Outage(reason) => return Err(Failure::Outage(reason)),
+                    other => out.push(Err(other)),
+                },
+            }
+        }
+        Ok(out)
+    }
+
     /// Loads a script into Redis's cache.
     pub async fn load(&self, script: &ScriptRef) -> Result<(), Failure> {
         self.raw("SCRIPT", vec!["LOAD".into(), script.lua.to_string()], None)

@@ -1,0 +1,607 @@
+//! Admin messages: `send(pid, message)` to any bot, and this process's inbox.
+//!
+//! Sending ([`Admin::send`]): the message is wrapped in an envelope
+//! `{"id", "from", "message", "sent_at"}` (id = sender id + a counter, unique and increasing
+//! per sender), appended to the list `admin:queue:PID` (whose TTL, `admin.queue_ttl_secs`, is
+//! renewed) and then published on `admin:bot:PID`, in that order, so that a message that can
+//! be heard live is always already in the queue.
+//!
+//! Receiving (the [`AdminInbox`] actor, reading for this process's pid): it subscribes to
+//! `admin:bot:PID` first, then reads the queue; it reads the queue again every
+//! `admin.poll_interval_ms`, when the storage returns to `redis` after an outage (messages sent
+//! meanwhile by other processes were replayed into the queue by their own storage), and when a
+//! message is heard live that it has not delivered yet. A read delivers the queue's entries in
+//! list order (the order in which the senders' appends reached Redis: send order), skipping ids
+//! already delivered, and then removes them from the queue with one script (`LREM` per entry,
+//! idempotent when replayed after an outage). So every message reaches the host once and in
+//! order, whether it was heard live or found in the queue, and a Redis restart that brings
+//! back delivered entries (persistence) or a replay that appends one twice cannot duplicate it.
+//! The ids delivered are remembered in the [`Admin`] handle (bounded by age and count), so a
+//! restarted actor does not deliver them again.
+//!
+//! Messages arrive on a bounded tokio channel taken once with [`Admin::inbox`]; while it is
+//! full the inbox waits (the queue keeps what pub/sub cannot). Payloads that are not
+//! envelopes (a foreign sender) are delivered without an id; duplicates of such a payload
+//! heard live and found in the queue within a few seconds are delivered once.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, mpsc};
+
+use super::{admin_channel, admin_queue, parse_pid, HeartbeatError};
+use crate::settings::AdminSettings;
+use crate::storage::{
+    now_ms, Expiry, Keyspace, LocalError, Mode, Op, Reply, Script, Storage, StorageEvent,
+};
+
+/// Most ids remembered as delivered.
+const SEEN_MAX: usize = 100_000;
+/// How long a foreign payload delivered from one path is remembered against the other.
+const PLAIN_WINDOW: Duration = Duration::from_secs(10);
+/// Most foreign payloads remembered.
+const PLAIN_MAX: usize = 256;
+
+/// KEYS: queue. ARGV: entries delivered. Removes one occurrence of each; answers how many.
+const ACK: &str = r#"
+local n = 0
+for i = 1, #ARGV do
+  n = n + redis.call('LREM', KEYS[1], 1, ARGV[i])
+end
+return n
+"#;
+
+fn ack_local(
+    ks: &mut Keyspace,
+    now: u64,
+    keys: &[String],
+    args: &[String],
+) -> Result<Reply, LocalError> {
+    let key = keys
+        .first()
+        .ok_or_else(|| LocalError::Script("admin-ack: no key".into()))?;
+    let list = ks
+        .apply(
+            &Op::LRange {
+                key: key.clone(),
+                start: 0,
+                stop: -1,
+            },
+            now,
+        )?
+        .into_strings();
+    let pttl = ks.apply(&Op::Pttl { key: key.clone() }, now)?.as_int();
+    let mut rest = list;
+    let mut removed = 0;
+    for arg in args {
+        if let Some(i) = rest.iter().position(|v| v == arg) {
+            rest.remove(i);
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        ks.apply(
+            &Op::Del {
+                keys: vec![key.clone()],
+            },
+            now,
+        )?;
+        if !rest.is_empty() {
+            ks.apply(
+                &Op::RPush {
+                    key: key.clone(),
+                    values: rest,
+                },
+                now,
+            )?;
+            if pttl > 0 {
+                ks.apply(
+                    &Op::Expire {
+                        key: key.clone(),
+                        expiry: Expiry::At(now + pttl as u64),
+                    },
+                    now,
+                )?;
+            }
+        }
+    }
+    Ok(Reply::Int(removed))
+}
+
+fn ack_script() -> &'static Script {
+    static SCRIPT: OnceLock<Script> = OnceLock::new();
+    SCRIPT.get_or_init(|| Script::new("admin-ack", ACK, ack_local))
+}
+
+/// How a message reached the inbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Delivery {
+    /// Heard on `admin:bot:PID`.
+    Live,
+    /// Read from `admin:queue:PID`.
+    Queue,
+}
+
+/// A message delivered to the host.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AdminMessage {
+    /// The sender's message id; `None` for a payload that was not an envelope.
+    pub id: Option<String>,
+    /// The sender (`HOST-PID`), when known.
+    pub from: Option<String>,
+    /// The message.
+    pub message: String,
+    /// When it was sent, Unix milliseconds (the sender's clock), when known.
+    pub sent_at_ms: Option<u64>,
+    /// How it arrived.
+    pub via: Delivery,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Envelope {
+    id: String,
+    from: String,
+    message: String,
+    sent_at: u64,
+}
+
+fn parse(raw: &str, via: Delivery) -> AdminMessage {
+    match serde_json::from_str::<Envelope>(raw) {
+        Ok(e) => AdminMessage {
+            id: Some(e.id),
+            from: Some(e.from),
+            message: e.message,
+            sent_at_ms: Some(e.sent_at),
+            via,
+        },
+        Err(_) => AdminMessage {
+            id: None,
+            from: None,
+            message: raw.to_string(),
+            sent_at_ms: None,
+            via,
+        },
+    }
+}
+
+/// Counters of the inbox.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct InboxStats {
+    /// Messages delivered as heard live.
+    pub delivered_live: u64,
+    /// Messages delivered from the queue.
+    pub delivered_queue: u64,
+    /// Copies skipped because their id was already delivered.
+    pub duplicates_skipped: u64,
+    /// Reads of the queue.
+    pub queue_reads: u64,
+}
+
+#[derive(Debug, Default)]
+struct InboxState {
+    seen: HashMap<String, u64>,
+    order: VecDeque<(u64, String)>,
+    plain: VecDeque<(String, Instant, Delivery)>,
+}
+
+impl InboxState {
+    /// Marks `id` delivered; false when it already was.
+    fn first_time(&mut self, id: &str, now: u64, keep_ms: u64) -> bool {
+        if self.seen.contains_key(id) {
+            return false;
+        }
+        self.seen.insert(id.to_string(), now);
+        self.order.push_back((now, id.to_string()));
+        while let Some((at, _)) = self.order.front() {
+            if self.order.len() > SEEN_MAX || now.saturating_sub(*at) > keep_ms {
+                if let Some((_, old)) = self.order.pop_front() {
+                    self.seen.remove(&old);
+                }
+            } else {
+                break;
+            }
+        }
+        true
+    }
+
+    /// Whether a foreign payload arriving by `via` is the copy of one delivered by the other
+    /// path; otherwise remembers it.
+    fn plain_first_time(&mut self, payload: &str, via: Delivery) -> bool {
+        let now = Instant::now();
+        self.plain
+            .retain(|(_, at, _)| now.duration_since(*at) < PLAIN_WINDOW);
+        if let Some(i) = self
+            .plain
+            .iter()
+            .position(|(p, _, v)| p == payload && *v != via)
+        {
+            self.plain.remove(i);
+            return false;
+        }
+        if self.plain.len() >= PLAIN_MAX {
+            self.plain.pop_front();
+        }
+        self.plain.push_back((payload.to_string(), now, via));
+        true
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    storage: Storage,
+    settings: AdminSettings,
+    pid: u32,
+    sender_id: String,
+    seq: AtomicU64,
+    tx: mpsc::Sender<AdminMessage>,
+    rx: Mutex<Option<mpsc::Receiver<AdminMessage>>>,
+    state: tokio::sync::Mutex<InboxState>,
+    delivered_live: AtomicU64,
+    delivered_queue: AtomicU64,
+    duplicates: AtomicU64,
+    reads: AtomicU64,
+}
+
+/// Admin messaging: send to any bot, and this process's inbox. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    shared: Arc<Shared>,
+}
+
+impl Admin {
+    /// The admin handle of this process (`std::process::id()`) on `host`.
+    pub fn new(storage: Storage, settings: AdminSettings, host: &str) -> Self {
+        Self::for_pid(storage, settings, host, std::process::id())
+    }
+
+    /// An admin handle whose inbox reads the messages of `pid` (tests and simulations).
+    pub fn for_pid(storage: Storage, settings: AdminSettings, host: &str, pid: u32) -> Self {
+        let (tx, rx) = mpsc::channel(settings.inbox_capacity.max(1));
+        let nonce: u32 = rand::random();
+        Self {
+            shared: Arc::new(Shared {
+                storage,
+                settings,
+                pid,
+                sender_id: format!("{host}-{}-{nonce:08x}", std::process::id()),
+                seq: AtomicU64::new(0),
+                tx,
+                rx: Mutex::new(Some(rx)),
+                state: tokio::sync::Mutex::new(InboxState::default()),
+                delivered_live: AtomicU64::new(0),
+                delivered_queue: AtomicU64::new(0),
+                duplicates: AtomicU64::new(0),
+                reads: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// The pid whose messages the inbox reads.
+    pub fn pid(&self) -> u32 {
+        self.shared.pid
+    }
+
+    /// Sends `message` to the bot `pid` (decimal text, as the seed passes it): appended to
+    /// `admin:queue:PID`, then published on `admin:bot:PID`. Answers the message id. A
+    /// non-numeric pid or a message over `admin.max_message_bytes` is refused, nothing
+    /// stored.
+    pub async fn send(&self, pid: &str, message: &str) -> Result<String, HeartbeatError> {
+        let pid = parse_pid(pid)?;
+        let max = self.shared.settings.max_message_bytes;
+        if message.len() > max {
+            return Err(HeartbeatError::MessageTooLarge {
+                bytes: message.len(),
+                max,
+            });
+        }
+        let seq = self.shared.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let envelope = Envelope {
+            id: format!("{}-{seq:012}", self.shared.sender_id),
+            from: self.shared.sender_id.clone(),
+            message: message.to_string(),
+            sent_at: now_ms(),
+        };
+        // Strings and integers always serialize.
+        let text = serde_json::to_string(&envelope).unwrap_or_default();
+        let queue = admin_queue(pid);
+        let ttl_ms = self.shared.settings.queue_ttl_secs.saturating_mul(1_000);
+        let replies = self
+            .shared
+            .storage
+            .execute_batch(vec![
+                Op::RPush {
+                    key: queue.clone(),
+                    values: vec![text.clone()],
+                },
+                Op::Expire {
+                    key: queue,
+                    expiry: Expiry::In(ttl_ms),
+                },
+            ])
+            .await;
+        for reply in replies {
+            reply?;
+        }
+        self.shared
+            .storage
+            .publish(&admin_channel(pid), &text)
+            .await?;
+        Ok(envelope.id)
+    }
+
+    /// The messages waiting in a bot's queue, oldest first (the seed's
+    /// `get_admin_messages`), without removing them.
+    pub async fn queued(&self, pid: &str) -> Result<Vec<AdminMessage>, HeartbeatError> {
+        let pid = parse_pid(pid)?;
+        let entries = self.shared.storage.lrange(&admin_queue(pid), 0, -1).await?;
+        Ok(entries
+            .iter()
+            .map(|raw| parse(raw, Delivery::Queue))
+            .collect())
+    }
+
+    /// This process's inbox: every message sent to its pid, once, in send order. Taken once;
+    /// a second call is [`HeartbeatError::InboxTaken`]. Until it is taken, messages wait in
+    /// the queue (and up to `admin.inbox_capacity` in the channel).
+    pub fn inbox(&self) -> Result<mpsc::Receiver<AdminMessage>, HeartbeatError> {
+        self.shared
+            .rx
+            .lock()
+            .take()
+            .ok_or(HeartbeatError::InboxTaken)
+    }
+
+    /// The inbox's counters.
+    pub fn stats(&self) -> InboxStats {
+        let s = &self.shared;
+        InboxStats {
+            delivered_live: s.delivered_live.load(Ordering::Relaxed),
+            delivered_queue: s.delivered_queue.load(Ordering::Relaxed),
+            duplicates_skipped: s.duplicates.load(Ordering::Relaxed),
+            queue_reads: s.reads.load(Ordering::Relaxed),
+        }
+    }
+
+    fn keep_ms(&self) -> u64 {
+        // Ids outlive the queue that could bring them back, with a margin.
+        self.shared
+            .settings
+            .queue_ttl_secs
+            .saturating_mul(1_000)
+            .saturating_add(60_000)
+    }
+
+    async fn deliver(&self, message: AdminMessage) -> bool {
+        let counter = match message.via {
+            Delivery::Live => &self.shared.delivered_live,
+            Delivery::Queue => &self.shared.delivered_queue,
+        };
+        if self.shared.tx.send(message).await.is_ok() {
+            counter.fetch_add(1, Ordering::Relaxed);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Reads the queue: delivers the entries not delivered yet, in list order, then removes
+    /// them. `live` is the id heard live that triggered the read, reported as live.
+    async fn drain(
+        &self,
+        state: &mut InboxState,
+        live: Option<&str>,
+    ) -> Result<(), HeartbeatError> {
+        if self.shared.tx.is_closed() {
+            return Ok(());
+        }
+        let storage = &self.shared.storage;
+        let queue = admin_queue(self.shared.pid);
+        let entries = storage.lrange(&queue, 0, -1).await?;
+        self.shared.reads.fetch_add(1, Ordering::Relaxed);
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let keep = self.keep_ms();
+        let mut delivered = Vec::with_capacity(entries.len());
+        for raw in entries {
+            let mut message = parse(&raw, Delivery::Queue);
+            let fresh = match &message.id {
+                Some(id) => state.first_time(id, now_ms(), keep),
+                None => state.plain_first_time(&raw, Delivery::Queue),
+            };
+            if fresh {
+                if message.id.is_some() && message.id.as_deref() == live {
+                    message.via = Delivery::Live;
+                }
+                if !self.deliver(message).await {
+                    // The host dropped its inbox: leave the rest queued.
+                    break;
+                }
+            } else {
+                self.shared.duplicates.fetch_add(1, Ordering::Relaxed);
+            }
+            delivered.push(raw);
+        }
+        if !delivered.is_empty() {
+            let args: Vec<&str> = delivered.iter().map(String::as_str).collect();
+            storage.eval(ack_script(), &[&queue], &args).await?;
+        }
+        Ok(())
+    }
+
+    /// Handles a message heard live.
+    async fn heard(&self, raw: &str) {
+        let mut state = self.shared.state.lock().await;
+        let message = parse(raw, Delivery::Live);
+        let id = message.id.clone();
+        match id.as_deref() {
+            Some(id) if state.seen.contains_key(id) => {
+                self.shared.duplicates.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(id) => {
+                // Earlier messages may still wait in the queue (replayed after an outage):
+                // the queue holds this one too, behind them.
+                if let Err(e) = self.drain(&mut state, Some(id)).await {
+                    tracing::warn!(actor = "admin-inbox", error = %e, "admin queue read failed");
+                }
+                if state.first_time(id, now_ms(), self.keep_ms()) {
+                    self.deliver(message).await;
+                }
+            }
+            None => {
+                if state.plain_first_time(raw, Delivery::Live) {
+                    self.deliver(message).await;
+                } else {
+                    self.shared.duplicates.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// Reads the queue now (what the inbox does on start, on its poll and after a resync).
+    pub async fn read_queue(&self) -> Result<(), HeartbeatError> {
+        let mut state = self.shared.state.lock().await;
+        self.drain(&mut state, None).await
+    }
+
+    /// The inbox loop: subscribe, read the queue, then serve live messages, polls and
+    /// resyncs until the storage closes. The [`AdminInbox`] actor runs it; a host without
+    /// the actor system may spawn it on its own runtime instead (one loop per handle).
+    pub async fn serve(self) {
+        let storage = self.shared.storage.clone();
+        let mut live = storage.subscribe(&admin_channel(self.shared.pid)).await;
+        let mut events = storage.events();
+        let every = Duration::from_millis(self.shared.settings.poll_interval_ms.max(1));
+        let mut poll = tokio::time::interval(every);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                message = live.recv() => match message {
+                    Some(raw) => self.heard(&raw).await,
+                    None => break,
+                },
+                event = events.recv() => match event {
+                    Ok(StorageEvent::ModeChanged { to: Mode::Redis, .. })
+                    | Err(broadcast::error::RecvError::Lagged(_)) => self.poll_queue().await,
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Closed) => break,
+                },
+                _ = poll.tick() => self.poll_queue().await,
+            }
+        }
+    }
+
+    async fn poll_queue(&self) {
+        if let Err(e) = self.read_queue().await {
+            tracing::warn!(actor = "admin-inbox", error = %e, "admin queue read failed");
+        }
+    }
+}
+
+/// The actor that runs this process's inbox loop.
+#[derive(Debug)]
+pub struct AdminInbox {
+    admin: Admin,
+}
+
+impl AdminInbox {
+    /// An inbox actor for `admin`'s pid.
+    pub fn new(admin: Admin) -> Self {
+        Self { admin }
+    }
+}
+
+impl Actor for AdminInbox {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.spawn(self.admin.clone().serve().into_actor(self));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_delivered_once_and_forgotten_after_their_time() {
+        let mut state = InboxState::default();
+        assert!(state.first_time("a", 1_000, 10_000));
+        assert!(!state.first_time("a", 2_000, 10_000));
+        assert!(state.first_time("b", 20_000, 10_000));
+        assert!(state.first_time("a", 20_001, 10_000), "a was forgotten");
+    }
+
+    #[test]
+    fn a_foreign_payload_heard_and_queued_is_delivered_once() {
+        let mut state = InboxState::default();
+        assert!(state.plain_first_time("hello", Delivery::Live));
+        assert!(!state.plain_first_time("hello", Delivery::Queue));
+        assert!(
+            state.plain_first_time("hello", Delivery::Queue),
+            "a second send"
+        );
+    }
+
+    #[test]
+    fn envelopes_and_plain_payloads_parse() {
+        let m = parse(
+            r#"{"id":"s-1","from":"s","message":"hi","sent_at":5}"#,
+            Delivery::Queue,
+        );
+        assert_eq!(m.id.as_deref(), Some("s-1"));
+        assert_eq!(m.message, "hi");
+        let p = parse("Hello bot!", Delivery::Live);
+        assert_eq!(p.id, None);
+        assert_eq!(p.message, "Hello bot!");
+    }
+
+    #[test]
+    fn the_local_ack_removes_one_copy_per_entry_and_keeps_the_expiry() {
+        let mut ks = Keyspace::new();
+        let key = "admin:queue:1".to_string();
+        ks.apply(
+            &Op::RPush {
+                key: key.clone(),
+                values: vec!["a".into(), "b".into(), "a".into(), "c".into()],
+            },
+            0,
+        )
+        .unwrap();
+        ks.apply(
+            &Op::Expire {
+                key: key.clone(),
+                expiry: Expiry::At(10_000),
+            },
+            0,
+        )
+        .unwrap();
+        let n = ack_local(
+            &mut ks,
+            100,
+            std::slice::from_ref(&key),
+            &["a".into(), "c".into()],
+        )
+        .unwrap();
+        assert_eq!(n, Reply::Int(2));
+        let rest = ks
+            .apply(
+                &Op::LRange {
+                    key: key.clone(),
+                    start: 0,
+                    stop: -1,
+                },
+                100,
+            )
+            .unwrap()
+            .into_strings();
+        assert_eq!(rest, vec!["b".to_string(), "a".to_string()]);
+        assert_eq!(ks.apply(&Op::Pttl { key }, 100).unwrap(), Reply::Int(9_900));
+    }
+}
