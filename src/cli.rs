@@ -73,6 +73,19 @@ pub enum Command {
     /// Run a benchmark; prints one JSON line per scenario.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Ask the running daemon for its status over HTTP (exit 1 when it cannot be reached).
+    Status(StatusArgs),
+}
+
+/// `botfleet status`.
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// Print the daemon's JSON status snapshot instead of a summary.
+    #[arg(long)]
+    pub json: bool,
+    /// The daemon's base URL [default: http:// + api.bind].
+    #[arg(long, value_name = "URL")]
+    pub url: Option<String>,
 }
 
 /// `botfleet bench ...`.

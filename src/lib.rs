@@ -14,6 +14,7 @@
 //! | [`daemon`] | `botfleet run`: signals, graceful stop, exit codes |
 //! | [`cli`] | the command line: parsing, `config check`, exit codes |
 //! | [`telemetry`] | tracing set-up and the typed events that log and count |
+//! | [`http`] | the daemon's HTTP API: health, status, metrics, live stream, dashboard |
 //!
 //! See `ARCHITECTURE.md` for the actors, the messages between them and the storage modes.
 #![deny(missing_docs)]
@@ -28,6 +29,7 @@ pub mod settings;
 pub mod storage;
 pub mod supervisor;
 pub mod telemetry;
+pub mod http;
 
 pub use fleet::{BlockingFleet, Fleet, FleetError, FleetHealth};
 pub use settings::Settings;
