@@ -250,8 +250,11 @@ async fn mutating_endpoints_need_the_bearer_token() {
         .start()
         .unwrap();
     let base = base(&http);
-    let good = r#"{"type": "login"}"#;
-    for path in ["/api/bot/start", "/api/bot/stop", "/api/bot/tasks/add"] {
+    for (path, good) in [
+        ("/api/bot/start", r#"{"session_name": "night shift"}"#),
+        ("/api/bot/stop", ""),
+        ("/api/bot/tasks/add", r#"{"type": "login"}"#),
+    ] {
         let url = format!("{base}{path}");
         for token in [None, Some("wrong"), Some("s3cret-token-longer"), Some("")] {
             let (status, body) = post(&url, token, good).await;
