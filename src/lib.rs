@@ -25,11 +25,11 @@ pub mod bench;
 pub mod cli;
 pub mod daemon;
 pub mod fleet;
+pub mod http;
 pub mod settings;
 pub mod storage;
 pub mod supervisor;
 pub mod telemetry;
-pub mod http;
 
 pub use fleet::{BlockingFleet, Fleet, FleetError, FleetHealth};
 pub use settings::Settings;

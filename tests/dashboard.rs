@@ -110,10 +110,15 @@ fn dashboard_shows_the_storage_mode_change_live() {
         .unwrap();
 
     let mode = "document.getElementById('storage-mode').textContent";
-    poll_until(Duration::from_secs(20), || eval_string(&tab, mode) == "redis")
-        .unwrap_or_else(|_| panic!("mode shown: {:?}", eval_string(&tab, mode)));
+    poll_until(Duration::from_secs(20), || {
+        eval_string(&tab, mode) == "redis"
+    })
+    .unwrap_or_else(|_| panic!("mode shown: {:?}", eval_string(&tab, mode)));
     poll_until(Duration::from_secs(10), || {
-        eval_string(&tab, "String(document.querySelectorAll('#actors tr').length)") == "3"
+        eval_string(
+            &tab,
+            "String(document.querySelectorAll('#actors tr').length)",
+        ) == "3"
     })
     .expect("the three built-in actors are listed");
     assert_eq!(
@@ -128,12 +133,17 @@ fn dashboard_shows_the_storage_mode_change_live() {
     eval_string(&tab, "window.botfleetMark = 'same page'");
 
     redis.kill9();
-    poll_until(Duration::from_secs(30), || eval_string(&tab, mode) == "degraded")
-        .unwrap_or_else(|_| panic!("mode shown after the kill: {:?}", eval_string(&tab, mode)));
+    poll_until(Duration::from_secs(30), || {
+        eval_string(&tab, mode) == "degraded"
+    })
+    .unwrap_or_else(|_| panic!("mode shown after the kill: {:?}", eval_string(&tab, mode)));
     assert_eq!(eval_string(&tab, "window.botfleetMark"), "same page");
     poll_until(Duration::from_secs(10), || {
-        eval_string(&tab, "document.getElementById('storage-events').textContent")
-            .contains("redis \u{2192} degraded")
+        eval_string(
+            &tab,
+            "document.getElementById('storage-events').textContent",
+        )
+        .contains("redis \u{2192} degraded")
     })
     .expect("the storage event is listed");
 

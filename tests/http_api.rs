@@ -61,11 +61,17 @@ async fn post(url: &str, token: Option<&str>, body: &str) -> (StatusCode, Value)
     let response = request.send().await.unwrap();
     let status = response.status();
     let text = response.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
 }
 
+/// Samples by (metric name, sorted labels).
+type Samples = HashMap<(String, Vec<(String, String)>), f64>;
+
 /// `/metrics` through a Prometheus text-format parser: (name, labels) -> value.
-async fn scrape(base: &str) -> HashMap<(String, Vec<(String, String)>), f64> {
+async fn scrape(base: &str) -> Samples {
     let response = reqwest::get(format!("{base}/metrics")).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let text = response.text().await.unwrap();
@@ -93,11 +99,7 @@ async fn scrape(base: &str) -> HashMap<(String, Vec<(String, String)>), f64> {
         .collect()
 }
 
-fn sample(
-    samples: &HashMap<(String, Vec<(String, String)>), f64>,
-    name: &str,
-    labels: &[(&str, &str)],
-) -> f64 {
+fn sample(samples: &Samples, name: &str, labels: &[(&str, &str)]) -> f64 {
     let mut key: Vec<(String, String)> = labels
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -129,7 +131,11 @@ async fn read_endpoints_report_the_fleet() {
     let locks = fleet.locks();
     let waiter = tokio::spawn(async move {
         locks
-            .acquire("http-test", Duration::from_secs(30), Duration::from_secs(30))
+            .acquire(
+                "http-test",
+                Duration::from_secs(30),
+                Duration::from_secs(30),
+            )
             .await
             .map(drop)
     });
@@ -159,16 +165,32 @@ async fn read_endpoints_report_the_fleet() {
     }
 
     let samples = scrape(&base).await;
-    assert_eq!(sample(&samples, "botfleet_storage_mode", &[("mode", "redis")]), 1.0);
-    assert_eq!(sample(&samples, "botfleet_storage_mode", &[("mode", "degraded")]), 0.0);
+    assert_eq!(
+        sample(&samples, "botfleet_storage_mode", &[("mode", "redis")]),
+        1.0
+    );
+    assert_eq!(
+        sample(&samples, "botfleet_storage_mode", &[("mode", "degraded")]),
+        0.0
+    );
     assert_eq!(sample(&samples, "botfleet_storage_outbox_depth", &[]), 0.0);
-    assert_eq!(sample(&samples, "botfleet_storage_refused_writes_total", &[]), 0.0);
+    assert_eq!(
+        sample(&samples, "botfleet_storage_refused_writes_total", &[]),
+        0.0
+    );
     assert_eq!(sample(&samples, "botfleet_lock_waiters", &[]), 1.0);
     assert_eq!(sample(&samples, "botfleet_healthy", &[]), 1.0);
     for actor in actors {
-        assert_eq!(sample(&samples, "botfleet_actor_up", &[("actor", actor)]), 1.0);
         assert_eq!(
-            sample(&samples, "botfleet_actor_restarts_total", &[("actor", actor)]),
+            sample(&samples, "botfleet_actor_up", &[("actor", actor)]),
+            1.0
+        );
+        assert_eq!(
+            sample(
+                &samples,
+                "botfleet_actor_restarts_total",
+                &[("actor", actor)]
+            ),
             0.0
         );
     }
@@ -202,7 +224,10 @@ async fn read_endpoints_report_the_fleet() {
 
     let (status, missing) = get(&format!("{base}/no/such/thing")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    assert!(missing["error"].as_str().unwrap().contains("/no/such/thing"));
+    assert!(missing["error"]
+        .as_str()
+        .unwrap()
+        .contains("/no/such/thing"));
 
     http.stop().await;
     fleet.shutdown().await.unwrap();
@@ -226,16 +251,26 @@ async fn scheduler_endpoints_answer_501_until_one_is_wired_in() {
     ] {
         let (status, body) = get(&format!("{base}{path}")).await;
         assert_eq!(status, StatusCode::NOT_IMPLEMENTED, "{path}: {body}");
-        assert!(body["error"].as_str().unwrap().contains("scheduler"), "{body}");
+        assert!(
+            body["error"].as_str().unwrap().contains("scheduler"),
+            "{body}"
+        );
     }
     for (path, body) in [
         ("/api/bot/start", r#"{"session_name": "s"}"#),
         ("/api/bot/start", ""),
         ("/api/bot/stop", ""),
-        ("/api/bot/tasks/add", r#"{"type": "login", "data": {"u": 1}, "priority": 10}"#),
+        (
+            "/api/bot/tasks/add",
+            r#"{"type": "login", "data": {"u": 1}, "priority": 10}"#,
+        ),
     ] {
         let (status, answer) = post(&format!("{base}{path}"), None, body).await;
-        assert_eq!(status, StatusCode::NOT_IMPLEMENTED, "{path} {body}: {answer}");
+        assert_eq!(
+            status,
+            StatusCode::NOT_IMPLEMENTED,
+            "{path} {body}: {answer}"
+        );
     }
     http.stop().await;
     fleet.shutdown().await.unwrap();
@@ -258,9 +293,16 @@ async fn mutating_endpoints_need_the_bearer_token() {
         let url = format!("{base}{path}");
         for token in [None, Some("wrong"), Some("s3cret-token-longer"), Some("")] {
             let (status, body) = post(&url, token, good).await;
-            assert_eq!(status, StatusCode::UNAUTHORIZED, "{path} with {token:?}: {body}");
+            assert_eq!(
+                status,
+                StatusCode::UNAUTHORIZED,
+                "{path} with {token:?}: {body}"
+            );
             assert!(body["error"].as_str().unwrap().contains("Bearer"));
-            assert!(!body.to_string().contains("s3cret"), "the token is never echoed");
+            assert!(
+                !body.to_string().contains("s3cret"),
+                "the token is never echoed"
+            );
         }
         let (status, _) = post(&url, Some("s3cret-token"), good).await;
         assert_eq!(status, StatusCode::NOT_IMPLEMENTED, "{path} passes auth");
@@ -302,13 +344,41 @@ async fn bad_input_answers_400_naming_the_field_and_stores_nothing() {
         (r#"{"data": {}}"#, Some("type"), "missing field"),
         (r#"{"type": "teleport"}"#, Some("type"), "unknown task type"),
         (r#"{"type": 7}"#, Some("type"), "invalid type"),
-        (r#"{"type": "login", "priority": 101}"#, Some("priority"), "0 to 100"),
-        (r#"{"type": "login", "priority": -1}"#, Some("priority"), "0 to 100"),
-        (r#"{"type": "login", "priority": "high"}"#, Some("priority"), "invalid type"),
-        (r#"{"type": "login", "delay_ms": -5}"#, Some("delay_ms"), "invalid value"),
-        (r#"{"type": "login", "delay_ms": 999999999999}"#, Some("delay_ms"), "seven days"),
-        (r#"{"type": "login", "data": "x"}"#, Some("data"), "JSON object"),
-        (r#"{"type": "login", "colour": "red"}"#, Some("colour"), "unknown field"),
+        (
+            r#"{"type": "login", "priority": 101}"#,
+            Some("priority"),
+            "0 to 100",
+        ),
+        (
+            r#"{"type": "login", "priority": -1}"#,
+            Some("priority"),
+            "0 to 100",
+        ),
+        (
+            r#"{"type": "login", "priority": "high"}"#,
+            Some("priority"),
+            "invalid type",
+        ),
+        (
+            r#"{"type": "login", "delay_ms": -5}"#,
+            Some("delay_ms"),
+            "invalid value",
+        ),
+        (
+            r#"{"type": "login", "delay_ms": 999999999999}"#,
+            Some("delay_ms"),
+            "seven days",
+        ),
+        (
+            r#"{"type": "login", "data": "x"}"#,
+            Some("data"),
+            "JSON object",
+        ),
+        (
+            r#"{"type": "login", "colour": "red"}"#,
+            Some("colour"),
+            "unknown field",
+        ),
     ];
     for (body, field, message) in cases {
         let (status, answer) = post(&add, Some("t"), body).await;
@@ -317,12 +387,19 @@ async fn bad_input_answers_400_naming_the_field_and_stores_nothing() {
         let error = answer["error"].as_str().unwrap();
         assert!(error.contains(message), "{body}: {error}");
         if let Some(field) = field {
-            assert!(error.contains(field), "{body}: the message names {field}: {error}");
+            assert!(
+                error.contains(field),
+                "{body}: the message names {field}: {error}"
+            );
         }
     }
     for task_type in TASK_TYPES {
         let (status, _) = post(&add, Some("t"), &json!({ "type": task_type }).to_string()).await;
-        assert_eq!(status, StatusCode::NOT_IMPLEMENTED, "{task_type} is a valid type");
+        assert_eq!(
+            status,
+            StatusCode::NOT_IMPLEMENTED,
+            "{task_type} is a valid type"
+        );
     }
     // Larger than api.body_limit_bytes (1 KiB here).
     let big = json!({"type": "login", "data": {"blob": "x".repeat(4_096)}}).to_string();
@@ -411,8 +488,17 @@ async fn health_turns_503_when_an_actor_fails_for_good() {
     );
     let samples = scrape(&base).await;
     assert_eq!(sample(&samples, "botfleet_healthy", &[]), 0.0);
-    assert_eq!(sample(&samples, "botfleet_actor_up", &[("actor", "doomed")]), 0.0);
-    assert!(sample(&samples, "botfleet_actor_restarts_total", &[("actor", "doomed")]) >= 2.0);
+    assert_eq!(
+        sample(&samples, "botfleet_actor_up", &[("actor", "doomed")]),
+        0.0
+    );
+    assert!(
+        sample(
+            &samples,
+            "botfleet_actor_restarts_total",
+            &[("actor", "doomed")]
+        ) >= 2.0
+    );
     http.stop().await;
     fleet.shutdown().await.unwrap();
 }
@@ -470,7 +556,10 @@ async fn redis_killed_streams_the_mode_change_and_fails_strict_health() {
         .start()
         .unwrap();
     let (strict_base, lenient_base) = (base(&strict), base(&lenient));
-    assert_eq!(get(&format!("{strict_base}/health")).await.0, StatusCode::OK);
+    assert_eq!(
+        get(&format!("{strict_base}/health")).await.0,
+        StatusCode::OK
+    );
 
     let mut stream = reqwest::get(format!("{strict_base}/api/events/stream"))
         .await
@@ -491,7 +580,10 @@ async fn redis_killed_streams_the_mode_change_and_fails_strict_health() {
     .await;
     assert_eq!(change["ModeChanged"]["from"], "redis");
     let after = next_event(&mut stream, &mut buffer, "status", |_| true).await;
-    assert_eq!(after["storage"]["mode"], "degraded", "a snapshot follows the change");
+    assert_eq!(
+        after["storage"]["mode"], "degraded",
+        "a snapshot follows the change"
+    );
 
     let (status, health) = get(&format!("{strict_base}/health")).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{health}");
@@ -500,11 +592,21 @@ async fn redis_killed_streams_the_mode_change_and_fails_strict_health() {
         .unwrap()
         .contains("storage is degraded"));
     let (status, health) = get(&format!("{lenient_base}/health")).await;
-    assert_eq!(status, StatusCode::OK, "degraded is healthy by default: {health}");
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "degraded is healthy by default: {health}"
+    );
     assert_eq!(health["mode"], "degraded");
     let samples = scrape(&lenient_base).await;
-    assert_eq!(sample(&samples, "botfleet_storage_mode", &[("mode", "degraded")]), 1.0);
-    assert_eq!(sample(&samples, "botfleet_storage_mode", &[("mode", "redis")]), 0.0);
+    assert_eq!(
+        sample(&samples, "botfleet_storage_mode", &[("mode", "degraded")]),
+        1.0
+    );
+    assert_eq!(
+        sample(&samples, "botfleet_storage_mode", &[("mode", "redis")]),
+        0.0
+    );
     assert!(sample(&samples, "botfleet_storage_mode_changes_total", &[]) >= 1.0);
     let (_, system) = get(&format!("{lenient_base}/api/bot/system-status")).await;
     assert_eq!(system["redis"]["connected"], false);

@@ -461,3 +461,20 @@ fn lock_settings_are_validated() {
     let ok = load_ok("[locks]\non_outage = \"local\"\n", &[]);
     assert_eq!(ok.locks.on_outage, botfleet::settings::LockOutage::Local);
 }
+
+#[test]
+fn api_settings_are_validated() {
+    let err = load_err(
+        "[api]\nbody_limit_bytes = 10\nworkers = 0\nstream_interval_ms = 5\n",
+        &[],
+    );
+    assert!(message(&err, "api.body_limit_bytes").contains("64 to 16777216"));
+    assert!(message(&err, "api.workers").contains("1 to 64"));
+    assert!(message(&err, "api.stream_interval_ms").contains("50 to 60000"));
+    let ok = load_ok(
+        "[api]\ndegraded_is_unhealthy = true\n",
+        &[("BOTFLEET__API__WORKERS", "4")],
+    );
+    assert!(ok.api.degraded_is_unhealthy);
+    assert_eq!(ok.api.workers, 4);
+}

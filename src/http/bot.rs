@@ -193,7 +193,10 @@ impl AddTaskRequest {
         if self.delay_ms > DELAY_MAX_MS {
             return Err(ApiError::bad_field(
                 "delay_ms",
-                format!("expected at most {DELAY_MAX_MS} (seven days), got {}", self.delay_ms),
+                format!(
+                    "expected at most {DELAY_MAX_MS} (seven days), got {}",
+                    self.delay_ms
+                ),
             ));
         }
         Ok(())
@@ -344,13 +347,21 @@ pub trait BotApi: Send + Sync + 'static {
     /// `GET /api/bot/events/{session_id}`: a session's events.
     fn events(&self, session_id: String) -> BoxFuture<'_, Result<Value, ApiError>> {
         let _ = session_id;
-        Box::pin(async { Err(ApiError::needs_scheduler("GET /api/bot/events/{session_id}")) })
+        Box::pin(async {
+            Err(ApiError::needs_scheduler(
+                "GET /api/bot/events/{session_id}",
+            ))
+        })
     }
 
     /// `GET /api/bot/metrics/{session_id}`: a session's metrics (`bot:metrics:{id}`).
     fn metrics(&self, session_id: String) -> BoxFuture<'_, Result<Value, ApiError>> {
         let _ = session_id;
-        Box::pin(async { Err(ApiError::needs_scheduler("GET /api/bot/metrics/{session_id}")) })
+        Box::pin(async {
+            Err(ApiError::needs_scheduler(
+                "GET /api/bot/metrics/{session_id}",
+            ))
+        })
     }
 
     /// The bot's part of `GET /api/bot/system-status` (`null` when there is none).
@@ -406,7 +417,10 @@ mod tests {
         let r: AddTaskRequest =
             parse_json(br#"{"type": "job_check", "data": {"a": 1}, "priority": 7}"#).unwrap();
         r.validate().unwrap();
-        assert_eq!((r.task_type.as_str(), r.priority, r.delay_ms), ("job_check", 7, 0));
+        assert_eq!(
+            (r.task_type.as_str(), r.priority, r.delay_ms),
+            ("job_check", 7, 0)
+        );
     }
 
     #[test]

@@ -182,7 +182,15 @@ mod tests {
             "locks": null, "queue": {"pending": 4}
         });
         let text = render_status(&status);
-        for part in ["UNHEALTHY", "actor x is failed", "mode degraded", "outbox 3", "presence", "restarts 2", "queue: {\"pending\":4}"] {
+        for part in [
+            "UNHEALTHY",
+            "actor x is failed",
+            "mode degraded",
+            "outbox 3",
+            "presence",
+            "restarts 2",
+            "queue: {\"pending\":4}",
+        ] {
             assert!(text.contains(part), "{part} missing:\n{text}");
         }
     }

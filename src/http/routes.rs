@@ -5,7 +5,9 @@ use actix_web::web::{self, Bytes};
 use actix_web::{HttpRequest, HttpResponse};
 use serde_json::{json, Value};
 
-use super::bot::{parse_json, validate_session_id, AddTaskRequest, ApiError, StartRequest, TaskListQuery};
+use super::bot::{
+    parse_json, validate_session_id, AddTaskRequest, ApiError, StartRequest, TaskListQuery,
+};
 use super::snapshot::StatusSnapshot;
 use super::{dashboard, metrics, sse, AppState};
 use crate::storage::Mode;
@@ -119,10 +121,7 @@ async fn bot_sessions(state: web::Data<AppState>) -> Result<HttpResponse, ApiErr
     answer(state.bot.sessions().await)
 }
 
-async fn bot_tasks(
-    state: web::Data<AppState>,
-    req: HttpRequest,
-) -> Result<HttpResponse, ApiError> {
+async fn bot_tasks(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let pairs = web::Query::<Vec<(String, String)>>::from_query(req.query_string())
         .map_err(|e| ApiError::BadRequest {
             field: None,
