@@ -7,6 +7,8 @@
 # - redis-server and redis-tools: installed with apt-get when redis-server is not on PATH (as
 #   root, or through sudo when available). The tests start their own servers on free ports;
 #   they never use a Redis the machine may already run on 6379.
+# - chromium (Debian's package, at /usr/bin/chromium): installed with apt-get when missing, for
+#   the dashboard's headless browser test.
 # - cargo-nextest: installed with `cargo install --locked cargo-nextest` when missing.
 # - CI=true selects the nextest `ci` profile (.config/nextest.toml): no fail-fast, hung tests
 #   killed, JUnit report in target/nextest/ci/junit.xml.
@@ -63,6 +65,27 @@ ensure_redis() {
   command -v redis-server >/dev/null 2>&1 || die "redis-server still not on PATH after apt-get"
 }
 
+# The dashboard's browser test (tests/dashboard.rs) drives Debian's chromium headless.
+ensure_chromium() {
+  [ -x /usr/bin/chromium ] && return 0
+  command -v apt-get >/dev/null 2>&1 ||
+    die "chromium is missing and there is no apt-get: install chromium at /usr/bin/chromium yourself"
+  log "chromium is missing: installing chromium with apt-get"
+  local out
+  out=$(mktemp)
+  if ! {
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
+      as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+        --no-install-recommends chromium fonts-dejavu-core
+  } >"$out" 2>&1; then
+    cat "$out" >&2
+    rm -f "$out"
+    die "apt-get could not install chromium"
+  fi
+  rm -f "$out"
+  [ -x /usr/bin/chromium ] || die "chromium still missing at /usr/bin/chromium after apt-get"
+}
+
 ensure_nextest() {
   cargo nextest --version >/dev/null 2>&1 && return 0
   log "cargo-nextest is missing: cargo install --locked cargo-nextest"
@@ -71,6 +94,7 @@ ensure_nextest() {
 
 ensure_cargo
 ensure_redis
+ensure_chromium
 ensure_nextest
 
 profile=default

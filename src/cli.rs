@@ -75,6 +75,8 @@ pub enum Command {
     Bench(BenchCommand),
     /// Recompute the hazards of a past round from its revealed server seed (provably fair).
     Verify(VerifyArgs),
+    /// Ask the running daemon for its status over HTTP (exit 1 when it cannot be reached).
+    Status(StatusArgs),
 }
 
 /// `botfleet verify ...`: the hazards of one round, by the procedure documented in
@@ -134,6 +136,17 @@ pub fn verify(settings: &Settings, args: &VerifyArgs, out: &mut impl Write) -> a
     }
     out.flush()?;
     Ok(())
+}
+
+/// `botfleet status`.
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// Print the daemon's JSON status snapshot instead of a summary.
+    #[arg(long)]
+    pub json: bool,
+    /// The daemon's base URL [default: http:// + api.bind].
+    #[arg(long, value_name = "URL")]
+    pub url: Option<String>,
 }
 
 /// `botfleet bench ...`.

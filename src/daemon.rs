@@ -4,7 +4,8 @@
 //! stops gracefully: actors in reverse order within their deadline, the outbox flushed to Redis
 //! (or kept in the file store). A second signal during the graceful stop quits at once. When
 //! the supervision tree gives up (restart intensity exceeded) the daemon exits non-zero so
-//! that a process manager restarts it.
+//! that a process manager restarts it. The HTTP API ([`crate::http`]) serves on `api.bind`
+//! while the fleet runs and stops before it.
 
 use std::time::Duration;
 
@@ -61,12 +62,23 @@ async fn serve(settings: Settings) -> u8 {
             return EXIT_FAILURE;
         }
     };
+    // The HTTP API (issue 9) serves while the fleet runs and stops before it.
+    let http = match crate::http::HttpApi::start(fleet.clone()) {
+        Ok(http) => http,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the HTTP API");
+            eprintln!("botfleet: {e}");
+            let _ = fleet.shutdown().await;
+            return EXIT_FAILURE;
+        }
+    };
     tracing::info!(instance = %fleet.instance(), "daemon running; SIGINT or SIGTERM stops it");
     let outcome = tokio::select! {
         _ = term.recv() => Ok("SIGTERM"),
         _ = int.recv() => Ok("SIGINT"),
         result = fleet.wait() => Err(result),
     };
+    http.stop().await;
     match outcome {
         Ok(signal_name) => {
             tracing::info!(

@@ -14,6 +14,7 @@
 //! | [`daemon`] | `botfleet run`: signals, graceful stop, exit codes |
 //! | [`cli`] | the command line: parsing, `config check`, exit codes |
 //! | [`telemetry`] | tracing set-up and the typed events that log and count |
+//! | [`http`] | the daemon's HTTP API: health, status, metrics, live stream, dashboard |
 //!
 //! See `ARCHITECTURE.md` for the actors, the messages between them and the storage modes.
 #![deny(missing_docs)]
@@ -24,6 +25,7 @@ pub mod bench;
 pub mod cli;
 pub mod daemon;
 pub mod fleet;
+pub mod http;
 pub mod settings;
 pub mod storage;
 pub mod supervisor;

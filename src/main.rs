@@ -135,6 +135,13 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 println!("{line}")
             }))?;
         }
+        Command::Status(args) => {
+            let base = match &args.url {
+                Some(url) => url.clone(),
+                None => botfleet::http::client::base_url(&cli.load_settings()?.api.bind),
+            };
+            botfleet::http::client::status_command(&base, args.json, &mut io::stdout().lock())?;
+        }
         Command::Run => unreachable!("handled in main"),
     }
     Ok(())

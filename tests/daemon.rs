@@ -27,6 +27,8 @@ impl Daemon {
             .env("BOTFLEET__PRESENCE__INTERVAL_MS", "20")
             .env("BOTFLEET__PRESENCE__TTL_SECS", "120")
             .env("BOTFLEET__SUPERVISOR__STOP_TIMEOUT_MS", "3000")
+            // Daemons run in parallel: each HTTP API on a port of its own.
+            .env("BOTFLEET__API__BIND", "127.0.0.1:0")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         for (k, v) in extra {

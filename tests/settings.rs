@@ -492,3 +492,20 @@ fn shared_data_settings_are_validated() {
         [("gameCode".to_string(), "RG5M".to_string())]
     );
 }
+
+#[test]
+fn api_settings_are_validated() {
+    let err = load_err(
+        "[api]\nbody_limit_bytes = 10\nworkers = 0\nstream_interval_ms = 5\n",
+        &[],
+    );
+    assert!(message(&err, "api.body_limit_bytes").contains("64 to 16777216"));
+    assert!(message(&err, "api.workers").contains("1 to 64"));
+    assert!(message(&err, "api.stream_interval_ms").contains("50 to 60000"));
+    let ok = load_ok(
+        "[api]\ndegraded_is_unhealthy = true\n",
+        &[("BOTFLEET__API__WORKERS", "4")],
+    );
+    assert!(ok.api.degraded_is_unhealthy);
+    assert_eq!(ok.api.workers, 4);
+}

@@ -458,6 +458,14 @@ pub struct ApiSettings {
     pub bind: String,
     /// Bearer token required by mutating endpoints (secret: set `BOTFLEET__API__TOKEN`).
     pub token: Secret,
+    /// Whether `GET /health` answers 503 while storage is degraded (serving from the fallback).
+    pub degraded_is_unhealthy: bool,
+    /// Largest request body accepted, in bytes (larger answers 413).
+    pub body_limit_bytes: usize,
+    /// HTTP worker threads.
+    pub workers: usize,
+    /// Period of the status snapshots pushed on the live stream (`/api/events/stream`).
+    pub stream_interval_ms: u64,
 }
 
 impl Default for ApiSettings {
@@ -465,6 +473,10 @@ impl Default for ApiSettings {
         Self {
             bind: "127.0.0.1:8080".into(),
             token: Secret::default(),
+            degraded_is_unhealthy: false,
+            body_limit_bytes: 65_536,
+            workers: 2,
+            stream_interval_ms: 1_000,
         }
     }
 }

@@ -429,6 +429,30 @@ fn semantic(settings: &Settings, tree: &Node, problems: &mut Vec<Problem>) {
             ),
         );
     }
+    if !(64..=16 * 1024 * 1024).contains(&settings.api.body_limit_bytes) {
+        check.fail(
+            "api.body_limit_bytes",
+            format!(
+                "expected 64 to 16777216 bytes, got {}",
+                settings.api.body_limit_bytes
+            ),
+        );
+    }
+    if !(1..=64).contains(&settings.api.workers) {
+        check.fail(
+            "api.workers",
+            format!("expected 1 to 64 threads, got {}", settings.api.workers),
+        );
+    }
+    if !(50..=60_000).contains(&settings.api.stream_interval_ms) {
+        check.fail(
+            "api.stream_interval_ms",
+            format!(
+                "expected 50 to 60000 ms, got {}",
+                settings.api.stream_interval_ms
+            ),
+        );
+    }
 }
 
 /// `[hazards]`, `[game_sessions]` and `[cache]`.

@@ -1,0 +1,181 @@
+//! The routes: what each endpoint reads and answers.
+
+use actix_web::http::header;
+use actix_web::web::{self, Bytes};
+use actix_web::{HttpRequest, HttpResponse};
+use serde_json::{json, Value};
+
+use super::bot::{
+    parse_json, validate_session_id, AddTaskRequest, ApiError, StartRequest, TaskListQuery,
+};
+use super::snapshot::StatusSnapshot;
+use super::{dashboard, metrics, sse, AppState};
+use crate::storage::Mode;
+
+/// Registers every route.
+pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/", web::get().to(dashboard::page))
+        .route("/health", web::get().to(health))
+        .route("/status", web::get().to(status))
+        .route("/metrics", web::get().to(prometheus))
+        .route("/api/events/stream", web::get().to(sse::stream))
+        .service(
+            web::scope("/api/bot")
+                .route("/start", web::post().to(bot_start))
+                .route("/stop", web::post().to(bot_stop))
+                .route("/status", web::get().to(bot_status))
+                .route("/sessions", web::get().to(bot_sessions))
+                .route("/tasks", web::get().to(bot_tasks))
+                .route("/tasks/add", web::post().to(bot_add_task))
+                .route("/events/{session_id}", web::get().to(bot_events))
+                .route("/metrics/{session_id}", web::get().to(bot_metrics))
+                .route("/system-status", web::get().to(system_status)),
+        )
+        .default_service(web::to(not_found));
+}
+
+async fn snapshot(state: &AppState) -> StatusSnapshot {
+    StatusSnapshot::take(&state.fleet, &state.settings, &state.sections).await
+}
+
+/// `GET /health`: 200 `{"status":"ok"}`, or 503 `{"status":"unhealthy","reasons":[...]}`.
+async fn health(state: web::Data<AppState>) -> HttpResponse {
+    let snapshot = snapshot(&state).await;
+    let body = json!({
+        "status": if snapshot.health.healthy { "ok" } else { "unhealthy" },
+        "reasons": snapshot.health.reasons,
+        "mode": snapshot.storage.mode,
+        "instance": snapshot.instance,
+    });
+    if snapshot.health.healthy {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}
+
+/// `GET /status`: the full snapshot.
+async fn status(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().json(snapshot(&state).await)
+}
+
+/// `GET /metrics`: Prometheus text.
+async fn prometheus(state: web::Data<AppState>) -> HttpResponse {
+    let snapshot = snapshot(&state).await;
+    HttpResponse::Ok()
+        .insert_header((header::CONTENT_TYPE, metrics::CONTENT_TYPE))
+        .body(metrics::render(&snapshot, &state.sections))
+}
+
+/// `GET /api/bot/system-status`: Redis, storage, actors and the bot in one answer.
+async fn system_status(state: web::Data<AppState>) -> HttpResponse {
+    let snapshot = snapshot(&state).await;
+    let running = snapshot
+        .actors
+        .actors
+        .iter()
+        .filter(|a| a.state == crate::supervisor::ChildState::Running)
+        .count();
+    let bot = state.bot.system_status().await;
+    HttpResponse::Ok().json(json!({
+        "status": if snapshot.health.healthy { "healthy" } else { "unhealthy" },
+        "reasons": snapshot.health.reasons,
+        "instance": snapshot.instance,
+        "timestamp_ms": snapshot.at_ms,
+        "redis": {
+            "configured": state.fleet.settings().storage.redis.enabled,
+            "connected": snapshot.storage.mode == Some(Mode::Redis),
+            "mode": snapshot.storage.mode,
+        },
+        "storage": snapshot.storage,
+        "actors": { "running": running, "total": snapshot.actors.actors.len() },
+        "locks": snapshot.locks,
+        "bot": bot,
+    }))
+}
+
+fn answer(result: Result<Value, ApiError>) -> Result<HttpResponse, ApiError> {
+    result.map(|value| HttpResponse::Ok().json(value))
+}
+
+async fn bot_start(state: web::Data<AppState>, body: Bytes) -> Result<HttpResponse, ApiError> {
+    // An empty body starts a session with no name.
+    let request: StartRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        StartRequest::default()
+    } else {
+        parse_json(&body)?
+    };
+    request.validate()?;
+    answer(state.bot.start(request).await)
+}
+
+async fn bot_stop(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    answer(state.bot.stop().await)
+}
+
+async fn bot_status(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    answer(state.bot.status().await)
+}
+
+async fn bot_sessions(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    answer(state.bot.sessions().await)
+}
+
+async fn bot_tasks(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let pairs = web::Query::<Vec<(String, String)>>::from_query(req.query_string())
+        .map_err(|e| ApiError::BadRequest {
+            field: None,
+            message: format!("invalid query string: {e}"),
+        })?
+        .into_inner();
+    let mut query = TaskListQuery::default();
+    for (key, value) in pairs {
+        match key.as_str() {
+            "status" => query.status = Some(value),
+            "limit" => {
+                query.limit = Some(value.parse().map_err(|_| {
+                    ApiError::bad_field("limit", format!("expected a number, got {value:?}"))
+                })?)
+            }
+            other => {
+                return Err(ApiError::bad_field(
+                    other,
+                    "unknown parameter: expected status or limit",
+                ))
+            }
+        }
+    }
+    query.validate()?;
+    answer(state.bot.tasks(query).await)
+}
+
+async fn bot_add_task(state: web::Data<AppState>, body: Bytes) -> Result<HttpResponse, ApiError> {
+    let request: AddTaskRequest = parse_json(&body)?;
+    request.validate()?;
+    answer(state.bot.add_task(request).await)
+}
+
+async fn bot_events(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let session_id = path.into_inner();
+    validate_session_id(&session_id)?;
+    answer(state.bot.events(session_id).await)
+}
+
+async fn bot_metrics(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let session_id = path.into_inner();
+    validate_session_id(&session_id)?;
+    answer(state.bot.metrics(session_id).await)
+}
+
+async fn not_found(req: HttpRequest) -> HttpResponse {
+    HttpResponse::NotFound().json(json!({
+        "error": format!("no such endpoint: {} {}", req.method(), req.path()),
+        "field": null,
+    }))
+}
