@@ -108,10 +108,15 @@ impl Peer {
         self.ask("fill").map(drop)
     }
 
-    /// Blocks until the peer's near copy was dropped; the wall-clock time it saw it, ns.
-    fn seen(&mut self) -> Result<u64, CacheBenchError> {
+    /// Blocks until the peer's near copy was dropped; the wall-clock time it saw it, ns, or
+    /// `None` when it was still there after 5 s.
+    fn seen(&mut self) -> Result<Option<u64>, CacheBenchError> {
         let line = self.ask("wait")?;
+        if line == "lost" {
+            return Ok(None);
+        }
         line.parse()
+            .map(Some)
             .map_err(|_| CacheBenchError::Peer(format!("unexpected answer {line:?}")))
     }
 }
@@ -265,19 +270,22 @@ pub async fn run(
     // near copy was dropped.
     let mut propagation = Latencies::default();
     let mut peer = Peer::spawn(&url)?;
+    let mut lost = 0u64;
     for i in 0..bench.invalidations.max(1) {
         peer.fill()?;
         let sent = unix_ns();
         a.set(key, &format!("{value}{i}"), TTL).await?;
-        let seen = peer.seen()?;
-        propagation.record(Duration::from_nanos(seen.saturating_sub(sent)));
+        match peer.seen()? {
+            Some(seen) => propagation.record(Duration::from_nanos(seen.saturating_sub(sent))),
+            None => lost += 1,
+        }
     }
     drop(peer);
     out(json!({
         "peer": "botfleet", "bench": "cache", "scenario": "invalidation-propagation",
         "invalidations": bench.invalidations.max(1),
         "p50_us": propagation.percentile_us(0.50), "p99_us": propagation.percentile_us(0.99),
-        "max_us": propagation.max_us(), "goal_p99_us": 2000,
+        "max_us": propagation.max_us(), "goal_p99_us": 2000, "lost": lost,
         "note": "second OS process; timed from the writer's set() call (SET + PUBLISH) to the reader's near copy being dropped",
     }));
     // The in-process reader b (its own storage handle and connections), for comparison.
