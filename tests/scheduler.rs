@@ -688,6 +688,97 @@ async fn after_downtime_a_missed_period_runs_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cron_jobs_run_once_per_fire_time() {
+    use botfleet::actors::scheduler::SchedulerError;
+    let server = RedisServer::start().unwrap();
+    let fleet = Fleet::start(settings(&server.url())).await.unwrap();
+    let counter = |runs: &Arc<std::sync::atomic::AtomicU64>| {
+        let runs = runs.clone();
+        move || {
+            let runs = runs.clone();
+            async move {
+                runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Ok(())
+            }
+        }
+    };
+    // Every second: one run per second, each recorded under its fire time.
+    let each = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    fleet
+        .periodic()
+        .cron(
+            "each-second",
+            "* * * * * *",
+            Duration::from_secs(5),
+            counter(&each),
+        )
+        .unwrap();
+    let mut labels = std::collections::BTreeSet::new();
+    poll_until_async(Duration::from_secs(10), || {
+        if let Some(label) = server.cmd(&["GET", "each-second-last-run"]).as_str() {
+            labels.insert(label.to_string());
+        }
+        let seen = labels.len();
+        async move { seen >= 3 }
+    })
+    .await
+    .unwrap();
+    for label in &labels {
+        assert!(label.ends_with('Z') && label.len() == 20, "{label}");
+    }
+    // Daily at midnight, last run long ago: the latest fire time runs once, not every
+    // missed day.
+    server.cmd(&[
+        "SET",
+        "nightly-last-run",
+        "2020-01-01T00:00:00Z",
+        "EX",
+        "259200",
+    ]);
+    let nightly = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    fleet
+        .periodic()
+        .cron(
+            "nightly",
+            "0 0 0 * * *",
+            Duration::from_secs(5),
+            counter(&nightly),
+        )
+        .unwrap();
+    let midnight = format!(
+        "{}T00:00:00Z",
+        botfleet::actors::scheduler::periodic::period_label(Duration::from_secs(86_400), now_ms())
+    );
+    poll_until_async(Duration::from_secs(10), || async {
+        server.cmd(&["GET", "nightly-last-run"]).as_str() == Some(midnight.as_str())
+    })
+    .await
+    .unwrap();
+    assert_eq!(fleet.periodic().runs("nightly"), 1);
+    // A bad expression is refused, naming it.
+    let err = fleet
+        .periodic()
+        .cron(
+            "bad",
+            "every tuesday",
+            Duration::from_secs(5),
+            counter(&nightly),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            SchedulerError::Invalid {
+                what: "cron schedule",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    fleet.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_and_restarted_under_load_every_task_completes_once() {
     let mut server = RedisServer::builder().persistence(true).start().unwrap();
     let mut s = settings(&server.url());

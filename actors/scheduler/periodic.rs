@@ -1,15 +1,17 @@
 //! Periodic jobs: each period runs once across the fleet.
 //!
-//! Periods are aligned on the Unix epoch (an hourly job's periods start on the hour). When a
-//! period starts, every process that registered the job tries the lock `NAME-lock`
+//! A job runs [`Periodic::every`] interval, with periods aligned on the Unix epoch (an hourly
+//! job's periods start on the hour), or on a [`Periodic::cron`] schedule, whose periods run
+//! from one fire time to the next (UTC). When a period starts, every process that registered the job tries the lock `NAME-lock`
 //! ([`Locks::run_exclusive`]); the holder reads `NAME-last-run` and runs the job only when it
 //! does not name the current period, then writes it (3-day TTL, as seed 002's cleanup jobs:
-//! the value is the period's date `YYYY-MM-DD` for periods of a day or more, its ISO-8601
-//! start otherwise). After downtime the current period has not run, so the job runs once,
+//! the value is the period's date `YYYY-MM-DD` for interval periods of a day or more, its
+//! ISO-8601 start otherwise). After downtime the current period has not run, so the job runs once,
 //! not once per missed period. A job that fails is tried again at the next check.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -78,6 +80,35 @@ impl Periodic {
         }
     }
 
+    /// Runs `job` once per period of the cron schedule `expr` across the fleet, in UTC: a
+    /// period runs from one fire time to the next, so after downtime the latest missed fire
+    /// runs once. `expr` has 6 or 7 fields: seconds, minutes, hours, day of month, month, day
+    /// of week, optional year (`"0 30 3 * * *"`: every day at 03:30). Otherwise as
+    /// [`Periodic::every`].
+    pub fn cron<F, Fut>(
+        &self,
+        name: &str,
+        expr: &str,
+        lock_ttl: Duration,
+        job: F,
+    ) -> Result<(), SchedulerError>
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = JobResult> + Send + 'static,
+    {
+        let schedule = cron::Schedule::from_str(expr).map_err(|e| SchedulerError::Invalid {
+            what: "cron schedule",
+            message: format!("{expr:?}: {e}"),
+        })?;
+        if schedule.upcoming(chrono::Utc).next().is_none() {
+            return Err(SchedulerError::Invalid {
+                what: "cron schedule",
+                message: format!("{expr:?}: never fires again"),
+            });
+        }
+        self.spawn(name, Cadence::Cron(Box::new(schedule)), lock_ttl, job)
+    }
+
     /// Runs `job` once per period of `every` across the fleet (every process registering the
     /// same `name` takes part). `lock_ttl` bounds one run (the lock's watchdog extends it while
     /// the job runs). Must be called inside a tokio runtime.
@@ -92,16 +123,30 @@ impl Periodic {
         F: Fn() -> Fut + Send + Sync + 'static,
         Fut: Future<Output = JobResult> + Send + 'static,
     {
-        if name.is_empty() || name.len() > 200 {
-            return Err(SchedulerError::Invalid {
-                what: "job name",
-                message: format!("{name:?}: expected 1..=200 bytes"),
-            });
-        }
         if every < Duration::from_secs(1) {
             return Err(SchedulerError::Invalid {
                 what: "job period",
                 message: format!("{every:?}: expected at least 1 s"),
+            });
+        }
+        self.spawn(name, Cadence::Every(every), lock_ttl, job)
+    }
+
+    fn spawn<F, Fut>(
+        &self,
+        name: &str,
+        cadence: Cadence,
+        lock_ttl: Duration,
+        job: F,
+    ) -> Result<(), SchedulerError>
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = JobResult> + Send + 'static,
+    {
+        if name.is_empty() || name.len() > 200 {
+            return Err(SchedulerError::Invalid {
+                what: "job name",
+                message: format!("{name:?}: expected 1..=200 bytes"),
             });
         }
         if lock_ttl.is_zero() {
@@ -115,7 +160,7 @@ impl Periodic {
         runtime.spawn(run_job(
             self.inner.clone(),
             name.to_string(),
-            every,
+            cadence,
             lock_ttl,
             job,
             runs,
@@ -139,24 +184,74 @@ impl Periodic {
     }
 }
 
+/// When a job's periods start.
+enum Cadence {
+    /// Every interval, aligned on the Unix epoch.
+    Every(Duration),
+    /// At each fire time of a cron schedule (UTC).
+    Cron(Box<cron::Schedule>),
+}
+
+impl Cadence {
+    /// The label of the period containing `now` (None before a cron schedule's first fire).
+    fn label(&self, now: u64) -> Option<String> {
+        match self {
+            Cadence::Every(every) => Some(period_label(*every, now)),
+            Cadence::Cron(schedule) => cron_period_start(schedule, now).map(iso8601),
+        }
+    }
+
+    /// When the next period starts, in ms since the epoch (None when a cron schedule ends).
+    fn next_start(&self, now: u64) -> Option<u64> {
+        match self {
+            Cadence::Every(every) => {
+                let period = every.as_millis().max(1) as u64;
+                Some(now - now % period + period)
+            }
+            Cadence::Cron(schedule) => schedule
+                .after(&utc(now))
+                .next()
+                .map(|t| t.timestamp_millis().max(0) as u64),
+        }
+    }
+}
+
+fn utc(ms: u64) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp_millis(ms as i64).unwrap_or_default()
+}
+
+/// The latest fire time of `schedule` at or before `now` (ms since the epoch).
+pub fn cron_period_start(schedule: &cron::Schedule, now: u64) -> Option<u64> {
+    // `after(t)` yields fire times after t; walking back from just past `now` gives the
+    // latest one at or before it.
+    schedule
+        .after(&utc(now + 1))
+        .next_back()
+        .map(|t| t.timestamp_millis().max(0) as u64)
+}
+
 async fn run_job(
     inner: Arc<Inner>,
     name: String,
-    every: Duration,
+    cadence: Cadence,
     lock_ttl: Duration,
     job: BoxJob,
     runs: Arc<AtomicU64>,
 ) {
     let last_key = format!("{name}-last-run");
     let lock = format!("{name}-lock");
-    let period = every.as_millis().max(1) as u64;
     loop {
         if inner.stopped.load(Ordering::Acquire) {
             return;
         }
-        let label = period_label(every, now_ms());
-        let done = matches!(inner.storage.get(&last_key).await, Ok(Some(v)) if v == label);
-        if !done {
+        let label = cadence.label(now_ms());
+        let done = match &label {
+            None => true,
+            Some(label) => {
+                matches!(inner.storage.get(&last_key).await, Ok(Some(v)) if v == *label)
+            }
+        };
+        if let (false, Some(label)) = (done, label) {
             let (storage, job, runs) = (&inner.storage, &job, &runs);
             let work = async {
                 // Read again under the lock: another process may have run it meanwhile.
@@ -187,8 +282,10 @@ async fn run_job(
         }
         // Next check: the next period's start, or sooner (a failed run, a missed notice).
         let now = now_ms();
-        let next = now - now % period + period;
-        let wait = Duration::from_millis(next - now + 1).min(MAX_CHECK);
+        let wait = match cadence.next_start(now) {
+            Some(next) => Duration::from_millis(next.saturating_sub(now) + 1).min(MAX_CHECK),
+            None => MAX_CHECK,
+        };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = inner.stop.notified() => return,
@@ -199,6 +296,31 @@ async fn run_job(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cron_period_starts_at_the_latest_fire_time() {
+        let daily = cron::Schedule::from_str("0 30 3 * * *").unwrap();
+        // 2025-09-28T05:15:14Z: the period began at 03:30 that day.
+        let now = 1_759_036_514_000;
+        let start = cron_period_start(&daily, now).unwrap();
+        assert_eq!(iso8601(start), "2025-09-28T03:30:00Z");
+        // A fire time is the start of its own period.
+        assert_eq!(cron_period_start(&daily, start), Some(start));
+        assert_eq!(
+            iso8601(cron_period_start(&daily, start - 1).unwrap()),
+            "2025-09-27T03:30:00Z"
+        );
+        let cadence = Cadence::Cron(Box::new(daily));
+        assert_eq!(
+            iso8601(cadence.next_start(now).unwrap()),
+            "2025-09-29T03:30:00Z"
+        );
+        assert_eq!(cadence.label(now), Some("2025-09-28T03:30:00Z".into()));
+        assert_eq!(
+            Cadence::Every(Duration::from_secs(3_600)).label(now),
+            Some("2025-09-28T05:00:00Z".into())
+        );
+    }
 
     #[test]
     fn labels_name_the_period() {

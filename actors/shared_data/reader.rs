@@ -324,6 +324,21 @@ impl Actor for ReaderActor {
         let state = reader.state.clone();
         let task = runtime.spawn(async move {
             let subscription = core.storage.subscribe(&channel).await;
+            // Notices published before the subscription are missed: start from the newest
+            // snapshot this process knows, or the one stored.
+            if let Some(latest) = core.latest.load_full() {
+                state.offer(latest);
+            }
+            match core.read_shared().await {
+                Ok(Some(snapshot)) => {
+                    core.offer(&snapshot);
+                    state.offer(snapshot);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::debug!(actor = "reader", reader = %state.name, error = %e, "no stored snapshot to start from");
+                }
+            }
             drop(core);
             follow(weak, state, subscription).await;
         });
