@@ -5,7 +5,6 @@
 mod support;
 
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -76,20 +75,7 @@ async fn concurrent_loads_of_one_key_call_the_loader_once() {
 }
 
 fn spawn_child(role: &str, spec: String) -> std::process::Child {
-    Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            role,
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ENV, spec)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+    support::spawn_role(role, CHILD_ENV, &spec)
 }
 
 /// Child role: caches `game.payloads`, prints `cached VALUE`, then prints `invalidated` when

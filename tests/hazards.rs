@@ -7,7 +7,7 @@ mod support;
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use botfleet::actors::hazards::fairness::{derive_hazards, hash_seed};
@@ -200,19 +200,7 @@ async fn two_leaders_at_once_still_write_each_tick_once() {
 }
 
 fn spawn_child(role: &str, spec: String) -> std::process::Child {
-    Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            role,
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ENV, spec)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+    support::spawn_role(role, CHILD_ENV, &spec)
 }
 
 /// Child role: runs a fleet with the ticker, prints `leader` once it leads, and ticks until

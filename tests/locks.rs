@@ -6,7 +6,6 @@
 mod support;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,19 +36,7 @@ fn patient(url: &str) -> Settings {
 }
 
 fn spawn_child(role: &str, spec: String) -> std::process::Child {
-    Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            role,
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ENV, spec)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+    support::spawn_role(role, CHILD_ENV, &spec)
 }
 
 /// Child role: acquires [`SHARED`] `count` times over [`TASKS`] tasks; inside each critical

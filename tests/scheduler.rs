@@ -6,7 +6,7 @@
 mod support;
 
 use std::collections::HashMap;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,19 +32,10 @@ fn settings(url: &str) -> Settings {
 }
 
 fn spawn_child(role: &str, spec: String) -> std::process::Child {
-    Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            role,
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ENV, spec)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+    let mut cmd = support::role_command(role, CHILD_ENV, &spec);
+    // It prints a line per run: nobody reads it.
+    cmd.stdout(Stdio::null());
+    support::process::spawn_tied_to_process(cmd).unwrap()
 }
 
 type Seen = Arc<Mutex<Vec<(String, String)>>>;

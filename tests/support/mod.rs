@@ -32,6 +32,7 @@ pub mod port;
 pub mod process;
 pub mod redis;
 pub mod resp;
+pub mod role;
 
 pub use http::{HttpReply, HttpServer};
 pub use poll::{poll_until, poll_until_async, TimedOut, POLL_INTERVAL};
@@ -39,3 +40,4 @@ pub use port::free_port;
 pub use process::process_is_alive;
 pub use redis::{RedisServer, RedisServerBuilder};
 pub use resp::RespValue;
+pub use role::{role_command, spawn_role};
