@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use botfleet::actors::locks::LockError;
+use botfleet::actors::locks::{LockError, SCRIPT_CALLS_IN_FLIGHT};
 use botfleet::settings::{LockOutage, Settings};
 use botfleet::storage::{KeySchema, Mode, Storage, StorageError};
 use botfleet::Fleet;
@@ -668,8 +668,8 @@ async fn concurrent_calls_of_one_process_share_script_calls() {
     .await
     .unwrap();
 
-    // Redis is frozen while 30 tasks ask: the first call stays in flight, the 29 others
-    // queue behind it, and go out together once it is answered.
+    // Redis is frozen while 30 tasks ask: the first calls stay in flight, the others queue
+    // behind them, and go out together once one is answered.
     let acquired = {
         let names = names.clone();
         shared_calls(&server, &fleet, move |locks| {
@@ -722,8 +722,9 @@ async fn concurrent_calls_of_one_process_share_script_calls() {
     fleet.shutdown().await.unwrap();
 }
 
-/// Runs the 30 lock calls `start` spawns while Redis is frozen until 29 of them queue behind
-/// the first; asserts they went out in 2 script calls (counted by botfleet and by Redis).
+/// Runs the 30 lock calls `start` spawns while Redis is frozen until all but
+/// [`SCRIPT_CALLS_IN_FLIGHT`] of them queue; asserts the queued ones went out in one script
+/// call (counted by botfleet and by Redis).
 async fn shared_calls<T: Send + 'static>(
     server: &RedisServer,
     fleet: &Fleet,
@@ -734,19 +735,20 @@ async fn shared_calls<T: Send + 'static>(
     server.freeze();
     let tasks = start(&fleet.locks());
     let queued = poll_until_async(Duration::from_secs(5), || async {
-        fleet.lock_stats().await.unwrap().queued_calls == 29
+        fleet.lock_stats().await.unwrap().queued_calls == 30 - SCRIPT_CALLS_IN_FLIGHT
     })
     .await;
     server.thaw();
-    queued.expect("29 calls queued behind the one in flight");
+    queued.expect("the calls beyond those in flight queued");
     let mut out = Vec::new();
     for task in tasks {
         out.push(task.await.unwrap());
     }
     let after = fleet.lock_stats().await.unwrap();
     assert_eq!(after.script_requests - before.script_requests, 30);
-    assert_eq!(after.script_calls - before.script_calls, 2);
-    assert_eq!(evalsha_calls(server) - evalsha_before, 2);
+    let calls = SCRIPT_CALLS_IN_FLIGHT as u64 + 1;
+    assert_eq!(after.script_calls - before.script_calls, calls);
+    assert_eq!(evalsha_calls(server) - evalsha_before, calls);
     out
 }
 
@@ -758,24 +760,26 @@ async fn acquisitions_whose_caller_is_gone_are_released() {
     let ttl = Duration::from_secs(30);
     let names: Vec<String> = (0..30).map(|i| format!("orphan-lock:{i}")).collect();
     {
-        // Polled once: the first call is sent, the other 29 are queued behind it; then every
+        // Polled once: the first calls are sent, the others are queued behind them; then every
         // caller is gone before any answer.
         let mut all = Box::pin(futures::future::join_all(
             names.iter().map(|n| locks.try_acquire(n, ttl)),
         ));
         assert!(futures::poll!(all.as_mut()).is_pending());
     }
-    // The queued 29 are still acquired (they were sent after their callers left), and then
-    // released since nobody guards them; the first, sent on its caller's task, is left to
-    // its TTL.
+    // The queued ones are still acquired (they were sent after their callers left), and then
+    // released since nobody guards them; the first ones, sent on their callers' tasks, are
+    // left to their TTL.
     let left = || {
         names
             .iter()
             .filter(|n| server.cmd(&["EXISTS", n]).as_int() == Some(1))
             .count()
     };
-    poll_until_async(Duration::from_secs(5), || async { left() <= 1 })
-        .await
-        .unwrap_or_else(|_| panic!("{} orphaned locks still held", left()));
+    poll_until_async(Duration::from_secs(5), || async {
+        left() <= SCRIPT_CALLS_IN_FLIGHT
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{} orphaned locks still held", left()));
     fleet.shutdown().await.unwrap();
 }

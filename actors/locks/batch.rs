@@ -1,10 +1,11 @@
 //! Batching of this process's concurrent acquisitions and releases.
 //!
 //! A lock call is one script on Redis, and on a busy Redis most of a script's cost is the
-//! call itself, not the two or three commands inside. So calls that arrive while another is
-//! in flight are queued and sent together as one call of the same script (its KEYS and ARGV
-//! are per-request groups). An idle process pays nothing for this: a call that finds no other
-//! in flight goes out at once, on the caller's task. On Redis Cluster a batch is split by hash
+//! call itself, not the two or three commands inside. So up to [`MAX_IN_FLIGHT`] calls of a
+//! script go out at once, on their callers' tasks; calls that arrive while that many are in
+//! flight queue, and the next free slot sends them together as one call of the same script
+//! (its KEYS and ARGV are per-request groups). A process with few concurrent calls pays
+//! nothing for this. On Redis Cluster a batch is split by hash
 //! slot, since one script may only touch keys of one slot.
 
 use std::collections::BTreeMap;
@@ -18,6 +19,9 @@ use crate::storage::{hash_slot, Reply, Script, Storage, StorageError};
 
 /// Requests sent in one script call at most.
 const MAX_BATCH: usize = 256;
+/// Calls of one script in flight at once (several keep the connection's pipeline busy while
+/// a batch is answered).
+pub(super) const MAX_IN_FLIGHT: usize = 4;
 
 /// One request, in the script's per-request layout.
 #[derive(Debug, Clone)]
@@ -55,7 +59,7 @@ impl std::fmt::Debug for Batcher {
         let state = self.state.lock();
         f.debug_struct("Batcher")
             .field("script", &self.script)
-            .field("busy", &state.busy)
+            .field("in_flight", &state.in_flight)
             .field("pending", &state.pending.len())
             .finish_non_exhaustive()
     }
@@ -63,8 +67,8 @@ impl std::fmt::Debug for Batcher {
 
 #[derive(Default)]
 struct State {
-    /// A call of this script is in flight (on a caller's task or the drain task).
-    busy: bool,
+    /// Calls of this script in flight (on callers' tasks or drain tasks).
+    in_flight: usize,
     /// Requests waiting for the next call.
     pending: Vec<(Request, oneshot::Sender<Outcome>)>,
 }
@@ -102,12 +106,12 @@ impl Batcher {
     pub(super) async fn call(self: &Arc<Self>, request: Request) -> Outcome {
         let queued = {
             let mut state = self.state.lock();
-            if state.busy {
+            if state.in_flight >= MAX_IN_FLIGHT {
                 let (tx, rx) = oneshot::channel();
                 state.pending.push((request.clone(), tx));
                 Some(rx)
             } else {
-                state.busy = true;
+                state.in_flight += 1;
                 None
             }
         };
@@ -161,7 +165,7 @@ impl Batcher {
             let batch: Vec<_> = {
                 let mut state = self.state.lock();
                 if state.pending.is_empty() {
-                    state.busy = false;
+                    state.in_flight -= 1;
                     return;
                 }
                 let n = state.pending.len().min(MAX_BATCH);
@@ -203,7 +207,7 @@ impl Batcher {
     }
 }
 
-/// The end of a caller's turn: hands the queue to a drain task, or marks the batcher idle.
+/// The end of a caller's call: its slot goes to a drain task for the queue, or is freed.
 struct Turn(Arc<Batcher>);
 
 impl Drop for Turn {
@@ -211,7 +215,7 @@ impl Drop for Turn {
         let batcher = &self.0;
         let mut state = batcher.state.lock();
         if state.pending.is_empty() {
-            state.busy = false;
+            state.in_flight -= 1;
             return;
         }
         let runtime = tokio::runtime::Handle::try_current()
@@ -224,7 +228,7 @@ impl Drop for Turn {
             }
             None => {
                 // No runtime to run a batch on (the process is shutting down): fail the queue.
-                state.busy = false;
+                state.in_flight -= 1;
                 for (_, tx) in state.pending.drain(..) {
                     let _ = tx.send(Err(StorageError::Unavailable("no runtime".into())));
                 }

@@ -131,6 +131,10 @@ impl Shared {
     }
 }
 
+/// Acquire (or release) script calls a process sends at once; calls beyond that queue and go
+/// out together as one call when a slot frees up.
+pub const SCRIPT_CALLS_IN_FLIGHT: usize = batch::MAX_IN_FLIGHT;
+
 /// The lock API: a cheap, cloneable handle (`Fleet::locks()`).
 #[derive(Debug, Clone)]
 pub struct Locks {
