@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::{Latencies, PrivateRedis};
+use super::Latencies;
 use crate::actors::cache::{Cache, CacheError};
-use crate::settings::{CacheSettings, StorageSettings};
-use crate::storage::{KeySchema, Mode, Storage, StorageError};
+use crate::settings::CacheSettings;
+use crate::storage::{Storage, StorageError};
 
 /// TTL of the benchmark's keys.
 const TTL: Duration = Duration::from_secs(300);
@@ -181,18 +181,7 @@ async fn run_peer(url: &str) -> Result<(), CacheBenchError> {
 }
 
 async fn open(url: &str) -> Result<Storage, CacheBenchError> {
-    let mut settings = StorageSettings::default();
-    settings.redis.url = url.to_string();
-    settings.redis.timeout_ms = 2_000;
-    let storage = Storage::open(&settings, &KeySchema::default()).await?;
-    if storage.mode() != Mode::Redis {
-        return Err(StorageError::Config {
-            key: "--redis",
-            message: format!("{url} does not answer"),
-        }
-        .into());
-    }
-    Ok(storage)
+    Ok(super::open_storage(url).await?)
 }
 
 /// Runs the scenarios, printing one JSON line each through `out`.
@@ -204,15 +193,8 @@ pub async fn run(
         let url = bench.redis_url.clone().unwrap_or_default();
         return run_peer(&url).await;
     }
-    let private = match &bench.redis_url {
-        Some(_) => None,
-        None => Some(PrivateRedis::start().map_err(|e| CacheBenchError::Redis(e.to_string()))?),
-    };
-    let url = match (&bench.redis_url, &private) {
-        (Some(url), _) => url.clone(),
-        (None, Some(p)) => p.url(),
-        (None, None) => unreachable!("a private server is started when no url is given"),
-    };
+    let (url, _private) = super::given_or_private(bench.redis_url.as_deref())
+        .map_err(|e| CacheBenchError::Redis(e.to_string()))?;
     let (storage_a, storage_b) = (open(&url).await?, open(&url).await?);
     let settings = CacheSettings {
         near_ttl_ms: 600_000,

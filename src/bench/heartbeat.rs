@@ -21,10 +21,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::{Latencies, PrivateRedis};
+use super::Latencies;
 use crate::actors::heartbeat::{heartbeat_key, Admin, HeartbeatError, HeartbeatRecord, Peers};
-use crate::settings::{AdminSettings, HeartbeatSettings, StorageSettings};
-use crate::storage::{Expiry, KeySchema, Mode, Op, Storage, StorageError};
+use crate::settings::{AdminSettings, HeartbeatSettings};
+use crate::storage::{Expiry, Op, StorageError};
 
 /// Slots per second: each bot belongs to one.
 const SLOTS: u64 = 100;
@@ -162,29 +162,11 @@ pub async fn run(
     bench: &HeartbeatBench,
     mut out: impl FnMut(serde_json::Value),
 ) -> Result<(), HeartbeatBenchError> {
-    let private = match &bench.redis_url {
-        Some(_) => None,
-        None => Some(PrivateRedis::start()?),
-    };
-    let url = match (&bench.redis_url, &private) {
-        (Some(url), _) => url.clone(),
-        (None, Some(p)) => {
-            relax_fsync(&p.url());
-            p.url()
-        }
-        (None, None) => unreachable!("a private server is started when no URL is given"),
-    };
-    let mut settings = StorageSettings::default();
-    settings.redis.url = url.clone();
-    settings.redis.timeout_ms = 2_000;
-    let storage = Storage::open(&settings, &KeySchema::default()).await?;
-    if storage.mode() != Mode::Redis {
-        return Err(StorageError::Config {
-            key: "--redis",
-            message: format!("{url} does not answer"),
-        }
-        .into());
+    let (url, private) = super::given_or_private(bench.redis_url.as_deref())?;
+    if private.is_some() {
+        relax_fsync(&url);
     }
+    let storage = super::open_storage(&url).await?;
     let bots = bench.bots.max(1);
     let duration = Duration::from_secs(bench.duration_secs.max(1));
     let ttl_ms = 30_000;

@@ -11,8 +11,8 @@ use serde_json::json;
 
 use super::Latencies;
 use crate::actors::locks::{LockError, Locks};
-use crate::settings::{LockSettings, StorageSettings};
-use crate::storage::{KeySchema, Mode, Storage, StorageError};
+use crate::settings::LockSettings;
+use crate::storage::{Storage, StorageError};
 
 /// The lock TTL of the workload.
 const TTL: Duration = Duration::from_secs(10);
@@ -46,18 +46,7 @@ pub async fn run(
     bench: &LocksBench,
     mut out: impl FnMut(serde_json::Value),
 ) -> Result<(), LocksBenchError> {
-    let mut settings = StorageSettings::default();
-    settings.redis.url = bench.redis_url.clone();
-    // A loaded 2-core machine must not look like an outage half-way through.
-    settings.redis.timeout_ms = 2_000;
-    let storage = Storage::open(&settings, &KeySchema::default()).await?;
-    if storage.mode() != Mode::Redis {
-        return Err(StorageError::Config {
-            key: "--redis",
-            message: format!("{} does not answer", bench.redis_url),
-        }
-        .into());
-    }
+    let storage = super::open_storage(&bench.redis_url).await?;
     let locks = Locks::new(storage.clone(), LockSettings::default());
     let n = bench.pairs.max(1);
     for (scenario, tasks, pairs, shared, on_drop) in [

@@ -16,6 +16,9 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
+use crate::settings::StorageSettings;
+use crate::storage::{KeySchema, Mode, Storage, StorageError};
+
 /// Latency recorder (microseconds).
 #[derive(Debug, Clone)]
 pub struct Latencies(Histogram<u64>);
@@ -126,6 +129,35 @@ impl Drop for PrivateRedis {
         self.kill9();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The server a benchmark runs against: `url` when given, else a private redis-server started
+/// for it (keep the returned handle alive: dropping it stops the server).
+pub fn given_or_private(url: Option<&str>) -> std::io::Result<(String, Option<PrivateRedis>)> {
+    match url {
+        Some(url) => Ok((url.to_string(), None)),
+        None => {
+            let private = PrivateRedis::start()?;
+            Ok((private.url(), Some(private)))
+        }
+    }
+}
+
+/// Opens the storage on `url` with a 2 s command timeout (a loaded 2-core machine must not
+/// look like an outage half-way through); fails when Redis does not answer.
+pub async fn open_storage(url: &str) -> Result<Storage, StorageError> {
+    let mut settings = StorageSettings::default();
+    settings.redis.url = url.to_string();
+    settings.redis.timeout_ms = 2_000;
+    let storage = Storage::open(&settings, &KeySchema::default()).await?;
+    if storage.mode() != Mode::Redis {
+        storage.close().await;
+        return Err(StorageError::Config {
+            key: "--redis",
+            message: format!("{url} does not answer"),
+        });
+    }
+    Ok(storage)
 }
 
 /// Runs `redis-benchmark` against `url` for `tests` at `clients` connections and returns

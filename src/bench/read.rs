@@ -10,11 +10,10 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde_json::json;
 
-use super::PrivateRedis;
 use crate::actors::locks::Locks;
 use crate::actors::shared_data::{SharedData, SharedDataError};
-use crate::settings::{LockSettings, SharedDataSettings, StorageSettings};
-use crate::storage::{KeySchema, Mode, Storage, StorageError};
+use crate::settings::{LockSettings, SharedDataSettings};
+use crate::storage::StorageError;
 
 /// Options of the read benchmark.
 #[derive(Debug, Clone)]
@@ -57,26 +56,9 @@ pub async fn run(
     bench: &ReadBench,
     mut out: impl FnMut(serde_json::Value),
 ) -> Result<(), ReadBenchError> {
-    let private = match &bench.redis_url {
-        Some(_) => None,
-        None => Some(PrivateRedis::start().map_err(|e| ReadBenchError::Redis(e.to_string()))?),
-    };
-    let url = match (&bench.redis_url, &private) {
-        (Some(url), _) => url.clone(),
-        (None, Some(p)) => p.url(),
-        (None, None) => unreachable!("a private server is started when no url is given"),
-    };
-    let mut settings = StorageSettings::default();
-    settings.redis.url = url.clone();
-    settings.redis.timeout_ms = 2_000;
-    let storage = Storage::open(&settings, &KeySchema::default()).await?;
-    if storage.mode() != Mode::Redis {
-        return Err(StorageError::Config {
-            key: "--redis",
-            message: format!("{url} does not answer"),
-        }
-        .into());
-    }
+    let (url, private) = super::given_or_private(bench.redis_url.as_deref())
+        .map_err(|e| ReadBenchError::Redis(e.to_string()))?;
+    let storage = super::open_storage(&url).await?;
     let shared_settings = SharedDataSettings {
         shared_key: "bench:shared-data".into(),
         legacy_key: "bench:shared-data:legacy".into(),
