@@ -28,6 +28,9 @@ use serde::{Deserialize, Serialize};
 use crate::settings::CacheSettings;
 use crate::storage::{Mode, Storage, StorageError, StorageEvent};
 
+/// Keys [`Cache::invalidations`] holds for a receiver that has not read them yet.
+const INVALIDATIONS_CAPACITY: usize = 1_024;
+
 /// Why a cache call failed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
@@ -107,6 +110,8 @@ struct Inner {
     /// near cache.
     generation: AtomicU64,
     counters: Counters,
+    /// Keys named by invalidations of other processes, for [`Cache::invalidations`].
+    dropped: tokio::sync::broadcast::Sender<Arc<str>>,
     tasks: parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -146,6 +151,7 @@ impl Cache {
             loading: DashMap::new(),
             generation: AtomicU64::new(0),
             counters: Counters::default(),
+            dropped: tokio::sync::broadcast::channel(INVALIDATIONS_CAPACITY).0,
             tasks: parking_lot::Mutex::new(Vec::new()),
         });
         let listen = tokio::spawn(listen(Arc::downgrade(&inner), subscription));
@@ -172,6 +178,13 @@ impl Cache {
             evictions: c.evictions.load(Ordering::Relaxed),
             near_entries: self.inner.near.len() as u64,
         }
+    }
+
+    /// Every key another process invalidates from now on, once this process has dropped its
+    /// near copy: for a host that reacts to a change (re-renders, reloads) without polling.
+    /// A receiver that falls more than 1,024 keys behind gets `Lagged` and skips them.
+    pub fn invalidations(&self) -> tokio::sync::broadcast::Receiver<Arc<str>> {
+        self.inner.dropped.subscribe()
     }
 
     /// The near copy of `key`, if this process holds a live one (no storage call).
@@ -402,6 +415,10 @@ async fn listen(inner: Weak<Inner>, mut subscription: crate::storage::Subscripti
         inner.generation.fetch_add(1, Ordering::AcqRel);
         inner.near.remove(&invalidation.key);
         inner.counters.invalidations.fetch_add(1, Ordering::Relaxed);
+        // Nobody listening is the usual case: then the key is not even copied.
+        if inner.dropped.receiver_count() > 0 {
+            let _ = inner.dropped.send(Arc::from(invalidation.key));
+        }
     }
 }
 

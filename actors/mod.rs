@@ -4,6 +4,7 @@
 pub mod cache;
 pub mod hazards;
 pub mod heartbeat;
+pub mod history;
 pub mod locks;
 pub mod presence;
 pub mod scheduler;

@@ -7,11 +7,22 @@
 # - redis-server and redis-tools: installed with apt-get when redis-server is not on PATH (as
 #   root, or through sudo when available). The tests start their own servers on free ports;
 #   they never use a Redis the machine may already run on 6379.
+# - postgresql (Debian's package): installed with apt-get when no initdb is found in
+#   /usr/lib/postgresql/*/bin. The history tests start private servers with initdb and pg_ctl
+#   (as the postgres system user when run as root), and use the machine's server on
+#   127.0.0.1:5432 for throwaway databases when one answers there.
 # - chromium (Debian's package, at /usr/bin/chromium): installed with apt-get when missing, for
 #   the dashboard's headless browser test.
 # - cargo-nextest: installed with `cargo install --locked cargo-nextest` when missing.
 # - CI=true selects the nextest `ci` profile (.config/nextest.toml): no fail-fast, hung tests
 #   killed, JUnit report in target/nextest/ci/junit.xml.
+#
+# - Then the Redis suites run again against a Redis Cluster (3 masters, 3 replicas) and a
+#   Sentinel set-up (1 master, 1 replica, 3 sentinels), selected by BOTFLEET_TEST_REDIS (see
+#   tests/support/deploy.rs): the same tests, another deployment. Two tests at a time, since
+#   each starts five or six servers. About 2 + 3 minutes on 2 cores; set
+#   BOTFLEET_TEST_TOPOLOGIES=standalone to skip them. (With CI=true each run rewrites the
+#   JUnit report; the console output has every run.)
 #
 # Idempotent; prints only test output unless it has to install something. Exits non-zero if
 # anything fails; the doc tests run even when the other tests failed.
@@ -45,45 +56,44 @@ ensure_cargo() {
   command -v cargo >/dev/null 2>&1 || die "cargo not found: install Rust (https://rustup.rs)"
 }
 
-ensure_redis() {
-  command -v redis-server >/dev/null 2>&1 && return 0
+# Installs Debian packages "$@" (quietly; the output is shown only when apt-get fails).
+apt_install() {
   command -v apt-get >/dev/null 2>&1 ||
-    die "redis-server is missing and there is no apt-get: install redis-server yourself"
-  log "redis-server is missing: installing redis-server and redis-tools with apt-get"
+    die "$1 is missing and there is no apt-get: install it yourself"
+  log "$1 is missing: installing $* with apt-get"
   local out
   out=$(mktemp)
   if ! {
     as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
       as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-        --no-install-recommends redis-server redis-tools
+        --no-install-recommends "$@"
   } >"$out" 2>&1; then
     cat "$out" >&2
     rm -f "$out"
-    die "apt-get could not install redis-server"
+    die "apt-get could not install $*"
   fi
   rm -f "$out"
+}
+
+ensure_redis() {
+  command -v redis-server >/dev/null 2>&1 && return 0
+  apt_install redis-server redis-tools
   command -v redis-server >/dev/null 2>&1 || die "redis-server still not on PATH after apt-get"
 }
 
 # The dashboard's browser test (tests/dashboard.rs) drives Debian's chromium headless.
 ensure_chromium() {
   [ -x /usr/bin/chromium ] && return 0
-  command -v apt-get >/dev/null 2>&1 ||
-    die "chromium is missing and there is no apt-get: install chromium at /usr/bin/chromium yourself"
-  log "chromium is missing: installing chromium with apt-get"
-  local out
-  out=$(mktemp)
-  if ! {
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq &&
-      as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-        --no-install-recommends chromium fonts-dejavu-core
-  } >"$out" 2>&1; then
-    cat "$out" >&2
-    rm -f "$out"
-    die "apt-get could not install chromium"
-  fi
-  rm -f "$out"
+  apt_install chromium fonts-dejavu-core
   [ -x /usr/bin/chromium ] || die "chromium still missing at /usr/bin/chromium after apt-get"
+}
+
+# The history tests (tests/history.rs) run PostgreSQL's own server binaries.
+ensure_postgres() {
+  compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null && return 0
+  apt_install postgresql
+  compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null ||
+    die "initdb still missing in /usr/lib/postgresql/*/bin after apt-get"
 }
 
 ensure_nextest() {
@@ -95,6 +105,7 @@ ensure_nextest() {
 ensure_cargo
 ensure_redis
 ensure_chromium
+ensure_postgres
 ensure_nextest
 
 profile=default
@@ -104,5 +115,13 @@ fi
 
 status=0
 cargo nextest run --profile "$profile" --all-targets --no-fail-fast "$@" || status=$?
+switched=(--test scheduler --test scheduler_parity --test storage_parity --test locks
+  --test heartbeat --test shared_data --test hazards --test cache --test fleet --test scale)
+for topology in ${BOTFLEET_TEST_TOPOLOGIES:-cluster sentinel}; do
+  [ "$topology" = standalone ] && continue
+  log "the Redis suites on $topology"
+  BOTFLEET_TEST_REDIS=$topology cargo nextest run --profile "$profile" --test-threads 2 \
+    --no-fail-fast "${switched[@]}" "$@" || status=$?
+done
 cargo test --doc --quiet || status=$?
 exit "$status"

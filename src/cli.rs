@@ -20,6 +20,8 @@ use clap::{Parser, Subcommand};
 
 use crate::settings::{Settings, SettingsError};
 
+pub mod history;
+
 /// Exit code of success.
 pub const EXIT_OK: u8 = 0;
 /// Exit code of a failure at run time (I/O, Redis refusing to start, a crashed actor tree...).
@@ -31,7 +33,8 @@ const EXIT_CODES_HELP: &str = "\
 Exit codes:
   0    success (`run`: stopped by SIGINT/SIGTERM with every write flushed)
   1    failure at run time (`run`: an actor kept failing past the restart intensity)
-  2    bad configuration or bad usage (every problem is printed to stderr, one per line)
+  2    bad configuration or bad usage (every problem is printed to stderr, one per line),
+       or a request the daemon refused as bad (task add with an unknown type, say)
   3    `run` stopped while Redis was unreachable: writes held in memory were lost
   130  `run` interrupted by a second signal during the graceful stop
 
@@ -77,6 +80,19 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Ask the running daemon for its status over HTTP (exit 1 when it cannot be reached).
     Status(StatusArgs),
+    /// Add or list tasks through the running daemon.
+    #[command(subcommand)]
+    Task(TaskCommand),
+    /// Send an admin message to a bot through the running daemon (seed 004).
+    #[command(subcommand)]
+    Admin(AdminCommand),
+    /// Follow the bot events of the running daemon.
+    #[command(subcommand)]
+    Events(EventsCommand),
+    /// List the archive's sessions, task attempts, events, hazard rounds or players'
+    /// settlements (reads the database of `[history]` directly; no daemon needed).
+    #[command(subcommand)]
+    History(history::HistoryCommand),
 }
 
 /// `botfleet verify ...`: the hazards of one round, by the procedure documented in
@@ -149,6 +165,96 @@ pub struct StatusArgs {
     pub url: Option<String>,
 }
 
+/// Where the running daemon is and how to print its answers; shared by the commands that talk
+/// to it. Mutating commands send `api.token` (from the settings or `BOTFLEET__API__TOKEN`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct DaemonArgs {
+    /// Print the daemon's JSON answer instead of a summary.
+    #[arg(long)]
+    pub json: bool,
+    /// The daemon's base URL [default: http:// + api.bind].
+    #[arg(long, value_name = "URL")]
+    pub url: Option<String>,
+}
+
+impl DaemonArgs {
+    /// The daemon these arguments name, with the token of `settings`.
+    pub fn daemon(
+        &self,
+        settings: &Settings,
+    ) -> Result<crate::http::client::Daemon, crate::http::client::ClientError> {
+        let base = match &self.url {
+            Some(url) => url.clone(),
+            None => crate::http::client::base_url(&settings.api.bind),
+        };
+        crate::http::client::Daemon::new(&base, Some(settings.api.token.expose().to_owned()))
+    }
+}
+
+/// `botfleet task ...`.
+#[derive(Debug, Subcommand)]
+pub enum TaskCommand {
+    /// Enqueue a task: `botfleet task add login --data '{"user": "a"}' --priority 10`.
+    Add {
+        /// The task type (login, job_check, job_accept, job_reject, navigation, screenshot).
+        #[arg(value_name = "TYPE")]
+        task_type: String,
+        /// The task's data, a JSON object.
+        #[arg(long, default_value = "{}", value_name = "JSON")]
+        data: String,
+        /// Priority, 0 to 100, higher first [default: the type's, e.g. login 10].
+        #[arg(long)]
+        priority: Option<i64>,
+        /// Run no earlier than this many milliseconds from now.
+        #[arg(long, default_value_t = 0, value_name = "MS")]
+        delay_ms: u64,
+        /// The daemon and the output.
+        #[command(flatten)]
+        daemon: DaemonArgs,
+    },
+    /// List tasks: by default those processing, pending and dead.
+    List {
+        /// Only tasks in this status: pending, processing, completed or failed.
+        #[arg(long, value_name = "STATUS")]
+        status: Option<String>,
+        /// At most this many (1 to 1000) [default: 100].
+        #[arg(long)]
+        limit: Option<usize>,
+        /// The daemon and the output.
+        #[command(flatten)]
+        daemon: DaemonArgs,
+    },
+}
+
+/// `botfleet admin ...`.
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Send MESSAGE to the bot whose process id is PID (`admin:queue:PID`, `admin:bot:PID`).
+    Send {
+        /// The bot's process id.
+        pid: String,
+        /// The message.
+        message: String,
+        /// The daemon and the output.
+        #[command(flatten)]
+        daemon: DaemonArgs,
+    },
+}
+
+/// `botfleet events ...`.
+#[derive(Debug, Subcommand)]
+pub enum EventsCommand {
+    /// Print the newest events, then each new one as it happens, until interrupted.
+    Tail {
+        /// Stop after this many events.
+        #[arg(long, value_name = "N")]
+        count: Option<usize>,
+        /// The daemon and the output.
+        #[command(flatten)]
+        daemon: DaemonArgs,
+    },
+}
+
 /// `botfleet bench ...`.
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
@@ -203,6 +309,10 @@ pub enum BenchCommand {
         /// Concurrent handlers.
         #[arg(long, default_value_t = 50)]
         concurrency: usize,
+        /// Named queues the tasks are spread over; on Redis Cluster they shard over the
+        /// masters (12 balances 1, 2, 3, 4 or 6 masters).
+        #[arg(long, default_value_t = 1)]
+        queues: usize,
     },
     /// The shared-data reader: `read()` on a fresh snapshot beside a plain GET of the same
     /// key, and propagation of a write to 100 readers.
@@ -237,6 +347,24 @@ pub enum BenchCommand {
         /// Admin messages to time.
         #[arg(long, default_value_t = 2_000)]
         messages: u64,
+    },
+    /// The history archive: records archived per second on SQLite and on PostgreSQL, and the
+    /// latency the archive adds to a task round trip (archive off vs on).
+    History {
+        /// Redis for the task-path scenario; without it a private redis-server is started.
+        #[arg(long, value_name = "URL")]
+        redis: Option<String>,
+        /// PostgreSQL admin URL (e.g. postgres://postgres@127.0.0.1:5432/postgres): a
+        /// throwaway database is created there and dropped after. Without it the PostgreSQL
+        /// scenario is skipped.
+        #[arg(long, value_name = "URL")]
+        postgres: Option<String>,
+        /// Records per archive scenario.
+        #[arg(long, default_value_t = 100_000)]
+        records: usize,
+        /// Task round trips timed with the archive off, and as many with it on.
+        #[arg(long, default_value_t = 2_000)]
+        tasks: usize,
     },
 }
 

@@ -54,6 +54,10 @@ pub enum FleetError {
     /// The shared-data settings could not be used (e.g. an invalid source header).
     #[error(transparent)]
     SharedData(#[from] SharedDataError),
+    /// The history archive could not be opened (a malformed `history.url`, an unusable
+    /// `history.dir`).
+    #[error(transparent)]
+    History(#[from] HistoryError),
 }
 
 /// The health of a fleet: storage and every actor, as one serializable value.
@@ -110,6 +114,7 @@ struct Inner {
     seed004: Seed004,
     shut_down: tokio::sync::Mutex<Option<FleetShutdown>>,
     shared_data: SharedData,
+    history: History,
 }
 
 impl Fleet {
@@ -126,6 +131,14 @@ impl Fleet {
         F: FnOnce(&mut SupervisorBuilder, &Storage),
     {
         let storage = Storage::open(&settings.storage, &KeySchema::new(&settings.keys)).await?;
+        // The history archive (issue 10): its writer runs on this runtime, off every caller's path.
+        let history = match History::open(&settings.history, settings.storage.fallback) {
+            Ok(history) => history,
+            Err(e) => {
+                storage.close().await;
+                return Err(e.into());
+            }
+        };
         let instance = format!("{}-{}", hostname(), std::process::id());
         let system = match ActorSystem::start("botfleet") {
             Ok(system) => system,
@@ -176,6 +189,7 @@ impl Fleet {
         let game_sessions = GameSessions::new(storage.clone(), settings.game_sessions.clone());
         let cache = Cache::start(storage.clone(), settings.cache.clone()).await;
         let scheduler = SchedulerParts::start(&mut tree, &storage, &locks, &settings, &instance);
+        archive_history(&history, &settings, &hazards, &scheduler);
         // Shared data (seed 000): the fetcher and the readers, when enabled.
         let shared_data = match SharedData::new(
             storage.clone(),
@@ -238,6 +252,7 @@ impl Fleet {
                 seed004,
                 shut_down: tokio::sync::Mutex::new(None),
                 shared_data,
+                history,
             }),
         })
     }
@@ -340,6 +355,8 @@ impl Fleet {
             });
         self.inner.seed004.stopped().await;
         let deadline = Duration::from_millis(self.inner.settings.supervisor.stop_timeout_ms);
+        // The producers stopped: what the archive queued is written (or spooled) now.
+        self.inner.history.close(deadline).await;
         let storage = &self.inner.storage;
         let mut flushed = storage.flush(deadline).await;
         let unflushed_writes = storage.stats().outbox_len;
@@ -566,3 +583,49 @@ impl Fleet {
 
 use crate::actors::scheduler::periodic::Periodic;
 use crate::actors::scheduler::{GetSchedulerStats, Scheduler, SchedulerActor, SchedulerStats};
+
+impl Fleet {
+    /// The history archive (issue 10): sessions, task attempts, events, hazard rounds and
+    /// players' settled rounds kept in SQL after they leave Redis. Queries answer [`HistoryError::Disabled`] when
+    /// `history.enabled` is false.
+    pub fn history(&self) -> History {
+        self.inner.history.clone()
+    }
+}
+
+/// Hands the history sink to the producers and registers the retention job.
+fn archive_history(
+    history: &History,
+    settings: &Settings,
+    hazards: &Hazards,
+    scheduler: &SchedulerParts,
+) {
+    if !history.is_enabled() {
+        return;
+    }
+    scheduler.scheduler.archive_to(history.sink());
+    hazards.archive_to(history.sink());
+    if settings.history.retention_days > 0 {
+        let h = history.clone();
+        let every = Duration::from_secs(settings.history.retention_interval_secs);
+        let job = scheduler
+            .periodic
+            .every(RETENTION_JOB, every, RETENTION_LOCK_TTL, move || {
+                let h = h.clone();
+                async move {
+                    h.purge_expired()
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                }
+            });
+        if let Err(e) = job {
+            tracing::error!(actor = "history", error = %e, "history retention job not registered");
+        }
+    }
+}
+
+/// Bound of one retention run (the lock's watchdog extends it while the run lasts).
+const RETENTION_LOCK_TTL: Duration = Duration::from_secs(60);
+
+use crate::actors::history::{History, HistoryError, RETENTION_JOB};

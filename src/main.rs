@@ -4,7 +4,10 @@
 use std::io;
 use std::process::ExitCode;
 
-use botfleet::cli::{self, BenchCommand, Cli, Command, ConfigCommand};
+use botfleet::cli::{
+    self, AdminCommand, BenchCommand, Cli, Command, ConfigCommand, EventsCommand, TaskCommand,
+};
+use botfleet::http::client::{self, ClientError};
 use botfleet::settings::SettingsError;
 use clap::Parser;
 
@@ -84,6 +87,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             redis,
             tasks,
             concurrency,
+            queues,
         }) => {
             let settings = cli.load_settings()?;
             botfleet::telemetry::init(&settings.log)?;
@@ -91,6 +95,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 redis_url: redis.clone(),
                 tasks: *tasks,
                 concurrency: *concurrency,
+                queues: *queues,
             };
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(botfleet::bench::queue::run(&bench, |line| {
@@ -142,6 +147,92 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             };
             botfleet::http::client::status_command(&base, args.json, &mut io::stdout().lock())?;
         }
+        Command::Task(TaskCommand::Add {
+            task_type,
+            data,
+            priority,
+            delay_ms,
+            daemon,
+        }) => {
+            let settings = cli.load_settings()?;
+            let task = client::TaskAdd {
+                task_type: task_type.clone(),
+                data: data.clone(),
+                priority: *priority,
+                delay_ms: *delay_ms,
+            };
+            client::task_add_command(
+                &daemon.daemon(&settings)?,
+                &task,
+                daemon.json,
+                &mut io::stdout().lock(),
+            )?;
+        }
+        Command::Task(TaskCommand::List {
+            status,
+            limit,
+            daemon,
+        }) => {
+            let settings = cli.load_settings()?;
+            client::task_list_command(
+                &daemon.daemon(&settings)?,
+                status.as_deref(),
+                *limit,
+                daemon.json,
+                &mut io::stdout().lock(),
+            )?;
+        }
+        Command::Admin(AdminCommand::Send {
+            pid,
+            message,
+            daemon,
+        }) => {
+            let settings = cli.load_settings()?;
+            client::admin_send_command(
+                &daemon.daemon(&settings)?,
+                pid,
+                message,
+                daemon.json,
+                &mut io::stdout().lock(),
+            )?;
+        }
+        Command::Events(EventsCommand::Tail { count, daemon }) => {
+            let settings = cli.load_settings()?;
+            client::events_tail_command(
+                &daemon.daemon(&settings)?,
+                *count,
+                daemon.json,
+                &mut io::stdout().lock(),
+            )?;
+        }
+        Command::Bench(BenchCommand::History {
+            redis,
+            postgres,
+            records,
+            tasks,
+        }) => {
+            let settings = cli.load_settings()?;
+            botfleet::telemetry::init(&settings.log)?;
+            let bench = botfleet::bench::history::HistoryBench {
+                redis_url: redis.clone(),
+                postgres_url: postgres.clone(),
+                records: *records,
+                tasks: *tasks,
+            };
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(botfleet::bench::history::run(&bench, |line| {
+                println!("{line}")
+            }))?;
+        }
+        Command::History(command) => {
+            let settings = cli.load_settings()?;
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(cli::history::run(
+                &settings,
+                command,
+                &mut io::stdout().lock(),
+            ))?;
+        }
         Command::Run => unreachable!("handled in main"),
     }
     Ok(())
@@ -159,13 +250,24 @@ fn run(cli: &Cli) -> ExitCode {
     ExitCode::from(botfleet::daemon::run(settings))
 }
 
-/// Prints `err` to stderr and chooses the exit code: bad settings exit with
-/// `cli::EXIT_USAGE`, one problem per line; anything else with `cli::EXIT_FAILURE`.
+/// Prints `err` to stderr and chooses the exit code: bad settings, a bad argument or a
+/// request the daemon refused as bad (HTTP 4xx) exit with `cli::EXIT_USAGE`, bad settings one
+/// problem per line; anything else (the daemon unreachable...) with `cli::EXIT_FAILURE`.
 fn report(err: &anyhow::Error) -> ExitCode {
     if let Some(bad) = err.downcast_ref::<SettingsError>() {
         for problem in bad.problems() {
             eprintln!("{problem}");
         }
+        return ExitCode::from(cli::EXIT_USAGE);
+    }
+    if let Some(
+        ClientError::BadInput(_)
+        | ClientError::Refused {
+            status: 400..=499, ..
+        },
+    ) = err.downcast_ref::<ClientError>()
+    {
+        eprintln!("botfleet: {err:#}");
         return ExitCode::from(cli::EXIT_USAGE);
     }
     eprintln!("botfleet: {err:#}");

@@ -1,6 +1,11 @@
 //! The cache service against real redis-server processes: one loader call for 100 concurrent
 //! loads, invalidation reaching a second OS process, a seed-style `{"key":...}` message, and
 //! serving from the near cache and the fallback while Redis is down.
+//!
+//! `BOTFLEET_TEST_REDIS=cluster|sentinel` runs these tests against a Redis Cluster or a
+//! Sentinel set-up (tests/support/deploy.rs). Tests that kill, freeze or restart the server
+//! stay on one standalone server whatever it says: they are about that one server's outage
+//! (fail-over of a Cluster or Sentinel master is tests/scale.rs's subject).
 
 mod support;
 
@@ -12,7 +17,7 @@ use std::time::{Duration, Instant};
 use botfleet::actors::cache::CacheError;
 use botfleet::settings::Settings;
 use botfleet::Fleet;
-use support::{poll_until_async, RedisServer};
+use support::{poll_until_async, RedisServer, TestRedis};
 
 const CHILD_ENV: &str = "BOTFLEET_TEST_CACHE_CHILD";
 const TTL: Duration = Duration::from_secs(60);
@@ -20,6 +25,7 @@ const TTL: Duration = Duration::from_secs(60);
 fn settings(url: &str) -> Settings {
     let mut s = Settings::default();
     s.storage.redis.url = url.to_string();
+    support::fit_settings(&mut s);
     s.storage.redis.timeout_ms = 2_000;
     s.supervisor.stop_timeout_ms = 2_000;
     s
@@ -27,7 +33,7 @@ fn settings(url: &str) -> Settings {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_loads_of_one_key_call_the_loader_once() {
-    let server = RedisServer::start().unwrap();
+    let server = TestRedis::start().unwrap();
     let fleet = Fleet::start(settings(&server.url())).await.unwrap();
     let calls = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
@@ -106,7 +112,7 @@ async fn child_reader() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalidation_reaches_a_second_process() {
-    let server = RedisServer::start().unwrap();
+    let server = TestRedis::start().unwrap();
     let fleet = Fleet::start(settings(&server.url())).await.unwrap();
     let cache = fleet.cache();
     cache.set("game.payloads", "v1", TTL).await.unwrap();
@@ -136,10 +142,11 @@ async fn invalidation_reaches_a_second_process() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_seed_style_message_and_a_second_fleet_invalidate_the_near_copy() {
-    let server = RedisServer::start().unwrap();
+    let server = TestRedis::start().unwrap();
     let a = Fleet::start(settings(&server.url())).await.unwrap();
     let b = Fleet::start(settings(&server.url())).await.unwrap();
     let (ca, cb) = (a.cache(), b.cache());
+    let (mut dropped_a, mut dropped_b) = (ca.invalidations(), cb.invalidations());
     ca.set("game.payloads", "v1", TTL).await.unwrap();
     // a's own message reaches b first (b had nothing to drop).
     poll_until_async(Duration::from_secs(5), || async {
@@ -172,6 +179,12 @@ async fn a_seed_style_message_and_a_second_fleet_invalidate_the_near_copy() {
         1,
         "its own messages are ignored"
     );
+    // Each invalidation received is announced to the host once, its own never.
+    for _ in 0..3 {
+        assert_eq!(&*dropped_b.try_recv().unwrap(), "game.payloads");
+    }
+    assert_eq!(&*dropped_a.try_recv().unwrap(), "game.payloads");
+    assert!(dropped_a.try_recv().is_err() && dropped_b.try_recv().is_err());
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }

@@ -1,7 +1,8 @@
 //! The dashboard in a real browser: headless Chromium (Debian's `chromium`, installed by
-//! `scripts/test.sh` where missing) loads `/` from a running `botfleet run`, and sees the storage
-//! mode it shows change when the test's redis-server is killed, without a reload. A screenshot
-//! is saved as `target/dashboard.png`.
+//! `scripts/test.sh` where missing) loads `/` from a running `botfleet run`, and sees it update
+//! without a reload: a task added through the API appears in the queue panel, and the storage
+//! mode shown changes when the test's redis-server is killed. A screenshot is saved as
+//! `target/dashboard.png`.
 
 mod support;
 
@@ -56,6 +57,26 @@ fn health_answers(addr: &str) -> bool {
     let mut answer = String::new();
     let _ = stream.read_to_string(&mut answer);
     answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200")
+}
+
+/// `POST path` with a JSON body over a raw HTTP/1.0 connection; the answer's JSON body.
+fn post_json(addr: &str, path: &str, body: &str) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.0\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let (head, json) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
+    assert!(head.contains(" 200 "), "POST {path}: {answer}");
+    serde_json::from_str(json).unwrap()
 }
 
 fn eval_string(tab: &Tab, expression: &str) -> String {
@@ -141,8 +162,23 @@ fn dashboard_shows_the_storage_mode_change_live() {
         eval_string(&tab, "document.getElementById('health').textContent"),
         "healthy"
     );
-    // A mark on the page's window: still there after the change means no reload happened.
+    // A mark on the page's window: still there after the changes means no reload happened.
     eval_string(&tab, "window.botfleetMark = 'same page'");
+
+    // A task added through the API shows in the queue panel.
+    let added = post_json(
+        &bind,
+        "/api/bot/tasks/add",
+        r#"{"type": "job_check", "data": {"job": 7}}"#,
+    );
+    let task_id = added["task_id"].as_str().expect("a task id").to_owned();
+    let shown = format!("document.querySelector('[data-task=\"{task_id}\"]') !== null");
+    let queue = "document.getElementById('queue').textContent";
+    poll_until(Duration::from_secs(20), || {
+        eval_string(&tab, &shown) == "true" && eval_string(&tab, queue).contains("1 pending")
+    })
+    .unwrap_or_else(|_| panic!("the task is shown: {:?}", eval_string(&tab, queue)));
+    assert_eq!(eval_string(&tab, "window.botfleetMark"), "same page");
 
     redis.kill9();
     poll_until(Duration::from_secs(30), || {

@@ -2,6 +2,11 @@
 //! redis-server processes: the seed's shapes and TTLs, a leader killed with -9 and taken over
 //! without a doubled tick, no drift, `botfleet verify` on past rounds, seeds hidden until
 //! rotated, sessions expiring, and bad input refused with typed errors.
+//!
+//! `BOTFLEET_TEST_REDIS=cluster|sentinel` runs these tests against a Redis Cluster or a
+//! Sentinel set-up (tests/support/deploy.rs). Tests that kill, freeze or restart the server
+//! stay on one standalone server whatever it says: they are about that one server's outage
+//! (fail-over of a Cluster or Sentinel master is tests/scale.rs's subject).
 
 mod support;
 
@@ -16,13 +21,14 @@ use botfleet::actors::hazards::{iso8601, HazardError, TickNotice};
 use botfleet::settings::{DifficultySettings, Settings};
 use botfleet::storage::{KeySchema, Storage};
 use botfleet::Fleet;
-use support::{poll_until_async, RedisServer, RespValue};
+use support::{poll_until_async, Inspect, RespValue, TestRedis};
 
 const CHILD_ENV: &str = "BOTFLEET_TEST_HAZARDS_CHILD";
 
 fn settings(url: &str, interval_ms: u64, lock_ttl_ms: u64) -> Settings {
     let mut s = Settings::default();
     s.storage.redis.url = url.to_string();
+    support::fit_settings(&mut s);
     // A loaded machine must not look like an outage.
     s.storage.redis.timeout_ms = 2_000;
     s.supervisor.stop_timeout_ms = 2_000;
@@ -69,7 +75,7 @@ impl Notices {
     }
 }
 
-fn get(server: &RedisServer, key: &str) -> Option<String> {
+fn get(server: &impl Inspect, key: &str) -> Option<String> {
     match server.cmd(&["GET", key]) {
         RespValue::Nil => None,
         v => Some(v.as_str().unwrap().to_string()),
@@ -78,7 +84,7 @@ fn get(server: &RedisServer, key: &str) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hazards_are_written_in_the_seed_shape_with_ttl() {
-    let server = RedisServer::start().unwrap();
+    let server = TestRedis::start().unwrap();
     let s = settings(&server.url(), 200, 2_000);
     let fleet = Fleet::start(s.clone()).await.unwrap();
     poll_until_async(Duration::from_secs(10), || async {
@@ -130,7 +136,7 @@ async fn hazards_are_written_in_the_seed_shape_with_ttl() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ticks_do_not_drift_and_are_never_doubled() {
-    let server = RedisServer::start().unwrap();
+    let server = TestRedis::start().unwrap();
     let interval = 100;
     let s = settings(&server.url(), interval, 2_000);
     let mut notices = Notices::open(&s).await;
@@ -174,7 +180,7 @@ async fn ticks_do_not_drift_and_are_never_doubled() {
 async fn two_leaders_at_once_still_write_each_tick_once() {
     // A split brain, forced: two fleets whose tickers use different lock names both lead.
     // The tick script lets exactly one of them write each (difficulty, tick).
-    let server = RedisServer::start().unwrap();
+    let server = TestRedis::start().unwrap();
     let s = settings(&server.url(), 100, 2_000);
     let mut other = s.clone();
     other.hazards.lock_name = "hazards-ticker-lock-b".into();
@@ -222,7 +228,7 @@ async fn child_ticker() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_killed_another_takes_over_without_a_doubled_tick() {
-    let server = RedisServer::start().unwrap();
+    let server = TestRedis::start().unwrap();
     let lock_ttl = 1_000;
     let s = settings(&server.url(), 150, lock_ttl);
     let mut notices = Notices::open(&s).await;
@@ -303,7 +309,7 @@ fn verify_cli(seed: &str, client: &str, nonce: u64, difficulty: &str) -> Vec<u32
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_reproduces_past_rounds_from_the_revealed_seed() {
-    let server = RedisServer::start().unwrap();
+    let server = TestRedis::start().unwrap();
     let mut s = settings(&server.url(), 100, 2_000);
     s.hazards.rotate_every_ticks = 3;
     let mut notices = Notices::open(&s).await;
@@ -365,7 +371,7 @@ async fn verify_reproduces_past_rounds_from_the_revealed_seed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fairness_records_hide_the_active_seed_until_settlement() {
-    let server = RedisServer::start().unwrap();
+    let server = TestRedis::start().unwrap();
     let s = settings(&server.url(), 5_000, 10_000);
     let fleet = Fleet::start(s).await.unwrap();
     let hazards = fleet.hazards();
@@ -425,7 +431,7 @@ async fn fairness_records_hide_the_active_seed_until_settlement() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_a_typed_error_and_stores_nothing() {
-    let server = RedisServer::start().unwrap();
+    let server = TestRedis::start().unwrap();
     let fleet = Fleet::start(settings(&server.url(), 5_000, 10_000))
         .await
         .unwrap();
@@ -524,7 +530,7 @@ fn hazard_settings_are_validated_naming_the_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn game_sessions_round_trip_and_expire() {
-    let server = RedisServer::start().unwrap();
+    let server = TestRedis::start().unwrap();
     let mut s = settings(&server.url(), 5_000, 10_000);
     s.hazards.enabled = false;
     s.game_sessions.ttl_secs = 1;

@@ -3,6 +3,11 @@
 //! re-executed as a child): a frozen bot turns stale then leaves, a killed one is a zombie,
 //! messages sent to an offline bot, live, and across a Redis restart are each delivered once
 //! and in order, identities are listed by room, bad input is a typed error.
+//!
+//! `BOTFLEET_TEST_REDIS=cluster|sentinel` runs these tests against a Redis Cluster or a
+//! Sentinel set-up (tests/support/deploy.rs). Tests that kill, freeze or restart the server
+//! stay on one standalone server whatever it says: they are about that one server's outage
+//! (fail-over of a Cluster or Sentinel master is tests/scale.rs's subject).
 
 mod support;
 
@@ -17,7 +22,7 @@ use botfleet::storage::Mode;
 use botfleet::Fleet;
 use parking_lot::Mutex;
 use support::process::spawn_tied_to_process;
-use support::{poll_until_async, RedisServer};
+use support::{poll_until_async, RedisServer, TestRedis};
 
 const CHILD_ENV: &str = "BOTFLEET_TEST_HEARTBEAT_CHILD";
 const WAIT: Duration = Duration::from_secs(20);
@@ -25,6 +30,7 @@ const WAIT: Duration = Duration::from_secs(20);
 fn settings(url: &str, ttl_secs: u64, poll_ms: u64) -> Settings {
     let mut s = Settings::default();
     s.storage.redis.url = url.to_string();
+    support::fit_settings(&mut s);
     s.storage.redis.timeout_ms = 1_000;
     s.storage.redis.ping_interval_ms = 50;
     s.supervisor.stop_timeout_ms = 2_000;
@@ -218,7 +224,7 @@ fn is_pid(event: &PeerEvent, pid: u32) -> Option<PeerState> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_bot_turns_stale_then_leaves_when_its_ttl_expires() {
-    let server = RedisServer::start().unwrap();
+    let server = TestRedis::start().unwrap();
     let fleet = Fleet::start(settings(&server.url(), 1, 100)).await.unwrap();
     let mut events = fleet.peers().subscribe();
     let bot = Bot::spawn(&server.url(), 1, 100, false);
@@ -308,7 +314,7 @@ async fn a_frozen_bot_turns_stale_then_leaves_when_its_ttl_expires() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_bot_shows_up_as_a_zombie() {
-    let server = RedisServer::start().unwrap();
+    let server = TestRedis::start().unwrap();
     let fleet = Fleet::start(settings(&server.url(), 30, 100))
         .await
         .unwrap();
@@ -344,7 +350,7 @@ async fn a_killed_bot_shows_up_as_a_zombie() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_sent_while_the_bot_is_offline_is_delivered_once_when_it_starts() {
-    let server = RedisServer::start().unwrap();
+    let server = TestRedis::start().unwrap();
     let fleet = Fleet::start(settings(&server.url(), 30, 100))
         .await
         .unwrap();
@@ -379,7 +385,7 @@ async fn a_message_sent_while_the_bot_is_offline_is_delivered_once_when_it_start
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_messages_are_delivered_once_in_send_order() {
-    let server = RedisServer::start().unwrap();
+    let server = TestRedis::start().unwrap();
     let fleet = Fleet::start(settings(&server.url(), 30, 100))
         .await
         .unwrap();
@@ -409,6 +415,89 @@ async fn live_messages_are_delivered_once_in_send_order() {
     })
     .await
     .unwrap();
+    fleet.shutdown().await.unwrap();
+}
+
+/// The subscription to `admin:bot:PID` can come back before the storage does. A message heard
+/// then must not overtake the ones queued before it in Redis: it waits for the read after the
+/// resync. The early notice is made here by publishing through the degraded storage, which
+/// delivers in process like a notice from Redis would, while the queue it names is in Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_heard_before_the_storage_is_back_waits_behind_the_queue() {
+    let mut server = RedisServer::builder().persistence(true).start().unwrap();
+    // Polls far apart: only the start, the resync and live notices read the queue.
+    let fleet = Fleet::start(settings(&server.url(), 30, 600_000))
+        .await
+        .unwrap();
+    let admin = fleet.admin();
+    let mut inbox = admin.inbox().unwrap();
+    let pid = admin.pid();
+    let envelope = |n: u32| {
+        serde_json::json!({"id": format!("outside-{n}"), "from": "outside",
+            "message": format!("m{n}"), "sent_at": 1})
+        .to_string()
+    };
+    let stats = admin.clone();
+    poll_until_async(WAIT, || {
+        let read = stats.stats().queue_reads >= 1;
+        async move { read }
+    })
+    .await
+    .expect("the inbox read its queue on start");
+    let queue = format!("admin:queue:{pid}");
+    server.cmd(&["RPUSH", &queue, &envelope(1), &envelope(2)]);
+
+    server.kill9();
+    let storage = fleet.storage().clone();
+    poll_until_async(WAIT, || {
+        let down = storage.mode() == Mode::Degraded;
+        async move { down }
+    })
+    .await
+    .unwrap();
+    storage
+        .publish(&format!("admin:bot:{pid}"), &envelope(2))
+        .await
+        .unwrap();
+    poll_until_async(WAIT, || {
+        let deferred = stats.stats().deferred_live == 1;
+        async move { deferred }
+    })
+    .await
+    .expect("the early notice was deferred");
+    assert!(
+        inbox.try_recv().is_err(),
+        "nothing delivered from Redis's queue during the outage"
+    );
+    // A message this process sends itself meanwhile is in the fallback's queue: delivered live.
+    admin.send(&pid.to_string(), "to myself").await.unwrap();
+    let own = tokio::time::timeout(WAIT, inbox.recv())
+        .await
+        .expect("delivered during the outage")
+        .unwrap();
+    assert_eq!(own.message, "to myself");
+    assert_eq!(storage.mode(), Mode::Degraded);
+
+    server.restart().unwrap();
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let message = tokio::time::timeout(WAIT, inbox.recv())
+            .await
+            .expect("delivered after the resync")
+            .unwrap();
+        got.push(message.id.unwrap_or_default());
+    }
+    assert_eq!(got, ["outside-1", "outside-2"], "queue order");
+    poll_until_async(WAIT, || {
+        let empty = server.cmd(&["LLEN", &queue]).as_int() == Some(0);
+        async move { empty }
+    })
+    .await
+    .unwrap();
+    assert!(
+        inbox.try_recv().is_err(),
+        "each once, the replayed one included"
+    );
     fleet.shutdown().await.unwrap();
 }
 
@@ -504,7 +593,7 @@ async fn child_identities() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn identities_are_listed_by_room_across_processes() {
-    let server = RedisServer::start().unwrap();
+    let server = TestRedis::start().unwrap();
     let room_a = "https://rooms.example/a?x=[1]";
     let room_b = "https://rooms.example/a";
     let mut child = Command::new(std::env::current_exe().unwrap());
@@ -580,7 +669,7 @@ async fn identities_are_listed_by_room_across_processes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_a_typed_error_and_nothing_is_stored() {
-    let server = RedisServer::start().unwrap();
+    let server = TestRedis::start().unwrap();
     let mut s = settings(&server.url(), 30, 100);
     s.admin.max_message_bytes = 16;
     s.heartbeat.enabled = false;
@@ -645,7 +734,7 @@ async fn bad_input_is_a_typed_error_and_nothing_is_stored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_time_and_pipelined_batches_answer_alike_on_redis_and_the_fallback() {
     use botfleet::storage::{Expiry, KeySchema, Op, Reply, Storage};
-    let server = RedisServer::start().unwrap();
+    let server = TestRedis::start().unwrap();
     let redis = Fleet::start(settings(&server.url(), 30, 100))
         .await
         .unwrap();

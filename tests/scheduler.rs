@@ -2,6 +2,11 @@
 //! seed-layout task added by an outside client with plain commands, retries and dead
 //! letters, delayed tasks, bad input, a worker killed with -9 mid-task, a periodic job across
 //! three processes, bot state and events, and Redis killed and restarted under load.
+//!
+//! `BOTFLEET_TEST_REDIS=cluster|sentinel` runs these tests against a Redis Cluster or a
+//! Sentinel set-up (tests/support/deploy.rs). Tests that kill, freeze or restart the server
+//! stay on one standalone server whatever it says: they are about that one server's outage
+//! (fail-over of a Cluster or Sentinel master is tests/scale.rs's subject).
 
 mod support;
 
@@ -16,13 +21,14 @@ use botfleet::settings::Settings;
 use botfleet::storage::{now_ms, Mode};
 use botfleet::Fleet;
 use parking_lot::Mutex;
-use support::{poll_until_async, RedisServer};
+use support::{poll_until_async, RedisServer, TestRedis};
 
 const CHILD_ENV: &str = "BOTFLEET_TEST_SCHEDULER_CHILD";
 
 fn settings(url: &str) -> Settings {
     let mut s = Settings::default();
     s.storage.redis.url = url.to_string();
+    support::fit_settings(&mut s);
     s.storage.redis.timeout_ms = 2_000;
     s.supervisor.stop_timeout_ms = 2_000;
     s.scheduler.poll_interval_ms = 20;
@@ -42,7 +48,7 @@ type Seen = Arc<Mutex<Vec<(String, String)>>>;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn higher_priority_first_then_arrival_order() {
-    let server = RedisServer::start().unwrap();
+    let server = TestRedis::start().unwrap();
     let fleet = Fleet::start(settings(&server.url())).await.unwrap();
     let sched = fleet.scheduler();
     // Lowest priority first, so that arrival order alone would be wrong.
@@ -89,7 +95,7 @@ async fn higher_priority_first_then_arrival_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_worker_slot_runs_in_exact_queue_order() {
-    let server = RedisServer::start().unwrap();
+    let server = TestRedis::start().unwrap();
     let fleet = Fleet::start(settings(&server.url())).await.unwrap();
     let sched = fleet.scheduler();
     let mut expected = Vec::new();
@@ -126,7 +132,7 @@ async fn one_worker_slot_runs_in_exact_queue_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outside_clients_seed_layout_task_is_processed() {
-    let server = RedisServer::start().unwrap();
+    let server = TestRedis::start().unwrap();
     // What the seed's Python bot does: HSET the task hash, ZADD its id with -priority.
     server.cmd(&[
         "HSET",
@@ -216,7 +222,7 @@ async fn an_outside_clients_seed_layout_task_is_processed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_retry_with_backoff_then_dead_letter() {
-    let server = RedisServer::start().unwrap();
+    let server = TestRedis::start().unwrap();
     let fleet = Fleet::start(settings(&server.url())).await.unwrap();
     let sched = fleet.scheduler();
     let calls: Arc<Mutex<HashMap<String, Vec<Instant>>>> = Arc::default();
@@ -295,7 +301,7 @@ async fn failures_retry_with_backoff_then_dead_letter() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delayed_tasks_wait_for_their_time_and_cancel_removes() {
-    let server = RedisServer::start().unwrap();
+    let server = TestRedis::start().unwrap();
     let fleet = Fleet::start(settings(&server.url())).await.unwrap();
     let sched = fleet.scheduler();
     let enqueued = now_ms();
@@ -343,7 +349,7 @@ async fn delayed_tasks_wait_for_their_time_and_cancel_removes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_refused_and_nothing_stored() {
-    let server = RedisServer::start().unwrap();
+    let server = TestRedis::start().unwrap();
     let mut s = settings(&server.url());
     s.scheduler.max_data_bytes = 100;
     s.scheduler.max_delay_ms = 10_000;
@@ -398,7 +404,7 @@ async fn bad_input_is_refused_and_nothing_stored() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bot_state_sessions_metrics_and_events_in_the_seed_layout() {
-    let server = RedisServer::start().unwrap();
+    let server = TestRedis::start().unwrap();
     let fleet = Fleet::start(settings(&server.url())).await.unwrap();
     let sched = fleet.scheduler();
     let mut live = sched.subscribe_events().await;
@@ -523,7 +529,7 @@ async fn child_hanging_worker() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_task_is_replaced_after_the_visibility_timeout() {
-    let server = RedisServer::start().unwrap();
+    let server = TestRedis::start().unwrap();
     let fleet = Fleet::start(settings(&server.url())).await.unwrap();
     let sched = fleet.scheduler();
     let id = sched.enqueue(NewTask::raw("slow", "{}")).await.unwrap();
@@ -605,7 +611,7 @@ async fn child_periodic() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_periodic_job_runs_once_per_period_across_three_processes() {
-    let server = RedisServer::start().unwrap();
+    let server = TestRedis::start().unwrap();
     let mut children: Vec<_> = (0..3)
         .map(|_| spawn_child("child_periodic", server.url()))
         .collect();
@@ -643,7 +649,7 @@ async fn a_periodic_job_runs_once_per_period_across_three_processes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_downtime_a_missed_period_runs_once() {
-    let server = RedisServer::start().unwrap();
+    let server = TestRedis::start().unwrap();
     // The job last ran days ago: several periods were missed.
     server.cmd(&["SET", "daily-job-last-run", "2020-01-01", "EX", "259200"]);
     let fleet = Fleet::start(settings(&server.url())).await.unwrap();
@@ -681,7 +687,7 @@ async fn after_downtime_a_missed_period_runs_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cron_jobs_run_once_per_fire_time() {
     use botfleet::actors::scheduler::SchedulerError;
-    let server = RedisServer::start().unwrap();
+    let server = TestRedis::start().unwrap();
     let fleet = Fleet::start(settings(&server.url())).await.unwrap();
     let counter = |runs: &Arc<std::sync::atomic::AtomicU64>| {
         let runs = runs.clone();

@@ -380,7 +380,7 @@ fn bad_redis_urls_are_refused_without_showing_the_password() {
             assert!(!line.contains("hunter2"), "password shown: {line}");
         }
     }
-    // Every accepted scheme.
+    // Every accepted scheme (a Cluster needs the hash-tagged prefix).
     for url in [
         "redis://h:1",
         "rediss://h:1",
@@ -388,7 +388,7 @@ fn bad_redis_urls_are_refused_without_showing_the_password() {
         "rediss-cluster://h:1",
         "redis-sentinel://h:26379?sentinelServiceName=main",
     ] {
-        load_ok("", &[("REDIS_URL", url)]);
+        load_ok("[keys]\nprefix = \"{bot}\"\n", &[("REDIS_URL", url)]);
     }
     // An empty URL means no Redis.
     load_ok("[storage.redis]\nurl = \"\"\n", &[]);

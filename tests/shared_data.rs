@@ -2,6 +2,11 @@
 //! seed's layout read by a plain Redis client, the freshness threshold, coalesced fallbacks
 //! within and across processes, leader election with a fetcher killed by -9, a deposed
 //! leader's write refused, Redis killed and back, the source down.
+//!
+//! `BOTFLEET_TEST_REDIS=cluster|sentinel` runs these tests against a Redis Cluster or a
+//! Sentinel set-up (tests/support/deploy.rs). Tests that kill, freeze or restart the server
+//! stay on one standalone server whatever it says: they are about that one server's outage
+//! (fail-over of a Cluster or Sentinel master is tests/scale.rs's subject).
 
 mod support;
 
@@ -16,7 +21,7 @@ use botfleet::storage::now_ms;
 use botfleet::Fleet;
 use parking_lot::Mutex;
 use serde_json::{json, Value};
-use support::{poll_until_async, HttpReply, HttpServer, RedisServer};
+use support::{poll_until_async, HttpReply, HttpServer, Inspect, RedisServer, TestRedis};
 
 const CHILD_ENV: &str = "BOTFLEET_TEST_SHARED_DATA_CHILD";
 const SHARED: &str = "fivem_red_green_shared_data";
@@ -37,6 +42,7 @@ async fn game_server() -> HttpServer {
 fn settings(redis_url: &str, source_url: &str) -> Settings {
     let mut s = Settings::default();
     s.storage.redis.url = redis_url.to_string();
+    support::fit_settings(&mut s);
     // A loaded 2-core machine must not look like an outage half-way through.
     s.storage.redis.timeout_ms = 2_000;
     s.supervisor.stop_timeout_ms = 2_000;
@@ -60,7 +66,7 @@ fn reader_only(redis_url: &str, source_url: &str, fresh_ms: u64) -> Settings {
     s
 }
 
-fn get_json(redis: &RedisServer, key: &str) -> Option<Value> {
+fn get_json(redis: &impl Inspect, key: &str) -> Option<Value> {
     redis
         .cmd(&["GET", key])
         .as_str()
@@ -68,7 +74,7 @@ fn get_json(redis: &RedisServer, key: &str) -> Option<Value> {
 }
 
 /// Writes a snapshot of round `issue` taken `age_ms` ago, as the seed's English bot would.
-fn seed_write(redis: &RedisServer, issue: u64, age_ms: u64) -> u64 {
+fn seed_write(redis: &impl Inspect, issue: u64, age_ms: u64) -> u64 {
     let timestamp = now_ms() - age_ms;
     let snapshot = json!({"timestamp": timestamp, "game_data": game(issue), "processed_data": {}});
     assert!(redis
@@ -86,7 +92,7 @@ fn issue_of(game_data: &Value) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_fetcher_writes_the_seed_layout_that_a_plain_client_reads() {
-    let redis = RedisServer::start().unwrap();
+    let redis = TestRedis::start().unwrap();
     let source = game_server().await;
     let mut s = settings(&redis.url(), &source.url("/api/game"));
     s.shared_data.fetch_interval_ms = 60_000;
@@ -156,9 +162,39 @@ async fn the_fetcher_writes_the_seed_layout_that_a_plain_client_reads() {
     fleet.shutdown().await.unwrap();
 }
 
+/// `Reader::newer_than` wakes on the next round's notice and hands over that round, without
+/// polling; a snapshot no newer than the one asked about never satisfies it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_waiting_for_a_newer_snapshot_wakes_with_the_next_round() {
+    let redis = TestRedis::start().unwrap();
+    let source = game_server().await;
+    let fleet = Fleet::start(settings(&redis.url(), &source.url("/api/game")))
+        .await
+        .unwrap();
+    let reader = fleet.shared_data().reader("EN").unwrap();
+    let within = Duration::from_secs(10);
+    let first = tokio::time::timeout(within, reader.newer_than(0))
+        .await
+        .expect("a first snapshot");
+    let next = tokio::time::timeout(within, reader.newer_than(first.timestamp))
+        .await
+        .expect("the next round");
+    assert!(next.timestamp > first.timestamp);
+    assert!(issue_of(&next.game_data) > issue_of(&first.game_data));
+    // The copy itself never satisfies a wait for something newer than it.
+    let current = reader.current().unwrap();
+    fleet.shutdown().await.unwrap();
+    let stalled = tokio::time::timeout(
+        Duration::from_millis(300),
+        reader.newer_than(current.timestamp),
+    )
+    .await;
+    assert!(stalled.is_err(), "woke without a newer snapshot");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_freshness_threshold_is_honoured_and_stale_data_triggers_a_direct_fetch() {
-    let redis = RedisServer::start().unwrap();
+    let redis = TestRedis::start().unwrap();
     let source = game_server().await;
     let fleet = Fleet::start(reader_only(&redis.url(), &source.url("/game"), 3_000))
         .await
@@ -197,7 +233,7 @@ async fn the_freshness_threshold_is_honoured_and_stale_data_triggers_a_direct_fe
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_concurrent_stale_reads_in_two_processes_make_one_source_request() {
-    let redis = RedisServer::start().unwrap();
+    let redis = TestRedis::start().unwrap();
     // A slow source, so that every read arrives while the fetch is under way.
     let source = HttpServer::start(|n| {
         HttpReply::json(game(100 + n).to_string()).after(Duration::from_millis(300))
@@ -247,7 +283,9 @@ async fn a_hundred_concurrent_stale_reads_in_two_processes_make_one_source_reque
 async fn child_fetcher() {
     let spec = std::env::var(CHILD_ENV).expect("run by the parent test");
     let (redis_url, source_url) = spec.split_once('|').unwrap();
-    let fleet = Fleet::start(settings(redis_url, source_url)).await.unwrap();
+    let fleet = Fleet::start(takeover_settings(redis_url, source_url))
+        .await
+        .unwrap();
     let data = fleet.shared_data();
     poll_until_async(Duration::from_secs(20), || async {
         data.metrics().fetcher.writes > 0
@@ -258,9 +296,18 @@ async fn child_fetcher() {
     std::future::pending::<()>().await;
 }
 
+/// The leader lock's TTL of the takeover test: long enough that a busy machine (a Cluster's
+/// six servers and two tests at once on 2 cores) does not stall the leader past it, so the
+/// leadership moves only when the leader is killed.
+fn takeover_settings(redis_url: &str, source_url: &str) -> Settings {
+    let mut s = settings(redis_url, source_url);
+    s.shared_data.leader_ttl_ms = 3_000;
+    s
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_leader_is_replaced_within_twice_the_lock_ttl_without_interleaved_writes() {
-    let redis = RedisServer::start().unwrap();
+    let redis = TestRedis::start().unwrap();
     let source = game_server().await;
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
@@ -287,7 +334,7 @@ async fn a_killed_leader_is_replaced_within_twice_the_lock_ttl_without_interleav
         })
         .expect("the child leads");
 
-    let s = settings(&redis.url(), &source.url("/game"));
+    let s = takeover_settings(&redis.url(), &source.url("/game"));
     let ttl = Duration::from_millis(s.shared_data.leader_ttl_ms);
     let fleet = Fleet::start(s).await.unwrap();
     let data = fleet.shared_data();
@@ -361,7 +408,7 @@ async fn a_killed_leader_is_replaced_within_twice_the_lock_ttl_without_interleav
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deposed_leader_never_overwrites_a_newer_snapshot() {
-    let redis = RedisServer::start().unwrap();
+    let redis = TestRedis::start().unwrap();
     let source = game_server().await;
     let fleet = Fleet::start(reader_only(&redis.url(), &source.url("/game"), 10_000))
         .await
@@ -373,8 +420,18 @@ async fn a_deposed_leader_never_overwrites_a_newer_snapshot() {
     let shared = get_json(&redis, SHARED).unwrap();
     assert_eq!(shared["timestamp"].as_u64(), Some(newer.timestamp));
     assert_eq!(issue_of(&shared["game_data"]), 1);
-    // The leader itself goes on; a direct fetch goes through when newer.
-    assert!(data.fetch_and_write(7).await.unwrap().is_some());
+    // The leader itself goes on; a direct fetch goes through when newer. (Snapshots are
+    // stamped in milliseconds: each write waits for the clock to pass the last one.)
+    let clock_after = |ms: u64| {
+        support::poll_until(Duration::from_secs(1), || botfleet::storage::now_ms() > ms).unwrap();
+    };
+    clock_after(newer.timestamp);
+    let last = data
+        .fetch_and_write(7)
+        .await
+        .unwrap()
+        .expect("the leader writes");
+    clock_after(last.timestamp);
     let direct = data.fetch_and_write(-1).await.unwrap().expect("newer");
     assert_eq!(
         get_json(&redis, SHARED).unwrap()["timestamp"].as_u64(),
@@ -417,16 +474,18 @@ async fn with_redis_killed_readers_keep_answering_with_the_age_and_the_newest_sn
     assert!(reading.age_ms < 1_000, "{reading:?}");
 
     // Source down too: the last snapshot is served, with its growing age.
+    // A fetch in flight when the source goes down may still land, so the age is
+    // measured from whatever snapshot is newest once none has come for 1.5 s.
     source.down();
-    let last = data.latest().unwrap();
     poll_until_async(Duration::from_secs(10), || async {
-        now_ms() - last.timestamp > 1_500
+        now_ms() - data.latest().unwrap().timestamp > 1_500
     })
     .await
     .unwrap();
+    let last = data.latest().unwrap();
     let stale = reader.read().await.unwrap();
     assert_eq!(stale.origin, Origin::Stale);
-    assert!(stale.snapshot.timestamp >= last.timestamp);
+    assert_eq!(stale.snapshot.timestamp, last.timestamp);
     assert!(stale.age_ms >= 1_500, "{}", stale.age_ms);
     assert!(reader.metrics().data_age_ms.unwrap() >= 1_500);
 
@@ -443,7 +502,7 @@ async fn with_redis_killed_readers_keep_answering_with_the_age_and_the_newest_sn
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_source_down_the_fetcher_retries_with_backoff_and_the_last_good_snapshot_stays() {
-    let redis = RedisServer::start().unwrap();
+    let redis = TestRedis::start().unwrap();
     let arrivals: Arc<Mutex<Vec<Instant>>> = Arc::default();
     let source = game_server().await;
     let mut s = settings(&redis.url(), &source.url("/game"));

@@ -3,14 +3,13 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use botfleet::settings::{FallbackKind, StorageSettings};
 use botfleet::storage::{KeySchema, Mode, Storage, StorageError, StorageEvent};
 use parking_lot::Mutex;
-use support::{poll_until_async, RedisServer};
+use support::{poll_until_async, RedisServer, WriteLoad};
 
 /// The bound the issue sets between an outage and the fallback serving a call.
 const SWITCH_BOUND: Duration = Duration::from_millis(300);
@@ -30,80 +29,6 @@ async fn wait_mode(storage: &Storage, mode: Mode, within: Duration) -> Duration 
     })
     .await
     .unwrap_or_else(|e| panic!("mode {mode} not reached: {e:?}; now {}", storage.mode()))
-}
-
-/// A write load: `tasks` tasks each writing their own keys until stopped. Returns, once
-/// stopped, every acknowledged (key, value), the number of errors and the slowest call.
-/// What one load task reports: acknowledged (key, value)s, errors, slowest call.
-type LoadReport = (Vec<(String, String)>, u64, Duration);
-
-struct Load {
-    stop: Arc<AtomicBool>,
-    handles: Vec<tokio::task::JoinHandle<LoadReport>>,
-    acked: Arc<AtomicU64>,
-}
-
-impl Load {
-    fn start(storage: &Storage, tasks: usize, ttl: Option<Duration>) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let acked = Arc::new(AtomicU64::new(0));
-        let handles = (0..tasks)
-            .map(|t| {
-                let (storage, stop, acked) = (storage.clone(), stop.clone(), acked.clone());
-                tokio::spawn(async move {
-                    let mut done = Vec::new();
-                    let (mut errors, mut slowest) = (0, Duration::ZERO);
-                    let mut i = 0u64;
-                    while !stop.load(Ordering::Relaxed) {
-                        let (key, value) = (format!("load:{t}:{i}"), format!("v{i}"));
-                        let started = Instant::now();
-                        match storage.set(&key, value.clone(), ttl).await {
-                            Ok(()) => {
-                                done.push((key, value));
-                                acked.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Err(e) => {
-                                eprintln!("caller error: {e}");
-                                errors += 1;
-                            }
-                        }
-                        slowest = slowest.max(started.elapsed());
-                        i += 1;
-                        tokio::task::yield_now().await;
-                    }
-                    (done, errors, slowest)
-                })
-            })
-            .collect();
-        Load {
-            stop,
-            handles,
-            acked,
-        }
-    }
-
-    async fn wait_acked(&self, more: u64) {
-        let target = self.acked.load(Ordering::Relaxed) + more;
-        let acked = self.acked.clone();
-        poll_until_async(Duration::from_secs(10), move || {
-            let acked = acked.clone();
-            async move { acked.load(Ordering::Relaxed) >= target }
-        })
-        .await
-        .expect("the load makes progress");
-    }
-
-    async fn finish(self) -> LoadReport {
-        self.stop.store(true, Ordering::Relaxed);
-        let mut all = (Vec::new(), 0, Duration::ZERO);
-        for h in self.handles {
-            let (done, errors, slowest) = h.await.unwrap();
-            all.0.extend(done);
-            all.1 += errors;
-            all.2 = all.2.max(slowest);
-        }
-        all
-    }
 }
 
 fn missing_in_redis(server: &RedisServer, written: &[(String, String)]) -> usize {
@@ -126,7 +51,7 @@ async fn kill9_under_load_loses_nothing_and_switches_within_bound() {
     assert_eq!(storage.mode(), Mode::Redis);
     let mut events = storage.events();
 
-    let load = Load::start(&storage, 8, None);
+    let load = WriteLoad::start(&storage, 8, "load", None, None);
     load.wait_acked(500).await;
     let killed = Instant::now();
     server.kill9();
@@ -184,7 +109,7 @@ async fn frozen_server_is_an_outage_within_bound() {
     let storage = Storage::open(&settings(&server.url(), dir.path()), &KeySchema::default())
         .await
         .unwrap();
-    let load = Load::start(&storage, 8, None);
+    let load = WriteLoad::start(&storage, 8, "load", None, None);
     load.wait_acked(500).await;
     server.freeze();
     wait_mode(&storage, Mode::Degraded, Duration::from_secs(2)).await;
@@ -290,11 +215,7 @@ async fn replay_does_not_overwrite_newer_versions() {
 async fn replay_is_idempotent() {
     let mut server = RedisServer::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut st = settings(&server.url(), dir.path());
-    st.fallback = FallbackKind::File;
-    st.file.fsync_interval_ms = 0;
-    let storage = Storage::open(&st, &KeySchema::default()).await.unwrap();
-    server.kill9();
+    let storage = file_store_then_kill(&mut server, dir.path()).await;
     for i in 0..300 {
         storage.incr_by("counter", 1).await.unwrap();
         storage.rpush("list", &[&i.to_string()]).await.unwrap();
@@ -324,6 +245,17 @@ async fn replay_is_idempotent() {
     wait_mode(&second, Mode::Redis, Duration::from_secs(10)).await;
     assert_eq!(second.stats().outbox_len, 0);
     check(&server);
+}
+
+/// A storage handle with the file fallback (journaled before every answer) in `dir`, opened
+/// on `server`, which is then killed: every write from here on waits in the outbox.
+async fn file_store_then_kill(server: &mut RedisServer, dir: &std::path::Path) -> Storage {
+    let mut st = settings(&server.url(), dir);
+    st.fallback = FallbackKind::File;
+    st.file.fsync_interval_ms = 0;
+    let storage = Storage::open(&st, &KeySchema::default()).await.unwrap();
+    server.kill9();
+    storage
 }
 
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
@@ -489,4 +421,98 @@ fn assert_config_error(err: &StorageError, key: &str) {
         matches!(err, StorageError::Config { key: k, .. } if *k == key),
         "expected a configuration error naming {key}, got: {err}"
     );
+}
+
+/// Sets KEYS[1] to ARGV[1] and appends ARGV[1] to the log KEYS[2]: the log counts the runs.
+const SET_AND_LOG: &str = "redis.call('SET', KEYS[1], ARGV[1]) \
+    redis.call('RPUSH', KEYS[2], ARGV[1]) return 1";
+
+fn set_and_log_local(
+    ks: &mut botfleet::storage::Keyspace,
+    now_ms: u64,
+    keys: &[String],
+    args: &[String],
+) -> Result<botfleet::storage::Reply, botfleet::storage::LocalError> {
+    use botfleet::storage::{Expiry, Op};
+    ks.apply(
+        &Op::Set {
+            key: keys[0].clone(),
+            value: args[0].clone(),
+            expiry: Expiry::Never,
+            only_if_absent: false,
+        },
+        now_ms,
+    )?;
+    ks.apply(
+        &Op::RPush {
+            key: keys[1].clone(),
+            values: vec![args[0].clone()],
+        },
+        now_ms,
+    )?;
+    Ok(botfleet::storage::Reply::Int(1))
+}
+
+/// Writes whose newest one makes the others obsolete (`set_latest`, `eval_latest`) are
+/// replayed once, with the newest value, also from a file store reopened after a crash;
+/// ordinary writes beside them are all replayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn superseded_writes_are_replayed_once_with_the_newest_value() {
+    let mut server = RedisServer::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let storage = file_store_then_kill(&mut server, dir.path()).await;
+    let script = botfleet::storage::Script::new("set-and-log", SET_AND_LOG, set_and_log_local);
+    for i in 0..50 {
+        let v = format!("snapshot-{i}");
+        storage
+            .set_latest("legacy", v.clone(), Some(Duration::from_secs(600)))
+            .await
+            .unwrap();
+        storage
+            .eval_latest(&script, &["shared", "shared-log"], &[&v])
+            .await
+            .unwrap();
+        storage.rpush("plain", &[&v]).await.unwrap();
+        // The same script on other keys is another stream of writes.
+        if i % 10 == 0 {
+            storage
+                .eval_latest(&script, &["other", "other-log"], &[&v])
+                .await
+                .unwrap();
+        }
+    }
+    assert_eq!(
+        storage.stats().outbox_len,
+        53,
+        "one entry per tag and key set, every plain write"
+    );
+    // The fallback answered every call with its newest state meanwhile.
+    assert_eq!(
+        storage.get("legacy").await.unwrap().as_deref(),
+        Some("snapshot-49")
+    );
+    assert_eq!(storage.llen("shared-log").await.unwrap(), 50);
+
+    // A crash now: a second process reopens the file store and replays it.
+    let copy = tempfile::tempdir().unwrap();
+    copy_dir(&dir.path().join("store"), &copy.path().join("store"));
+    storage.close().await;
+    drop(storage);
+    server.restart_empty().unwrap();
+    let mut again = settings(&server.url(), copy.path());
+    again.fallback = FallbackKind::File;
+    let second = Storage::open(&again, &KeySchema::default()).await.unwrap();
+    wait_mode(&second, Mode::Redis, Duration::from_secs(10)).await;
+    assert_eq!(server.cmd(&["GET", "legacy"]).as_str(), Some("snapshot-49"));
+    assert_eq!(server.cmd(&["GET", "shared"]).as_str(), Some("snapshot-49"));
+    assert_eq!(
+        server.cmd(&["LLEN", "shared-log"]).as_int(),
+        Some(1),
+        "the script ran once on Redis"
+    );
+    assert_eq!(server.cmd(&["GET", "other"]).as_str(), Some("snapshot-40"));
+    assert_eq!(server.cmd(&["LLEN", "other-log"]).as_int(), Some(1));
+    assert_eq!(server.cmd(&["LLEN", "plain"]).as_int(), Some(50));
+    let ttl = server.cmd(&["PTTL", "legacy"]).as_int().unwrap();
+    assert!(ttl > 0 && ttl <= 600_000, "the expiry is kept: {ttl}");
 }

@@ -1,6 +1,11 @@
 //! One set of operation cases run against all three backends: a real redis-server, the memory
 //! fallback and the file fallback. Redis is the oracle: the fallbacks must answer exactly as it
 //! does (replies, type errors, deletion of emptied collections, expiry).
+//!
+//! `BOTFLEET_TEST_REDIS=cluster|sentinel` runs these tests against a Redis Cluster or a
+//! Sentinel set-up (tests/support/deploy.rs). Tests that kill, freeze or restart the server
+//! stay on one standalone server whatever it says: they are about that one server's outage
+//! (fail-over of a Cluster or Sentinel master is tests/scale.rs's subject).
 
 mod support;
 
@@ -10,7 +15,7 @@ use botfleet::settings::{FallbackKind, StorageSettings};
 use botfleet::storage::{
     Expiry, KeySchema, Keyspace, LocalError, Mode, Op, Reply, Script, Storage,
 };
-use support::RedisServer;
+use support::TestRedis;
 
 fn s(x: &str) -> String {
     x.to_string()
@@ -422,27 +427,59 @@ async fn run_all(storage: &Storage) -> Vec<(String, Result<Reply, String>)> {
     let mut out = Vec::new();
     for (i, (name, ops)) in cases().into_iter().enumerate() {
         for op in ops {
-            // Each case gets its own keys by a prefix, so cases do not see each other.
-            let op = prefixed(op, &format!("c{i}:"));
+            // Each case gets its own keys by a prefix, so cases do not see each other; the
+            // prefix is a hash tag, so a case's keys share a slot on a Cluster too.
+            let op = prefixed(op, &format!("{{c{i}}}:"));
             let reply = storage.execute(op.clone()).await.map_err(|e| e.to_string());
             out.push((format!("{name}: {op:?}"), normalize(&op, reply)));
         }
     }
     let script = claim_script();
     storage
-        .zadd("c:queue", &[(1.0, "t1"), (2.0, "t2")])
+        .zadd("{c}:queue", &[(1.0, "t1"), (2.0, "t2")])
         .await
         .unwrap();
     for _ in 0..3 {
         let reply = storage
-            .eval(&script, &["c:queue", "c:processing"], &["now"])
+            .eval(&script, &["{c}:queue", "{c}:processing"], &["now"])
             .await;
         out.push(("script claim".into(), reply.map_err(|e| e.to_string())));
     }
-    let hash = storage.hgetall("c:processing").await.unwrap();
+    let hash = storage.hgetall("{c}:processing").await.unwrap();
     let mut hash: Vec<_> = hash.into_iter().collect();
     hash.sort();
     out.push(("script effects".into(), Ok(Reply::Str(format!("{hash:?}")))));
+    // set_many: values, TTLs (with and without), and an existing key of another type
+    // overwritten, as SET does.
+    storage.rpush("m:2", &["old"]).await.unwrap();
+    let pairs = |n: usize| {
+        (0..n)
+            .map(|i| (format!("m:{i}"), format!("v{i}")))
+            .collect::<Vec<_>>()
+    };
+    storage
+        .set_many(pairs(3), Some(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    storage
+        .set_many(vec![("m:9".into(), "x".into())], None)
+        .await
+        .unwrap();
+    storage.set_many(Vec::new(), None).await.unwrap();
+    for key in ["m:0", "m:1", "m:2", "m:9"] {
+        let value = storage.get(key).await.map_err(|e| e.to_string());
+        out.push((
+            format!("set_many {key}"),
+            value.map(|v| Reply::Str(format!("{v:?}"))),
+        ));
+        // The TTL to the next 10 s: the servers' clocks move on between the calls.
+        let ttl = storage.ttl(key).await.map_err(|e| e.to_string());
+        let bucket = ttl.map(|t| match t {
+            botfleet::storage::Ttl::Expires(d) => format!("{}", d.as_secs().div_ceil(10)),
+            other => format!("{other:?}"),
+        });
+        out.push((format!("set_many ttl {key}"), bucket.map(Reply::Str)));
+    }
     out
 }
 
@@ -510,7 +547,7 @@ fn settings(fallback: FallbackKind, url: Option<&str>, dir: &std::path::Path) ->
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fallbacks_answer_exactly_as_redis_does() {
-    let server = RedisServer::start().unwrap();
+    let server = TestRedis::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let redis = Storage::open(
         &settings(FallbackKind::Memory, Some(&server.url()), dir.path()),

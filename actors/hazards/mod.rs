@@ -18,7 +18,8 @@
 //!
 //! The [`Hazards`] handle (`Fleet::hazards()`) reads the current hazards, the seed history,
 //! verifies rounds, and keeps the players' fairness records ([`Hazards::start_fairness`],
-//! [`Hazards::round`], [`Hazards::settle`]).
+//! [`Hazards::round`], [`Hazards::settle`]); with the history archive on, each settled round
+//! and its revealed seed are archived ([`Hazards::archive_to`]).
 //!
 //! Failure: while Redis is unreachable the leader cannot extend its lock and stops ticking
 //! (`hazards-D` expires after 1.5 intervals); with `locks.on_outage = "local"` each instance
@@ -34,6 +35,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use crate::actors::history::{Record, SettlementRecord};
 use crate::actors::locks::Locks;
 use crate::settings::{DifficultySettings, HazardSettings};
 use crate::storage::{now_ms, Storage, StorageError};
@@ -300,6 +302,15 @@ impl Hazards {
         &self.inner.settings
     }
 
+    /// Archives every round this process's ticker writes, each seed once revealed, and every
+    /// player's round [`Hazards::settle`] settles into `sink` from now on. Set once; later
+    /// calls are ignored.
+    pub fn archive_to(&self, sink: crate::actors::history::HistorySink) {
+        if sink.is_on() {
+            let _ = self.inner.ticker.history.set(sink);
+        }
+    }
+
     /// A configured difficulty.
     pub fn difficulty(&self, name: &str) -> Result<&DifficultySettings, HazardError> {
         find_difficulty(&self.inner.settings, name)
@@ -416,6 +427,11 @@ impl Hazards {
 
     /// Settles the round in play: reveals its server seed and rotates to a new one (its hash
     /// recorded before any use), with the next nonce and the player's seed (or a new one).
+    ///
+    /// With the history archive on ([`Hazards::archive_to`]) the settled round (user, agent,
+    /// user seed, nonce, server seed and its hash) is handed to its sink once the rotation is
+    /// stored: the revealed seed outlives the fairness record's TTL there. The hand-over never
+    /// waits for the database (a full queue drops and counts the record).
     pub async fn settle(
         &self,
         user: &str,
@@ -430,13 +446,25 @@ impl Hazards {
         let next = self
             .write_fairness(user, agent, &user_seed, record.nonce + 1)
             .await?;
-        Ok(SettledSeed {
+        let settled = SettledSeed {
             server_seed: seed,
             hashed_server_seed: record.hashed_server_seed,
             user_seed: record.user_seed,
             nonce: record.nonce,
             next,
-        })
+        };
+        if let Some(sink) = self.inner.ticker.history.get() {
+            sink.record(Record::Settlement(SettlementRecord {
+                user_id: user.to_string(),
+                agent_id: agent.to_string(),
+                user_seed: settled.user_seed.clone(),
+                nonce: i64::try_from(settled.nonce).unwrap_or(i64::MAX),
+                server_seed: settled.server_seed.clone(),
+                hashed_server_seed: settled.hashed_server_seed.clone(),
+                settled_ms: now() as i64,
+            }));
+        }
+        Ok(settled)
     }
 
     async fn load_fairness(

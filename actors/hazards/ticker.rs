@@ -11,6 +11,7 @@ use super::fairness::{derive_hazards, hash_seed, new_server_seed};
 use super::{
     iso8601, now, HazardError, HazardKeys, HazardState, RevealedSeed, SeedCommitment, TickNotice,
 };
+use crate::actors::history::{HazardRoundRecord, HazardSeedRecord, HistorySink, Record};
 use crate::actors::locks::{LockError, LockGuard, Locks};
 use crate::settings::HazardSettings;
 use crate::storage::{Keyspace, LocalError, Reply, Script, Storage};
@@ -72,6 +73,9 @@ pub(crate) struct TickerShared {
     refused: AtomicU64,
     last_tick: AtomicU64,
     terms: AtomicU64,
+    /// Where rounds, revealed seeds and (through `Hazards::settle`) settled player rounds are
+    /// archived (set once by the fleet).
+    pub(crate) history: std::sync::OnceLock<HistorySink>,
 }
 
 impl TickerShared {
@@ -93,6 +97,7 @@ impl TickerShared {
             refused: AtomicU64::new(0),
             last_tick: AtomicU64::new(u64::MAX),
             terms: AtomicU64::new(0),
+            history: std::sync::OnceLock::new(),
         }
     }
 
@@ -201,7 +206,7 @@ async fn write_tick(
             difficulty: difficulty.name.clone(),
             tick,
             epoch,
-            hazards,
+            hazards: hazards.clone(),
             hashed_server_seed: seed.hash.clone(),
             due_ms: due,
             written_ms: now(),
@@ -233,6 +238,17 @@ async fn write_tick(
                 .as_int()
         };
         if outcome == 1 {
+            if let Some(sink) = shared.history.get() {
+                sink.record(Record::HazardRound(HazardRoundRecord {
+                    difficulty: difficulty.name.clone(),
+                    tick: tick as i64,
+                    epoch: epoch as i64,
+                    hazards: hazards.clone(),
+                    hashed_server_seed: seed.hash.clone(),
+                    due_ms: due as i64,
+                    server_seed: None,
+                }));
+            }
             shared.written.fetch_add(1, Ordering::Relaxed);
             shared.last_tick.store(tick, Ordering::Relaxed);
         } else {
@@ -312,19 +328,34 @@ async fn prepare_epoch(shared: &TickerShared, epoch: u64) -> Result<EpochSeed, H
     }
     if epoch > 0 {
         let field = (epoch - 1).to_string();
-        if storage.hget(&keys.revealed(), &field).await?.is_none() {
+        let mut revealed: Option<RevealedSeed> = storage
+            .hget(&keys.revealed(), &field)
+            .await?
+            .and_then(|text| serde_json::from_str(&text).ok());
+        if revealed.is_none() {
             if let Some(seed) = storage.hget(&keys.secrets(), &field).await? {
-                let revealed = RevealedSeed {
+                let seed = RevealedSeed {
                     epoch: epoch - 1,
                     hashed_server_seed: hash_seed(&seed),
                     server_seed: seed,
                     revealed_ms: now(),
                 };
                 storage
-                    .hset(&keys.revealed(), &[(&field, &json(&revealed))])
+                    .hset(&keys.revealed(), &[(&field, &json(&seed))])
                     .await?;
                 storage.hdel(&keys.secrets(), &[&field]).await?;
+                revealed = Some(seed);
             }
+        }
+        // Archived whenever a leader prepares the epoch: a seed revealed by an earlier leader
+        // is archived too (once, by its key).
+        if let (Some(seed), Some(sink)) = (revealed, shared.history.get()) {
+            sink.record(Record::HazardSeed(HazardSeedRecord {
+                epoch: seed.epoch as i64,
+                server_seed: seed.server_seed,
+                hashed_server_seed: seed.hashed_server_seed,
+                revealed_ms: seed.revealed_ms as i64,
+            }));
         }
     }
     for key in [keys.secrets(), keys.commitments(), keys.revealed()] {

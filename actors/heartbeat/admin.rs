@@ -10,7 +10,10 @@
 //! `admin:bot:PID` first, then reads the queue; it reads the queue again every
 //! `admin.poll_interval_ms`, when the storage returns to `redis` after an outage (messages sent
 //! meanwhile by other processes were replayed into the queue by their own storage), and when a
-//! message is heard live that it has not delivered yet. A read delivers the queue's entries in
+//! message is heard live that it has not delivered yet (when that read cannot reach Redis,
+//! because the storage is not back yet or the read fails, a message heard live that the read
+//! did not find waits in Redis's queue for the read after the resync, so that it cannot
+//! overtake messages replayed there after an outage). A read delivers the queue's entries in
 //! list order (the order in which the senders' appends reached Redis: send order), skipping ids
 //! already delivered, and then removes them from the queue with one script (`LREM` per entry,
 //! idempotent when replayed after an outage). So every message reaches the host once and in
@@ -181,6 +184,10 @@ pub struct InboxStats {
     pub duplicates_skipped: u64,
     /// Reads of the queue.
     pub queue_reads: u64,
+    /// Messages heard live while the queue could not be read from Redis (this process's
+    /// storage not back yet, or the read failed): left queued and delivered, in order, by
+    /// the next read.
+    pub deferred_live: u64,
 }
 
 #[derive(Debug, Default)]
@@ -246,6 +253,7 @@ struct Shared {
     delivered_queue: AtomicU64,
     duplicates: AtomicU64,
     reads: AtomicU64,
+    deferred: AtomicU64,
 }
 
 /// Admin messaging: send to any bot, and this process's inbox. Cheap to clone.
@@ -278,6 +286,7 @@ impl Admin {
                 delivered_queue: AtomicU64::new(0),
                 duplicates: AtomicU64::new(0),
                 reads: AtomicU64::new(0),
+                deferred: AtomicU64::new(0),
             }),
         }
     }
@@ -365,6 +374,7 @@ impl Admin {
             delivered_queue: s.delivered_queue.load(Ordering::Relaxed),
             duplicates_skipped: s.duplicates.load(Ordering::Relaxed),
             queue_reads: s.reads.load(Ordering::Relaxed),
+            deferred_live: s.deferred.load(Ordering::Relaxed),
         }
     }
 
@@ -446,10 +456,29 @@ impl Admin {
             }
             Some(id) => {
                 // Earlier messages may still wait in the queue (replayed after an outage):
-                // the queue holds this one too, behind them.
+                // the queue holds this one too, behind them, so the queue is read first.
+                let before = self.shared.storage.mode();
                 if let Err(e) = self.drain(&mut state, Some(id)).await {
-                    tracing::warn!(actor = "admin-inbox", error = %e, "admin queue read failed");
+                    tracing::warn!(actor = "admin-inbox", error = %e, "admin queue read failed; the message stays queued");
+                    self.shared.deferred.fetch_add(1, Ordering::Relaxed);
+                    return;
                 }
+                if state.seen.contains_key(id) {
+                    // Found in the queue and delivered in its place.
+                    return;
+                }
+                // Not found. Off Redis (degraded or resyncing, before or during the read) the
+                // queue just read is the fallback's: a message sent by this process during
+                // the outage is there, but one heard from Redis (the subscription can come
+                // back before the storage does) waits in Redis's queue, behind what was
+                // replayed there. It stays queued for the read after the resync.
+                let after = self.shared.storage.mode();
+                let off_redis = |m: Mode| matches!(m, Mode::Degraded | Mode::Resyncing);
+                if off_redis(before) || off_redis(after) {
+                    self.shared.deferred.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                // A sender that published without queueing: delivered as heard.
                 if state.first_time(id, now_ms(), self.keep_ms()) {
                     self.deliver(message).await;
                 }

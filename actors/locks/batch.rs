@@ -8,14 +8,13 @@
 //! nothing for this. On Redis Cluster a batch is split by hash
 //! slot, since one script may only touch keys of one slot.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
-use crate::storage::{hash_slot, Reply, Script, Storage, StorageError};
+use crate::storage::{group_by_slot, Reply, Script, Storage, StorageError};
 
 /// Requests sent in one script call at most.
 const MAX_BATCH: usize = 256;
@@ -36,8 +35,12 @@ pub(super) struct Request {
 pub(super) type Outcome = Result<i64, StorageError>;
 
 /// Told about a request whose caller was gone when its answer came (its future was
-/// dropped), with that answer: an acquisition nobody will guard must be released.
+/// dropped), with that answer, or whose call failed in a way that may have run it (with
+/// [`POSSIBLY_GRANTED`]): an acquisition nobody will guard must be released.
 pub(super) type Orphan = Box<dyn Fn(Request, i64) + Send + Sync>;
+
+/// The answer given to the orphan handler for a request whose call failed ambiguously.
+pub(super) const POSSIBLY_GRANTED: i64 = i64::MAX;
 
 /// One script's batcher.
 pub(super) struct Batcher {
@@ -125,8 +128,23 @@ impl Batcher {
         // Our turn: whatever queues up meanwhile is sent when it ends, even if this future is
         // dropped half-way.
         let _turn = Turn(self.clone());
-        let mut out = self.run(std::slice::from_ref(&request)).await?;
-        Ok(out.pop().unwrap_or(0))
+        match self.run(std::slice::from_ref(&request)).await {
+            Ok(mut out) => Ok(out.pop().unwrap_or(0)),
+            Err(e) => {
+                self.abandon(&request, &e);
+                Err(e)
+            }
+        }
+    }
+
+    /// A call that failed may still have run on Redis (a timeout or a lost connection after
+    /// sending): its requests are handed to the orphan handler as possibly granted, so that
+    /// nothing stays held under a token no caller has. (Releasing is token-checked: a request
+    /// that did not run changes nothing.)
+    fn abandon(&self, request: &Request, error: &StorageError) {
+        if let (Some(orphan), StorageError::Unavailable(_)) = (&self.orphan, error) {
+            orphan(request.clone(), POSSIBLY_GRANTED);
+        }
     }
 
     /// One script call for `requests` (all in one slot on a cluster).
@@ -172,14 +190,8 @@ impl Batcher {
                 state.pending.drain(..n).collect()
             };
             if self.storage.is_clustered() {
-                let mut slots: BTreeMap<u16, Vec<_>> = BTreeMap::new();
-                for entry in batch {
-                    slots
-                        .entry(hash_slot(&entry.0.keys[0]))
-                        .or_default()
-                        .push(entry);
-                }
-                futures::future::join_all(slots.into_values().map(|g| self.send(g))).await;
+                let groups = group_by_slot(batch, |(request, _)| &request.keys[0]);
+                futures::future::join_all(groups.into_iter().map(|g| self.send(g))).await;
             } else {
                 self.send(batch).await;
             }
@@ -199,7 +211,8 @@ impl Batcher {
                 }
             }
             Err(e) => {
-                for (_, tx) in group {
+                for (request, tx) in group {
+                    self.abandon(&request, &e);
                     let _ = tx.send(Err(e.clone()));
                 }
             }

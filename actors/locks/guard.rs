@@ -1,5 +1,6 @@
 //! [`LockGuard`]: a held lock, its watchdog, and its release.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,6 +37,7 @@ impl LockGuard {
         ttl: Duration,
         handoffs: u32,
     ) -> Self {
+        shared.held.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = watch::channel(false);
         let watchdog = tokio::spawn(watchdog(
             shared.clone(),
@@ -59,6 +61,7 @@ impl LockGuard {
     /// A guard for a process-local lock (granted during an outage with
     /// `locks.on_outage = "local"`). It has no fencing token and never expires.
     pub(super) fn local(shared: Arc<Shared>, name: &str, token: String) -> Self {
+        shared.held.fetch_add(1, Ordering::Relaxed);
         let (_tx, rx) = watch::channel(false);
         Self {
             name: name.to_string(),
@@ -139,6 +142,8 @@ impl LockGuard {
 
 impl Drop for LockGuard {
     fn drop(&mut self) {
+        // Every guard is dropped exactly once, `release` included (it consumes the guard).
+        self.shared.held.fetch_sub(1, Ordering::Relaxed);
         if let Some(watchdog) = self.watchdog.take() {
             watchdog.abort();
         }

@@ -34,7 +34,7 @@ mod scripts;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -109,6 +109,8 @@ pub(crate) struct Shared {
     // A parking_lot mutex: a map operation under it, never an await.
     local: parking_lot::Mutex<HashMap<String, String>>,
     notices: AtomicU64,
+    /// Guards of this process not yet released or dropped.
+    held: AtomicUsize,
     runtime: Option<tokio::runtime::Handle>,
     /// Acquisitions and releases in flight together go out as one script call.
     acquire_batch: Arc<batch::Batcher>,
@@ -131,6 +133,39 @@ impl Shared {
     }
 }
 
+/// The bare cost of one uncontended acquire-then-release: the acquire script and the release
+/// script, called back to back through the storage with no lock manager around them (no wait
+/// queue, batcher, guard or watchdog). `botfleet bench locks` reports it as the floor the lock
+/// API is measured against.
+pub(crate) async fn bare_pair(
+    storage: &Storage,
+    channel: &str,
+    name: &str,
+    ttl: Duration,
+) -> Result<(), LockError> {
+    let token = new_token();
+    let keys = storage.keys();
+    let (fence_key, waiting_key) = (keys.lock_fence(name), keys.lock_waiting(name));
+    let ttl_ms = ttl.as_millis().to_string();
+    storage
+        .eval_on_redis(
+            &scripts().acquire,
+            &[name, &fence_key, &waiting_key],
+            &[&token, &ttl_ms, "0"],
+        )
+        .await
+        .map_err(LockError::from_storage)?;
+    storage
+        .eval_on_redis(
+            &scripts().release,
+            &[name, &waiting_key],
+            &[channel, &token, "-"],
+        )
+        .await
+        .map_err(LockError::from_storage)?;
+    Ok(())
+}
+
 /// Acquire (or release) script calls a process sends at once; calls beyond that queue and go
 /// out together as one call when a slot frees up.
 pub const SCRIPT_CALLS_IN_FLIGHT: usize = batch::MAX_IN_FLIGHT;
@@ -146,7 +181,8 @@ impl Locks {
     /// waiters are not woken by other processes' releases, only by retries.
     pub fn new(storage: Storage, settings: LockSettings) -> Self {
         let shared = Arc::new_cyclic(|weak: &std::sync::Weak<Shared>| {
-            // An acquisition whose caller was gone when it succeeded: release it.
+            // An acquisition whose caller was gone when it succeeded, or whose call failed
+            // after it may have run: release it (compare-and-delete on its token).
             let weak = weak.clone();
             let orphan: batch::Orphan = Box::new(move |request: batch::Request, fence: i64| {
                 let Some(shared) = weak.upgrade() else {
@@ -180,6 +216,7 @@ impl Locks {
                 queues: Arc::new(WaitQueues::default()),
                 local: parking_lot::Mutex::new(HashMap::new()),
                 notices: AtomicU64::new(0),
+                held: AtomicUsize::new(0),
                 runtime: tokio::runtime::Handle::try_current().ok(),
             }
         });
@@ -443,6 +480,7 @@ impl Locks {
         LockStats {
             waiters,
             names_waited_for: names,
+            held: self.shared.held.load(Ordering::Relaxed),
             local_locks: self.shared.local.lock().len(),
             notices_heard: self.shared.notices.load(Ordering::Relaxed),
             queued_calls: aq + rq,
@@ -467,6 +505,8 @@ pub struct LockStats {
     pub waiters: usize,
     /// Lock names they wait for.
     pub names_waited_for: usize,
+    /// Locks this process holds now (guards handed out and not yet released or dropped).
+    pub held: usize,
     /// Process-local locks held (granted during an outage).
     pub local_locks: usize,
     /// Release notices heard on the release channel since start.

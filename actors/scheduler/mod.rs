@@ -11,6 +11,11 @@
 //! delayed tasks and the next claims travel together in one script call, so a busy worker
 //! makes one round trip per batch.
 //!
+//! With a history sink on ([`Scheduler::archive_to`]) every finished attempt is archived once
+//! the step that reported it succeeded, and a task the reaper dead-letters (its last attempt
+//! expired: its worker died) is archived as `dead` by the process whose step buried it, from
+//! the fields that step's reply carries.
+//!
 //! Everything goes through [`Storage`]: while Redis is unreachable tasks are enqueued and
 //! claimed on the fallback, and the outbox replays the scripts when Redis returns. Claims
 //! made then name their tasks explicitly, so their replay claims the same tasks; a replayed
@@ -35,6 +40,7 @@ use parking_lot::{Mutex, RwLock};
 use serde::Serialize;
 use tokio::sync::{mpsc, Notify};
 
+use crate::actors::history;
 use crate::settings::SchedulerSettings;
 use crate::storage::{now_ms, Mode, Reply, Storage, StorageError};
 use ids::{iso8601, new_task_id};
@@ -138,7 +144,8 @@ impl TaskStatus {
         }
     }
 
-    fn parse(s: &str) -> Option<TaskStatus> {
+    /// Parses the seed's name of a status.
+    pub fn parse(s: &str) -> Option<TaskStatus> {
         Some(match s {
             "pending" => TaskStatus::Pending,
             "processing" => TaskStatus::Processing,
@@ -325,6 +332,8 @@ struct Outcome {
     id: String,
     attempt: String,
     error: Option<String>,
+    /// The attempt as the archive keeps it (only while a history sink is on).
+    record: Option<Box<history::TaskRecord>>,
 }
 
 struct Shared {
@@ -346,12 +355,21 @@ struct Shared {
     dead_lettered: AtomicU64,
     reaped: AtomicU64,
     updated_by: String,
+    /// Where finished attempts, sessions and events are archived (set once by the fleet).
+    history: std::sync::OnceLock<history::HistorySink>,
 }
 
 /// The scheduler API: a cheap, cloneable handle (`Fleet::scheduler()`).
 #[derive(Clone)]
 pub struct Scheduler {
     shared: Arc<Shared>,
+}
+
+/// The key prefix of the named queue `name`: `{NAME}`, a hash tag, so that every key of the
+/// queue (queue, processing, delayed, dead, task hashes) shares one Cluster slot, and queues
+/// of different names land on different slots (and so, spread, on different masters).
+pub fn queue_prefix(name: &str) -> String {
+    format!("{{{name}}}")
 }
 
 impl std::fmt::Debug for Scheduler {
@@ -366,14 +384,35 @@ impl Scheduler {
     /// A scheduler over `storage` (key names from its [`KeySchema`](crate::storage::KeySchema)).
     /// `updated_by` names this process in `PREFIX:state`.
     pub fn new(storage: Storage, settings: SchedulerSettings, updated_by: &str) -> Self {
-        let k = storage.keys().clone();
-        let prefix = k.prefix().to_string();
+        let prefix = storage.keys().prefix().to_string();
+        Self::with_prefix(storage, settings, updated_by, &prefix)
+    }
+
+    /// A scheduler of the named queue `name`: its keys live under `{NAME}` (see
+    /// [`queue_prefix`]), so on Redis Cluster each queue sits in the slot of its name and
+    /// several queues spread over the masters. Bot state and sessions stay under the
+    /// storage's prefix.
+    pub fn for_queue(
+        storage: Storage,
+        settings: SchedulerSettings,
+        updated_by: &str,
+        name: &str,
+    ) -> Self {
+        Self::with_prefix(storage, settings, updated_by, &queue_prefix(name))
+    }
+
+    fn with_prefix(
+        storage: Storage,
+        settings: SchedulerSettings,
+        updated_by: &str,
+        prefix: &str,
+    ) -> Self {
         let keys = QueueKeys {
-            queue: k.task_queue(),
+            queue: format!("{prefix}:tasks:queue"),
             processing: format!("{prefix}:tasks:processing"),
             delayed: format!("{prefix}:tasks:delayed"),
             dead: format!("{prefix}:tasks:dead"),
-            task_prefix: k.task(""),
+            task_prefix: format!("{prefix}:task:"),
         };
         let (tx, rx) = mpsc::unbounded_channel();
         Self {
@@ -396,6 +435,7 @@ impl Scheduler {
                 dead_lettered: AtomicU64::new(0),
                 reaped: AtomicU64::new(0),
                 updated_by: updated_by.to_string(),
+                history: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -408,6 +448,18 @@ impl Scheduler {
     /// The storage handle.
     pub fn storage(&self) -> &Storage {
         &self.shared.storage
+    }
+
+    /// Archives finished task attempts, the tasks the reaper dead-letters in this process's
+    /// steps (their worker died), sessions (at start and at end) and every event into `sink`
+    /// from now on. Set once; later calls are ignored.
+    pub fn archive_to(&self, sink: history::HistorySink) {
+        let _ = self.shared.history.set(sink);
+    }
+
+    /// The history sink, when one is on.
+    pub(crate) fn history(&self) -> Option<&history::HistorySink> {
+        self.shared.history.get().filter(|s| s.is_on())
     }
 
     fn check(&self, task: &NewTask, now: u64) -> Result<Vec<String>, SchedulerError> {
@@ -553,6 +605,39 @@ impl Scheduler {
         })
     }
 
+    /// At most `limit` ids with `status`, in the order of [`Scheduler::list`], reading no more
+    /// of a set than that (for status pages; completed tasks are found by `SCAN` as there).
+    pub async fn list_first(
+        &self,
+        status: TaskStatus,
+        limit: usize,
+    ) -> Result<Vec<String>, SchedulerError> {
+        if status == TaskStatus::Completed {
+            let mut ids = self.list(status).await?;
+            ids.truncate(limit);
+            return Ok(ids);
+        }
+        let st = &self.shared.storage;
+        let k = &self.shared.keys;
+        let first = |key: &str, n: usize| {
+            let key = key.to_string();
+            async move {
+                st.zrange_by_score(&key, f64::NEG_INFINITY, f64::INFINITY, Some((0, n as u64)))
+                    .await
+                    .map(|v| v.into_iter().map(|(m, _)| m).collect::<Vec<_>>())
+            }
+        };
+        let mut ids = match status {
+            TaskStatus::Pending => first(&k.queue, limit).await?,
+            TaskStatus::Processing => first(&k.processing, limit).await?,
+            _ => first(&k.dead, limit).await?,
+        };
+        if status == TaskStatus::Pending && ids.len() < limit {
+            ids.extend(first(&k.delayed, limit - ids.len()).await?);
+        }
+        Ok(ids)
+    }
+
     /// Sizes of the queue's sets.
     pub async fn counts(&self) -> Result<QueueCounts, SchedulerError> {
         let st = &self.shared.storage;
@@ -664,7 +749,7 @@ impl Shared {
         results: &[Outcome],
         caps: &[(String, usize)],
         explicit: &[String],
-    ) -> Result<Vec<Task>, StorageError> {
+    ) -> Result<Stepped, StorageError> {
         let k = &self.keys;
         let s = &self.settings;
         let now = now_ms();
@@ -717,9 +802,10 @@ impl Shared {
         let Reply::Array(mut parts) = reply else {
             return Err(StorageError::Command("task-step: unexpected reply".into()));
         };
-        if parts.len() != 5 {
+        if parts.len() != 6 {
             return Err(StorageError::Command("task-step: unexpected reply".into()));
         }
+        let buried_fields = parts.pop().map(Reply::into_strings).unwrap_or_default();
         let claimed_fields = parts.pop().map(Reply::into_strings).unwrap_or_default();
         self.completed
             .fetch_add(parts[0].as_int() as u64, Ordering::Relaxed);
@@ -729,29 +815,49 @@ impl Shared {
             .fetch_add(parts[2].as_int() as u64, Ordering::Relaxed);
         self.failed_attempts
             .fetch_add(failed.len() as u64, Ordering::Relaxed);
-        let tasks: Vec<Task> = claimed_fields
+        let tasks: Vec<(Task, u32)> = claimed_fields
             .chunks_exact(7)
-            .map(|f| Task {
-                id: f[0].clone(),
-                task_type: f[1].clone(),
-                data: f[2].clone(),
-                priority: f[3].parse().unwrap_or(0),
-                created_at: f[5].clone(),
-                status: Some(TaskStatus::Processing),
-                attempts: f[4].parse().unwrap_or(1),
-                last_error: None,
-                updated_at: Some(iso.clone()),
-                run_at: None,
+            .map(|f| {
+                let task = Task {
+                    id: f[0].clone(),
+                    task_type: f[1].clone(),
+                    data: f[2].clone(),
+                    priority: f[3].parse().unwrap_or(0),
+                    created_at: f[5].clone(),
+                    status: Some(TaskStatus::Processing),
+                    attempts: f[4].parse().unwrap_or(1),
+                    last_error: None,
+                    updated_at: Some(iso.clone()),
+                    run_at: None,
+                };
+                // The attempt that dead-letters the task: its own max_attempts or the default.
+                (task, f[6].parse().unwrap_or(s.max_attempts))
             })
             .collect();
         self.claimed
             .fetch_add(tasks.len() as u64, Ordering::Relaxed);
-        Ok(tasks)
+        // Only while a sink is on: the reply carries these tasks anyway (rarely any).
+        let buried = match self.history.get().filter(|s| s.is_on()) {
+            Some(_) => buried_fields
+                .chunks_exact(8)
+                .map(|f| reaped_record(f, now as i64))
+                .collect(),
+            None => Vec::new(),
+        };
+        Ok(Stepped {
+            claimed: tasks,
+            buried,
+        })
     }
 
-    fn spawn_handler(self: &Arc<Self>, task: Task, entry: Arc<HandlerEntry>) {
+    fn spawn_handler(self: &Arc<Self>, task: Task, limit: u32, entry: Arc<HandlerEntry>) {
         let attempt = task.attempts.to_string();
         let id = task.id.clone();
+        let mut record = self
+            .history
+            .get()
+            .filter(|s| s.is_on())
+            .map(|_| Box::new(archived_attempt(&task, limit)));
         self.inflight
             .insert(id.clone(), (attempt.clone(), Instant::now()));
         let shared = self.clone();
@@ -764,8 +870,107 @@ impl Shared {
                 Err(_) => Some("handler panicked".to_string()),
             };
             entry.running.fetch_sub(1, Ordering::AcqRel);
-            let _ = shared.results_tx.send(Outcome { id, attempt, error });
+            if let Some(r) = record.as_mut() {
+                r.finished_ms = now_ms() as i64;
+            }
+            let _ = shared.results_tx.send(Outcome {
+                id,
+                attempt,
+                error,
+                record,
+            });
         });
+    }
+}
+
+/// What a step that succeeded brought back.
+struct Stepped {
+    /// The tasks claimed, each with the attempt that dead-letters it.
+    claimed: Vec<(Task, u32)>,
+    /// The archive's records of the tasks the reaper dead-lettered in this step (empty unless
+    /// a history sink is on).
+    buried: Vec<history::TaskRecord>,
+}
+
+impl Shared {
+    /// Hands the finished attempts of a step that succeeded to the history sink: `completed`,
+    /// `failed` (retried later) or `dead` (its last attempt).
+    fn archive_results(&self, results: &mut [Outcome]) {
+        let Some(sink) = self.history.get() else {
+            return;
+        };
+        for o in results.iter_mut() {
+            let Some(mut record) = o.record.take() else {
+                continue;
+            };
+            record.error = o.error.clone();
+            record.status = match &o.error {
+                None => history::task_status::COMPLETED,
+                Some(_) if record.status == history::task_status::DEAD => {
+                    history::task_status::DEAD
+                }
+                Some(_) => history::task_status::FAILED,
+            }
+            .to_string();
+            sink.record(history::Record::Task(*record));
+        }
+    }
+
+    /// Hands the tasks the reaper dead-lettered in a step that succeeded to the history sink.
+    /// Their worker is gone (or lost its claim), so no handler reports them: whichever process
+    /// ran the step archives them, once, as the step's reply names each only once.
+    fn archive_buried(&self, buried: Vec<history::TaskRecord>) {
+        let Some(sink) = self.history.get() else {
+            return;
+        };
+        for record in buried {
+            sink.record(history::Record::Task(record));
+        }
+    }
+}
+
+/// The archive's record of a task the reaper dead-lettered, from the eight fields the step
+/// script answers for it (id, attempt, type, data, priority, created_at, claimed_at, error):
+/// status `dead`, started when that attempt was claimed (to the second, as `updated_at` keeps
+/// it; `finished_ms` when unknown), finished at the step's clock.
+fn reaped_record(f: &[String], finished_ms: i64) -> history::TaskRecord {
+    let started_ms = chrono::DateTime::parse_from_rfc3339(&f[6])
+        .map(|t| t.timestamp_millis().min(finished_ms))
+        .unwrap_or(finished_ms);
+    history::TaskRecord {
+        id: f[0].clone(),
+        attempt: f[1].parse().unwrap_or(0),
+        task_type: f[2].clone(),
+        data: f[3].clone(),
+        priority: f[4].parse().unwrap_or(0),
+        status: history::task_status::DEAD.to_string(),
+        error: Some(f[7].clone()),
+        created_at: f[5].clone(),
+        started_ms,
+        finished_ms,
+    }
+}
+
+/// The archive's record of a claimed attempt; `status` says `dead` when this is the last
+/// attempt (it becomes `completed` if the handler succeeds), finish time set when it ends.
+fn archived_attempt(task: &Task, limit: u32) -> history::TaskRecord {
+    let now = now_ms() as i64;
+    history::TaskRecord {
+        id: task.id.clone(),
+        attempt: i64::from(task.attempts),
+        task_type: task.task_type.clone(),
+        data: task.data.clone(),
+        priority: task.priority,
+        status: if task.attempts >= limit {
+            history::task_status::DEAD
+        } else {
+            history::task_status::FAILED
+        }
+        .to_string(),
+        error: None,
+        created_at: task.created_at.clone(),
+        started_ms: now,
+        finished_ms: now,
     }
 }
 
@@ -836,14 +1041,19 @@ async fn worker(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Outcome>) {
         }
         let had_results = !results.is_empty();
         match shared.step(&results, &caps, &explicit).await {
-            Ok(tasks) => {
+            Ok(Stepped {
+                claimed: tasks,
+                buried,
+            }) => {
                 for o in &results {
                     shared.inflight.remove(&o.id);
                 }
+                shared.archive_results(&mut results);
+                shared.archive_buried(buried);
                 results.clear();
                 shared.idle.notify_waiters();
                 let claimed = tasks.len();
-                for task in tasks {
+                for (task, limit) in tasks {
                     let entry = handlers
                         .iter()
                         .find(|(t, _)| *t == task.task_type)
@@ -851,7 +1061,7 @@ async fn worker(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Outcome>) {
                     match entry {
                         Some(entry) => {
                             entry.running.fetch_add(1, Ordering::AcqRel);
-                            shared.spawn_handler(task, entry);
+                            shared.spawn_handler(task, limit, entry);
                         }
                         // Unreachable: the script claims only types given in `caps`.
                         None => {
@@ -957,5 +1167,50 @@ impl Handler<GetSchedulerStats> for SchedulerActor {
 
     fn handle(&mut self, _: GetSchedulerStats, _: &mut Self::Context) -> Self::Result {
         actix::MessageResult(self.scheduler.stats())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(claimed_at: &str) -> Vec<String> {
+        [
+            "a",
+            "3",
+            "t",
+            "{}",
+            "-2",
+            "2025-09-28T05:15:00Z",
+            claimed_at,
+            "visibility timeout expired",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
+    #[test]
+    fn a_task_the_reaper_buried_is_archived_dead_from_its_claim_to_the_step() {
+        let finished = 1_759_036_514_250;
+        let r = reaped_record(&fields("2025-09-28T05:15:10Z"), finished);
+        assert_eq!(
+            r,
+            history::TaskRecord {
+                id: "a".into(),
+                attempt: 3,
+                task_type: "t".into(),
+                data: "{}".into(),
+                priority: -2,
+                status: history::task_status::DEAD.into(),
+                error: Some("visibility timeout expired".into()),
+                created_at: "2025-09-28T05:15:00Z".into(),
+                started_ms: 1_759_036_510_000,
+                finished_ms: finished,
+            }
+        );
+        // No claim time (a hash written by an outside client), or one after the step's clock.
+        assert_eq!(reaped_record(&fields(""), finished).started_ms, finished);
+        let later = reaped_record(&fields("2025-09-28T05:16:00Z"), finished);
+        assert_eq!(later.started_ms, finished);
     }
 }

@@ -48,7 +48,11 @@ return added
 /// capacities (type, free slots), explicit ids (claimed only while still queued; when none
 /// are given the queue is read from its head).
 /// Answers {completed, dead-lettered, reaped, claimed, {id, type, data, priority, attempt,
-/// created_at, max_attempts, ...}}.
+/// created_at, max_attempts, ...}, {id, attempt, type, data, priority, created_at, claimed_at,
+/// error, ...}}: the last array holds the tasks the reaper moved to the dead set in this step
+/// (their attempt expired and was the last), read before the burial overwrote `updated_at`
+/// (`claimed_at`: when that attempt was claimed), so that the caller can archive them. It costs
+/// one more `HMGET` per such task only, and is empty on almost every step.
 const STEP: &str = r#"
 local P, now, iso = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local vis, maxa, ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
@@ -102,6 +106,7 @@ for _ = 1, nf do
     end
   end
 end
+local buried = {}
 local expired = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 100)
 for _, id in ipairs(expired) do
   redis.call('ZREM', KEYS[2], id)
@@ -109,7 +114,18 @@ for _, id in ipairs(expired) do
   local f = redis.call('HMGET', h, 'status', 'attempts', 'max_attempts', 'priority')
   if f[1] == 'processing' then
     if (tonumber(f[2]) or 0) >= limit(f[3]) then
-      bury(id, h, 'visibility timeout expired')
+      local g = redis.call('HMGET', h, 'type', 'data', 'created_at', 'updated_at')
+      local err = 'visibility timeout expired'
+      bury(id, h, err)
+      local n = #buried
+      buried[n + 1] = id
+      buried[n + 2] = f[2] or '0'
+      buried[n + 3] = g[1] or ''
+      buried[n + 4] = g[2] or ''
+      buried[n + 5] = f[4] or '0'
+      buried[n + 6] = g[3] or ''
+      buried[n + 7] = g[4] or ''
+      buried[n + 8] = err
     else
       redis.call('HSET', h, 'status', 'pending', 'updated_at', iso)
       redis.call('ZADD', KEYS[1], -(tonumber(f[4]) or 0), id)
@@ -168,7 +184,7 @@ else
     end
   end
 end
-return {done, dead, reaped, claimed, out}
+return {done, dead, reaped, claimed, out, buried}
 "#;
 
 /// KEYS: processing. ARGV: task key prefix, new deadline ms, then (id, attempt) pairs.
@@ -472,6 +488,8 @@ fn step_local(ks: &mut Keyspace, now_ms: u64, keys: &[String], args: &[String]) 
             }
         }
     }
+    let text = |v: &Option<String>, d: &str| Reply::Str(v.clone().unwrap_or_else(|| d.into()));
+    let mut buried = Vec::new();
     for id in k.zrange(processing, f64::NEG_INFINITY, now, 0, 100)? {
         k.zrem(processing, &id)?;
         let h = format!("{prefix}{id}");
@@ -479,7 +497,19 @@ fn step_local(ks: &mut Keyspace, now_ms: u64, keys: &[String], args: &[String]) 
         if f[0].as_deref() == Some("processing") {
             let attempts = f[1].as_deref().and_then(num).unwrap_or(0.0);
             if attempts >= limit(&f[2]) {
-                bury(&mut k, &id, &h, "visibility timeout expired")?;
+                let g = k.hmget(&h, &["type", "data", "created_at", "updated_at"])?;
+                let err = "visibility timeout expired";
+                bury(&mut k, &id, &h, err)?;
+                buried.extend([
+                    Reply::Str(id.clone()),
+                    text(&f[1], "0"),
+                    text(&g[0], ""),
+                    text(&g[1], ""),
+                    text(&f[3], "0"),
+                    text(&g[2], ""),
+                    text(&g[3], ""),
+                    Reply::Str(err.to_string()),
+                ]);
             } else {
                 k.hset(&h, &[("status", "pending"), ("updated_at", &iso)])?;
                 let prio = f[3].as_deref().and_then(num).unwrap_or(0.0);
@@ -521,7 +551,6 @@ fn step_local(ks: &mut Keyspace, now_ms: u64, keys: &[String], args: &[String]) 
         let att = k.hincr(&h, "attempts", 1)?;
         k.hset(&h, &[("status", "processing"), ("updated_at", &iso)])?;
         k.zadd(processing, now + vis, id)?;
-        let text = |v: &Option<String>, d: &str| Reply::Str(v.clone().unwrap_or_else(|| d.into()));
         out.extend([
             Reply::Str(id.to_string()),
             Reply::Str(ty),
@@ -568,6 +597,7 @@ fn step_local(ks: &mut Keyspace, now_ms: u64, keys: &[String], args: &[String]) 
         Reply::Int(reaped),
         Reply::Int(claimed),
         Reply::Array(out),
+        Reply::Array(buried),
     ]))
 }
 
@@ -649,4 +679,90 @@ fn event_local(ks: &mut Keyspace, now_ms: u64, keys: &[String], args: &[String])
         now_ms,
     )?;
     Ok(Reply::Int(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::actors::scheduler::ids;
+
+    const KEYS: [&str; 4] = ["q", "p", "d", "x"];
+
+    /// The step's arguments at `now` with visibility 100 ms, default max attempts 1, claiming
+    /// up to one task of type `t`.
+    fn step_args(now: u64) -> Vec<String> {
+        [
+            "task:",
+            &now.to_string(),
+            &ids::iso8601(now),
+            "100",
+            "1",
+            "0",
+            "0",
+            "0",
+            "1",
+            "1",
+            "10",
+            "0",
+            "t",
+            "1",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
+    fn step(ks: &mut Keyspace, now: u64) -> Vec<Reply> {
+        let keys = KEYS.map(String::from);
+        match step_local(ks, now, &keys, &step_args(now)).unwrap() {
+            Reply::Array(parts) => parts,
+            other => panic!("not an array: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_step_names_what_the_reaper_buried() {
+        let mut ks = Keyspace::new();
+        let t0 = 1_759_036_514_000;
+        let keys = ["q", "d"].map(String::from);
+        let args = [
+            "task:",
+            &t0.to_string(),
+            &ids::iso8601(t0),
+            "a",
+            "t",
+            "{\"n\":1}",
+            "4",
+            "0",
+            "",
+            "",
+        ]
+        .map(String::from);
+        enqueue_local(&mut ks, t0, &keys, &args).unwrap();
+        // Claimed; its worker never comes back.
+        let claim = step(&mut ks, t0 + 1_000);
+        assert_eq!(claim[3], Reply::Int(1));
+        assert_eq!(claim[5], Reply::Array(Vec::new()));
+        // The deadline passed: the last attempt is buried, and named in the reply.
+        let reap = step(&mut ks, t0 + 2_000);
+        assert_eq!(reap.len(), 6);
+        assert_eq!((&reap[1], &reap[2]), (&Reply::Int(1), &Reply::Int(1)));
+        let buried = reap[5].clone().into_strings();
+        let claimed_at = ids::iso8601(t0 + 1_000);
+        let created_at = ids::iso8601(t0);
+        assert_eq!(
+            buried,
+            [
+                "a",
+                "1",
+                "t",
+                "{\"n\":1}",
+                "4",
+                created_at.as_str(),
+                claimed_at.as_str(),
+                "visibility timeout expired",
+            ]
+        );
+        // Named once: the next step buries nothing.
+        assert_eq!(step(&mut ks, t0 + 3_000)[5], Reply::Array(Vec::new()));
+    }
 }

@@ -8,7 +8,26 @@ use serde::{Deserialize, Serialize};
 use super::ids::{iso8601, new_task_id};
 use super::scripts::scripts;
 use super::{Scheduler, SchedulerError};
+use crate::actors::history::{EventRecord, Record, SessionRecord};
 use crate::storage::{now_ms, Reply, Subscription};
+
+/// The archive's record of an ended session from its hash (`ended_ms`: when it ended).
+fn session_record(id: &str, fields: HashMap<String, String>, ended_ms: i64) -> SessionRecord {
+    let started_ms = fields
+        .get("start_time")
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.timestamp_millis())
+        .unwrap_or(ended_ms);
+    SessionRecord {
+        id: id.to_string(),
+        name: fields.get("session_name").cloned().unwrap_or_default(),
+        status: fields.get("status").cloned().unwrap_or_default(),
+        started_ms,
+        ended_ms: Some(ended_ms),
+        updated_ms: ended_ms,
+        fields: fields.into_iter().collect(),
+    }
+}
 
 /// The seed's bot states.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -222,22 +241,19 @@ impl Scheduler {
         let now = now_ms();
         let id = new_task_id(now);
         let iso = iso8601(now);
-        st.hset(
-            &st.keys().session(&id),
-            &[
-                ("id", &id),
-                ("session_name", session_name),
-                ("start_time", &iso),
-                ("status", "running"),
-                ("login_status", "pending"),
-                ("total_checks", "0"),
-                ("total_accepted", "0"),
-                ("total_rejected", "0"),
-                ("created_at", &iso),
-                ("updated_at", &iso),
-            ],
-        )
-        .await?;
+        let fields = [
+            ("id", id.as_str()),
+            ("session_name", session_name),
+            ("start_time", &iso),
+            ("status", "running"),
+            ("login_status", "pending"),
+            ("total_checks", "0"),
+            ("total_accepted", "0"),
+            ("total_rejected", "0"),
+            ("created_at", &iso),
+            ("updated_at", &iso),
+        ];
+        st.hset(&st.keys().session(&id), &fields).await?;
         st.hset(
             &st.keys().metrics(&id),
             &[
@@ -252,6 +268,20 @@ impl Scheduler {
         )
         .await?;
         st.sadd(&st.keys().sessions_active(), &[&id]).await?;
+        if let Some(sink) = self.history() {
+            sink.record(Record::Session(SessionRecord {
+                id: id.clone(),
+                name: session_name.to_string(),
+                status: "running".into(),
+                started_ms: now as i64,
+                ended_ms: None,
+                updated_ms: now as i64,
+                fields: fields
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            }));
+        }
         Ok(id)
     }
 
@@ -271,6 +301,20 @@ impl Scheduler {
         )
         .await?;
         st.srem(&st.keys().sessions_active(), &[id]).await?;
+        if let Some(sink) = self.history() {
+            // Every field as the session ended, read off the caller's path.
+            let (sink, storage, id) = (sink.clone(), st.clone(), id.to_string());
+            let key = storage.keys().session(&id);
+            let ended = now_ms() as i64;
+            tokio::spawn(async move {
+                match storage.hgetall(&key).await {
+                    Ok(fields) => sink.record(Record::Session(session_record(&id, fields, ended))),
+                    Err(e) => {
+                        tracing::warn!(actor = "scheduler", key = %key, error = %e, "ended session not archived")
+                    }
+                }
+            });
+        }
         Ok(())
     }
 
@@ -385,6 +429,19 @@ impl Scheduler {
         st.eval(&scripts().event, &[&st.keys().events()], &[&json, &cap])
             .await?;
         st.publish(&self.settings().events_channel, &json).await?;
+        if let Some(sink) = self.history() {
+            sink.record(Record::Event(EventRecord {
+                id: event.id.clone(),
+                session_id: event.session_id.clone(),
+                event_type: serde_json::to_value(event.event_type)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default(),
+                data: event.data.clone(),
+                timestamp: event.timestamp.clone(),
+                at_ms: now as i64,
+            }));
+        }
         Ok(event)
     }
 

@@ -159,6 +159,10 @@ pub(crate) struct Core {
     flights: AtomicU64,
     readers: parking_lot::RwLock<Vec<Arc<ReaderState>>>,
     fetcher: fetcher::Counters,
+    /// The last change notice parsed, by its text: every reader of the process receives the
+    /// same notice, and only the first parses it. A mutex held for one parse, never across an
+    /// await.
+    last_notice: parking_lot::Mutex<Option<(String, Arc<Snapshot>)>>,
 }
 
 /// The shared-data handle (`Fleet::shared_data()`). Cheap to clone.
@@ -218,6 +222,7 @@ impl SharedData {
             flights: AtomicU64::new(0),
             readers: parking_lot::RwLock::new(Vec::new()),
             fetcher: fetcher::Counters::default(),
+            last_notice: parking_lot::Mutex::new(None),
         });
         let handle = SharedData { core };
         if handle.core.settings.enabled {
@@ -352,6 +357,23 @@ impl SharedData {
 }
 
 impl Core {
+    /// The snapshot of a change notice, parsed once per notice for all readers of the process.
+    pub(crate) fn notice_snapshot(
+        &self,
+        message: &str,
+    ) -> Result<Arc<Snapshot>, serde_json::Error> {
+        let mut last = self.last_notice.lock();
+        if let Some((text, snapshot)) = last.as_ref() {
+            if text == message {
+                return Ok(snapshot.clone());
+            }
+        }
+        let notice: Notice = serde_json::from_str(message)?;
+        let snapshot = Arc::new(notice.snapshot);
+        *last = Some((message.to_string(), snapshot.clone()));
+        Ok(snapshot)
+    }
+
     fn source(&self) -> Option<Arc<dyn Source>> {
         self.source.read().clone()
     }
@@ -398,9 +420,10 @@ impl Core {
         let json = serde_json::to_string(snapshot.as_ref())
             .map_err(|e| StorageError::Command(e.to_string()))?;
         let ttl = Duration::from_secs(self.settings.ttl_secs);
+        // During an outage only the newest snapshot is replayed (each write replaces the last).
         let verdict = self
             .storage
-            .eval(
+            .eval_latest(
                 write_script(),
                 &[&self.settings.shared_key, &self.guard_key],
                 &[
@@ -422,9 +445,6 @@ impl Core {
         if verdict == WRITTEN {
             let legacy = serde_json::to_string(&snapshot.game_data)
                 .map_err(|e| StorageError::Command(e.to_string()))?;
-            self.storage
-                .set(&self.settings.legacy_key, legacy, Some(ttl))
-                .await?;
             self.offer(snapshot);
             let notice = Notice {
                 writer: self.instance.clone(),
@@ -433,9 +453,16 @@ impl Core {
             };
             let notice =
                 serde_json::to_string(&notice).map_err(|e| StorageError::Command(e.to_string()))?;
-            self.storage
-                .publish(&self.settings.channel, &notice)
-                .await?;
+            // The legacy copy and the notice go out together (one round trip on the shared
+            // connection): nothing orders them, since readers take the snapshot from the
+            // notice and only a plain client reads the legacy key.
+            let (legacy, published) = tokio::join!(
+                self.storage
+                    .set_latest(&self.settings.legacy_key, legacy, Some(ttl)),
+                self.storage.publish(&self.settings.channel, &notice)
+            );
+            legacy?;
+            published?;
         } else {
             debug_assert!(verdict == DEPOSED || verdict == OLDER);
         }

@@ -10,8 +10,9 @@ use std::time::Instant;
 use actix::prelude::*;
 use arc_swap::ArcSwapOption;
 use serde::Serialize;
+use tokio::sync::watch;
 
-use super::{Core, Notice, Origin, Reading, SharedData, SharedDataError, Snapshot};
+use super::{Core, Origin, Reading, SharedData, SharedDataError, Snapshot};
 use crate::storage::{now_ms, Subscription};
 use crate::supervisor::ChildContext;
 
@@ -30,6 +31,9 @@ pub(crate) struct ReaderState {
     reads: AtomicU64,
     read_ns_total: AtomicU64,
     read_ns_max: AtomicU64,
+    /// The copy's timestamp; also what serializes [`offer`](Self::offer)s, and what
+    /// [`Reader::newer_than`] waits on.
+    timestamp: watch::Sender<Option<u64>>,
 }
 
 impl ReaderState {
@@ -48,19 +52,20 @@ impl ReaderState {
             reads: AtomicU64::new(0),
             read_ns_total: AtomicU64::new(0),
             read_ns_max: AtomicU64::new(0),
+            timestamp: watch::Sender::new(None),
         }
     }
 
-    /// Keeps `snapshot` when it is newer than the copy.
+    /// Keeps `snapshot` when it is newer than the copy, and wakes whoever waits for it.
     pub(crate) fn offer(&self, snapshot: Arc<Snapshot>) {
-        let newer = self
-            .snapshot
-            .load()
-            .as_ref()
-            .is_none_or(|s| s.timestamp < snapshot.timestamp);
-        if newer {
+        self.timestamp.send_if_modified(|copy| {
+            if copy.is_some_and(|copy| snapshot.timestamp <= copy) {
+                return false;
+            }
+            *copy = Some(snapshot.timestamp);
             self.snapshot.store(Some(snapshot));
-        }
+            true
+        });
     }
 
     fn record(&self, started: Instant) {
@@ -153,6 +158,23 @@ impl Reader {
     /// The reader's copy, fresh or not, without any fallback.
     pub fn current(&self) -> Option<Arc<Snapshot>> {
         self.state.snapshot.load_full()
+    }
+
+    /// Waits until the reader's copy is newer than `timestamp` (ms) and returns it: a host
+    /// that acts on each new round awaits `newer_than(last.timestamp)` instead of polling.
+    /// Waits for as long as no newer snapshot arrives; wrap it in a timeout to bound it.
+    pub async fn newer_than(&self, timestamp: u64) -> Arc<Snapshot> {
+        let mut copy = self.state.timestamp.subscribe();
+        loop {
+            // The copy moves only forwards and is stored before its timestamp is announced.
+            if let Some(snapshot) = self.current().filter(|s| s.timestamp > timestamp) {
+                return snapshot;
+            }
+            // The sender lives in the reader's state, which `self` holds: it cannot close.
+            if copy.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
     }
 
     /// The latest snapshot: the reader's copy while younger than `fresh_ms`; otherwise Redis;
@@ -258,9 +280,8 @@ pub(crate) async fn follow(
         let Some(core) = core.upgrade() else {
             return;
         };
-        match serde_json::from_str::<Notice>(&message) {
-            Ok(notice) => {
-                let snapshot = Arc::new(notice.snapshot);
+        match core.notice_snapshot(&message) {
+            Ok(snapshot) => {
                 state.notices.fetch_add(1, Ordering::Relaxed);
                 core.offer(&snapshot);
                 state.offer(snapshot);

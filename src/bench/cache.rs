@@ -151,17 +151,11 @@ async fn run_peer(url: &str) -> Result<(), CacheBenchError> {
     while let Some(command) = rx.recv().await {
         let answer = match command.as_str() {
             "fill" => {
+                let dropped = cache.invalidations();
                 cache.get(PEER_KEY, TTL).await?;
-                let cache = cache.clone();
                 watcher = Some(tokio::spawn(async move {
-                    let start = Instant::now();
-                    while cache.peek(PEER_KEY).is_some() {
-                        if start.elapsed() > Duration::from_secs(5) {
-                            return None;
-                        }
-                        tokio::task::yield_now().await;
-                    }
-                    Some(unix_ns())
+                    let seen = tokio::time::timeout(Duration::from_secs(5), dropped_key(dropped));
+                    seen.await.ok().flatten().map(|_| unix_ns())
                 }));
                 "ok".to_string()
             }
@@ -178,6 +172,19 @@ async fn run_peer(url: &str) -> Result<(), CacheBenchError> {
     }
     storage.close().await;
     Ok(())
+}
+
+/// Waits until `PEER_KEY` is invalidated by another process; `None` if the cache went away.
+async fn dropped_key(
+    mut dropped: tokio::sync::broadcast::Receiver<std::sync::Arc<str>>,
+) -> Option<()> {
+    loop {
+        match dropped.recv().await {
+            Ok(key) if &*key == PEER_KEY => return Some(()),
+            Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+        }
+    }
 }
 
 async fn open(url: &str) -> Result<Storage, CacheBenchError> {
@@ -273,14 +280,13 @@ pub async fn run(
     // The in-process reader b (its own storage handle and connections), for comparison.
     let mut local = Latencies::default();
     for i in 0..bench.invalidations.max(1) {
+        let dropped = b.invalidations();
         b.get(key, TTL).await?;
         let t = Instant::now();
         a.set(key, &format!("{value}-{i}"), TTL).await?;
-        while b.peek(key).is_some() {
-            if t.elapsed() > Duration::from_secs(5) {
-                return Err(CacheBenchError::Lost(key.to_string()));
-            }
-            tokio::task::yield_now().await;
+        let seen = tokio::time::timeout(Duration::from_secs(5), dropped_key(dropped)).await;
+        if !matches!(seen, Ok(Some(_))) || b.peek(key).is_some() {
+            return Err(CacheBenchError::Lost(key.to_string()));
         }
         local.record(t.elapsed());
     }

@@ -1,7 +1,9 @@
 //! `botfleet bench locks --redis URL`: the peers' lock workload (`../shared/peers`, rslock):
 //! acquire then release, TTL 10 s, `N` pairs — one task on a new key each time, 50 tasks on
 //! keys of their own, 8 tasks contending for one key (N/10 pairs). One JSON line per scenario
-//! with `pairs_per_s`, and the wait for the lock (p50/p99, µs).
+//! with `pairs_per_s`, and the wait for the lock (p50/p99, µs). A last line,
+//! `one-task-bare-scripts`, is the floor of the one-task scenario: the same two scripts per
+//! pair called back to back through the storage, without the lock manager.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,7 +12,7 @@ use parking_lot::Mutex;
 use serde_json::json;
 
 use super::Latencies;
-use crate::actors::locks::{LockError, Locks};
+use crate::actors::locks::{bare_pair, LockError, Locks};
 use crate::settings::LockSettings;
 use crate::storage::{Storage, StorageError};
 
@@ -65,6 +67,25 @@ pub async fn run(
             "wait_p50_us": waits.percentile_us(0.50), "wait_p99_us": waits.percentile_us(0.99),
         }));
     }
+    // The floor: the same two scripts per pair, called bare (see `locks::bare_pair`).
+    let run = format!("{:08x}", rand::random::<u32>());
+    let channel = LockSettings::default().release_channel;
+    let start = Instant::now();
+    // On a worker of the runtime, like the scenarios' tasks.
+    let bare = storage.clone();
+    tokio::spawn(async move {
+        for i in 0..n {
+            bare_pair(&bare, &channel, &format!("bench-lock:{run}:bare:{i}"), TTL).await?;
+        }
+        Ok::<(), LockError>(())
+    })
+    .await
+    .map_err(|e| LocksBenchError::Task(e.to_string()))??;
+    let elapsed = start.elapsed();
+    out(json!({
+        "peer": "botfleet", "bench": "locks", "scenario": "one-task-bare-scripts", "tasks": 1,
+        "pairs": n, "pairs_per_s": (n as f64 / elapsed.as_secs_f64()).round(),
+    }));
     storage.close().await;
     Ok(())
 }

@@ -8,6 +8,8 @@ pub mod read;
 pub mod storage;
 // Issue 7.
 pub mod cache;
+// Issue 10.
+pub mod history;
 
 use std::net::TcpListener;
 use std::path::PathBuf;

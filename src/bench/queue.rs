@@ -4,6 +4,9 @@
 //! one at a time), `bulk-add` (batches of 1,000), `priority` (bulk, priorities 1..10). One
 //! JSON line each with `enqueue_per_s`, `process_per_s` and the Redis memory per waiting task.
 //! The scheduler runs with its reliability on (visibility deadlines, retries, dead letters).
+//! `--queues Q` spreads the tasks over Q named queues (one scheduler each, keys under the
+//! queue's hash tag), which on Redis Cluster shard over the masters; `scripts/bench-cluster.sh`
+//! runs it on 1, 2 and 3 masters and reports each master's share of the commands.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -25,6 +28,30 @@ pub struct QueueBench {
     pub tasks: usize,
     /// Concurrent handlers.
     pub concurrency: usize,
+    /// Named queues the tasks are spread over (round robin), each with its own scheduler and
+    /// hash tag: on Redis Cluster they shard over the masters. The handlers are split
+    /// between them.
+    pub queues: usize,
+}
+
+/// Names of `count` queues whose hash slots are spread evenly over the 16,384 slots: queue
+/// `i` lands in the `i`-th of `count` equal slot ranges, so with masters that split the slots
+/// evenly (as `redis-cli --cluster create` does) and `count` a multiple of their number,
+/// each master serves the same number of queues.
+pub fn spread_queue_names(base: &str, count: usize) -> Vec<String> {
+    const SLOTS: usize = 16_384;
+    let count = count.max(1);
+    (0..count)
+        .map(|i| {
+            let (low, high) = (i * SLOTS / count, (i + 1) * SLOTS / count);
+            (0u64..)
+                .map(|j| format!("{base}-{i}-{j}"))
+                .find(|name| (low..high).contains(&(crate::storage::hash_slot(name) as usize)))
+                // Every range holds at least one slot and CRC16 reaches every slot within a
+                // few thousand candidates, so the search ends.
+                .unwrap_or_default()
+        })
+        .collect()
 }
 
 /// Why the benchmark failed.
@@ -78,8 +105,9 @@ pub async fn run(
         settings.redis.url = bench.redis_url.clone();
         // A loaded 2-core machine must not look like an outage half-way through.
         settings.redis.timeout_ms = 5_000;
+        let base = format!("bench-queue-{scenario}-{}", std::process::id());
         let keys = KeySchema::new(&KeySettings {
-            prefix: format!("bench-queue-{scenario}-{}", std::process::id()),
+            prefix: crate::actors::scheduler::queue_prefix(&base),
             ..KeySettings::default()
         });
         let storage = Storage::open(&settings, &keys).await?;
@@ -94,7 +122,13 @@ pub async fn run(
             completed_ttl_secs: 0,
             ..SchedulerSettings::default()
         };
-        let scheduler = Scheduler::new(storage.clone(), sched_settings, "bench");
+        let queues = bench.queues.max(1);
+        let schedulers: Vec<Scheduler> = spread_queue_names(&base, queues)
+            .iter()
+            .map(|name| {
+                Scheduler::for_queue(storage.clone(), sched_settings.clone(), "bench", name)
+            })
+            .collect();
         let task = |i: usize| {
             let t = NewTask::new("noop", &json!({ "i": i, "payload": "x".repeat(100) }));
             if scenario == "priority" {
@@ -114,12 +148,19 @@ pub async fn run(
         let t0 = Instant::now();
         if scenario == "seq-add" {
             for i in 0..n {
-                scheduler.enqueue(task(i)).await?;
+                schedulers[i % queues].enqueue(task(i)).await?;
             }
         } else {
             for start in (0..n).step_by(1_000) {
-                let batch = (start..(start + 1_000).min(n)).map(task).collect();
-                scheduler.enqueue_bulk(batch).await?;
+                let mut batches: Vec<Vec<NewTask>> = vec![Vec::new(); queues];
+                for i in start..(start + 1_000).min(n) {
+                    batches[i % queues].push(task(i));
+                }
+                for (scheduler, batch) in schedulers.iter().zip(batches) {
+                    if !batch.is_empty() {
+                        scheduler.enqueue_bulk(batch).await?;
+                    }
+                }
             }
         }
         let enqueue = t0.elapsed();
@@ -127,9 +168,9 @@ pub async fn run(
         let done = Arc::new(AtomicUsize::new(0));
         let all_done = Arc::new(Notify::new());
         let t1 = Instant::now();
-        {
+        for scheduler in &schedulers {
             let (done, all_done) = (done.clone(), all_done.clone());
-            scheduler.register_handler("noop", conc, move |_task| {
+            scheduler.register_handler("noop", (conc / queues).max(1), move |_task| {
                 let (done, all_done) = (done.clone(), all_done.clone());
                 async move {
                     if done.fetch_add(1, Ordering::SeqCst) + 1 >= n {
@@ -152,17 +193,45 @@ pub async fn run(
             });
         }
         let process = t1.elapsed();
-        scheduler.stop(Duration::from_secs(10)).await;
-        let counts = scheduler.counts().await?;
+        let mut left = 0;
+        for scheduler in &schedulers {
+            scheduler.stop(Duration::from_secs(10)).await;
+            let counts = scheduler.counts().await?;
+            left += counts.pending + counts.processing + counts.delayed + counts.dead;
+        }
         out(json!({
             "peer": "botfleet", "bench": "queue", "scenario": scenario, "n": n,
-            "concurrency": conc,
+            "concurrency": conc, "queues": queues,
             "enqueue_per_s": (n as f64 / enqueue.as_secs_f64()).round(),
             "process_per_s": (n as f64 / process.as_secs_f64()).round(),
             "redis_bytes_per_waiting_task": ((after - before).max(0) as f64 / n as f64).round(),
-            "left_in_queue": counts.pending + counts.processing + counts.delayed + counts.dead,
+            "left_in_queue": left,
         }));
         storage.close().await;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spread_queue_names_fall_in_even_slot_ranges() {
+        let names = spread_queue_names("q", 12);
+        assert_eq!(names.len(), 12);
+        for (i, name) in names.iter().enumerate() {
+            let slot = crate::storage::hash_slot(name) as usize;
+            assert!(
+                (i * 16_384 / 12..(i + 1) * 16_384 / 12).contains(&slot),
+                "{name}: {slot}"
+            );
+            // The queue's keys carry the name as their hash tag: one slot per queue.
+            let prefix = crate::actors::scheduler::queue_prefix(name);
+            assert_eq!(
+                crate::storage::hash_slot(&format!("{prefix}:tasks:queue")),
+                crate::storage::hash_slot(&format!("{prefix}:task:42"))
+            );
+        }
+    }
 }

@@ -1,7 +1,8 @@
 //! `botfleet bench read [--redis URL]`: the shared-data reader. One JSON line per scenario:
 //! `read()` on a fresh snapshot (ns, p50/p99) beside a plain Redis `GET` of the same key
 //! through the storage handle (µs, p50/p99) and their ratio; then the propagation time from
-//! the start of a write to 100 readers all holding the new snapshot (ms, p50/p99). Without
+//! the start of a write, by a writer on a connection of its own, to 100 readers all holding
+//! the new snapshot through the change notice (ms, p50/p99). Without
 //! `--redis` it starts a private redis-server (needs `redis-server` on PATH).
 
 use std::sync::Arc;
@@ -68,11 +69,21 @@ pub async fn run(
         readers: Vec::new(),
         ..SharedDataSettings::default()
     };
+    // The writer has a storage handle (a connection) of its own, as a fetcher in another
+    // process would: a notice reaches the readers through Redis, not through this process.
+    let writer_storage = super::open_storage(&url).await?;
     let locks = Locks::new(storage.clone(), LockSettings::default());
-    let data = SharedData::new(storage.clone(), shared_settings, locks, "bench")?;
+    let data = SharedData::new(storage.clone(), shared_settings.clone(), locks, "bench")?;
+    let writer_locks = Locks::new(writer_storage.clone(), LockSettings::default());
+    let writer = SharedData::new(
+        writer_storage.clone(),
+        shared_settings,
+        writer_locks,
+        "bench-writer",
+    )?;
     let round = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let counter = round.clone();
-    data.register_source(move || {
+    writer.register_source(move || {
         let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         async move {
             Ok::<_, String>(json!({"data": {"records": [
@@ -84,7 +95,7 @@ pub async fn run(
     for i in 0..bench.readers.max(1) {
         readers.push(data.add_reader(&format!("R{i}")).await?);
     }
-    data.fetch_and_write(-1).await?;
+    writer.fetch_and_write(-1).await?;
     let reader = readers[0].clone();
     // Warm-up: the first read may fall back to Redis.
     for _ in 0..1_000 {
@@ -122,22 +133,22 @@ pub async fn run(
     let mut propagation = histogram();
     for _ in 0..bench.rounds {
         let started = Instant::now();
-        let Some(snapshot) = data.fetch_and_write(-1).await? else {
+        let Some(snapshot) = writer.fetch_and_write(-1).await? else {
             continue;
         };
-        let deadline = started + Duration::from_secs(5);
-        loop {
-            let missing = readers
-                .iter()
-                .filter(|r| r.current().is_none_or(|s| s.timestamp < snapshot.timestamp))
-                .count();
-            if missing == 0 {
-                break;
+        // Each reader is awaited in turn: the last one to wake sets the time.
+        let all = async {
+            for reader in &readers {
+                reader
+                    .newer_than(snapshot.timestamp.saturating_sub(1))
+                    .await;
             }
-            if Instant::now() > deadline {
-                return Err(ReadBenchError::Propagation(readers.len()));
-            }
-            tokio::task::yield_now().await;
+        };
+        if tokio::time::timeout(Duration::from_secs(5), all)
+            .await
+            .is_err()
+        {
+            return Err(ReadBenchError::Propagation(readers.len()));
         }
         let _ = propagation.record((started.elapsed().as_nanos() as u64).max(1));
         // Timestamps are milliseconds: the next write must be newer.
@@ -152,6 +163,7 @@ pub async fn run(
         "ms_max": propagation.max() as f64 / 1e6,
         "goal": "p99 under 2 ms",
     }));
+    writer_storage.close().await;
     storage.close().await;
     drop(private);
     Ok(())

@@ -1,6 +1,6 @@
 //! The bot-control endpoints of seed 001 (`/api/bot/...`): request types, their validation
 //! (400 naming the field), the [`ApiError`] every handler answers with, and the [`BotApi`]
-//! seam that serves them once the scheduler is wired in.
+//! seam that serves them ([`super::FleetBot`] by default, over the fleet's scheduler).
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
@@ -51,6 +51,10 @@ pub enum ApiError {
     /// 404: no such session, task...
     #[error("{0}")]
     NotFound(String),
+    /// 409: the request conflicts with the current state (starting a bot that runs).
+    /// Nothing was stored.
+    #[error("{0}")]
+    Conflict(String),
     /// 501: the endpoint exists but what serves it is not part of this build.
     #[error("{0}")]
     NotImplemented(String),
@@ -71,10 +75,10 @@ impl ApiError {
         }
     }
 
-    /// The 501 of an endpoint served by the scheduler, before one is plugged in.
-    pub fn needs_scheduler(endpoint: &str) -> Self {
+    /// The 501 of an endpoint the installed [`BotApi`] does not serve.
+    pub fn not_served(endpoint: &str) -> Self {
         ApiError::NotImplemented(format!(
-            "{endpoint} is not available: this daemon has no task scheduler wired into its HTTP API yet"
+            "{endpoint} is not available: this server's bot API does not serve it (no scheduler)"
         ))
     }
 }
@@ -84,6 +88,7 @@ impl ResponseError for ApiError {
         match self {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -119,9 +124,11 @@ pub struct AddTaskRequest {
     /// The task's data: a JSON object (`{}` when absent).
     #[serde(default = "empty_object")]
     pub data: Value,
-    /// [`PRIORITY_MIN`] to [`PRIORITY_MAX`]; higher runs first. Default 5.
-    #[serde(default = "default_priority")]
-    pub priority: i64,
+    /// [`PRIORITY_MIN`] to [`PRIORITY_MAX`]; higher runs first. Default: the seed's priority
+    /// of the type (login 10, job_accept and job_reject 8, navigation 7, job_check 5,
+    /// screenshot 1).
+    #[serde(default)]
+    pub priority: Option<i64>,
     /// Run no earlier than this many milliseconds from now (at most seven days). Default 0.
     #[serde(default)]
     pub delay_ms: u64,
@@ -131,10 +138,6 @@ fn empty_object() -> Value {
     json!({})
 }
 
-const fn default_priority() -> i64 {
-    5
-}
-
 /// Query of `GET /api/bot/tasks`.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -142,9 +145,80 @@ pub struct TaskListQuery {
     /// Only tasks in this status (one of [`TASK_STATUSES`]).
     #[serde(default)]
     pub status: Option<String>,
-    /// At most this many (1 to 1000). Default 100.
+    /// At most this many (1 to 1000), live and archived each. Default 100.
     #[serde(default)]
     pub limit: Option<usize>,
+    /// The page of the archive's task attempts.
+    #[serde(default)]
+    pub archive: ArchiveQuery,
+}
+
+/// Which page of the history archive a listing adds to the live data: `since`, `until` (Unix
+/// ms) and the `cursor` of the previous page (`archived.next_cursor`). Its size is the
+/// listing's `limit`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveQuery {
+    /// Only rows at or after this time, Unix ms.
+    #[serde(default)]
+    pub since_ms: Option<i64>,
+    /// Only rows before this time, Unix ms.
+    #[serde(default)]
+    pub until_ms: Option<i64>,
+    /// Where the page starts: the previous page's `next_cursor`.
+    #[serde(default)]
+    pub cursor: Option<String>,
+    /// Rows per page (1 to 1000). Default 100.
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+impl ArchiveQuery {
+    /// Takes `key=value` if it is one of `since`, `until`, `cursor`, `limit`; 400 naming the
+    /// key for a bad value. Answers whether the key was one of them.
+    pub(crate) fn take(&mut self, key: &str, value: &str) -> Result<bool, ApiError> {
+        let ms = |v: &str| {
+            v.parse::<i64>().ok().filter(|ms| *ms >= 0).ok_or_else(|| {
+                ApiError::bad_field(key, format!("expected Unix milliseconds, got {v:?}"))
+            })
+        };
+        match key {
+            "since" => self.since_ms = Some(ms(value)?),
+            "until" => self.until_ms = Some(ms(value)?),
+            "cursor" if value.is_empty() || value.len() > ID_MAX * 2 => {
+                return Err(ApiError::bad_field(
+                    "cursor",
+                    "expected a next_cursor of a page",
+                ));
+            }
+            "cursor" => self.cursor = Some(value.to_owned()),
+            "limit" => {
+                let n = value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=LIST_MAX).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::bad_field(
+                            "limit",
+                            format!("expected 1 to {LIST_MAX}, got {value:?}"),
+                        )
+                    })?;
+                self.limit = Some(n);
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+}
+
+/// Body of `POST /api/admin/send`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSendRequest {
+    /// The bot's process id, decimal (as seed 004 passes it).
+    pub pid: String,
+    /// The message.
+    pub message: String,
 }
 
 impl StartRequest {
@@ -181,14 +255,13 @@ impl AddTaskRequest {
         if !self.data.is_object() {
             return Err(ApiError::bad_field("data", "expected a JSON object"));
         }
-        if !(PRIORITY_MIN..=PRIORITY_MAX).contains(&self.priority) {
-            return Err(ApiError::bad_field(
-                "priority",
-                format!(
-                    "expected {PRIORITY_MIN} to {PRIORITY_MAX}, got {}",
-                    self.priority
-                ),
-            ));
+        if let Some(priority) = self.priority {
+            if !(PRIORITY_MIN..=PRIORITY_MAX).contains(&priority) {
+                return Err(ApiError::bad_field(
+                    "priority",
+                    format!("expected {PRIORITY_MIN} to {PRIORITY_MAX}, got {priority}"),
+                ));
+            }
         }
         if self.delay_ms > DELAY_MAX_MS {
             return Err(ApiError::bad_field(
@@ -305,63 +378,62 @@ fn strip_position(message: &str) -> String {
     }
 }
 
-/// What serves the task, session and control endpoints of `/api/bot/` (the scheduler, once
-/// merged). Requests arrive authenticated and validated. Every method defaults to 501, so an
-/// implementation overrides what it serves; [`Unavailable`] overrides nothing.
+/// What serves the task, session and control endpoints of `/api/bot/`: [`super::FleetBot`]
+/// (the fleet's scheduler) unless a host installs its own. Requests arrive authenticated and
+/// validated. Every method defaults to 501, so an implementation overrides what it serves;
+/// [`Unavailable`] overrides nothing.
 ///
 /// Answers are JSON values written as they are, with status 200.
 pub trait BotApi: Send + Sync + 'static {
     /// `POST /api/bot/start`: start a session (`bot:state`, `bot:sessions:active`).
     fn start(&self, request: StartRequest) -> BoxFuture<'_, Result<Value, ApiError>> {
         let _ = request;
-        Box::pin(async { Err(ApiError::needs_scheduler("POST /api/bot/start")) })
+        Box::pin(async { Err(ApiError::not_served("POST /api/bot/start")) })
     }
 
     /// `POST /api/bot/stop`: stop the running session.
     fn stop(&self) -> BoxFuture<'_, Result<Value, ApiError>> {
-        Box::pin(async { Err(ApiError::needs_scheduler("POST /api/bot/stop")) })
+        Box::pin(async { Err(ApiError::not_served("POST /api/bot/stop")) })
     }
 
     /// `GET /api/bot/status`: the bot's state (`bot:state`).
     fn status(&self) -> BoxFuture<'_, Result<Value, ApiError>> {
-        Box::pin(async { Err(ApiError::needs_scheduler("GET /api/bot/status")) })
+        Box::pin(async { Err(ApiError::not_served("GET /api/bot/status")) })
     }
 
-    /// `GET /api/bot/sessions`: active sessions.
-    fn sessions(&self) -> BoxFuture<'_, Result<Value, ApiError>> {
-        Box::pin(async { Err(ApiError::needs_scheduler("GET /api/bot/sessions")) })
+    /// `GET /api/bot/sessions`: active sessions, and a page of the archived ones.
+    fn sessions(&self, archive: ArchiveQuery) -> BoxFuture<'_, Result<Value, ApiError>> {
+        let _ = archive;
+        Box::pin(async { Err(ApiError::not_served("GET /api/bot/sessions")) })
     }
 
     /// `GET /api/bot/tasks`: the queue (by status).
     fn tasks(&self, query: TaskListQuery) -> BoxFuture<'_, Result<Value, ApiError>> {
         let _ = query;
-        Box::pin(async { Err(ApiError::needs_scheduler("GET /api/bot/tasks")) })
+        Box::pin(async { Err(ApiError::not_served("GET /api/bot/tasks")) })
     }
 
     /// `POST /api/bot/tasks/add`: enqueue a task; answers its id.
     fn add_task(&self, request: AddTaskRequest) -> BoxFuture<'_, Result<Value, ApiError>> {
         let _ = request;
-        Box::pin(async { Err(ApiError::needs_scheduler("POST /api/bot/tasks/add")) })
+        Box::pin(async { Err(ApiError::not_served("POST /api/bot/tasks/add")) })
     }
 
-    /// `GET /api/bot/events/{session_id}`: a session's events.
-    fn events(&self, session_id: String) -> BoxFuture<'_, Result<Value, ApiError>> {
-        let _ = session_id;
-        Box::pin(async {
-            Err(ApiError::needs_scheduler(
-                "GET /api/bot/events/{session_id}",
-            ))
-        })
+    /// `GET /api/bot/events/{session_id}`: a session's events, and a page of its archived
+    /// ones.
+    fn events(
+        &self,
+        session_id: String,
+        archive: ArchiveQuery,
+    ) -> BoxFuture<'_, Result<Value, ApiError>> {
+        let _ = (session_id, archive);
+        Box::pin(async { Err(ApiError::not_served("GET /api/bot/events/{session_id}")) })
     }
 
     /// `GET /api/bot/metrics/{session_id}`: a session's metrics (`bot:metrics:{id}`).
     fn metrics(&self, session_id: String) -> BoxFuture<'_, Result<Value, ApiError>> {
         let _ = session_id;
-        Box::pin(async {
-            Err(ApiError::needs_scheduler(
-                "GET /api/bot/metrics/{session_id}",
-            ))
-        })
+        Box::pin(async { Err(ApiError::not_served("GET /api/bot/metrics/{session_id}")) })
     }
 
     /// The bot's part of `GET /api/bot/system-status` (`null` when there is none).
@@ -370,7 +442,8 @@ pub trait BotApi: Send + Sync + 'static {
     }
 }
 
-/// The [`BotApi`] of a daemon without a scheduler: every task endpoint answers 501.
+/// A [`BotApi`] that serves nothing: every task endpoint answers 501 (for a host that exposes
+/// health and metrics but no bot control).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Unavailable;
 
@@ -419,7 +492,7 @@ mod tests {
         r.validate().unwrap();
         assert_eq!(
             (r.task_type.as_str(), r.priority, r.delay_ms),
-            ("job_check", 7, 0)
+            ("job_check", Some(7), 0)
         );
     }
 

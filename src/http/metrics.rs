@@ -17,13 +17,15 @@ pub(crate) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0
 
 type Labels = Vec<(String, String)>;
 
-fn gauge(registry: &mut Registry, name: &str, help: &str, value: i64) {
+/// Registers a gauge of `value`.
+pub(crate) fn gauge(registry: &mut Registry, name: &str, help: &str, value: i64) {
     let g: Gauge = Gauge::default();
     g.set(value);
     registry.register(name, help, g);
 }
 
-fn counter(registry: &mut Registry, name: &str, help: &str, value: u64) {
+/// Registers a counter at `value`.
+pub(crate) fn counter(registry: &mut Registry, name: &str, help: &str, value: u64) {
     let c: Counter = Counter::default();
     c.inc_by(value);
     registry.register(name, help, c);
@@ -94,6 +96,12 @@ pub(crate) fn render(
         "Pub/sub messages a slow subscriber missed",
         storage.lagged_messages,
     );
+    counter(
+        &mut registry,
+        "storage_unreplicated_writes",
+        "Writes fewer replicas than storage.redis.wait_replicas acknowledged in time",
+        storage.unreplicated_writes,
+    );
 
     let restarts: Family<Labels, Counter> = Family::default();
     let up: Family<Labels, Gauge> = Family::default();
@@ -120,6 +128,12 @@ pub(crate) fn render(
             "lock_waiters",
             "Tasks of this process waiting for a lock",
             count(locks.waiters),
+        );
+        gauge(
+            &mut registry,
+            "locks_held",
+            "Locks this process holds now",
+            count(locks.held),
         );
         gauge(
             &mut registry,

@@ -4,14 +4,16 @@
 //! [`HttpApi::builder`] takes a running [`Fleet`] and reads everything from it on request:
 //! [`Fleet::health`] (storage counters and the supervision tree's board), the lock manager's
 //! and the presence actor's figures, recent storage events. Nothing is cached: every answer is
-//! a fresh [`StatusSnapshot`]. Parts of the system that are not built into the fleet plug in
-//! through two seams:
+//! a fresh [`StatusSnapshot`]. Two seams decide what the bot endpoints and the snapshot's
+//! sections serve:
 //!
-//! - [`BotApi`]: the task, session and bot-control endpoints. The default ([`Unavailable`])
-//!   answers 501; the request is authenticated and validated (400 naming the field) first.
-//! - [`StatusSection`]: a named section of the status snapshot (`queue`, `bots`, `snapshot`,
-//!   `hazards`, `events`...), with its own health verdict and Prometheus samples. The dashboard
-//!   renders whatever JSON those sections carry.
+//! - [`BotApi`]: the task, session and bot-control endpoints. The default ([`FleetBot`]) serves
+//!   them from the fleet's scheduler; the request is authenticated and validated (400 naming
+//!   the field) first. [`Unavailable`] answers 501 to all of them.
+//! - [`StatusSection`]: a named section of the status snapshot, with its own health verdict and
+//!   Prometheus samples. The built-in ones ([`QueueSection`], [`BotsSection`],
+//!   [`SnapshotSection`], [`HazardsSection`], [`EventsSection`]) fill the dashboard's places;
+//!   a host adds its own, or replaces one by registering a section of the same name.
 //!
 //! The server (actix-web) runs on a thread of its own, under its own actix system, with
 //! `api.workers` worker threads; [`HttpApi::stop`] stops it gracefully and ends the live
@@ -33,15 +35,19 @@ mod auth;
 mod bot;
 pub mod client;
 mod dashboard;
+mod fleet_bot;
 mod metrics;
 mod routes;
+mod sections;
 mod snapshot;
 mod sse;
 
 pub use bot::{
-    AddTaskRequest, ApiError, BotApi, StartRequest, TaskListQuery, Unavailable, PRIORITY_MAX,
-    PRIORITY_MIN, TASK_STATUSES, TASK_TYPES,
+    AddTaskRequest, AdminSendRequest, ApiError, ArchiveQuery, BotApi, StartRequest, TaskListQuery,
+    Unavailable, PRIORITY_MAX, PRIORITY_MIN, TASK_STATUSES, TASK_TYPES,
 };
+pub use fleet_bot::FleetBot;
+pub use sections::{BotsSection, EventsSection, HazardsSection, QueueSection, SnapshotSection};
 pub use snapshot::{HealthVerdict, StatusSection, StatusSnapshot, PLACEHOLDER_SECTIONS};
 
 /// Why the HTTP server could not start.
@@ -101,9 +107,18 @@ impl HttpApiBuilder {
         self
     }
 
-    /// Adds a section to the status snapshot (and to `/health` and `/metrics`).
+    /// Adds a section to the status snapshot (and to `/health` and `/metrics`); a section of
+    /// the same name as one already there (a built-in one) replaces it.
     pub fn section(mut self, section: impl StatusSection) -> Self {
-        self.sections.push(Arc::new(section));
+        let section: Arc<dyn StatusSection> = Arc::new(section);
+        match self
+            .sections
+            .iter_mut()
+            .find(|s| s.name() == section.name())
+        {
+            Some(slot) => *slot = section,
+            None => self.sections.push(section),
+        }
         self
     }
 
@@ -189,18 +204,20 @@ impl std::fmt::Debug for HttpApi {
 }
 
 impl HttpApi {
-    /// A builder serving `fleet`, with the fleet's `[api]` settings and no bot API yet.
+    /// A builder serving `fleet`, with the fleet's `[api]` settings, [`FleetBot`] for the bot
+    /// endpoints and the built-in sections.
     pub fn builder(fleet: Fleet) -> HttpApiBuilder {
         let settings = fleet.settings().api.clone();
         HttpApiBuilder {
+            bot: Arc::new(FleetBot::new(fleet.clone())),
             fleet,
             settings,
-            bot: Arc::new(Unavailable),
-            sections: Vec::new(),
+            sections: sections::built_in(),
         }
     }
 
-    /// Starts a server for `fleet` with the fleet's settings and the default seams.
+    /// Starts a server for `fleet` with the fleet's settings, [`FleetBot`] and the built-in
+    /// sections.
     pub fn start(fleet: Fleet) -> Result<HttpApi, HttpError> {
         Self::builder(fleet).start()
     }

@@ -6,7 +6,8 @@ use actix_web::{HttpRequest, HttpResponse};
 use serde_json::{json, Value};
 
 use super::bot::{
-    parse_json, validate_session_id, AddTaskRequest, ApiError, StartRequest, TaskListQuery,
+    parse_json, validate_session_id, AddTaskRequest, AdminSendRequest, ApiError, ArchiveQuery,
+    StartRequest, TaskListQuery,
 };
 use super::snapshot::StatusSnapshot;
 use super::{dashboard, metrics, sse, AppState};
@@ -19,6 +20,7 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
         .route("/status", web::get().to(status))
         .route("/metrics", web::get().to(prometheus))
         .route("/api/events/stream", web::get().to(sse::stream))
+        .route("/api/admin/send", web::post().to(admin_send))
         .service(
             web::scope("/api/bot")
                 .route("/start", web::post().to(bot_start))
@@ -27,6 +29,7 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
                 .route("/sessions", web::get().to(bot_sessions))
                 .route("/tasks", web::get().to(bot_tasks))
                 .route("/tasks/add", web::post().to(bot_add_task))
+                .route("/event-stream", web::get().to(sse::bot_events))
                 .route("/events/{session_id}", web::get().to(bot_events))
                 .route("/metrics/{session_id}", web::get().to(bot_metrics))
                 .route("/system-status", web::get().to(system_status)),
@@ -117,19 +120,41 @@ async fn bot_status(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
     answer(state.bot.status().await)
 }
 
-async fn bot_sessions(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    answer(state.bot.sessions().await)
-}
-
-async fn bot_tasks(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    let pairs = web::Query::<Vec<(String, String)>>::from_query(req.query_string())
+/// The `key=value` pairs of the query string (400 when it does not parse).
+fn query_pairs(req: &HttpRequest) -> Result<Vec<(String, String)>, ApiError> {
+    web::Query::<Vec<(String, String)>>::from_query(req.query_string())
+        .map(web::Query::into_inner)
         .map_err(|e| ApiError::BadRequest {
             field: None,
             message: format!("invalid query string: {e}"),
-        })?
-        .into_inner();
+        })
+}
+
+/// The archive page named by the query string; any other parameter is a 400.
+fn archive_query(req: &HttpRequest) -> Result<ArchiveQuery, ApiError> {
+    let mut archive = ArchiveQuery::default();
+    for (key, value) in query_pairs(req)? {
+        if !archive.take(&key, &value)? {
+            return Err(ApiError::bad_field(
+                &key,
+                "unknown parameter: expected since, until, cursor or limit",
+            ));
+        }
+    }
+    Ok(archive)
+}
+
+async fn bot_sessions(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let archive = archive_query(&req)?;
+    answer(state.bot.sessions(archive).await)
+}
+
+async fn bot_tasks(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     let mut query = TaskListQuery::default();
-    for (key, value) in pairs {
+    for (key, value) in query_pairs(&req)? {
         match key.as_str() {
             "status" => query.status = Some(value),
             "limit" => {
@@ -138,10 +163,12 @@ async fn bot_tasks(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpR
                 })?)
             }
             other => {
-                return Err(ApiError::bad_field(
-                    other,
-                    "unknown parameter: expected status or limit",
-                ))
+                if !query.archive.take(other, &value)? {
+                    return Err(ApiError::bad_field(
+                        other,
+                        "unknown parameter: expected status, limit, since, until or cursor",
+                    ));
+                }
             }
         }
     }
@@ -158,10 +185,12 @@ async fn bot_add_task(state: web::Data<AppState>, body: Bytes) -> Result<HttpRes
 async fn bot_events(
     state: web::Data<AppState>,
     path: web::Path<String>,
+    req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let session_id = path.into_inner();
     validate_session_id(&session_id)?;
-    answer(state.bot.events(session_id).await)
+    let archive = archive_query(&req)?;
+    answer(state.bot.events(session_id, archive).await)
 }
 
 async fn bot_metrics(
@@ -171,6 +200,25 @@ async fn bot_metrics(
     let session_id = path.into_inner();
     validate_session_id(&session_id)?;
     answer(state.bot.metrics(session_id).await)
+}
+
+/// `POST /api/admin/send`: `{"pid": "1234", "message": "..."}` to one bot's admin queue and
+/// channel (seed 004); answers the message id.
+async fn admin_send(state: web::Data<AppState>, body: Bytes) -> Result<HttpResponse, ApiError> {
+    use crate::actors::heartbeat::HeartbeatError;
+    let request: AdminSendRequest = parse_json(&body)?;
+    let id = state
+        .fleet
+        .admin()
+        .send(&request.pid, &request.message)
+        .await
+        .map_err(|e| match e {
+            HeartbeatError::InvalidPid(_) => ApiError::bad_field("pid", e.to_string()),
+            HeartbeatError::MessageTooLarge { .. } => ApiError::bad_field("message", e.to_string()),
+            HeartbeatError::Storage(_) => ApiError::Unavailable(format!("storage refused: {e}")),
+            other => ApiError::Internal(other.to_string()),
+        })?;
+    Ok(HttpResponse::Ok().json(json!({ "id": id, "pid": request.pid })))
 }
 
 async fn not_found(req: HttpRequest) -> HttpResponse {

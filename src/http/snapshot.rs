@@ -16,9 +16,9 @@ use crate::settings::ApiSettings;
 use crate::storage::{now_ms, Mode, StorageStats};
 use crate::supervisor::{ChildState, HealthReport};
 
-/// Sections the dashboard has a place for; they are `null` until a [`StatusSection`] of that
-/// name is registered: the task queue by status, live and stale bots, the shared snapshot's
-/// age, current hazards, and the event feed.
+/// Sections the dashboard has a place for: the task queue by status, live and stale bots, the
+/// shared snapshot's age, current hazards, and the event feed. The built-in sections fill them;
+/// a name no registered [`StatusSection`] provides is `null`.
 pub const PLACEHOLDER_SECTIONS: &[&str] = &["queue", "bots", "snapshot", "hazards", "events"];
 
 /// How long a query to a built-in actor may take before the snapshot leaves it out.

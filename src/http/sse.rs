@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use actix_web::web::{self, Bytes};
 use actix_web::HttpResponse;
-use futures::stream;
+use futures::{stream, StreamExt};
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio::sync::watch;
 use tokio::time::{interval, Interval, MissedTickBehavior};
@@ -93,6 +93,70 @@ pub(crate) async fn stream(state: web::Data<AppState>) -> HttpResponse {
         };
         Some((Ok(bytes), feed))
     });
+    HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("Cache-Control", "no-cache"))
+        .insert_header(("X-Accel-Buffering", "no"))
+        .streaming(body)
+}
+
+/// Events of `GET /api/bot/event-stream` sent before the live ones: the newest of the list.
+const EVENT_BACKLOG: usize = 10;
+/// A comment line is sent when nothing happened for this long, so proxies and clients see the
+/// connection alive.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// `GET /api/bot/event-stream`: the bot events (`bot:events`) as server-sent `event` frames,
+/// whose data is the event's JSON as stored: first the newest [`EVENT_BACKLOG`] (oldest
+/// first), then each event the moment it is published, from any process.
+pub(crate) async fn bot_events(state: web::Data<AppState>) -> HttpResponse {
+    let scheduler = state.fleet.scheduler();
+    // Subscribe before reading the backlog, so nothing falls between the two; an event in
+    // both is sent once.
+    let live = scheduler.subscribe_events().await;
+    let backlog = scheduler.events(EVENT_BACKLOG).await.unwrap_or_default();
+    let seen: std::collections::HashSet<String> = backlog.iter().map(|e| e.id.clone()).collect();
+    let first: Vec<Bytes> = backlog.iter().rev().map(|e| frame("event", e)).collect();
+    let mut keep_alive = interval(KEEP_ALIVE);
+    keep_alive.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let shutdown = state.shutdown.clone();
+    let live_frames = stream::unfold(
+        (live, shutdown, keep_alive, seen),
+        |(mut live, mut shutdown, mut keep_alive, mut seen)| async move {
+            loop {
+                if *shutdown.borrow() {
+                    return None;
+                }
+                tokio::select! {
+                    _ = shutdown.changed() => return None,
+                    _ = keep_alive.tick() => {
+                        let bytes = Bytes::from_static(b": keep-alive\n\n");
+                        return Some((bytes, (live, shutdown, keep_alive, seen)));
+                    }
+                    message = live.recv() => {
+                        let message = message?;
+                        let id = serde_json::from_str::<serde_json::Value>(&message)
+                            .ok()
+                            .and_then(|v| v["id"].as_str().map(str::to_owned));
+                        if let Some(id) = id {
+                            // Seen in the backlog: skip it; later ids cannot repeat it.
+                            if seen.remove(&id) {
+                                continue;
+                            }
+                        }
+                        // Raw line breaks can only be whitespace between JSON tokens (inside
+                        // strings they are escaped); one would end the SSE frame.
+                        let data = message.replace(['\n', '\r'], " ");
+                        let bytes = Bytes::from(format!("event: event\ndata: {data}\n\n"));
+                        return Some((bytes, (live, shutdown, keep_alive, seen)));
+                    }
+                }
+            }
+        },
+    );
+    let body = stream::iter(first)
+        .chain(live_frames)
+        .map(Ok::<_, actix_web::Error>);
     HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header(("Cache-Control", "no-cache"))

@@ -28,6 +28,7 @@ pub const SEED_VARIABLES: &[(&str, &str)] = &[
     ("USE_REDIS", "storage.redis.enabled"),
     ("REDIS_DB", "storage.redis.db"),
     ("REDIS_PASSWORD", "storage.redis.password"),
+    ("REDIS_SENTINEL_PASSWORD", "storage.redis.sentinel_password"),
 ];
 
 impl Settings {
@@ -35,7 +36,8 @@ impl Settings {
     /// environment, and validates them.
     ///
     /// Precedence, lowest first: built-in defaults, the file, the seeds' variables (`REDIS_URL`,
-    /// `USE_REDIS`, `REDIS_DB`, `REDIS_HOST`, `REDIS_PORT`, `REDIS_PASSWORD`), then
+    /// `USE_REDIS`, `REDIS_DB`, `REDIS_HOST`, `REDIS_PORT`, `REDIS_PASSWORD`,
+    /// `REDIS_SENTINEL_PASSWORD`), then
     /// `BOTFLEET__SECTION__KEY` variables. The error lists every problem found, each naming its
     /// key; see [`Settings::load_with_env`] for the details.
     pub fn load(path: Option<&Path>) -> Result<Self, SettingsError> {
@@ -52,6 +54,7 @@ impl Settings {
     /// - `BOTFLEET__A__B=v` sets key `a.b` (names are case-insensitive; `__` separates levels).
     /// - `REDIS_URL`, `USE_REDIS` (`true`/`false`/`1`/`0`/`yes`/`no`), `REDIS_DB` and
     ///   `REDIS_PASSWORD` set `storage.redis.url`, `.enabled`, `.db` and `.password`;
+    ///   `REDIS_SENTINEL_PASSWORD` sets `storage.redis.sentinel_password`;
     ///   `REDIS_HOST` and `REDIS_PORT` replace the host and port of the URL (the one from
     ///   `REDIS_URL`, else the file's, else the default). An empty seed variable counts as
     ///   unset; a `BOTFLEET__` variable set to the empty string sets an empty value.

@@ -72,6 +72,8 @@ pub struct Settings {
     pub identities: IdentitySettings,
     /// Seed 004's admin messages (`admin:bot:PID`, `admin:queue:PID`).
     pub admin: AdminSettings,
+    /// The history archive: sessions, task records, events and hazard rounds in SQL.
+    pub history: HistorySettings,
 }
 
 impl Settings {
@@ -80,8 +82,10 @@ impl Settings {
     pub fn redacted(&self) -> Self {
         let mut copy = self.clone();
         copy.storage.redis.password = copy.storage.redis.password.redacted();
+        copy.storage.redis.sentinel_password = copy.storage.redis.sentinel_password.redacted();
         copy.storage.redis.url = redact_url(&copy.storage.redis.url);
         copy.api.token = copy.api.token.redacted();
+        copy.history.url = redact_url(&copy.history.url);
         copy
     }
 
@@ -182,6 +186,22 @@ pub struct RedisSettings {
     pub pool_size: usize,
     /// Commands buffered while reconnecting before calls are refused.
     pub max_command_buffer: usize,
+    /// More seed addresses (`host:port`) besides the URL's: other Cluster nodes with a
+    /// `redis-cluster://` URL, other sentinels with a `redis-sentinel://` URL.
+    pub nodes: Vec<String>,
+    /// Sentinel: name of the monitored master (overrides the URL's `sentinelServiceName`).
+    pub sentinel_service: String,
+    /// Sentinel: ACL user name for the sentinels themselves.
+    pub sentinel_username: String,
+    /// Sentinel: password of the sentinels themselves (secret: set it through
+    /// `REDIS_SENTINEL_PASSWORD`); `password` stays the data servers' password.
+    pub sentinel_password: Secret,
+    /// Replicas that must have a write before it is acknowledged (`WAIT`); 0 (the default)
+    /// acknowledges once the master has it, as plain Redis does.
+    pub wait_replicas: u32,
+    /// Longest `WAIT` for `wait_replicas`, milliseconds; a write still short of them is
+    /// acknowledged (it is on the master) and counted as unreplicated.
+    pub wait_timeout_ms: u64,
 }
 
 impl Default for RedisSettings {
@@ -199,6 +219,12 @@ impl Default for RedisSettings {
             ping_interval_ms: 100,
             pool_size: 2,
             max_command_buffer: 10_000,
+            nodes: Vec::new(),
+            sentinel_service: String::new(),
+            sentinel_username: String::new(),
+            sentinel_password: Secret::default(),
+            wait_replicas: 0,
+            wait_timeout_ms: 100,
         }
     }
 }
@@ -230,6 +256,12 @@ impl fmt::Debug for RedisSettings {
             ping_interval_ms,
             pool_size,
             max_command_buffer,
+            nodes,
+            sentinel_service,
+            sentinel_username,
+            sentinel_password,
+            wait_replicas,
+            wait_timeout_ms,
         } = self;
         f.debug_struct("RedisSettings")
             .field("enabled", enabled)
@@ -244,6 +276,12 @@ impl fmt::Debug for RedisSettings {
             .field("ping_interval_ms", ping_interval_ms)
             .field("pool_size", pool_size)
             .field("max_command_buffer", max_command_buffer)
+            .field("nodes", nodes)
+            .field("sentinel_service", sentinel_service)
+            .field("sentinel_username", sentinel_username)
+            .field("sentinel_password", sentinel_password)
+            .field("wait_replicas", wait_replicas)
+            .field("wait_timeout_ms", wait_timeout_ms)
             .finish()
     }
 }
@@ -314,7 +352,8 @@ impl Default for OutboxSettings {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KeySettings {
-    /// Prefix of the scheduler's keys (`bot:tasks:queue`). `{bot}` keeps them in one cluster slot.
+    /// Prefix of the scheduler's keys (`bot:tasks:queue`). `{bot}` keeps them in one cluster
+    /// slot; on Redis Cluster the prefix must carry such a hash tag.
     pub prefix: String,
     /// Prefix of botfleet's own bookkeeping keys (replay markers, fencing counters).
     pub internal_prefix: String,
@@ -822,6 +861,55 @@ impl Default for AdminSettings {
             max_message_bytes: 65_536,
             poll_interval_ms: 1_000,
             inbox_capacity: 1_024,
+        }
+    }
+}
+
+/// `[history]`: the archive of what leaves Redis (sessions, task records, events, hazard
+/// rounds and their revealed seeds) in SQLite or PostgreSQL (`Fleet::history()`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistorySettings {
+    /// Whether records are archived (and the retention job runs).
+    pub enabled: bool,
+    /// `postgres://USER@HOST:PORT/DB` or `sqlite://PATH`; empty: the SQLite file
+    /// `history.sqlite3` in `history.dir`.
+    pub url: String,
+    /// Directory of the default SQLite file and of the spool that holds batches while the
+    /// database is unreachable (with `storage.fallback = "file"`).
+    pub dir: String,
+    /// Most records written by one transaction.
+    pub batch_size: usize,
+    /// Longest time a record waits for its batch to fill, milliseconds.
+    pub flush_interval_ms: u64,
+    /// Records waiting for the writer; past this, records are dropped and counted.
+    pub queue_capacity: usize,
+    /// Wait between two attempts while the database is unreachable, milliseconds.
+    pub retry_interval_ms: u64,
+    /// Longest wait for a database connection, milliseconds.
+    pub connect_timeout_ms: u64,
+    /// Connections to the database.
+    pub pool_size: u32,
+    /// Rows older than this many days are deleted by the retention job; 0 keeps them all.
+    pub retention_days: u64,
+    /// Period of the retention job (once across the fleet per period), seconds.
+    pub retention_interval_secs: u64,
+}
+
+impl Default for HistorySettings {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            url: String::new(),
+            dir: "data/history".into(),
+            batch_size: 500,
+            flush_interval_ms: 200,
+            queue_capacity: 100_000,
+            retry_interval_ms: 1_000,
+            connect_timeout_ms: 5_000,
+            pool_size: 4,
+            retention_days: 90,
+            retention_interval_secs: 3_600,
         }
     }
 }

@@ -23,6 +23,7 @@ pub(crate) const POSITIVE: &[&str] = &[
     "storage.redis.reconnect_max_ms",
     "storage.redis.ping_interval_ms",
     "storage.redis.pool_size",
+    "storage.redis.wait_timeout_ms",
     "storage.memory.max_bytes",
     "storage.memory.sweep_interval_ms",
     "storage.outbox.max_entries",
@@ -74,10 +75,21 @@ pub(crate) const POSITIVE: &[&str] = &[
     "admin.max_message_bytes",
     "admin.poll_interval_ms",
     "admin.inbox_capacity",
+    "history.batch_size",
+    "history.flush_interval_ms",
+    "history.queue_capacity",
+    "history.retry_interval_ms",
+    "history.connect_timeout_ms",
+    "history.pool_size",
+    "history.retention_interval_secs",
 ];
 
 /// Keys whose values are secrets: a message never shows what was given there.
-pub(crate) const SECRETS: &[&str] = &["storage.redis.password", "api.token"];
+pub(crate) const SECRETS: &[&str] = &[
+    "storage.redis.password",
+    "storage.redis.sentinel_password",
+    "api.token",
+];
 
 /// URL schemes the storage handle understands.
 pub(crate) use crate::storage::REDIS_SCHEMES;
@@ -316,7 +328,8 @@ fn semantic(settings: &Settings, tree: &Node, problems: &mut Vec<Problem>) {
     );
 
     if redis.enabled && !redis.url.is_empty() {
-        check.redis_url(&redis.url, redis.db);
+        check.redis_url(&crate::storage::effective_redis_url(redis), redis.db);
+        check.topology(settings);
     }
 
     let presence = &settings.presence;
@@ -374,6 +387,17 @@ fn semantic(settings: &Settings, tree: &Node, problems: &mut Vec<Problem>) {
         check.fail(
             "heartbeat.status",
             "expected a status such as \"active\", got \"\"".to_owned(),
+        );
+    }
+
+    let history = &settings.history;
+    if let Err(reason) = crate::actors::history::check_url(&history.url) {
+        check.fail("history.url", reason);
+    }
+    if history.url.is_empty() && history.dir.trim().is_empty() {
+        check.fail(
+            "history.dir",
+            "expected a directory when history.url is empty, got \"\"".to_owned(),
         );
     }
 
@@ -681,9 +705,83 @@ impl Checker<'_> {
     }
 }
 
+impl Checker<'_> {
+    /// Cluster and Sentinel settings that only make sense with their URL scheme, and the key
+    /// layout a Cluster needs (every script's keys in one slot).
+    fn topology(&mut self, settings: &Settings) {
+        let redis = &settings.storage.redis;
+        let scheme = redis.url.split("://").next().unwrap_or_default();
+        let (cluster, sentinel) = (scheme.ends_with("-cluster"), scheme.ends_with("-sentinel"));
+        for node in &redis.nodes {
+            let port = node
+                .rsplit_once(':')
+                .map(|(host, port)| (host, port.parse::<u16>()));
+            if !matches!(port, Some((host, Ok(p))) if !host.is_empty() && p != 0) {
+                self.fail(
+                    "storage.redis.nodes",
+                    format!("expected host:port entries, got {node:?}"),
+                );
+            }
+        }
+        if !redis.nodes.is_empty() && !cluster && !sentinel {
+            self.fail(
+                "storage.redis.nodes",
+                "expected no extra nodes with a standalone URL (use redis-cluster:// or redis-sentinel://)"
+                    .to_owned(),
+            );
+        }
+        let sentinel_keys_set = !redis.sentinel_service.is_empty()
+            || !redis.sentinel_username.is_empty()
+            || !redis.sentinel_password.is_empty();
+        if sentinel_keys_set && !sentinel {
+            self.fail(
+                "storage.redis.sentinel_service",
+                "sentinel settings given but storage.redis.url is not a redis-sentinel:// URL"
+                    .to_owned(),
+            );
+        }
+        if sentinel
+            && redis.sentinel_service.is_empty()
+            && !redis.url.contains("sentinelServiceName=")
+        {
+            self.fail(
+                "storage.redis.sentinel_service",
+                "expected the monitored master's name (or ?sentinelServiceName= in the URL)"
+                    .to_owned(),
+            );
+        }
+        if cluster && !has_hash_tag(&settings.keys.prefix) {
+            self.fail(
+                "keys.prefix",
+                format!(
+                    "expected a hash tag such as {{bot}} on Redis Cluster (the scheduler's scripts \
+                     touch the queue and the task hashes together, so they must share one slot), got {:?}",
+                    settings.keys.prefix
+                ),
+            );
+        }
+    }
+}
+
+/// Whether `key` carries a non-empty hash tag: a `{...}` that Redis Cluster hashes alone.
+pub(crate) fn has_hash_tag(key: &str) -> bool {
+    key.find('{')
+        .and_then(|open| key[open + 1..].find('}'))
+        .is_some_and(|len| len > 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hash_tags() {
+        assert!(has_hash_tag("{bot}"));
+        assert!(has_hash_tag("app:{bot}:x"));
+        assert!(!has_hash_tag("bot"));
+        assert!(!has_hash_tag("{}bot"));
+        assert!(!has_hash_tag("bot}{"));
+    }
 
     #[test]
     fn suggests_near_keys() {

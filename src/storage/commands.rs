@@ -32,6 +32,38 @@ impl Storage {
         }
     }
 
+    /// `SET` of many keys, each to its value, all with the same time to live, in one script
+    /// call per cluster slot (one call in all on a standalone server or the fallback): for a
+    /// host that writes many small keys at once (simulated bots' heartbeats, bulk imports),
+    /// where a pipeline of `SET`s would pay the client's per-command cost for each. Atomic per
+    /// call. An empty list does nothing.
+    pub async fn set_many(
+        &self,
+        pairs: Vec<(String, String)>,
+        ttl: Option<Duration>,
+    ) -> Result<(), StorageError> {
+        if pairs.is_empty() {
+            return Ok(());
+        }
+        let ttl_ms = ttl.map_or(0, |t| (t.as_millis() as u64).max(1)).to_string();
+        let groups = if self.is_clustered() {
+            super::group_by_slot(pairs, |(key, _)| key)
+        } else {
+            vec![pairs]
+        };
+        let calls = groups.iter().map(|group| {
+            let keys: Vec<&str> = group.iter().map(|(k, _)| k.as_str()).collect();
+            let mut args: Vec<&str> = Vec::with_capacity(group.len() + 1);
+            args.push(&ttl_ms);
+            args.extend(group.iter().map(|(_, v)| v.as_str()));
+            async move { self.eval(set_many_script(), &keys, &args).await }
+        });
+        for result in futures::future::join_all(calls).await {
+            result?;
+        }
+        Ok(())
+    }
+
     /// Executes many ops in one round trip: pipelined on Redis, one by one on the fallback.
     /// Replies come in the order of `ops`. An outage met by the pipeline switches the mode
     /// as for any call, and the ops are then served by the fallback (writes join the outbox;
@@ -93,6 +125,31 @@ impl Storage {
             expiry: ttl.map_or(Expiry::Never, |t| Expiry::In(t.as_millis() as u64)),
             only_if_absent: false,
         })
+        .await
+        .map(|_| ())
+    }
+
+    /// [`Storage::set`] of a value where only the newest write matters: while Redis is
+    /// unreachable, each such `SET` of `key` replaces the previous one waiting in the outbox,
+    /// so the replay writes the key once, with the newest value. Use it for snapshots that a
+    /// later one makes obsolete; not for a key that other writes also change meanwhile.
+    pub async fn set_latest(
+        &self,
+        key: &str,
+        value: impl Into<String>,
+        ttl: Option<Duration>,
+    ) -> Result<(), StorageError> {
+        let tag = format!("set\0{key}");
+        self.run_tagged(
+            Op::Set {
+                key: key.into(),
+                value: value.into(),
+                expiry: ttl.map_or(Expiry::Never, |t| Expiry::In(t.as_millis() as u64)),
+                only_if_absent: false,
+            },
+            None,
+            Some(&tag),
+        )
         .await
         .map(|_| ())
     }
@@ -440,6 +497,29 @@ impl Storage {
         .await
     }
 
+    /// [`Storage::eval`] of a call where only the newest matters: while Redis is unreachable,
+    /// each call of `script` on the same `keys` replaces the previous one waiting in the
+    /// outbox, so the replay runs it once, with the newest arguments. For scripts whose effect
+    /// the next call makes obsolete (a guarded snapshot write).
+    pub async fn eval_latest(
+        &self,
+        script: &Script,
+        keys: &[&str],
+        args: &[&str],
+    ) -> Result<Reply, StorageError> {
+        let tag = format!("eval\0{}\0{}", script.reference.sha, keys.join("\0"));
+        self.run_tagged(
+            Op::Eval {
+                script: script.reference.clone(),
+                keys: keys.iter().map(|k| k.to_string()).collect(),
+                args: args.iter().map(|a| a.to_string()).collect(),
+            },
+            Some(script.local),
+            Some(&tag),
+        )
+        .await
+    }
+
     /// Runs a script on Redis only, never on the fallback and never through the outbox: for
     /// operations that are wrong to apply locally and replay later (locks). Fails with
     /// [`StorageError::Unavailable`] at once when the mode is not `redis`, and when Redis
@@ -537,4 +617,52 @@ impl Storage {
             storage: Arc::downgrade(&self.inner),
         }
     }
+}
+
+/// `set-many`: KEYS the keys, ARGV[1] the TTL in ms (0: none), ARGV[2..] their values.
+const SET_MANY_LUA: &str = r#"
+local ttl = tonumber(ARGV[1])
+for i = 1, #KEYS do
+  if ttl > 0 then
+    redis.call('SET', KEYS[i], ARGV[i + 1], 'PX', ttl)
+  else
+    redis.call('SET', KEYS[i], ARGV[i + 1])
+  end
+end
+return #KEYS
+"#;
+
+fn set_many_script() -> &'static Script {
+    static SCRIPT: std::sync::OnceLock<Script> = std::sync::OnceLock::new();
+    SCRIPT.get_or_init(|| Script::new("set-many", SET_MANY_LUA, set_many_local))
+}
+
+/// The fallback's `set-many`.
+fn set_many_local(
+    ks: &mut super::Keyspace,
+    now_ms: u64,
+    keys: &[String],
+    args: &[String],
+) -> Result<Reply, super::LocalError> {
+    let bad = || super::LocalError::Script("set-many: bad arguments".into());
+    let ttl: u64 = args.first().and_then(|t| t.parse().ok()).ok_or_else(bad)?;
+    if args.len() != keys.len() + 1 {
+        return Err(bad());
+    }
+    for (key, value) in keys.iter().zip(&args[1..]) {
+        ks.apply(
+            &Op::Set {
+                key: key.clone(),
+                value: value.clone(),
+                expiry: if ttl > 0 {
+                    Expiry::In(ttl)
+                } else {
+                    Expiry::Never
+                },
+                only_if_absent: false,
+            },
+            now_ms,
+        )?;
+    }
+    Ok(Reply::Int(keys.len() as i64))
 }

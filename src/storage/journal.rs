@@ -43,6 +43,9 @@ pub enum Record {
     Acked(u64),
     /// Keyspace and outbox were emptied (Redis holds everything again).
     Cleared,
+    /// The outbox entry of this sequence number was replaced by a later write of the same
+    /// supersede tag: it is not replayed. (Last, so journals written before it still read.)
+    Superseded(u64),
 }
 
 /// The state a journal directory holds.

@@ -109,6 +109,19 @@ pub fn hash_slot(key: &str) -> u16 {
     fred::util::redis_keyslot(key.as_bytes())
 }
 
+/// `items` grouped by the cluster slot of the key `key_of` gives each, in slot order (the
+/// order within a group kept): one group per script call on a Cluster.
+pub fn group_by_slot<T>(items: Vec<T>, key_of: impl Fn(&T) -> &str) -> Vec<Vec<T>> {
+    let mut slots: std::collections::BTreeMap<u16, Vec<T>> = std::collections::BTreeMap::new();
+    for item in items {
+        slots
+            .entry(hash_slot(key_of(&item)))
+            .or_default()
+            .push(item);
+    }
+    slots.into_values().collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

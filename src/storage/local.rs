@@ -5,7 +5,7 @@
 //! the outbox order must follow the order writes were applied in, and the lock is never held
 //! across an `.await` (every method here is synchronous and short).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 
 use parking_lot::Mutex;
@@ -33,6 +33,8 @@ struct State {
     outbox_id: String,
     next_seq: u64,
     journal: Option<Journal>,
+    /// The newest outbox entry of each supersede tag (see [`Local::execute`]).
+    latest: HashMap<String, u64>,
 }
 
 /// What the caller asks of [`Local::execute`] about the outbox.
@@ -54,6 +56,7 @@ impl Local {
                 outbox_id: new_outbox_id(),
                 next_seq: 1,
                 journal: None,
+                latest: HashMap::new(),
             }),
             max_bytes,
             max_outbox,
@@ -91,6 +94,7 @@ impl Local {
                     outbox.push_back(entry);
                 }
                 Record::Acked(upto) => outbox.retain(|e| e.seq > upto),
+                Record::Superseded(seq) => remove_seq(&mut outbox, seq),
                 Record::Cleared => {
                     ks.clear();
                     outbox.clear();
@@ -109,6 +113,7 @@ impl Local {
                 outbox_id,
                 next_seq,
                 journal: Some(journal),
+                latest: HashMap::new(),
             }),
             max_bytes,
             max_outbox,
@@ -122,6 +127,11 @@ impl Local {
     /// Executes `op` on the keyspace; a write is journaled and, when asked, recorded in the
     /// outbox. `guard` runs under the lock first: when it answers false nothing happens and
     /// `Ok(None)` is returned (the caller's mode changed meanwhile).
+    ///
+    /// A write with a `supersede` tag replaces the outbox entry of the last write with the
+    /// same tag, if it still waits: only the newest of them is replayed (within one process
+    /// lifetime; entries restored from the journal are not matched).
+    #[allow(clippy::too_many_arguments)]
     pub fn execute(
         &self,
         op: &Op,
@@ -129,6 +139,7 @@ impl Local {
         now_ms: u64,
         outbox: OutboxMode,
         version: Option<VersionCheck>,
+        supersede: Option<&str>,
         guard: impl FnOnce() -> bool,
     ) -> Result<Option<Reply>, StorageError> {
         let mut st = self.state.lock();
@@ -136,13 +147,22 @@ impl Local {
             return Ok(None);
         }
         let write = op.is_write();
+        let replaced = match supersede {
+            Some(tag) if write && outbox == OutboxMode::Yes => st
+                .latest
+                .get(tag)
+                .copied()
+                .filter(|seq| find_seq(&st.outbox, *seq).is_some()),
+            _ => None,
+        };
         if write {
             if st.ks.used_bytes().saturating_add(op_size(op)) > self.max_bytes {
                 return Err(StorageError::MemoryFull {
                     max_bytes: self.max_bytes,
                 });
             }
-            if outbox == OutboxMode::Yes && st.outbox.len() >= self.max_outbox {
+            if outbox == OutboxMode::Yes && replaced.is_none() && st.outbox.len() >= self.max_outbox
+            {
                 return Err(StorageError::OutboxFull {
                     max_entries: self.max_outbox,
                 });
@@ -186,6 +206,15 @@ impl Local {
                 version,
             };
             st.next_seq += 1;
+            if let Some(tag) = supersede {
+                st.latest.insert(tag.to_string(), entry.seq);
+            }
+            if let Some(old) = replaced {
+                remove_seq(&mut st.outbox, old);
+                if journaled {
+                    records.push(Record::Superseded(old));
+                }
+            }
             if journaled {
                 records.push(Record::Outbox(entry.clone()));
             }
@@ -230,6 +259,7 @@ impl Local {
         }
         switch();
         st.ks.clear();
+        st.latest.clear();
         if st.journal.is_some() {
             journal(&mut st, &[Record::Cleared])?;
         }
@@ -307,6 +337,18 @@ fn journal(st: &mut State, records: &[Record]) -> Result<(), StorageError> {
 }
 
 /// Bytes an op may add (its arguments).
+/// The index of the entry `seq` (the outbox is sorted by seq).
+fn find_seq(outbox: &VecDeque<OutboxEntry>, seq: u64) -> Option<usize> {
+    outbox.binary_search_by_key(&seq, |e| e.seq).ok()
+}
+
+/// Removes the entry `seq`, if present.
+fn remove_seq(outbox: &mut VecDeque<OutboxEntry>, seq: u64) {
+    if let Some(i) = find_seq(outbox, seq) {
+        outbox.remove(i);
+    }
+}
+
 fn op_size(op: &Op) -> u64 {
     let (_, args) = op.to_command();
     args.iter().map(|a| a.len() as u64 + 16).sum()

@@ -53,7 +53,7 @@ use serde::Serialize;
 use tokio::sync::{broadcast, Notify};
 
 pub use glob::glob_match;
-pub use keys::{hash_slot, KeySchema};
+pub use keys::{group_by_slot, hash_slot, KeySchema};
 pub use keyspace::{Keyspace, LocalError};
 pub use op::{Expiry, Op, Reply};
 pub use script::{LocalScript, Script};
@@ -208,6 +208,9 @@ pub struct StorageStats {
     pub fallback_calls: u64,
     /// Pub/sub messages a slow subscriber missed.
     pub lagged_messages: u64,
+    /// Writes that fewer replicas than `storage.redis.wait_replicas` acknowledged within
+    /// `wait_timeout_ms` (acknowledged all the same: the master had them).
+    pub unreplicated_writes: u64,
 }
 
 impl StorageEvent {
@@ -295,6 +298,12 @@ pub const REDIS_SCHEMES: &[&str] = &[
 /// Checks a Redis URL the way the storage handle will read it; the reason when it cannot.
 pub fn validate_redis_url(url: &str) -> Result<(), String> {
     redis::parse_url(url)
+}
+
+/// The URL the storage handle connects with: `storage.redis.url`, plus
+/// `storage.redis.sentinel_service` as the service name of a Sentinel URL that lacks one.
+pub fn effective_redis_url(settings: &crate::settings::RedisSettings) -> String {
+    redis::effective_url(settings)
 }
 
 /// Milliseconds since the Unix epoch.
@@ -415,6 +424,11 @@ impl Storage {
             replayed: c.replayed.load(Ordering::Relaxed),
             fallback_calls: c.fallback_calls.load(Ordering::Relaxed),
             lagged_messages: c.lagged_messages.load(Ordering::Relaxed),
+            unreplicated_writes: self
+                .inner
+                .redis
+                .as_ref()
+                .map_or(0, |r| r.unreplicated_writes()),
         }
     }
 
@@ -424,6 +438,17 @@ impl Storage {
     }
 
     async fn run(&self, op: Op, script: Option<LocalScript>) -> Result<Reply, StorageError> {
+        self.run_tagged(op, script, None).await
+    }
+
+    /// [`Storage::run`], where a write taken by the outbox replaces the waiting entry of the
+    /// last write with the same `supersede` tag.
+    async fn run_tagged(
+        &self,
+        op: Op,
+        script: Option<LocalScript>,
+        supersede: Option<&str>,
+    ) -> Result<Reply, StorageError> {
         let inner = &self.inner;
         if let Some(redis) = &inner.redis {
             if self.mode() == Mode::Redis {
@@ -445,7 +470,7 @@ impl Storage {
             return Ok(Reply::Int(self.deliver_local(channel, message) as i64));
         }
         if op.is_write() && self.mode() == Mode::Resyncing && self.wait_out_resync().await {
-            return Box::pin(self.run(op, script)).await;
+            return Box::pin(self.run_tagged(op, script, supersede)).await;
         }
         let outbox = if inner.redis.is_some() {
             inner
@@ -464,14 +489,14 @@ impl Storage {
         let has_redis = inner.redis.is_some();
         let result = inner
             .local
-            .execute(&op, script, now_ms(), outbox, version, || {
+            .execute(&op, script, now_ms(), outbox, version, supersede, || {
                 !has_redis || self.mode() != Mode::Redis
             });
         match result {
             Ok(Some(reply)) => Ok(reply),
             // The outbox was drained and the mode went back to `redis` between our check
             // and the lock: send the op to Redis after all.
-            Ok(None) => Box::pin(self.run(op, script)).await,
+            Ok(None) => Box::pin(self.run_tagged(op, script, supersede)).await,
             Err(e) => {
                 if matches!(
                     e,

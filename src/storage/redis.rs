@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
-use fred::types::config::{Options, UnresponsiveConfig};
+use fred::types::config::{Options, ReconnectError, Server, ServerConfig, UnresponsiveConfig};
 use fred::types::{ClusterHash, CustomCommand, Message};
 use parking_lot::Mutex;
 use tokio::sync::broadcast;
@@ -50,6 +50,10 @@ pub struct RedisBackend {
     opts: Options,
     channels: Mutex<BTreeSet<String>>,
     clustered: bool,
+    /// `storage.redis.wait_replicas` and `wait_timeout_ms`, when replicas must ack writes.
+    wait: Option<(u32, u64)>,
+    /// Writes fewer replicas than asked acknowledged within the timeout.
+    unreplicated: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -78,10 +82,11 @@ fn fred_config(settings: &RedisSettings, fail_fast: bool) -> Result<Config, Stor
             ),
         });
     }
-    let mut config = Config::from_url(&settings.url).map_err(|e| StorageError::Config {
-        key: "storage.redis.url",
-        message: e.details().to_string(),
-    })?;
+    let mut config =
+        Config::from_url(&effective_url(settings)).map_err(|e| StorageError::Config {
+            key: "storage.redis.url",
+            message: e.details().to_string(),
+        })?;
     if !settings.username.is_empty() {
         config.username = Some(settings.username.clone());
     }
@@ -92,8 +97,83 @@ fn fred_config(settings: &RedisSettings, fail_fast: bool) -> Result<Config, Stor
     if settings.db != 0 {
         config.database = Some(settings.db);
     }
+    add_topology(&mut config, settings)?;
     config.fail_fast = fail_fast;
     Ok(config)
+}
+
+/// `storage.redis.url` with `storage.redis.sentinel_service` as its `sentinelServiceName`
+/// when the URL is a Sentinel one without it (fred reads the name from the URL only).
+pub fn effective_url(settings: &RedisSettings) -> String {
+    let url = &settings.url;
+    let sentinel = url
+        .split("://")
+        .next()
+        .unwrap_or_default()
+        .ends_with("-sentinel");
+    if !sentinel || settings.sentinel_service.is_empty() || url.contains("sentinelServiceName=") {
+        return url.clone();
+    }
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!(
+        "{url}{separator}sentinelServiceName={}",
+        settings.sentinel_service
+    )
+}
+
+/// The Cluster seed nodes and the Sentinel addresses, service name and credentials that the
+/// settings add to the URL's.
+fn add_topology(config: &mut Config, settings: &RedisSettings) -> Result<(), StorageError> {
+    let extra = settings
+        .nodes
+        .iter()
+        .map(|node| {
+            let parsed = node
+                .rsplit_once(':')
+                .and_then(|(host, port)| Some((host, port.parse::<u16>().ok()?)));
+            match parsed {
+                Some((host, port)) if !host.is_empty() => Ok(Server::new(host.to_string(), port)),
+                _ => Err(StorageError::Config {
+                    key: "storage.redis.nodes",
+                    message: format!("expected host:port, got {node:?}"),
+                }),
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    match &mut config.server {
+        ServerConfig::Clustered { hosts, .. } => hosts.extend(extra),
+        ServerConfig::Sentinel {
+            hosts,
+            service_name,
+            username,
+            password,
+        } => {
+            hosts.extend(extra);
+            if !settings.sentinel_service.is_empty() {
+                *service_name = settings.sentinel_service.clone();
+            }
+            if service_name.is_empty() {
+                return Err(StorageError::Config {
+                    key: "storage.redis.sentinel_service",
+                    message: "the monitored master's name is missing".into(),
+                });
+            }
+            if !settings.sentinel_username.is_empty() {
+                *username = Some(settings.sentinel_username.clone());
+            }
+            if !settings.sentinel_password.is_empty() {
+                *password = Some(settings.sentinel_password.expose().to_string());
+            }
+        }
+        _ if !extra.is_empty() => {
+            return Err(StorageError::Config {
+                key: "storage.redis.nodes",
+                message: "extra nodes need a redis-cluster:// or redis-sentinel:// URL".into(),
+            })
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 fn builder(settings: &RedisSettings, fail_fast: bool) -> Result<Builder, StorageError> {
@@ -112,6 +192,16 @@ fn builder(settings: &RedisSettings, fail_fast: bool) -> Result<Builder, Storage
             perf.default_command_timeout = timeout;
         })
         .with_connection_config(|conn| {
+            // A server that stopped being the master (a fail-over demoted it, the cluster
+            // lost a majority) answers these instead of closing the connection: reconnect, so
+            // fred asks the sentinels or the cluster for the current master. MOVED and ASK
+            // are followed by fred itself (up to `max_redirections`).
+            conn.reconnect_errors = vec![
+                ReconnectError::ClusterDown,
+                ReconnectError::Loading,
+                ReconnectError::ReadOnly,
+                ReconnectError::MasterDown,
+            ];
             conn.connection_timeout = connect;
             conn.internal_command_timeout = connect;
             conn.max_command_attempts = 1;
@@ -241,15 +331,20 @@ impl RedisBackend {
             };
             let connected = matches!(tokio::time::timeout(deadline, wait).await, Ok(Ok(())));
             let opts = command_options(settings);
-            return Ok((Self::assemble(pool, subscriber, opts), connected));
+            return Ok((Self::assemble(pool, subscriber, opts, settings), connected));
         }
         Ok((
-            Self::assemble(pool, subscriber, command_options(settings)),
+            Self::assemble(pool, subscriber, command_options(settings), settings),
             false,
         ))
     }
 
-    fn assemble(pool: Pool, subscriber: SubscriberClient, opts: Options) -> Self {
+    fn assemble(
+        pool: Pool,
+        subscriber: SubscriberClient,
+        opts: Options,
+        settings: &RedisSettings,
+    ) -> Self {
         let clustered = pool.clients()[0].is_clustered();
         Self {
             pool,
@@ -257,7 +352,48 @@ impl RedisBackend {
             opts,
             channels: Mutex::new(BTreeSet::new()),
             clustered,
+            wait: (settings.wait_replicas > 0)
+                .then_some((settings.wait_replicas, settings.wait_timeout_ms.max(1))),
+            unreplicated: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Writes that fewer replicas than `storage.redis.wait_replicas` acknowledged in time.
+    pub fn unreplicated_writes(&self) -> u64 {
+        self.unreplicated.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// With `wait_replicas` set: `WAIT` on `client` (the connection that carried the writes;
+    /// on a Cluster, routed by `key` to the master of its slot). A reply short of the replicas
+    /// asked for is counted and logged; a failure of the `WAIT` itself is an outage, as any
+    /// command's.
+    async fn wait_for_replicas(&self, client: &Client, key: Option<&str>) -> Result<(), Failure> {
+        let Some((replicas, timeout_ms)) = self.wait else {
+            return Ok(());
+        };
+        let command = CustomCommand::new_static("WAIT", hash_for(key), true);
+        let timeout = Duration::from_millis(timeout_ms) + self.opts.timeout.unwrap_or_default();
+        let acked: Value = client
+            .with_options(&Options {
+                timeout: Some(timeout),
+                ..self.opts.clone()
+            })
+            .custom(command, vec![replicas.to_string(), timeout_ms.to_string()])
+            .await
+            .map_err(|e| classify(&e))?;
+        let acked = acked.as_i64().unwrap_or(0);
+        if acked < i64::from(replicas) {
+            self.unreplicated
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(
+                backend = "redis",
+                acked,
+                wanted = replicas,
+                timeout_ms,
+                "a write reached fewer replicas than storage.redis.wait_replicas in time"
+            );
+        }
+        Ok(())
     }
 
     /// Whether the server is a Cluster.
@@ -304,29 +440,37 @@ impl RedisBackend {
 
     /// Runs one op.
     pub async fn exec(&self, op: &Op) -> Result<Reply, Failure> {
+        if let (true, Op::Scan { pattern, count, .. }) = (self.clustered, op) {
+            return self.scan_masters(pattern, *count).await;
+        }
+        let client = self.pool.next();
         let (cmd, args) = op.to_command();
-        match self.raw(cmd, args, op.first_key()).await {
+        let reply = match self.raw(client, cmd, args, op.first_key()).await {
             Err(Failure::NoScript) => {
                 let Op::Eval { script, .. } = op else {
                     return Err(Failure::Command("NOSCRIPT".into()));
                 };
                 self.load(script).await?;
                 let (cmd, args) = op.to_command();
-                self.raw(cmd, args, op.first_key()).await
+                self.raw(client, cmd, args, op.first_key()).await
             }
             other => other,
+        }?;
+        if op.is_write() {
+            self.wait_for_replicas(client, op.first_key()).await?;
         }
+        Ok(reply)
     }
 
     async fn raw(
         &self,
+        client: &Client,
         cmd: &'static str,
         args: Vec<String>,
         key: Option<&str>,
     ) -> Result<Reply, Failure> {
         let command = CustomCommand::new_static(cmd, hash_for(key), false);
-        self.pool
-            .next()
+        client
             .with_options(&self.opts)
             .custom::<Value, String>(command, args)
             .await
@@ -337,7 +481,8 @@ impl RedisBackend {
     /// Runs plain ops (no scripts) pipelined on one connection: one round trip for the lot.
     /// The outer error is an outage; the inner ones are Redis's replies to single commands.
     pub async fn exec_pipeline(&self, ops: &[Op]) -> Result<Vec<Result<Reply, Failure>>, Failure> {
-        let pipeline = self.pool.next().pipeline();
+        let client = self.pool.next();
+        let pipeline = client.pipeline();
         for op in ops {
             let (cmd, args) = op.to_command();
             let command = CustomCommand::new_static(cmd, hash_for(op.first_key()), false);
@@ -360,19 +505,106 @@ impl RedisBackend {
                 },
             }
         }
+        if self.wait.is_some() {
+            // One WAIT per master the writes went to: per slot on a Cluster (a WAIT covers
+            // every earlier write of its connection), once otherwise.
+            let mut slots = BTreeSet::new();
+            for op in ops.iter().filter(|op| op.is_write()) {
+                let key = op.first_key();
+                let slot = if self.clustered {
+                    key.map(crate::storage::hash_slot)
+                } else {
+                    None
+                };
+                if slots.insert(slot) {
+                    self.wait_for_replicas(client, key).await?;
+                }
+            }
+        }
         Ok(out)
     }
 
-    /// Loads a script into Redis's cache.
+    /// Loads a script into Redis's cache: on a Cluster into every master's, since EVALSHA
+    /// goes to the master of its keys' slot (and a promoted replica starts with an empty
+    /// cache, which the NOSCRIPT path refills).
     pub async fn load(&self, script: &ScriptRef) -> Result<(), Failure> {
-        self.raw("SCRIPT", vec!["LOAD".into(), script.lua.to_string()], None)
-            .await
-            .map(|_| ())
+        if self.clustered {
+            return self
+                .pool
+                .next()
+                .with_options(&self.opts)
+                .script_load_cluster::<Value, _>(script.lua.to_string())
+                .await
+                .map(|_| ())
+                .map_err(|e| classify(&e));
+        }
+        self.raw(
+            self.pool.next(),
+            "SCRIPT",
+            vec!["LOAD".into(), script.lua.to_string()],
+            None,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// A whole `SCAN` of every Cluster master (each holds part of the keyspace), answered as
+    /// one round with cursor 0 so that `Storage::scan` stops after it.
+    async fn scan_masters(&self, pattern: &str, count: u64) -> Result<Reply, Failure> {
+        let client = self.pool.next();
+        let masters = client
+            .cached_cluster_state()
+            .map(|state| state.unique_primary_nodes())
+            .ok_or_else(|| Failure::Outage("cluster state unknown".into()))?;
+        let mut keys = Vec::new();
+        for master in masters {
+            let mut cursor = "0".to_string();
+            loop {
+                let command = CustomCommand::new_static("SCAN", ClusterHash::Random, false);
+                let args = vec![
+                    cursor.clone(),
+                    "MATCH".into(),
+                    pattern.to_string(),
+                    "COUNT".into(),
+                    count.to_string(),
+                ];
+                let opts = Options {
+                    cluster_node: Some(master.clone()),
+                    ..self.opts.clone()
+                };
+                let reply = client
+                    .with_options(&opts)
+                    .custom::<Value, String>(command, args)
+                    .await
+                    .map(to_reply)
+                    .map_err(|e| classify(&e))?;
+                let Reply::Array(mut parts) = reply else {
+                    break;
+                };
+                if parts.len() != 2 {
+                    break;
+                }
+                keys.extend(parts.pop().map(Reply::into_strings).unwrap_or_default());
+                cursor = parts
+                    .pop()
+                    .and_then(Reply::into_opt_string)
+                    .unwrap_or_else(|| "0".into());
+                if cursor == "0" {
+                    break;
+                }
+            }
+        }
+        Ok(Reply::Array(vec![
+            Reply::Str("0".into()),
+            Reply::Array(keys.into_iter().map(Reply::Str).collect()),
+        ]))
     }
 
     /// A PING with the command timeout: true when Redis answers.
     pub async fn ping(&self) -> bool {
-        self.raw("PING", Vec::new(), None).await.is_ok()
+        self.raw(self.pool.next(), "PING", Vec::new(), None)
+            .await
+            .is_ok()
     }
 
     /// A PING allowed `patience`: the idle-connection check in `redis` mode, which must not

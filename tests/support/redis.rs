@@ -56,6 +56,7 @@ const DATA_DIR: &str = "data";
 pub struct RedisServerBuilder {
     persistence: bool,
     config: Vec<String>,
+    args: Vec<String>,
     start_timeout: Duration,
 }
 
@@ -64,6 +65,7 @@ impl Default for RedisServerBuilder {
         Self {
             persistence: false,
             config: Vec::new(),
+            args: Vec::new(),
             start_timeout: START_TIMEOUT,
         }
     }
@@ -81,6 +83,12 @@ impl RedisServerBuilder {
     /// One extra `redis.conf` line, e.g. `"maxmemory 1mb"`; it overrides the harness's own.
     pub fn config(mut self, line: impl Into<String>) -> Self {
         self.config.push(line.into());
+        self
+    }
+
+    /// One extra command-line argument after the config file, e.g. `"--sentinel"`.
+    pub fn arg(mut self, arg: impl Into<String>) -> Self {
+        self.args.push(arg.into());
         self
     }
 
@@ -106,12 +114,13 @@ impl RedisServerBuilder {
                 continue;
             }
             write_config(dir.path(), port, &self)?;
-            match launch(dir.path(), port, self.start_timeout) {
+            match launch(dir.path(), port, &self.args, self.start_timeout) {
                 Ok(child) => {
                     return Ok(RedisServer {
                         port,
                         pid: child.id(),
                         child: Some(child),
+                        args: self.args,
                         start_timeout: self.start_timeout,
                         _reservation: reservation,
                         dir,
@@ -134,6 +143,8 @@ pub struct RedisServer {
     /// The current (or last) process; `pid` stays readable after it is killed.
     child: Option<Child>,
     pid: u32,
+    /// Command-line arguments after the config file, kept for restarts.
+    args: Vec<String>,
     start_timeout: Duration,
     /// Dropped after the process is killed (see `Drop`), then the directory goes.
     _reservation: PortReservation,
@@ -290,7 +301,7 @@ impl RedisServer {
     fn relaunch(&mut self) -> io::Result<()> {
         let started = Instant::now();
         loop {
-            match launch(self.dir.path(), self.port, self.start_timeout) {
+            match launch(self.dir.path(), self.port, &self.args, self.start_timeout) {
                 Ok(child) => {
                     self.pid = child.id();
                     self.child = Some(child);
@@ -353,7 +364,7 @@ fn write_config(dir: &Path, port: u16, builder: &RedisServerBuilder) -> io::Resu
 }
 
 /// Spawns `redis-server` with the config in `dir` and waits until it answers PING on `port`.
-fn launch(dir: &Path, port: u16, timeout: Duration) -> Result<Child, Launch> {
+fn launch(dir: &Path, port: u16, args: &[String], timeout: Duration) -> Result<Child, Launch> {
     let log = dir.join(LOG_FILE);
     let stdio = dir.join(STDIO_FILE);
     // Only what this launch writes tells whether it lost its port.
@@ -363,6 +374,7 @@ fn launch(dir: &Path, port: u16, timeout: Duration) -> Result<Child, Launch> {
     let mut command = Command::new(&bin);
     command
         .arg(dir.join(CONFIG_FILE))
+        .args(args)
         .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(out.try_clone()?)

@@ -126,6 +126,39 @@ pub fn send_command(addr: SocketAddr, args: &[&str], timeout: Duration) -> io::R
     read_value(&mut BufReader::new(stream))
 }
 
+/// Sends several commands to `addr` on one fresh connection (so `AUTH` or `ASKING` applies to
+/// the ones after it) and returns the reply to the last. `timeout` bounds each step.
+pub fn send_commands(
+    addr: SocketAddr,
+    commands: &[&[&str]],
+    timeout: Duration,
+) -> io::Result<RespValue> {
+    Ok(send_pipeline(addr, commands, timeout)?
+        .pop()
+        .unwrap_or(RespValue::Nil))
+}
+
+/// Sends several commands to `addr` on one fresh connection, all before reading, and returns
+/// every reply in order. `timeout` bounds each step.
+pub fn send_pipeline<A: AsRef<[S]>, S: AsRef<str>>(
+    addr: SocketAddr,
+    commands: &[A],
+    timeout: Duration,
+) -> io::Result<Vec<RespValue>> {
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    stream.set_nodelay(true)?;
+    let mut out = Vec::new();
+    for args in commands {
+        let args: Vec<&str> = args.as_ref().iter().map(AsRef::as_ref).collect();
+        out.extend(encode_command(&args));
+    }
+    stream.write_all(&out)?;
+    let mut reader = BufReader::new(stream);
+    commands.iter().map(|_| read_value(&mut reader)).collect()
+}
+
 /// One line without its CRLF; an empty stream is `UnexpectedEof`.
 fn read_line(reader: &mut impl BufRead) -> io::Result<String> {
     let mut line = String::new();

@@ -1,0 +1,515 @@
+//! The history archive (issue 10): what leaves Redis, kept in SQL so that it outlives TTLs and
+//! capped lists.
+//!
+//! Owns: the archive database (SQLite by default, a file in `history.dir` needing no server;
+//! PostgreSQL with `history.url = "postgres://..."`), its schema ([`archive::MIGRATIONS`]),
+//! the bounded queue and the batch writer task (`writer.rs`), and the spool file of batches
+//! waiting for an unreachable database (`spool.rs`).
+//!
+//! Accepts: [`Record`]s through a [`HistorySink`], which the scheduler (finished task
+//! attempts, tasks its reaper dead-letters, sessions at start and end, every event as it is
+//! pushed to `PREFIX:events`) and the
+//! hazard ticker (rounds, and seeds once revealed) hold, and `Hazards::settle` (a player's
+//! settled round with its revealed server seed) uses. `HistorySink::record` never waits:
+//! it puts the record in the queue (`history.queue_capacity`) or counts it as dropped.
+//!
+//! Answers: [`History`] (`Fleet::history()`, or [`History::open`] on its own as
+//! `botfleet history` does) lists sessions, task attempts, events, hazard rounds and players'
+//! settlements by time range, a page at a time, and deletes rows past
+//! `history.retention_days`.
+//!
+//! Fails: a malformed URL at start-up ([`HistoryError::Url`]); an unreachable database is not
+//! an error for the writers: batches wait (in the spool with `storage.fallback = "file"`, in
+//! memory otherwise) and are written when it returns, each record once thanks to its key.
+//! Queries fail with [`HistoryError::Database`] while it is unreachable.
+
+pub mod archive;
+pub mod record;
+mod spool;
+mod writer;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use serde::Serialize;
+use tokio::sync::{mpsc, Notify, OnceCell};
+
+pub use archive::{Archive, Backend};
+pub use record::{
+    task_status, EventRecord, HazardRoundRecord, HazardSeedRecord, HistoryQuery, Page, Record,
+    SessionRecord, SettlementRecord, TaskRecord,
+};
+
+use crate::settings::{FallbackKind, HistorySettings};
+use crate::storage::now_ms;
+
+/// Name of the periodic retention job (`NAME-lock`, `NAME-last-run` in storage).
+pub const RETENTION_JOB: &str = "history-retention";
+/// A day, in milliseconds.
+const DAY_MS: i64 = 86_400_000;
+
+/// Why the archive could not be opened or queried.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HistoryError {
+    /// `history.url` is neither `sqlite:` nor `postgres://` (shown without its password).
+    #[error("history.url: expected sqlite://PATH or postgres://USER@HOST/DB, got {0:?}")]
+    Url(String),
+    /// The history is not enabled (`history.enabled = false`).
+    #[error("the history archive is off (history.enabled = false)")]
+    Disabled,
+    /// A cursor that no page answered.
+    #[error("invalid history cursor {0:?}")]
+    Cursor(String),
+    /// A file could not be created or read.
+    #[error("history file: {0}")]
+    Io(String),
+    /// The database failed or is unreachable.
+    #[error("history database: {0}")]
+    Database(String),
+}
+
+impl From<sqlx::Error> for HistoryError {
+    fn from(e: sqlx::Error) -> Self {
+        HistoryError::Database(e.to_string())
+    }
+}
+
+/// Checks `history.url` for the settings validation (the message never shows a password).
+pub fn check_url(url: &str) -> Result<(), String> {
+    if url.is_empty() || Backend::of(url).is_some() {
+        Ok(())
+    } else {
+        Err(format!(
+            "expected \"\" (SQLite in history.dir), sqlite://PATH or postgres://USER@HOST:PORT/DB, got {:?}",
+            redacted(url)
+        ))
+    }
+}
+
+fn redacted(url: &str) -> String {
+    crate::settings::redact_url(url)
+}
+
+/// Whether a failed write may succeed later unchanged: the database is unreachable, shutting
+/// down, out of resources, or (SQLite) busy. Anything else is a refusal of the data.
+pub(crate) fn is_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => {
+            let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
+            // PostgreSQL SQLSTATE classes 08 (connection), 53 (resources), 57 (operator
+            // intervention: shutdown, admin command), 40 (serialization, deadlock); SQLite
+            // BUSY (5) and LOCKED (6) with their extended codes.
+            ["08", "53", "57", "40"]
+                .iter()
+                .any(|class| code.len() == 5 && code.starts_with(class))
+                || matches!(code.parse::<i64>(), Ok(n) if n & 0xff == 5 || n & 0xff == 6)
+        }
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        _ => false,
+    }
+}
+
+/// The writer's counters, shared with the handles.
+#[derive(Debug, Default)]
+struct Counters {
+    submitted: AtomicU64,
+    dropped: AtomicU64,
+    written: AtomicU64,
+    acknowledged: AtomicU64,
+    spooled: AtomicU64,
+    pending: AtomicU64,
+    rejected: AtomicU64,
+    lost: AtomicU64,
+    batches: AtomicU64,
+    reachable: AtomicBool,
+}
+
+/// The archive's counters (`Fleet::history().stats()`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct HistoryStats {
+    /// Whether records are archived.
+    pub enabled: bool,
+    /// `sqlite` or `postgres` (empty when off).
+    pub backend: String,
+    /// Records accepted into the queue.
+    pub submitted: u64,
+    /// Records dropped because the queue was full.
+    pub dropped: u64,
+    /// Records stored in the database (spooled ones included once replayed).
+    pub written: u64,
+    /// Records that can no longer be lost: stored in the database or synced to the spool.
+    pub acknowledged: u64,
+    /// Records waiting in the spool for the database.
+    pub spooled: u64,
+    /// Records waiting in memory for the database.
+    pub pending: u64,
+    /// Records the database refused for good (logged).
+    pub rejected: u64,
+    /// Records lost at shutdown with the database unreachable and no spool.
+    pub lost: u64,
+    /// Transactions committed.
+    pub batches: u64,
+    /// Whether the last attempt reached the database.
+    pub reachable: bool,
+    /// The last database error seen.
+    pub last_error: Option<String>,
+}
+
+/// The hook the producers hold: [`HistorySink::record`] never waits and never fails. A sink of
+/// a disabled history (or [`HistorySink::off`]) ignores records.
+#[derive(Clone, Default)]
+pub struct HistorySink {
+    inner: Option<Arc<Inner>>,
+}
+
+impl std::fmt::Debug for HistorySink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HistorySink")
+            .field("enabled", &self.inner.is_some())
+            .finish()
+    }
+}
+
+impl HistorySink {
+    /// A sink that ignores records.
+    pub fn off() -> Self {
+        Self { inner: None }
+    }
+
+    /// Whether records go anywhere (producers skip building them otherwise).
+    pub fn is_on(&self) -> bool {
+        self.inner.is_some()
+    }
+
+    /// Queues `record` for the writer, or counts it dropped when the queue is full.
+    pub fn record(&self, record: Record) {
+        let Some(inner) = &self.inner else {
+            return;
+        };
+        match inner.tx.try_send(record) {
+            Ok(()) => {
+                inner.counters.submitted.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => {
+                let dropped = inner.counters.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                // One warning per 10,000 drops: a full queue must not flood the log.
+                if dropped % 10_000 == 1 {
+                    tracing::warn!(
+                        actor = "history",
+                        dropped,
+                        "history queue full: records dropped"
+                    );
+                }
+            }
+        }
+    }
+}
+
+struct Inner {
+    settings: HistorySettings,
+    archive: Archive,
+    tx: mpsc::Sender<Record>,
+    counters: Counters,
+    last_error: Mutex<Option<String>>,
+    schema: OnceCell<i64>,
+    stopping: AtomicBool,
+    stop: Notify,
+    progress: Notify,
+    writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Inner {
+    fn new(settings: &HistorySettings, archive: Archive, tx: mpsc::Sender<Record>) -> Self {
+        let counters = Counters::default();
+        counters.reachable.store(true, Ordering::Relaxed);
+        Inner {
+            settings: settings.clone(),
+            archive,
+            tx,
+            counters,
+            last_error: Mutex::new(None),
+            schema: OnceCell::new(),
+            stopping: AtomicBool::new(false),
+            stop: Notify::new(),
+            progress: Notify::new(),
+            writer: Mutex::new(None),
+        }
+    }
+
+    /// Migrates the schema once per process (tried again after a failure).
+    async fn schema(&self) -> Result<i64, HistoryError> {
+        self.schema
+            .get_or_try_init(|| self.archive.migrate())
+            .await
+            .copied()
+    }
+}
+
+/// The archive handle: queries, counters, retention. Cheap to clone.
+#[derive(Clone)]
+pub struct History {
+    inner: Option<Arc<Inner>>,
+}
+
+impl std::fmt::Debug for History {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("History")
+            .field("backend", &self.inner.as_ref().map(|i| i.archive.backend()))
+            .finish()
+    }
+}
+
+impl History {
+    /// A history that is off: its sink ignores records, its queries answer
+    /// [`HistoryError::Disabled`].
+    pub fn disabled() -> Self {
+        Self { inner: None }
+    }
+
+    /// Opens the archive of `settings` and starts its writer on the current tokio runtime
+    /// (disabled when `history.enabled` is false). With `fallback` = file, batches wait in
+    /// the spool in `history.dir` while the database is unreachable; batches an earlier
+    /// process left there are written first. The database is not contacted here: an
+    /// unreachable one delays the writes, never the start.
+    pub fn open(
+        settings: &HistorySettings,
+        fallback: FallbackKind,
+    ) -> Result<History, HistoryError> {
+        if !settings.enabled {
+            return Ok(Self::disabled());
+        }
+        let archive = Archive::open(settings)?;
+        let spool_path = Path::new(&settings.dir);
+        let spool = if fallback == FallbackKind::File || spool_path.join("spool.log").exists() {
+            let spool = spool::Spool::open(spool_path)
+                .map_err(|e| HistoryError::Io(format!("{}: {e}", spool_path.display())))?;
+            Some(spool)
+        } else {
+            None
+        };
+        let (tx, rx) = mpsc::channel(settings.queue_capacity.max(1));
+        let inner = Arc::new(Inner::new(settings, archive, tx));
+        if let Some(spool) = &spool {
+            inner
+                .counters
+                .spooled
+                .store(spool.records(), Ordering::Relaxed);
+        }
+        let writer = writer::Writer {
+            inner: inner.clone(),
+            rx,
+            spool: spool.map(|s| Arc::new(Mutex::new(s))),
+            pending: Default::default(),
+            retry_at: None,
+        };
+        *inner.writer.lock() = Some(tokio::spawn(writer.run()));
+        Ok(History { inner: Some(inner) })
+    }
+
+    /// The archive of `settings` for queries only (whatever `history.enabled` says): no
+    /// writer, and the spool is left to the process that owns it. Its sink drops records.
+    pub fn reader(settings: &HistorySettings) -> Result<History, HistoryError> {
+        let archive = Archive::open(settings)?;
+        // The receiver is dropped at once: nothing is ever written through this handle.
+        let (tx, _) = mpsc::channel(1);
+        Ok(History {
+            inner: Some(Arc::new(Inner::new(settings, archive, tx))),
+        })
+    }
+
+    /// Whether records are archived.
+    pub fn is_enabled(&self) -> bool {
+        self.inner.is_some()
+    }
+
+    /// The hook for producers.
+    pub fn sink(&self) -> HistorySink {
+        HistorySink {
+            inner: self.inner.clone(),
+        }
+    }
+
+    /// The database, when enabled.
+    pub fn archive(&self) -> Option<&Archive> {
+        self.inner.as_ref().map(|i| &i.archive)
+    }
+
+    /// The writer's counters.
+    pub fn stats(&self) -> HistoryStats {
+        let Some(inner) = &self.inner else {
+            return HistoryStats::default();
+        };
+        let c = &inner.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        HistoryStats {
+            enabled: true,
+            backend: inner.archive.backend().as_str().to_string(),
+            submitted: get(&c.submitted),
+            dropped: get(&c.dropped),
+            written: get(&c.written),
+            acknowledged: get(&c.acknowledged),
+            spooled: get(&c.spooled),
+            pending: get(&c.pending),
+            rejected: get(&c.rejected),
+            lost: get(&c.lost),
+            batches: get(&c.batches),
+            reachable: c.reachable.load(Ordering::Relaxed),
+            last_error: inner.last_error.lock().clone(),
+        }
+    }
+
+    fn ready(&self) -> Result<&Arc<Inner>, HistoryError> {
+        self.inner.as_ref().ok_or(HistoryError::Disabled)
+    }
+
+    /// Sessions by start time, newest first.
+    pub async fn sessions(&self, q: &HistoryQuery) -> Result<Page<SessionRecord>, HistoryError> {
+        let inner = self.ready()?;
+        inner.schema().await?;
+        inner.archive.sessions(q).await
+    }
+
+    /// Task attempts by finish time, newest first.
+    pub async fn tasks(&self, q: &HistoryQuery) -> Result<Page<TaskRecord>, HistoryError> {
+        let inner = self.ready()?;
+        inner.schema().await?;
+        inner.archive.tasks(q).await
+    }
+
+    /// Events by time, newest first (of one session with [`HistoryQuery::session`]).
+    pub async fn events(&self, q: &HistoryQuery) -> Result<Page<EventRecord>, HistoryError> {
+        let inner = self.ready()?;
+        inner.schema().await?;
+        inner.archive.events(q).await
+    }
+
+    /// Hazard rounds by due time, newest first, with their server seed once revealed.
+    pub async fn rounds(&self, q: &HistoryQuery) -> Result<Page<HazardRoundRecord>, HistoryError> {
+        let inner = self.ready()?;
+        inner.schema().await?;
+        inner.archive.rounds(q).await
+    }
+
+    /// Players' settled rounds by settlement time, newest first (of one user and/or agent with
+    /// [`HistoryQuery::user`] and [`HistoryQuery::agent`]): each with the revealed server
+    /// seed that verifies it after the fairness record expired from Redis.
+    pub async fn settlements(
+        &self,
+        q: &HistoryQuery,
+    ) -> Result<Page<SettlementRecord>, HistoryError> {
+        let inner = self.ready()?;
+        inner.schema().await?;
+        inner.archive.settlements(q).await
+    }
+
+    /// Deletes rows older than `cutoff_ms`; answers how many.
+    pub async fn purge_older_than(&self, cutoff_ms: i64) -> Result<u64, HistoryError> {
+        let inner = self.ready()?;
+        inner.schema().await?;
+        inner.archive.purge(cutoff_ms).await
+    }
+
+    /// The retention job: deletes rows older than `history.retention_days` (nothing when 0).
+    pub async fn purge_expired(&self) -> Result<u64, HistoryError> {
+        let inner = self.ready()?;
+        let days = inner.settings.retention_days;
+        if days == 0 {
+            return Ok(0);
+        }
+        let cutoff = now_ms() as i64 - (days as i64).saturating_mul(DAY_MS);
+        let deleted = self.purge_older_than(cutoff).await?;
+        tracing::info!(
+            actor = "history",
+            deleted,
+            retention_days = days,
+            "history retention ran"
+        );
+        Ok(deleted)
+    }
+
+    /// Waits up to `deadline` until every record submitted so far is stored in the database
+    /// (or dropped, refused or lost, and counted). True when it is.
+    pub async fn flush(&self, deadline: Duration) -> bool {
+        let Some(inner) = &self.inner else {
+            return true;
+        };
+        let until = tokio::time::Instant::now() + deadline;
+        loop {
+            let progress = inner.progress.notified();
+            tokio::pin!(progress);
+            progress.as_mut().enable();
+            let s = self.stats();
+            if s.written + s.rejected + s.lost >= s.submitted && s.spooled == 0 {
+                return true;
+            }
+            // Woken by the writer's progress; the short bound covers a notice sent before
+            // `enable` (a missed wake-up costs at most this).
+            let step = tokio::time::Instant::now() + Duration::from_millis(50);
+            if tokio::time::timeout_at(until.min(step), progress)
+                .await
+                .is_err()
+                && tokio::time::Instant::now() >= until
+            {
+                return false;
+            }
+        }
+    }
+
+    /// Stops the writer: what is queued is written, or spooled (`storage.fallback = "file"`)
+    /// when the database is unreachable, or counted lost; waits up to `deadline`. Then closes
+    /// the pool. Idempotent.
+    pub async fn close(&self, deadline: Duration) {
+        let Some(inner) = &self.inner else {
+            return;
+        };
+        inner.stopping.store(true, Ordering::Release);
+        // A stored permit: the writer sees it even if it is not waiting right now.
+        inner.stop.notify_one();
+        let handle = inner.writer.lock().take();
+        if let Some(handle) = handle {
+            if tokio::time::timeout(deadline, handle).await.is_err() {
+                tracing::error!(
+                    actor = "history",
+                    "history writer still busy at the shutdown deadline"
+                );
+            }
+        }
+        inner.archive.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_checked_without_showing_passwords() {
+        assert!(check_url("").is_ok());
+        assert!(check_url("sqlite://data/h.sqlite3").is_ok());
+        assert!(check_url("postgres://u@localhost:5432/db").is_ok());
+        let err = check_url("mysql://u:hunter2@host/db").unwrap_err();
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn a_disabled_sink_ignores_records() {
+        let sink = History::disabled().sink();
+        assert!(!sink.is_on());
+        sink.record(Record::HazardSeed(HazardSeedRecord {
+            epoch: 1,
+            server_seed: "s".into(),
+            hashed_server_seed: "h".into(),
+            revealed_ms: 1,
+        }));
+        assert_eq!(History::disabled().stats(), HistoryStats::default());
+    }
+}

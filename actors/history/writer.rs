@@ -1,0 +1,339 @@
+//! The batch writer (seed 003's `BatchDatabaseWriter`): one task that takes records from the
+//! bounded queue and writes them in transactions of up to `history.batch_size` records, at
+//! the latest `history.flush_interval_ms` after the first record of a batch arrived.
+//!
+//! While the database is unreachable (a connection error, a server shutting down, a busy
+//! SQLite file) batches wait: in the spool when `storage.fallback = "file"` (the writer keeps
+//! taking records and appends them, synced, so callers never notice), otherwise in memory (the
+//! writer stops taking records; the queue fills, then drops are counted). Every
+//! `history.retry_interval_ms` the writer tries again: spool first, oldest batch first, then
+//! the batch held in memory, then new records. A batch that the database refuses for good (a
+//! constraint or SQL error) is written record by record and the refused records are counted
+//! and logged, so one bad record never blocks the rest.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::record::Record;
+use super::spool::Spool;
+use super::Inner;
+
+/// The writer task's state.
+pub(super) struct Writer {
+    pub(super) inner: Arc<Inner>,
+    pub(super) rx: mpsc::Receiver<Record>,
+    /// Present with `storage.fallback = "file"` (or when an earlier run left batches there).
+    /// The mutex is only taken by this task, inside `spawn_blocking`: file I/O stays off the
+    /// runtime's threads.
+    pub(super) spool: Option<Arc<Mutex<Spool>>>,
+    /// Batches waiting in memory for the database.
+    pub(super) pending: VecDeque<Vec<Record>>,
+    /// While the database is unreachable: when to try it again.
+    pub(super) retry_at: Option<Instant>,
+}
+
+/// How a write went.
+enum Outcome {
+    /// Every record is stored (or refused for good and counted).
+    Done,
+    /// The database is unreachable; these records still wait.
+    Unreachable(Vec<Record>),
+}
+
+impl Writer {
+    /// Runs until the history is closed and everything taken is written, spooled or counted.
+    pub(super) async fn run(mut self) {
+        let settings = self.inner.settings.clone();
+        let retry = Duration::from_millis(settings.retry_interval_ms.max(1));
+        loop {
+            let stopping = self.inner.stopping.load(Ordering::Acquire);
+            if self.retry_at.is_none_or(|at| Instant::now() >= at) {
+                self.retry_at = if self.settle_waiting().await {
+                    None
+                } else {
+                    Some(Instant::now() + retry)
+                };
+            }
+            if let Some(at) = self.retry_at {
+                // Unreachable: keep taking records only when they can wait on disk.
+                if stopping {
+                    let rest = self.drain_now();
+                    self.park(rest).await;
+                    self.lose_pending();
+                    break;
+                }
+                if self.spool.is_some() {
+                    if let Some(batch) = self.collect(Some(at)).await {
+                        self.park(batch).await;
+                    }
+                } else {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(at) => {}
+                        _ = self.inner.stop.notified() => {}
+                    }
+                }
+                continue;
+            }
+            if stopping {
+                let rest = self.drain_now();
+                if rest.is_empty() {
+                    break;
+                }
+                if let Outcome::Unreachable(left) = self.write(rest).await {
+                    self.park(left).await;
+                    self.lose_pending();
+                    break;
+                }
+                continue;
+            }
+            let Some(batch) = self.collect(None).await else {
+                continue;
+            };
+            if let Some(left) = self.write_counted(batch, false).await {
+                self.retry_at = Some(Instant::now() + retry);
+                self.park(left).await;
+            }
+        }
+        self.inner.progress.notify_waiters();
+    }
+
+    /// Takes the next batch: waits for a first record (until `until`, or the stop), then up to
+    /// `history.flush_interval_ms` for the batch to fill.
+    async fn collect(&mut self, until: Option<Instant>) -> Option<Vec<Record>> {
+        let size = self.inner.settings.batch_size.max(1);
+        let first = tokio::select! {
+            r = self.rx.recv() => r?,
+            _ = self.inner.stop.notified() => return None,
+            _ = sleep_until_opt(until) => return None,
+        };
+        let mut batch = Vec::with_capacity(size.min(1_024));
+        batch.push(first);
+        let flush_at =
+            Instant::now() + Duration::from_millis(self.inner.settings.flush_interval_ms);
+        while batch.len() < size {
+            match self.rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => tokio::select! {
+                    r = self.rx.recv() => match r {
+                        Some(r) => batch.push(r),
+                        None => break,
+                    },
+                    _ = tokio::time::sleep_until(flush_at) => break,
+                    _ = self.inner.stop.notified() => break,
+                },
+            }
+        }
+        Some(batch)
+    }
+
+    /// Everything in the queue now, without waiting (at shutdown).
+    fn drain_now(&mut self) -> Vec<Record> {
+        let mut out = Vec::new();
+        while let Ok(r) = self.rx.try_recv() {
+            out.push(r);
+        }
+        out
+    }
+
+    /// Writes what waits (spool, then memory). False when the database is still unreachable.
+    async fn settle_waiting(&mut self) -> bool {
+        if let Some(spool) = self.spool.clone() {
+            let waiting = spool.lock().records();
+            if waiting > 0 {
+                let batches = match blocking(spool.clone(), |s| s.batches()).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::error!(actor = "history", error = %e, "reading the spool failed");
+                        return false;
+                    }
+                };
+                for batch in batches {
+                    if let Outcome::Unreachable(_) = self.write(batch).await {
+                        return false;
+                    }
+                }
+                if let Err(e) = blocking(spool, |s| s.clear()).await {
+                    tracing::error!(actor = "history", error = %e, "emptying the spool failed");
+                    return false;
+                }
+                self.inner.counters.spooled.store(0, Ordering::Relaxed);
+                tracing::info!(
+                    actor = "history",
+                    records = waiting,
+                    "spooled history written to the database"
+                );
+            }
+        }
+        while let Some(batch) = self.pending.pop_front() {
+            if let Some(left) = self.write_counted(batch, true).await {
+                self.pending.push_front(left);
+                return false;
+            }
+        }
+        self.set_reachable(true, None);
+        true
+    }
+
+    /// Keeps records that could not be written: in the spool (acknowledged) when there is one,
+    /// in memory otherwise.
+    async fn park(&mut self, batch: Vec<Record>) {
+        if batch.is_empty() {
+            return;
+        }
+        let n = batch.len() as u64;
+        let batch = match self.spool.clone() {
+            None => batch,
+            Some(spool) => {
+                let (appended, batch) = tokio::task::spawn_blocking(move || {
+                    let appended = spool.lock().append(&batch);
+                    (appended, batch)
+                })
+                .await
+                .unwrap_or_else(|e| (Err(std::io::Error::other(e)), Vec::new()));
+                match appended {
+                    Ok(()) => {
+                        let c = &self.inner.counters;
+                        c.spooled.fetch_add(n, Ordering::Relaxed);
+                        c.acknowledged.fetch_add(n, Ordering::Relaxed);
+                        self.inner.progress.notify_waiters();
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::error!(actor = "history", error = %e, records = n, "spooling history failed; the batch waits in memory");
+                        batch
+                    }
+                }
+            }
+        };
+        let n = batch.len() as u64;
+        self.inner.counters.pending.fetch_add(n, Ordering::Relaxed);
+        self.pending.push_back(batch);
+    }
+
+    /// At shutdown with the database unreachable and no spool: what waits in memory is lost.
+    fn lose_pending(&mut self) {
+        let n: u64 = self.pending.drain(..).map(|b| b.len() as u64).sum();
+        if n > 0 {
+            let c = &self.inner.counters;
+            c.pending.fetch_sub(n, Ordering::Relaxed);
+            c.lost.fetch_add(n, Ordering::Relaxed);
+            tracing::error!(actor = "history", records = n, "database unreachable at shutdown: history records held in memory are lost (use storage.fallback = \"file\" to keep them)");
+        }
+    }
+
+    /// Writes `batch` and counts what was stored as acknowledged (and no longer pending, for a
+    /// batch that waited in memory). Answers the records still waiting, if any.
+    async fn write_counted(
+        &mut self,
+        batch: Vec<Record>,
+        was_pending: bool,
+    ) -> Option<Vec<Record>> {
+        let n = batch.len() as u64;
+        let left = match self.write(batch).await {
+            Outcome::Done => None,
+            Outcome::Unreachable(left) => Some(left),
+        };
+        let stored = n - left.as_ref().map_or(0, |l| l.len() as u64);
+        let c = &self.inner.counters;
+        c.acknowledged.fetch_add(stored, Ordering::Relaxed);
+        if was_pending {
+            c.pending.fetch_sub(stored, Ordering::Relaxed);
+        }
+        left
+    }
+
+    /// One attempt at writing `batch`, in one transaction (record by record after a refusal).
+    async fn write(&mut self, batch: Vec<Record>) -> Outcome {
+        if batch.is_empty() {
+            return Outcome::Done;
+        }
+        if let Err(e) = self.inner.schema().await {
+            self.set_reachable(false, Some(e.to_string()));
+            return Outcome::Unreachable(batch);
+        }
+        let archive = &self.inner.archive;
+        match archive.write(&batch).await {
+            Ok(()) => {
+                self.stored(batch.len() as u64);
+                Outcome::Done
+            }
+            Err(e) if super::is_transient(&e) => {
+                self.set_reachable(false, Some(e.to_string()));
+                Outcome::Unreachable(batch)
+            }
+            Err(e) => {
+                tracing::warn!(actor = "history", error = %e, "history batch refused; writing its records one by one");
+                let mut rest = batch.into_iter();
+                while let Some(record) = rest.next() {
+                    match archive.write(std::slice::from_ref(&record)).await {
+                        Ok(()) => self.stored(1),
+                        Err(e) if super::is_transient(&e) => {
+                            self.set_reachable(false, Some(e.to_string()));
+                            let mut left = vec![record];
+                            left.extend(rest);
+                            return Outcome::Unreachable(left);
+                        }
+                        Err(e) => {
+                            self.inner.counters.rejected.fetch_add(1, Ordering::Relaxed);
+                            tracing::error!(actor = "history", error = %e, "history record refused by the database");
+                        }
+                    }
+                }
+                Outcome::Done
+            }
+        }
+    }
+
+    fn stored(&self, n: u64) {
+        self.inner.counters.written.fetch_add(n, Ordering::Relaxed);
+        self.inner.counters.batches.fetch_add(1, Ordering::Relaxed);
+        self.inner.progress.notify_waiters();
+    }
+
+    fn set_reachable(&self, up: bool, error: Option<String>) {
+        let was = self.inner.counters.reachable.swap(up, Ordering::AcqRel);
+        if was != up {
+            if up {
+                tracing::info!(
+                    actor = "history",
+                    backend = self.inner.archive.backend().as_str(),
+                    "history database reachable"
+                );
+            } else {
+                tracing::warn!(
+                    actor = "history",
+                    backend = self.inner.archive.backend().as_str(),
+                    error = error.as_deref().unwrap_or(""),
+                    "history database unreachable: batches wait"
+                );
+            }
+        }
+        if let Some(error) = error {
+            *self.inner.last_error.lock() = Some(error);
+        }
+        self.inner.progress.notify_waiters();
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Runs `f` on the spool on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    spool: Arc<Mutex<Spool>>,
+    f: impl FnOnce(&mut Spool) -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    tokio::task::spawn_blocking(move || f(&mut spool.lock()))
+        .await
+        .map_err(std::io::Error::other)?
+}
