@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use botfleet::settings::{FallbackKind, StorageSettings};
 use botfleet::storage::{KeySchema, Mode, Storage, StorageError, StorageEvent};
 use parking_lot::Mutex;
-use support::{poll_until_async, RedisServer, WriteLoad};
+use support::{poll_until_async, Acked, RedisServer, WriteLoad};
 
 /// The bound the issue sets between an outage and the fallback serving a call.
 const SWITCH_BOUND: Duration = Duration::from_millis(300);
@@ -31,10 +31,10 @@ async fn wait_mode(storage: &Storage, mode: Mode, within: Duration) -> Duration 
     .unwrap_or_else(|e| panic!("mode {mode} not reached: {e:?}; now {}", storage.mode()))
 }
 
-fn missing_in_redis(server: &RedisServer, written: &[(String, String)]) -> usize {
+fn missing_in_redis(server: &RedisServer, written: &[Acked]) -> usize {
     written
         .iter()
-        .filter(|(k, v)| server.cmd(&["GET", k]).as_str() != Some(v.as_str()))
+        .filter(|w| server.cmd(&["GET", &w.key]).as_str() != Some(w.value.as_str()))
         .count()
 }
 

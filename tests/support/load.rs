@@ -9,9 +9,18 @@ use botfleet::storage::Storage;
 
 use super::poll::poll_until_async;
 
-/// What a load reports once stopped: every acknowledged (key, value), the errors callers saw,
-/// and the slowest call.
-pub type LoadReport = (Vec<(String, String)>, u64, Duration);
+/// One write the storage acknowledged.
+#[derive(Debug, Clone)]
+pub struct Acked {
+    pub key: String,
+    pub value: String,
+    /// When the writer got the acknowledgement.
+    pub at: Instant,
+}
+
+/// What a load reports once stopped: every acknowledged write, the errors callers saw, and
+/// the slowest call.
+pub type LoadReport = (Vec<Acked>, u64, Duration);
 
 /// Write tasks; key `PREFIX:T:I` gets value `vI`.
 pub struct WriteLoad {
@@ -52,7 +61,8 @@ impl WriteLoad {
                         let started = Instant::now();
                         match storage.set(&key, value.clone(), ttl).await {
                             Ok(()) => {
-                                done.push((key, value));
+                                let at = Instant::now();
+                                done.push(Acked { key, value, at });
                                 acked.fetch_add(1, Ordering::Relaxed);
                             }
                             Err(e) => {

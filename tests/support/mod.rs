@@ -47,7 +47,7 @@ pub mod sentinel;
 pub use cluster::RedisCluster;
 pub use deploy::{fit_settings, Inspect, TestRedis};
 pub use http::{HttpReply, HttpServer};
-pub use load::{LoadReport, WriteLoad};
+pub use load::{Acked, LoadReport, WriteLoad};
 pub use poll::{poll_until, poll_until_async, TimedOut, POLL_INTERVAL};
 pub use port::free_port;
 pub use process::process_is_alive;
