@@ -314,6 +314,26 @@ fn every_problem_is_reported_at_once_with_its_key() {
 }
 
 #[test]
+fn a_replica_wait_must_be_shorter_than_the_command_timeout() {
+    let file = "[storage.redis]\ntimeout_ms = 300\nwait_replicas = 1\nwait_timeout_ms = 300\n";
+    let err = load_err(file, &[]);
+    assert_eq!(err.problems().len(), 1, "{err}");
+    assert!(message(&err, "storage.redis.wait_timeout_ms").starts_with(
+        "storage.redis.wait_timeout_ms: expected less than storage.redis.timeout_ms (300) \
+         when wait_replicas is set, got 300"
+    ));
+    // Without wait_replicas the timeout is unused, and any value passes.
+    load_ok(
+        "[storage.redis]\ntimeout_ms = 300\nwait_timeout_ms = 300\n",
+        &[],
+    );
+    load_ok(
+        "[storage.redis]\ntimeout_ms = 300\nwait_replicas = 1\nwait_timeout_ms = 299\n",
+        &[],
+    );
+}
+
+#[test]
 fn type_messages_read_well() {
     let file = r#"
         [storage.redis]

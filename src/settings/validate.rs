@@ -319,6 +319,18 @@ fn semantic(settings: &Settings, tree: &Node, problems: &mut Vec<Problem>) {
         "storage.redis.reconnect_max_ms",
         redis.reconnect_max_ms,
     );
+    // Commands queued behind a WAIT on its connection wait for it: a WAIT as long as the
+    // command timeout would make them time out, and read as an outage.
+    if redis.wait_replicas > 0 && redis.wait_timeout_ms >= redis.timeout_ms {
+        check.fail(
+            "storage.redis.wait_timeout_ms",
+            format!(
+                "expected less than storage.redis.timeout_ms ({}) when wait_replicas is set, \
+                 got {}",
+                redis.timeout_ms, redis.wait_timeout_ms
+            ),
+        );
+    }
     let supervisor = &settings.supervisor;
     check.at_most(
         "supervisor.backoff_base_ms",

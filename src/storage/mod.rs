@@ -42,6 +42,7 @@ mod monitor;
 mod op;
 mod outbox;
 mod redis;
+mod replicas;
 mod script;
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};

@@ -9,7 +9,7 @@
 //! inside the actix system.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
@@ -20,6 +20,7 @@ use tokio::sync::broadcast;
 
 use super::op::{Op, Reply, ScriptRef};
 use super::outbox::{command_wrapper, marker_key, replay_command, script_wrapper, OutboxEntry};
+use super::replicas::{Change, ReplicaWatch, WaitPlan};
 use super::StorageError;
 use crate::settings::RedisSettings;
 
@@ -54,6 +55,8 @@ pub struct RedisBackend {
     wait: Option<(u32, u64)>,
     /// Writes fewer replicas than asked acknowledged within the timeout.
     unreplicated: std::sync::atomic::AtomicU64,
+    /// Masters whose replicas did not answer the last `WAIT`.
+    replicas: ReplicaWatch,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -355,6 +358,9 @@ impl RedisBackend {
             wait: (settings.wait_replicas > 0)
                 .then_some((settings.wait_replicas, settings.wait_timeout_ms.max(1))),
             unreplicated: std::sync::atomic::AtomicU64::new(0),
+            replicas: ReplicaWatch::new(Duration::from_millis(
+                settings.wait_timeout_ms.max(100) * 2,
+            )),
         }
     }
 
@@ -365,12 +371,24 @@ impl RedisBackend {
 
     /// With `wait_replicas` set: `WAIT` on `client` (the connection that carried the writes;
     /// on a Cluster, routed by `key` to the master of its slot). A reply short of the replicas
-    /// asked for is counted and logged; a failure of the `WAIT` itself is an outage, as any
-    /// command's.
+    /// asked for is counted; the master is then taken to be missing replicas and its writes
+    /// skip `WAIT` but for one probe per interval ([`ReplicaWatch`]). A failure of the `WAIT`
+    /// itself is an outage, as any command's.
     async fn wait_for_replicas(&self, client: &Client, key: Option<&str>) -> Result<(), Failure> {
         let Some((replicas, timeout_ms)) = self.wait else {
             return Ok(());
         };
+        // Which master the write went to matters only once one is missing replicas.
+        let mut master = None;
+        if self.replicas.any_missing() {
+            let m = self.master_of(client, key);
+            if self.replicas.plan(&m, Instant::now()) == WaitPlan::Skip {
+                self.unreplicated
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Ok(());
+            }
+            master = Some(m);
+        }
         let command = CustomCommand::new_static("WAIT", hash_for(key), true);
         let timeout = Duration::from_millis(timeout_ms) + self.opts.timeout.unwrap_or_default();
         let acked: Value = client
@@ -382,18 +400,48 @@ impl RedisBackend {
             .await
             .map_err(|e| classify(&e))?;
         let acked = acked.as_i64().unwrap_or(0);
-        if acked < i64::from(replicas) {
+        let enough = acked >= i64::from(replicas);
+        if !enough {
             self.unreplicated
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::warn!(
+        }
+        if enough && master.is_none() {
+            return Ok(());
+        }
+        let master = master.unwrap_or_else(|| self.master_of(client, key));
+        match self.replicas.record(&master, enough, Instant::now()) {
+            Change::Lost => tracing::warn!(
                 backend = "redis",
+                master = %master,
                 acked,
                 wanted = replicas,
                 timeout_ms,
-                "a write reached fewer replicas than storage.redis.wait_replicas in time"
-            );
+                "a write reached fewer replicas than storage.redis.wait_replicas in time; \
+                 until they answer again, writes to this master skip WAIT (counted as \
+                 unreplicated) but for one probe every {} ms",
+                self.replicas.probe_every().as_millis()
+            ),
+            Change::Regained => tracing::info!(
+                backend = "redis",
+                master = %master,
+                "replicas answer WAIT again; every write waits for them"
+            ),
+            Change::None => {}
         }
         Ok(())
+    }
+
+    /// The address of the master that serves `key` (from fred's cached Cluster routing);
+    /// `""` outside a Cluster, for a write without a key, or before the routing is known.
+    fn master_of(&self, client: &Client, key: Option<&str>) -> String {
+        let (true, Some(key)) = (self.clustered, key) else {
+            return String::new();
+        };
+        let slot = fred::util::redis_keyslot(key.as_bytes());
+        client
+            .cached_cluster_state()
+            .and_then(|routing| routing.get_server(slot).map(ToString::to_string))
+            .unwrap_or_default()
     }
 
     /// Whether the server is a Cluster.
