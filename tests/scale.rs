@@ -1,8 +1,9 @@
 //! Scale-out: the master of a Sentinel set-up or of a Redis Cluster killed under a write load
 //! is an outage like any other (degraded, then resynced against the promoted replica; with
-//! `wait_replicas = 1`, nothing acknowledged lost), and three daemons sharing one deployment split the fleet's work
-//! (one fetcher, one hazard ticker, each task once, exclusive locks, every heartbeat seen,
-//! admin messages to the right process, a daemon killed with -9 replaced in its roles).
+//! `wait_replicas = 1`, nothing acknowledged lost), and three daemons sharing one deployment
+//! split the fleet's work (one fetcher, one hazard ticker, each task once, exclusive locks,
+//! every heartbeat seen, admin messages to the right process, a daemon killed with -9
+//! replaced in its roles).
 
 mod support;
 
@@ -153,8 +154,10 @@ async fn fail_over_under_load(
         let at = Instant::now();
         let index = deployment.kill();
         let promoted = deployment.wait_promoted();
-        // Until the promotion no master took writes: every WAIT pending at the kill failed
-        // (an outage: its write went to the outbox), and none since has timed out.
+        // Until the promotion nothing took the killed master's writes: every WAIT pending on
+        // it at the kill failed (an outage: its write went to the outbox), and none to the
+        // promoted replica has timed out yet. (On a Cluster the count also holds the other
+        // masters' unreplicated writes, which were not lost: the bound is only looser.)
         let unreplicated = storage.stats().unreplicated_writes;
         deployment.rejoin(index);
         (Kill { at, unreplicated }, promoted)
