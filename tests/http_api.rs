@@ -213,6 +213,10 @@ async fn read_endpoints_report_the_fleet() {
         sample(&samples, "botfleet_storage_refused_writes_total", &[]),
         0.0
     );
+    assert_eq!(
+        sample(&samples, "botfleet_storage_masters_missing_replicas", &[]),
+        0.0
+    );
     assert_eq!(sample(&samples, "botfleet_lock_waiters", &[]), 1.0);
     assert_eq!(sample(&samples, "botfleet_locks_held", &[]), 1.0);
     assert_eq!(

@@ -297,8 +297,10 @@ async fn with_wait_replicas_a_write_is_acknowledged_once_the_replica_has_it() {
     st.redis.wait_timeout_ms = 100;
     let storage = Storage::open(&st, &KeySchema::default()).await.unwrap();
     set.data_server(replica).freeze();
+    assert_eq!(storage.stats().masters_missing_replicas, 0);
     storage.set("wait:2", "v2", None).await.unwrap();
     assert_eq!(storage.stats().unreplicated_writes, 1);
+    assert_eq!(storage.stats().masters_missing_replicas, 1);
     assert_eq!(set.cmd(&["GET", "wait:2"]).as_str(), Some("v2"));
     // The master is now taken to be missing its replica: the next writes skip WAIT (but for
     // a probe every 200 ms) instead of each blocking its connection for 100 ms, which would
@@ -330,6 +332,7 @@ async fn with_wait_replicas_a_write_is_acknowledged_once_the_replica_has_it() {
     })
     .await
     .expect("a write was replicated again once the replica was thawed");
+    assert_eq!(storage.stats().masters_missing_replicas, 0);
     storage.set("wait:5", "v5", None).await.unwrap();
     assert_eq!(
         set.data_cmd(replica, &["GET", "wait:5"]).unwrap().as_str(),

@@ -102,6 +102,13 @@ pub(crate) fn render(
         "Writes fewer replicas than storage.redis.wait_replicas acknowledged in time",
         storage.unreplicated_writes,
     );
+    gauge(
+        &mut registry,
+        "storage_masters_missing_replicas",
+        "Masters whose last WAIT came back short of storage.redis.wait_replicas; their writes \
+         skip WAIT until a probe finds the replicas back",
+        i64::try_from(storage.masters_missing_replicas).unwrap_or(i64::MAX),
+    );
 
     let restarts: Family<Labels, Counter> = Family::default();
     let up: Family<Labels, Gauge> = Family::default();

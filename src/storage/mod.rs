@@ -212,6 +212,10 @@ pub struct StorageStats {
     /// Writes that fewer replicas than `storage.redis.wait_replicas` acknowledged within
     /// `wait_timeout_ms` (acknowledged all the same: the master had them).
     pub unreplicated_writes: u64,
+    /// Masters now taken to be missing replicas: their last `WAIT` came back short, and their
+    /// writes skip it (counted in `unreplicated_writes`) until a probe finds the replicas back.
+    /// Always 0 without `storage.redis.wait_replicas`.
+    pub masters_missing_replicas: u64,
 }
 
 impl StorageEvent {
@@ -430,6 +434,11 @@ impl Storage {
                 .redis
                 .as_ref()
                 .map_or(0, |r| r.unreplicated_writes()),
+            masters_missing_replicas: self
+                .inner
+                .redis
+                .as_ref()
+                .map_or(0, |r| r.masters_missing_replicas()),
         }
     }
 

@@ -444,6 +444,11 @@ impl RedisBackend {
             .unwrap_or_default()
     }
 
+    /// Masters now taken to be missing replicas (see [`ReplicaWatch`]).
+    pub fn masters_missing_replicas(&self) -> u64 {
+        self.replicas.missing() as u64
+    }
+
     /// Whether the server is a Cluster.
     pub fn is_clustered(&self) -> bool {
         self.clustered

@@ -59,6 +59,11 @@ impl ReplicaWatch {
         self.probe_every
     }
 
+    /// How many masters are missing replicas.
+    pub fn missing(&self) -> usize {
+        self.missing.lock().len()
+    }
+
     /// Whether any master is missing replicas: when none is, callers need not work out which
     /// master a write went to.
     pub fn any_missing(&self) -> bool {
@@ -120,6 +125,7 @@ mod tests {
         let t0 = Instant::now();
         assert_eq!(watch.record("a", false, t0), Change::Lost);
         assert!(watch.any_missing());
+        assert_eq!(watch.missing(), 1);
         // Other masters are not affected.
         assert_eq!(watch.plan("b", t0), WaitPlan::Wait);
         assert_eq!(watch.plan("a", t0), WaitPlan::Skip);
@@ -142,6 +148,7 @@ mod tests {
         assert_eq!(watch.plan("a", t0 + EVERY), WaitPlan::Wait);
         assert_eq!(watch.record("a", true, t0 + EVERY), Change::Regained);
         assert!(!watch.any_missing());
+        assert_eq!(watch.missing(), 0);
         assert_eq!(watch.plan("a", t0 + EVERY), WaitPlan::Wait);
         assert_eq!(watch.plan("a", t0 + EVERY), WaitPlan::Wait);
     }
