@@ -801,6 +801,14 @@ async fn acquisitions_whose_caller_is_gone_are_released() {
         left() <= SCRIPT_CALLS_IN_FLIGHT
     })
     .await
-    .unwrap_or_else(|_| panic!("{} orphaned locks still held", left()));
+    .unwrap_or_else(|_| {
+        panic!(
+            "{} orphaned locks still held; storage {:?}",
+            left(),
+            fleet.storage().stats()
+        )
+    });
+    let stats = fleet.lock_stats().await.unwrap();
+    eprintln!("lock stats {stats:?}");
     fleet.shutdown().await.unwrap();
 }
