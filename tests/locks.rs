@@ -437,6 +437,37 @@ async fn a_release_notice_from_another_process_wakes_a_waiter_at_once() {
     b.shutdown().await.unwrap();
 }
 
+/// A guard dropped while Redis is unreachable releases its lock once Redis answers again,
+/// long before the lock's TTL: the release is retried, not left to the TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guard_dropped_during_an_outage_releases_its_lock_once_redis_is_back() {
+    let server = RedisServer::start().unwrap();
+    let fleet = Fleet::start(settings(&server.url())).await.unwrap();
+    let name = "bet-cleanup-lock";
+    let guard = fleet
+        .locks()
+        .try_acquire(name, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .expect("the lock is free");
+    server.freeze();
+    let storage = fleet.storage().clone();
+    poll_until_async(Duration::from_secs(5), || {
+        let storage = storage.clone();
+        async move { storage.mode() != Mode::Redis }
+    })
+    .await
+    .expect("the outage is seen");
+    drop(guard);
+    server.thaw();
+    poll_until_async(Duration::from_secs(15), || async {
+        server.cmd(&["EXISTS", name]).as_int() == Some(0)
+    })
+    .await
+    .expect("released once Redis is back, long before its 60 s TTL");
+    fleet.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outage_refuse_fails_fast_and_a_held_lock_is_reported_lost() {
     let mut server = RedisServer::start().unwrap();

@@ -22,6 +22,8 @@ pub struct LockGuard {
     fence: Option<u64>,
     handoffs: u32,
     lost: watch::Receiver<bool>,
+    /// The TTL the watchdog renews: how long the lock outlives this guard at most.
+    ttl: Duration,
     watchdog: Option<JoinHandle<()>>,
     shared: Arc<Shared>,
     released: bool,
@@ -52,6 +54,7 @@ impl LockGuard {
             fence: Some(fence),
             handoffs,
             lost: rx,
+            ttl,
             watchdog: Some(watchdog),
             shared,
             released: false,
@@ -69,6 +72,7 @@ impl LockGuard {
             fence: None,
             handoffs: 0,
             lost: rx,
+            ttl: Duration::ZERO,
             watchdog: None,
             shared,
             released: false,
@@ -160,17 +164,22 @@ impl Drop for LockGuard {
             shared.release_local(&name, &token);
             return;
         }
-        let handoffs = self.handoffs;
+        let (handoffs, ttl) = (self.handoffs, self.ttl);
         let task = async move {
             if handoffs < MAX_HANDOFFS {
-                if let Some(released) = handoff(&shared, &name, &token, handoffs).await {
-                    if let Err(e) = released {
+                match handoff(&shared, &name, &token, handoffs).await {
+                    None => {}
+                    // An outage: release it for everyone once Redis is back (below).
+                    Some(Err(LockError::Unavailable(_))) => {}
+                    Some(Err(e)) => {
                         tracing::warn!(actor = "locks", key = %name, error = %e, "lock hand-over on drop failed; it expires with its ttl");
+                        return;
                     }
-                    return;
+                    Some(Ok(_)) => return,
                 }
             }
-            if let Err(e) = release(&shared, &name, &token, false, handoffs >= MAX_HANDOFFS).await {
+            let yield_turn = handoffs >= MAX_HANDOFFS;
+            if let Err(e) = release_unguarded(&shared, &name, &token, ttl, yield_turn).await {
                 tracing::warn!(actor = "locks", key = %name, error = %e, "lock release on drop failed; it expires with its ttl");
             }
         };
@@ -226,11 +235,43 @@ pub(super) async fn handoff(
     };
     if !waiter.deliver(grant.clone()) {
         // The waiter gave up meanwhile: release what it would have held.
-        if let Err(e) = release(shared, name, &grant.token, false, false).await {
+        let ttl = Duration::from_millis(waiter.ttl_ms);
+        if let Err(e) = release_unguarded(shared, name, &grant.token, ttl, false).await {
             tracing::warn!(actor = "locks", key = %name, error = %e, "release of an unclaimed hand-over failed; it expires with its ttl");
         }
     }
     Some(Ok(true))
+}
+
+/// The longest a release of a lock nobody guards keeps retrying (bounded by the lock's TTL
+/// too): long enough to outlast a brief outage, short enough not to pile up tasks in a long
+/// one.
+const UNGUARDED_RETRY_FOR: Duration = Duration::from_secs(60);
+
+/// Releases a lock nobody guards any more (its guard was dropped, its caller went away before
+/// the acquisition answered, or a hand-over found its waiter gone). A release that meets an
+/// outage is retried (every 50 ms, doubling to 1 s) until it goes through, the lock's `ttl`
+/// has passed (it has expired by itself), or [`UNGUARDED_RETRY_FOR`]: otherwise a hiccup of
+/// Redis would leave the lock held for its whole TTL. Retrying is safe: the release is a
+/// compare-and-delete on the token.
+pub(super) async fn release_unguarded(
+    shared: &Shared,
+    name: &str,
+    token: &str,
+    ttl: Duration,
+    yield_turn: bool,
+) -> Result<bool, LockError> {
+    let give_up = std::time::Instant::now() + ttl.min(UNGUARDED_RETRY_FOR);
+    let mut delay = Duration::from_millis(50);
+    loop {
+        match release(shared, name, token, false, yield_turn).await {
+            Err(LockError::Unavailable(_)) if std::time::Instant::now() + delay < give_up => {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(1));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// How long a holder that gave the lock up after [`MAX_HANDOFFS`] hand-overs keeps its own

@@ -192,8 +192,19 @@ impl Locks {
                     return;
                 }
                 let (name, token) = (request.keys[0].clone(), request.args[0].clone());
+                // ARGV per request: token, ttl ms, mark ms.
+                let ttl_ms = request
+                    .args
+                    .get(1)
+                    .and_then(|t| t.parse().ok())
+                    .unwrap_or(0);
                 tokio::spawn(async move {
-                    let _ = guard::release(&shared, &name, &token, false, false).await;
+                    let ttl = Duration::from_millis(ttl_ms);
+                    if let Err(e) =
+                        guard::release_unguarded(&shared, &name, &token, ttl, false).await
+                    {
+                        tracing::warn!(actor = "locks", key = %name, error = %e, "release of an acquisition whose caller is gone failed; it expires with its ttl");
+                    }
                 });
             });
             let channel = settings.release_channel.clone();
