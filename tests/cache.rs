@@ -23,12 +23,7 @@ const CHILD_ENV: &str = "BOTFLEET_TEST_CACHE_CHILD";
 const TTL: Duration = Duration::from_secs(60);
 
 fn settings(url: &str) -> Settings {
-    let mut s = Settings::default();
-    s.storage.redis.url = url.to_string();
-    support::fit_settings(&mut s);
-    s.storage.redis.timeout_ms = 2_000;
-    s.supervisor.stop_timeout_ms = 2_000;
-    s
+    support::suite_settings(url)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

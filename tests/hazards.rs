@@ -26,12 +26,7 @@ use support::{poll_until_async, Inspect, RespValue, TestRedis};
 const CHILD_ENV: &str = "BOTFLEET_TEST_HAZARDS_CHILD";
 
 fn settings(url: &str, interval_ms: u64, lock_ttl_ms: u64) -> Settings {
-    let mut s = Settings::default();
-    s.storage.redis.url = url.to_string();
-    support::fit_settings(&mut s);
-    // A loaded machine must not look like an outage.
-    s.storage.redis.timeout_ms = 2_000;
-    s.supervisor.stop_timeout_ms = 2_000;
+    let mut s = support::suite_settings(url);
     s.hazards.enabled = true;
     s.hazards.interval_ms = interval_ms;
     s.hazards.lock_ttl_ms = lock_ttl_ms;

@@ -392,11 +392,7 @@ const WAIT: Duration = Duration::from_secs(30);
 /// A daemon's settings: the hazard ticker and the fetcher campaign for leadership with a
 /// 1 s TTL, heartbeats every 100 ms, admin messages polled every 50 ms.
 fn daemon_settings(url: &str, source: &str) -> Settings {
-    let mut s = Settings::default();
-    s.storage.redis.url = url.to_string();
-    support::fit_settings(&mut s);
-    s.storage.redis.timeout_ms = 2_000;
-    s.supervisor.stop_timeout_ms = 2_000;
+    let mut s = support::suite_settings(url);
     s.hazards.enabled = true;
     s.hazards.interval_ms = 200;
     s.hazards.lock_ttl_ms = LEADER_TTL_MS;

@@ -26,11 +26,7 @@ use support::{poll_until_async, RedisServer, TestRedis};
 const CHILD_ENV: &str = "BOTFLEET_TEST_SCHEDULER_CHILD";
 
 fn settings(url: &str) -> Settings {
-    let mut s = Settings::default();
-    s.storage.redis.url = url.to_string();
-    support::fit_settings(&mut s);
-    s.storage.redis.timeout_ms = 2_000;
-    s.supervisor.stop_timeout_ms = 2_000;
+    let mut s = support::suite_settings(url);
     s.scheduler.poll_interval_ms = 20;
     s.scheduler.backoff_base_ms = 20;
     s.scheduler.backoff_max_ms = 100;

@@ -40,12 +40,7 @@ async fn game_server() -> HttpServer {
 }
 
 fn settings(redis_url: &str, source_url: &str) -> Settings {
-    let mut s = Settings::default();
-    s.storage.redis.url = redis_url.to_string();
-    support::fit_settings(&mut s);
-    // A loaded 2-core machine must not look like an outage half-way through.
-    s.storage.redis.timeout_ms = 2_000;
-    s.supervisor.stop_timeout_ms = 2_000;
+    let mut s = support::suite_settings(redis_url);
     let d = &mut s.shared_data;
     d.enabled = true;
     d.fetch_interval_ms = 100;

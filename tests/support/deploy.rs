@@ -156,6 +156,18 @@ pub fn fit_settings(settings: &mut Settings) {
     }
 }
 
+/// The settings a Redis suite starts from: `url`, fitted to its deployment, with a 2 s command
+/// timeout (a loaded 2-core machine must not look like an outage half-way through) and a 2 s
+/// stop timeout. Fail-over tests set shorter timeouts themselves.
+pub fn suite_settings(url: &str) -> Settings {
+    let mut s = Settings::default();
+    s.storage.redis.url = url.to_string();
+    fit_settings(&mut s);
+    s.storage.redis.timeout_ms = 2_000;
+    s.supervisor.stop_timeout_ms = 2_000;
+    s
+}
+
 /// A seed key `bot:...` as the Cluster run names it.
 fn cluster_key(arg: &str) -> String {
     match arg.strip_prefix("bot:") {

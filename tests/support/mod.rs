@@ -45,7 +45,7 @@ pub mod role;
 pub mod sentinel;
 
 pub use cluster::RedisCluster;
-pub use deploy::{fit_settings, Inspect, TestRedis};
+pub use deploy::{fit_settings, suite_settings, Inspect, TestRedis};
 pub use http::{HttpReply, HttpServer};
 pub use load::{Acked, LoadReport, WriteLoad};
 pub use poll::{poll_until, poll_until_async, TimedOut, POLL_INTERVAL};
