@@ -979,6 +979,11 @@ async fn worker(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Outcome>) {
     let poll = Duration::from_millis(shared.settings.poll_interval_ms.max(1));
     let mut results: Vec<Outcome> = Vec::new();
     loop {
+        if !shared.inflight.is_empty() {
+            // Handlers that are ready to finish do so before this step is built, so that it
+            // carries their results and refills their slots in one call.
+            tokio::task::yield_now().await;
+        }
         while results.len() < MAX_RESULTS_PER_STEP {
             match rx.try_recv() {
                 Ok(o) => results.push(o),
