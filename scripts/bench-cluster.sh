@@ -11,7 +11,8 @@
 # `botfleet bench queue --redis redis-cluster://... --tasks TASKS --queues QUEUES`, and prints
 # the benchmark's JSON lines followed by one line with each master's share of the commands
 # (from INFO commandstats; the harness's own INFO/CONFIG/CLUSTER/PING calls left out) and
-# the largest deviation from 1/M. Never touches port 6379.
+# the largest deviation from 1/M, and the CPU time (user + system, in seconds) that the
+# masters together (since they started) and the benchmark client spent. Never touches port 6379.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -92,18 +93,29 @@ for masters in 1 2 3; do
   for port in "${ports[@]}"; do redis-cli -p "$port" config resetstat >/dev/null; done
 
   url="redis-cluster://127.0.0.1:${ports[0]}"
-  "$bin" bench queue --redis "$url" --tasks "$tasks" --queues "$queues" |
+  # Run through python only to read the client's CPU time (user + system) when it exits.
+  python3 -c '
+import resource, subprocess, sys
+code = subprocess.run(sys.argv[2:]).returncode
+r = resource.getrusage(resource.RUSAGE_CHILDREN)
+open(sys.argv[1], "w").write("%.2f" % (r.ru_utime + r.ru_stime))
+sys.exit(code)' "$work/client-cpu" \
+    "$bin" bench queue --redis "$url" --tasks "$tasks" --queues "$queues" |
     sed "s/^{/{\"masters\":$masters,/"
 
   counts=()
+  cpu=0
   for port in "${ports[@]}"; do
+    cpu=$(redis-cli -p "$port" info cpu |
+      awk -F: -v sum="$cpu" '/^used_cpu_(sys|user):/ { sum += $2 } END { print sum }')
     counts+=("$(redis-cli -p "$port" info commandstats |
       awk -F'[:,=]' '/^cmdstat_/ && $1 !~ /cmdstat_(info|config|cluster|ping|command|hello|client|select|auth|readonly)$/ { n += $3 } END { print n + 0 }')")
   done
-  python3 - "$masters" "${counts[@]}" <<'EOF'
+  python3 - "$masters" "$cpu" "$(cat "$work/client-cpu")" "${counts[@]}" <<'EOF'
 import json, sys
 masters = int(sys.argv[1])
-counts = [int(c) for c in sys.argv[2:]]
+redis_cpu, client_cpu = float(sys.argv[2]), float(sys.argv[3])
+counts = [int(c) for c in sys.argv[4:]]
 total = sum(counts) or 1
 shares = [c / total for c in counts]
 print(json.dumps({
@@ -111,6 +123,8 @@ print(json.dumps({
     "commands_per_master": counts,
     "share_per_master": [round(s, 4) for s in shares],
     "max_deviation_from_1_over_m": round(max(abs(s * masters - 1) for s in shares), 4),
+    "redis_cpu_s": round(redis_cpu, 2),
+    "client_cpu_s": client_cpu,
 }))
 EOF
   for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
