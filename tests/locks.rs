@@ -181,15 +181,16 @@ async fn watchdog_holds_a_lock_far_past_its_ttl() {
     let server = TestRedis::start().unwrap();
     let fleet = Fleet::start(patient(&server.url())).await.unwrap();
     let locks = fleet.locks();
-    // A 1 s TTL held for 4 s: extended every 333 ms, so a loaded machine (a Cluster's six
-    // servers and the client on two cores) may stall the watchdog for up to 2/3 of the TTL.
+    // A 2 s TTL held for 6 s: extended every 667 ms, and a failed extension retried until
+    // 1.33 s after the last success, so a loaded machine (a Cluster's six servers and the
+    // client on two cores, beside other suites) may stall the watchdog for over a second.
     let guard = locks
-        .try_acquire("bet-cleanup-lock", Duration::from_secs(1))
+        .try_acquire("bet-cleanup-lock", Duration::from_secs(2))
         .await
         .unwrap()
         .unwrap();
     let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(4) {
+    while start.elapsed() < Duration::from_secs(6) {
         assert!(!guard.is_lost());
         assert!(locks
             .try_acquire("bet-cleanup-lock", Duration::from_secs(1))
@@ -509,6 +510,40 @@ async fn outage_refuse_fails_fast_and_a_held_lock_is_reported_lost() {
     // Nothing went to the fallback (or its outbox; presence beats may be there).
     assert_eq!(fleet.storage().mode(), Mode::Degraded);
     assert_eq!(fleet.storage().get("bet-lock:u-b").await.unwrap(), None);
+    fleet.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_extension_is_retried_while_the_lock_cannot_have_expired() {
+    let server = RedisServer::start().unwrap();
+    let fleet = Arc::new(Fleet::start(settings(&server.url())).await.unwrap());
+    let locks = fleet.locks();
+    let name = "wallet-retry-scheduler-lock";
+    // Extended every 3 s; a failed extension is retried until 6 s after the last success.
+    let ttl = Duration::from_secs(9);
+    let guard = locks.try_acquire(name, ttl).await.unwrap().unwrap();
+    let token = guard.token().to_string();
+    // Frozen until the first extension has failed (its call times out, or finds the storage
+    // degraded): the lock itself is still safe in Redis for seconds.
+    server.freeze();
+    let f = fleet.clone();
+    let failed = poll_until_async(Duration::from_secs(8), move || {
+        let f = f.clone();
+        async move { f.lock_stats().await.unwrap().extension_retries > 0 }
+    })
+    .await;
+    server.thaw();
+    failed.expect("the extension due 3 s after the acquisition failed while Redis was frozen");
+    assert!(!guard.is_lost(), "lost at the first failed extension");
+    // Once Redis answers again, a retry extends the lock: its TTL is back near 9 s.
+    poll_until_async(Duration::from_secs(5), || async {
+        server.cmd(&["PTTL", name]).as_int().unwrap_or(0) > 7_000
+    })
+    .await
+    .expect("the lock was extended after the thaw");
+    assert!(!guard.is_lost());
+    assert_eq!(server.cmd(&["GET", name]).as_str(), Some(token.as_str()));
+    assert!(guard.release().await.unwrap());
     fleet.shutdown().await.unwrap();
 }
 

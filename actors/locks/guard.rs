@@ -312,6 +312,11 @@ pub(super) async fn release(
 }
 
 /// Extends the lock every `ttl / 3` until aborted; reports a loss once and stops.
+///
+/// Redis answering that the lock is no longer ours is a loss at once. A call that fails (a
+/// timeout, a dropped connection, the storage briefly degraded) is retried, since the lock is
+/// still ours until its TTL runs out; the loss is reported once no extension has succeeded by
+/// [`extension_deadline`], a third of the TTL before the earliest moment the lock can expire.
 async fn watchdog(
     shared: Arc<Shared>,
     name: String,
@@ -320,22 +325,48 @@ async fn watchdog(
     lost: watch::Sender<bool>,
 ) {
     let every = (ttl / 3).max(Duration::from_millis(1));
+    let retry = (every / 4).clamp(Duration::from_millis(1), Duration::from_millis(100));
     let ttl_ms = ttl.as_millis().to_string();
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    // The acquisition's script set the lock shortly before this task started; the margin in
+    // `extension_deadline` covers the difference.
+    let mut extended_at = tokio::time::Instant::now();
+    let mut tick = tokio::time::interval_at(extended_at + every, every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let reply = shared
-            .storage
-            .eval_on_redis(&scripts().extend, &[&name], &[&token, &ttl_ms])
-            .await;
-        let reason = match reply {
-            Ok(r) if r.as_int() == 1 => continue,
-            Ok(_) => "expired and no longer ours".to_string(),
-            Err(e) => e.to_string(),
+        let reason = loop {
+            let sent = tokio::time::Instant::now();
+            let reply = shared
+                .storage
+                .eval_on_redis(&scripts().extend, &[&name], &[&token, &ttl_ms])
+                .await;
+            match reply {
+                Ok(r) if r.as_int() == 1 => {
+                    extended_at = sent;
+                    break None;
+                }
+                Ok(_) => break Some("expired and no longer ours".to_string()),
+                Err(e) => {
+                    let now = tokio::time::Instant::now();
+                    if now + retry >= extension_deadline(extended_at, ttl) {
+                        break Some(e.to_string());
+                    }
+                    shared.extension_retries.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(actor = "locks", key = %name, error = %e, "lock extension failed; retrying");
+                    tokio::time::sleep(retry).await;
+                }
+            }
         };
+        let Some(reason) = reason else { continue };
         tracing::warn!(actor = "locks", key = %name, error = %reason, "lock lost: it could not be extended");
         let _ = lost.send(true);
         return;
     }
+}
+
+/// The moment by which a lock last extended (or acquired) at `extended_at` must be extended
+/// again, or be reported lost: two thirds of its TTL later. The last third is the margin for
+/// the time the extension's reply took and for the clocks of Redis and this process.
+fn extension_deadline(extended_at: tokio::time::Instant, ttl: Duration) -> tokio::time::Instant {
+    extended_at + ttl * 2 / 3
 }

@@ -109,6 +109,8 @@ pub(crate) struct Shared {
     // A parking_lot mutex: a map operation under it, never an await.
     local: parking_lot::Mutex<HashMap<String, String>>,
     notices: AtomicU64,
+    /// Watchdog extensions that failed and were retried (see `guard::watchdog`).
+    pub(super) extension_retries: AtomicU64,
     /// Guards of this process not yet released or dropped.
     held: AtomicUsize,
     runtime: Option<tokio::runtime::Handle>,
@@ -227,6 +229,7 @@ impl Locks {
                 queues: Arc::new(WaitQueues::default()),
                 local: parking_lot::Mutex::new(HashMap::new()),
                 notices: AtomicU64::new(0),
+                extension_retries: AtomicU64::new(0),
                 held: AtomicUsize::new(0),
                 runtime: tokio::runtime::Handle::try_current().ok(),
             }
@@ -497,6 +500,7 @@ impl Locks {
             queued_calls: aq + rq,
             script_calls: ac + rc,
             script_requests: ar + rr,
+            extension_retries: self.shared.extension_retries.load(Ordering::Relaxed),
         }
     }
 }
@@ -530,6 +534,10 @@ pub struct LockStats {
     /// Acquisitions and releases those calls carried (over `script_calls`: how well calls
     /// are shared).
     pub script_requests: u64,
+    /// Watchdog extensions that failed (a timeout, a dropped connection, the storage briefly
+    /// degraded) and were retried since start; a guard is reported lost only when none
+    /// succeeds in time.
+    pub extension_retries: u64,
 }
 
 /// Query: the lock manager's counters.

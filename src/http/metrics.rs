@@ -160,6 +160,12 @@ pub(crate) fn render(
             "Release notices heard since start",
             locks.notices_heard,
         );
+        counter(
+            &mut registry,
+            "lock_extension_retries",
+            "Lock extensions that failed and were retried since start",
+            locks.extension_retries,
+        );
     }
     if let Some(presence) = &snapshot.presence {
         counter(
