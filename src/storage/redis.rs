@@ -437,7 +437,7 @@ impl RedisBackend {
         let (true, Some(key)) = (self.clustered, key) else {
             return String::new();
         };
-        let slot = fred::util::redis_keyslot(key.as_bytes());
+        let slot = super::hash_slot(key);
         client
             .cached_cluster_state()
             .and_then(|routing| routing.get_server(slot).map(ToString::to_string))
