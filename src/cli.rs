@@ -280,6 +280,9 @@ pub enum BenchCommand {
         /// Pairs per uncontended scenario; the contended one runs a tenth of them.
         #[arg(long, default_value_t = 20_000)]
         pairs: usize,
+        /// Run only this scenario (repeatable; default: all of them).
+        #[arg(long, value_name = "NAME")]
+        scenario: Vec<String>,
     },
     /// Cache service: near-cache hit and storage hit latency, and invalidation propagation
     /// between two processes (p50/p99). Without --redis a private redis-server is started.

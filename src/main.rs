@@ -55,12 +55,17 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 println!("{line}")
             }))?;
         }
-        Command::Bench(BenchCommand::Locks { redis, pairs }) => {
+        Command::Bench(BenchCommand::Locks {
+            redis,
+            pairs,
+            scenario,
+        }) => {
             let settings = cli.load_settings()?;
             botfleet::telemetry::init(&settings.log)?;
             let bench = botfleet::bench::locks::LocksBench {
                 redis_url: redis.clone(),
                 pairs: *pairs,
+                scenarios: scenario.clone(),
             };
             let runtime = tokio::runtime::Runtime::new()?;
             runtime.block_on(botfleet::bench::locks::run(&bench, |line| {

@@ -211,6 +211,38 @@ async fn watchdog_holds_a_lock_far_past_its_ttl() {
     fleet.shutdown().await.unwrap();
 }
 
+/// The watchdogs share one timer, which sleeps until the first extension due (or 5 s). A lock
+/// whose first extension falls before that wake-up must wake it: here a 2 s lock taken while
+/// the timer sleeps on a 30 s lock's extension (10 s away) is held for 6 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_lock_taken_while_the_watchdog_timer_sleeps_is_extended_in_time() {
+    let server = TestRedis::start().unwrap();
+    let fleet = Fleet::start(patient(&server.url())).await.unwrap();
+    let locks = fleet.locks();
+    let long = locks
+        .try_acquire("wallet-retry-scheduler-lock", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    let short = locks
+        .try_acquire("bet-cleanup-lock", Duration::from_secs(2))
+        .await
+        .unwrap()
+        .unwrap();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(6) {
+        assert!(!short.is_lost() && !long.is_lost());
+        assert_eq!(
+            server.cmd(&["GET", "bet-cleanup-lock"]).as_str(),
+            Some(short.token())
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(short.release().await.unwrap());
+    assert!(long.release().await.unwrap());
+    fleet.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fencing_tokens_increase_across_processes_and_a_redis_restart() {
     let mut server = RedisServer::builder().persistence(true).start().unwrap();

@@ -105,30 +105,34 @@ impl Batcher {
         )
     }
 
-    /// Runs `request`: at once when no call is in flight, else with the next batch.
+    /// Runs `request`: at once while fewer than [`MAX_IN_FLIGHT`] calls are in flight, else
+    /// with the next batch.
     pub(super) async fn call(self: &Arc<Self>, request: Request) -> Outcome {
         let queued = {
             let mut state = self.state.lock();
             if state.in_flight >= MAX_IN_FLIGHT {
                 let (tx, rx) = oneshot::channel();
-                state.pending.push((request.clone(), tx));
-                Some(rx)
+                state.pending.push((request, tx));
+                Err(rx)
             } else {
                 state.in_flight += 1;
-                None
+                Ok(request)
             }
         };
-        if let Some(rx) = queued {
-            return rx.await.unwrap_or_else(|_| {
-                Err(StorageError::Unavailable(
-                    "the lock batch was dropped".into(),
-                ))
-            });
-        }
+        let request = match queued {
+            Ok(request) => request,
+            Err(rx) => {
+                return rx.await.unwrap_or_else(|_| {
+                    Err(StorageError::Unavailable(
+                        "the lock batch was dropped".into(),
+                    ))
+                })
+            }
+        };
         // Our turn: whatever queues up meanwhile is sent when it ends, even if this future is
         // dropped half-way.
         let _turn = Turn(self.clone());
-        match self.run(std::slice::from_ref(&request)).await {
+        match self.run(std::iter::once(&request)).await {
             Ok(mut out) => Ok(out.pop().unwrap_or(0)),
             Err(e) => {
                 self.abandon(&request, &e);
@@ -148,16 +152,20 @@ impl Batcher {
     }
 
     /// One script call for `requests` (all in one slot on a cluster).
-    async fn run(&self, requests: &[Request]) -> Result<Vec<i64>, StorageError> {
-        let mut keys = Vec::with_capacity(requests.len() * 3);
-        let mut args: Vec<&str> = self.head_args.iter().map(String::as_str).collect();
+    async fn run<'a>(
+        &self,
+        requests: impl ExactSizeIterator<Item = &'a Request>,
+    ) -> Result<Vec<i64>, StorageError> {
+        let count = requests.len();
+        let mut keys = Vec::with_capacity(count * 3);
+        let mut args: Vec<&str> = Vec::with_capacity(self.head_args.len() + count * 3);
+        args.extend(self.head_args.iter().map(String::as_str));
         for r in requests {
             keys.extend(r.keys.iter().map(String::as_str));
             args.extend(r.args.iter().map(String::as_str));
         }
         self.calls.fetch_add(1, Ordering::Relaxed);
-        self.requests
-            .fetch_add(requests.len() as u64, Ordering::Relaxed);
+        self.requests.fetch_add(count as u64, Ordering::Relaxed);
         let reply = self
             .storage
             .eval_on_redis(self.script, &keys, &args)
@@ -166,12 +174,12 @@ impl Batcher {
             Reply::Array(items) => items.iter().map(Reply::as_int).collect(),
             other => vec![other.as_int()],
         };
-        if values.len() != requests.len() {
+        if values.len() != count {
             return Err(StorageError::Command(format!(
                 "{}: {} answers for {} requests",
                 self.script.name(),
                 values.len(),
-                requests.len()
+                count
             )));
         }
         Ok(values)
@@ -199,8 +207,7 @@ impl Batcher {
     }
 
     async fn send(&self, group: Vec<(Request, oneshot::Sender<Outcome>)>) {
-        let requests: Vec<Request> = group.iter().map(|(r, _)| r.clone()).collect();
-        match self.run(&requests).await {
+        match self.run(group.iter().map(|(r, _)| r)).await {
             Ok(values) => {
                 for ((request, tx), value) in group.into_iter().zip(values) {
                     if tx.send(Ok(value)).is_err() {

@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 
 use super::queue::Grant;
 use super::scripts::scripts;
+use super::watchdog::Filed;
 use super::{LockError, Shared};
 
 /// A held lock. While it lives a watchdog extends the lock every TTL/3; dropping it releases
@@ -24,13 +24,13 @@ pub struct LockGuard {
     lost: watch::Receiver<bool>,
     /// The TTL the watchdog renews: how long the lock outlives this guard at most.
     ttl: Duration,
-    watchdog: Option<JoinHandle<()>>,
+    watchdog: Option<Filed>,
     shared: Arc<Shared>,
     released: bool,
 }
 
 impl LockGuard {
-    /// A guard for a lock just acquired on Redis; starts its watchdog.
+    /// A guard for a lock just acquired on Redis; files it with the watchdogs.
     pub(super) fn remote(
         shared: Arc<Shared>,
         name: &str,
@@ -40,20 +40,13 @@ impl LockGuard {
         handoffs: u32,
     ) -> Self {
         shared.held.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = watch::channel(false);
-        let watchdog = tokio::spawn(watchdog(
-            shared.clone(),
-            name.to_string(),
-            token.clone(),
-            ttl,
-            tx,
-        ));
+        let watchdog = shared.watchdogs.file(&shared, name, &token, ttl);
         Self {
             name: name.to_string(),
             token,
             fence: Some(fence),
             handoffs,
-            lost: rx,
+            lost: watchdog.watch().subscribe(),
             ttl,
             watchdog: Some(watchdog),
             shared,
@@ -123,7 +116,7 @@ impl LockGuard {
     pub async fn release(mut self) -> Result<bool, LockError> {
         self.released = true;
         if let Some(watchdog) = self.watchdog.take() {
-            watchdog.abort();
+            self.shared.watchdogs.end(&watchdog);
         }
         if !self.is_local() && self.handoffs < MAX_HANDOFFS {
             if let Some(released) =
@@ -149,7 +142,7 @@ impl Drop for LockGuard {
         // Every guard is dropped exactly once, `release` included (it consumes the guard).
         self.shared.held.fetch_sub(1, Ordering::Relaxed);
         if let Some(watchdog) = self.watchdog.take() {
-            watchdog.abort();
+            self.shared.watchdogs.end(&watchdog);
         }
         if self.released {
             return;
@@ -288,7 +281,10 @@ pub(super) async fn release(
     if local {
         return Ok(shared.release_local(name, token));
     }
-    let notice = format!("{}\n{name}", shared.origin);
+    let mut notice = String::with_capacity(shared.origin.len() + 1 + name.len());
+    notice.push_str(&shared.origin);
+    notice.push('\n');
+    notice.push_str(name);
     let waiting_key = shared.storage.keys().lock_waiting(name);
     let reply = shared
         .release_batch
@@ -309,64 +305,4 @@ pub(super) async fn release(
         shared.queues.wake(name);
     }
     Ok(reply.map_err(LockError::from_storage)? == 1)
-}
-
-/// Extends the lock every `ttl / 3` until aborted; reports a loss once and stops.
-///
-/// Redis answering that the lock is no longer ours is a loss at once. A call that fails (a
-/// timeout, a dropped connection, the storage briefly degraded) is retried, since the lock is
-/// still ours until its TTL runs out; the loss is reported once no extension has succeeded by
-/// [`extension_deadline`], a third of the TTL before the earliest moment the lock can expire.
-async fn watchdog(
-    shared: Arc<Shared>,
-    name: String,
-    token: String,
-    ttl: Duration,
-    lost: watch::Sender<bool>,
-) {
-    let every = (ttl / 3).max(Duration::from_millis(1));
-    let retry = (every / 4).clamp(Duration::from_millis(1), Duration::from_millis(100));
-    let ttl_ms = ttl.as_millis().to_string();
-    // The acquisition's script set the lock shortly before this task started; the margin in
-    // `extension_deadline` covers the difference.
-    let mut extended_at = tokio::time::Instant::now();
-    let mut tick = tokio::time::interval_at(extended_at + every, every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let reason = loop {
-            let sent = tokio::time::Instant::now();
-            let reply = shared
-                .storage
-                .eval_on_redis(&scripts().extend, &[&name], &[&token, &ttl_ms])
-                .await;
-            match reply {
-                Ok(r) if r.as_int() == 1 => {
-                    extended_at = sent;
-                    break None;
-                }
-                Ok(_) => break Some("expired and no longer ours".to_string()),
-                Err(e) => {
-                    let now = tokio::time::Instant::now();
-                    if now + retry >= extension_deadline(extended_at, ttl) {
-                        break Some(e.to_string());
-                    }
-                    shared.extension_retries.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(actor = "locks", key = %name, error = %e, "lock extension failed; retrying");
-                    tokio::time::sleep(retry).await;
-                }
-            }
-        };
-        let Some(reason) = reason else { continue };
-        tracing::warn!(actor = "locks", key = %name, error = %reason, "lock lost: it could not be extended");
-        let _ = lost.send(true);
-        return;
-    }
-}
-
-/// The moment by which a lock last extended (or acquired) at `extended_at` must be extended
-/// again, or be reported lost: two thirds of its TTL later. The last third is the margin for
-/// the time the extension's reply took and for the clocks of Redis and this process.
-fn extension_deadline(extended_at: tokio::time::Instant, ttl: Duration) -> tokio::time::Instant {
-    extended_at + ttl * 2 / 3
 }

@@ -10,8 +10,9 @@
 //! The host calls the [`Locks`] handle (`Fleet::locks()`): [`Locks::try_acquire`],
 //! [`Locks::acquire`], [`Locks::run_exclusive`]. Every acquisition, release and extension is
 //! one Lua script round trip, run on Redis only (never on the fallback, never through the
-//! outbox). A [`LockGuard`] extends its lock every TTL/3 from a task on the host runtime and
-//! releases it when dropped; it never talks to the actor. The [`LockManager`] actor listens to
+//! outbox). A [`LockGuard`] extends its lock every TTL/3 on the host runtime (one timer for every
+//! guard of the handle; a task of its own once it outlives its first third, see `watchdog.rs`)
+//! and releases it when dropped; it never talks to the actor. The [`LockManager`] actor listens to
 //! the release channel and wakes the head waiter of the released name; it accepts
 //! [`GetLockStats`]. A waiter whose attempt fails marks the name (in the acquire script); a
 //! release that finds the mark announces itself on the channel (`ORIGIN\nNAME`, in the
@@ -31,6 +32,7 @@ mod batch;
 mod guard;
 mod queue;
 mod scripts;
+mod watchdog;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -109,7 +111,7 @@ pub(crate) struct Shared {
     // A parking_lot mutex: a map operation under it, never an await.
     local: parking_lot::Mutex<HashMap<String, String>>,
     notices: AtomicU64,
-    /// Watchdog extensions that failed and were retried (see `guard::watchdog`).
+    /// Watchdog extensions that failed and were retried (see `watchdog::extend_while_held`).
     pub(super) extension_retries: AtomicU64,
     /// Guards of this process not yet released or dropped.
     held: AtomicUsize,
@@ -117,6 +119,8 @@ pub(crate) struct Shared {
     /// Acquisitions and releases in flight together go out as one script call.
     acquire_batch: Arc<batch::Batcher>,
     release_batch: Arc<batch::Batcher>,
+    /// What extends the locks of this process's guards.
+    watchdogs: watchdog::Watchdogs,
 }
 
 impl Shared {
@@ -232,6 +236,7 @@ impl Locks {
                 extension_retries: AtomicU64::new(0),
                 held: AtomicUsize::new(0),
                 runtime: tokio::runtime::Handle::try_current().ok(),
+                watchdogs: watchdog::Watchdogs::default(),
             }
         });
         let locks = Self { shared };
@@ -509,8 +514,14 @@ fn weak_runtime(shared: &std::sync::Weak<Shared>) -> Option<tokio::runtime::Hand
     shared.upgrade().and_then(|s| s.runtime.clone())
 }
 
+/// A random token: 32 lower-case hex digits (128 bits).
 pub(super) fn new_token() -> String {
-    format!("{:032x}", rand::random::<u128>())
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bits = rand::random::<u128>();
+    (0..32)
+        .rev()
+        .map(|nibble| HEX[((bits >> (nibble * 4)) & 0xf) as usize] as char)
+        .collect()
 }
 
 /// What [`GetLockStats`] answers.
@@ -614,6 +625,22 @@ impl Handler<GetLockStats> for LockManager {
 mod tests {
     use super::*;
     use crate::storage::KeySchema;
+
+    #[test]
+    fn tokens_are_32_lower_case_hex_digits_and_differ() {
+        let (a, b) = (new_token(), new_token());
+        for token in [&a, &b] {
+            assert_eq!(token.len(), 32, "{token}");
+            assert!(token
+                .bytes()
+                .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)));
+        }
+        assert_ne!(a, b);
+        // Every digit is used: the top and bottom nibbles are not stuck at zero.
+        let tokens: Vec<String> = (0..64).map(|_| new_token()).collect();
+        assert!(tokens.iter().any(|t| !t.starts_with('0')));
+        assert!(tokens.iter().any(|t| !t.ends_with('0')));
+    }
 
     async fn fallback_locks(on_outage: LockOutage) -> Locks {
         let mut settings = crate::settings::Settings::default();

@@ -31,15 +31,15 @@ return out
 
 /// Releases a batch of locks. KEYS: per request, lock, waiting mark. ARGV: the release
 /// channel, then per request, token, notice. Compare-and-delete; announces a release when a
-/// waiter marked the name (an uncontended release publishes nothing). Answers, per request, 1
+/// waiter marked the name (an uncontended release publishes nothing). One `DEL` takes the lock
+/// and the mark: the lock exists (its token was just read), so 2 keys deleted means a mark. Answers, per request, 1
 /// when the lock was still ours, else 0.
 const RELEASE: &str = r#"
 local out = {}
 for i = 1, #KEYS / 2 do
   local k, a = i * 2 - 1, i * 2
   if redis.call('GET', KEYS[k]) == ARGV[a] then
-    redis.call('DEL', KEYS[k])
-    if redis.call('DEL', KEYS[k + 1]) == 1 then
+    if redis.call('DEL', KEYS[k], KEYS[k + 1]) == 2 then
       redis.call('PUBLISH', ARGV[1], ARGV[a + 1])
     end
     out[i] = 1

@@ -26,7 +26,18 @@ pub struct LocksBench {
     pub redis_url: String,
     /// Pairs (acquire + release) of the uncontended scenarios; the contended one runs N/10.
     pub pairs: usize,
+    /// The scenarios to run, by name ([`SCENARIOS`]); empty runs them all.
+    pub scenarios: Vec<String>,
 }
+
+/// The scenarios, in the order they run.
+pub const SCENARIOS: [&str; 5] = [
+    "one-task",
+    "50-tasks-distinct-keys",
+    "8-tasks-one-key",
+    "one-task-release-on-drop",
+    "one-task-bare-scripts",
+];
 
 /// Why the benchmark failed.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +52,9 @@ pub enum LocksBenchError {
     /// A benchmark task panicked.
     #[error("benchmark task failed: {0}")]
     Task(String),
+    /// A scenario name that is not one of [`SCENARIOS`].
+    #[error("unknown scenario {0:?}; expected one of: {list}", list = SCENARIOS.join(", "))]
+    UnknownScenario(String),
 }
 
 /// Runs the three scenarios, printing one JSON line each through `out`.
@@ -48,6 +62,15 @@ pub async fn run(
     bench: &LocksBench,
     mut out: impl FnMut(serde_json::Value),
 ) -> Result<(), LocksBenchError> {
+    if let Some(unknown) = bench
+        .scenarios
+        .iter()
+        .find(|s| !SCENARIOS.contains(&s.as_str()))
+    {
+        return Err(LocksBenchError::UnknownScenario(unknown.clone()));
+    }
+    let wanted =
+        |name: &str| bench.scenarios.is_empty() || bench.scenarios.iter().any(|s| s == name);
     let storage = super::open_storage(&bench.redis_url).await?;
     let locks = Locks::new(storage.clone(), LockSettings::default());
     let n = bench.pairs.max(1);
@@ -59,6 +82,9 @@ pub async fn run(
         // overlapping the next acquisition); timed until every lock is gone from Redis.
         ("one-task-release-on-drop", 1, n, false, true),
     ] {
+        if !wanted(scenario) {
+            continue;
+        }
         let (elapsed, waits, done) =
             scenario_run(&locks, &storage, tasks, pairs, shared, on_drop).await?;
         out(json!({
@@ -66,6 +92,10 @@ pub async fn run(
             "pairs": done, "pairs_per_s": (done as f64 / elapsed.as_secs_f64()).round(),
             "wait_p50_us": waits.percentile_us(0.50), "wait_p99_us": waits.percentile_us(0.99),
         }));
+    }
+    if !wanted("one-task-bare-scripts") {
+        storage.close().await;
+        return Ok(());
     }
     // The floor: the same two scripts per pair, called bare (see `locks::bare_pair`).
     let run = format!("{:08x}", rand::random::<u32>());
