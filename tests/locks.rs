@@ -910,3 +910,56 @@ async fn acquisitions_whose_caller_is_gone_are_released() {
     eprintln!("lock stats {stats:?}");
     fleet.shutdown().await.unwrap();
 }
+
+/// `botfleet bench locks`, run as a user would: `--scenario` runs only the scenarios named, a
+/// name it does not know is refused before anything is written, and the scenarios release
+/// every lock they take.
+#[test]
+fn bench_locks_runs_the_scenarios_asked_for_and_refuses_unknown_ones() {
+    let server = RedisServer::start().unwrap();
+    let bench = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_botfleet"))
+            .args(["bench", "locks", "--redis", &server.url(), "--pairs", "200"])
+            .args(args)
+            .env_clear()
+            .output()
+            .unwrap()
+    };
+
+    let refused = bench(&["--scenario", "one-task", "--scenario", "two-tasks"]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("unknown scenario \"two-tasks\"") && stderr.contains("8-tasks-one-key"),
+        "{stderr}"
+    );
+    assert_eq!(server.cmd(&["DBSIZE"]).as_int(), Some(0));
+
+    let ran = bench(&[
+        "--scenario",
+        "8-tasks-one-key",
+        "--scenario",
+        "one-task-release-on-drop",
+    ]);
+    assert!(ran.status.success(), "{ran:?}");
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&ran.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let scenarios: Vec<&str> = lines
+        .iter()
+        .map(|l| l["scenario"].as_str().unwrap())
+        .collect();
+    assert_eq!(scenarios, ["8-tasks-one-key", "one-task-release-on-drop"]);
+    // The contended scenario runs a tenth of the pairs (at least 8), split over 8 tasks.
+    assert_eq!(lines[0]["pairs"], 16);
+    assert_eq!(lines[1]["pairs"], 200);
+    assert!(lines
+        .iter()
+        .all(|l| l["pairs_per_s"].as_f64().unwrap() > 0.0));
+    // Every lock was released; only the fencing counter is left.
+    assert_eq!(
+        server.cmd(&["KEYS", "bench-lock:*"]),
+        RespValue::Array(Vec::new())
+    );
+}

@@ -3,7 +3,10 @@
 //! keys of their own, 8 tasks contending for one key (N/10 pairs). One JSON line per scenario
 //! with `pairs_per_s`, and the wait for the lock (p50/p99, µs). A last line,
 //! `one-task-bare-scripts`, is the floor of the one-task scenario: the same two scripts per
-//! pair called back to back through the storage, without the lock manager.
+//! pair called back to back through the storage, without the lock manager. The last,
+//! `round-trip-floor`, is the server's: `redis-benchmark -c 1` `SET`s per second on one
+//! connection, and half of that, the pairs per second of two awaited round trips that any
+//! client can reach at most (left out when `redis-benchmark` is not installed).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,12 +34,13 @@ pub struct LocksBench {
 }
 
 /// The scenarios, in the order they run.
-pub const SCENARIOS: [&str; 5] = [
+pub const SCENARIOS: [&str; 6] = [
     "one-task",
     "50-tasks-distinct-keys",
     "8-tasks-one-key",
     "one-task-release-on-drop",
     "one-task-bare-scripts",
+    "round-trip-floor",
 ];
 
 /// Why the benchmark failed.
@@ -57,7 +61,7 @@ pub enum LocksBenchError {
     UnknownScenario(String),
 }
 
-/// Runs the three scenarios, printing one JSON line each through `out`.
+/// Runs the scenarios asked for (all by default), printing one JSON line each through `out`.
 pub async fn run(
     bench: &LocksBench,
     mut out: impl FnMut(serde_json::Value),
@@ -93,11 +97,36 @@ pub async fn run(
             "wait_p50_us": waits.percentile_us(0.50), "wait_p99_us": waits.percentile_us(0.99),
         }));
     }
-    if !wanted("one-task-bare-scripts") {
-        storage.close().await;
-        return Ok(());
+    if wanted("one-task-bare-scripts") {
+        bare_scripts(&storage, n, &mut out).await?;
     }
-    // The floor: the same two scripts per pair, called bare (see `locks::bare_pair`).
+    storage.close().await;
+    if wanted("round-trip-floor") {
+        let url = bench.redis_url.clone();
+        let sets = tokio::task::spawn_blocking(move || {
+            super::redis_benchmark(&url, "set", 1, FLOOR_REQUESTS)
+        })
+        .await
+        .map_err(|e| LocksBenchError::Task(e.to_string()))?;
+        if let Some((_, per_s)) = sets.into_iter().find(|(name, _)| name == "SET") {
+            out(json!({
+                "peer": "redis-benchmark", "bench": "locks", "scenario": "round-trip-floor",
+                "clients": 1, "set_per_s": per_s.round(), "pairs_per_s": (per_s / 2.0).round(),
+            }));
+        }
+    }
+    Ok(())
+}
+
+/// `SET`s `redis-benchmark` sends for the round-trip floor.
+const FLOOR_REQUESTS: usize = 20_000;
+
+/// The floor of `one-task`: the two scripts per pair, called bare (see `locks::bare_pair`).
+async fn bare_scripts(
+    storage: &Storage,
+    n: usize,
+    out: &mut impl FnMut(serde_json::Value),
+) -> Result<(), LocksBenchError> {
     let run = format!("{:08x}", rand::random::<u32>());
     let channel = LockSettings::default().release_channel;
     let start = Instant::now();
@@ -116,7 +145,6 @@ pub async fn run(
         "peer": "botfleet", "bench": "locks", "scenario": "one-task-bare-scripts", "tasks": 1,
         "pairs": n, "pairs_per_s": (n as f64 / elapsed.as_secs_f64()).round(),
     }));
-    storage.close().await;
     Ok(())
 }
 
