@@ -243,6 +243,50 @@ async fn a_short_lock_taken_while_the_watchdog_timer_sleeps_is_extended_in_time(
     fleet.shutdown().await.unwrap();
 }
 
+/// The watchdog timer runs on the runtime of the first guard. A host that took that guard on
+/// a runtime it has shut down since must still have its later locks extended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locks_are_extended_after_the_runtime_of_the_first_guard_is_gone() {
+    let server = TestRedis::start().unwrap();
+    let fleet = Fleet::start(patient(&server.url())).await.unwrap();
+    let locks = fleet.locks();
+    {
+        let locks = locks.clone();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let guard = locks
+                    .try_acquire("bet-lock:first", Duration::from_secs(30))
+                    .await
+                    .unwrap()
+                    .unwrap();
+                assert!(guard.release().await.unwrap());
+            });
+        })
+        .join()
+        .unwrap();
+    }
+    let guard = locks
+        .try_acquire("bet-cleanup-lock", Duration::from_secs(2))
+        .await
+        .unwrap()
+        .unwrap();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(4) {
+        assert!(!guard.is_lost());
+        assert_eq!(
+            server.cmd(&["GET", "bet-cleanup-lock"]).as_str(),
+            Some(guard.token())
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(guard.release().await.unwrap());
+    fleet.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fencing_tokens_increase_across_processes_and_a_redis_restart() {
     let mut server = RedisServer::builder().persistence(true).start().unwrap();

@@ -66,8 +66,9 @@ struct Timer {
     /// Guards by first due time (and a sequence number, to tell equal times apart).
     due: BTreeMap<(Instant, u64), Arc<Watch>>,
     next_seq: u64,
-    /// Whether the timer task runs.
-    running: bool,
+    /// The timer task. Started with the first guard, and again if it ended (its runtime shut
+    /// down while the lock handle lives on).
+    task: Option<JoinHandle<()>>,
     /// When the timer task means to wake next.
     wakes_at: Option<Instant>,
 }
@@ -107,17 +108,18 @@ impl Watchdogs {
             state: Mutex::new(State::Filed),
         });
         let due = acquired_at + every(ttl);
-        let (key, earlier, start) = {
+        let (key, earlier) = {
             let mut timer = self.state.lock();
             let key = (due, timer.next_seq);
             timer.next_seq += 1;
             timer.due.insert(key, watch.clone());
-            let start = !std::mem::replace(&mut timer.running, true);
-            (key, timer.wakes_at.is_some_and(|at| due < at), start)
+            if timer.task.as_ref().is_none_or(JoinHandle::is_finished) {
+                timer.wakes_at = None;
+                timer.task = spawn(shared, run(Arc::downgrade(shared)));
+            }
+            (key, timer.wakes_at.is_some_and(|at| due < at))
         };
-        if start {
-            spawn(shared, run(Arc::downgrade(shared)));
-        } else if earlier {
+        if earlier {
             self.earlier.notify_one();
         }
         Filed { key, watch }
@@ -158,7 +160,9 @@ async fn run(shared: Weak<Shared>) {
             let mut state = watch.state.lock();
             if matches!(*state, State::Filed) {
                 let task = extend_while_held(strong.clone(), watch.clone());
-                *state = State::Extending(spawn(&strong, task));
+                if let Some(task) = spawn(&strong, task) {
+                    *state = State::Extending(task);
+                }
             }
         }
         let earlier = strong.watchdogs.earlier.clone();
@@ -170,17 +174,15 @@ async fn run(shared: Weak<Shared>) {
     }
 }
 
-fn spawn<F>(shared: &Shared, task: F) -> JoinHandle<()>
+/// Spawns `task` on the current runtime, or else the one the lock handle was made on; `None`
+/// outside both (nothing can run there).
+fn spawn<F>(shared: &Shared, task: F) -> Option<JoinHandle<()>>
 where
     F: std::future::Future<Output = ()> + Send + 'static,
 {
     match tokio::runtime::Handle::try_current() {
-        Ok(handle) => handle.spawn(task),
-        Err(_) => match &shared.runtime {
-            Some(handle) => handle.spawn(task),
-            // No runtime at all: guards are only created inside one.
-            None => tokio::spawn(task),
-        },
+        Ok(handle) => Some(handle.spawn(task)),
+        Err(_) => shared.runtime.as_ref().map(|handle| handle.spawn(task)),
     }
 }
 
