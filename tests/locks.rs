@@ -14,7 +14,7 @@ use std::io::{BufRead, BufReader};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use botfleet::actors::locks::{LockError, SCRIPT_CALLS_IN_FLIGHT};
+use botfleet::actors::locks::{LockError, LockGuard, SCRIPT_CALLS_IN_FLIGHT};
 use botfleet::settings::{LockOutage, Settings};
 use botfleet::storage::{KeySchema, Mode, Storage, StorageError};
 use botfleet::Fleet;
@@ -176,6 +176,26 @@ async fn holder_killed_with_sigkill_frees_the_lock_after_its_ttl() {
     fleet.shutdown().await.unwrap();
 }
 
+/// Checks every 100 ms, for `held_for`, that `guard` is not lost and that Redis still holds its
+/// token under `name`.
+async fn assert_held(server: &TestRedis, guard: &LockGuard, name: &str, held_for: Duration) {
+    let start = Instant::now();
+    while start.elapsed() < held_for {
+        assert!(
+            !guard.is_lost(),
+            "{name} reported lost after {:?}",
+            start.elapsed()
+        );
+        assert_eq!(
+            server.cmd(&["GET", name]).as_str(),
+            Some(guard.token()),
+            "{name} after {:?}",
+            start.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watchdog_holds_a_lock_far_past_its_ttl() {
     let server = TestRedis::start().unwrap();
@@ -189,20 +209,12 @@ async fn watchdog_holds_a_lock_far_past_its_ttl() {
         .await
         .unwrap()
         .unwrap();
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(6) {
-        assert!(!guard.is_lost());
-        assert!(locks
-            .try_acquire("bet-cleanup-lock", Duration::from_secs(1))
-            .await
-            .unwrap()
-            .is_none());
-        assert_eq!(
-            server.cmd(&["GET", "bet-cleanup-lock"]).as_str(),
-            Some(guard.token())
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    assert_held(&server, &guard, "bet-cleanup-lock", Duration::from_secs(6)).await;
+    assert!(locks
+        .try_acquire("bet-cleanup-lock", Duration::from_secs(1))
+        .await
+        .unwrap()
+        .is_none());
     assert!(guard.release().await.unwrap());
     assert_eq!(
         server.cmd(&["EXISTS", "bet-cleanup-lock"]).as_int(),
@@ -229,15 +241,8 @@ async fn a_short_lock_taken_while_the_watchdog_timer_sleeps_is_extended_in_time(
         .await
         .unwrap()
         .unwrap();
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(6) {
-        assert!(!short.is_lost() && !long.is_lost());
-        assert_eq!(
-            server.cmd(&["GET", "bet-cleanup-lock"]).as_str(),
-            Some(short.token())
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    assert_held(&server, &short, "bet-cleanup-lock", Duration::from_secs(6)).await;
+    assert!(!long.is_lost());
     assert!(short.release().await.unwrap());
     assert!(long.release().await.unwrap());
     fleet.shutdown().await.unwrap();
@@ -274,15 +279,7 @@ async fn locks_are_extended_after_the_runtime_of_the_first_guard_is_gone() {
         .await
         .unwrap()
         .unwrap();
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(4) {
-        assert!(!guard.is_lost());
-        assert_eq!(
-            server.cmd(&["GET", "bet-cleanup-lock"]).as_str(),
-            Some(guard.token())
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    assert_held(&server, &guard, "bet-cleanup-lock", Duration::from_secs(4)).await;
     assert!(guard.release().await.unwrap());
     fleet.shutdown().await.unwrap();
 }
