@@ -32,8 +32,8 @@ return out
 /// Releases a batch of locks. KEYS: per request, lock, waiting mark. ARGV: the release
 /// channel, then per request, token, notice. Compare-and-delete; announces a release when a
 /// waiter marked the name (an uncontended release publishes nothing). One `DEL` takes the lock
-/// and the mark: the lock exists (its token was just read), so 2 keys deleted means a mark. Answers, per request, 1
-/// when the lock was still ours, else 0.
+/// and the mark: the lock exists (its token was just read), so 2 keys deleted means a mark.
+/// Answers, per request, 1 when the lock was still ours, else 0.
 const RELEASE: &str = r#"
 local out = {}
 for i = 1, #KEYS / 2 do
