@@ -176,12 +176,7 @@ impl Drop for LockGuard {
                 tracing::warn!(actor = "locks", key = %name, error = %e, "lock release on drop failed; it expires with its ttl");
             }
         };
-        // Dropped outside a runtime (e.g. after shutdown): the lock expires with its TTL.
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(task);
-        } else if let Some(handle) = &self.shared.runtime {
-            handle.spawn(task);
-        }
+        self.shared.spawn(task);
     }
 }
 

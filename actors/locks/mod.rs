@@ -124,6 +124,18 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Spawns `task` on the current runtime, or else the one the lock handle was made on;
+    /// `None` outside both (a guard dropped after shutdown: its lock expires with its TTL).
+    fn spawn<F>(&self, task: F) -> Option<tokio::task::JoinHandle<()>>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => Some(handle.spawn(task)),
+            Err(_) => self.runtime.as_ref().map(|handle| handle.spawn(task)),
+        }
+    }
+
     fn release_local(&self, name: &str, token: &str) -> bool {
         let released = {
             let mut local = self.local.lock();
@@ -251,9 +263,10 @@ impl Locks {
                     return;
                 };
                 let name = name.to_string();
+                let holder = shared.clone();
                 let task = async move {
                     let guard = LockGuard::remote(
-                        shared,
+                        holder,
                         &name,
                         grant.token,
                         grant.fence,
@@ -262,11 +275,7 @@ impl Locks {
                     );
                     let _ = guard.release().await;
                 };
-                if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                    handle.spawn(task);
-                } else if let Some(handle) = weak_runtime(&weak) {
-                    handle.spawn(task);
-                }
+                shared.spawn(task);
             }));
         locks
     }
@@ -508,10 +517,6 @@ impl Locks {
             extension_retries: self.shared.extension_retries.load(Ordering::Relaxed),
         }
     }
-}
-
-fn weak_runtime(shared: &std::sync::Weak<Shared>) -> Option<tokio::runtime::Handle> {
-    shared.upgrade().and_then(|s| s.runtime.clone())
 }
 
 /// A random token: 32 lower-case hex digits (128 bits).

@@ -115,7 +115,7 @@ impl Watchdogs {
             timer.due.insert(key, watch.clone());
             if timer.task.as_ref().is_none_or(JoinHandle::is_finished) {
                 timer.wakes_at = None;
-                timer.task = spawn(shared, run(Arc::downgrade(shared)));
+                timer.task = shared.spawn(run(Arc::downgrade(shared)));
             }
             (key, timer.wakes_at.is_some_and(|at| due < at))
         };
@@ -160,7 +160,7 @@ async fn run(shared: Weak<Shared>) {
             let mut state = watch.state.lock();
             if matches!(*state, State::Filed) {
                 let task = extend_while_held(strong.clone(), watch.clone());
-                if let Some(task) = spawn(&strong, task) {
+                if let Some(task) = strong.spawn(task) {
                     *state = State::Extending(task);
                 }
             }
@@ -171,18 +171,6 @@ async fn run(shared: Weak<Shared>) {
             _ = earlier.notified() => {}
             _ = tokio::time::sleep_until(wake) => {}
         }
-    }
-}
-
-/// Spawns `task` on the current runtime, or else the one the lock handle was made on; `None`
-/// outside both (nothing can run there).
-fn spawn<F>(shared: &Shared, task: F) -> Option<JoinHandle<()>>
-where
-    F: std::future::Future<Output = ()> + Send + 'static,
-{
-    match tokio::runtime::Handle::try_current() {
-        Ok(handle) => Some(handle.spawn(task)),
-        Err(_) => shared.runtime.as_ref().map(|handle| handle.spawn(task)),
     }
 }
 
