@@ -16,8 +16,9 @@ use std::time::Duration;
 use actix::prelude::*;
 use serde::Serialize;
 
+use crate::clock::now_ms;
 use crate::settings::PresenceSettings;
-use crate::storage::{now_ms, Storage, StorageError};
+use crate::storage::{Storage, StorageError};
 use crate::supervisor::ChildContext;
 
 /// What [`GetPresence`] answers.

@@ -10,7 +10,8 @@ use std::collections::VecDeque;
 use actix::prelude::*;
 use serde::Serialize;
 
-use crate::storage::{now_ms, Storage, StorageEvent};
+use crate::clock::now_ms;
+use crate::storage::{Storage, StorageEvent};
 
 /// Events kept.
 pub const KEEP: usize = 100;

@@ -100,7 +100,7 @@ async fn worker(
             bookmaker: bookmaker.into(),
             score,
             players: rand::random::<u32>() % 500,
-            timestamp_ms: botfleet::storage::now_ms(),
+            timestamp_ms: botfleet::clock::now_ms(),
         };
         db.send(round.clone())?;
         let text = serde_json::to_string(&round)?;

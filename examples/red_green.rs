@@ -11,7 +11,7 @@
 //! With Redis, a bot in any language reads the same snapshot meanwhile:
 //! `redis-cli GET fivem_red_green_shared_data`.
 
-#[path = "../tests/support/http.rs"]
+#[path = "../tests/it/support/http.rs"]
 #[allow(dead_code)]
 mod http;
 

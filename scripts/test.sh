@@ -19,7 +19,7 @@
 #
 # - Then the Redis suites run again against a Redis Cluster (3 masters, 3 replicas) and a
 #   Sentinel set-up (1 master, 1 replica, 3 sentinels), selected by BOTFLEET_TEST_REDIS (see
-#   tests/support/deploy.rs): the same tests, another deployment. Two tests at a time, since
+#   tests/it/support/deploy.rs): the same tests, another deployment. Two tests at a time, since
 #   each starts five or six servers. About 2 + 3 minutes on 2 cores; set
 #   BOTFLEET_TEST_TOPOLOGIES=standalone to skip them. (With CI=true each run rewrites the
 #   JUnit report; the console output has every run.)
@@ -81,14 +81,14 @@ ensure_redis() {
   command -v redis-server >/dev/null 2>&1 || die "redis-server still not on PATH after apt-get"
 }
 
-# The dashboard's browser test (tests/dashboard.rs) drives Debian's chromium headless.
+# The dashboard's browser test (tests/it/dashboard.rs) drives Debian's chromium headless.
 ensure_chromium() {
   [ -x /usr/bin/chromium ] && return 0
   apt_install chromium fonts-dejavu-core
   [ -x /usr/bin/chromium ] || die "chromium still missing at /usr/bin/chromium after apt-get"
 }
 
-# The history tests (tests/history.rs) run PostgreSQL's own server binaries.
+# The history tests (tests/it/history.rs) run PostgreSQL's own server binaries.
 ensure_postgres() {
   compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null && return 0
   apt_install postgresql
@@ -115,13 +115,14 @@ fi
 
 status=0
 cargo nextest run --profile "$profile" --all-targets --no-fail-fast "$@" || status=$?
-switched=(--test scheduler --test scheduler_parity --test storage_parity --test locks
-  --test heartbeat --test shared_data --test hazards --test cache --test fleet --test scale)
+# The suites (modules of the one integration-test binary, tests/it/) whose server
+# BOTFLEET_TEST_REDIS switches.
+switched='scheduler|scheduler_parity|storage_parity|locks|heartbeat|shared_data|hazards|cache|fleet|scale'
 for topology in ${BOTFLEET_TEST_TOPOLOGIES:-cluster sentinel}; do
   [ "$topology" = standalone ] && continue
   log "the Redis suites on $topology"
   BOTFLEET_TEST_REDIS=$topology cargo nextest run --profile "$profile" --test-threads 2 \
-    --no-fail-fast "${switched[@]}" "$@" || status=$?
+    --no-fail-fast --test it -E "test(/^($switched)::/)" "$@" || status=$?
 done
 cargo test --doc --quiet || status=$?
 exit "$status"

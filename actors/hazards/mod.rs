@@ -37,8 +37,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::actors::history::{Record, SettlementRecord};
 use crate::actors::locks::Locks;
+use crate::clock::now_ms;
 use crate::settings::{DifficultySettings, HazardSettings};
-use crate::storage::{now_ms, Storage, StorageError};
+use crate::storage::{Storage, StorageError};
 
 use ticker::TickerShared;
 pub use ticker::TickerStatus;
@@ -461,7 +462,7 @@ impl Hazards {
                 nonce: i64::try_from(settled.nonce).unwrap_or(i64::MAX),
                 server_seed: settled.server_seed.clone(),
                 hashed_server_seed: settled.hashed_server_seed.clone(),
-                settled_ms: now() as i64,
+                settled_ms: now_ms() as i64,
             }));
         }
         Ok(settled)
@@ -547,30 +548,6 @@ pub(crate) fn check_id(what: &'static str, value: &str) -> Result<(), HazardErro
     Ok(())
 }
 
-/// Unix ms as ISO-8601 UTC with milliseconds (`2024-01-01T00:00:05.000Z`), the format of
-/// JavaScript's `Date.toISOString()`.
-pub fn iso8601(unix_ms: u64) -> String {
-    let secs = unix_ms / 1_000;
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (proleptic Gregorian, eras of 400 years).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3_600,
-        rem % 3_600 / 60,
-        rem % 60,
-        unix_ms % 1_000
-    )
-}
-
 /// Asks the ticker for its status.
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "TickerStatus")]
@@ -616,21 +593,9 @@ impl Handler<GetTickerStatus> for HazardTicker {
     }
 }
 
-/// Now, Unix ms (re-exported for the ticker).
-fn now() -> u64 {
-    now_ms()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn iso8601_matches_known_dates() {
-        assert_eq!(iso8601(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(iso8601(1_704_067_205_000), "2024-01-01T00:00:05.000Z");
-        assert_eq!(iso8601(951_782_400_123), "2000-02-29T00:00:00.123Z");
-    }
 
     #[test]
     fn ids_with_separators_are_refused() {

@@ -8,11 +8,10 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::fairness::{derive_hazards, hash_seed, new_server_seed};
-use super::{
-    iso8601, now, HazardError, HazardKeys, HazardState, RevealedSeed, SeedCommitment, TickNotice,
-};
+use super::{HazardError, HazardKeys, HazardState, RevealedSeed, SeedCommitment, TickNotice};
 use crate::actors::history::{HazardRoundRecord, HazardSeedRecord, HistorySink, Record};
 use crate::actors::locks::{LockError, LockGuard, Locks};
+use crate::clock::{iso8601_ms, now_ms};
 use crate::settings::HazardSettings;
 use crate::storage::{Keyspace, LocalError, Reply, Script, Storage};
 
@@ -156,15 +155,15 @@ async fn lead(shared: &TickerShared, guard: &LockGuard) {
     loop {
         // Tick N is due at N x interval: computed from the clock every time, so the time a
         // tick takes never shifts the next one; one late by a whole interval is skipped.
-        let now_ms = now();
-        let mut tick = now_ms / interval + 1;
+        let now = now_ms();
+        let mut tick = now / interval + 1;
         if let Some(last) = last {
             tick = tick.max(last + 1);
         }
         let due = tick * interval;
         tokio::select! {
             _ = guard.lost() => return,
-            _ = tokio::time::sleep(Duration::from_millis(due.saturating_sub(now_ms))) => {}
+            _ = tokio::time::sleep(Duration::from_millis(due.saturating_sub(now))) => {}
         }
         if guard.is_lost() {
             return;
@@ -199,8 +198,8 @@ async fn write_tick(
         let state = HazardState {
             difficulty: difficulty.name.clone(),
             hazards: hazards.clone(),
-            last_refresh: iso8601(due),
-            next_refresh: iso8601(due + interval),
+            last_refresh: iso8601_ms(due),
+            next_refresh: iso8601_ms(due + interval),
         };
         let notice = TickNotice {
             difficulty: difficulty.name.clone(),
@@ -209,7 +208,7 @@ async fn write_tick(
             hazards: hazards.clone(),
             hashed_server_seed: seed.hash.clone(),
             due_ms: due,
-            written_ms: now(),
+            written_ms: now_ms(),
             instance: shared.instance.clone(),
         };
         let (state, notice) = (json(&state), json(&notice));
@@ -314,7 +313,7 @@ async fn prepare_epoch(shared: &TickerShared, epoch: u64) -> Result<EpochSeed, H
                     hashed_server_seed: hash_seed(&seed),
                     first_tick: e * every,
                     last_tick: e * every + every - 1,
-                    published_ms: now(),
+                    published_ms: now_ms(),
                 };
                 storage
                     .hset(&keys.commitments(), &[(&field, &json(&commitment))])
@@ -338,7 +337,7 @@ async fn prepare_epoch(shared: &TickerShared, epoch: u64) -> Result<EpochSeed, H
                     epoch: epoch - 1,
                     hashed_server_seed: hash_seed(&seed),
                     server_seed: seed,
-                    revealed_ms: now(),
+                    revealed_ms: now_ms(),
                 };
                 storage
                     .hset(&keys.revealed(), &[(&field, &json(&seed))])

@@ -38,9 +38,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc};
 
 use super::{admin_channel, admin_queue, parse_pid, HeartbeatError};
+use crate::clock::now_ms;
 use crate::settings::AdminSettings;
 use crate::storage::{
-    now_ms, Expiry, Keyspace, LocalError, Mode, Op, Reply, Script, Storage, StorageEvent,
+    Expiry, Keyspace, LocalError, Mode, Op, Reply, Script, Storage, StorageEvent,
 };
 
 /// Most ids remembered as delivered.

@@ -20,8 +20,9 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use super::{check_room, heartbeat_key, HeartbeatError};
+use crate::clock::now_ms;
 use crate::settings::HeartbeatSettings;
-use crate::storage::{now_ms, Storage};
+use crate::storage::Storage;
 
 /// One heartbeat, as stored in `heartbeat:PID` (the seed's fields, JSON).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

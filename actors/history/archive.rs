@@ -17,7 +17,7 @@ use super::record::{
     SessionRecord, SettlementRecord, TaskRecord,
 };
 use super::HistoryError;
-use crate::settings::HistorySettings;
+use crate::settings::{HistoryBackend, HistorySettings};
 
 /// The schema, one migration per entry: (version, name, statements).
 pub const MIGRATIONS: &[(i64, &str, &[&str])] = &[
@@ -261,42 +261,11 @@ fn row(record: &Record) -> (&'static Insert, Vec<Value>) {
     }
 }
 
-/// Which database a URL names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Backend {
-    /// A SQLite file.
-    Sqlite,
-    /// A PostgreSQL server.
-    Postgres,
-}
-
-impl Backend {
-    /// The backend of `url` (`None`: neither).
-    pub fn of(url: &str) -> Option<Backend> {
-        if url.starts_with("sqlite:") {
-            Some(Backend::Sqlite)
-        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Some(Backend::Postgres)
-        } else {
-            None
-        }
-    }
-
-    /// Its name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Backend::Sqlite => "sqlite",
-            Backend::Postgres => "postgres",
-        }
-    }
-}
-
 /// An open connection pool to the archive. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Archive {
     pool: AnyPool,
-    backend: Backend,
+    backend: HistoryBackend,
 }
 
 /// The URL in force: `history.url`, or the SQLite file in `history.dir` when it is empty.
@@ -316,9 +285,10 @@ impl Archive {
     pub fn open(settings: &HistorySettings) -> Result<Archive, HistoryError> {
         sqlx::any::install_default_drivers();
         let url = effective_url(settings);
-        let backend = Backend::of(&url).ok_or_else(|| HistoryError::Url(super::redacted(&url)))?;
+        let backend =
+            HistoryBackend::of(&url).ok_or_else(|| HistoryError::Url(super::redacted(&url)))?;
         let url = match backend {
-            Backend::Sqlite => {
+            HistoryBackend::Sqlite => {
                 let path = url
                     .trim_start_matches("sqlite://")
                     .trim_start_matches("sqlite:");
@@ -332,7 +302,7 @@ impl Archive {
                 let sep = if url.contains('?') { '&' } else { '?' };
                 format!("{url}{sep}mode=rwc")
             }
-            Backend::Postgres => url,
+            HistoryBackend::Postgres => url,
         };
         let options = AnyConnectOptions::from_str(&url)
             .map_err(|_| HistoryError::Url(super::redacted(&url)))?;
@@ -341,7 +311,7 @@ impl Archive {
             .acquire_timeout(Duration::from_millis(settings.connect_timeout_ms.max(1)))
             .after_connect(move |conn, _| {
                 Box::pin(async move {
-                    if backend == Backend::Sqlite {
+                    if backend == HistoryBackend::Sqlite {
                         sqlx::query("PRAGMA journal_mode = WAL")
                             .execute(&mut *conn)
                             .await?;
@@ -357,7 +327,7 @@ impl Archive {
     }
 
     /// The database in use.
-    pub fn backend(&self) -> Backend {
+    pub fn backend(&self) -> HistoryBackend {
         self.backend
     }
 
@@ -379,7 +349,7 @@ impl Archive {
             )
             .bind(*v)
             .bind(*name)
-            .bind(crate::storage::now_ms() as i64)
+            .bind(crate::clock::now_ms() as i64)
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
@@ -753,10 +723,7 @@ mod tests {
     }
 
     #[test]
-    fn urls_name_their_backend() {
-        assert_eq!(Backend::of("sqlite://x.db"), Some(Backend::Sqlite));
-        assert_eq!(Backend::of("postgresql://h/db"), Some(Backend::Postgres));
-        assert_eq!(Backend::of("mysql://h/db"), None);
+    fn the_default_url_is_the_sqlite_file_in_the_default_dir() {
         let default = effective_url(&HistorySettings::default());
         assert_eq!(default, "sqlite://data/history/history.sqlite3");
     }

@@ -37,14 +37,14 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::sync::{mpsc, Notify, OnceCell};
 
-pub use archive::{Archive, Backend};
+pub use archive::Archive;
 pub use record::{
     task_status, EventRecord, HazardRoundRecord, HazardSeedRecord, HistoryQuery, Page, Record,
     SessionRecord, SettlementRecord, TaskRecord,
 };
 
+use crate::clock::now_ms;
 use crate::settings::{FallbackKind, HistorySettings};
-use crate::storage::now_ms;
 
 /// Name of the periodic retention job (`NAME-lock`, `NAME-last-run` in storage).
 pub const RETENTION_JOB: &str = "history-retention";
@@ -75,18 +75,6 @@ pub enum HistoryError {
 impl From<sqlx::Error> for HistoryError {
     fn from(e: sqlx::Error) -> Self {
         HistoryError::Database(e.to_string())
-    }
-}
-
-/// Checks `history.url` for the settings validation (the message never shows a password).
-pub fn check_url(url: &str) -> Result<(), String> {
-    if url.is_empty() || Backend::of(url).is_some() {
-        Ok(())
-    } else {
-        Err(format!(
-            "expected \"\" (SQLite in history.dir), sqlite://PATH or postgres://USER@HOST:PORT/DB, got {:?}",
-            redacted(url)
-        ))
     }
 }
 
@@ -490,15 +478,6 @@ impl History {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn urls_are_checked_without_showing_passwords() {
-        assert!(check_url("").is_ok());
-        assert!(check_url("sqlite://data/h.sqlite3").is_ok());
-        assert!(check_url("postgres://u@localhost:5432/db").is_ok());
-        let err = check_url("mysql://u:hunter2@host/db").unwrap_err();
-        assert!(!err.contains("hunter2"), "{err}");
-    }
 
     #[test]
     fn a_disabled_sink_ignores_records() {

@@ -151,39 +151,6 @@ impl Shared {
     }
 }
 
-/// The bare cost of one uncontended acquire-then-release: the acquire script and the release
-/// script, called back to back through the storage with no lock manager around them (no wait
-/// queue, batcher, guard or watchdog). `botfleet bench locks` reports it as the floor the lock
-/// API is measured against.
-pub(crate) async fn bare_pair(
-    storage: &Storage,
-    channel: &str,
-    name: &str,
-    ttl: Duration,
-) -> Result<(), LockError> {
-    let token = new_token();
-    let keys = storage.keys();
-    let (fence_key, waiting_key) = (keys.lock_fence(name), keys.lock_waiting(name));
-    let ttl_ms = ttl.as_millis().to_string();
-    storage
-        .eval_on_redis(
-            &scripts().acquire,
-            &[name, &fence_key, &waiting_key],
-            &[&token, &ttl_ms, "0"],
-        )
-        .await
-        .map_err(LockError::from_storage)?;
-    storage
-        .eval_on_redis(
-            &scripts().release,
-            &[name, &waiting_key],
-            &[channel, &token, "-"],
-        )
-        .await
-        .map_err(LockError::from_storage)?;
-    Ok(())
-}
-
 /// Acquire (or release) script calls a process sends at once; calls beyond that queue and go
 /// out together as one call when a slot frees up.
 pub const SCRIPT_CALLS_IN_FLIGHT: usize = batch::MAX_IN_FLIGHT;
@@ -278,6 +245,36 @@ impl Locks {
                 shared.spawn(task);
             }));
         locks
+    }
+
+    /// One uncontended acquire-then-release of `name`, bare: the acquire script and the
+    /// release script called back to back through the storage, with no wait queue, batcher,
+    /// guard or watchdog around them. `botfleet bench locks` reports it as the floor the lock
+    /// API is measured against; hosts take locks with [`Locks::acquire`] and its siblings.
+    pub async fn bare_pair(&self, name: &str, ttl: Duration) -> Result<(), LockError> {
+        let storage = &self.shared.storage;
+        let channel = &self.shared.settings.release_channel;
+        let token = new_token();
+        let keys = storage.keys();
+        let (fence_key, waiting_key) = (keys.lock_fence(name), keys.lock_waiting(name));
+        let ttl_ms = ttl.as_millis().to_string();
+        storage
+            .eval_on_redis(
+                &scripts().acquire,
+                &[name, &fence_key, &waiting_key],
+                &[&token, &ttl_ms, "0"],
+            )
+            .await
+            .map_err(LockError::from_storage)?;
+        storage
+            .eval_on_redis(
+                &scripts().release,
+                &[name, &waiting_key],
+                &[channel, &token, "-"],
+            )
+            .await
+            .map_err(LockError::from_storage)?;
+        Ok(())
     }
 
     /// The settings in use.

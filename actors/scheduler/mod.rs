@@ -41,9 +41,11 @@ use serde::Serialize;
 use tokio::sync::{mpsc, Notify};
 
 use crate::actors::history;
+use crate::clock::iso8601;
+use crate::clock::now_ms;
 use crate::settings::SchedulerSettings;
-use crate::storage::{now_ms, Mode, Reply, Storage, StorageError};
-use ids::{iso8601, new_task_id};
+use crate::storage::{Mode, Reply, Storage, StorageError};
+use ids::new_task_id;
 use scripts::scripts;
 
 /// Longest task type name, bytes.
@@ -934,9 +936,7 @@ impl Shared {
 /// status `dead`, started when that attempt was claimed (to the second, as `updated_at` keeps
 /// it; `finished_ms` when unknown), finished at the step's clock.
 fn reaped_record(f: &[String], finished_ms: i64) -> history::TaskRecord {
-    let started_ms = chrono::DateTime::parse_from_rfc3339(&f[6])
-        .map(|t| t.timestamp_millis().min(finished_ms))
-        .unwrap_or(finished_ms);
+    let started_ms = crate::clock::parse_ms(&f[6]).map_or(finished_ms, |t| t.min(finished_ms));
     history::TaskRecord {
         id: f[0].clone(),
         attempt: f[1].parse().unwrap_or(0),

@@ -19,10 +19,11 @@ use std::time::Duration;
 use dashmap::DashMap;
 use tokio::sync::Notify;
 
-use super::ids::iso8601;
 use super::SchedulerError;
 use crate::actors::locks::Locks;
-use crate::storage::{now_ms, Storage};
+use crate::clock::iso8601;
+use crate::clock::now_ms;
+use crate::storage::Storage;
 
 /// How long `NAME-last-run` lives.
 pub const LAST_RUN_TTL: Duration = Duration::from_secs(3 * 24 * 3600);

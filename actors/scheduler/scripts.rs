@@ -684,7 +684,6 @@ fn event_local(ks: &mut Keyspace, now_ms: u64, keys: &[String], args: &[String])
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::actors::scheduler::ids;
 
     const KEYS: [&str; 4] = ["q", "p", "d", "x"];
 
@@ -694,7 +693,7 @@ mod tests {
         [
             "task:",
             &now.to_string(),
-            &ids::iso8601(now),
+            &crate::clock::iso8601(now),
             "100",
             "1",
             "0",
@@ -727,7 +726,7 @@ mod tests {
         let args = [
             "task:",
             &t0.to_string(),
-            &ids::iso8601(t0),
+            &crate::clock::iso8601(t0),
             "a",
             "t",
             "{\"n\":1}",
@@ -747,8 +746,8 @@ mod tests {
         assert_eq!(reap.len(), 6);
         assert_eq!((&reap[1], &reap[2]), (&Reply::Int(1), &Reply::Int(1)));
         let buried = reap[5].clone().into_strings();
-        let claimed_at = ids::iso8601(t0 + 1_000);
-        let created_at = ids::iso8601(t0);
+        let claimed_at = crate::clock::iso8601(t0 + 1_000);
+        let created_at = crate::clock::iso8601(t0);
         assert_eq!(
             buried,
             [

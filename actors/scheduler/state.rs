@@ -5,18 +5,19 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::ids::{iso8601, new_task_id};
+use super::ids::new_task_id;
 use super::scripts::scripts;
 use super::{Scheduler, SchedulerError};
 use crate::actors::history::{EventRecord, Record, SessionRecord};
-use crate::storage::{now_ms, Reply, Subscription};
+use crate::clock::iso8601;
+use crate::clock::now_ms;
+use crate::storage::{Reply, Subscription};
 
 /// The archive's record of an ended session from its hash (`ended_ms`: when it ended).
 fn session_record(id: &str, fields: HashMap<String, String>, ended_ms: i64) -> SessionRecord {
     let started_ms = fields
         .get("start_time")
-        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-        .map(|t| t.timestamp_millis())
+        .and_then(|t| crate::clock::parse_ms(t))
         .unwrap_or(ended_ms);
     SessionRecord {
         id: id.to_string(),

@@ -17,7 +17,8 @@ use serde::Serialize;
 use super::scripts::{DEPOSED, WRITTEN};
 use super::{source, Core, SharedData};
 use crate::actors::locks::LockGuard;
-use crate::storage::{now_ms, Mode};
+use crate::clock::now_ms;
+use crate::storage::Mode;
 use crate::supervisor::ChildContext;
 
 /// The fetcher's counters (in the handle: they survive a restart of the actor).

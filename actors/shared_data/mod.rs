@@ -45,8 +45,9 @@ pub use reader::{GetReaderMetrics, Reader, ReaderActor, ReaderMetrics};
 pub use source::{ExtractorFn, FnSource, HttpSource, Source, SourceFuture};
 
 use crate::actors::locks::Locks;
+use crate::clock::now_ms;
 use crate::settings::SharedDataSettings;
-use crate::storage::{now_ms, Reply, Storage, StorageError};
+use crate::storage::{Reply, Storage, StorageError};
 use reader::ReaderState;
 use scripts::{write_script, DEPOSED, OLDER, WRITTEN};
 

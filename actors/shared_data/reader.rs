@@ -13,7 +13,8 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use super::{Core, Origin, Reading, SharedData, SharedDataError, Snapshot};
-use crate::storage::{now_ms, Subscription};
+use crate::clock::now_ms;
+use crate::storage::Subscription;
 use crate::supervisor::ChildContext;
 
 /// A reader's copy and counters; lives in the handle, so it survives a restart of the actor.

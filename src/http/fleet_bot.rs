@@ -20,13 +20,14 @@ use serde_json::{json, Value};
 
 use super::bot::{AddTaskRequest, ApiError, ArchiveQuery, BotApi, StartRequest, TaskListQuery};
 use crate::actors::history::{HistoryError, HistoryQuery, Page};
-use crate::actors::scheduler::ids::iso8601;
 use crate::actors::scheduler::state::{BotState, EventType};
 use crate::actors::scheduler::{
     default_priority, NewTask, Scheduler, SchedulerError, Task, TaskStatus,
 };
+use crate::clock::iso8601;
+use crate::clock::now_ms;
 use crate::fleet::Fleet;
-use crate::storage::{now_ms, StorageError};
+use crate::storage::StorageError;
 
 /// Default number of tasks `GET /api/bot/tasks` lists.
 const DEFAULT_TASK_LIMIT: usize = 100;

@@ -33,7 +33,6 @@ use crate::settings::ApiSettings;
 
 mod auth;
 mod bot;
-pub mod client;
 mod dashboard;
 mod fleet_bot;
 mod metrics;

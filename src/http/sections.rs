@@ -18,8 +18,8 @@ use super::metrics::{counter, gauge};
 use super::snapshot::StatusSection;
 use crate::actors::heartbeat::PeerState;
 use crate::actors::scheduler::TaskStatus;
+use crate::clock::now_ms;
 use crate::fleet::Fleet;
-use crate::storage::now_ms;
 
 /// Recent tasks the queue section lists.
 const RECENT_TASKS: usize = 10;

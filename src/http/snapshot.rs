@@ -11,9 +11,10 @@ use serde::Serialize;
 use crate::actors::locks::LockStats;
 use crate::actors::presence::PresenceStatus;
 use crate::actors::storage_monitor::SeenEvent;
+use crate::clock::now_ms;
 use crate::fleet::Fleet;
 use crate::settings::ApiSettings;
-use crate::storage::{now_ms, Mode, StorageStats};
+use crate::storage::{Mode, StorageStats};
 use crate::supervisor::{ChildState, HealthReport};
 
 /// Sections the dashboard has a place for: the task queue by status, live and stale bots, the

@@ -20,6 +20,7 @@
 //! | `validate` | unknown keys, type errors one path at a time, semantic checks |
 //! | `error` | [`SettingsError`] and its [`Problem`]s |
 //! | `secret` | [`Secret`] and [`redact_url`] |
+//! | `urls` | what `storage.redis.url` and `history.url` may be ([`HistoryBackend`]) |
 
 use std::fmt;
 
@@ -29,11 +30,16 @@ mod error;
 mod load;
 mod secret;
 mod tree;
+mod urls;
 mod validate;
 
 pub use error::{Problem, ProblemKind, SettingsError};
 pub use load::{DEFAULT_FILE, ENV_PREFIX, ENV_SEPARATOR, SEED_VARIABLES};
 pub use secret::{redact_url, Secret, REDACTED};
+#[cfg(test)]
+pub(crate) use urls::check_redis_url;
+pub use urls::HistoryBackend;
+pub(crate) use urls::REDIS_SCHEMES;
 
 /// Every setting of botfleet. `Settings::default()` equals the shipped `settings.toml`.
 ///

@@ -13,7 +13,8 @@ use std::net::SocketAddr;
 use super::error::{Problem, ProblemKind};
 use super::secret::redact_url;
 use super::tree::{display_path, parse_path, De, DeError, Kind, Node, Step};
-use super::{FallbackKind, Settings};
+use super::urls::{check_redis_url, REDIS_SCHEMES};
+use super::{FallbackKind, HistoryBackend, Settings};
 
 /// Keys whose value must be at least 1: a zero timeout, interval, size or count makes no sense.
 pub(crate) const POSITIVE: &[&str] = &[
@@ -90,9 +91,6 @@ pub(crate) const SECRETS: &[&str] = &[
     "storage.redis.sentinel_password",
     "api.token",
 ];
-
-/// URL schemes the storage handle understands.
-pub(crate) use crate::storage::REDIS_SCHEMES;
 
 /// Deserialization attempts before giving up on repairing the tree (each attempt repairs one
 /// value, so this bounds the number of type errors reported).
@@ -340,7 +338,7 @@ fn semantic(settings: &Settings, tree: &Node, problems: &mut Vec<Problem>) {
     );
 
     if redis.enabled && !redis.url.is_empty() {
-        check.redis_url(&crate::storage::effective_redis_url(redis), redis.db);
+        check.redis_url(&redis.effective_url(), redis.db);
         check.topology(settings);
     }
 
@@ -403,8 +401,14 @@ fn semantic(settings: &Settings, tree: &Node, problems: &mut Vec<Problem>) {
     }
 
     let history = &settings.history;
-    if let Err(reason) = crate::actors::history::check_url(&history.url) {
-        check.fail("history.url", reason);
+    if !history.url.is_empty() && HistoryBackend::of(&history.url).is_none() {
+        check.fail(
+            "history.url",
+            format!(
+                "expected \"\" (SQLite in history.dir), sqlite://PATH or postgres://USER@HOST:PORT/DB, got {:?}",
+                redact_url(&history.url)
+            ),
+        );
     }
     if history.url.is_empty() && history.dir.trim().is_empty() {
         check.fail(
@@ -700,8 +704,8 @@ impl Checker<'_> {
             );
             return;
         }
-        // The storage handle hands the URL to fred: refuse now what it would refuse later.
-        if let Err(err) = crate::storage::validate_redis_url(url) {
+        // Refuse now what the storage's Redis client would refuse when connecting.
+        if let Err(err) = check_redis_url(url) {
             self.fail(
                 KEY,
                 format!("expected a usable Redis URL, got {shown:?} ({err})"),

@@ -310,7 +310,7 @@ impl Local {
 /// Writes the state as a snapshot and starts a new journal generation.
 fn compact_locked(st: &mut State) -> std::io::Result<()> {
     {
-        let now = super::now_ms();
+        let now = crate::clock::now_ms();
         let snapshot = Snapshot {
             generation: 0,
             outbox_id: st.outbox_id.clone(),

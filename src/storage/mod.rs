@@ -47,7 +47,7 @@ mod script;
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use serde::Serialize;
@@ -290,35 +290,6 @@ struct Inner {
     sweep_interval: Duration,
 }
 
-/// URL schemes the storage handle understands.
-pub const REDIS_SCHEMES: &[&str] = &[
-    "redis",
-    "rediss",
-    "redis-cluster",
-    "rediss-cluster",
-    "redis-sentinel",
-    "rediss-sentinel",
-];
-
-/// Checks a Redis URL the way the storage handle will read it; the reason when it cannot.
-pub fn validate_redis_url(url: &str) -> Result<(), String> {
-    redis::parse_url(url)
-}
-
-/// The URL the storage handle connects with: `storage.redis.url`, plus
-/// `storage.redis.sentinel_service` as the service name of a Sentinel URL that lacks one.
-pub fn effective_redis_url(settings: &crate::settings::RedisSettings) -> String {
-    redis::effective_url(settings)
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 impl Storage {
     /// Opens the storage: the fallback, then Redis when configured. Must run on a
     /// multi-threaded tokio runtime (fred's connection tasks live there, not on an actix
@@ -497,11 +468,15 @@ impl Storage {
             None
         };
         let has_redis = inner.redis.is_some();
-        let result = inner
-            .local
-            .execute(&op, script, now_ms(), outbox, version, supersede, || {
-                !has_redis || self.mode() != Mode::Redis
-            });
+        let result = inner.local.execute(
+            &op,
+            script,
+            crate::clock::now_ms(),
+            outbox,
+            version,
+            supersede,
+            || !has_redis || self.mode() != Mode::Redis,
+        );
         match result {
             Ok(Some(reply)) => Ok(reply),
             // The outbox was drained and the mode went back to `redis` between our check

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc};
 
 use super::redis::{self, ConnEvent, Failure};
-use super::{now_ms, outbox, Mode, Storage, StorageEvent};
+use super::{outbox, Mode, Storage, StorageEvent};
+use crate::clock::now_ms;
 
 impl Storage {
     pub(super) fn spawn_monitor(&self) {

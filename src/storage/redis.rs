@@ -22,7 +22,7 @@ use super::op::{Op, Reply, ScriptRef};
 use super::outbox::{command_wrapper, marker_key, replay_command, script_wrapper, OutboxEntry};
 use super::replicas::{Change, ReplicaWatch, WaitPlan};
 use super::StorageError;
-use crate::settings::RedisSettings;
+use crate::settings::{RedisSettings, REDIS_SCHEMES};
 
 /// Why a Redis call failed.
 #[derive(Debug, Clone)]
@@ -67,17 +67,10 @@ impl std::fmt::Debug for RedisBackend {
     }
 }
 
-/// Parses a Redis URL as fred does; the reason when it cannot.
-pub fn parse_url(url: &str) -> Result<(), String> {
-    Config::from_url(url)
-        .map(|_| ())
-        .map_err(|e| e.details().to_string())
-}
-
 /// The fred configuration from settings; errors name the setting at fault.
 fn fred_config(settings: &RedisSettings, fail_fast: bool) -> Result<Config, StorageError> {
     let scheme = settings.url.split("://").next().unwrap_or_default();
-    if !settings.url.contains("://") || !super::REDIS_SCHEMES.contains(&scheme) {
+    if !settings.url.contains("://") || !REDIS_SCHEMES.contains(&scheme) {
         return Err(StorageError::Config {
             key: "storage.redis.url",
             message: format!(
@@ -86,7 +79,7 @@ fn fred_config(settings: &RedisSettings, fail_fast: bool) -> Result<Config, Stor
         });
     }
     let mut config =
-        Config::from_url(&effective_url(settings)).map_err(|e| StorageError::Config {
+        Config::from_url(&settings.effective_url()).map_err(|e| StorageError::Config {
             key: "storage.redis.url",
             message: e.details().to_string(),
         })?;
@@ -103,25 +96,6 @@ fn fred_config(settings: &RedisSettings, fail_fast: bool) -> Result<Config, Stor
     add_topology(&mut config, settings)?;
     config.fail_fast = fail_fast;
     Ok(config)
-}
-
-/// `storage.redis.url` with `storage.redis.sentinel_service` as its `sentinelServiceName`
-/// when the URL is a Sentinel one without it (fred reads the name from the URL only).
-pub fn effective_url(settings: &RedisSettings) -> String {
-    let url = &settings.url;
-    let sentinel = url
-        .split("://")
-        .next()
-        .unwrap_or_default()
-        .ends_with("-sentinel");
-    if !sentinel || settings.sentinel_service.is_empty() || url.contains("sentinelServiceName=") {
-        return url.clone();
-    }
-    let separator = if url.contains('?') { '&' } else { '?' };
-    format!(
-        "{url}{separator}sentinelServiceName={}",
-        settings.sentinel_service
-    )
 }
 
 /// The Cluster seed nodes and the Sentinel addresses, service name and credentials that the
@@ -823,5 +797,54 @@ fn config_error(e: &Error) -> StorageError {
     StorageError::Config {
         key,
         message: e.details().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::check_redis_url;
+
+    /// The settings validate `storage.redis.url` without the Redis client; this holds their
+    /// check to the client's own parser: what the client refuses, validation refuses too, and
+    /// the usual forms pass both.
+    #[test]
+    fn validation_refuses_every_url_the_client_refuses() {
+        let usable = [
+            "redis://127.0.0.1:6379",
+            "redis://h",
+            "redis://h:1/",
+            "redis://h:1/15",
+            "redis://user:p%40ss@h:6379/2",
+            "rediss://h:6380",
+            "redis-cluster://h:1?node=g:2&node=f:3",
+            "rediss-cluster://:pw@h:1",
+            "redis-sentinel://h:26379?sentinelServiceName=main",
+            "redis-sentinel://h:26379/3?sentinelServiceName=main&node=g:26380",
+            "redis-sentinel://h:26379?sentinelServiceName=main&sentinelUsername=u&sentinelPassword=p",
+        ];
+        for url in usable {
+            assert!(Config::from_url(url).is_ok(), "the client refuses {url}");
+            assert_eq!(check_redis_url(url), Ok(()), "{url}");
+        }
+        let unusable = [
+            "redis://h:1/256",
+            "redis://h:1/db",
+            "redis://h:1/1/2",
+            "redis://u:%FF@h:1",
+            "redis://%C3@h:1",
+            "redis-cluster://h:1?node=g",
+            "redis-cluster://h:1?node=g:99999",
+            "redis-cluster://h:1?node=g:1:2",
+            "redis-sentinel://h:26379",
+            "redis-sentinel://h:26379/x?sentinelServiceName=main",
+            "redis-sentinel://h:26379?sentinelServiceName=main&node=g",
+            "redis://h:notaport",
+            "redis://",
+        ];
+        for url in unusable {
+            assert!(Config::from_url(url).is_err(), "the client accepts {url}");
+            assert!(check_redis_url(url).is_err(), "validation accepts {url}");
+        }
     }
 }

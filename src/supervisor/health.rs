@@ -4,7 +4,7 @@
 //!
 //! The supervisor loop writes the board; readers copy it under a short lock.
 
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use parking_lot::Mutex;
 use serde::Serialize;
@@ -86,15 +86,6 @@ struct Row {
     running_since: Option<Instant>,
 }
 
-/// Milliseconds since the unix epoch (0 if the clock is before it).
-pub(crate) fn unix_ms_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| {
-            u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
-        })
-}
-
 impl HealthBoard {
     pub(crate) fn new(supervisor: &str, children: &[(String, RestartType)]) -> Self {
         let rows = children
@@ -166,7 +157,7 @@ impl HealthBoard {
             row.running_since = None;
             if exit.is_failure() {
                 row.health.last_failure = Some(exit.to_string());
-                row.health.last_failure_unix_ms = Some(unix_ms_now());
+                row.health.last_failure_unix_ms = Some(crate::clock::now_ms());
             }
         });
     }

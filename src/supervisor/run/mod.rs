@@ -19,9 +19,9 @@ use super::error::{Exit, SupervisorError};
 use super::events::SupervisionEvent;
 use super::handle::Fate;
 use super::health::{ChildState, HealthBoard};
+use super::report::ShutdownReport;
 use super::restart::{backoff, Intensity};
 use super::system::{ManagedArbiter, SystemInner};
-use super::tree::ShutdownReport;
 use crate::settings::SupervisorSettings;
 
 mod shutdown;

@@ -9,7 +9,7 @@ use crate::supervisor::child::Notice;
 use crate::supervisor::error::Exit;
 use crate::supervisor::events::SupervisionEvent;
 use crate::supervisor::health::ChildState;
-use crate::supervisor::tree::{ChildStopReport, ShutdownReport, StopOutcome};
+use crate::supervisor::report::{ChildStopReport, ShutdownReport, StopOutcome};
 
 impl Tree {
     /// Stops the children in reverse order, each within `stop_timeout_ms`.

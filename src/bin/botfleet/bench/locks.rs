@@ -1,0 +1,204 @@
+//! `botfleet bench locks --redis URL`: the peers' lock workload (`../shared/peers`, rslock):
+//! acquire then release, TTL 10 s, `N` pairs — one task on a new key each time, 50 tasks on
+//! keys of their own, 8 tasks contending for one key (N/10 pairs). One JSON line per scenario
+//! with `pairs_per_s`, and the wait for the lock (p50/p99, µs). A last line,
+//! `one-task-bare-scripts`, is the floor of the one-task scenario: the same two scripts per
+//! pair called back to back through the storage, without the lock manager. The last,
+//! `round-trip-floor`, is the server's: `redis-benchmark -c 1` `SET`s per second on one
+//! connection, and half of that, the pairs per second of two awaited round trips that any
+//! client can reach at most (left out when `redis-benchmark` is not installed).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use serde_json::json;
+
+use super::Latencies;
+use botfleet::actors::locks::{LockError, Locks};
+use botfleet::settings::LockSettings;
+use botfleet::storage::{Storage, StorageError};
+
+/// The lock TTL of the workload.
+const TTL: Duration = Duration::from_secs(10);
+
+/// Options of the lock benchmark (`botfleet bench locks`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct LocksBench {
+    /// Server to use (keys under `bench-lock:` are overwritten).
+    #[arg(long = "redis", value_name = "URL")]
+    pub redis_url: String,
+    /// Pairs per uncontended scenario; the contended one runs a tenth of them.
+    #[arg(long, default_value_t = 20_000)]
+    pub pairs: usize,
+    /// Run only this scenario (repeatable; default: all of them).
+    #[arg(long = "scenario", value_name = "NAME")]
+    pub scenarios: Vec<String>,
+}
+
+/// The scenarios, in the order they run.
+pub const SCENARIOS: [&str; 6] = [
+    "one-task",
+    "50-tasks-distinct-keys",
+    "8-tasks-one-key",
+    "one-task-release-on-drop",
+    "one-task-bare-scripts",
+    "round-trip-floor",
+];
+
+/// Why the benchmark failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LocksBenchError {
+    /// The storage could not be opened, or Redis does not answer.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// A lock call failed.
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    /// A benchmark task panicked.
+    #[error("benchmark task failed: {0}")]
+    Task(String),
+    /// A scenario name that is not one of [`SCENARIOS`].
+    #[error("unknown scenario {0:?}; expected one of: {list}", list = SCENARIOS.join(", "))]
+    UnknownScenario(String),
+}
+
+/// Runs the scenarios asked for (all by default), printing one JSON line each through `out`.
+pub async fn run(
+    bench: &LocksBench,
+    mut out: impl FnMut(serde_json::Value),
+) -> Result<(), LocksBenchError> {
+    if let Some(unknown) = bench
+        .scenarios
+        .iter()
+        .find(|s| !SCENARIOS.contains(&s.as_str()))
+    {
+        return Err(LocksBenchError::UnknownScenario(unknown.clone()));
+    }
+    let wanted =
+        |name: &str| bench.scenarios.is_empty() || bench.scenarios.iter().any(|s| s == name);
+    let storage = super::open_storage(&bench.redis_url).await?;
+    let locks = Locks::new(storage.clone(), LockSettings::default());
+    let n = bench.pairs.max(1);
+    for (scenario, tasks, pairs, shared, on_drop) in [
+        ("one-task", 1usize, n, false, false),
+        ("50-tasks-distinct-keys", 50, n, false, false),
+        ("8-tasks-one-key", 8, (n / 10).max(8), true, false),
+        // Not a peer scenario: the guard is dropped (its release runs in the background,
+        // overlapping the next acquisition); timed until every lock is gone from Redis.
+        ("one-task-release-on-drop", 1, n, false, true),
+    ] {
+        if !wanted(scenario) {
+            continue;
+        }
+        let (elapsed, waits, done) =
+            scenario_run(&locks, &storage, tasks, pairs, shared, on_drop).await?;
+        out(json!({
+            "peer": "botfleet", "bench": "locks", "scenario": scenario, "tasks": tasks,
+            "pairs": done, "pairs_per_s": (done as f64 / elapsed.as_secs_f64()).round(),
+            "wait_p50_us": waits.percentile_us(0.50), "wait_p99_us": waits.percentile_us(0.99),
+        }));
+    }
+    if wanted("one-task-bare-scripts") {
+        bare_scripts(&storage, n, &mut out).await?;
+    }
+    storage.close().await;
+    if wanted("round-trip-floor") {
+        let url = bench.redis_url.clone();
+        let sets = tokio::task::spawn_blocking(move || {
+            super::redis_benchmark(&url, "set", 1, FLOOR_REQUESTS)
+        })
+        .await
+        .map_err(|e| LocksBenchError::Task(e.to_string()))?;
+        if let Some((_, per_s)) = sets.into_iter().find(|(name, _)| name == "SET") {
+            out(json!({
+                "peer": "redis-benchmark", "bench": "locks", "scenario": "round-trip-floor",
+                "clients": 1, "set_per_s": per_s.round(), "pairs_per_s": (per_s / 2.0).round(),
+            }));
+        }
+    }
+    Ok(())
+}
+
+/// `SET`s `redis-benchmark` sends for the round-trip floor.
+const FLOOR_REQUESTS: usize = 20_000;
+
+/// The floor of `one-task`: the two scripts per pair, called bare ([`Locks::bare_pair`]).
+async fn bare_scripts(
+    storage: &Storage,
+    n: usize,
+    out: &mut impl FnMut(serde_json::Value),
+) -> Result<(), LocksBenchError> {
+    let run = format!("{:08x}", rand::random::<u32>());
+    let bare = Locks::new(storage.clone(), LockSettings::default());
+    let start = Instant::now();
+    // On a worker of the runtime, like the scenarios' tasks.
+    tokio::spawn(async move {
+        for i in 0..n {
+            bare.bare_pair(&format!("bench-lock:{run}:bare:{i}"), TTL)
+                .await?;
+        }
+        Ok::<(), LockError>(())
+    })
+    .await
+    .map_err(|e| LocksBenchError::Task(e.to_string()))??;
+    let elapsed = start.elapsed();
+    out(json!({
+        "peer": "botfleet", "bench": "locks", "scenario": "one-task-bare-scripts", "tasks": 1,
+        "pairs": n, "pairs_per_s": (n as f64 / elapsed.as_secs_f64()).round(),
+    }));
+    Ok(())
+}
+
+async fn scenario_run(
+    locks: &Locks,
+    storage: &Storage,
+    tasks: usize,
+    pairs: usize,
+    shared: bool,
+    on_drop: bool,
+) -> Result<(Duration, Latencies, usize), LocksBenchError> {
+    let per_task = pairs / tasks;
+    let waits = Arc::new(Mutex::new(Latencies::default()));
+    let run = format!("{:08x}", rand::random::<u32>());
+    let start = Instant::now();
+    let mut handles = Vec::with_capacity(tasks);
+    for t in 0..tasks {
+        let (locks, waits, run) = (locks.clone(), waits.clone(), run.clone());
+        handles.push(tokio::spawn(async move {
+            let mut mine = Latencies::default();
+            for i in 0..per_task {
+                let key = if shared {
+                    "bench-lock:shared".to_string()
+                } else {
+                    format!("bench-lock:{run}:{t}:{i}")
+                };
+                let asked = Instant::now();
+                let guard = locks.acquire(&key, TTL, Duration::from_secs(60)).await?;
+                mine.record(asked.elapsed());
+                if on_drop {
+                    drop(guard);
+                } else {
+                    guard.release().await?;
+                }
+            }
+            waits.lock().merge(&mine);
+            Ok::<(), LockError>(())
+        }));
+    }
+    for h in handles {
+        h.await
+            .map_err(|e| LocksBenchError::Task(e.to_string()))??;
+    }
+    if on_drop {
+        // The releases run in the background: the scenario ends when they are all done.
+        let pattern = format!("bench-lock:{run}:*");
+        while !storage.scan(&pattern).await?.is_empty() {
+            tokio::task::yield_now().await;
+        }
+    }
+    let elapsed = start.elapsed();
+    let waits = waits.lock().clone();
+    Ok((elapsed, waits, per_task * tasks))
+}

@@ -1,0 +1,282 @@
+//! `botfleet bench ...`: benchmarks that print one JSON line per scenario, with figures named
+//! with their unit, so that runs can be compared side by side with peers and baselines.
+//!
+//! A benchmark is a module with an options struct (`clap::Args`: its flags) and
+//! `run(&options, out)`, which prints through `out`; [`BenchCommand`] names it and [`run`]
+//! dispatches.
+
+mod cache;
+mod heartbeat;
+mod history;
+mod locks;
+mod queue;
+mod read;
+mod storage;
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+
+use botfleet::settings::StorageSettings;
+use botfleet::storage::{KeySchema, Mode, Storage, StorageError};
+use clap::Subcommand;
+
+/// `botfleet bench ...`.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Storage handle throughput and latency beside redis-benchmark on the same server, and a
+    /// kill -9 fail-over of a private redis-server (needs redis-server on PATH).
+    Storage(storage::StorageBench),
+    /// The peers' lock workload (acquire + release, TTL 10 s: one task on new keys, 50 tasks
+    /// on keys of their own, 8 tasks on one key), to compare with `peers/run.sh locks`.
+    Locks(locks::LocksBench),
+    /// Cache service: near-cache hit and storage hit latency, and invalidation propagation
+    /// between two processes (p50/p99). Without --redis a private redis-server is started.
+    Cache(cache::CacheBench),
+    /// The peers' queue workload (20,000 no-op tasks, 50 concurrent handlers: seq-add,
+    /// bulk-add, priority), to compare with `peers/run.sh queue`.
+    Queue(queue::QueueBench),
+    /// The shared-data reader: `read()` on a fresh snapshot beside a plain GET of the same
+    /// key, and propagation of a write to 100 readers.
+    Read(read::ReadBench),
+    /// Seed 004's load: simulated bots heartbeating at 1 Hz from one process (CPU, Redis
+    /// commands/s, lateness), a peer scan, and admin message delivery latency.
+    Heartbeat(heartbeat::HeartbeatBench),
+    /// The history archive: records archived per second on SQLite and on PostgreSQL, and the
+    /// latency the archive adds to a task round trip (archive off vs on).
+    History(history::HistoryBench),
+}
+
+/// Runs the benchmark `command` names on a runtime of its own, printing one JSON line per
+/// scenario on stdout.
+pub fn run(command: &BenchCommand) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    let print = |line: serde_json::Value| println!("{line}");
+    runtime.block_on(async {
+        match command {
+            BenchCommand::Storage(bench) => storage::run(bench, print).await?,
+            BenchCommand::Locks(bench) => locks::run(bench, print).await?,
+            BenchCommand::Cache(bench) => cache::run(bench, print).await?,
+            BenchCommand::Queue(bench) => queue::run(bench, print).await?,
+            BenchCommand::Read(bench) => read::run(bench, print).await?,
+            BenchCommand::Heartbeat(bench) => heartbeat::run(bench, print).await?,
+            BenchCommand::History(bench) => history::run(bench, print).await?,
+        }
+        Ok(())
+    })
+}
+
+/// Latency recorder (microseconds).
+#[derive(Debug, Clone)]
+pub struct Latencies(Histogram<u64>);
+
+impl Default for Latencies {
+    fn default() -> Self {
+        // 1 µs .. 60 s at 3 significant digits: the bounds are constants, so this cannot fail.
+        Self(Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds"))
+    }
+}
+
+impl Latencies {
+    /// Records one duration.
+    pub fn record(&mut self, d: Duration) {
+        let _ = self.0.record((d.as_micros() as u64).clamp(1, 60_000_000));
+    }
+
+    /// Merges another recorder.
+    pub fn merge(&mut self, other: &Latencies) {
+        let _ = self.0.add(&other.0);
+    }
+
+    /// Percentile in µs.
+    pub fn percentile_us(&self, q: f64) -> u64 {
+        self.0.value_at_quantile(q)
+    }
+
+    /// Largest value in µs.
+    pub fn max_us(&self) -> u64 {
+        self.0.max()
+    }
+}
+
+/// A private `redis-server` on a free loopback port, killed on drop (benchmarks only). It
+/// persists every write (`appendfsync always`), so what it acknowledged before a kill -9 is
+/// there after the restart and a lost write can only be botfleet's.
+#[derive(Debug)]
+pub struct PrivateRedis {
+    port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl PrivateRedis {
+    /// Starts one and waits until it answers.
+    pub fn start() -> std::io::Result<Self> {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let dir =
+            std::env::temp_dir().join(format!("botfleet-bench-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let mut me = Self {
+            port,
+            dir,
+            child: None,
+        };
+        me.spawn()?;
+        Ok(me)
+    }
+
+    fn spawn(&mut self) -> std::io::Result<()> {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Err(std::io::Error::other("redis-server did not start"))
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts again on the same port and directory (with the persisted data).
+    pub fn restart(&mut self) -> std::io::Result<()> {
+        self.kill9();
+        self.spawn()
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.kill9();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The server a benchmark runs against: `url` when given, else a private redis-server started
+/// for it (keep the returned handle alive: dropping it stops the server).
+pub fn given_or_private(url: Option<&str>) -> std::io::Result<(String, Option<PrivateRedis>)> {
+    match url {
+        Some(url) => Ok((url.to_string(), None)),
+        None => {
+            let private = PrivateRedis::start()?;
+            Ok((private.url(), Some(private)))
+        }
+    }
+}
+
+/// Opens the storage on `url` with a 2 s command timeout (a loaded 2-core machine must not
+/// look like an outage half-way through); fails when Redis does not answer.
+pub async fn open_storage(url: &str) -> Result<Storage, StorageError> {
+    let mut settings = StorageSettings::default();
+    settings.redis.url = url.to_string();
+    settings.redis.timeout_ms = 2_000;
+    let storage = Storage::open(&settings, &KeySchema::default()).await?;
+    if storage.mode() != Mode::Redis {
+        storage.close().await;
+        return Err(StorageError::Config {
+            key: "--redis",
+            message: format!("{url} does not answer"),
+        });
+    }
+    Ok(storage)
+}
+
+/// Runs `redis-benchmark` against `url` for `tests` at `clients` connections and returns
+/// requests per second by test name (upper case), or an empty list when it is not installed.
+pub fn redis_benchmark(
+    url: &str,
+    tests: &str,
+    clients: usize,
+    requests: usize,
+) -> Vec<(String, f64)> {
+    let (host, port) = host_port(url);
+    let output = Command::new("redis-benchmark")
+        .args([
+            "-h",
+            &host,
+            "-p",
+            &port.to_string(),
+            "-c",
+            &clients.to_string(),
+        ])
+        .args(["-n", &requests.to_string(), "-t", tests, "--csv"])
+        .output();
+    let Ok(output) = output else {
+        return Vec::new();
+    };
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let mut cols = line.split(',').map(|c| c.trim_matches('"'));
+            let name = cols.next()?.split_whitespace().next()?.to_uppercase();
+            let rps: f64 = cols.next()?.parse().ok()?;
+            Some((name, rps))
+        })
+        .collect()
+}
+
+/// Host and port of a `redis://` URL (defaults 127.0.0.1:6379).
+pub fn host_port(url: &str) -> (String, u16) {
+    let rest = url.split("://").nth(1).unwrap_or(url);
+    let rest = rest.rsplit('@').next().unwrap_or(rest);
+    let hostport = rest.split('/').next().unwrap_or(rest);
+    match hostport.rsplit_once(':') {
+        Some((h, p)) => (h.to_string(), p.parse().unwrap_or(6379)),
+        None => (hostport.to_string(), 6379),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_port_reads_urls() {
+        assert_eq!(
+            host_port("redis://127.0.0.1:7000"),
+            ("127.0.0.1".into(), 7000)
+        );
+        assert_eq!(host_port("redis://:pw@h:1/0"), ("h".into(), 1));
+        assert_eq!(host_port("redis://h"), ("h".into(), 6379));
+    }
+
+    #[test]
+    fn latencies_report_percentiles() {
+        let mut l = Latencies::default();
+        for us in 1..=100 {
+            l.record(Duration::from_micros(us));
+        }
+        assert_eq!(l.percentile_us(0.5), 50);
+        assert_eq!(l.max_us(), 100);
+    }
+}

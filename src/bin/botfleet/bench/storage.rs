@@ -1,0 +1,242 @@
+//! `botfleet bench storage --redis URL`: throughput and latency of the storage handle, beside
+//! `redis-benchmark` on the same server in the same run, and a kill -9 fail-over scenario on a
+//! private server.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use super::{redis_benchmark, Latencies, PrivateRedis};
+use botfleet::settings::StorageSettings;
+use botfleet::storage::{KeySchema, Mode, Storage, StorageError, StorageEvent};
+
+/// Options of the storage benchmark (`botfleet bench storage`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct StorageBench {
+    /// Server for the throughput scenarios (keys under `bench:` are overwritten).
+    #[arg(long = "redis", value_name = "URL")]
+    pub redis_url: String,
+    /// Operations per throughput scenario.
+    #[arg(long, default_value_t = 100_000)]
+    pub ops: usize,
+    /// Outbox writes to replay in the fail-over scenario.
+    #[arg(long, default_value_t = 10_000)]
+    pub outbox_writes: usize,
+}
+
+/// Runs every scenario, printing one JSON line each through `out`.
+pub async fn run(
+    bench: &StorageBench,
+    mut out: impl FnMut(serde_json::Value),
+) -> Result<(), StorageError> {
+    let mut settings = StorageSettings::default();
+    settings.redis.url = bench.redis_url.clone();
+    let storage = Storage::open(&settings, &KeySchema::default()).await?;
+    if storage.mode() != Mode::Redis {
+        return Err(StorageError::Config {
+            key: "--redis",
+            message: format!("{} does not answer", bench.redis_url),
+        });
+    }
+    let baseline = redis_benchmark(
+        &bench.redis_url,
+        "set,get,zadd,zpopmin",
+        50,
+        bench.ops.max(10_000),
+    );
+    for (test, rps) in &baseline {
+        out(
+            json!({"bench": "storage", "scenario": "redis-benchmark", "test": test,
+                   "concurrency": 50, "ops_per_s": rps.round()}),
+        );
+    }
+    for op in ["set", "get", "zadd", "zpopmin"] {
+        for concurrency in [1usize, 50] {
+            let ops = if concurrency == 1 {
+                bench.ops / 4
+            } else {
+                bench.ops
+            };
+            let (elapsed, lat) = throughput(&storage, op, concurrency, ops.max(1)).await?;
+            let ops_per_s = ops as f64 / elapsed.as_secs_f64();
+            let mut line = json!({"bench": "storage", "scenario": op, "concurrency": concurrency,
+                "ops": ops, "ops_per_s": ops_per_s.round(), "p50_us": lat.percentile_us(0.5),
+                "p99_us": lat.percentile_us(0.99)});
+            if concurrency == 50 {
+                if let Some((_, rps)) = baseline.iter().find(|(t, _)| t.eq_ignore_ascii_case(op)) {
+                    line["redis_benchmark_ops_per_s"] = json!(rps.round());
+                    line["vs_redis_benchmark"] = json!(((ops_per_s / rps) * 100.0).round() / 100.0);
+                }
+            }
+            out(line);
+        }
+    }
+    let _ = storage.del(&["bench:z"]).await;
+    storage.close().await;
+    failover(bench.outbox_writes, &mut out).await
+}
+
+async fn throughput(
+    storage: &Storage,
+    op: &str,
+    concurrency: usize,
+    ops: usize,
+) -> Result<(Duration, Latencies), StorageError> {
+    if op == "zpopmin" {
+        // Fill the set the pops will drain.
+        let members: Vec<String> = (0..ops).map(|i| format!("m{i}")).collect();
+        for chunk in members.chunks(1_000) {
+            let scored: Vec<(f64, &str)> = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, m)| (i as f64, m.as_str()))
+                .collect();
+            storage.zadd("bench:z", &scored).await?;
+        }
+    }
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (storage, next, op) = (storage.clone(), next.clone(), op.to_string());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Latencies::default();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                if i >= ops {
+                    break;
+                }
+                let t = Instant::now();
+                let key = format!("bench:k{}", i % 1_000);
+                match op.as_str() {
+                    "set" => storage.set(&key, "x".repeat(100), None).await.map(|_| ()),
+                    "get" => storage.get(&key).await.map(|_| ()),
+                    "zadd" => storage
+                        .zadd("bench:za", &[(i as f64, &key)])
+                        .await
+                        .map(|_| ()),
+                    _ => storage.zpopmin("bench:z", 1).await.map(|_| ()),
+                }?;
+                lat.record(t.elapsed());
+            }
+            Ok::<_, StorageError>(lat)
+        }));
+    }
+    let mut all = Latencies::default();
+    for t in tasks {
+        // A task only ends by returning; a panic in it is a bug worth surfacing.
+        let lat = t.await.expect("benchmark task panicked")?;
+        all.merge(&lat);
+    }
+    Ok((started.elapsed(), all))
+}
+
+/// kill -9 of a private server under a 50-task write load; restart; replay.
+async fn failover(
+    outbox_writes: usize,
+    out: &mut impl FnMut(serde_json::Value),
+) -> Result<(), StorageError> {
+    let mut server =
+        PrivateRedis::start().map_err(|e| StorageError::Runtime(format!("redis-server: {e}")))?;
+    let mut settings = StorageSettings::default();
+    settings.redis.url = server.url();
+    settings.outbox.max_entries = outbox_writes * 4;
+    let storage = Storage::open(&settings, &KeySchema::default()).await?;
+    // Writes allowed from now on: unlimited until the kill, then exactly `outbox_writes`, so
+    // the outbox holds what the scenario replays (writers are far faster than any poll).
+    let budget = Arc::new(AtomicI64::new(i64::MAX));
+    let stop = Arc::new(AtomicBool::new(false));
+    let errors = Arc::new(AtomicU64::new(0));
+    let acked = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for t in 0..50 {
+        let (storage, stop, errors, acked, budget) = (
+            storage.clone(),
+            stop.clone(),
+            errors.clone(),
+            acked.clone(),
+            budget.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut written = Vec::new();
+            let mut slowest = Duration::ZERO;
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) && budget.fetch_sub(1, Ordering::AcqRel) > 0 {
+                let key = format!("fo:{t}:{i}");
+                let started = Instant::now();
+                match storage.set(&key, i.to_string(), None).await {
+                    Ok(()) => {
+                        written.push(key);
+                        acked.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(_) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                slowest = slowest.max(started.elapsed());
+                i += 1;
+            }
+            (written, slowest)
+        }));
+    }
+    wait_for(
+        || acked.load(Ordering::Relaxed) >= 5_000,
+        Duration::from_secs(30),
+    )
+    .await;
+    server.kill9();
+    let killed = Instant::now();
+    wait_for(|| storage.mode() == Mode::Degraded, Duration::from_secs(5)).await;
+    let degraded_after = killed.elapsed();
+    wait_for(
+        || storage.stats().outbox_len >= outbox_writes,
+        Duration::from_secs(60),
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let mut written = Vec::new();
+    let mut slowest = Duration::ZERO;
+    for t in tasks {
+        let (w, s) = t.await.expect("load task panicked");
+        written.extend(w);
+        slowest = slowest.max(s);
+    }
+    let outbox = storage.stats().outbox_len;
+    let mut events = storage.events();
+    server
+        .restart()
+        .map_err(|e| StorageError::Runtime(format!("redis-server: {e}")))?;
+    let restarted = Instant::now();
+    wait_for(|| storage.mode() == Mode::Redis, Duration::from_secs(60)).await;
+    let recovered = restarted.elapsed();
+    let mut resync_ms = None;
+    while let Ok(event) = events.try_recv() {
+        if let StorageEvent::Resynced { millis, .. } = event {
+            resync_ms = Some(millis);
+        }
+    }
+    let mut lost = 0u64;
+    for key in &written {
+        if storage.get(key).await?.is_none() {
+            lost += 1;
+        }
+    }
+    out(json!({"bench": "storage", "scenario": "failover-kill9",
+        "switch_ms": slowest.as_millis().max(degraded_after.as_millis()) as u64,
+        "degraded_after_ms": degraded_after.as_millis() as u64,
+        "slowest_call_ms": slowest.as_millis() as u64,
+        "caller_errors": errors.load(Ordering::Relaxed), "lost_writes": lost,
+        "acked_writes": written.len(), "outbox_replayed": outbox,
+        "resync_ms": resync_ms, "restart_to_redis_mode_ms": recovered.as_millis() as u64}));
+    storage.close().await;
+    Ok(())
+}
+
+async fn wait_for(mut cond: impl FnMut() -> bool, limit: Duration) {
+    let until = Instant::now() + limit;
+    while !cond() && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}

@@ -1,0 +1,224 @@
+//! The cache service against real redis-server processes: one loader call for 100 concurrent
+//! loads, invalidation reaching a second OS process, a seed-style `{"key":...}` message, and
+//! serving from the near cache and the fallback while Redis is down.
+//!
+//! `BOTFLEET_TEST_REDIS=cluster|sentinel` runs these tests against a Redis Cluster or a
+//! Sentinel set-up (tests/support/deploy.rs). Tests that kill, freeze or restart the server
+//! stay on one standalone server whatever it says: they are about that one server's outage
+//! (fail-over of a Cluster or Sentinel master is tests/scale.rs's subject).
+
+use crate::support;
+
+use std::io::{BufRead, BufReader, Write};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use botfleet::actors::cache::CacheError;
+use botfleet::settings::Settings;
+use botfleet::Fleet;
+use support::{poll_until_async, RedisServer, TestRedis};
+
+const CHILD_ENV: &str = "BOTFLEET_TEST_CACHE_CHILD";
+const TTL: Duration = Duration::from_secs(60);
+
+fn settings(url: &str) -> Settings {
+    support::suite_settings(url)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_loads_of_one_key_call_the_loader_once() {
+    let server = TestRedis::start().unwrap();
+    let fleet = Fleet::start(settings(&server.url())).await.unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..100 {
+        let (cache, calls) = (fleet.cache(), calls.clone());
+        tasks.push(tokio::spawn(async move {
+            cache
+                .get_or_load("game.payloads", TTL, || async move {
+                    let n = calls.fetch_add(1, Ordering::SeqCst);
+                    // Slow enough that every caller arrives while the load runs.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    Ok::<_, std::io::Error>(format!(
+                        "{{\"gameCode\":\"chicken-road-two\",\"n\":{n}}}"
+                    ))
+                })
+                .await
+                .unwrap()
+        }));
+    }
+    let mut values = Vec::new();
+    for t in tasks {
+        values.push(t.await.unwrap());
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert!(values.iter().all(|v| v == &values[0]));
+    let stats = fleet.cache().stats();
+    assert_eq!(stats.loads, 1);
+    assert_eq!(stats.near_hits + stats.storage_hits + stats.misses, 100);
+    // Stored in Redis with the TTL given.
+    let ttl = server.cmd(&["TTL", "game.payloads"]).as_int().unwrap();
+    assert!((1..=60).contains(&ttl));
+    // A failing loader reaches its caller and caches nothing.
+    let err = fleet
+        .cache()
+        .get_or_load("broken", TTL, || async { Err::<String, _>("db down") })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, CacheError::Loader { .. }), "{err}");
+    assert!(server.cmd(&["GET", "broken"]).is_nil());
+    assert_eq!(
+        fleet.cache().get("", TTL).await.unwrap_err(),
+        CacheError::EmptyKey
+    );
+    fleet.shutdown().await.unwrap();
+}
+
+fn spawn_child(role: &str, spec: String) -> std::process::Child {
+    support::spawn_role(module_path!(), role, CHILD_ENV, &spec)
+}
+
+/// Child role: caches `game.payloads`, prints `cached VALUE`, then prints `invalidated` when
+/// its near copy is dropped by a message and `reloaded VALUE` with the value read afresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "child process of invalidation_reaches_a_second_process"]
+async fn child_reader() {
+    let url = std::env::var(CHILD_ENV).expect("run by the parent test");
+    let fleet = Fleet::start(settings(&url)).await.unwrap();
+    let cache = fleet.cache();
+    let value = cache.get("game.payloads", TTL).await.unwrap().unwrap();
+    println!("cached {value}");
+    std::io::stdout().flush().unwrap();
+    let start = Instant::now();
+    while cache.peek("game.payloads").is_some() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "never invalidated"
+        );
+        tokio::task::yield_now().await;
+    }
+    println!("invalidated");
+    let value = cache.get("game.payloads", TTL).await.unwrap().unwrap();
+    println!("reloaded {value}");
+    std::io::stdout().flush().unwrap();
+    std::future::pending::<()>().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidation_reaches_a_second_process() {
+    let server = TestRedis::start().unwrap();
+    let fleet = Fleet::start(settings(&server.url())).await.unwrap();
+    let cache = fleet.cache();
+    cache.set("game.payloads", "v1", TTL).await.unwrap();
+    let mut child = spawn_child("child_reader", server.url());
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut next_line = |prefix: &str| {
+        lines
+            .by_ref()
+            .map_while(Result::ok)
+            .find_map(|l| {
+                l.split_once(prefix)
+                    .map(|(_, rest)| rest.trim().to_string())
+            })
+            .unwrap_or_else(|| panic!("the child printed no {prefix:?}"))
+    };
+    assert_eq!(next_line("cached "), "v1");
+    // The child holds v1 near: reading it again costs it nothing. Now this process writes.
+    let sent = Instant::now();
+    cache.set("game.payloads", "v2", TTL).await.unwrap();
+    next_line("invalidated");
+    assert!(sent.elapsed() < Duration::from_secs(5));
+    assert_eq!(next_line("reloaded "), "v2");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    fleet.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seed_style_message_and_a_second_fleet_invalidate_the_near_copy() {
+    let server = TestRedis::start().unwrap();
+    let a = Fleet::start(settings(&server.url())).await.unwrap();
+    let b = Fleet::start(settings(&server.url())).await.unwrap();
+    let (ca, cb) = (a.cache(), b.cache());
+    let (mut dropped_a, mut dropped_b) = (ca.invalidations(), cb.invalidations());
+    ca.set("game.payloads", "v1", TTL).await.unwrap();
+    // a's own message reaches b first (b had nothing to drop).
+    poll_until_async(Duration::from_secs(5), || async {
+        cb.stats().invalidations_received == 1
+    })
+    .await
+    .expect("a's message reaches b");
+    assert_eq!(&*cb.get("game.payloads", TTL).await.unwrap().unwrap(), "v1");
+    assert!(cb.peek("game.payloads").is_some());
+    // An ioredis bot publishes {"key": ...} after writing the key itself.
+    server.cmd(&["SET", "game.payloads", "v2"]);
+    server.cmd(&["PUBLISH", "cache-invalidate", "{\"key\":\"game.payloads\"}"]);
+    poll_until_async(Duration::from_secs(5), || async {
+        cb.peek("game.payloads").is_none() && ca.peek("game.payloads").is_none()
+    })
+    .await
+    .expect("both near copies dropped");
+    assert_eq!(&*cb.get("game.payloads", TTL).await.unwrap().unwrap(), "v2");
+    // invalidate() deletes everywhere.
+    ca.invalidate("game.payloads").await.unwrap();
+    poll_until_async(Duration::from_secs(5), || async {
+        cb.peek("game.payloads").is_none()
+    })
+    .await
+    .expect("b's copy dropped");
+    assert!(cb.get("game.payloads", TTL).await.unwrap().is_none());
+    assert_eq!(cb.stats().invalidations_received, 3);
+    assert_eq!(
+        ca.stats().invalidations_received,
+        1,
+        "its own messages are ignored"
+    );
+    // Each invalidation received is announced to the host once, its own never.
+    for _ in 0..3 {
+        assert_eq!(&*dropped_b.try_recv().unwrap(), "game.payloads");
+    }
+    assert_eq!(&*dropped_a.try_recv().unwrap(), "game.payloads");
+    assert!(dropped_a.try_recv().is_err() && dropped_b.try_recv().is_err());
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn near_cache_and_fallback_serve_while_redis_is_down() {
+    let mut server = RedisServer::start().unwrap();
+    let mut s = settings(&server.url());
+    s.storage.redis.timeout_ms = 250;
+    let fleet = Fleet::start(s).await.unwrap();
+    let cache = fleet.cache();
+    cache
+        .set("stats:total", "{\"rounds\":10}", TTL)
+        .await
+        .unwrap();
+    server.kill9();
+    // Near hit: no storage call at all.
+    assert_eq!(
+        &*cache.get("stats:total", TTL).await.unwrap().unwrap(),
+        "{\"rounds\":10}"
+    );
+    // A new key loads through the fallback, and is served again without the loader.
+    let calls = AtomicUsize::new(0);
+    for _ in 0..3 {
+        let v = cache
+            .get_or_load("stats:Admiral", TTL, || async {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, std::io::Error>("{\"rounds\":3}".to_string())
+            })
+            .await
+            .unwrap();
+        assert_eq!(&*v, "{\"rounds\":3}");
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    cache.clear_near();
+    assert_eq!(
+        &*cache.get("stats:Admiral", TTL).await.unwrap().unwrap(),
+        "{\"rounds\":3}",
+        "served by the fallback"
+    );
+    fleet.shutdown().await.unwrap();
+}

@@ -1,0 +1,205 @@
+//! The dashboard in a real browser: headless Chromium (Debian's `chromium`, installed by
+//! `scripts/test.sh` where missing) loads `/` from a running `botfleet run`, and sees it update
+//! without a reload: a task added through the API appears in the queue panel, and the storage
+//! mode shown changes when the test's redis-server is killed. A screenshot is saved as
+//! `target/dashboard.png`.
+
+use crate::support;
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use headless_chrome::protocol::cdp::Page::CaptureScreenshotFormatOption;
+use headless_chrome::{Browser, LaunchOptions, Tab};
+use support::{free_port, poll_until, process::spawn_tied_to_process, RedisServer};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGKILL) };
+        let _ = self.0.wait();
+    }
+}
+
+fn start_daemon(redis_url: &str, bind: &str) -> Daemon {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_botfleet"));
+    cmd.arg("run")
+        .env("REDIS_URL", redis_url)
+        .env("BOTFLEET__API__BIND", bind)
+        .env("BOTFLEET__API__STREAM_INTERVAL_MS", "200")
+        .env("BOTFLEET__PRESENCE__INTERVAL_MS", "100")
+        .env("BOTFLEET__PRESENCE__TTL_SECS", "60")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    Daemon(spawn_tied_to_process(cmd).expect("spawn botfleet run"))
+}
+
+/// Whether something answers `GET /health` at `addr` (raw HTTP/1.0, no client needed).
+fn health_answers(addr: &str) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    if stream
+        .write_all(b"GET /health HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200")
+}
+
+/// `POST path` with a JSON body over a raw HTTP/1.0 connection; the answer's JSON body.
+fn post_json(addr: &str, path: &str, body: &str) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.0\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let (head, json) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
+    assert!(head.contains(" 200 "), "POST {path}: {answer}");
+    serde_json::from_str(json).unwrap()
+}
+
+fn eval_string(tab: &Tab, expression: &str) -> String {
+    match tab.evaluate(expression, false) {
+        Ok(object) => match object.value {
+            Some(serde_json::Value::String(s)) => s,
+            Some(other) => other.to_string(),
+            None => String::new(),
+        },
+        Err(_) => String::new(),
+    }
+}
+
+fn screenshot_path() -> PathBuf {
+    // CARGO_TARGET_TMPDIR is TARGET/tmp.
+    Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .parent()
+        .expect("the target directory")
+        .join("dashboard.png")
+}
+
+#[test]
+fn dashboard_shows_the_storage_mode_change_live() {
+    assert!(
+        Path::new(CHROMIUM).exists(),
+        "{CHROMIUM} is missing: install Debian's chromium package (scripts/test.sh does)"
+    );
+    let mut redis = RedisServer::start().unwrap();
+    let bind = format!("127.0.0.1:{}", free_port());
+    let _daemon = start_daemon(&redis.url(), &bind);
+    poll_until(Duration::from_secs(30), || health_answers(&bind))
+        .expect("the daemon's HTTP API answers");
+
+    let options = LaunchOptions::default_builder()
+        .path(Some(PathBuf::from(CHROMIUM)))
+        .headless(true)
+        .sandbox(false)
+        .window_size(Some((1280, 900)))
+        .idle_browser_timeout(Duration::from_secs(120))
+        .args(vec![
+            OsStr::new("--disable-gpu"),
+            OsStr::new("--disable-dev-shm-usage"),
+            OsStr::new("--no-first-run"),
+        ])
+        .build()
+        .unwrap();
+    let browser = Browser::new(options).expect("headless chromium starts");
+    let tab = browser.new_tab().unwrap();
+    tab.navigate_to(&format!("http://{bind}/"))
+        .unwrap()
+        .wait_until_navigated()
+        .unwrap();
+
+    let mode = "document.getElementById('storage-mode').textContent";
+    poll_until(Duration::from_secs(20), || {
+        eval_string(&tab, mode) == "redis"
+    })
+    .unwrap_or_else(|_| panic!("mode shown: {:?}", eval_string(&tab, mode)));
+    let actors = "document.getElementById('actors').textContent";
+    poll_until(Duration::from_secs(10), || {
+        let shown = eval_string(&tab, actors);
+        [
+            "storage-monitor",
+            "presence",
+            "locks",
+            "scheduler",
+            "heartbeat",
+        ]
+        .iter()
+        .all(|name| shown.contains(name))
+    })
+    .unwrap_or_else(|_| {
+        panic!(
+            "the built-in actors are listed: {:?}",
+            eval_string(&tab, actors)
+        )
+    });
+    assert_eq!(
+        eval_string(&tab, "document.getElementById('conn').textContent"),
+        "live"
+    );
+    assert_eq!(
+        eval_string(&tab, "document.getElementById('health').textContent"),
+        "healthy"
+    );
+    // A mark on the page's window: still there after the changes means no reload happened.
+    eval_string(&tab, "window.botfleetMark = 'same page'");
+
+    // A task added through the API shows in the queue panel.
+    let added = post_json(
+        &bind,
+        "/api/bot/tasks/add",
+        r#"{"type": "job_check", "data": {"job": 7}}"#,
+    );
+    let task_id = added["task_id"].as_str().expect("a task id").to_owned();
+    let shown = format!("document.querySelector('[data-task=\"{task_id}\"]') !== null");
+    let queue = "document.getElementById('queue').textContent";
+    poll_until(Duration::from_secs(20), || {
+        eval_string(&tab, &shown) == "true" && eval_string(&tab, queue).contains("1 pending")
+    })
+    .unwrap_or_else(|_| panic!("the task is shown: {:?}", eval_string(&tab, queue)));
+    assert_eq!(eval_string(&tab, "window.botfleetMark"), "same page");
+
+    redis.kill9();
+    poll_until(Duration::from_secs(30), || {
+        eval_string(&tab, mode) == "degraded"
+    })
+    .unwrap_or_else(|_| panic!("mode shown after the kill: {:?}", eval_string(&tab, mode)));
+    assert_eq!(eval_string(&tab, "window.botfleetMark"), "same page");
+    poll_until(Duration::from_secs(10), || {
+        eval_string(
+            &tab,
+            "document.getElementById('storage-events').textContent",
+        )
+        .contains("redis \u{2192} degraded")
+    })
+    .expect("the storage event is listed");
+
+    let png = tab
+        .capture_screenshot(CaptureScreenshotFormatOption::Png, None, None, true)
+        .unwrap();
+    assert!(png.starts_with(b"\x89PNG"), "a PNG image");
+    let path = screenshot_path();
+    std::fs::write(&path, &png).unwrap();
+    eprintln!("screenshot: {}", path.display());
+}

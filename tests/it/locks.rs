@@ -1,0 +1,1005 @@
+//! The lock manager against real redis-server processes: mutual exclusion across processes,
+//! a holder killed with -9, the watchdog, fencing tokens across processes and a Redis restart,
+//! compare-and-delete, both outage modes, arrival order, and interplay with the seed's own
+//! `SET key "1" EX ttl NX` clients.
+//!
+//! `BOTFLEET_TEST_REDIS=cluster|sentinel` runs these tests against a Redis Cluster or a
+//! Sentinel set-up (tests/support/deploy.rs). Tests that kill, freeze or restart the server
+//! stay on one standalone server whatever it says: they are about that one server's outage
+//! (fail-over of a Cluster or Sentinel master is tests/scale.rs's subject).
+
+use crate::support;
+
+use std::io::{BufRead, BufReader};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use botfleet::actors::locks::{LockError, LockGuard, SCRIPT_CALLS_IN_FLIGHT};
+use botfleet::settings::{LockOutage, Settings};
+use botfleet::storage::{KeySchema, Mode, Storage, StorageError};
+use botfleet::Fleet;
+use support::{poll_until_async, RedisServer, RespValue, TestRedis};
+
+const CHILD_ENV: &str = "BOTFLEET_TEST_LOCK_CHILD";
+const SHARED: &str = "bet-lock:user123-agent456";
+const TOTAL: u64 = 10_000;
+const PROCESSES: u64 = 3;
+const TASKS: u64 = 2;
+
+fn settings(url: &str) -> Settings {
+    let mut s = Settings::default();
+    s.storage.redis.url = url.to_string();
+    support::fit_settings(&mut s);
+    s.supervisor.stop_timeout_ms = 2_000;
+    s
+}
+
+/// Settings for tests that must not see a busy machine as an outage.
+fn patient(url: &str) -> Settings {
+    let mut s = settings(url);
+    s.storage.redis.timeout_ms = 2_000;
+    s
+}
+
+fn spawn_child(role: &str, spec: String) -> std::process::Child {
+    support::spawn_role(module_path!(), role, CHILD_ENV, &spec)
+}
+
+/// Child role: acquires [`SHARED`] `count` times over [`TASKS`] tasks; inside each critical
+/// section INCR/DECR of `overlap:inside` detects a second holder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "child process of mutual_exclusion_across_three_processes"]
+async fn child_contender() {
+    let spec = std::env::var(CHILD_ENV).expect("run by the parent test");
+    let (url, count) = spec.split_once('|').unwrap();
+    let count: u64 = count.parse().unwrap();
+    let fleet = Fleet::start(patient(url)).await.unwrap();
+    let mut tasks = Vec::new();
+    for t in 0..TASKS {
+        let (locks, storage) = (fleet.locks(), fleet.storage().clone());
+        let mine = count / TASKS + u64::from(t < count % TASKS);
+        tasks.push(tokio::spawn(async move {
+            let mut last_fence = 0;
+            for _ in 0..mine {
+                let guard = locks
+                    .acquire(SHARED, Duration::from_secs(10), Duration::from_secs(60))
+                    .await
+                    .unwrap();
+                let fence = guard.fencing_token().unwrap();
+                assert!(fence > last_fence, "fence {fence} after {last_fence}");
+                last_fence = fence;
+                if storage.incr_by("overlap:inside", 1).await.unwrap() != 1 {
+                    storage.incr_by("overlap:violations", 1).await.unwrap();
+                }
+                storage.incr_by("overlap:inside", -1).await.unwrap();
+                storage.incr_by("overlap:acquired", 1).await.unwrap();
+                assert!(guard.release().await.unwrap());
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    println!("done");
+    fleet.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_exclusion_across_three_processes() {
+    let server = TestRedis::start().unwrap();
+    let children: Vec<_> = (0..PROCESSES)
+        .map(|p| {
+            let count = TOTAL / PROCESSES + u64::from(p < TOTAL % PROCESSES);
+            spawn_child("child_contender", format!("{}|{count}", server.url()))
+        })
+        .collect();
+    for mut child in children {
+        let status = child.wait().unwrap();
+        assert!(status.success(), "a contender failed: {status}");
+    }
+    let get = |key: &str| server.cmd(&["GET", key]).as_str().map(str::to_owned);
+    assert_eq!(get("overlap:acquired").as_deref(), Some("10000"));
+    assert_eq!(get("overlap:violations"), None, "two holders at once");
+    assert_eq!(get("overlap:inside").as_deref(), Some("0"));
+    assert_eq!(server.cmd(&["EXISTS", SHARED]).as_int(), Some(0));
+    // Every acquisition raised the fencing counter once.
+    let fence_key = KeySchema::default().lock_fence(SHARED);
+    assert_eq!(server.cmd(&["GET", &fence_key]).as_str(), Some("10000"));
+}
+
+/// The child holder's lock TTL: long enough that its watchdog (renewing every third of it)
+/// outlives a stall of the loaded CI machine, short enough to watch the lock outlive it.
+const HOLDER_TTL: Duration = Duration::from_secs(2);
+
+/// Child role: takes a lock (TTL [`HOLDER_TTL`], extended by its watchdog), prints its
+/// fencing token, and holds it until killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "child process of holder_killed_with_sigkill_frees_the_lock_after_its_ttl"]
+async fn child_holder() {
+    let spec = std::env::var(CHILD_ENV).expect("run by the parent test");
+    let (url, name) = spec.split_once('|').unwrap();
+    let fleet = Fleet::start(patient(url)).await.unwrap();
+    let guard = fleet
+        .locks()
+        .acquire(name, HOLDER_TTL, Duration::from_secs(10))
+        .await
+        .unwrap();
+    println!("held {}", guard.fencing_token().unwrap());
+    std::future::pending::<()>().await;
+}
+
+fn child_fence(url: &str, name: &str) -> (std::process::Child, u64) {
+    let mut child = spawn_child("child_holder", format!("{url}|{name}"));
+    let stdout = child.stdout.take().unwrap();
+    let fence = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|l| {
+            l.rsplit_once("held ")
+                .map(|(_, f)| f.trim().parse::<u64>().unwrap())
+        })
+        .expect("the child took the lock");
+    (child, fence)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holder_killed_with_sigkill_frees_the_lock_after_its_ttl() {
+    let server = TestRedis::start().unwrap();
+    let name = "wallet-retry-scheduler-lock";
+    let (mut child, _) = child_fence(&server.url(), name);
+    let fleet = Fleet::start(patient(&server.url())).await.unwrap();
+    let locks = fleet.locks();
+    // The watchdog keeps it past its TTL while the holder lives.
+    let held_since = Instant::now();
+    while held_since.elapsed() < HOLDER_TTL + Duration::from_millis(500) {
+        assert!(locks
+            .try_acquire(name, Duration::from_secs(5))
+            .await
+            .unwrap()
+            .is_none());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let killed = Instant::now();
+    let guard = locks
+        .acquire(name, Duration::from_secs(5), Duration::from_secs(5))
+        .await
+        .unwrap();
+    let waited = killed.elapsed();
+    assert!(
+        waited <= HOLDER_TTL + Duration::from_millis(500),
+        "free after {waited:?}"
+    );
+    assert!(guard.release().await.unwrap());
+    fleet.shutdown().await.unwrap();
+}
+
+/// Checks every 100 ms, for `held_for`, that `guard` is not lost and that Redis still holds its
+/// token under `name`.
+async fn assert_held(server: &TestRedis, guard: &LockGuard, name: &str, held_for: Duration) {
+    let start = Instant::now();
+    while start.elapsed() < held_for {
+        assert!(
+            !guard.is_lost(),
+            "{name} reported lost after {:?}",
+            start.elapsed()
+        );
+        assert_eq!(
+            server.cmd(&["GET", name]).as_str(),
+            Some(guard.token()),
+            "{name} after {:?}",
+            start.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchdog_holds_a_lock_far_past_its_ttl() {
+    let server = TestRedis::start().unwrap();
+    let fleet = Fleet::start(patient(&server.url())).await.unwrap();
+    let locks = fleet.locks();
+    // A 2 s TTL held for 6 s: extended every 667 ms, and a failed extension retried until
+    // 1.33 s after the last success, so a loaded machine (a Cluster's six servers and the
+    // client on two cores, beside other suites) may stall the watchdog for over a second.
+    let guard = locks
+        .try_acquire("bet-cleanup-lock", Duration::from_secs(2))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_held(&server, &guard, "bet-cleanup-lock", Duration::from_secs(6)).await;
+    assert!(locks
+        .try_acquire("bet-cleanup-lock", Duration::from_secs(1))
+        .await
+        .unwrap()
+        .is_none());
+    assert!(guard.release().await.unwrap());
+    assert_eq!(
+        server.cmd(&["EXISTS", "bet-cleanup-lock"]).as_int(),
+        Some(0)
+    );
+    fleet.shutdown().await.unwrap();
+}
+
+/// The watchdogs share one timer, which sleeps until the first extension due (or 5 s). A lock
+/// whose first extension falls before that wake-up must wake it: here a 2 s lock taken while
+/// the timer sleeps on a 30 s lock's extension (10 s away) is held for 6 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_lock_taken_while_the_watchdog_timer_sleeps_is_extended_in_time() {
+    let server = TestRedis::start().unwrap();
+    let fleet = Fleet::start(patient(&server.url())).await.unwrap();
+    let locks = fleet.locks();
+    let long = locks
+        .try_acquire("wallet-retry-scheduler-lock", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    let short = locks
+        .try_acquire("bet-cleanup-lock", Duration::from_secs(2))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_held(&server, &short, "bet-cleanup-lock", Duration::from_secs(6)).await;
+    assert!(!long.is_lost());
+    assert!(short.release().await.unwrap());
+    assert!(long.release().await.unwrap());
+    fleet.shutdown().await.unwrap();
+}
+
+/// The watchdog timer runs on the runtime of the first guard. A host that took that guard on
+/// a runtime it has shut down since must still have its later locks extended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locks_are_extended_after_the_runtime_of_the_first_guard_is_gone() {
+    let server = TestRedis::start().unwrap();
+    let fleet = Fleet::start(patient(&server.url())).await.unwrap();
+    let locks = fleet.locks();
+    {
+        let locks = locks.clone();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let guard = locks
+                    .try_acquire("bet-lock:first", Duration::from_secs(30))
+                    .await
+                    .unwrap()
+                    .unwrap();
+                assert!(guard.release().await.unwrap());
+            });
+        })
+        .join()
+        .unwrap();
+    }
+    let guard = locks
+        .try_acquire("bet-cleanup-lock", Duration::from_secs(2))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_held(&server, &guard, "bet-cleanup-lock", Duration::from_secs(4)).await;
+    assert!(guard.release().await.unwrap());
+    fleet.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fencing_tokens_increase_across_processes_and_a_redis_restart() {
+    let mut server = RedisServer::builder().persistence(true).start().unwrap();
+    let name = "retry-job-lock:tx-42:refund";
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let (mut child, fence) = child_fence(&server.url(), name);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        seen.push(fence);
+        // Free it for the next one rather than wait for its TTL.
+        server.cmd(&["DEL", name]);
+    }
+    let fleet = Fleet::start(patient(&server.url())).await.unwrap();
+    let guard = fleet
+        .locks()
+        .try_acquire(name, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    seen.push(guard.fencing_token().unwrap());
+    assert!(guard.release().await.unwrap());
+    fleet.shutdown().await.unwrap();
+
+    server.restart().unwrap();
+    let fleet = Fleet::start(patient(&server.url())).await.unwrap();
+    let guard = fleet
+        .locks()
+        .try_acquire(name, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    seen.push(guard.fencing_token().unwrap());
+    fleet.shutdown().await.unwrap();
+    assert!(
+        seen.windows(2).all(|w| w[0] < w[1]),
+        "not strictly increasing: {seen:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_by_a_non_holder_is_refused_and_the_old_holder_is_told() {
+    let server = TestRedis::start().unwrap();
+    let fleet = Fleet::start(patient(&server.url())).await.unwrap();
+    let locks = fleet.locks();
+    let name = "bet-lock:user1-agent1";
+    let old = locks
+        .try_acquire(name, Duration::from_millis(600))
+        .await
+        .unwrap()
+        .unwrap();
+    // Its lock goes away (as by expiry) and another holder takes it.
+    server.cmd(&["DEL", name]);
+    let new = locks
+        .try_acquire(name, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), old.lost())
+        .await
+        .expect("the old holder is told its lock is lost");
+    assert!(old.is_lost());
+    assert!(
+        !old.release().await.unwrap(),
+        "a non-holder released the lock"
+    );
+    assert_eq!(server.cmd(&["GET", name]).as_str(), Some(new.token()));
+    assert!(new.release().await.unwrap());
+    fleet.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_style_clients_are_excluded_both_ways() {
+    let server = TestRedis::start().unwrap();
+    let fleet = Fleet::start(patient(&server.url())).await.unwrap();
+    let locks = fleet.locks();
+    for (name, ttl) in [
+        ("bet-lock:user123-agent456", 30),
+        ("wallet-retry-scheduler-lock", 60),
+        ("retry-job-lock:ptx-9:debit", 300),
+        ("bet-cleanup-lock", 300),
+        ("wallet-audit-cleanup-lock", 300),
+    ] {
+        let ex = ttl.to_string();
+        let guard = locks
+            .try_acquire(name, Duration::from_secs(ttl))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            server.cmd(&["SET", name, "1", "EX", &ex, "NX"]),
+            RespValue::Nil,
+            "{name}: seed client got a lock botfleet holds"
+        );
+        assert!(guard.release().await.unwrap());
+        assert!(server.cmd(&["SET", name, "1", "EX", &ex, "NX"]).is_ok());
+        assert!(locks
+            .try_acquire(name, Duration::from_secs(ttl))
+            .await
+            .unwrap()
+            .is_none());
+        assert_eq!(
+            locks
+                .run_exclusive(name, Duration::from_secs(ttl), async { 1 })
+                .await
+                .unwrap(),
+            None,
+            "{name}: the job ran while a seed client held the lock"
+        );
+        server.cmd(&["DEL", name]);
+        assert_eq!(
+            locks
+                .run_exclusive(name, Duration::from_secs(ttl), async { 1 })
+                .await
+                .unwrap(),
+            Some(1)
+        );
+        assert_eq!(server.cmd(&["EXISTS", name]).as_int(), Some(0));
+    }
+    fleet.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_of_one_process_are_served_in_arrival_order() {
+    let server = TestRedis::start().unwrap();
+    let fleet = Fleet::start(patient(&server.url())).await.unwrap();
+    let locks = fleet.locks();
+    let name = "bet-lock:queue";
+    let holder = locks
+        .try_acquire(name, Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    let order = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let mut waiters = Vec::new();
+    for i in 0..5usize {
+        let (locks, order) = (locks.clone(), order.clone());
+        waiters.push(tokio::spawn(async move {
+            let guard = locks
+                .acquire(name, Duration::from_secs(5), Duration::from_secs(20))
+                .await
+                .unwrap();
+            order.lock().push(i);
+            guard.release().await.unwrap();
+        }));
+        let f = fleet.clone();
+        poll_until_async(Duration::from_secs(5), move || {
+            let f = f.clone();
+            async move { f.lock_stats().await.unwrap().waiters == i + 1 }
+        })
+        .await
+        .unwrap();
+    }
+    assert!(holder.release().await.unwrap());
+    for w in waiters {
+        w.await.unwrap();
+    }
+    assert_eq!(*order.lock(), vec![0, 1, 2, 3, 4]);
+    fleet.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_notice_from_another_process_wakes_a_waiter_at_once() {
+    let server = TestRedis::start().unwrap();
+    // Without the notice the waiter would wait for its 5 s retry.
+    let (a, b) = two_fleets_woken_only_by_notices(&server).await;
+    // Releases nobody waited for announce nothing.
+    for _ in 0..20 {
+        let guard = a
+            .locks()
+            .acquire("bet-cleanup-lock", Duration::from_secs(30), Duration::ZERO)
+            .await
+            .unwrap();
+        assert!(guard.release().await.unwrap());
+    }
+    let name = "wallet-audit-cleanup-lock";
+    let held = a
+        .locks()
+        .try_acquire(name, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    let locks = b.locks();
+    let waiter = tokio::spawn(async move {
+        let started = Instant::now();
+        let guard = locks
+            .acquire(name, Duration::from_secs(30), Duration::from_secs(20))
+            .await
+            .unwrap();
+        (started.elapsed(), guard.fencing_token())
+    });
+    let bb = b.clone();
+    poll_until_async(Duration::from_secs(5), move || {
+        let b = bb.clone();
+        async move { b.lock_stats().await.unwrap().waiters == 1 }
+    })
+    .await
+    .unwrap();
+    // Counted as a waiter is not yet refused by Redis: only a refused attempt leaves the
+    // waiting mark that makes the release announce itself. Released earlier, the lock would
+    // simply be granted to the first attempt, with no notice to hear.
+    let waiting = KeySchema::default().lock_waiting(name);
+    poll_until_async(Duration::from_secs(5), || async {
+        server.cmd(&["EXISTS", &waiting]).as_int() == Some(1)
+    })
+    .await
+    .expect("the waiter's first attempt was refused");
+    let released = Instant::now();
+    let held_fence = held.fencing_token().unwrap();
+    assert!(held.release().await.unwrap());
+    let (_, fence) = waiter.await.unwrap();
+    assert!(released.elapsed() < Duration::from_secs(2), "woken late");
+    assert!(fence.unwrap() > held_fence);
+    // Notices arrive in publishing order: had the uncontended releases announced themselves,
+    // b would have heard them before the one that woke its waiter.
+    assert_eq!(b.lock_stats().await.unwrap().notices_heard, 1);
+    assert_eq!(
+        server
+            .cmd(&["EXISTS", &KeySchema::default().lock_waiting(name)])
+            .as_int(),
+        Some(0),
+        "the release consumed the waiting mark"
+    );
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
+/// A guard dropped while Redis is unreachable releases its lock once Redis answers again,
+/// long before the lock's TTL: the release is retried, not left to the TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guard_dropped_during_an_outage_releases_its_lock_once_redis_is_back() {
+    let server = RedisServer::start().unwrap();
+    let fleet = Fleet::start(settings(&server.url())).await.unwrap();
+    let name = "bet-cleanup-lock";
+    let guard = fleet
+        .locks()
+        .try_acquire(name, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .expect("the lock is free");
+    server.freeze();
+    let storage = fleet.storage().clone();
+    poll_until_async(Duration::from_secs(5), || {
+        let storage = storage.clone();
+        async move { storage.mode() != Mode::Redis }
+    })
+    .await
+    .expect("the outage is seen");
+    drop(guard);
+    server.thaw();
+    poll_until_async(Duration::from_secs(15), || async {
+        server.cmd(&["EXISTS", name]).as_int() == Some(0)
+    })
+    .await
+    .expect("released once Redis is back, long before its 60 s TTL");
+    fleet.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outage_refuse_fails_fast_and_a_held_lock_is_reported_lost() {
+    let mut server = RedisServer::start().unwrap();
+    let fleet = Fleet::start(settings(&server.url())).await.unwrap();
+    let locks = fleet.locks();
+    let held = locks
+        .try_acquire("bet-lock:u-a", Duration::from_millis(600))
+        .await
+        .unwrap()
+        .unwrap();
+    server.kill9();
+    let start = Instant::now();
+    let first = locks
+        .try_acquire("bet-lock:u-b", Duration::from_secs(5))
+        .await;
+    assert!(matches!(first, Err(LockError::Unavailable(_))), "{first:?}");
+    assert!(
+        start.elapsed() < Duration::from_millis(1_000),
+        "{:?}",
+        start.elapsed()
+    );
+    let start = Instant::now();
+    let again = locks
+        .acquire(
+            "bet-lock:u-b",
+            Duration::from_secs(5),
+            Duration::from_secs(5),
+        )
+        .await;
+    assert!(matches!(again, Err(LockError::Unavailable(_))), "{again:?}");
+    assert!(
+        start.elapsed() < Duration::from_millis(300),
+        "{:?}",
+        start.elapsed()
+    );
+    tokio::time::timeout(Duration::from_secs(5), held.lost())
+        .await
+        .expect("the holder is told");
+    // Nothing went to the fallback (or its outbox; presence beats may be there).
+    assert_eq!(fleet.storage().mode(), Mode::Degraded);
+    assert_eq!(fleet.storage().get("bet-lock:u-b").await.unwrap(), None);
+    fleet.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_extension_is_retried_while_the_lock_cannot_have_expired() {
+    let server = RedisServer::start().unwrap();
+    let fleet = Arc::new(Fleet::start(settings(&server.url())).await.unwrap());
+    let locks = fleet.locks();
+    let name = "wallet-retry-scheduler-lock";
+    // Extended every 3 s; a failed extension is retried until 6 s after the last success.
+    let ttl = Duration::from_secs(9);
+    let guard = locks.try_acquire(name, ttl).await.unwrap().unwrap();
+    let token = guard.token().to_string();
+    // Frozen until the first extension has failed (its call times out, or finds the storage
+    // degraded): the lock itself is still safe in Redis for seconds.
+    server.freeze();
+    let f = fleet.clone();
+    let failed = poll_until_async(Duration::from_secs(8), move || {
+        let f = f.clone();
+        async move { f.lock_stats().await.unwrap().extension_retries > 0 }
+    })
+    .await;
+    server.thaw();
+    failed.expect("the extension due 3 s after the acquisition failed while Redis was frozen");
+    assert!(!guard.is_lost(), "lost at the first failed extension");
+    // Once Redis answers again, a retry extends the lock: its TTL is back near 9 s.
+    poll_until_async(Duration::from_secs(5), || async {
+        server.cmd(&["PTTL", name]).as_int().unwrap_or(0) > 7_000
+    })
+    .await
+    .expect("the lock was extended after the thaw");
+    assert!(!guard.is_lost());
+    assert_eq!(server.cmd(&["GET", name]).as_str(), Some(token.as_str()));
+    assert!(guard.release().await.unwrap());
+    fleet.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outage_local_grants_process_local_locks() {
+    let mut server = RedisServer::start().unwrap();
+    let mut s = settings(&server.url());
+    s.locks.on_outage = LockOutage::Local;
+    let fleet = Fleet::start(s).await.unwrap();
+    let locks = fleet.locks();
+    server.kill9();
+    let st = fleet.storage().clone();
+    // The first attempt meets the outage and is granted locally.
+    let guard = locks
+        .try_acquire("bet-cleanup-lock", Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(guard.is_local() && guard.fencing_token().is_none());
+    assert!(locks
+        .try_acquire("bet-cleanup-lock", Duration::from_secs(5))
+        .await
+        .unwrap()
+        .is_none());
+    // Nothing went to the fallback (reads are served by it while degraded).
+    assert_eq!(st.mode(), Mode::Degraded);
+    assert_eq!(st.get("bet-cleanup-lock").await.unwrap(), None);
+    // Back on Redis: the local lock still excludes this process until released; then the
+    // lock is a Redis lock again.
+    server.restart().unwrap();
+    let st2 = st.clone();
+    poll_until_async(Duration::from_secs(15), move || {
+        let s = st2.clone();
+        async move { s.mode() == Mode::Redis }
+    })
+    .await
+    .unwrap();
+    assert!(locks
+        .try_acquire("bet-cleanup-lock", Duration::from_secs(5))
+        .await
+        .unwrap()
+        .is_none());
+    assert!(guard.release().await.unwrap());
+    let remote = locks
+        .try_acquire("bet-cleanup-lock", Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!remote.is_local());
+    assert_eq!(remote.fencing_token(), Some(1));
+    fleet.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eval_on_redis_never_falls_back() {
+    let mut server = RedisServer::start().unwrap();
+    let s = settings(&server.url());
+    let storage = Storage::open(&s.storage, &KeySchema::default())
+        .await
+        .unwrap();
+    let script = botfleet::storage::Script::new(
+        "test-set",
+        "return redis.call('SET', KEYS[1], ARGV[1])",
+        |_, _, _, _| Err(botfleet::storage::LocalError::Script("redis only".into())),
+    );
+    assert!(storage.eval_on_redis(&script, &["k"], &["v"]).await.is_ok());
+    assert_eq!(server.cmd(&["GET", "k"]).as_str(), Some("v"));
+    server.kill9();
+    let start = Instant::now();
+    let err = storage.eval_on_redis(&script, &["k"], &["w"]).await;
+    assert!(matches!(err, Err(StorageError::Unavailable(_))), "{err:?}");
+    assert!(start.elapsed() < Duration::from_millis(1_000));
+    assert_eq!(storage.mode(), Mode::Degraded);
+    let err = storage.eval_on_redis(&script, &["k"], &["w"]).await;
+    assert!(matches!(err, Err(StorageError::Unavailable(_))), "{err:?}");
+    assert_eq!(storage.stats().outbox_len, 0);
+    assert_eq!(
+        storage.get("k").await.unwrap(),
+        None,
+        "nothing applied locally"
+    );
+    storage.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_hands_the_lock_to_the_waiter_of_this_process() {
+    let server = TestRedis::start().unwrap();
+    let mut s = patient(&server.url());
+    // Only a hand-over (or a release notice) can serve the waiter before its 5 s retry.
+    s.locks.retry_min_ms = 5_000;
+    s.locks.retry_max_ms = 5_000;
+    let fleet = Fleet::start(s).await.unwrap();
+    let locks = fleet.locks();
+    let name = "retry-job-lock:tx-7:credit";
+    let first = locks
+        .try_acquire(name, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    let waiter = {
+        let locks = locks.clone();
+        tokio::spawn(async move {
+            locks
+                .acquire(name, Duration::from_secs(20), Duration::from_secs(20))
+                .await
+                .unwrap()
+        })
+    };
+    let f = fleet.clone();
+    poll_until_async(Duration::from_secs(5), move || {
+        let f = f.clone();
+        async move { f.lock_stats().await.unwrap().waiters == 1 }
+    })
+    .await
+    .unwrap();
+    let fence = first.fencing_token().unwrap();
+    let released = Instant::now();
+    assert!(first.release().await.unwrap(), "the holder still held it");
+    let second = waiter.await.unwrap();
+    assert!(released.elapsed() < Duration::from_secs(2));
+    assert_eq!(second.fencing_token(), Some(fence + 1));
+    assert_eq!(server.cmd(&["GET", name]).as_str(), Some(second.token()));
+    // The waiter's own TTL was applied.
+    let pttl = server.cmd(&["PTTL", name]).as_int().unwrap();
+    assert!(pttl > 10_000 && pttl <= 20_000, "pttl {pttl}");
+    assert!(second.release().await.unwrap());
+    assert_eq!(server.cmd(&["EXISTS", name]).as_int(), Some(0));
+    fleet.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hand_overs_inside_one_process_do_not_starve_another() {
+    let server = TestRedis::start().unwrap();
+    // The other process's waiter must get in through a release notice, not a retry.
+    let (a, b) = two_fleets_woken_only_by_notices(&server).await;
+    let name = "bet-lock:hot-user-agent";
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Two tasks of process A keep the lock busy, handing it to each other.
+    let hammers: Vec<_> = (0..2)
+        .map(|_| {
+            let (locks, stop) = (a.locks(), stop.clone());
+            tokio::spawn(async move {
+                let mut pairs = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let guard = locks
+                        .acquire(name, Duration::from_secs(10), Duration::from_secs(30))
+                        .await
+                        .unwrap();
+                    guard.release().await.unwrap();
+                    pairs += 1;
+                }
+                pairs
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    let guard = b
+        .locks()
+        .acquire(name, Duration::from_secs(10), Duration::from_secs(10))
+        .await
+        .expect("process B got a turn");
+    let waited = started.elapsed();
+    assert!(guard.release().await.unwrap());
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut pairs = 0;
+    for h in hammers {
+        pairs += h.await.unwrap();
+    }
+    assert!(waited < Duration::from_secs(3), "B waited {waited:?}");
+    assert!(pairs > 0);
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
+/// Two fleets (two "processes") on one Redis whose lock waiters retry only every 5 s, so a
+/// waiter that gets in quickly was woken by a release notice.
+async fn two_fleets_woken_only_by_notices(server: &TestRedis) -> (Fleet, Fleet) {
+    let mut s = patient(&server.url());
+    s.locks.retry_min_ms = 5_000;
+    s.locks.retry_max_ms = 5_000;
+    (
+        Fleet::start(s.clone()).await.unwrap(),
+        Fleet::start(s).await.unwrap(),
+    )
+}
+
+/// Calls of one script (`EVALSHA`) that Redis ran, from `INFO commandstats`.
+fn evalsha_calls(server: &RedisServer) -> u64 {
+    let info = server.cmd(&["INFO", "commandstats"]);
+    let info = info.as_str().unwrap_or_default().to_string();
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_of_one_process_share_script_calls() {
+    let server = RedisServer::start().unwrap();
+    let fleet = Fleet::start(patient(&server.url())).await.unwrap();
+    let locks = fleet.locks();
+    let ttl = Duration::from_secs(30);
+    let names: Vec<String> = (0..30).map(|i| format!("bet-lock:user{i}-agent")).collect();
+    // Warm the script cache so the counts below are the calls themselves.
+    drop(locks.try_acquire("warm-up", ttl).await.unwrap());
+    poll_until_async(Duration::from_secs(5), || async {
+        server.cmd(&["EXISTS", "warm-up"]).as_int() == Some(0)
+    })
+    .await
+    .unwrap();
+
+    // Redis is frozen while 30 tasks ask: the first calls stay in flight, the others queue
+    // behind them, and go out together once one is answered.
+    let acquired = {
+        let names = names.clone();
+        shared_calls(&server, &fleet, move |locks| {
+            names
+                .into_iter()
+                .map(|n| {
+                    let locks = locks.clone();
+                    tokio::spawn(async move { locks.try_acquire(&n, ttl).await })
+                })
+                .collect()
+        })
+        .await
+    };
+    let guards: Vec<_> = acquired.into_iter().map(|g| g.unwrap().unwrap()).collect();
+    for (guard, name) in guards.iter().zip(&names) {
+        assert_eq!(
+            server.cmd(&["GET", name]).as_str(),
+            Some(guard.token()),
+            "{name} holds its holder's token"
+        );
+        // Each name's counter is its slot's: a fresh server starts every one at 1.
+        let counter = KeySchema::default().lock_fence(name);
+        let expected = server
+            .cmd(&["GET", &counter])
+            .as_str()
+            .unwrap()
+            .parse::<u64>();
+        assert_eq!(guard.fencing_token(), Some(expected.unwrap()), "{name}");
+    }
+
+    let released = shared_calls(&server, &fleet, move |_| {
+        guards
+            .into_iter()
+            .map(|g| tokio::spawn(g.release()))
+            .collect()
+    })
+    .await;
+    assert!(released.into_iter().all(|r| r.unwrap()));
+    for name in &names {
+        assert_eq!(server.cmd(&["EXISTS", name]).as_int(), Some(0), "{name}");
+    }
+
+    // One name asked for 30 times at once: one winner.
+    let one = "wallet-retry-scheduler-lock";
+    let tries = futures::future::join_all((0..30).map(|_| locks.try_acquire(one, ttl))).await;
+    let winners: Vec<_> = tries.into_iter().filter_map(|t| t.unwrap()).collect();
+    assert_eq!(winners.len(), 1);
+    assert_eq!(server.cmd(&["GET", one]).as_str(), Some(winners[0].token()));
+    drop(winners);
+    fleet.shutdown().await.unwrap();
+}
+
+/// Runs the 30 lock calls `start` spawns while Redis is frozen until all but
+/// [`SCRIPT_CALLS_IN_FLIGHT`] of them queue; asserts the queued ones went out in one script
+/// call (counted by botfleet and by Redis).
+async fn shared_calls<T: Send + 'static>(
+    server: &RedisServer,
+    fleet: &Fleet,
+    start: impl FnOnce(&botfleet::actors::locks::Locks) -> Vec<tokio::task::JoinHandle<T>>,
+) -> Vec<T> {
+    let before = fleet.lock_stats().await.unwrap();
+    let evalsha_before = evalsha_calls(server);
+    server.freeze();
+    let tasks = start(&fleet.locks());
+    let queued = poll_until_async(Duration::from_secs(5), || async {
+        fleet.lock_stats().await.unwrap().queued_calls == 30 - SCRIPT_CALLS_IN_FLIGHT
+    })
+    .await;
+    server.thaw();
+    queued.expect("the calls beyond those in flight queued");
+    let mut out = Vec::new();
+    for task in tasks {
+        out.push(task.await.unwrap());
+    }
+    let after = fleet.lock_stats().await.unwrap();
+    assert_eq!(after.script_requests - before.script_requests, 30);
+    let calls = SCRIPT_CALLS_IN_FLIGHT as u64 + 1;
+    assert_eq!(after.script_calls - before.script_calls, calls);
+    assert_eq!(evalsha_calls(server) - evalsha_before, calls);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acquisitions_whose_caller_is_gone_are_released() {
+    let server = TestRedis::start().unwrap();
+    let fleet = Fleet::start(patient(&server.url())).await.unwrap();
+    let locks = fleet.locks();
+    let ttl = Duration::from_secs(30);
+    let names: Vec<String> = (0..30).map(|i| format!("orphan-lock:{i}")).collect();
+    {
+        // Polled once: the first calls are sent, the others are queued behind them; then every
+        // caller is gone before any answer.
+        let mut all = Box::pin(futures::future::join_all(
+            names.iter().map(|n| locks.try_acquire(n, ttl)),
+        ));
+        assert!(futures::poll!(all.as_mut()).is_pending());
+    }
+    // The queued ones are still acquired (they were sent after their callers left), and then
+    // released since nobody guards them; the first ones, sent on their callers' tasks, are
+    // left to their TTL.
+    let left = || {
+        names
+            .iter()
+            .filter(|n| server.cmd(&["EXISTS", n]).as_int() == Some(1))
+            .count()
+    };
+    poll_until_async(Duration::from_secs(15), || async {
+        left() <= SCRIPT_CALLS_IN_FLIGHT
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "{} orphaned locks still held; storage {:?}",
+            left(),
+            fleet.storage().stats()
+        )
+    });
+    let stats = fleet.lock_stats().await.unwrap();
+    eprintln!("lock stats {stats:?}");
+    fleet.shutdown().await.unwrap();
+}
+
+/// `botfleet bench locks`, run as a user would: `--scenario` runs only the scenarios named, a
+/// name it does not know is refused before anything is written, and the scenarios release
+/// every lock they take.
+#[test]
+fn bench_locks_runs_the_scenarios_asked_for_and_refuses_unknown_ones() {
+    let server = RedisServer::start().unwrap();
+    let bench = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_botfleet"))
+            .args(["bench", "locks", "--redis", &server.url(), "--pairs", "200"])
+            .args(args)
+            .env_clear()
+            .output()
+            .unwrap()
+    };
+
+    let refused = bench(&["--scenario", "one-task", "--scenario", "two-tasks"]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("unknown scenario \"two-tasks\"") && stderr.contains("8-tasks-one-key"),
+        "{stderr}"
+    );
+    assert_eq!(server.cmd(&["DBSIZE"]).as_int(), Some(0));
+
+    let ran = bench(&[
+        "--scenario",
+        "8-tasks-one-key",
+        "--scenario",
+        "one-task-release-on-drop",
+    ]);
+    assert!(ran.status.success(), "{ran:?}");
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&ran.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let scenarios: Vec<&str> = lines
+        .iter()
+        .map(|l| l["scenario"].as_str().unwrap())
+        .collect();
+    assert_eq!(scenarios, ["8-tasks-one-key", "one-task-release-on-drop"]);
+    // The contended scenario runs a tenth of the pairs (at least 8), split over 8 tasks.
+    assert_eq!(lines[0]["pairs"], 16);
+    assert_eq!(lines[1]["pairs"], 200);
+    assert!(lines
+        .iter()
+        .all(|l| l["pairs_per_s"].as_f64().unwrap() > 0.0));
+    // Every lock was released; only the fencing counter is left.
+    assert_eq!(
+        server.cmd(&["KEYS", "bench-lock:*"]),
+        RespValue::Array(Vec::new())
+    );
+}

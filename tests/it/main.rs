@@ -1,0 +1,62 @@
+//! botfleet's integration tests, as one test binary: one build, one link, one copy of the
+//! support code, however many suites there are.
+//!
+//! Every suite is a module; nextest names a test `SUITE::TEST` (`locks::waiters_are_served_in_order`),
+//! so `cargo nextest run -E 'test(/^locks::/)'` runs one suite. Suites that need a second
+//! process run one of this binary's own `#[ignore]`d tests as a child ([`support::role`]).
+//!
+//! | suite | what it covers |
+//! |---|---|
+//! | [`architecture`] | the module graph: allowed edges between the crate's modules, no cycle, fred only in storage |
+//! | [`settings`] | loading `settings.toml` and the environment; every problem reported at once |
+//! | [`cli_config`] | `botfleet config check` as a user runs it: the built binary, exit codes |
+//! | [`harness`] | the test harness itself: servers started, killed, frozen, restarted, reaped |
+//! | [`storage_parity`] | one table of operations against Redis, the memory fallback and the file fallback |
+//! | [`storage_failover`] | outages under the storage handle: kill -9, SIGSTOP, restarts empty, replay |
+//! | [`storage_file_crash`] | the file fallback across `kill -9` of the process while Redis is down |
+//! | [`topologies`] | Redis Cluster and Sentinel under the storage handle |
+//! | [`scale`] | a master of Sentinel or Cluster killed under load; several daemons on one Redis |
+//! | [`supervisor`] | supervision with fault-injecting actors: panics, hangs, restart intensity |
+//! | [`supervisor_threads`] | starting and stopping an actor system leaves no thread behind |
+//! | [`fleet`] | the `Fleet` embedded in a host runtime: start, stop, health, host actors |
+//! | [`locks`] | mutual exclusion across processes, fencing, the watchdog, outages |
+//! | [`scheduler`] | the task queue: order, reliability, retries, dead letters, periodic jobs, outages |
+//! | [`scheduler_parity`] | the scheduler's Lua scripts and their Rust twins answer alike |
+//! | [`shared_data`] | the fetcher and readers: leader election, freshness, fallbacks |
+//! | [`hazards`] | the hazard ticker, provably fair seeds, fairness records, game sessions |
+//! | [`heartbeat`] | heartbeats, the peer monitor, identities, admin messages |
+//! | [`cache`] | the cache service: one loader per key, invalidation across processes |
+//! | [`history`] | the SQL archive on SQLite and PostgreSQL, its outages, `botfleet history` |
+//! | [`http_api`] | the HTTP API over real sockets, and the commands that talk to it |
+//! | [`daemon`] | `botfleet run` as a process: signals, exit codes, graceful stop |
+//! | [`dashboard`] | the dashboard page in headless Chromium |
+//!
+//! The Redis suites start their server through [`support::TestRedis`], which
+//! `BOTFLEET_TEST_REDIS=standalone|cluster|sentinel` switches; `scripts/test.sh` runs them on
+//! each deployment.
+
+mod support;
+
+mod architecture;
+mod cache;
+mod cli_config;
+mod daemon;
+mod dashboard;
+mod fleet;
+mod harness;
+mod hazards;
+mod heartbeat;
+mod history;
+mod http_api;
+mod locks;
+mod scale;
+mod scheduler;
+mod scheduler_parity;
+mod settings;
+mod shared_data;
+mod storage_failover;
+mod storage_file_crash;
+mod storage_parity;
+mod supervisor;
+mod supervisor_threads;
+mod topologies;
