@@ -3,7 +3,7 @@
 //!
 //! Owns the hash `INTERNAL_PREFIX:instance:ID` (fields `pid`, `host`, `started_at`, `beats`,
 //! `storage_mode`, `updated_at`, all text), rewritten every `presence.interval_ms` with a TTL
-//! of `presence.ttl_secs`. Accepts [`GetPresence`]. A beat goes through the storage handle
+//! of `presence.ttl_secs`. Accepts `GetPresence`. A beat goes through the storage handle
 //! like any write, so while Redis is down it lands in the fallback and is replayed.
 //!
 //! Failure and restart: a storage error other than an outage (for example another client
@@ -21,7 +21,7 @@ use crate::settings::PresenceSettings;
 use crate::storage::{Storage, StorageError};
 use crate::supervisor::ChildContext;
 
-/// What [`GetPresence`] answers.
+/// What `GetPresence` answers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PresenceStatus {
     /// The record's key.
@@ -35,11 +35,11 @@ pub struct PresenceStatus {
 /// Query: the presence actor's status.
 #[derive(Debug, Message)]
 #[rtype(result = "PresenceStatus")]
-pub struct GetPresence;
+pub(crate) struct GetPresence;
 
 /// Writes this instance's presence record.
 #[derive(Debug)]
-pub struct Presence {
+pub(crate) struct Presence {
     storage: Storage,
     settings: PresenceSettings,
     key: String,
@@ -154,7 +154,7 @@ impl Handler<GetPresence> for Presence {
 }
 
 /// The host name, from the kernel (no extra dependency).
-pub fn hostname() -> String {
+pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "unknown".into())

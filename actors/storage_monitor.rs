@@ -1,8 +1,8 @@
 //! Storage monitor: keeps the recent storage events (mode changes, resyncs) for the status
 //! API and the dashboard.
 //!
-//! Owns an in-process ring of the last [`KEEP`] events with their times; reads the storage
-//! handle's event channel; accepts [`ListStorageEvents`]. Holds nothing in Redis, so a restart
+//! Owns an in-process ring of the last `KEEP` events with their times; reads the storage
+//! handle's event channel; accepts `ListStorageEvents`. Holds nothing in Redis, so a restart
 //! starts with an empty ring (events from before it are in the log).
 
 use std::collections::VecDeque;
@@ -14,7 +14,7 @@ use crate::clock::now_ms;
 use crate::storage::{Storage, StorageEvent};
 
 /// Events kept.
-pub const KEEP: usize = 100;
+pub(crate) const KEEP: usize = 100;
 
 /// A storage event and when it was seen (Unix ms).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -28,11 +28,11 @@ pub struct SeenEvent {
 /// Query: the recent storage events, oldest first.
 #[derive(Debug, Message)]
 #[rtype(result = "Vec<SeenEvent>")]
-pub struct ListStorageEvents;
+pub(crate) struct ListStorageEvents;
 
 /// Records storage events.
 #[derive(Debug)]
-pub struct StorageMonitor {
+pub(crate) struct StorageMonitor {
     storage: Storage,
     recent: VecDeque<SeenEvent>,
 }

@@ -7,13 +7,13 @@
 //! `INTERNAL:hazards:revealed` (hashes, one field per seed epoch); the players' records
 //! `fairness:USER:AGENT` and their hidden seeds `INTERNAL:fairness-secret:{fairness:USER:AGENT}`.
 //!
-//! The [`HazardTicker`] actor owns one task on the host runtime: it campaigns for the leader
+//! The `HazardTicker` actor owns one task on the host runtime: it campaigns for the leader
 //! lock (`hazards.lock_name`, a fenced [`Locks`] lock extended by its watchdog) and, while it
 //! holds it, writes tick `N` of every difficulty at `N x hazards.interval_ms` after the Unix
 //! epoch (sleeps computed from the clock each time, so ticks do not drift; a tick that is late
 //! by a whole interval is skipped, never doubled). Each write is one Lua script that refuses a
 //! tick number already written and a fencing token older than the last writer's, so a new
-//! leader never repeats a tick of the old one. It accepts [`GetTickerStatus`]. When the actor
+//! leader never repeats a tick of the old one. It accepts `GetTickerStatus`. When the actor
 //! is restarted its task is aborted (the lock guard releases the lock) and a new one starts.
 //!
 //! The [`Hazards`] handle (`Fleet::hazards()`) reads the current hazards, the seed history,
@@ -267,7 +267,7 @@ impl std::fmt::Debug for Hazards {
 
 impl Hazards {
     /// A handle over `storage`; `instance` names this process in tick notices. The ticker
-    /// runs in a [`HazardTicker`] made with [`Hazards::ticker`].
+    /// runs in a `HazardTicker` made with `Hazards::ticker`.
     pub fn new(storage: Storage, settings: HazardSettings, locks: Locks, instance: &str) -> Self {
         let keys = HazardKeys {
             internal: storage.keys().internal_prefix().to_string(),
@@ -290,7 +290,7 @@ impl Hazards {
     }
 
     /// The ticker actor for this handle; its task runs on `runtime` (the host's).
-    pub fn ticker(&self, runtime: tokio::runtime::Handle) -> HazardTicker {
+    pub(crate) fn ticker(&self, runtime: tokio::runtime::Handle) -> HazardTicker {
         HazardTicker {
             shared: self.inner.ticker.clone(),
             runtime,
@@ -551,10 +551,10 @@ pub(crate) fn check_id(what: &'static str, value: &str) -> Result<(), HazardErro
 /// Asks the ticker for its status.
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "TickerStatus")]
-pub struct GetTickerStatus;
+pub(crate) struct GetTickerStatus;
 
 /// The hazard ticker: owns the leader-election-and-tick task on the host runtime.
-pub struct HazardTicker {
+pub(crate) struct HazardTicker {
     shared: Arc<TickerShared>,
     runtime: tokio::runtime::Handle,
     task: Option<tokio::task::JoinHandle<()>>,

@@ -501,7 +501,7 @@ impl Admin {
     }
 
     /// The inbox loop: subscribe, read the queue, then serve live messages, polls and
-    /// resyncs until the storage closes. The [`AdminInbox`] actor runs it; a host without
+    /// resyncs until the storage closes. The `AdminInbox` actor runs it; a host without
     /// the actor system may spawn it on its own runtime instead (one loop per handle).
     pub async fn serve(self) {
         let storage = self.shared.storage.clone();
@@ -536,7 +536,7 @@ impl Admin {
 
 /// The actor that runs this process's inbox loop.
 #[derive(Debug)]
-pub struct AdminInbox {
+pub(crate) struct AdminInbox {
     admin: Admin,
 }
 

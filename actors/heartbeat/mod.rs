@@ -3,10 +3,10 @@
 //!
 //! | file | owns |
 //! |---|---|
-//! | `sender.rs` | [`HeartbeatSender`] actor and the [`Heartbeat`] handle: `heartbeat:PID` |
-//! | `monitor.rs` | [`PeerMonitor`] actor and the [`Peers`] handle: live / stale / zombie peers |
+//! | `sender.rs` | `HeartbeatSender` actor and the [`Heartbeat`] handle: `heartbeat:PID` |
+//! | `monitor.rs` | `PeerMonitor` actor and the [`Peers`] handle: live / stale / zombie peers |
 //! | `identity.rs` | the [`Identities`] handle: `identity:ROOM:PARTICIPANT` |
-//! | `admin.rs` | [`AdminInbox`] actor and the [`Admin`] handle: `admin:bot:PID`, `admin:queue:PID` |
+//! | `admin.rs` | `AdminInbox` actor and the [`Admin`] handle: `admin:bot:PID`, `admin:queue:PID` |
 //!
 //! Keys (exactly the seed's, no prefix):
 //!
@@ -26,10 +26,13 @@ mod identity;
 mod monitor;
 mod sender;
 
-pub use admin::{Admin, AdminInbox, AdminMessage, Delivery, InboxStats};
+pub(crate) use admin::AdminInbox;
+pub use admin::{Admin, AdminMessage, Delivery, InboxStats};
 pub use identity::{CleanupReport, Identities};
-pub use monitor::{Peer, PeerEvent, PeerMonitor, PeerState, Peers};
-pub use sender::{Heartbeat, HeartbeatRecord, HeartbeatSender};
+pub(crate) use monitor::PeerMonitor;
+pub use monitor::{Peer, PeerEvent, PeerState, Peers};
+pub(crate) use sender::HeartbeatSender;
+pub use sender::{Heartbeat, HeartbeatRecord};
 
 use crate::storage::StorageError;
 

@@ -259,7 +259,7 @@ fn parse_record(text: &str) -> Option<HeartbeatRecord> {
 
 /// The actor that scans every `heartbeat.monitor_interval_ms`.
 #[derive(Debug)]
-pub struct PeerMonitor {
+pub(crate) struct PeerMonitor {
     peers: Peers,
 }
 

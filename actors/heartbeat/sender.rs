@@ -204,7 +204,7 @@ fn check_participants(participants: &[&str]) -> Result<(), HeartbeatError> {
 
 /// The actor that writes the heartbeat every `heartbeat.interval_ms`.
 #[derive(Debug)]
-pub struct HeartbeatSender {
+pub(crate) struct HeartbeatSender {
     heartbeat: Heartbeat,
 }
 

@@ -12,9 +12,9 @@
 //! one Lua script round trip, run on Redis only (never on the fallback, never through the
 //! outbox). A [`LockGuard`] extends its lock every TTL/3 on the host runtime (one timer for every
 //! guard of the handle; a task of its own once it outlives its first third, see `watchdog.rs`)
-//! and releases it when dropped; it never talks to the actor. The [`LockManager`] actor listens to
+//! and releases it when dropped; it never talks to the actor. The `LockManager` actor listens to
 //! the release channel and wakes the head waiter of the released name; it accepts
-//! [`GetLockStats`]. A waiter whose attempt fails marks the name (in the acquire script); a
+//! `GetLockStats`. A waiter whose attempt fails marks the name (in the acquire script); a
 //! release that finds the mark announces itself on the channel (`ORIGIN\nNAME`, in the
 //! release script), so an uncontended release publishes nothing; it wakes this process's
 //! waiters directly. When this process has a waiter
@@ -162,7 +162,7 @@ pub struct Locks {
 }
 
 impl Locks {
-    /// A lock handle over `storage`. Without a [`LockManager`] (which the `Fleet` starts)
+    /// A lock handle over `storage`. Without a `LockManager` (which the `Fleet` starts)
     /// waiters are not woken by other processes' releases, only by retries.
     pub fn new(storage: Storage, settings: LockSettings) -> Self {
         let shared = Arc::new_cyclic(|weak: &std::sync::Weak<Shared>| {
@@ -526,7 +526,7 @@ pub(super) fn new_token() -> String {
         .collect()
 }
 
-/// What [`GetLockStats`] answers.
+/// What `GetLockStats` answers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LockStats {
     /// Tasks of this process waiting for a lock.
@@ -556,16 +556,16 @@ pub struct LockStats {
 /// Query: the lock manager's counters.
 #[derive(Debug, Message)]
 #[rtype(result = "LockStats")]
-pub struct GetLockStats;
+pub(crate) struct GetLockStats;
 
 /// Event: a lock was released (a notice from the release channel: `ORIGIN\nNAME`).
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub struct LockReleased(pub String);
+pub(crate) struct LockReleased(pub String);
 
 /// Listens to the release channel and wakes this process's waiters.
 #[derive(Debug)]
-pub struct LockManager {
+pub(crate) struct LockManager {
     locks: Locks,
 }
 

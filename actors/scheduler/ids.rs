@@ -10,7 +10,7 @@ static LAST: AtomicU64 = AtomicU64::new(0);
 /// process sort lexicographically in creation order (what orders tasks of equal priority in
 /// the queue, whose members with equal scores Redis sorts by their bytes). When more than
 /// 4,096 ids are made within one millisecond the clock is borrowed from the next one.
-pub fn new_task_id(now_ms: u64) -> String {
+pub(crate) fn new_task_id(now_ms: u64) -> String {
     let wanted = (now_ms & 0xffff_ffff_ffff) << 12;
     let mut last = LAST.load(Ordering::Relaxed);
     let stamp = loop {

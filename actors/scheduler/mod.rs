@@ -21,7 +21,7 @@
 //! made then name their tasks explicitly, so their replay claims the same tasks; a replayed
 //! enqueue skips an id that exists, and a completion is applied once.
 
-pub mod ids;
+mod ids;
 pub mod periodic;
 mod scripts;
 pub mod state;
@@ -1132,12 +1132,12 @@ async fn heartbeat(shared: Arc<Shared>) {
 /// Asks the [`SchedulerActor`] for the worker counters.
 #[derive(Debug, Message)]
 #[rtype(result = "SchedulerStats")]
-pub struct GetSchedulerStats;
+pub(crate) struct GetSchedulerStats;
 
 /// The scheduler's place in the actor tree: answers [`GetSchedulerStats`] and, when the tree
 /// shuts down, stops claiming and stops the periodic jobs.
 #[derive(Debug)]
-pub struct SchedulerActor {
+pub(crate) struct SchedulerActor {
     scheduler: Scheduler,
     periodic: periodic::Periodic,
 }

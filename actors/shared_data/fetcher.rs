@@ -87,10 +87,10 @@ pub struct FetcherMetrics {
 /// Query: the fetcher's counters.
 #[derive(Debug, Message)]
 #[rtype(result = "FetcherMetrics")]
-pub struct GetFetcherMetrics;
+pub(crate) struct GetFetcherMetrics;
 
 /// The fetcher actor: runs the fetch loop as a task on the host runtime.
-pub struct Fetcher {
+pub(crate) struct Fetcher {
     shared: SharedData,
     child: ChildContext,
     task: Option<tokio::task::AbortHandle>,

@@ -12,8 +12,8 @@
 //!
 //! Pieces: [`SharedData`] is the cloneable handle (`Fleet::shared_data()`): readers by name,
 //! [`SharedData::register_source`], [`SharedData::register_extractor`],
-//! [`SharedData::metrics`]. The [`Fetcher`] actor runs the fetch loop (leader election,
-//! fetch with retries, guarded write, notice). Each [`ReaderActor`] keeps its reader's
+//! [`SharedData::metrics`]. The `Fetcher` actor runs the fetch loop (leader election,
+//! fetch with retries, guarded write, notice). Each `ReaderActor` keeps its reader's
 //! snapshot up to date from the notices; [`Reader::read`] answers from memory when fresh and
 //! otherwise falls back to Redis, then to one direct fetch per freshness window across the
 //! fleet, then to the last snapshot known or the legacy key.
@@ -40,8 +40,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::Notify;
 
-pub use fetcher::{Fetcher, FetcherMetrics, GetFetcherMetrics};
-pub use reader::{GetReaderMetrics, Reader, ReaderActor, ReaderMetrics};
+pub(crate) use fetcher::Fetcher;
+pub use fetcher::FetcherMetrics;
+pub(crate) use reader::ReaderActor;
+pub use reader::{Reader, ReaderMetrics};
 pub use source::{ExtractorFn, FnSource, HttpSource, Source, SourceFuture};
 
 use crate::actors::locks::Locks;

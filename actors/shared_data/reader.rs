@@ -297,11 +297,11 @@ pub(crate) async fn follow(
 /// Query: a reader's counters.
 #[derive(Debug, Message)]
 #[rtype(result = "ReaderMetrics")]
-pub struct GetReaderMetrics;
+pub(crate) struct GetReaderMetrics;
 
 /// The actor of one configured reader: follows the change notices for it from a task on the
 /// host runtime. Its copy and counters live in the [`SharedData`] handle.
-pub struct ReaderActor {
+pub(crate) struct ReaderActor {
     shared: SharedData,
     name: String,
     child: ChildContext,
