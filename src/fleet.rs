@@ -17,6 +17,9 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use serde::Serialize;
 
+use crate::actors::cache::Cache;
+use crate::actors::hazards::sessions::GameSessions;
+use crate::actors::hazards::{GetTickerStatus, HazardTicker, Hazards, TickerStatus};
 use crate::actors::heartbeat::{
     Admin, AdminInbox, Heartbeat, HeartbeatSender, Identities, PeerMonitor, Peers,
 };
@@ -24,10 +27,6 @@ use crate::actors::locks::{GetLockStats, LockManager, LockStats, Locks};
 use crate::actors::presence::{hostname, GetPresence, Presence, PresenceStatus};
 use crate::actors::shared_data::{Fetcher, ReaderActor, SharedData, SharedDataError};
 use crate::actors::storage_monitor::{ListStorageEvents, SeenEvent, StorageMonitor};
-// Hazards, game sessions and the cache service (issue 7).
-use crate::actors::cache::Cache;
-use crate::actors::hazards::sessions::GameSessions;
-use crate::actors::hazards::{GetTickerStatus, HazardTicker, Hazards, TickerStatus};
 use crate::settings::{FallbackKind, Settings};
 use crate::storage::{KeySchema, Mode, Storage, StorageError, StorageStats};
 use crate::supervisor::{
@@ -131,7 +130,7 @@ impl Fleet {
         F: FnOnce(&mut SupervisorBuilder, &Storage),
     {
         let storage = Storage::open(&settings.storage, &KeySchema::new(&settings.keys)).await?;
-        // The history archive (issue 10): its writer runs on this runtime, off every caller's path.
+        // The history archive: its writer runs on this runtime, off every caller's path.
         let history = match History::open(&settings.history, settings.storage.fallback) {
             Ok(history) => history,
             Err(e) => {
@@ -172,7 +171,7 @@ impl Fleet {
                     .restart(RestartType::Permanent),
             )
         };
-        // Hazards, game sessions and the cache service (issue 7).
+        // Hazards (seed 002), game sessions and the cache service.
         let hazards = Hazards::new(
             storage.clone(),
             settings.hazards.clone(),
@@ -585,7 +584,7 @@ use crate::actors::scheduler::periodic::Periodic;
 use crate::actors::scheduler::{GetSchedulerStats, Scheduler, SchedulerActor, SchedulerStats};
 
 impl Fleet {
-    /// The history archive (issue 10): sessions, task attempts, events, hazard rounds and
+    /// The history archive: sessions, task attempts, events, hazard rounds and
     /// players' settled rounds kept in SQL after they leave Redis. Queries answer [`HistoryError::Disabled`] when
     /// `history.enabled` is false.
     pub fn history(&self) -> History {

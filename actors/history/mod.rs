@@ -1,4 +1,4 @@
-//! The history archive (issue 10): what leaves Redis, kept in SQL so that it outlives TTLs and
+//! The history archive: what leaves Redis, kept in SQL so that it outlives TTLs and
 //! capped lists.
 //!
 //! Owns: the archive database (SQLite by default, a file in `history.dir` needing no server;

@@ -6,16 +6,12 @@
 
 use crate::support;
 
-use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use headless_chrome::protocol::cdp::Page::CaptureScreenshotFormatOption;
-use headless_chrome::{Browser, LaunchOptions, Tab};
+use support::browser::Browser;
 use support::{free_port, poll_until, process::spawn_tied_to_process, RedisServer};
-
-const CHROMIUM: &str = "/usr/bin/chromium";
 
 struct Daemon(Child);
 
@@ -79,17 +75,6 @@ fn post_json(addr: &str, path: &str, body: &str) -> serde_json::Value {
     serde_json::from_str(json).unwrap()
 }
 
-fn eval_string(tab: &Tab, expression: &str) -> String {
-    match tab.evaluate(expression, false) {
-        Ok(object) => match object.value {
-            Some(serde_json::Value::String(s)) => s,
-            Some(other) => other.to_string(),
-            None => String::new(),
-        },
-        Err(_) => String::new(),
-    }
-}
-
 fn screenshot_path() -> PathBuf {
     // CARGO_TARGET_TMPDIR is TARGET/tmp.
     Path::new(env!("CARGO_TARGET_TMPDIR"))
@@ -100,44 +85,23 @@ fn screenshot_path() -> PathBuf {
 
 #[test]
 fn dashboard_shows_the_storage_mode_change_live() {
-    assert!(
-        Path::new(CHROMIUM).exists(),
-        "{CHROMIUM} is missing: install Debian's chromium package (scripts/test.sh does)"
-    );
     let mut redis = RedisServer::start().unwrap();
     let bind = format!("127.0.0.1:{}", free_port());
     let _daemon = start_daemon(&redis.url(), &bind);
     poll_until(Duration::from_secs(30), || health_answers(&bind))
         .expect("the daemon's HTTP API answers");
 
-    let options = LaunchOptions::default_builder()
-        .path(Some(PathBuf::from(CHROMIUM)))
-        .headless(true)
-        .sandbox(false)
-        .window_size(Some((1280, 900)))
-        .idle_browser_timeout(Duration::from_secs(120))
-        .args(vec![
-            OsStr::new("--disable-gpu"),
-            OsStr::new("--disable-dev-shm-usage"),
-            OsStr::new("--no-first-run"),
-        ])
-        .build()
-        .unwrap();
-    let browser = Browser::new(options).expect("headless chromium starts");
-    let tab = browser.new_tab().unwrap();
-    tab.navigate_to(&format!("http://{bind}/"))
-        .unwrap()
-        .wait_until_navigated()
-        .unwrap();
+    let browser = Browser::launch((1280, 900)).expect("headless chromium starts");
+    let tab = browser
+        .open(&format!("http://{bind}/"))
+        .expect("the dashboard loads");
 
     let mode = "document.getElementById('storage-mode').textContent";
-    poll_until(Duration::from_secs(20), || {
-        eval_string(&tab, mode) == "redis"
-    })
-    .unwrap_or_else(|_| panic!("mode shown: {:?}", eval_string(&tab, mode)));
+    poll_until(Duration::from_secs(20), || tab.eval_string(mode) == "redis")
+        .unwrap_or_else(|_| panic!("mode shown: {:?}", tab.eval_string(mode)));
     let actors = "document.getElementById('actors').textContent";
     poll_until(Duration::from_secs(10), || {
-        let shown = eval_string(&tab, actors);
+        let shown = tab.eval_string(actors);
         [
             "storage-monitor",
             "presence",
@@ -151,19 +115,19 @@ fn dashboard_shows_the_storage_mode_change_live() {
     .unwrap_or_else(|_| {
         panic!(
             "the built-in actors are listed: {:?}",
-            eval_string(&tab, actors)
+            tab.eval_string(actors)
         )
     });
     assert_eq!(
-        eval_string(&tab, "document.getElementById('conn').textContent"),
+        tab.eval_string("document.getElementById('conn').textContent"),
         "live"
     );
     assert_eq!(
-        eval_string(&tab, "document.getElementById('health').textContent"),
+        tab.eval_string("document.getElementById('health').textContent"),
         "healthy"
     );
     // A mark on the page's window: still there after the changes means no reload happened.
-    eval_string(&tab, "window.botfleetMark = 'same page'");
+    tab.eval_string("window.botfleetMark = 'same page'");
 
     // A task added through the API shows in the queue panel.
     let added = post_json(
@@ -175,29 +139,24 @@ fn dashboard_shows_the_storage_mode_change_live() {
     let shown = format!("document.querySelector('[data-task=\"{task_id}\"]') !== null");
     let queue = "document.getElementById('queue').textContent";
     poll_until(Duration::from_secs(20), || {
-        eval_string(&tab, &shown) == "true" && eval_string(&tab, queue).contains("1 pending")
+        tab.eval_string(&shown) == "true" && tab.eval_string(queue).contains("1 pending")
     })
-    .unwrap_or_else(|_| panic!("the task is shown: {:?}", eval_string(&tab, queue)));
-    assert_eq!(eval_string(&tab, "window.botfleetMark"), "same page");
+    .unwrap_or_else(|_| panic!("the task is shown: {:?}", tab.eval_string(queue)));
+    assert_eq!(tab.eval_string("window.botfleetMark"), "same page");
 
     redis.kill9();
     poll_until(Duration::from_secs(30), || {
-        eval_string(&tab, mode) == "degraded"
+        tab.eval_string(mode) == "degraded"
     })
-    .unwrap_or_else(|_| panic!("mode shown after the kill: {:?}", eval_string(&tab, mode)));
-    assert_eq!(eval_string(&tab, "window.botfleetMark"), "same page");
+    .unwrap_or_else(|_| panic!("mode shown after the kill: {:?}", tab.eval_string(mode)));
+    assert_eq!(tab.eval_string("window.botfleetMark"), "same page");
     poll_until(Duration::from_secs(10), || {
-        eval_string(
-            &tab,
-            "document.getElementById('storage-events').textContent",
-        )
-        .contains("redis \u{2192} degraded")
+        tab.eval_string("document.getElementById('storage-events').textContent")
+            .contains("redis \u{2192} degraded")
     })
     .expect("the storage event is listed");
 
-    let png = tab
-        .capture_screenshot(CaptureScreenshotFormatOption::Png, None, None, true)
-        .unwrap();
+    let png = tab.screenshot().unwrap();
     assert!(png.starts_with(b"\x89PNG"), "a PNG image");
     let path = screenshot_path();
     std::fs::write(&path, &png).unwrap();

@@ -573,7 +573,7 @@ fn claim_and_die(redis: &str, id: &str, attempt: u32) {
     assert!(claimed, "the worker ended without {wanted:?}: {seen:?}");
 }
 
-/// Issue 10: a task whose every attempt was claimed by a worker that then died is
+/// A task whose every attempt was claimed by a worker that then died is
 /// dead-lettered by the reaper in another process's step, and that process archives it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_the_reaper_dead_letters_is_archived_as_dead() {

@@ -19,6 +19,7 @@
 //! | [`postgres`] | [`postgres::PgDatabase`] (a throwaway database) and [`postgres::PrivatePostgres`] (a server to stop) |
 //! | [`http`] | [`HttpServer`]: a real HTTP/1.1 server on loopback that counts requests and can go down |
 //! | [`role`] | [`spawn_role`]: this binary's own `#[ignore]`d tests run as child processes |
+//! | [`browser`] | [`browser::Browser`]: headless Chromium driven over the DevTools protocol through pipes |
 //! | [`faulty`] | [`faulty::Faulty`]: an actor that panics, fails, hangs or refuses to stop on request |
 //!
 //! # Example
@@ -31,6 +32,7 @@
 //! assert_eq!(redis.cmd(&["GET", "k"]), RespValue::bulk("v"));
 //! ```
 
+pub mod browser;
 pub mod cluster;
 pub mod deploy;
 pub mod faulty;
