@@ -1,0 +1,213 @@
+//! The built-in services of a fleet: [`Services`] holds each one's handles, and
+//! [`Services::add`] creates them and declares their actors in the supervision tree, in start
+//! order. A new service gets a field here and a block in `add` at its place in the order; the
+//! [`Fleet`](super::Fleet) hands its handle out through an accessor.
+
+use std::time::Duration;
+
+use crate::actors::cache::Cache;
+use crate::actors::hazards::sessions::GameSessions;
+use crate::actors::hazards::{HazardTicker, Hazards};
+use crate::actors::heartbeat::{
+    Admin, AdminInbox, Heartbeat, HeartbeatSender, Identities, PeerMonitor, Peers,
+};
+use crate::actors::history::{History, RETENTION_JOB};
+use crate::actors::locks::{LockManager, Locks};
+use crate::actors::presence::{hostname, Presence};
+use crate::actors::scheduler::periodic::Periodic;
+use crate::actors::scheduler::{Scheduler, SchedulerActor};
+use crate::actors::shared_data::{Fetcher, ReaderActor, SharedData, SharedDataError};
+use crate::actors::storage_monitor::StorageMonitor;
+use crate::settings::Settings;
+use crate::storage::Storage;
+use crate::supervisor::{ActorHandle, ChildContext, ChildSpec, RestartType, SupervisorBuilder};
+
+/// Bound of one history retention run (the lock's watchdog extends it while the run lasts).
+const RETENTION_LOCK_TTL: Duration = Duration::from_secs(60);
+
+/// Every built-in service's handles, as the fleet keeps them.
+pub(super) struct Services {
+    pub(super) monitor: ActorHandle<StorageMonitor>,
+    pub(super) presence: ActorHandle<Presence>,
+    pub(super) locks: Locks,
+    pub(super) lock_manager: ActorHandle<LockManager>,
+    pub(super) hazards: Hazards,
+    pub(super) hazard_ticker: ActorHandle<HazardTicker>,
+    pub(super) game_sessions: GameSessions,
+    pub(super) cache: Cache,
+    pub(super) scheduler: Scheduler,
+    pub(super) periodic: Periodic,
+    pub(super) scheduler_actor: ActorHandle<SchedulerActor>,
+    pub(super) shared_data: SharedData,
+    pub(super) heartbeat: Heartbeat,
+    pub(super) peers: Peers,
+    pub(super) identities: Identities,
+    pub(super) admin: Admin,
+    pub(super) history: History,
+}
+
+impl Services {
+    /// Creates the services' handles and declares their actors in `tree`, in start order:
+    /// storage monitor, presence, lock manager, hazard ticker, scheduler, the shared-data
+    /// fetcher and readers (when `shared_data.enabled`), the heartbeat sender and peer monitor
+    /// (when `heartbeat.enabled`), the admin inbox. The history archive, opened by the caller,
+    /// gets its producers and its retention job. Call it on the host's multi-threaded tokio
+    /// runtime: the tasks the handles spawn run there.
+    pub(super) async fn add(
+        tree: &mut SupervisorBuilder,
+        storage: &Storage,
+        settings: &Settings,
+        instance: &str,
+        history: History,
+    ) -> Result<Services, SharedDataError> {
+        let monitor = {
+            let storage = storage.clone();
+            tree.child(ChildSpec::new("storage-monitor", move |_| {
+                StorageMonitor::new(storage.clone())
+            }))
+        };
+        let presence = {
+            let (storage, presence, id) = (
+                storage.clone(),
+                settings.presence.clone(),
+                instance.to_owned(),
+            );
+            permanent(tree, "presence", move |child| {
+                Presence::new(storage.clone(), presence.clone(), &id, child.clone())
+            })
+        };
+
+        let locks = Locks::new(storage.clone(), settings.locks.clone());
+        let lock_manager = {
+            let locks = locks.clone();
+            permanent(tree, "locks", move |_| LockManager::new(locks.clone()))
+        };
+
+        let hazards = Hazards::new(
+            storage.clone(),
+            settings.hazards.clone(),
+            locks.clone(),
+            instance,
+        );
+        let hazard_ticker = {
+            let (hazards, runtime) = (hazards.clone(), tokio::runtime::Handle::current());
+            permanent(tree, "hazards", move |_| hazards.ticker(runtime.clone()))
+        };
+        let game_sessions = GameSessions::new(storage.clone(), settings.game_sessions.clone());
+        let cache = Cache::start(storage.clone(), settings.cache.clone()).await;
+
+        let scheduler = Scheduler::new(storage.clone(), settings.scheduler.clone(), instance);
+        let periodic = Periodic::new(storage.clone(), locks.clone());
+        let scheduler_actor = {
+            let (scheduler, periodic) = (scheduler.clone(), periodic.clone());
+            permanent(tree, "scheduler", move |_| {
+                SchedulerActor::new(scheduler.clone(), periodic.clone())
+            })
+        };
+        archive_history(&history, settings, &hazards, &scheduler, &periodic);
+
+        let shared_data = SharedData::new(
+            storage.clone(),
+            settings.shared_data.clone(),
+            locks.clone(),
+            instance,
+        )?;
+        if settings.shared_data.enabled {
+            let shared = shared_data.clone();
+            permanent(tree, "shared-data-fetcher", move |child| {
+                Fetcher::new(shared.clone(), child.clone())
+            });
+            for name in &settings.shared_data.readers {
+                let (shared, name) = (shared_data.clone(), name.clone());
+                permanent(tree, &format!("reader-{name}"), move |child| {
+                    ReaderActor::new(shared.clone(), &name, child.clone())
+                });
+            }
+        }
+
+        let host = hostname();
+        let heartbeat = Heartbeat::new(storage.clone(), settings.heartbeat.clone(), &host);
+        let peers = Peers::new(storage.clone(), settings.heartbeat.clone(), &host);
+        let identities = Identities::new(storage.clone(), settings.identities.clone());
+        let admin = Admin::new(storage.clone(), settings.admin.clone(), &host);
+        if settings.heartbeat.enabled {
+            let h = heartbeat.clone();
+            permanent(tree, "heartbeat", move |_| HeartbeatSender::new(h.clone()));
+            let p = peers.clone();
+            permanent(tree, "peer-monitor", move |_| PeerMonitor::new(p.clone()));
+        }
+        let a = admin.clone();
+        permanent(tree, "admin-inbox", move |_| AdminInbox::new(a.clone()));
+
+        Ok(Services {
+            monitor,
+            presence,
+            locks,
+            lock_manager,
+            hazards,
+            hazard_ticker,
+            game_sessions,
+            cache,
+            scheduler,
+            periodic,
+            scheduler_actor,
+            shared_data,
+            heartbeat,
+            peers,
+            identities,
+            admin,
+            history,
+        })
+    }
+
+    /// After the actors stopped, before the storage closes: a clean exit removes this
+    /// process's heartbeat, and what the archive queued is written (or spooled).
+    pub(super) async fn stopped(&self, settings: &Settings, deadline: Duration) {
+        if settings.heartbeat.enabled {
+            if let Err(e) = self.heartbeat.remove().await {
+                tracing::warn!(actor = "heartbeat", error = %e, "heartbeat not removed at shutdown");
+            }
+        }
+        self.history.close(deadline).await;
+    }
+}
+
+/// Declares a child restarted after any exit (the built-in actors all are).
+fn permanent<A, F>(tree: &mut SupervisorBuilder, name: &str, factory: F) -> ActorHandle<A>
+where
+    A: actix::Actor<Context = actix::Context<A>>,
+    F: Fn(&ChildContext) -> A + Send + Sync + 'static,
+{
+    tree.child(ChildSpec::new(name, factory).restart(RestartType::Permanent))
+}
+
+/// Hands the history sink to the producers and registers the retention job.
+fn archive_history(
+    history: &History,
+    settings: &Settings,
+    hazards: &Hazards,
+    scheduler: &Scheduler,
+    periodic: &Periodic,
+) {
+    if !history.is_enabled() {
+        return;
+    }
+    scheduler.archive_to(history.sink());
+    hazards.archive_to(history.sink());
+    if settings.history.retention_days > 0 {
+        let h = history.clone();
+        let every = Duration::from_secs(settings.history.retention_interval_secs);
+        let job = periodic.every(RETENTION_JOB, every, RETENTION_LOCK_TTL, move || {
+            let h = h.clone();
+            async move {
+                h.purge_expired()
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+        });
+        if let Err(e) = job {
+            tracing::error!(actor = "history", error = %e, "history retention job not registered");
+        }
+    }
+}
