@@ -12,10 +12,30 @@
 //! of the seed publishing `{"key":"K"}` does the same). A near entry filled from a read that
 //! overlapped an invalidation is not kept, so a stale value cannot outlive the message.
 //!
+//! Rules:
+//!
+//! - A value is kept near for at most `min(ttl, cache.near_ttl_ms)`, `ttl` being the one the
+//!   caller gives.
+//! - One loader per key: concurrent callers of [`Cache::get_or_load`] for one key in this
+//!   process wait on a per-key async mutex; the first calls the loader, the others then find
+//!   the value near.
+//! - A process ignores its own invalidation messages (the `origin` field). Each key dropped for
+//!   another process's message is announced on [`Cache::invalidations`] (a broadcast, 1,024
+//!   deep), for a host that reacts to a change without polling.
+//! - A read that overlapped an invalidation does not fill the near cache (a generation counter
+//!   raised by every message received).
+//! - A full near cache drops its expired entries, then arbitrary ones down to 7/8 of its
+//!   capacity, counted in [`CacheStats::evictions`]; hits keep no bookkeeping, so they stay
+//!   cheap.
+//!
+//! There is no actor: the [`Cache`] handle (`Fleet::cache()`) runs two tasks on the runtime it
+//! was started on, one listening to the channel and one watching the storage's mode.
+//!
 //! Failure: while Redis is down the near cache and the fallback keep serving, but
 //! invalidations of other processes cannot arrive; when the storage is back on Redis the near
-//! cache is cleared. A loader error is returned to every caller waiting on it and nothing is
-//! cached. The subscription task stops when the last handle is dropped.
+//! cache is cleared (messages published meanwhile were missed). A loader error is returned to
+//! every caller waiting on it and nothing is cached. The tasks stop when the last handle is
+//! dropped.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -21,6 +21,25 @@
 //!
 //! A server seed is 32 random bytes written as 64 lowercase hex characters; its published
 //! hash is the SHA-256 of that text (its UTF-8 bytes), as 64 lowercase hex characters.
+//!
+//! # Which seeds a round uses
+//!
+//! - A ticker round of difficulty `D` at tick `N`: client seed `D`, nonce `N`, and the server
+//!   seed of the tick's epoch (`N / hazards.rotate_every_ticks`), whose hash was published one
+//!   epoch before and which is revealed once the epoch is over.
+//! - A player's round: client seed the player's `userSeed`, nonce the record's `nonce`, and
+//!   the record's server seed, revealed by `Hazards::settle`.
+//!
+//! Anyone can check a round once its seed is revealed (`botfleet verify` reads the
+//! difficulty's columns and hazards from `[[hazards.difficulties]]`):
+//!
+//! ```text
+//! botfleet verify --server-seed SEED --client-seed EASY --nonce TICK --difficulty EASY
+//! botfleet verify --server-seed SEED --client-seed USER_SEED --nonce NONCE --difficulty D
+//! ```
+//!
+//! The history archive keeps both: a round's seed is found by its epoch, and a settlement row
+//! holds everything but the difficulty (the same seeds serve every difficulty).
 
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};

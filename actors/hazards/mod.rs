@@ -1,29 +1,65 @@
 //! Hazards (seed 002): the hazard ticker, provably fair seeds and per-player fairness records.
 //!
 //! Owns: `hazards-DIFFICULTY` (the seed's JSON: `difficulty`, `hazards`, `lastRefresh`,
-//! `nextRefresh`, TTL 1.5 intervals); the tick record `INTERNAL:hazards-tick:{hazards-D}`
-//! (last tick number and the leader's fencing token, in the slot of `hazards-D`); the seed
-//! history `INTERNAL:hazards:commitments`, `INTERNAL:hazards:secrets`,
-//! `INTERNAL:hazards:revealed` (hashes, one field per seed epoch); the players' records
-//! `fairness:USER:AGENT` and their hidden seeds `INTERNAL:fairness-secret:{fairness:USER:AGENT}`.
+//! `nextRefresh`, times ISO-8601 UTC with milliseconds, TTL 1.5 intervals); the tick record
+//! `INTERNAL:hazards-tick:{hazards-D}` (last tick number and the leader's fencing token, in the
+//! slot of `hazards-D`, TTL `hazards.history_ttl_secs`); the seed history
+//! `INTERNAL:hazards:commitments`, `INTERNAL:hazards:secrets`, `INTERNAL:hazards:revealed`
+//! (hashes, one field per seed epoch, TTL `hazards.history_ttl_secs` renewed at each epoch);
+//! the players' records `fairness:USER:AGENT` and their hidden seeds
+//! `INTERNAL:fairness-secret:{fairness:USER:AGENT}` (TTL `hazards.fairness_ttl_secs`).
 //!
-//! The `HazardTicker` actor owns one task on the host runtime: it campaigns for the leader
-//! lock (`hazards.lock_name`, a fenced [`Locks`] lock extended by its watchdog) and, while it
-//! holds it, writes tick `N` of every difficulty at `N x hazards.interval_ms` after the Unix
-//! epoch (sleeps computed from the clock each time, so ticks do not drift; a tick that is late
-//! by a whole interval is skipped, never doubled). Each write is one Lua script that refuses a
-//! tick number already written and a fencing token older than the last writer's, so a new
-//! leader never repeats a tick of the old one. It accepts `GetTickerStatus`. When the actor
-//! is restarted its task is aborted (the lock guard releases the lock) and a new one starts.
+//! # The ticker
 //!
-//! The [`Hazards`] handle (`Fleet::hazards()`) reads the current hazards, the seed history,
-//! verifies rounds, and keeps the players' fairness records ([`Hazards::start_fairness`],
-//! [`Hazards::round`], [`Hazards::settle`]); with the history archive on, each settled round
-//! and its revealed seed are archived ([`Hazards::archive_to`]).
+//! The [`HazardTicker`] actor owns one task on the host runtime, when `hazards.enabled`: it
+//! campaigns for the leader lock (`hazards.lock_name`, a fenced [`Locks`] lock of
+//! `hazards.lock_ttl_ms` extended by its watchdog) and, while it holds it, writes tick `N` of
+//! every difficulty at `N x hazards.interval_ms` after the Unix epoch, so every instance
+//! numbers ticks alike. The leader computes the next due tick from the clock before each sleep
+//! (never "sleep an interval after the work"), so the time a tick takes does not shift the
+//! next; a tick late by a whole interval is skipped, never written twice.
+//!
+//! Each difficulty's write is one script (`hazards-tick`, run on Redis only) over `hazards-D`
+//! and its tick record: it refuses a tick number not above the last one written and a fencing
+//! token below the last writer's, then sets `hazards-D`, records the tick and the token, and
+//! publishes a [`TickNotice`] on `hazards.channel`. A new leader after a takeover therefore
+//! cannot repeat the dead leader's tick, and a stale leader that wakes up after losing its
+//! lock cannot overwrite the new one's. When the leader dies its lock expires after at most
+//! `hazards.lock_ttl_ms` and a waiting instance takes over (retrying every
+//! `locks.retry_min_ms` .. `retry_max_ms`). It accepts [`GetTickerStatus`]. When the actor is
+//! restarted its task is aborted (the lock guard releases the lock) and a new one campaigns.
+//!
+//! # Seeds
+//!
+//! Ticker rounds use the difficulty's name as client seed and the tick number as nonce
+//! ([`fairness`] has the derivation). Seeds rotate by epoch (`tick /
+//! hazards.rotate_every_ticks`): before it writes a tick of epoch `e` the leader makes sure the
+//! seeds of `e` and `e + 1` exist and their commitments are published, so a seed's hash is
+//! public at least one epoch before its first tick, and reveals `e - 1` (copied to the
+//! revealed hash, the secret deleted).
+//!
+//! The [`Hazards`] handle (`Fleet::hazards()`) reads the current hazards
+//! ([`Hazards::current`]), the seed history ([`Hazards::commitment`], [`Hazards::revealed`]),
+//! verifies rounds ([`Hazards::verify`]), and keeps the players' fairness records:
+//! [`Hazards::start_fairness`] draws a server seed and records its hash with the player's seed
+//! and nonce 0; [`Hazards::round`] derives the hazards of the round in play from them;
+//! [`Hazards::settle`] reveals the server seed and stores a new one (its hash recorded) with
+//! the next nonce. The server seed is written before the record that names its hash, and is
+//! never returned before it is settled. With the history archive on, each written round, each
+//! revealed ticker seed and each settled player round are archived
+//! ([`Hazards::archive_to`]), where they outlive the records' TTLs.
 //!
 //! Failure: while Redis is unreachable the leader cannot extend its lock and stops ticking
 //! (`hazards-D` expires after 1.5 intervals); with `locks.on_outage = "local"` each instance
-//! ticks on its own fallback instead. Player records go through the storage and its fallback.
+//! ticks on its own fallback instead, with plain writes (the tick script runs on Redis only).
+//! Player records go through the storage and its fallback.
+//!
+//! | file | what it holds |
+//! |---|---|
+//! | `mod.rs` | [`Hazards`], [`HazardTicker`], the record types |
+//! | `ticker.rs` | the leader task: campaign, ticks, epochs, the tick script |
+//! | [`fairness`] | the derivation, seeds and their hashes |
+//! | [`sessions`] | game sessions: [`sessions::GameSessions`] |
 
 pub mod fairness;
 pub mod sessions;
@@ -267,7 +303,7 @@ impl std::fmt::Debug for Hazards {
 
 impl Hazards {
     /// A handle over `storage`; `instance` names this process in tick notices. The ticker
-    /// runs in a `HazardTicker` made with `Hazards::ticker`.
+    /// runs in a [`HazardTicker`] made with [`Hazards::ticker`].
     pub fn new(storage: Storage, settings: HazardSettings, locks: Locks, instance: &str) -> Self {
         let keys = HazardKeys {
             internal: storage.keys().internal_prefix().to_string(),
@@ -290,7 +326,7 @@ impl Hazards {
     }
 
     /// The ticker actor for this handle; its task runs on `runtime` (the host's).
-    pub(crate) fn ticker(&self, runtime: tokio::runtime::Handle) -> HazardTicker {
+    pub fn ticker(&self, runtime: tokio::runtime::Handle) -> HazardTicker {
         HazardTicker {
             shared: self.inner.ticker.clone(),
             runtime,
@@ -551,10 +587,10 @@ pub(crate) fn check_id(what: &'static str, value: &str) -> Result<(), HazardErro
 /// Asks the ticker for its status.
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "TickerStatus")]
-pub(crate) struct GetTickerStatus;
+pub struct GetTickerStatus;
 
 /// The hazard ticker: owns the leader-election-and-tick task on the host runtime.
-pub(crate) struct HazardTicker {
+pub struct HazardTicker {
     shared: Arc<TickerShared>,
     runtime: tokio::runtime::Handle,
     task: Option<tokio::task::JoinHandle<()>>,

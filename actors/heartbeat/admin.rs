@@ -19,8 +19,9 @@
 //! idempotent when replayed after an outage). So every message reaches the host once and in
 //! order, whether it was heard live or found in the queue, and a Redis restart that brings
 //! back delivered entries (persistence) or a replay that appends one twice cannot duplicate it.
-//! The ids delivered are remembered in the [`Admin`] handle (bounded by age and count), so a
-//! restarted actor does not deliver them again.
+//! The ids delivered are remembered in the [`Admin`] handle for the queue's TTL plus a minute,
+//! at most 100,000 of them, so a restarted actor does not deliver them again. A live message
+//! left for the read after the resync is counted in [`InboxStats::deferred_live`].
 //!
 //! Messages arrive on a bounded tokio channel taken once with [`Admin::inbox`]; while it is
 //! full the inbox waits (the queue keeps what pub/sub cannot). Payloads that are not

@@ -17,9 +17,29 @@
 //! | `admin:queue:PID` | list of JSON envelopes `{id, from, message, sent_at}` | [`Admin::send`] | `admin.queue_ttl_secs` |
 //! | `admin:bot:PID` | pub/sub channel, the same envelopes | [`Admin::send`] | - |
 //!
+//! The host reaches them through four cloneable handles on the `Fleet`: `heartbeat()`,
+//! `peers()`, `identities()`, `admin()`. The sender and the peer monitor run when
+//! `heartbeat.enabled`; the admin inbox always runs.
+//!
+//! - Heartbeats: written every `heartbeat.interval_ms` with a TTL of `heartbeat.ttl_secs`
+//!   (settings with a TTL under three intervals are refused). The timestamp is the Redis
+//!   server's clock (`TIME`; the local clock on the fallback), so ages compare on one clock
+//!   across hosts. A clean shutdown deletes the key.
+//! - Peers: a scan every `heartbeat.monitor_interval_ms` (`SCAN`, never `KEYS`; one pipelined
+//!   batch of `GET`s; `TIME`). Stale: older than `heartbeat.stale_after_intervals` intervals;
+//!   zombie: key alive, `host` equal to ours, no process with its pid; left: the key is gone.
+//!   Changes are broadcast as [`PeerEvent`]s.
+//! - Identities: `write`, `read`, `remove`, `list(room)` (`SCAN`), `cleanup_expired(room)`.
+//! - Admin messages: `send(pid, message)` appends the envelope to the queue, then publishes it;
+//!   the inbox delivers each message once, in send order, whether heard live or found in the
+//!   queue (`admin.rs` explains how).
+//!
 //! Every call goes through [`Storage`](crate::storage::Storage): while Redis is down the
 //! heartbeats, identities and queued messages land in the fallback and are replayed when it
 //! returns; the inbox then reads its queue again, so messages sent meanwhile reach their bot.
+//! A message sent while Redis is down by another process reaches the bot when that process's
+//! outbox is replayed and the bot reads its queue (after its own resync, at its poll, or on
+//! the next live message).
 
 mod admin;
 mod identity;

@@ -2,9 +2,30 @@
 //! `Any` driver, with the same SQL for both (numbered `$N` parameters, `ON CONFLICT` upserts,
 //! `BIGINT` and `TEXT` columns only).
 //!
-//! The schema is created and migrated by [`Archive::migrate`]: each entry of [`MIGRATIONS`]
-//! runs once, in order, in its own transaction, and is recorded in `history_schema`. Every
-//! statement is idempotent (`IF NOT EXISTS`), so two processes migrating at once both succeed.
+//! sqlx 0.8 runs without compile-time checked macros; SQLite runs in WAL mode (readers beside
+//! the writer) with a 5 s busy timeout. Paging compares row values (`(time, key) < (...)`), so
+//! the same text serves both databases.
+//!
+//! The schema is created and migrated by [`Archive::migrate`], at the first write or query of
+//! a process: each entry of [`MIGRATIONS`] runs once, in order, in its own transaction, and is
+//! recorded in `history_schema(version, name, applied_ms)`. Every statement is idempotent
+//! (`IF NOT EXISTS`), so two processes migrating at once both succeed.
+//!
+//! | table | key (idempotent) | columns |
+//! |---|---|---|
+//! | `history_sessions` | `id` | `name`, `status`, `started_ms`, `ended_ms`, `updated_ms`, `fields` (JSON of every hash field); an upsert replaces a row only with a state at least as new (`updated_ms`) |
+//! | `history_tasks` | `(id, attempt)` | `task_type`, `data`, `priority`, `status` (`completed`; `failed`: retried later; `dead`: its last attempt), `error`, `created_at`, `started_ms`, `finished_ms` |
+//! | `history_events` | `id` | `session_id`, `event_type`, `data`, `timestamp`, `at_ms` |
+//! | `history_hazard_rounds` | `(difficulty, tick)` | `epoch`, `hazards` (JSON), `hashed_server_seed`, `due_ms` |
+//! | `history_hazard_seeds` | `epoch` | `server_seed`, `hashed_server_seed`, `revealed_ms` |
+//! | `history_settlements` (migration 2) | `hashed_server_seed` (a new server seed per round) | `user_id`, `agent_id`, `user_seed`, `nonce`, `server_seed`, `settled_ms` |
+//!
+//! Times are Unix milliseconds. Sessions, tasks, events, rounds and settlements are indexed by
+//! their time column; events also by `(session_id, at_ms)`, settlements by
+//! `(user_id, agent_id, settled_ms)`. A round's server seed is joined by its epoch. Rows are
+//! inserted with `ON CONFLICT` on their key, so a batch written twice stores each record once;
+//! consecutive records of one kind share a multi-row `INSERT` of up to 100 rows, but a session
+//! upsert goes alone (PostgreSQL refuses to update one row twice in a statement).
 
 use std::str::FromStr;
 use std::time::Duration;

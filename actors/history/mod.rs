@@ -1,27 +1,81 @@
-//! The history archive: what leaves Redis, kept in SQL so that it outlives TTLs and
-//! capped lists.
+//! The history archive: what leaves Redis (TTLs, the capped `PREFIX:events`, completed task
+//! hashes that expire), kept in SQL so that it outlives them.
 //!
 //! Owns: the archive database (SQLite by default, a file in `history.dir` needing no server;
 //! PostgreSQL with `history.url = "postgres://..."`), its schema ([`archive::MIGRATIONS`]),
 //! the bounded queue and the batch writer task (`writer.rs`), and the spool file of batches
-//! waiting for an unreachable database (`spool.rs`).
+//! waiting for an unreachable database (`spool.rs`). It lives under `actors/` because its
+//! producers do (the scheduler and the hazard ticker hold its sink); it never touches
+//! `Storage`, and it is a task, not a supervised actor.
 //!
-//! Accepts: [`Record`]s through a [`HistorySink`], which the scheduler (finished task
-//! attempts, tasks its reaper dead-letters, sessions at start and end, every event as it is
-//! pushed to `PREFIX:events`) and the
-//! hazard ticker (rounds, and seeds once revealed) hold, and `Hazards::settle` (a player's
-//! settled round with its revealed server seed) uses. `HistorySink::record` never waits:
-//! it puts the record in the queue (`history.queue_capacity`) or counts it as dropped.
+//! ```text
+//!  scheduler worker ──Task (attempt finished, ──┐
+//!                      or buried by the reaper)  │
+//!  start/end_session ──Session───────────────────┤   bounded mpsc         batch writer task
+//!  record_event ──Event (as pushed)──────────────┼─► (queue_capacity) ─► size/time batches ─► SQLite | PostgreSQL
+//!  hazard ticker ──HazardRound, HazardSeed───────┤   full: dropped++          │ unreachable
+//!  Hazards::settle ──Settlement──────────────────┘                            ▼
+//!                                  storage.fallback = "file": spool.log (synced, acknowledged)
+//!                                  "memory": the batch waits in memory, the queue fills
+//! ```
 //!
-//! Answers: [`History`] (`Fleet::history()`, or [`History::open`] on its own as
-//! `botfleet history` does) lists sessions, task attempts, events, hazard rounds and players'
-//! settlements by time range, a page at a time, and deletes rows past
-//! `history.retention_days`.
+//! Accepts: [`Record`]s through a [`HistorySink`]. `HistorySink::record` never waits: it puts
+//! the record in the queue (`history.queue_capacity`) or counts it as dropped (one WARN per
+//! 10,000 drops).
+//!
+//! # Where records come from
+//!
+//! - Tasks: once per `(id, attempt)`, when an attempt reaches `completed`, `failed` (retried
+//!   later) or `dead` (its last attempt). The scheduler's worker builds the record when it
+//!   spawns a handler (only while a sink is on) and hands it over once the `task-step` call
+//!   that reported the result succeeded. A task the reaper dead-letters (its last attempt's
+//!   deadline expired: the worker died, or lost its claim) has no handler left to report it:
+//!   the step's reply lists each such task with its attempt, type, data, priority,
+//!   `created_at` and claim time, and the process whose step buried it archives it as `dead`
+//!   with the error `visibility timeout expired`.
+//! - Sessions: `start_session` archives the fields it wrote; `end_session` reads the whole
+//!   hash on a spawned task and archives it.
+//! - Events: `record_event` archives the event after the script pushed it.
+//! - Hazard rounds and seeds: the ticker archives each tick it wrote, and the revealed seed of
+//!   the previous epoch whenever it prepares an epoch (also when an earlier leader revealed
+//!   it).
+//! - Settlements: `Hazards::settle` archives the settled round once the rotated record is
+//!   stored (a settle that fails archives nothing).
+//!
+//! Known limits: an attempt the reaper returns to the queue (not its last) is not archived, as
+//! the task is not finished; when a worker that lost its claim finishes the last attempt after
+//! the reaper buried it, the archive keeps the reaper's `dead` row (the first for that key),
+//! even if the late completion completes the task in Redis; a task buried only by the outbox's
+//! replay of a step recorded during a Redis outage is not archived (replies of replays are not
+//! read).
+//!
+//! # Queries and retention
+//!
+//! [`History`] (`Fleet::history()`) lists sessions, task attempts, events, hazard rounds and
+//! players' settlements ([`History::sessions`], [`History::tasks`], [`History::events`],
+//! [`History::rounds`], [`History::settlements`]) by a [`HistoryQuery`]: a time range
+//! (`since_ms` inclusive, `until_ms` exclusive), a page size and a keyset cursor (the time and
+//! key of the page's last row, `next_cursor`). Pages run newest to oldest, and a row inserted
+//! meanwhile never shifts them. Events filter by session, settlements by user and agent (either or both).
+//! [`History::reader`] opens the archive for queries only (no writer, the spool left alone):
+//! `botfleet history sessions|tasks|events|rounds|settlements` uses it, without a daemon.
+//!
+//! With `history.retention_days` above 0 the fleet registers the periodic job
+//! [`RETENTION_JOB`] every `history.retention_interval_secs`: once per period across the
+//! fleet, it deletes the rows of every table older than the retention.
 //!
 //! Fails: a malformed URL at start-up ([`HistoryError::Url`]); an unreachable database is not
 //! an error for the writers: batches wait (in the spool with `storage.fallback = "file"`, in
 //! memory otherwise) and are written when it returns, each record once thanks to its key.
 //! Queries fail with [`HistoryError::Database`] while it is unreachable.
+//!
+//! | file | what it holds |
+//! |---|---|
+//! | `mod.rs` | [`History`], [`HistorySink`], [`HistoryError`], the transient-error classification |
+//! | [`record`] | one record type per table, [`Record`], [`HistoryQuery`], [`Page`] |
+//! | [`archive`] | [`Archive`]: the sqlx pool, the schema, batch inserts, paged queries, purge |
+//! | `writer.rs` | the batch writer task |
+//! | `spool.rs` | the spool file of batches waiting for the database |
 
 pub mod archive;
 pub mod record;

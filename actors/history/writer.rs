@@ -2,14 +2,19 @@
 //! bounded queue and writes them in transactions of up to `history.batch_size` records, at
 //! the latest `history.flush_interval_ms` after the first record of a batch arrived.
 //!
-//! While the database is unreachable (a connection error, a server shutting down, a busy
-//! SQLite file) batches wait: in the spool when `storage.fallback = "file"` (the writer keeps
-//! taking records and appends them, synced, so callers never notice), otherwise in memory (the
-//! writer stops taking records; the queue fills, then drops are counted). Every
-//! `history.retry_interval_ms` the writer tries again: spool first, oldest batch first, then
-//! the batch held in memory, then new records. A batch that the database refuses for good (a
-//! constraint or SQL error) is written record by record and the refused records are counted
-//! and logged, so one bad record never blocks the rest.
+//! While the database is unreachable (a transient failure: I/O, a pool timeout, PostgreSQL
+//! SQLSTATE classes 08, 53, 57 and 40, SQLite BUSY or LOCKED) batches wait: in the spool when
+//! `storage.fallback = "file"` (the writer keeps taking records and appends them, synced, so
+//! callers never notice), otherwise in memory (the writer stops taking records; the queue
+//! fills, then drops are counted). Every `history.retry_interval_ms` the writer tries again:
+//! spool first, oldest batch first, then the batch held in memory, then new records. A batch
+//! that the database refuses for good (a constraint or SQL error) is written record by record
+//! and the refused records are counted and logged, so one bad record never blocks the rest.
+//!
+//! `kill -9` loses only the records still in the queue (not yet acknowledged). At shutdown
+//! (`Fleet::shutdown`, after the actors stopped, so the producers are done) the queue is
+//! written, or spooled, or counted as lost (memory fallback, database down). One spool per
+//! `history.dir`: two processes must not share the directory.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;

@@ -2,10 +2,12 @@
 //! `DEL` is not.
 //!
 //! Owns: the lock keys, named exactly as given (`bet-lock:USER-AGENT`,
-//! `wallet-retry-scheduler-lock`, ...) and holding the holder's random token; the fencing
-//! counters (`INTERNAL:lock-fence:{TAG}`, one counter per cluster slot, TAG chosen to hash to
-//! the lock's slot); the waiting marks (`INTERNAL:lock-waiting:{TAG}:NAME`); this process's wait queues (arrival order) and the
-//! subscription to the release channel (`locks.release_channel`).
+//! `wallet-retry-scheduler-lock`, ...) and holding the holder's random token, so that seed
+//! clients and botfleet exclude each other; the fencing counters (`INTERNAL:lock-fence:{TAG}`,
+//! strings raised with `INCR`, one per cluster slot, TAG chosen to hash to the lock's slot so
+//! that one script touches a lock and its counter on a Cluster; no expiry, so tokens never go
+//! back); the waiting marks (`INTERNAL:lock-waiting:{TAG}:NAME`); this process's wait queues
+//! (arrival order) and the subscription to the release channel (`locks.release_channel`).
 //!
 //! The host calls the [`Locks`] handle (`Fleet::locks()`): [`Locks::try_acquire`],
 //! [`Locks::acquire`], [`Locks::run_exclusive`]. Every acquisition, release and extension is
@@ -22,11 +24,37 @@
 //! waiter's token, with a new fencing token), at most 128 times in a row; then it releases the
 //! lock for everyone and holds its own waiters back for 1 ms, so other processes get a turn.
 //!
-//! Failure: while Redis is unreachable `acquire` fails at once with [`LockError::Unavailable`]
-//! (`locks.on_outage = "refuse"`) or grants a process-local lock (`"local"`); a guard whose
-//! lock cannot be extended reports itself lost. The actor holds no state of its own: when it
-//! is restarted it subscribes again; notices published meanwhile are missed, and waiters find
-//! the lock free on their next retry (`locks.retry_min_ms` .. `retry_max_ms`, with jitter).
+//! Calls of one process share script calls: acquisitions (and releases) asked for while
+//! [`SCRIPT_CALLS_IN_FLIGHT`] are in flight queue and go out together as one call of the same
+//! script, split by hash slot on a Cluster; an acquisition whose caller left meanwhile is
+//! released (`batch.rs`; [`LockStats::queued_calls`], [`LockStats::script_calls`],
+//! [`LockStats::script_requests`]). The watchdog extends a lock every TTL/3; a failed
+//! extension is retried, and the guard reports itself lost when Redis says the lock is not its
+//! own, or when no extension has succeeded in time ([`LockStats::extension_retries`]).
+//!
+//! Failure: lock scripts run through
+//! [`Storage::eval_on_redis`](crate::storage::Storage::eval_on_redis), never on the fallback
+//! and never through the outbox: a lock granted locally and replayed later would exclude
+//! nobody. While Redis is unreachable `acquire` fails at once with [`LockError::Unavailable`]
+//! (`locks.on_outage = "refuse"`) or grants a process-local lock (`"local"`: no fencing token,
+//! it excludes this process's tasks only); a guard whose lock cannot be extended reports
+//! itself lost. A release nobody waits for (a dropped guard, an acquisition whose caller left,
+//! a hand-over whose waiter gave up) that meets an outage is retried every 50 ms, doubling to
+//! 1 s, until it goes through or the lock's TTL (at most a minute) has passed: a hiccup of
+//! Redis must not leave a lock held for its whole TTL, and a release is a compare-and-delete
+//! on the token, so retrying is safe. The actor holds no state of its own: when it is
+//! restarted it subscribes again and wakes every head waiter; notices published meanwhile are
+//! missed, and waiters find the lock free on their next retry (`locks.retry_min_ms` ..
+//! `retry_max_ms`, with jitter).
+//!
+//! | file | what it holds |
+//! |---|---|
+//! | `mod.rs` | [`Locks`], `LockManager`, [`LockError`], [`LockStats`] |
+//! | `guard.rs` | [`LockGuard`]: release, hand-over, the retried release of an unguarded lock |
+//! | `queue.rs` | this process's wait queues, in arrival order |
+//! | `batch.rs` | script calls shared by concurrent acquisitions and releases |
+//! | `watchdog.rs` | one timer per handle; an extension task per guard that outlives TTL/3 |
+//! | `scripts.rs` | the acquire, release, extend and hand-over scripts (Redis only) |
 
 mod batch;
 mod guard;

@@ -2,24 +2,87 @@
 //! reliable, workers with per-type handlers, bot state, sessions, metrics, events and periodic
 //! jobs.
 //!
-//! A task is claimed by one script call (`task-step`): popped from the queue, marked
-//! `processing`, its attempt counted and a visibility deadline recorded in
-//! `PREFIX:tasks:processing`. While the handler runs the deadline is extended; a task whose
-//! deadline passes (its worker died) goes back to the queue. A failure retries after an
-//! exponential backoff through `PREFIX:tasks:delayed`; after the last attempt the task goes to
-//! `PREFIX:tasks:dead` with its error. Completions, failures, the reaper, the promotion of due
-//! delayed tasks and the next claims travel together in one script call, so a busy worker
-//! makes one round trip per batch.
+//! The host uses the cloneable [`Scheduler`] handle (`Fleet::scheduler()`): [`Scheduler::enqueue`],
+//! [`Scheduler::enqueue_bulk`], [`Scheduler::cancel`], [`Scheduler::get`],
+//! [`Scheduler::list`], [`Scheduler::counts`], [`Scheduler::register_handler`] and
+//! [`Scheduler::stop`], and [`periodic::Periodic`] (`Fleet::periodic()`). The
+//! `SchedulerActor` in the supervision tree answers `GetSchedulerStats`
+//! (`Fleet::scheduler_stats()`) and, when the tree stops, stops claiming and stops the
+//! periodic jobs. It holds no state: the worker loop and the visibility heartbeat are tasks of
+//! the handle, started by the first `register_handler`.
+//!
+//! # The task hash
+//!
+//! `PREFIX:task:ID` holds the seed's `id`, `type`, `data` (JSON text), `priority`, `created_at`
+//! and `status` (`pending`, `processing`, `completed`, `failed`), plus `attempts`,
+//! `updated_at`, `last_error`, `run_at` (a delayed or retried task) and `max_attempts` (when
+//! set per task). A task added by an outside client with `HSET` and `ZADD` lacks the extra
+//! fields; the claim creates them. Beside the queue, `PREFIX:tasks:processing` scores each
+//! claimed id by its visibility deadline, `PREFIX:tasks:delayed` by its due time and
+//! `PREFIX:tasks:dead` by its time of death (milliseconds).
+//!
+//! Order: the queue's score is `-priority`, as in the seed; members of equal score sort by
+//! their bytes, and botfleet's ids (`ids`) start with the millisecond and a counter, so equal
+//! priorities run in arrival order.
+//!
+//! # One step per round trip
+//!
+//! The worker loop of a process sends one `task-step` script call that carries every finished
+//! result and asks for as many tasks as its handlers have free slots (per type, at most
+//! `scheduler.claim_batch` in all). In order, the script applies:
+//!
+//! - completions, once: a completed task is left alone. A completed hash keeps
+//!   `status completed` for `scheduler.completed_ttl_secs` (0 deletes it);
+//! - failures, only when the attempt matches: a retry through `PREFIX:tasks:delayed` after
+//!   `backoff_base_ms * 2^(attempt-1)`, capped at `backoff_max_ms`, or, after the last attempt,
+//!   the dead set with `status failed` and `last_error`;
+//! - the reaper: up to 100 expired deadlines, each back to the queue, or dead after its last
+//!   attempt with `last_error` `visibility timeout expired`;
+//! - the promotion of due delayed tasks to the queue;
+//! - claims from the head of the queue, skipping types this process has no handler for (they
+//!   stay for other processes; at most `scheduler.scan_limit` looked at). A claim sets
+//!   `status processing`, raises `attempts` and scores the id with `now +
+//!   visibility_timeout_ms`.
+//!
+//! Before it builds a step the worker lets the handlers that are ready finish, so that one
+//! step carries all their results and refills all their slots. Handlers run as tokio tasks; a
+//! handler's `Err` or panic fails the attempt. The heartbeat extends the deadline of the tasks
+//! running longer than a third of the timeout (`task-extend`, only while the attempt still
+//! holds the task).
 //!
 //! With a history sink on ([`Scheduler::archive_to`]) every finished attempt is archived once
 //! the step that reported it succeeded, and a task the reaper dead-letters (its last attempt
 //! expired: its worker died) is archived as `dead` by the process whose step buried it, from
 //! the fields that step's reply carries.
 //!
-//! Everything goes through [`Storage`]: while Redis is unreachable tasks are enqueued and
-//! claimed on the fallback, and the outbox replays the scripts when Redis returns. Claims
-//! made then name their tasks explicitly, so their replay claims the same tasks; a replayed
-//! enqueue skips an id that exists, and a completion is applied once.
+//! # Outages
+//!
+//! Everything goes through [`Storage`]: while Redis is unreachable the scripts' Rust twins run
+//! on the fallback, where only the tasks enqueued during the outage are, and the outbox
+//! replays the scripts on Redis, in order, with the clock they were given. To make that replay
+//! claim the same tasks, a worker that sees the mode `degraded` or `resyncing` reads the local
+//! queue first and names the ids in its claim (a named id is claimed only while still queued);
+//! `task-enqueue` skips an id that exists; a completion replayed for a task already complete
+//! changes nothing. Tasks claimed from Redis before the outage finish on the fallback, and
+//! their completion is replayed. Known limit: a claim that meets the outage mid-call is
+//! recorded as a claim from the head; replayed, it claims Redis tasks that nobody runs, with
+//! an expired deadline, so the reaper returns them at the next step (their `attempts` counts
+//! one more).
+//!
+//! # Named queues
+//!
+//! [`Scheduler::for_queue`] keeps a queue's keys under `{NAME}` ([`queue_prefix`]): on Redis
+//! Cluster each queue lives in the slot of its name, and several queues spread over the
+//! masters. One queue never spans masters, which keeps its scripts atomic. Bot state, sessions
+//! and events stay under the storage's prefix.
+//!
+//! | file | what it holds |
+//! |---|---|
+//! | `mod.rs` | [`Scheduler`], the worker loop and the heartbeat, `SchedulerActor` |
+//! | `scripts.rs` | the Lua scripts and their Rust twins: `task-enqueue`, `task-step`, `task-extend`, `task-cancel`, `bot-state`, `session-count`, `bot-event` |
+//! | [`state`] | bot state, sessions, metrics and events |
+//! | [`periodic`] | periodic jobs, once per period across the fleet |
+//! | `ids` | time-ordered task ids |
 
 mod ids;
 pub mod periodic;

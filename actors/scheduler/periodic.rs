@@ -8,6 +8,11 @@
 //! the value is the period's date `YYYY-MM-DD` for interval periods of a day or more, its
 //! ISO-8601 start otherwise). After downtime the current period has not run, so the job runs once,
 //! not once per missed period. A job that fails is tried again at the next check.
+//!
+//! Every process checks each of its jobs when a period starts and at least every second, on a
+//! task of its own on the runtime that registered the job; [`Periodic::stop`] ends them (the
+//! scheduler's actor calls it when the tree stops). Locks refuse while Redis is unreachable
+//! (unless `locks.on_outage = "local"`), so periodic jobs pause during an outage.
 
 use std::future::Future;
 use std::pin::Pin;

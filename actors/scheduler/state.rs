@@ -1,5 +1,29 @@
 //! Bot state, sessions, metrics and events in the seed's layout: `PREFIX:state`,
 //! `PREFIX:sessions:active`, `PREFIX:session:ID`, `PREFIX:metrics:ID`, `PREFIX:events`.
+//!
+//! Bot state: `PREFIX:state` (`state`, `session_id`, `timestamp`, `updated_by`) moves only
+//! along the seed's lifecycle ([`BotState::legal_from`]), checked and written in one script
+//! (`bot-state`); any other change is [`SchedulerError::IllegalTransition`], nothing stored.
+//!
+//! | to | from |
+//! |---|---|
+//! | `starting` | none, `stopped`, `error` |
+//! | `running` | `starting` |
+//! | `stopping` | `starting`, `running` |
+//! | `stopped` | none, `stopping`, `error` |
+//! | `error` | `starting`, `running`, `stopping` |
+//!
+//! Sessions: [`Scheduler::start_session`] writes `PREFIX:session:ID` with the seed's fields
+//! (status `running`, counters at 0), its `PREFIX:metrics:ID`, and adds the id to
+//! `PREFIX:sessions:active`; [`Scheduler::end_session`] sets the status and removes it from
+//! the set. [`Scheduler::count`] raises a counter in the session and its metrics in one script
+//! (`session-count`). With a history sink on, a session is archived at its start, and again
+//! with every field when it ends (read on a spawned task, off the caller's path).
+//!
+//! Events: [`Scheduler::record_event`] pushes the event's JSON at the head of `PREFIX:events`
+//! and trims the list to `scheduler.events_max_len` in one script (`bot-event`), then publishes
+//! the same JSON on `scheduler.events_channel` through the storage, so that subscribers of
+//! this process hear it during an outage too; with a sink on, the event is archived.
 
 use std::collections::HashMap;
 

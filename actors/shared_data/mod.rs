@@ -18,6 +18,21 @@
 //! otherwise falls back to Redis, then to one direct fetch per freshness window across the
 //! fleet, then to the last snapshot known or the legacy key.
 //!
+//! Leadership: one fetcher per fleet holds `shared_data.leader_lock` (fenced, renewed by its
+//! watchdog) and leads while it has a source; the others try for the lock every third of
+//! `leader_ttl_ms`, so one takes over within twice the TTL after the leader dies, with a
+//! higher fencing token. Every snapshot write goes through one script (`shared-data-write`,
+//! `scripts.rs`) that refuses a lower fencing token (a deposed leader, which then stands down)
+//! and a timestamp not newer than the one stored, so the writes of two fetchers never
+//! interleave and a replay never regresses the key. With no Redis configured the one process
+//! leads.
+//!
+//! Reads: a reader answers from its in-process copy (a load and a clock read) while it is
+//! younger than `fresh_ms`. A stale read takes the process's single-flight fallback (one task
+//! shared by every reader of the process), and at most one direct fetch per freshness window
+//! runs across the fleet (the `INTERNAL:shared-data-claim:KEY` claim); the others wait for its
+//! notice or read Redis again, never longer than the source timeout.
+//!
 //! Failure: both actors run their loop as a task on the host runtime; a panic there fails the
 //! actor, which its supervisor restarts (a restarted reader keeps its snapshot and counters:
 //! they live in the handle). While Redis is down the leader keeps fetching into the fallback

@@ -1,15 +1,35 @@
 //! The `Fleet` handle: what a host application (or the daemon) starts.
 //!
-//! [`Fleet::start`] opens the storage on the caller's multi-threaded tokio runtime, starts the
-//! actix system on a thread of its own ([`ActorSystem`]), and the supervision tree: the
-//! built-in services' actors in order (`services.rs`: storage monitor, presence, lock manager,
-//! hazard ticker, scheduler, shared-data fetcher and readers when enabled, heartbeat sender
-//! and peer monitor when enabled, admin inbox), followed by the host's own
-//! ([`Fleet::start_with`]). The host calls the services through the handles the fleet hands
-//! out ([`Fleet::locks`], [`Fleet::scheduler`], ...). [`Fleet::shutdown`] stops the actors in
-//! reverse order, each within `supervisor.stop_timeout_ms`, flushes the outbox to Redis (or
-//! leaves it in the file store) and stops the system thread. [`BlockingFleet`] is the same
-//! handle for hosts without an async runtime.
+//! [`Fleet::start`] (called from the host's multi-threaded tokio runtime) opens the storage
+//! there, opens the history archive (its writer runs on that runtime too), starts the actix
+//! system on a thread of its own ([`ActorSystem`]) and the supervision tree. Its children, in
+//! start order, all [`RestartType::Permanent`](crate::supervisor::RestartType::Permanent):
+//!
+//! | child | actor | when |
+//! |---|---|---|
+//! | `storage-monitor` | `StorageMonitor` | always |
+//! | `presence` | `Presence` | always |
+//! | `locks` | `LockManager` | always |
+//! | `hazards` | `HazardTicker` | always (it ticks only when `hazards.enabled`) |
+//! | `scheduler` | `SchedulerActor` | always |
+//! | `shared-data-fetcher`, `reader-NAME` | `Fetcher`, one `ReaderActor` per reader | `shared_data.enabled` |
+//! | `heartbeat`, `peer-monitor` | `HeartbeatSender`, `PeerMonitor` | `heartbeat.enabled` |
+//! | `admin-inbox` | `AdminInbox` | always |
+//!
+//! The host's own actors follow ([`Fleet::start_with`]): they start after the built-in ones and
+//! stop before them. The handles the host calls ([`Fleet::scheduler`], [`Fleet::locks`],
+//! [`Fleet::cache`], ...) are built in `services.rs` (`Services::add`, which also declares the
+//! actors in this order) and kept in the fleet; the cache is a handle only, with no actor. With `history.enabled` the scheduler and the hazards handle get the archive's
+//! sink, and with `history.retention_days` above 0 a periodic job purges old rows.
+//!
+//! [`Fleet::shutdown`] stops the actors in reverse order, each within
+//! `supervisor.stop_timeout_ms`, deletes this process's heartbeat, closes the history archive
+//! (what it queued is written or spooled), flushes the outbox to Redis (waiting up to the same
+//! deadline; with the file fallback what cannot reach Redis stays on disk for the next start),
+//! closes the storage and stops the system thread. [`BlockingFleet`] is the same handle for
+//! hosts without an async runtime.
+//!
+//! `ARCHITECTURE.md` lists the steps to add a service here.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -2,23 +2,52 @@
 //! and the bot-control endpoints of seed 001 under `/api/bot/`.
 //!
 //! [`HttpApi::builder`] takes a running [`Fleet`] and reads everything from it on request:
-//! [`Fleet::health`] (storage counters and the supervision tree's board), the lock manager's
-//! and the presence actor's figures, recent storage events. Nothing is cached: every answer is
-//! a fresh [`StatusSnapshot`]. Two seams decide what the bot endpoints and the snapshot's
-//! sections serve:
+//! [`Fleet::health`] (storage counters and the supervision tree's board, no message sent),
+//! [`Fleet::lock_stats`], [`Fleet::presence`] and [`Fleet::storage_events`] (messages to the
+//! actors through their handles, each bounded by 500 ms; a missing answer is `null`),
+//! [`Storage::events`](crate::storage::Storage::events) for the live stream, and the handles of
+//! the scheduler, peers, shared data and hazards for the sections. Nothing is cached: every
+//! answer is a fresh [`StatusSnapshot`]. A section reads counters in memory and a bounded
+//! number of keys (the first ten tasks of a set, never a whole queue), so a snapshot costs the
+//! same at any queue depth. The API writes only through the scheduler and admin handles, in the
+//! seeds' layout.
 //!
-//! - [`BotApi`]: the task, session and bot-control endpoints. The default ([`FleetBot`]) serves
-//!   them from the fleet's scheduler; the request is authenticated and validated (400 naming
-//!   the field) first. [`Unavailable`] answers 501 to all of them.
-//! - [`StatusSection`]: a named section of the status snapshot, with its own health verdict and
-//!   Prometheus samples. The built-in ones ([`QueueSection`], [`BotsSection`],
-//!   [`SnapshotSection`], [`HazardsSection`], [`EventsSection`]) fill the dashboard's places;
-//!   a host adds its own, or replaces one by registering a section of the same name.
+//! Two seams decide what the bot endpoints and the snapshot's sections serve:
 //!
-//! The server (actix-web) runs on a thread of its own, under its own actix system, with
-//! `api.workers` worker threads; [`HttpApi::stop`] stops it gracefully and ends the live
-//! streams. Handlers only talk to the fleet through cloneable handles (storage, actor
-//! addresses), which work from any thread.
+//! - [`BotApi`]: one method per `/api/bot/` endpoint, each answering 501 unless implemented.
+//!   The default ([`FleetBot`]) serves them from the fleet's scheduler, adding a page of the
+//!   history archive to the session, task and event listings; a host passes its own with
+//!   [`HttpApiBuilder::bot_api`], or [`Unavailable`] to serve no bot control. The request is
+//!   authenticated and validated (400 naming the field) before it reaches the seam.
+//! - [`StatusSection`]: a named section of the status snapshot, with an optional health reason
+//!   (which turns `/health` to 503) and its own Prometheus samples. The built-in ones
+//!   ([`QueueSection`], [`BotsSection`], [`SnapshotSection`], [`HazardsSection`],
+//!   [`EventsSection`]) fill the dashboard's places ([`PLACEHOLDER_SECTIONS`]); other names are
+//!   shown as JSON. [`HttpApiBuilder::section`] adds one, or replaces the section of the same
+//!   name.
+//!
+//! The server (actix-web) runs on a thread of its own (`botfleet-http`), under its own actix
+//! system, with `api.workers` worker threads, so it depends neither on the caller's runtime
+//! nor on the fleet's actor-system thread. The daemon starts it after `Fleet::start` and stops
+//! it before `Fleet::shutdown`; [`HttpApi::stop`] ends the live streams and gives requests in
+//! flight two seconds. A bind failure is [`HttpError::Bind`], and the daemon exits 1. Handlers
+//! talk to the fleet only through cloneable handles, which work from any thread.
+//!
+//! | file | what it owns |
+//! |---|---|
+//! | `mod.rs` | [`HttpApi`], [`HttpApiBuilder`], the state the handlers share (fleet, `[api]` settings, seams, shutdown signal) |
+//! | `routes.rs` | the routes: `/health`, `/status`, `/metrics`, `/api/bot/...`, `/api/admin/send`, a JSON 404 |
+//! | `snapshot.rs` | [`StatusSnapshot`], the health verdict, the [`StatusSection`] seam |
+//! | `sections.rs` | the built-in sections and their Prometheus samples |
+//! | `bot.rs` | seed 001's request types and their validation, [`ApiError`] (JSON `{"error","field"}`), the [`BotApi`] seam |
+//! | `fleet_bot.rs` | [`FleetBot`]: [`BotApi`] over the fleet's scheduler |
+//! | `auth.rs` | the bearer token on mutating methods, compared in constant time |
+//! | `metrics.rs` | Prometheus text from a snapshot, through a registry built per request |
+//! | `sse.rs` | `/api/events/stream` (snapshots on a timer, storage events at once) and `/api/bot/event-stream` (the scheduler's events) |
+//! | `dashboard.rs`, `dashboard.html` | the page, embedded with `include_str!`, inline CSS and JavaScript |
+//!
+//! The command line's side (`botfleet status`, `task`, `admin`, `events`) is the binary's
+//! `client.rs`.
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;

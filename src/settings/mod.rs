@@ -1,7 +1,13 @@
-//! The settings tree: one struct per section, one `const fn` per default, unit-suffixed keys.
+//! The settings tree: one struct per section, its defaults in its `Default` impl,
+//! unit-suffixed keys (`interval_ms`, `ttl_secs`), unknown keys refused
+//! (`#[serde(deny_unknown_fields, default)]`).
 //!
 //! Loading (file + environment), validation that reports every error at once, and redaction of
-//! secrets live in the submodules; this file holds the types and their defaults.
+//! secrets live in the submodules; this file holds the types and their defaults. The shipped
+//! `settings.toml` lists every key at its default with a comment above it, and the settings
+//! suite of the integration tests holds it equal to `Settings::default()`. A new section is a
+//! struct here and a field of [`Settings`]; keys that must be positive or secret are listed in
+//! `validate.rs` (`POSITIVE`, `SECRETS`), and rules across keys go in its semantic checks.
 //!
 //! ```no_run
 //! use botfleet::Settings;

@@ -619,7 +619,7 @@ impl Storage {
     }
 }
 
-/// `set-many`: KEYS the keys, ARGV[1] the TTL in ms (0: none), ARGV[2..] their values.
+/// `set-many`: KEYS the keys, `ARGV[1]` the TTL in ms (0: none), `ARGV[2..]` their values.
 const SET_MANY_LUA: &str = r#"
 local ttl = tonumber(ARGV[1])
 for i = 1, #KEYS do

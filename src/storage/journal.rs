@@ -9,10 +9,16 @@
 //! Frames are `[len: u32 LE][crc32: u32 LE][postcard payload]`. A torn or corrupt tail (the
 //! process died inside a `write`) ends the journal: it is truncated there on open.
 //!
-//! Compaction writes the whole state as snapshot generation `g + 1`, renames it into place,
-//! starts `journal-(g+1).log` and deletes `journal-g.log`. On open only the journal of the
-//! snapshot's generation is replayed, so a crash between those steps never applies a record
-//! twice.
+//! The records ([`Record`]) are the writes applied (with their clock), the keys a script
+//! changed, outbox appends, acknowledgements of what was replayed, superseded outbox entries,
+//! and the clearing of the store after a resync. The outbox's id lives in the snapshot, so it
+//! is the same after a restart and the replay markers in Redis stay meaningful.
+//!
+//! Compaction runs once the journal is past `storage.file.compact_min_bytes` and more than
+//! twice the live data. It writes the whole state as snapshot generation `g + 1`, renames it
+//! into place, starts `journal-(g+1).log` and deletes `journal-g.log`. On open only the
+//! journal of the snapshot's generation is replayed, so a crash between those steps never
+//! applies a record twice.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, Read, Write};

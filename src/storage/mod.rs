@@ -1,36 +1,112 @@
 //! Storage: the one path by which state reaches Redis, and the fallback that serves while Redis
 //! is unreachable.
 //!
-//! [`Storage`] is a cheap, cloneable handle. It is in one of four [`Mode`]s:
+//! [`Storage`] is a cheap, cloneable handle; every actor holds a clone, and nothing else in
+//! botfleet reaches Redis (`fred` is named in this module only). It is in one of four
+//! [`Mode`]s:
 //!
 //! ```text
-//!            error / timeout / disconnect            PING answers again
+//!            outage: timeout, lost connection          Redis answers again
 //!   redis ─────────────────────────────▶ degraded ───────────────────▶ resyncing
 //!     ▲                                      ▲                              │
-//!     └──────────── outbox empty ────────────┼──────── outage again ────────┘
-//!                                            │
-//!   fallback: no Redis configured; the fallback is the store (embedded default).
+//!     │                                      └──────── outage again ────────┤
+//!     └──────────────────────── outbox empty ───────────────────────────────┘
+//!
+//!   fallback: no Redis configured (storage.redis.enabled = false, or an empty URL);
+//!             the fallback is the store.
 //! ```
 //!
 //! - `redis`: every call goes to Redis with a command timeout (`storage.redis.timeout_ms`).
-//!   The first call that meets an outage (error, timeout, lost connection) switches the mode
-//!   and is itself served by the fallback, so no caller waits longer than about the timeout
-//!   and none sees an error because of the outage.
+//!   The first call that meets an outage (a connection error, the timeout, a lost connection)
+//!   switches the mode and is itself served by the fallback, so no caller waits much longer
+//!   than the timeout and none sees an error because of the outage. An error reply of Redis
+//!   (WRONGTYPE, a script error) is not an outage: it is the caller's
+//!   [`StorageError::Command`].
 //! - `degraded`: calls are served by the fallback (`local::Local`: memory, or memory plus a
-//!   journal on disk); writes are also recorded in the outbox. A monitor PINGs Redis.
-//! - `resyncing`: Redis answers again; the outbox is replayed in order (the `outbox` module explains
-//!   why replay is idempotent, keeps absolute expiry and respects newer versions). Calls are
-//!   still served by the fallback until the outbox is empty; then the fallback is emptied and
-//!   the mode is `redis` again.
+//!   journal on disk); writes are also recorded in the outbox. A monitor task PINGs Redis and
+//!   listens to fred's connection events. [`Storage::open`] starts here when Redis is
+//!   unreachable, or when the file fallback holds an outbox to replay.
+//! - `resyncing`: Redis answers again; the outbox is replayed in order, in batches of
+//!   `storage.outbox.replay_batch` (the `outbox` module explains why replay is idempotent,
+//!   keeps absolute expiry and respects newer versions). Calls are still served by the
+//!   fallback; a write is held back for at most 100 ms (and never past the command timeout)
+//!   so that writers cannot outpace the replay, then joins the outbox. Once the outbox is empty
+//!   the fallback keyspace is emptied, since Redis holds everything again, and the mode is
+//!   `redis`.
 //!
-//! Pub/sub: subscribers always read from an in-process bus. In `redis` mode a publish goes to
-//! Redis and comes back through the subscriber connection (so other processes see it);
-//! otherwise it is delivered on the bus directly. Messages are not stored, so they are not
-//! replayed.
+//! Each change is a typed [`StorageEvent::ModeChanged`], sent to [`Storage::events`] and
+//! logged once (WARN into `degraded`, INFO otherwise) and counted
+//! ([`StorageStats::mode_changes`]); a finished replay is a [`StorageEvent::Resynced`].
+//!
+//! # One op model
+//!
+//! Every typed call ([`Storage::get`], [`Storage::hset`], [`Storage::eval`], ...) builds one
+//! [`Op`], a serializable enum with a variant per command. On Redis an op is one raw command
+//! (the `redis` module); on the fallback the same op is applied to the [`Keyspace`], which
+//! answers as Redis does: same replies, same deletion of emptied collections, same WRONGTYPE
+//! errors. The `storage_parity` suite of the integration tests runs one table of cases
+//! against Redis, the memory fallback and the file fallback and compares every reply.
+//!
+//! A [`Script`] touches several keys atomically and is written twice: Lua for Redis, and a
+//! Rust function over the keyspace for the fallback, run under the keyspace lock so that it is
+//! atomic too. On Redis it is sent with `EVALSHA`, loaded on the first `NOSCRIPT`.
+//!
+//! Calls for particular needs:
+//!
+//! - [`Storage::set_latest`] and [`Storage::eval_latest`]: writes that matter only at their
+//!   newest (the shared-data snapshot). While Redis is unreachable each one replaces the
+//!   outbox entry of the previous write with the same *supersede tag* (`SET` and the key, or
+//!   the script and its keys), so the replay writes once whatever the outage's length and the
+//!   outbox does not grow with it. The file journal records the replacement, so it survives
+//!   a crash.
+//! - [`Storage::eval_on_redis`]: a script that must never run on the fallback nor be replayed
+//!   (locks: a lock granted locally and replayed later would exclude nobody). It fails with
+//!   [`StorageError::Unavailable`] at once when the mode is not `redis`, and when Redis fails
+//!   mid-call (the mode then degrades as usual).
+//! - [`Storage::set_many`]: many keys with one TTL in one script call (one per cluster slot).
+//!   fred writes to the socket after each command of a pipeline, so thousands of small `SET`s
+//!   cost a system call each; one script call does not.
+//! - [`Storage::execute_batch`]: plain ops in one round trip (a pipeline on Redis).
+//! - [`Storage::server_time_ms`]: Redis's clock (`TIME`), the local clock on the fallback, so
+//!   that processes on several hosts compare times on one clock.
+//!
+//! # Bounds
+//!
+//! `storage.memory.max_bytes` (the fallback keyspace) and `storage.outbox.max_entries` refuse
+//! writes with [`StorageError::MemoryFull`] and [`StorageError::OutboxFull`], counted in
+//! [`StorageStats::refused_writes`]: nothing is dropped silently. Expired keys of the fallback
+//! are swept every `storage.memory.sweep_interval_ms`.
+//!
+//! # Pub/sub
+//!
+//! Subscribers always read from an in-process bus ([`Storage::subscribe`]). In `redis` mode a
+//! publish goes to Redis and comes back through the subscriber connection (re-subscribed after
+//! every reconnect), so other processes see it; otherwise it is delivered on the bus directly.
+//! Messages are not stored, so they are not replayed. A subscriber that falls more than 4,096
+//! messages behind loses the oldest ([`StorageStats::lagged_messages`]).
+//!
+//! # Known limit
 //!
 //! A write that times out is ambiguous: Redis may have applied it. It is then applied to the
 //! fallback and replayed, so a non-idempotent write (`INCRBY`, `LPUSH`) caught in flight at
 //! the moment of an outage can be applied twice. Every other write is applied exactly once.
+//!
+//! # Submodules
+//!
+//! | file | what it holds |
+//! |---|---|
+//! | `commands.rs` | the typed calls, each a thin wrapper that builds an [`Op`] |
+//! | `op.rs` | [`Op`], [`Expiry`], [`Reply`] |
+//! | `script.rs` | [`Script`]: Lua and its Rust twin |
+//! | `keys.rs` | [`KeySchema`]: the key names built from `[keys]`; [`hash_slot`] |
+//! | `keyspace.rs` | [`Keyspace`]: the in-process store that answers as Redis does |
+//! | `local.rs` | the fallback: keyspace, outbox and journal behind one mutex |
+//! | `outbox.rs` | writes waiting for Redis, and their idempotent replay |
+//! | `journal.rs` | the file fallback's journal, snapshot and compaction |
+//! | `monitor.rs` | the monitor task: connection events, PINGs, sweeps, resync |
+//! | `redis.rs` | the Redis backend (fred): fast failure, Sentinel, Cluster, several daemons |
+//! | `replicas.rs` | `storage.redis.wait_replicas`: `WAIT`, and masters that lost their replicas |
+//! | `glob.rs` | Redis-style glob matching, for `SCAN` on the fallback and `storage.versioned` |
 
 mod commands;
 mod glob;

@@ -1,15 +1,30 @@
 //! The outbox: writes accepted while Redis was unreachable, replayed in order when it returns.
 //!
-//! Replay is idempotent. Each entry is sent inside a Lua wrapper that first reads a *marker*:
-//! a hash, one per cluster slot, mapping this outbox's id to the highest sequence number
-//! already applied in that slot. An entry at or below it is skipped; otherwise the wrapper
+//! Every write accepted outside `redis` mode is applied to the fallback and appended here with
+//! absolute expiries ([`Expiry::At`]). When Redis answers again the monitor replays the
+//! entries in order, `storage.outbox.replay_batch` (1,000) per round trip, pipelined on one
+//! connection.
+//!
+//! Replay is idempotent. Each entry is sent inside a Lua wrapper (one for plain commands, one
+//! per script) that first reads a *marker*: a hash mapping this outbox's id to the highest
+//! sequence number already applied. An entry at or below it is skipped; otherwise the wrapper
 //! applies the write and raises the marker in the same script, so a crash half-way through a
-//! replay and a second replay change nothing. The marker shares the slot of the entry's keys
-//! (its hash tag is chosen for that slot), so the wrapper also runs on Redis Cluster.
+//! replay and a second replay change nothing. The marker is `INTERNAL:replayed` on a single
+//! server; on Redis Cluster there is one per slot, `INTERNAL:replayed:{TAG}`, TAG chosen
+//! (`slot_tag`) to hash to the slot of the entry's keys, so the wrapper runs there too.
+//! Markers live 7 days ([`MARKER_TTL_MS`]), renewed by each entry they record.
 //!
 //! The wrapper also refuses to resurrect: a `SET` whose absolute expiry passed during the
-//! outage is skipped. For keys declared in `storage.versioned`, a write is skipped when Redis
-//! already holds a value with a larger version (written meanwhile by another process).
+//! outage is skipped, and a live one is written with `PXAT`, so the remaining TTL is kept. For
+//! keys declared in `storage.versioned`, a write is skipped when Redis already holds a value
+//! with a larger version (a JSON field of a string value, or a hash field) written meanwhile by
+//! another process.
+//!
+//! A write made with a *supersede tag* (`Storage::set_latest`, `Storage::eval_latest`)
+//! replaces the entry of the previous write with the same tag while that one still waits, so
+//! only the newest is replayed. An entry that Redis refuses on replay (WRONGTYPE, a script
+//! error) is logged and dropped, as it would have failed had Redis been up: it must not block
+//! the outbox.
 
 use std::sync::OnceLock;
 

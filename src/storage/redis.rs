@@ -2,11 +2,84 @@
 //!
 //! Every op is sent as one raw command through `custom()`, with per-command options
 //! (`fail_fast`, a timeout, one attempt) that fred honours there, EVALSHA included (its `eval`
-//! helpers ignore them). The connection uses the fast-failure settings measured in
-//! `notes/fred-and-actix.md`: exponential reconnect forever, short connection and internal
-//! timeouts, unresponsive detection, one attempt per command and a bounded command buffer.
-//! Clients are created and initialised on the caller's multi-threaded tokio runtime, never
-//! inside the actix system.
+//! helpers ignore them). A script missing from Redis's cache (`NOSCRIPT`) is loaded and the
+//! call sent again. Failures are classified: a connection error, a timeout, or a server that
+//! cannot serve now (`LOADING`, `READONLY`, `MASTERDOWN`, `BUSY`, `TRYAGAIN`, `CLUSTERDOWN`)
+//! is an outage, which the storage handle turns into a mode change; any other error reply is
+//! the caller's error.
+//!
+//! # Fast failure
+//!
+//! fred queues a command while its connection is down and, without a timeout, waits forever;
+//! its state reads `Connected` through the first reconnect delay and on a frozen server. Only
+//! these settings together, measured against a killed and a frozen redis-server, bound a call
+//! to a few hundred milliseconds: reconnect forever with exponential backoff
+//! (`storage.redis.reconnect_min_ms` .. `reconnect_max_ms`, 100 ms .. 2 s), connection and
+//! internal command timeouts of `connect_timeout_ms` (300 ms),
+//! unresponsive detection, one attempt per command and a command buffer bounded by
+//! `max_command_buffer`. At start-up a fail-fast probe tells an unreachable server (the
+//! storage starts `degraded` and keeps connecting) from a misconfiguration (a bad URL, a failed
+//! AUTH, TLS): start-up then fails naming the setting. A `rediss://` URL whose server answers
+//! plain RESP is reported as such, not taken for an outage. Clients are created and
+//! initialised on the caller's multi-threaded tokio runtime, never inside the actix system.
+//!
+//! # Sentinel and Cluster
+//!
+//! ```text
+//!   daemon A ─┐                         Sentinel: sentinels ──name──▶ master ──▶ replica
+//!   daemon B ─┼── storage (fred) ──▶       or
+//!   daemon C ─┘                         Cluster:  master 1 (slots 0-5460)      ──▶ replica
+//!                                                 master 2 (slots 5461-10922)  ──▶ replica
+//!                                                 master 3 (slots 10923-16383) ──▶ replica
+//! ```
+//!
+//! `storage.redis.url` picks the deployment by its scheme: `redis://` or `rediss://` for one
+//! server, `redis-cluster://` or `redis-sentinel://` (and their `rediss-` forms).
+//! `storage.redis.nodes` adds seed nodes (Cluster) or sentinels; `sentinel_service`,
+//! `sentinel_username` and `sentinel_password` are the sentinels' own (the data servers keep
+//! `username` and `password`). Only this file knows about the deployment. fred follows `MOVED`
+//! and `ASK`, and reconnects, asking the sentinels or the cluster for the current master,
+//! when a server answers `READONLY`, `MASTERDOWN`, `CLUSTERDOWN` or `LOADING`.
+//!
+//! A Cluster runs a script only when all its keys share a slot. Each script satisfies it by
+//! construction:
+//!
+//! | script keys | how they share a slot |
+//! |---|---|
+//! | scheduler: queue, processing, delayed, dead, `PREFIX:task:*` | `keys.prefix` carries a hash tag (`{bot}`); start-up refuses a Cluster URL otherwise |
+//! | a named queue (`Scheduler::for_queue`) | all under `{NAME}` |
+//! | session counters: `PREFIX:session:ID`, `PREFIX:metrics:ID` | the prefix's hash tag |
+//! | locks: the lock, `lock-fence:{TAG}`, `lock-waiting:{TAG}:NAME` | TAG is chosen to hash to the lock name's slot ([`KeySchema::lock_fence`](super::KeySchema::lock_fence)) |
+//! | hazards tick: `hazards-D`, `INTERNAL:hazards-tick:{hazards-D}` | tagged with the seed key's name |
+//! | shared data: the shared key and `shared-data-guard:{TAG}` | TAG is chosen to hash to the shared key's slot |
+//! | outbox replay: the entry's keys and `INTERNAL:replayed:{TAG}` | one marker per slot |
+//! | `set-many`, lock batches | split by slot before the call |
+//!
+//! Scripts are loaded into every master's cache (`script_load_cluster`); a promoted replica
+//! starts with an empty cache, and the `NOSCRIPT` path loads them again. `SCAN` runs on every
+//! master and the keys are merged, since each master holds part of the keyspace.
+//!
+//! # Several daemons
+//!
+//! Several processes may share one deployment. Nothing in Redis is per process except
+//! presence, heartbeats and admin queues, which are keyed by instance or pid: the fetcher and
+//! the hazard ticker elect a leader through fenced locks, the scheduler's claim script hands
+//! each task to one worker, and pub/sub notices reach every process (Cluster pub/sub is
+//! broadcast to every node).
+//!
+//! # Fail-over
+//!
+//! A dead or demoted master is an outage like any other: the first call that meets it
+//! switches the storage to `degraded`, the monitor PINGs until fred has found the promoted
+//! replica, and the outbox is replayed to it (idempotently, with per-slot markers). What the
+//! old master acknowledged before dying is on the replica unless Redis's asynchronous
+//! replication had not shipped it yet; `storage.redis.wait_replicas` closes that window (the
+//! `replicas` module).
+//!
+//! One queue is one hash tag, so one slot on one master: a queue never scales past one Redis
+//! core, which is what keeps its scripts atomic. Throughput grows by spreading queues
+//! (`Scheduler::for_queue`) over the masters; no command of a task crosses masters. The
+//! README gives the measured figures.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};

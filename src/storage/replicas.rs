@@ -1,15 +1,29 @@
 //! Which masters lost their replicas, for `storage.redis.wait_replicas`.
 //!
-//! After each write the handle sends `WAIT N timeout`. While a master has its replicas, the
-//! reply comes in a replication round trip. Without them (a replica died, or the master is a
-//! replica just promoted, alone until the old master rejoins) every `WAIT` would block its
-//! connection for the whole timeout: writes crawl, and what queues behind them on the
-//! connection (a `PING`, other callers' commands) times out and reads as an outage.
+//! Redis replicates asynchronously: what a master acknowledged in its last instant before
+//! dying may not be on the replica promoted in its place. With `storage.redis.wait_replicas =
+//! N`, after each write (an op, a script call, or a pipeline: once per master it wrote to) the
+//! handle sends `WAIT N wait_timeout_ms` on the connection that carried it and acknowledges the
+//! write only when `WAIT` returns. A write short of N replicas at the timeout is acknowledged
+//! all the same (the master has it) and counted (`StorageStats::unreplicated_writes`); a `WAIT`
+//! that fails is an outage like any command, and the write goes to the fallback and the
+//! outbox. The price is a replication round trip per write, during which that connection
+//! carries nothing else; validation therefore wants `wait_timeout_ms` below the command
+//! timeout. The `scale` suite kills a Sentinel's or a Cluster's master under load with
+//! `wait_replicas = 1` and finds every acknowledged write on the promoted replica.
 //!
-//! So a master whose `WAIT` came back short is marked as missing replicas. Its writes then
-//! skip `WAIT` (acknowledged by the master alone, counted as unreplicated), except one per
-//! probe interval, whose full `WAIT` tells when the replicas are back. The guarantee holds
-//! whenever the replicas are there; while they are not, no write could have had it anyway.
+//! While a master has its replicas, `WAIT` answers in a replication round trip. Without them
+//! (a replica died, or the master is a replica just promoted, alone until the old master
+//! rejoins) every `WAIT` would block its connection for the whole timeout: writes crawl, and
+//! what queues behind them on the connection (a `PING`, other callers' commands) times out and
+//! reads as an outage, over and over.
+//!
+//! So a master whose `WAIT` came back short is marked as missing replicas (logged once, and
+//! counted in `StorageStats::masters_missing_replicas`). Its writes then skip `WAIT`
+//! (acknowledged by the master alone, counted as unreplicated), except one probe per interval
+//! (twice `wait_timeout_ms`, at least 200 ms), whose full `WAIT` tells when the replicas are
+//! back. The guarantee holds whenever the replicas are there; while they are not, no write
+//! could have had it anyway.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

@@ -8,7 +8,7 @@
 //! context is dropped: after a normal stop, when its arbiter shuts down, or during the unwind
 //! of a panic in a handler, a timer closure, `started()` or the factory itself (tokio drops the
 //! panicking task while unwinding). Its `Drop` reads `std::thread::panicking()`, the panic
-//! message captured by the hook in [`panic`](super::panic) and any failure reported through
+//! message captured by the hook in [`super::panic`] and any failure reported through
 //! [`ChildContext::fail`], and sends one exit notice. It never panics.
 
 use std::fmt::Display;

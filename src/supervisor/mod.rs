@@ -9,20 +9,49 @@
 //!   longer than `watchdog_ms`, seen by a watchdog). Deaths are detected without the actor's
 //!   cooperation: a guard spawned into each actor's context reports when the context is
 //!   dropped, and a panic hook captures the message;
-//! - restart types ([`RestartType`]), backoff with jitter, and a restart intensity (at most
-//!   `max_restarts` within `within_secs` across the tree, then every child is stopped in
-//!   reverse order and [`Supervisor::wait`] resolves with
-//!   [`SupervisorError::IntensityExceeded`]);
-//! - stable handles ([`ActorHandle`]) that reach the current incarnation, and a request that
-//!   was in flight when its actor died resolves at once with [`CallError::ActorRestarted`];
-//! - ordered start, reverse-ordered stop with a deadline per child ([`ShutdownReport`]);
-//! - health per child ([`HealthReport`]) and typed, logged events ([`SupervisionEvent`]).
+//! - restart types ([`RestartType`]): permanent (always restarted), transient (only after a
+//!   failure), temporary (never);
+//! - backoff: the k-th restart of a child within the window waits a random delay in
+//!   `[d/2, d]`, `d = min(backoff_max_ms, backoff_base_ms * 2^(k-1))`, so that children failing
+//!   together do not restart in step;
+//! - a restart intensity: at most `max_restarts` within `within_secs` across the tree; past it
+//!   every child is stopped in reverse order and [`Supervisor::wait`] resolves with
+//!   [`SupervisorError::IntensityExceeded`], naming the actor and its last failure (the daemon
+//!   then exits 1, for its process manager to restart it);
+//! - stable handles ([`ActorHandle`]) that reach the current incarnation. A request in flight
+//!   (or queued) when its actor dies resolves at once with [`CallError::ActorRestarted`]; one
+//!   sent while the actor is down fails at once with [`CallError::Unavailable`] (nothing was
+//!   delivered: safe to retry); [`ActorHandle::do_send`] honours the mailbox bound
+//!   ([`CallError::MailboxFull`]);
+//! - ordered start (each child finishes `started` before the next starts), reverse-ordered
+//!   stop with a deadline per child (`supervisor.stop_timeout_ms`); a child that does not stop
+//!   in time is abandoned and reported ([`ShutdownReport`]);
+//! - health per child ([`HealthReport`]: state, restarts, last failure and its time, uptime)
+//!   and typed events ([`SupervisionEvent`]: started, failed, restarted, stopped, abandoned,
+//!   intensity exceeded), each logged once with the fields `actor` and `error`, and broadcast.
+//!
+//! State is fresh at every restart: the factory given to [`ChildSpec::new`] builds a new actor
+//! value per incarnation, and an actor reloads in `started` what it mirrored in storage (the
+//! presence actor resumes its beat count). The built-in services keep their state in a handle
+//! shared with the host, so their restarted actors carry on where the last one stopped.
 //!
 //! Each child runs on an arbiter (thread) of its own, created by an [`ActorSystem`] that runs
 //! the actix `System` on a dedicated thread; the supervisor loop runs on yet another arbiter,
 //! so a child blocked in a synchronous handler stalls neither its siblings nor its supervisor.
 //! Such a child is abandoned (its arbiter stopped) and replaced; its thread is leaked until the
 //! blocking handler returns.
+//!
+//! ```text
+//!  host runtime (tokio, multi-thread)          actix system thread (ActorSystem)
+//!  ┌──────────────────────────────┐           ┌────────────────────────────────────────┐
+//!  │ Fleet ── Storage (fred)      │           │ supervisor loop (own arbiter)          │
+//!  │   │                          │  requests │   ├─ arbiter: storage-monitor          │
+//!  │   ├─ ActorHandle<A> ─────────┼──────────▶│   ├─ arbiter: presence                 │
+//!  │   │  (stable across restarts)│◀──────────┤   ├─ arbiter: locks                    │
+//!  │   └─ handles' tasks (locks,  │  replies  │   ├─ arbiter: ... one per child        │
+//!  │      workers, fetch loops)   │           │   └─ arbiter: the host's actors        │
+//!  └──────────────────────────────┘           └────────────────────────────────────────┘
+//! ```
 //!
 //! A panic is seen only after the panic hook has run on the actor's thread: with
 //! `RUST_BACKTRACE=1` the default hook first symbolizes a backtrace, and in a debug build the

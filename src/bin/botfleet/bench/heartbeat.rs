@@ -176,7 +176,7 @@ pub async fn run(
     let duration = Duration::from_secs(bench.duration_secs.max(1));
     let ttl_ms = 30_000;
 
-    // Batched: one task, 100 slots a second, one pipeline per slot.
+    // Batched: one task, 100 slots a second, one `set_many` call per slot.
     let cmds0 = commands_processed(&url);
     let cpu0 = cpu_time();
     let wall0 = Instant::now();
