@@ -47,18 +47,9 @@ impl DaemonArgs {
 pub enum TaskCommand {
     /// Enqueue a task: `botfleet task add login --data '{"user": "a"}' --priority 10`.
     Add {
-        /// The task type (login, job_check, job_accept, job_reject, navigation, screenshot).
-        #[arg(value_name = "TYPE")]
-        task_type: String,
-        /// The task's data, a JSON object.
-        #[arg(long, default_value = "{}", value_name = "JSON")]
-        data: String,
-        /// Priority, 0 to 100, higher first [default: the type's, e.g. login 10].
-        #[arg(long)]
-        priority: Option<i64>,
-        /// Run no earlier than this many milliseconds from now.
-        #[arg(long, default_value_t = 0, value_name = "MS")]
-        delay_ms: u64,
+        /// The task.
+        #[command(flatten)]
+        task: TaskAdd,
         /// The daemon and the output.
         #[command(flatten)]
         daemon: DaemonArgs,
@@ -127,20 +118,8 @@ pub fn task(
     out: &mut impl Write,
 ) -> Result<(), ClientError> {
     match command {
-        TaskCommand::Add {
-            task_type,
-            data,
-            priority,
-            delay_ms,
-            daemon,
-        } => {
-            let task = TaskAdd {
-                task_type: task_type.clone(),
-                data: data.clone(),
-                priority: *priority,
-                delay_ms: *delay_ms,
-            };
-            task_add_command(&daemon.daemon(settings)?, &task, daemon.json, out)
+        TaskCommand::Add { task, daemon } => {
+            task_add_command(&daemon.daemon(settings)?, task, daemon.json, out)
         }
         TaskCommand::List {
             status,
@@ -514,16 +493,20 @@ fn block_on<T>(
         .block_on(work)
 }
 
-/// What `botfleet task add` sends.
-#[derive(Debug, Clone, PartialEq)]
+/// What `botfleet task add` sends: its arguments.
+#[derive(Debug, Clone, PartialEq, clap::Args)]
 pub struct TaskAdd {
-    /// The task type.
+    /// The task type (login, job_check, job_accept, job_reject, navigation, screenshot).
+    #[arg(value_name = "TYPE")]
     pub task_type: String,
-    /// The data, JSON text (an object).
+    /// The task's data, a JSON object.
+    #[arg(long, default_value = "{}", value_name = "JSON")]
     pub data: String,
-    /// The priority; the type's default when `None`.
+    /// Priority, 0 to 100, higher first [default: the type's, e.g. login 10].
+    #[arg(long)]
     pub priority: Option<i64>,
-    /// Delay, milliseconds.
+    /// Run no earlier than this many milliseconds from now.
+    #[arg(long, default_value_t = 0, value_name = "MS")]
     pub delay_ms: u64,
 }
 
