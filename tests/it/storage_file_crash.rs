@@ -224,3 +224,46 @@ async fn a_flipped_byte_in_the_journal_loses_nothing_silently() {
         last + 1
     );
 }
+
+#[test]
+fn a_damaged_snapshot_stops_the_daemon_with_exit_2_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    std::fs::create_dir(&store).unwrap();
+    // A snapshot cut short: its header announces more than the file holds.
+    let mut snapshot = b"BFSNAPSH".to_vec();
+    snapshot.extend_from_slice(&2u32.to_le_bytes());
+    snapshot.extend_from_slice(&1_000u64.to_le_bytes());
+    snapshot.extend_from_slice(&[0; 4]);
+    snapshot.extend_from_slice(b"partial");
+    std::fs::write(store.join("snapshot.bin"), &snapshot).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_botfleet"))
+        .arg("run")
+        .current_dir(dir.path())
+        .env("USE_REDIS", "false")
+        .env("BOTFLEET__STORAGE__FALLBACK", "file")
+        .env("BOTFLEET__STORAGE__FILE__DIR", &store)
+        .env("BOTFLEET__API__BIND", "127.0.0.1:0")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut status = None;
+    let waited = support::poll_until(Duration::from_secs(20), || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    if waited.is_err() {
+        let _ = child.kill();
+        panic!("the daemon started on a damaged snapshot");
+    }
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.unwrap().code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("snapshot.bin") && stderr.contains("damaged"),
+        "{stderr}"
+    );
+    // Nothing was overwritten: the operator still has the file to restore from.
+    assert_eq!(std::fs::read(store.join("snapshot.bin")).unwrap(), snapshot);
+}
