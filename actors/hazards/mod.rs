@@ -24,7 +24,11 @@
 //! token below the last writer's, then sets `hazards-D`, records the tick and the token, and
 //! publishes a [`TickNotice`] on `hazards.channel`. A new leader after a takeover therefore
 //! cannot repeat the dead leader's tick, and a stale leader that wakes up after losing its
-//! lock cannot overwrite the new one's. When the leader dies its lock expires after at most
+//! lock cannot overwrite the new one's. A leader whose write is refused for its token (a newer
+//! leader wrote, though its own lock still looks held: a Redis that lost the lock, say) steps
+//! down at once with a WARN, releases the lock and campaigns again, rather than keep a lock it
+//! cannot use; since tokens never go back, even across a Redis that lost its data (see
+//! `locks`), the next term's token is above every earlier writer's. When the leader dies its lock expires after at most
 //! `hazards.lock_ttl_ms` and a waiting instance takes over (retrying every
 //! `locks.retry_min_ms` .. `retry_max_ms`). It accepts [`GetTickerStatus`]. When the actor is
 //! restarted its task is aborted (the lock guard releases the lock) and a new one campaigns.

@@ -18,12 +18,13 @@ use crate::storage::{Keyspace, LocalError, Reply, Script, Storage};
 /// KEYS: hazards-D, its tick record. ARGV: tick, fencing token, state JSON, ttl ms, channel,
 /// notice, tick record ttl ms. Writes the state and announces it unless this tick (or a later
 /// one) was already written, or a leader with a newer fencing token wrote last. Answers 1
-/// (written), 0 (tick already written), -1 (stale leader).
+/// (written), 0 (tick already written), or minus the newer leader's token (this leader is
+/// stale: it steps down and stands again).
 const TICK: &str = r#"
 local last = tonumber(redis.call('HGET', KEYS[2], 'tick') or '-1')
 local fence = tonumber(redis.call('HGET', KEYS[2], 'fence') or '0')
 if last >= tonumber(ARGV[1]) then return 0 end
-if fence > tonumber(ARGV[2]) then return -1 end
+if fence > tonumber(ARGV[2]) then return -fence end
 redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
 redis.call('HSET', KEYS[2], 'tick', ARGV[1], 'fence', ARGV[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[7])
@@ -58,6 +59,8 @@ pub struct TickerStatus {
     pub last_tick: Option<u64>,
     /// Times this process became leader.
     pub terms: u64,
+    /// The fencing token of the current term (`None`: not leader, or a process-local lock).
+    pub fence: Option<u64>,
 }
 
 /// State shared by the ticker task and the handles.
@@ -72,6 +75,8 @@ pub(crate) struct TickerShared {
     refused: AtomicU64,
     last_tick: AtomicU64,
     terms: AtomicU64,
+    /// The current term's fencing token (0: none).
+    fence: AtomicU64,
     /// Where rounds, revealed seeds and (through `Hazards::settle`) settled player rounds are
     /// archived (set once by the fleet).
     pub(crate) history: std::sync::OnceLock<HistorySink>,
@@ -96,6 +101,7 @@ impl TickerShared {
             refused: AtomicU64::new(0),
             last_tick: AtomicU64::new(u64::MAX),
             terms: AtomicU64::new(0),
+            fence: AtomicU64::new(0),
             history: std::sync::OnceLock::new(),
         }
     }
@@ -109,6 +115,7 @@ impl TickerShared {
             ticks_refused: self.refused.load(Ordering::Relaxed),
             last_tick: (last != u64::MAX).then_some(last),
             terms: self.terms.load(Ordering::Relaxed),
+            fence: Some(self.fence.load(Ordering::Relaxed)).filter(|f| *f > 0),
         }
     }
 }
@@ -130,11 +137,15 @@ pub(crate) async fn run(shared: std::sync::Arc<TickerShared>) {
                 continue;
             }
         };
+        shared
+            .fence
+            .store(guard.fencing_token().unwrap_or(0), Ordering::Relaxed);
         shared.leader.store(true, Ordering::Relaxed);
         shared.terms.fetch_add(1, Ordering::Relaxed);
         tracing::info!(actor = "hazards", fence = ?guard.fencing_token(), local = guard.is_local(), "hazard ticker is the leader");
         lead(&shared, &guard).await;
         shared.leader.store(false, Ordering::Relaxed);
+        shared.fence.store(0, Ordering::Relaxed);
         tracing::warn!(actor = "hazards", "hazard ticker lost the leader lock");
         drop(guard);
     }
@@ -169,10 +180,35 @@ async fn lead(shared: &TickerShared, guard: &LockGuard) {
             return;
         }
         last = Some(tick);
-        if let Err(e) = write_tick(shared, tick, fence, guard.is_local(), &mut seed).await {
-            tracing::warn!(actor = "hazards", tick, error = %e, "tick not written");
+        match write_tick(shared, tick, fence, guard.is_local(), &mut seed).await {
+            Ok(Written::All) => {}
+            Ok(Written::Deposed { newer }) => {
+                // A leader with a newer fencing token wrote: this lock is of no use any more
+                // (a Redis that lost the lock, say). Hold it no longer: step down, stand again.
+                tracing::warn!(
+                    actor = "hazards",
+                    tick,
+                    fence,
+                    newer,
+                    "a leader with a newer fencing token wrote: stepping down to stand again"
+                );
+                return;
+            }
+            Err(e) => tracing::warn!(actor = "hazards", tick, error = %e, "tick not written"),
         }
     }
+}
+
+/// What [`write_tick`] did.
+#[derive(Debug, PartialEq, Eq)]
+enum Written {
+    /// Every difficulty was written or already written (a takeover).
+    All,
+    /// The tick script refused: a leader with a newer fencing token wrote last.
+    Deposed {
+        /// That leader's token, as the script reports it (0 when unknown).
+        newer: i64,
+    },
 }
 
 async fn write_tick(
@@ -181,14 +217,14 @@ async fn write_tick(
     fence: u64,
     local: bool,
     cached: &mut Option<EpochSeed>,
-) -> Result<(), HazardError> {
+) -> Result<Written, HazardError> {
     let settings = &shared.settings;
     let epoch = tick / settings.rotate_every_ticks.max(1);
     if cached.as_ref().is_none_or(|s| s.epoch != epoch) {
         *cached = Some(prepare_epoch(shared, epoch).await?);
     }
     let Some(seed) = cached.as_ref() else {
-        return Ok(());
+        return Ok(Written::All);
     };
     let interval = settings.interval_ms.max(1);
     let due = tick * interval;
@@ -253,9 +289,12 @@ async fn write_tick(
         } else {
             shared.refused.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(actor = "hazards", key = %key, tick, outcome, "tick refused");
+            if outcome < 0 {
+                return Ok(Written::Deposed { newer: -outcome });
+            }
         }
     }
-    Ok(())
+    Ok(Written::All)
 }
 
 /// A process-local leader (Redis unreachable, `locks.on_outage = "local"`): it is alone, so

@@ -4,9 +4,10 @@
 //! Owns: the lock keys, named exactly as given (`bet-lock:USER-AGENT`,
 //! `wallet-retry-scheduler-lock`, ...) and holding the holder's random token, so that seed
 //! clients and botfleet exclude each other; the fencing counters (`INTERNAL:lock-fence:{TAG}`,
-//! strings raised with `INCR`, one per cluster slot, TAG chosen to hash to the lock's slot so
-//! that one script touches a lock and its counter on a Cluster; no expiry, so tokens never go
-//! back); the waiting marks (`INTERNAL:lock-waiting:{TAG}:NAME`); this process's wait queues
+//! one per cluster slot, TAG chosen to hash to the lock's slot so that one script touches a
+//! lock and its counter on a Cluster; no expiry; each grant sets it to one more than it held
+//! and never below the server's clock in microseconds, so tokens strictly increase even
+//! across a Redis that lost the counter, see `scripts.rs`); the waiting marks (`INTERNAL:lock-waiting:{TAG}:NAME`); this process's wait queues
 //! (arrival order) and the subscription to the release channel (`locks.release_channel`).
 //!
 //! The host calls the [`Locks`] handle (`Fleet::locks()`): [`Locks::try_acquire`],

@@ -4,13 +4,33 @@
 
 use std::sync::OnceLock;
 
+/// The fencing token of a new holder, shared by the acquire and hand-over scripts: one more
+/// than the counter, and never below the server's clock in microseconds (`TIME`), written
+/// back to the counter. A Redis that lost the counter (restarted without its data, or a
+/// replica promoted before it received the last raises) thus still issues a token above every
+/// one issued before, as long as its clock is not behind the clock that issued them by more
+/// than the time between the two grants (see ARCHITECTURE.md, "Fencing tokens"). Numbers
+/// stay below 2^53, so Lua's doubles hold them exactly; `%.0f` writes them without an
+/// exponent. `replicate_commands` (a no-op since Redis 7) lets older servers write after
+/// `TIME`.
+const NEXT_FENCE: &str = r#"
+if redis.replicate_commands then redis.replicate_commands() end
+local function next_fence(key)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local fence = math.max(tonumber(redis.call('GET', key) or '0') + 1, now)
+  redis.call('SET', key, string.format('%.0f', fence))
+  return fence
+end
+"#;
+
 use crate::storage::{Keyspace, LocalError, Reply, Script};
 
 /// Acquires a batch of locks (one or more requests of this process, see `batch.rs`).
 /// KEYS: per request, lock, fencing counter, waiting mark. ARGV: per request, token, ttl ms,
 /// mark ms. The lock key holds the token (so a seed client's `SET key "1" EX ttl NX` fails
 /// while we hold it, and ours fails while it holds it); the fencing counter is raised in the
-/// same script. Answers, per request, the fencing token, or 0 when the lock is held by
+/// same script ([`NEXT_FENCE`]). Answers, per request, the fencing token, or 0 when the lock is held by
 /// someone else; then, unless mark ms is 0 (`try_acquire`), it sets the waiting mark for that
 /// long, so that the release is announced.
 const ACQUIRE: &str = r#"
@@ -18,7 +38,7 @@ local out = {}
 for i = 1, #KEYS / 3 do
   local k, a = i * 3 - 2, i * 3 - 2
   if redis.call('SET', KEYS[k], ARGV[a], 'PX', ARGV[a + 1], 'NX') then
-    out[i] = redis.call('INCR', KEYS[k + 1])
+    out[i] = next_fence(KEYS[k + 1])
   else
     if ARGV[a + 2] ~= '0' then
       redis.call('SET', KEYS[k + 2], '1', 'PX', ARGV[a + 2])
@@ -51,12 +71,13 @@ return out
 "#;
 
 /// KEYS: lock, fencing counter. ARGV: token, next holder's token, its ttl ms. Compare-and-set:
-/// hands the lock to a waiter of the same process with a new fencing token. Answers the
+/// hands the lock to a waiter of the same process with a new fencing token ([`NEXT_FENCE`]).
+/// Answers the
 /// fencing token, or 0 when the lock was not ours (nothing changed).
 const HANDOFF: &str = r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-  return redis.call('INCR', KEYS[2])
+  return next_fence(KEYS[2])
 end
 return 0
 "#;
@@ -82,11 +103,16 @@ pub(crate) struct LockScripts {
 pub(crate) fn scripts() -> &'static LockScripts {
     static SCRIPTS: OnceLock<LockScripts> = OnceLock::new();
     SCRIPTS.get_or_init(|| LockScripts {
-        acquire: Script::new("lock-acquire", ACQUIRE, redis_only),
+        acquire: Script::new("lock-acquire", &with_fence(ACQUIRE), redis_only),
         release: Script::new("lock-release", RELEASE, redis_only),
         extend: Script::new("lock-extend", EXTEND, redis_only),
-        handoff: Script::new("lock-handoff", HANDOFF, redis_only),
+        handoff: Script::new("lock-handoff", &with_fence(HANDOFF), redis_only),
     })
+}
+
+/// `script` preceded by the [`NEXT_FENCE`] function it calls.
+fn with_fence(script: &str) -> String {
+    format!("{NEXT_FENCE}{script}")
 }
 
 /// The fallback twin of every lock script: never called, since lock scripts go through

@@ -80,7 +80,8 @@ impl KeySchema {
         format!("{}:instance:{instance_id}", self.internal)
     }
 
-    /// `INTERNAL:lock-fence:{TAG}`: the fencing counter (a string, raised with `INCR`) shared
+    /// `INTERNAL:lock-fence:{TAG}`: the fencing counter (a decimal string: one more than
+    /// before and never below the server's clock in microseconds at each grant) shared
     /// by the locks whose name hashes to TAG's cluster slot, so a lock and its counter are
     /// touched by one script even on Redis Cluster while the lock key stays exactly the name
     /// given. One counter per slot, not one per name: tokens strictly increase for every name

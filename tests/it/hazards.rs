@@ -194,7 +194,9 @@ async fn two_leaders_at_once_still_write_each_tick_once() {
         );
     }
     let (sa, sb) = (a.hazards().status(), b.hazards().status());
-    assert!(sa.leader && sb.leader);
+    // Both led (one refused for a stale token steps down and stands again, so both need not
+    // lead at this very moment).
+    assert!(sa.terms >= 1 && sb.terms >= 1, "{sa:?} {sb:?}");
     assert!(sa.ticks_refused + sb.ticks_refused > 0, "{sa:?} {sb:?}");
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();

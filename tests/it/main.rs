@@ -20,6 +20,7 @@
 //! | [`supervisor_threads`] | starting and stopping an actor system leaves no thread behind |
 //! | [`fleet`] | the `Fleet` embedded in a host runtime: start, stop, health, host actors |
 //! | [`locks`] | mutual exclusion across processes, fencing, the watchdog, outages |
+//! | [`fences`] | fencing tokens across a Redis restarted empty or failed over to a stale replica |
 //! | [`scheduler`] | the task queue: order, reliability, retries, dead letters, periodic jobs, outages |
 //! | [`scheduler_parity`] | the scheduler's Lua scripts and their Rust twins answer alike |
 //! | [`shared_data`] | the fetcher and readers: leader election, freshness, fallbacks |
@@ -42,6 +43,7 @@ mod cache;
 mod cli_config;
 mod daemon;
 mod dashboard;
+mod fences;
 mod fleet;
 mod harness;
 mod hazards;
