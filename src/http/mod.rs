@@ -64,6 +64,7 @@ mod auth;
 mod bot;
 mod dashboard;
 mod fleet_bot;
+mod limits;
 mod metrics;
 mod routes;
 mod sections;
@@ -102,6 +103,8 @@ pub(crate) struct AppState {
     pub(crate) bot: Arc<dyn BotApi>,
     pub(crate) sections: Vec<Arc<dyn StatusSection>>,
     pub(crate) shutdown: watch::Receiver<bool>,
+    /// Open connections, for `api.max_connections`.
+    pub(crate) connections: limits::ConnectionCount,
 }
 
 /// Builds an [`HttpApi`]: the fleet, and optionally other settings and the seams.
@@ -110,6 +113,7 @@ pub struct HttpApiBuilder {
     settings: ApiSettings,
     bot: Arc<dyn BotApi>,
     sections: Vec<Arc<dyn StatusSection>>,
+    listener: Option<TcpListener>,
 }
 
 impl std::fmt::Debug for HttpApiBuilder {
@@ -126,6 +130,14 @@ impl HttpApiBuilder {
     /// Uses these `[api]` settings instead of the fleet's (tests bind `127.0.0.1:0`).
     pub fn settings(mut self, settings: ApiSettings) -> Self {
         self.settings = settings;
+        self
+    }
+
+    /// Serves on `listener` (from [`HttpApi::bind`]) instead of binding `api.bind` in
+    /// [`HttpApiBuilder::start`]: the daemon binds before it starts its fleet, so that a bad
+    /// address fails at once.
+    pub fn listener(mut self, listener: TcpListener) -> Self {
+        self.listener = Some(listener);
         self
     }
 
@@ -150,13 +162,14 @@ impl HttpApiBuilder {
         self
     }
 
-    /// Binds `api.bind` and starts the server on a thread of its own. Returns once it listens.
+    /// Binds `api.bind` (unless given a listener) and starts the server on a thread of its
+    /// own. Returns once it listens.
     pub fn start(self) -> Result<HttpApi, HttpError> {
         let bind = self.settings.bind.clone();
-        let listener = TcpListener::bind(&bind).map_err(|source| HttpError::Bind {
-            bind: bind.clone(),
-            source,
-        })?;
+        let listener = match self.listener {
+            Some(listener) => listener,
+            None => HttpApi::bind(&bind)?,
+        };
         let addr = listener.local_addr().map_err(|source| HttpError::Bind {
             bind: bind.clone(),
             source,
@@ -164,12 +177,21 @@ impl HttpApiBuilder {
         let (stop_tx, shutdown) = watch::channel(false);
         let workers = self.settings.workers;
         let limit = self.settings.body_limit_bytes;
+        let header_timeout = Duration::from_millis(self.settings.header_timeout_ms);
+        let keep_alive = match self.settings.keep_alive_ms {
+            0 => actix_web::http::KeepAlive::Disabled,
+            ms => actix_web::http::KeepAlive::Timeout(Duration::from_millis(ms)),
+        };
+        let per_worker = limits::ConnectionCount::per_worker_limit(&self.settings);
+        let connections = limits::ConnectionCount::new(self.settings.max_connections);
+        let counter = connections.clone();
         let state = web::Data::new(AppState {
             fleet: self.fleet,
             settings: self.settings,
             bot: self.bot,
             sections: self.sections,
             shutdown,
+            connections,
         });
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
@@ -181,9 +203,17 @@ impl HttpApiBuilder {
                             .app_data(state.clone())
                             .app_data(web::PayloadConfig::new(limit))
                             .wrap(actix_web::middleware::from_fn(auth::require_token))
+                            // Outermost (the last wrapped): bounds the body and closes
+                            // refused connections whatever the inner layers answer.
+                            .wrap(actix_web::middleware::from_fn(limits::limit))
                             .configure(routes::configure)
                     })
                     .workers(workers)
+                    .client_request_timeout(header_timeout)
+                    .keep_alive(keep_alive)
+                    .client_disconnect_timeout(limits::LINGER)
+                    .max_connections(per_worker)
+                    .on_connect(move |_, extensions| counter.on_connect(extensions))
                     .disable_signals()
                     .shutdown_timeout(2)
                     .listen(listener);
@@ -241,7 +271,17 @@ impl HttpApi {
             fleet,
             settings,
             sections: sections::built_in(),
+            listener: None,
         }
+    }
+
+    /// Binds `bind` (`api.bind`) for [`HttpApiBuilder::listener`]; an address in use or not
+    /// local is [`HttpError::Bind`], which names `api.bind`.
+    pub fn bind(bind: &str) -> Result<TcpListener, HttpError> {
+        TcpListener::bind(bind).map_err(|source| HttpError::Bind {
+            bind: bind.to_owned(),
+            source,
+        })
     }
 
     /// Starts a server for `fleet` with the fleet's settings, [`FleetBot`] and the built-in
