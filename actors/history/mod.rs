@@ -94,8 +94,7 @@ use tokio::sync::{mpsc, Notify, OnceCell};
 pub use archive::Archive;
 pub use record::{
     task_status, EventRecord, HazardRoundRecord, HazardSeedRecord, HistoryQuery, Page, Record,
-    MAX_PAGE,
-    SessionRecord, SettlementRecord, TaskRecord,
+    SessionRecord, SettlementRecord, TaskRecord, MAX_PAGE,
 };
 
 use crate::clock::now_ms;

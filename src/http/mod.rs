@@ -30,18 +30,26 @@
 //! system, with `api.workers` worker threads, so it depends neither on the caller's runtime
 //! nor on the fleet's actor-system thread. The daemon starts it after `Fleet::start` and stops
 //! it before `Fleet::shutdown`; [`HttpApi::stop`] ends the live streams and gives requests in
-//! flight two seconds. A bind failure is [`HttpError::Bind`], and the daemon exits 1. Handlers
-//! talk to the fleet only through cloneable handles, which work from any thread.
+//! flight two seconds. A bind failure is [`HttpError::Bind`]; the daemon binds with
+//! [`HttpApi::bind`] before it starts the fleet and exits 2 naming `api.bind`. Handlers talk to
+//! the fleet only through cloneable handles, which work from any thread.
+//!
+//! Every phase of a request is bounded (`limits.rs`): the first request's headers
+//! (`api.header_timeout_ms`), the whole body (`api.body_timeout_ms`), the idle time between two
+//! requests (`api.keep_alive_ms`); a request refused before its body is read is answered with
+//! `Connection: close` and its body is never read; past `api.max_connections` open connections
+//! only `GET`/`HEAD /health` is served.
 //!
 //! | file | what it owns |
 //! |---|---|
 //! | `mod.rs` | [`HttpApi`], [`HttpApiBuilder`], the state the handlers share (fleet, `[api]` settings, seams, shutdown signal) |
-//! | `routes.rs` | the routes: `/health`, `/status`, `/metrics`, `/api/bot/...`, `/api/admin/send`, a JSON 404 |
+//! | `routes.rs` | the routes: `/health` (GET and HEAD), `/status`, `/metrics`, `/api/bot/...`, `/api/admin/send`, a JSON 404 |
+//! | `limits.rs` | the bounds of each request's phases, `Connection: close` on refusals, the connection cap with its reserve for `/health` |
 //! | `snapshot.rs` | [`StatusSnapshot`], the health verdict, the [`StatusSection`] seam |
 //! | `sections.rs` | the built-in sections and their Prometheus samples |
 //! | `bot.rs` | seed 001's request types and their validation, [`ApiError`] (JSON `{"error","field"}`), the [`BotApi`] seam |
 //! | `fleet_bot.rs` | [`FleetBot`]: [`BotApi`] over the fleet's scheduler |
-//! | `auth.rs` | the bearer token on mutating methods, compared in constant time |
+//! | `auth.rs` | the bearer token on mutating methods, its header parsed strictly, compared in constant time |
 //! | `metrics.rs` | Prometheus text from a snapshot, through a registry built per request |
 //! | `sse.rs` | `/api/events/stream` (snapshots on a timer, storage events at once) and `/api/bot/event-stream` (the scheduler's events) |
 //! | `dashboard.rs`, `dashboard.html` | the page, embedded with `include_str!`, inline CSS and JavaScript |

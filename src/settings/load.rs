@@ -342,8 +342,12 @@ mod tests {
     fn errors_in_values_name_their_key() {
         let text = "a = 1\n[storage.redis]\n# comment\ntimeout_ms = 99999999999999999999\n";
         let at = text.find("999").unwrap();
-        assert_eq!(key_at(text, at).as_deref(), Some("storage.redis.timeout_ms"));
-        let text = "[[hazards.difficulties]]\nname = \"A\"\n[[hazards.difficulties]]\ncolumns = 1e999x\n";
+        assert_eq!(
+            key_at(text, at).as_deref(),
+            Some("storage.redis.timeout_ms")
+        );
+        let text =
+            "[[hazards.difficulties]]\nname = \"A\"\n[[hazards.difficulties]]\ncolumns = 1e999x\n";
         let at = text.find("1e999").unwrap();
         assert_eq!(
             key_at(text, at).as_deref(),

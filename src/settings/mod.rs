@@ -44,8 +44,8 @@ pub use load::{DEFAULT_FILE, ENV_PREFIX, ENV_SEPARATOR, SEED_VARIABLES};
 pub use secret::{redact_url, Secret, REDACTED};
 #[cfg(test)]
 pub(crate) use urls::check_redis_url;
-pub use urls::{redis_url_problem, HistoryBackend};
 pub(crate) use urls::REDIS_SCHEMES;
+pub use urls::{redis_url_problem, HistoryBackend};
 
 /// Every setting of botfleet. `Settings::default()` equals the shipped `settings.toml`.
 ///

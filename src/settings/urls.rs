@@ -65,7 +65,8 @@ pub fn redis_url_problem(url: &str) -> Result<(), String> {
             schemes.join(", ")
         ));
     }
-    check_redis_url(url).map_err(|err| format!("expected a usable Redis URL, got {shown:?} ({err})"))
+    check_redis_url(url)
+        .map_err(|err| format!("expected a usable Redis URL, got {shown:?} ({err})"))
 }
 
 /// Why `url`, a Redis URL with one of the [`REDIS_SCHEMES`], cannot be used, read rule by rule

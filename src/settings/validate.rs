@@ -486,7 +486,11 @@ fn semantic(settings: &Settings, tree: &Node, problems: &mut Vec<Problem>) {
     // The HTTP server sets these deadlines from a clock it updates every 500 ms; one shorter
     // than a second may be past already when set, and would then never fire.
     for (key, value, low) in [
-        ("api.header_timeout_ms", settings.api.header_timeout_ms, 1_000),
+        (
+            "api.header_timeout_ms",
+            settings.api.header_timeout_ms,
+            1_000,
+        ),
         ("api.body_timeout_ms", settings.api.body_timeout_ms, 100),
     ] {
         if !(low..=600_000).contains(&value) {
@@ -705,7 +709,13 @@ impl Checker<'_> {
             self.fail(KEY, message);
             return;
         }
-        if url.split("://").next().unwrap_or_default().ends_with("-cluster") && db != 0 {
+        if url
+            .split("://")
+            .next()
+            .unwrap_or_default()
+            .ends_with("-cluster")
+            && db != 0
+        {
             self.fail(
                 "storage.redis.db",
                 format!("expected 0 with Redis Cluster, which has only database 0, got {db}"),

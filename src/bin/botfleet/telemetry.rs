@@ -63,7 +63,9 @@ pub fn init(log: &LogSettings) -> Result<(), TelemetryError> {
 /// `log.level` is checked with the other settings).
 pub fn check_rust_log() -> Result<(), TelemetryError> {
     match std::env::var(RUST_LOG) {
-        Ok(value) if !value.trim().is_empty() => filter(&LogSettings::default(), Some(&value)).map(drop),
+        Ok(value) if !value.trim().is_empty() => {
+            filter(&LogSettings::default(), Some(&value)).map(drop)
+        }
         _ => Ok(()),
     }
 }

@@ -88,9 +88,7 @@ fn check_arguments(command: &BenchCommand) -> Result<(), BadArgument> {
         BenchCommand::History(b) => b.redis_url.as_deref(),
     };
     match redis {
-        Some(url) => {
-            redis_url_problem(url).map_err(|message| BadArgument::new("--redis", message))
-        }
+        Some(url) => redis_url_problem(url).map_err(|message| BadArgument::new("--redis", message)),
         None => Ok(()),
     }
 }
