@@ -30,7 +30,7 @@ use std::cell::{Cell, RefCell};
 use std::future::Future as _;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -101,6 +101,28 @@ impl ConnectionCount {
     /// Connections open now.
     pub(crate) fn open(&self) -> usize {
         self.open.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request refused past the cap, and says so at WARN at most once a second (a
+    /// flood would otherwise flood the log too).
+    fn refused(&self, max: usize) {
+        static REFUSED: AtomicUsize = AtomicUsize::new(0);
+        static LAST_WARN_MS: AtomicU64 = AtomicU64::new(0);
+        let refused = REFUSED.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = crate::clock::now_ms();
+        let last = LAST_WARN_MS.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= 1_000
+            && LAST_WARN_MS
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                open = self.open(),
+                max,
+                refused_since_start = refused,
+                "refusing requests past api.max_connections (only /health is served)"
+            );
+        }
     }
 
     /// actix-web's per-worker connection limit: the workers together accept the cap and the
@@ -223,12 +245,7 @@ pub(crate) async fn limit(
     // A connection the hook did not see (none: every one passes it) counts as admitted.
     let admitted = req.conn_data::<Counted>().is_none_or(|c| c.admitted);
     if !admitted && !health {
-        tracing::warn!(
-            open = state.connections.open(),
-            max = settings.max_connections,
-            path = req.path(),
-            "refused a request past api.max_connections"
-        );
+        state.connections.refused(settings.max_connections);
         let response = HttpResponse::ServiceUnavailable()
             .insert_header((header::RETRY_AFTER, "1"))
             .json(json!({

@@ -193,6 +193,7 @@ impl HttpApiBuilder {
         let per_worker = limits::ConnectionCount::per_worker_limit(&self.settings);
         let connections = limits::ConnectionCount::new(self.settings.max_connections);
         let counter = connections.clone();
+        let counter_view = connections.clone();
         let state = web::Data::new(AppState {
             fleet: self.fleet,
             settings: self.settings,
@@ -247,6 +248,7 @@ impl HttpApiBuilder {
         tracing::info!(%addr, "HTTP API listening");
         Ok(HttpApi {
             addr,
+            connections: counter_view,
             handle,
             stop_tx,
             thread: Some(thread),
@@ -258,6 +260,7 @@ impl HttpApiBuilder {
 /// waiting.
 pub struct HttpApi {
     addr: SocketAddr,
+    connections: limits::ConnectionCount,
     handle: ServerHandle,
     stop_tx: watch::Sender<bool>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -301,6 +304,11 @@ impl HttpApi {
     /// The address it listens on (the real port when `api.bind` asked for port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Connections open now (admitted or not: see `api.max_connections`).
+    pub fn open_connections(&self) -> usize {
+        self.connections.open()
     }
 
     /// Ends the live streams, stops accepting, lets requests in flight finish (up to two

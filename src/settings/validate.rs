@@ -709,13 +709,8 @@ impl Checker<'_> {
             self.fail(KEY, message);
             return;
         }
-        if url
-            .split("://")
-            .next()
-            .unwrap_or_default()
-            .ends_with("-cluster")
-            && db != 0
-        {
+        let cluster = url::Url::parse(url).is_ok_and(|u| u.scheme().ends_with("-cluster"));
+        if cluster && db != 0 {
             self.fail(
                 "storage.redis.db",
                 format!("expected 0 with Redis Cluster, which has only database 0, got {db}"),

@@ -198,14 +198,24 @@ async fn health_answers_during_a_flood_of_stalled_bodies() {
     const FLOOD: usize = 200;
     const MAX: usize = 8;
     let fleet = fleet().await;
-    let body_timeout = Duration::from_secs(20);
+    let body_timeout = Duration::from_secs(30);
     let http = HttpApi::builder(fleet.clone())
         .settings(api(body_timeout.as_millis() as u64, MAX))
         .start()
         .unwrap();
     let addr = http.local_addr();
 
-    // Half authenticated (held until the body's deadline when admitted), half not (refused).
+    // First the cap: MAX authenticated stalled bodies, admitted and held until their deadline.
+    let held: Vec<_> = (0..MAX)
+        .map(|_| tokio::spawn(stalled(addr, Stall::Sized, true, body_timeout * 3)))
+        .collect();
+    poll_until_async(Duration::from_secs(10), || async {
+        http.open_connections() >= MAX
+    })
+    .await
+    .expect("the cap's connections are open");
+
+    // Then the flood, chunked and sized, two thirds with the token: none of it is admitted.
     let closed = Arc::new(AtomicUsize::new(0));
     let flood: Vec<_> = (0..FLOOD)
         .map(|i| {
@@ -224,58 +234,83 @@ async fn health_answers_during_a_flood_of_stalled_bodies() {
         .collect();
 
     // While the flood is on, and before any admitted body's deadline: /health answers (GET and
-    // HEAD), and any other request is refused because the cap is reached.
+    // HEAD), and any other request is refused because the cap is reached. Each attempt is a
+    // connection of its own, which may wait in the listen queue behind the flood's.
     let started = Instant::now();
-    // One kept-alive connection, once in: HEAD and the refused request follow on it (a new
-    // connection waits in the listen queue behind the flood).
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
-        .pool_max_idle_per_host(1)
+        .pool_max_idle_per_host(0)
         .build()
         .unwrap();
-    let health = format!("http://{addr}/health");
-    poll_until_async(body_timeout / 2, || async {
-        matches!(client.get(&health).send().await, Ok(r) if r.status() == 200)
+    let answer = |method: reqwest::Method, path: &str| {
+        let request = client.request(method, format!("http://{addr}{path}"));
+        async move {
+            let response = request.send().await.ok()?;
+            let (status, headers) = (response.status().as_u16(), response.headers().clone());
+            let body = response.text().await.ok()?;
+            Some((status, headers, body))
+        }
+    };
+    let got = std::sync::Mutex::new(None);
+    let got = &got;
+    for method in [reqwest::Method::GET, reqwest::Method::HEAD] {
+        poll_until_async(body_timeout / 3, || {
+            let attempt = answer(method.clone(), "/health");
+            async move {
+                let answered = attempt.await;
+                let ok = answered.is_some();
+                *got.lock().unwrap() = answered;
+                ok
+            }
+        })
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "{method} /health: {e}; {} of {FLOOD} flood connections closed",
+                closed.load(Ordering::Relaxed)
+            )
+        });
+        let (status, _, body) = got.lock().unwrap().take().unwrap();
+        assert_eq!(status, 200, "{method} /health: {body}");
+        assert_eq!(body.is_empty(), method == reqwest::Method::HEAD, "{body}");
+    }
+    poll_until_async(body_timeout / 3, || {
+        let attempt = answer(reqwest::Method::GET, "/status");
+        async move {
+            let answered = attempt.await;
+            let ok = answered.is_some();
+            *got.lock().unwrap() = answered;
+            ok
+        }
     })
     .await
-    .unwrap_or_else(|e| {
-        panic!(
-            "/health: {e}; {} of {FLOOD} flood connections closed",
-            closed.load(Ordering::Relaxed)
-        )
-    });
-    let head = client.head(&health).send().await.unwrap();
-    assert_eq!(head.status(), 200);
-    let status = client
-        .get(format!("http://{addr}/status"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(status.status(), 503, "the cap is reached");
-    assert_eq!(status.headers()["connection"], "close");
-    assert!(status.text().await.unwrap().contains("api.max_connections"));
+    .expect("GET /status answered");
+    let (status, headers, body) = got.lock().unwrap().take().unwrap();
+    assert_eq!(status, 503, "the cap is reached: {body}");
+    assert_eq!(headers["connection"], "close");
+    assert!(body.contains("api.max_connections"), "{body}");
     assert!(
         started.elapsed() < body_timeout,
         "the admitted stalled bodies are still held: {:?}",
         started.elapsed()
     );
 
-    // Every flood connection is answered and closed: refused at once past the cap, or at the
-    // body's deadline when admitted.
+    // The cap's connections are answered 408 at their deadline; the flood's are refused at
+    // once (503: not admitted), and all of them closed.
+    for task in held {
+        let outcome = task.await.unwrap();
+        assert_eq!(outcome.status(), Some(408), "{outcome:?}");
+        let closed = outcome.closed_after.expect("closed");
+        assert!(closed >= body_timeout, "{outcome:?}");
+    }
     let mut statuses = std::collections::BTreeMap::new();
     for task in flood {
         let outcome = task.await.unwrap();
-        assert!(outcome.closed_after.is_some(), "still open: {outcome:?}");
+        let closed = outcome.closed_after.expect("closed");
+        assert!(closed < body_timeout, "refused at once: {outcome:?}");
         *statuses.entry(outcome.status()).or_insert(0) += 1;
     }
-    assert!(
-        statuses.get(&Some(503)).copied().unwrap_or(0) > 0,
-        "{statuses:?}"
-    );
-    assert!(
-        statuses.keys().all(|s| matches!(s, Some(401 | 408 | 503))),
-        "{statuses:?}"
-    );
+    assert_eq!(statuses.get(&Some(503)), Some(&FLOOD), "{statuses:?}");
     assert!(
         started.elapsed() < body_timeout * 2 + CLOSE_SLACK,
         "{:?}",
@@ -283,12 +318,8 @@ async fn health_answers_during_a_flood_of_stalled_bodies() {
     );
 
     // The flood gone, every request is served again.
-    let status = client
-        .get(format!("http://{addr}/status"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(status.status(), 200);
+    let (status, _, body) = answer(reqwest::Method::GET, "/status").await.unwrap();
+    assert_eq!(status, 200, "{body}");
     http.stop().await;
     fleet.shutdown().await.unwrap();
 }
