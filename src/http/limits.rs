@@ -5,7 +5,7 @@
 //! |---|---|---|
 //! | first request's headers | `api.header_timeout_ms` (actix-web's request timeout) | 408, closed |
 //! | the whole body, from the headers' arrival | `api.body_timeout_ms` ([`limit`]) | 408, closed |
-//! | idle between two requests | `api.keep_alive_ms` | closed |
+//! | idle between two requests | `api.keep_alive_ms` (0 by default: one request per connection) | closed |
 //! | a response to a request whose body was not read (401, 413, 503...) | [`LINGER`] | `Connection: close`, closed without reading the body |
 //! | open connections | `api.max_connections` ([`ConnectionCount`]) | past it only `GET /health` is served, others 503 and closed |
 //!
@@ -22,9 +22,9 @@
 //! admitted connections are taken, since a request on a connection that was not admitted is
 //! answered 503 and closed as soon as its headers arrive, unless it is `GET`/`HEAD /health`.
 //!
-//! Known gap: actix-web bounds the headers of a connection's *first* request only; a later
-//! request on a kept-alive connection has the keep-alive time to start, then no deadline for
-//! the rest of its headers.
+//! actix-web bounds the headers of a connection's *first* request only: a later request on a
+//! kept-alive connection has the keep-alive time to start, then no deadline for the rest of
+//! its headers. So keep-alive is off unless `api.keep_alive_ms` turns it on.
 
 use std::cell::{Cell, RefCell};
 use std::future::Future as _;

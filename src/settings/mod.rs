@@ -542,9 +542,10 @@ impl ApiSettings {
         10_000
     }
 
-    /// Default of `api.keep_alive_ms`.
+    /// Default of `api.keep_alive_ms`: off, so that every request's headers are bounded by
+    /// `api.header_timeout_ms` (the server bounds only a connection's first request's).
     pub const fn default_keep_alive_ms() -> u64 {
-        5_000
+        0
     }
 
     /// Default of `api.max_connections`.

@@ -533,12 +533,7 @@ fn api_settings_are_validated() {
 #[test]
 fn api_request_bounds_are_validated() {
     let err = load_err(
-        "[api]
-header_timeout_ms = 500
-body_timeout_ms = 0
-keep_alive_ms = 999
-max_connections = 0
-",
+        "[api]\nheader_timeout_ms = 500\nbody_timeout_ms = 0\nkeep_alive_ms = 999\nmax_connections = 0\n",
         &[],
     );
     assert!(message(&err, "api.header_timeout_ms").contains("1000 to 600000 ms, got 500"));
@@ -546,18 +541,12 @@ max_connections = 0
     assert!(message(&err, "api.keep_alive_ms").contains("0 (off) or 1000 to 600000 ms"));
     assert!(message(&err, "api.max_connections").contains("1 to 1000000"));
     let ok = load_ok(
-        "[api]
-keep_alive_ms = 0
-body_timeout_ms = 100
-",
+        "[api]\nkeep_alive_ms = 2000\nbody_timeout_ms = 100\n",
         &[("BOTFLEET__API__MAX_CONNECTIONS", "3")],
     );
+    let api = &ok.api;
     assert_eq!(
-        (
-            ok.api.keep_alive_ms,
-            ok.api.body_timeout_ms,
-            ok.api.max_connections
-        ),
-        (0, 100, 3)
+        (api.keep_alive_ms, api.body_timeout_ms, api.max_connections),
+        (2_000, 100, 3)
     );
 }
