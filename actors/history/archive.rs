@@ -289,6 +289,14 @@ pub struct Archive {
     backend: HistoryBackend,
 }
 
+/// The file of a `sqlite:` URL.
+fn sqlite_path(url: &str) -> &str {
+    let path = url
+        .trim_start_matches("sqlite://")
+        .trim_start_matches("sqlite:");
+    path.split('?').next().unwrap_or(path)
+}
+
 /// The URL in force: `history.url`, or the SQLite file in `history.dir` when it is empty.
 pub fn effective_url(settings: &HistorySettings) -> String {
     if settings.url.is_empty() {
@@ -304,15 +312,32 @@ impl Archive {
     /// error here (writes wait for it), a malformed URL is. A SQLite file and its directory are
     /// created when missing.
     pub fn open(settings: &HistorySettings) -> Result<Archive, HistoryError> {
+        Self::connect(settings, true)
+    }
+
+    /// [`Archive::open`] for a reader: a SQLite file that does not exist is
+    /// [`HistoryError::Missing`], and nothing (file or directory) is created.
+    pub fn open_existing(settings: &HistorySettings) -> Result<Archive, HistoryError> {
+        Self::connect(settings, false)
+    }
+
+    fn connect(settings: &HistorySettings, create: bool) -> Result<Archive, HistoryError> {
         sqlx::any::install_default_drivers();
         let url = effective_url(settings);
         let backend =
             HistoryBackend::of(&url).ok_or_else(|| HistoryError::Url(super::redacted(&url)))?;
         let url = match backend {
+            HistoryBackend::Sqlite if !create => {
+                let path = sqlite_path(&url);
+                if !std::path::Path::new(path).is_file() {
+                    return Err(HistoryError::Missing(path.to_string()));
+                }
+                // Read and write (WAL needs its shared-memory file), never create.
+                let sep = if url.contains('?') { '&' } else { '?' };
+                format!("{url}{sep}mode=rw")
+            }
             HistoryBackend::Sqlite => {
-                let path = url
-                    .trim_start_matches("sqlite://")
-                    .trim_start_matches("sqlite:");
+                let path = sqlite_path(&url);
                 if let Some(parent) = std::path::Path::new(path).parent() {
                     if !parent.as_os_str().is_empty() {
                         std::fs::create_dir_all(parent)

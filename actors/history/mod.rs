@@ -94,7 +94,7 @@ use tokio::sync::{mpsc, Notify, OnceCell};
 pub use archive::Archive;
 pub use record::{
     task_status, EventRecord, HazardRoundRecord, HazardSeedRecord, HistoryQuery, Page, Record,
-    SessionRecord, SettlementRecord, TaskRecord,
+    SessionRecord, SettlementRecord, TaskRecord, MAX_PAGE,
 };
 
 use crate::clock::now_ms;
@@ -118,6 +118,10 @@ pub enum HistoryError {
     /// A cursor that no page answered.
     #[error("invalid history cursor {0:?}")]
     Cursor(String),
+    /// A reader found no archive: the SQLite file does not exist (nothing archived yet, or
+    /// `[history]` points elsewhere).
+    #[error("no history archive at {0}")]
+    Missing(String),
     /// A file could not be created or read.
     #[error("history file: {0}")]
     Io(String),
@@ -358,9 +362,10 @@ impl History {
     }
 
     /// The archive of `settings` for queries only (whatever `history.enabled` says): no
-    /// writer, and the spool is left to the process that owns it. Its sink drops records.
+    /// writer, and the spool is left to the process that owns it. Its sink drops records. It
+    /// creates nothing: a SQLite archive that does not exist is [`HistoryError::Missing`].
     pub fn reader(settings: &HistorySettings) -> Result<History, HistoryError> {
-        let archive = Archive::open(settings)?;
+        let archive = Archive::open_existing(settings)?;
         // The receiver is dropped at once: nothing is ever written through this handle.
         let (tx, _) = mpsc::channel(1);
         Ok(History {

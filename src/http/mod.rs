@@ -30,18 +30,26 @@
 //! system, with `api.workers` worker threads, so it depends neither on the caller's runtime
 //! nor on the fleet's actor-system thread. The daemon starts it after `Fleet::start` and stops
 //! it before `Fleet::shutdown`; [`HttpApi::stop`] ends the live streams and gives requests in
-//! flight two seconds. A bind failure is [`HttpError::Bind`], and the daemon exits 1. Handlers
-//! talk to the fleet only through cloneable handles, which work from any thread.
+//! flight two seconds. A bind failure is [`HttpError::Bind`]; the daemon binds with
+//! [`HttpApi::bind`] before it starts the fleet and exits 2 naming `api.bind`. Handlers talk to
+//! the fleet only through cloneable handles, which work from any thread.
+//!
+//! Every phase of a request is bounded (`limits.rs`): the first request's headers
+//! (`api.header_timeout_ms`), the whole body (`api.body_timeout_ms`), the idle time between two
+//! requests (`api.keep_alive_ms`); a request refused before its body is read is answered with
+//! `Connection: close` and its body is never read; past `api.max_connections` open connections
+//! only `GET`/`HEAD /health` is served.
 //!
 //! | file | what it owns |
 //! |---|---|
 //! | `mod.rs` | [`HttpApi`], [`HttpApiBuilder`], the state the handlers share (fleet, `[api]` settings, seams, shutdown signal) |
-//! | `routes.rs` | the routes: `/health`, `/status`, `/metrics`, `/api/bot/...`, `/api/admin/send`, a JSON 404 |
+//! | `routes.rs` | the routes: `/health` (GET and HEAD), `/status`, `/metrics`, `/api/bot/...`, `/api/admin/send`, a JSON 404 |
+//! | `limits.rs` | the bounds of each request's phases, `Connection: close` on refusals, the connection cap with its reserve for `/health` |
 //! | `snapshot.rs` | [`StatusSnapshot`], the health verdict, the [`StatusSection`] seam |
 //! | `sections.rs` | the built-in sections and their Prometheus samples |
 //! | `bot.rs` | seed 001's request types and their validation, [`ApiError`] (JSON `{"error","field"}`), the [`BotApi`] seam |
 //! | `fleet_bot.rs` | [`FleetBot`]: [`BotApi`] over the fleet's scheduler |
-//! | `auth.rs` | the bearer token on mutating methods, compared in constant time |
+//! | `auth.rs` | the bearer token on mutating methods, its header parsed strictly, compared in constant time |
 //! | `metrics.rs` | Prometheus text from a snapshot, through a registry built per request |
 //! | `sse.rs` | `/api/events/stream` (snapshots on a timer, storage events at once) and `/api/bot/event-stream` (the scheduler's events) |
 //! | `dashboard.rs`, `dashboard.html` | the page, embedded with `include_str!`, inline CSS and JavaScript |
@@ -64,6 +72,7 @@ mod auth;
 mod bot;
 mod dashboard;
 mod fleet_bot;
+mod limits;
 mod metrics;
 mod routes;
 mod sections;
@@ -102,6 +111,8 @@ pub(crate) struct AppState {
     pub(crate) bot: Arc<dyn BotApi>,
     pub(crate) sections: Vec<Arc<dyn StatusSection>>,
     pub(crate) shutdown: watch::Receiver<bool>,
+    /// Open connections, for `api.max_connections`.
+    pub(crate) connections: limits::ConnectionCount,
 }
 
 /// Builds an [`HttpApi`]: the fleet, and optionally other settings and the seams.
@@ -110,6 +121,7 @@ pub struct HttpApiBuilder {
     settings: ApiSettings,
     bot: Arc<dyn BotApi>,
     sections: Vec<Arc<dyn StatusSection>>,
+    listener: Option<TcpListener>,
 }
 
 impl std::fmt::Debug for HttpApiBuilder {
@@ -126,6 +138,14 @@ impl HttpApiBuilder {
     /// Uses these `[api]` settings instead of the fleet's (tests bind `127.0.0.1:0`).
     pub fn settings(mut self, settings: ApiSettings) -> Self {
         self.settings = settings;
+        self
+    }
+
+    /// Serves on `listener` (from [`HttpApi::bind`]) instead of binding `api.bind` in
+    /// [`HttpApiBuilder::start`]: the daemon binds before it starts its fleet, so that a bad
+    /// address fails at once.
+    pub fn listener(mut self, listener: TcpListener) -> Self {
+        self.listener = Some(listener);
         self
     }
 
@@ -150,13 +170,14 @@ impl HttpApiBuilder {
         self
     }
 
-    /// Binds `api.bind` and starts the server on a thread of its own. Returns once it listens.
+    /// Binds `api.bind` (unless given a listener) and starts the server on a thread of its
+    /// own. Returns once it listens.
     pub fn start(self) -> Result<HttpApi, HttpError> {
         let bind = self.settings.bind.clone();
-        let listener = TcpListener::bind(&bind).map_err(|source| HttpError::Bind {
-            bind: bind.clone(),
-            source,
-        })?;
+        let listener = match self.listener {
+            Some(listener) => listener,
+            None => HttpApi::bind(&bind)?,
+        };
         let addr = listener.local_addr().map_err(|source| HttpError::Bind {
             bind: bind.clone(),
             source,
@@ -164,12 +185,22 @@ impl HttpApiBuilder {
         let (stop_tx, shutdown) = watch::channel(false);
         let workers = self.settings.workers;
         let limit = self.settings.body_limit_bytes;
+        let header_timeout = Duration::from_millis(self.settings.header_timeout_ms);
+        let keep_alive = match self.settings.keep_alive_ms {
+            0 => actix_web::http::KeepAlive::Disabled,
+            ms => actix_web::http::KeepAlive::Timeout(Duration::from_millis(ms)),
+        };
+        let per_worker = limits::ConnectionCount::per_worker_limit(&self.settings);
+        let connections = limits::ConnectionCount::new(self.settings.max_connections);
+        let counter = connections.clone();
+        let counter_view = connections.clone();
         let state = web::Data::new(AppState {
             fleet: self.fleet,
             settings: self.settings,
             bot: self.bot,
             sections: self.sections,
             shutdown,
+            connections,
         });
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
@@ -181,9 +212,17 @@ impl HttpApiBuilder {
                             .app_data(state.clone())
                             .app_data(web::PayloadConfig::new(limit))
                             .wrap(actix_web::middleware::from_fn(auth::require_token))
+                            // Outermost (the last wrapped): bounds the body and closes
+                            // refused connections whatever the inner layers answer.
+                            .wrap(actix_web::middleware::from_fn(limits::limit))
                             .configure(routes::configure)
                     })
                     .workers(workers)
+                    .client_request_timeout(header_timeout)
+                    .keep_alive(keep_alive)
+                    .client_disconnect_timeout(limits::LINGER)
+                    .max_connections(per_worker)
+                    .on_connect(move |_, extensions| counter.on_connect(extensions))
                     .disable_signals()
                     .shutdown_timeout(2)
                     .listen(listener);
@@ -209,6 +248,7 @@ impl HttpApiBuilder {
         tracing::info!(%addr, "HTTP API listening");
         Ok(HttpApi {
             addr,
+            connections: counter_view,
             handle,
             stop_tx,
             thread: Some(thread),
@@ -220,6 +260,7 @@ impl HttpApiBuilder {
 /// waiting.
 pub struct HttpApi {
     addr: SocketAddr,
+    connections: limits::ConnectionCount,
     handle: ServerHandle,
     stop_tx: watch::Sender<bool>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -241,7 +282,17 @@ impl HttpApi {
             fleet,
             settings,
             sections: sections::built_in(),
+            listener: None,
         }
+    }
+
+    /// Binds `bind` (`api.bind`) for [`HttpApiBuilder::listener`]; an address in use or not
+    /// local is [`HttpError::Bind`], which names `api.bind`.
+    pub fn bind(bind: &str) -> Result<TcpListener, HttpError> {
+        TcpListener::bind(bind).map_err(|source| HttpError::Bind {
+            bind: bind.to_owned(),
+            source,
+        })
     }
 
     /// Starts a server for `fleet` with the fleet's settings, [`FleetBot`] and the built-in
@@ -253,6 +304,11 @@ impl HttpApi {
     /// The address it listens on (the real port when `api.bind` asked for port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Connections open now (admitted or not: see `api.max_connections`).
+    pub fn open_connections(&self) -> usize {
+        self.connections.open()
     }
 
     /// Ends the live streams, stops accepting, lets requests in flight finish (up to two

@@ -1,5 +1,6 @@
 //! The routes: what each endpoint reads and answers.
 
+use actix_web::guard;
 use actix_web::http::header;
 use actix_web::web::{self, Bytes};
 use actix_web::{HttpRequest, HttpResponse};
@@ -16,7 +17,12 @@ use crate::storage::Mode;
 /// Registers every route.
 pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/", web::get().to(dashboard::page))
-        .route("/health", web::get().to(health))
+        .route(
+            "/health",
+            web::route()
+                .guard(guard::Any(guard::Get()).or(guard::Head()))
+                .to(health),
+        )
         .route("/status", web::get().to(status))
         .route("/metrics", web::get().to(prometheus))
         .route("/api/events/stream", web::get().to(sse::stream))
@@ -42,6 +48,8 @@ async fn snapshot(state: &AppState) -> StatusSnapshot {
 }
 
 /// `GET /health`: 200 `{"status":"ok"}`, or 503 `{"status":"unhealthy","reasons":[...]}`.
+/// `HEAD /health` answers the same status and headers, without the body (the server leaves a
+/// HEAD response's body out).
 async fn health(state: web::Data<AppState>) -> HttpResponse {
     let snapshot = snapshot(&state).await;
     let body = json!({

@@ -147,27 +147,85 @@ fn read_file(path: Option<&Path>) -> Result<Option<SettingsFile>, Problem> {
             ))
         }
     };
-    // `config` would report a syntax error too, but over several lines; this says where in one.
+    // `config` would report a syntax error too, but over several lines; this says where in one,
+    // and names the key when the error is in a value (a number too large, say).
     let table = text.parse::<toml::Table>().map_err(|err| {
-        let position = err
-            .span()
-            .map(|span| {
-                let before = &text[..span.start.min(text.len())];
+        let start = err.span().map(|span| span.start.min(text.len()));
+        let position = start
+            .map(|start| {
+                let before = &text[..start];
                 let line = before.matches('\n').count() + 1;
                 let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
                 format!(" at line {line}, column {column}")
             })
             .unwrap_or_default();
-        Problem::new(
-            ProblemKind::File,
-            name.clone(),
-            format!(
-                "invalid TOML{position}: {}",
-                err.message().trim().replace('\n', ": ")
-            ),
-        )
+        let message = format!(
+            "invalid TOML{position}: {}",
+            err.message().trim().replace('\n', ": ")
+        );
+        match start.and_then(|start| key_at(&text, start)) {
+            Some(key) => Problem::new(ProblemKind::InvalidValue, key, message)
+                .with_origin(Some(name.as_str())),
+            None => Problem::new(ProblemKind::File, name.clone(), message),
+        }
     })?;
     Ok(Some(SettingsFile { name, text, table }))
+}
+
+/// The dotted key whose value holds byte `offset` of a TOML `text`, read line by line: the
+/// `key = value` line at or above the offset (within its table), under the last `[table]` or
+/// `[[array]]` header above it (`storage.redis.timeout_ms`, `hazards.difficulties[1].columns`).
+/// `None` when the offset is not in a value (a broken header, say).
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let before = text.get(..offset)?;
+    let mut lines = before.lines().rev();
+    // The line of the offset, then the lines above it, for the `key =` a value starts on.
+    let mut key = None;
+    let mut table = String::new();
+    for line in lines.by_ref() {
+        let line = line.trim();
+        if line.starts_with('[') {
+            table = header_name(line)?;
+            break;
+        }
+        if key.is_none() {
+            if let Some((name, _)) = line.split_once('=') {
+                let name = name.trim();
+                let bare = |c: char| c.is_ascii_alphanumeric() || "_-.\"' ".contains(c);
+                if !name.is_empty() && name.chars().all(bare) {
+                    key = Some(
+                        name.split('.')
+                            .map(|part| part.trim().trim_matches(['"', '\'']))
+                            .collect::<Vec<_>>()
+                            .join("."),
+                    );
+                }
+            }
+        }
+    }
+    let key = key?;
+    if table.is_empty() {
+        return Some(key);
+    }
+    // An array of tables: its index is the number of its headers above, minus one.
+    if let Some(array) = table.strip_suffix("[]") {
+        let header = format!("[[{array}]]");
+        let index = lines
+            .filter(|line| line.trim().replace(' ', "") == header)
+            .count();
+        return Some(format!("{array}[{index}].{key}"));
+    }
+    Some(format!("{table}.{key}"))
+}
+
+/// The name of a `[table]` header (`storage.redis`), or `NAME[]` for an `[[array]]` header.
+fn header_name(line: &str) -> Option<String> {
+    let line = line.split('#').next()?.trim();
+    if let Some(inner) = line.strip_prefix("[[").and_then(|l| l.strip_suffix("]]")) {
+        return Some(format!("{}[]", inner.replace(' ', "")));
+    }
+    let inner = line.strip_prefix('[')?.strip_suffix(']')?;
+    Some(inner.replace(' ', ""))
 }
 
 /// The seeds' variables as a `config` source, each value remembering its variable.
@@ -279,6 +337,25 @@ fn with_host_port(url: &str, host: Option<&str>, port: Option<&str>) -> Result<S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errors_in_values_name_their_key() {
+        let text = "a = 1\n[storage.redis]\n# comment\ntimeout_ms = 99999999999999999999\n";
+        let at = text.find("999").unwrap();
+        assert_eq!(
+            key_at(text, at).as_deref(),
+            Some("storage.redis.timeout_ms")
+        );
+        let text =
+            "[[hazards.difficulties]]\nname = \"A\"\n[[hazards.difficulties]]\ncolumns = 1e999x\n";
+        let at = text.find("1e999").unwrap();
+        assert_eq!(
+            key_at(text, at).as_deref(),
+            Some("hazards.difficulties[1].columns")
+        );
+        assert_eq!(key_at("top = [\n 1,\n 2x", 14).as_deref(), Some("top"));
+        assert_eq!(key_at("[broken\n", 3), None);
+    }
 
     #[test]
     fn host_and_port_replace_the_urls() {

@@ -44,8 +44,8 @@ pub use load::{DEFAULT_FILE, ENV_PREFIX, ENV_SEPARATOR, SEED_VARIABLES};
 pub use secret::{redact_url, Secret, REDACTED};
 #[cfg(test)]
 pub(crate) use urls::check_redis_url;
-pub use urls::HistoryBackend;
 pub(crate) use urls::REDIS_SCHEMES;
+pub use urls::{redis_url_problem, HistoryBackend};
 
 /// Every setting of botfleet. `Settings::default()` equals the shipped `settings.toml`.
 ///
@@ -517,6 +517,41 @@ pub struct ApiSettings {
     pub workers: usize,
     /// Period of the status snapshots pushed on the live stream (`/api/events/stream`).
     pub stream_interval_ms: u64,
+    /// Time a new connection has to send its first request's headers (else 408, closed).
+    pub header_timeout_ms: u64,
+    /// Deadline of a request's whole body, from its headers' arrival (else 408, closed).
+    pub body_timeout_ms: u64,
+    /// How long an idle keep-alive connection stays open; 0 closes each after one request.
+    pub keep_alive_ms: u64,
+    /// Open connections served at once, across the workers; past it only `GET /health` is
+    /// served (on a reserve of [`ApiSettings::HEALTH_RESERVE`] more), others answer 503.
+    pub max_connections: usize,
+}
+
+impl ApiSettings {
+    /// Connections accepted beyond `api.max_connections` for `/health` alone.
+    pub const HEALTH_RESERVE: usize = 32;
+
+    /// Default of `api.header_timeout_ms`.
+    pub const fn default_header_timeout_ms() -> u64 {
+        5_000
+    }
+
+    /// Default of `api.body_timeout_ms`.
+    pub const fn default_body_timeout_ms() -> u64 {
+        10_000
+    }
+
+    /// Default of `api.keep_alive_ms`: off, so that every request's headers are bounded by
+    /// `api.header_timeout_ms` (the server bounds only a connection's first request's).
+    pub const fn default_keep_alive_ms() -> u64 {
+        0
+    }
+
+    /// Default of `api.max_connections`.
+    pub const fn default_max_connections() -> usize {
+        1_024
+    }
 }
 
 impl Default for ApiSettings {
@@ -528,6 +563,10 @@ impl Default for ApiSettings {
             body_limit_bytes: 65_536,
             workers: 2,
             stream_interval_ms: 1_000,
+            header_timeout_ms: Self::default_header_timeout_ms(),
+            body_timeout_ms: Self::default_body_timeout_ms(),
+            keep_alive_ms: Self::default_keep_alive_ms(),
+            max_connections: Self::default_max_connections(),
         }
     }
 }

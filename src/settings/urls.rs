@@ -46,6 +46,29 @@ impl RedisSettings {
     }
 }
 
+/// Why `url` cannot be `storage.redis.url` (or a command's `--redis`), as one message without
+/// the key and with any password redacted: not a URL, a scheme the storage does not speak, or
+/// something the storage's Redis client would refuse when connecting.
+pub fn redis_url_problem(url: &str) -> Result<(), String> {
+    let shown = super::redact_url(url);
+    let parsed = url::Url::parse(url).map_err(|err| {
+        format!("expected a Redis URL such as redis://127.0.0.1:6379, got {shown:?} ({err})")
+    })?;
+    if !REDIS_SCHEMES.contains(&parsed.scheme()) {
+        let mut schemes = REDIS_SCHEMES
+            .iter()
+            .map(|s| format!("{s}://"))
+            .collect::<Vec<_>>();
+        let last = schemes.pop().unwrap_or_default();
+        return Err(format!(
+            "expected a URL with scheme {} or {last}, got {shown:?}",
+            schemes.join(", ")
+        ));
+    }
+    check_redis_url(url)
+        .map_err(|err| format!("expected a usable Redis URL, got {shown:?} ({err})"))
+}
+
 /// Why `url`, a Redis URL with one of the [`REDIS_SCHEMES`], cannot be used, read rule by rule
 /// as the storage's Redis client (fred) reads it: a host; for standalone and Sentinel URLs at
 /// most one path segment, a database number from 0 to 255; percent-encoded credentials that

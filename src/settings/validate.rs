@@ -13,7 +13,6 @@ use std::net::SocketAddr;
 use super::error::{Problem, ProblemKind};
 use super::secret::redact_url;
 use super::tree::{display_path, parse_path, De, DeError, Kind, Node, Step};
-use super::urls::{check_redis_url, REDIS_SCHEMES};
 use super::{FallbackKind, HistoryBackend, Settings};
 
 /// Keys whose value must be at least 1: a zero timeout, interval, size or count makes no sense.
@@ -484,6 +483,36 @@ fn semantic(settings: &Settings, tree: &Node, problems: &mut Vec<Problem>) {
             format!("expected 1 to 64 threads, got {}", settings.api.workers),
         );
     }
+    // The HTTP server sets these deadlines from a clock it updates every 500 ms; one shorter
+    // than a second may be past already when set, and would then never fire.
+    for (key, value, low) in [
+        (
+            "api.header_timeout_ms",
+            settings.api.header_timeout_ms,
+            1_000,
+        ),
+        ("api.body_timeout_ms", settings.api.body_timeout_ms, 100),
+    ] {
+        if !(low..=600_000).contains(&value) {
+            check.fail(key, format!("expected {low} to 600000 ms, got {value}"));
+        }
+    }
+    let keep_alive = settings.api.keep_alive_ms;
+    if keep_alive != 0 && !(1_000..=600_000).contains(&keep_alive) {
+        check.fail(
+            "api.keep_alive_ms",
+            format!("expected 0 (off) or 1000 to 600000 ms, got {keep_alive}"),
+        );
+    }
+    if !(1..=1_000_000).contains(&settings.api.max_connections) {
+        check.fail(
+            "api.max_connections",
+            format!(
+                "expected 1 to 1000000 connections, got {}",
+                settings.api.max_connections
+            ),
+        );
+    }
     if !(50..=60_000).contains(&settings.api.stream_interval_ms) {
         check.fail(
             "api.stream_interval_ms",
@@ -676,43 +705,12 @@ impl Checker<'_> {
 
     fn redis_url(&mut self, url: &str, db: u8) {
         const KEY: &str = "storage.redis.url";
-        let shown = redact_url(url);
-        let parsed = match url::Url::parse(url) {
-            Ok(parsed) => parsed,
-            Err(err) => {
-                self.fail(
-                    KEY,
-                    format!(
-                        "expected a Redis URL such as redis://127.0.0.1:6379, got {shown:?} ({err})"
-                    ),
-                );
-                return;
-            }
-        };
-        if !REDIS_SCHEMES.contains(&parsed.scheme()) {
-            let mut schemes = REDIS_SCHEMES
-                .iter()
-                .map(|s| format!("{s}://"))
-                .collect::<Vec<_>>();
-            let last = schemes.pop().unwrap_or_default();
-            self.fail(
-                KEY,
-                format!(
-                    "expected a URL with scheme {} or {last}, got {shown:?}",
-                    schemes.join(", ")
-                ),
-            );
+        if let Err(message) = super::urls::redis_url_problem(url) {
+            self.fail(KEY, message);
             return;
         }
-        // Refuse now what the storage's Redis client would refuse when connecting.
-        if let Err(err) = check_redis_url(url) {
-            self.fail(
-                KEY,
-                format!("expected a usable Redis URL, got {shown:?} ({err})"),
-            );
-            return;
-        }
-        if parsed.scheme().ends_with("-cluster") && db != 0 {
+        let cluster = url::Url::parse(url).is_ok_and(|u| u.scheme().ends_with("-cluster"));
+        if cluster && db != 0 {
             self.fail(
                 "storage.redis.db",
                 format!("expected 0 with Redis Cluster, which has only database 0, got {db}"),

@@ -10,6 +10,7 @@
 //! | [`architecture`] | the module graph: allowed edges between the crate's modules, no cycle, fred only in storage |
 //! | [`settings`] | loading `settings.toml` and the environment; every problem reported at once |
 //! | [`cli_config`] | `botfleet config check` as a user runs it: the built binary, exit codes |
+//! | [`cli_exit`] | bad usage and bad settings exit 2 naming the key or argument: the built binary |
 //! | [`harness`] | the test harness itself: servers started, killed, frozen, restarted, reaped |
 //! | [`storage_parity`] | one table of operations against Redis, the memory fallback and the file fallback |
 //! | [`storage_failover`] | outages under the storage handle: kill -9, SIGSTOP, restarts empty, replay |
@@ -29,6 +30,7 @@
 //! | [`cache`] | the cache service: one loader per key, invalidation across processes |
 //! | [`history`] | the SQL archive on SQLite and PostgreSQL, its outages, `botfleet history` |
 //! | [`http_api`] | the HTTP API over real sockets, and the commands that talk to it |
+//! | [`http_limits`] | the HTTP server's bounds: stalled bodies closed in time, `/health` during a flood |
 //! | [`daemon`] | `botfleet run` as a process: signals, exit codes, graceful stop |
 //! | [`dashboard`] | the dashboard page in headless Chromium |
 //!
@@ -41,6 +43,7 @@ mod support;
 mod architecture;
 mod cache;
 mod cli_config;
+mod cli_exit;
 mod daemon;
 mod dashboard;
 mod fences;
@@ -50,6 +53,7 @@ mod hazards;
 mod heartbeat;
 mod history;
 mod http_api;
+mod http_limits;
 mod locks;
 mod scale;
 mod scheduler;

@@ -529,3 +529,24 @@ fn api_settings_are_validated() {
     assert!(ok.api.degraded_is_unhealthy);
     assert_eq!(ok.api.workers, 4);
 }
+
+#[test]
+fn api_request_bounds_are_validated() {
+    let err = load_err(
+        "[api]\nheader_timeout_ms = 500\nbody_timeout_ms = 0\nkeep_alive_ms = 999\nmax_connections = 0\n",
+        &[],
+    );
+    assert!(message(&err, "api.header_timeout_ms").contains("1000 to 600000 ms, got 500"));
+    assert!(message(&err, "api.body_timeout_ms").contains("100 to 600000 ms, got 0"));
+    assert!(message(&err, "api.keep_alive_ms").contains("0 (off) or 1000 to 600000 ms"));
+    assert!(message(&err, "api.max_connections").contains("1 to 1000000"));
+    let ok = load_ok(
+        "[api]\nkeep_alive_ms = 2000\nbody_timeout_ms = 100\n",
+        &[("BOTFLEET__API__MAX_CONNECTIONS", "3")],
+    );
+    let api = &ok.api;
+    assert_eq!(
+        (api.keep_alive_ms, api.body_timeout_ms, api.max_connections),
+        (2_000, 100, 3)
+    );
+}

@@ -18,6 +18,7 @@ use clap::{Parser, Subcommand};
 
 use crate::bench::BenchCommand;
 use crate::client::{AdminCommand, EventsCommand, StatusArgs, TaskCommand};
+use crate::exit::BadArgument;
 use crate::history::HistoryCommand;
 
 /// botfleet: supervised actors that share a bot fleet's state through Redis, and keep working
@@ -98,14 +99,33 @@ pub struct VerifyArgs {
 /// hash published before the round) to `out`.
 pub fn verify(settings: &Settings, args: &VerifyArgs, out: &mut impl Write) -> anyhow::Result<()> {
     use botfleet::actors::hazards::{fairness, HazardError};
-    let difficulty = settings
-        .hazards
-        .difficulties
+    let difficulties = &settings.hazards.difficulties;
+    let difficulty = difficulties
         .iter()
         .find(|d| d.name == args.difficulty)
-        .ok_or_else(|| HazardError::UnknownDifficulty(args.difficulty.clone()))?;
+        .ok_or_else(|| {
+            let names: Vec<&str> = difficulties.iter().map(|d| d.name.as_str()).collect();
+            BadArgument::new(
+                "--difficulty",
+                format!(
+                    "unknown difficulty {:?}; expected one of [[hazards.difficulties]]: {}",
+                    args.difficulty,
+                    names.join(", ")
+                ),
+            )
+        })?;
     let hazards =
-        fairness::derive_hazards(&args.server_seed, &args.client_seed, args.nonce, difficulty)?;
+        fairness::derive_hazards(&args.server_seed, &args.client_seed, args.nonce, difficulty)
+            .map_err(|e| -> anyhow::Error {
+                // The arguments' own faults are usage errors naming the argument.
+                let arg = match &e {
+                    HazardError::EmptySeed("server seed") => "--server-seed",
+                    HazardError::EmptySeed(_) => "--client-seed",
+                    HazardError::NegativeNonce(_) => "--nonce",
+                    _ => return e.into(),
+                };
+                BadArgument::new(arg, e.to_string()).into()
+            })?;
     let hashed = fairness::hash_seed(&args.server_seed);
     if args.json {
         let value = serde_json::json!({

@@ -35,7 +35,7 @@ impl DaemonArgs {
     /// The daemon these arguments name, with the token of `settings`.
     pub fn daemon(&self, settings: &Settings) -> Result<Daemon, ClientError> {
         let base = match &self.url {
-            Some(url) => url.clone(),
+            Some(url) => url_arg(url)?,
             None => base_url(&settings.api.bind),
         };
         Daemon::new(&base, Some(settings.api.token.expose().to_owned()))
@@ -105,7 +105,7 @@ pub fn status(
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
     let base = match &args.url {
-        Some(url) => url.clone(),
+        Some(url) => url_arg(url)?,
         None => base_url(&settings()?.api.bind),
     };
     Ok(status_command(&base, args.json, out)?)
@@ -193,6 +193,24 @@ pub enum ClientError {
     /// Writing the output failed.
     #[error(transparent)]
     Io(#[from] std::io::Error),
+}
+
+/// `--url` checked before anything is sent: an `http://` or `https://` URL with a host, else
+/// [`ClientError::BadInput`] naming `--url`.
+pub fn url_arg(url: &str) -> Result<String, ClientError> {
+    let bad = |why: String| {
+        ClientError::BadInput(format!(
+            "--url: expected the daemon's base URL such as http://127.0.0.1:8080, got {url:?} ({why})"
+        ))
+    };
+    let parsed = url::Url::parse(url).map_err(|e| bad(e.to_string()))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(bad(format!("scheme {:?}", parsed.scheme())));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(bad("no host".into()));
+    }
+    Ok(url.to_string())
 }
 
 /// The base URL of the daemon listening on `bind` (`0.0.0.0` and `::` are asked on loopback).
@@ -683,6 +701,16 @@ pub fn events_tail_command(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_are_checked_before_use() {
+        assert!(url_arg("http://127.0.0.1:8080").is_ok());
+        assert!(url_arg("https://fleet.example/").is_ok());
+        for bad in ["garbage", "", "ftp://h/", "http://"] {
+            let err = url_arg(bad).unwrap_err();
+            assert!(err.to_string().starts_with("--url: "), "{err}");
+        }
+    }
 
     #[test]
     fn unspecified_binds_are_asked_on_loopback() {

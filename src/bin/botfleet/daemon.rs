@@ -5,7 +5,8 @@
 //! (or kept in the file store). A second signal during the graceful stop quits at once. When
 //! the supervision tree gives up (restart intensity exceeded) the daemon exits non-zero so
 //! that a process manager restarts it. The HTTP API ([`botfleet::http`]) serves on
-//! `api.bind` while the fleet runs and stops before it.
+//! `api.bind` while the fleet runs and stops before it; the address is bound before the fleet
+//! starts, so that one in use or not local exits 2 at once, naming `api.bind`.
 
 use std::time::Duration;
 
@@ -44,6 +45,16 @@ async fn serve(settings: Settings) -> Exit {
             return Exit::Failure;
         }
     };
+    // api.bind is checked before anything starts: an address in use or not local is bad
+    // settings, not a failure of a fleet that started and stopped for nothing.
+    let listener = match HttpApi::bind(&settings.api.bind) {
+        Ok(listener) => listener,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start: api.bind");
+            eprintln!("botfleet: {e}");
+            return Exit::Usage;
+        }
+    };
     let fleet = match Fleet::start(settings).await {
         Ok(fleet) => fleet,
         Err(FleetError::Storage(e)) => {
@@ -57,7 +68,7 @@ async fn serve(settings: Settings) -> Exit {
             return Exit::Failure;
         }
     };
-    let http = match HttpApi::start(fleet.clone()) {
+    let http = match HttpApi::builder(fleet.clone()).listener(listener).start() {
         Ok(http) => http,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the HTTP API");

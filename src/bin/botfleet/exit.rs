@@ -8,6 +8,27 @@ use botfleet::settings::SettingsError;
 use crate::client::ClientError;
 use crate::telemetry::TelemetryError;
 
+/// A command-line argument refused before the command did anything: [`Exit::Usage`], with a
+/// message that starts with the argument (`--difficulty: unknown difficulty "NOPE" ...`).
+#[derive(Debug, thiserror::Error)]
+#[error("{arg}: {message}")]
+pub struct BadArgument {
+    /// The argument, as typed (`--difficulty`).
+    pub arg: &'static str,
+    /// What is wrong with its value.
+    pub message: String,
+}
+
+impl BadArgument {
+    /// `arg` refused because of `message`.
+    pub fn new(arg: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            arg,
+            message: message.into(),
+        }
+    }
+}
+
 /// The exit codes of `botfleet`, as `botfleet --help` and the README list them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
@@ -64,9 +85,9 @@ impl Exit {
     }
 
     /// Prints a failed command's error to stderr and chooses its code: bad settings (one
-    /// problem per line), a bad `RUST_LOG`, a bad argument, or a request the daemon refused as
-    /// bad (HTTP 4xx) are [`Exit::Usage`]; anything else (the daemon unreachable...) is
-    /// [`Exit::Failure`].
+    /// problem per line), a bad `RUST_LOG`, a bad argument ([`BadArgument`], or a client's
+    /// `BadInput`), or a request the daemon refused as bad (HTTP 4xx) are [`Exit::Usage`];
+    /// anything else (the daemon unreachable...) is [`Exit::Failure`].
     pub fn report(err: &anyhow::Error) -> Exit {
         if let Some(bad) = err.downcast_ref::<SettingsError>() {
             for problem in bad.problems() {
@@ -87,7 +108,7 @@ impl Exit {
         ) || matches!(
             err.downcast_ref::<TelemetryError>(),
             Some(TelemetryError::Filter { .. })
-        );
+        ) || err.downcast_ref::<BadArgument>().is_some();
         if usage {
             Exit::Usage
         } else {
@@ -154,6 +175,8 @@ mod tests {
             reason: "unbalanced".into(),
         };
         assert_eq!(Exit::report(&bad_filter.into()), Exit::Usage);
+        let bad_argument = BadArgument::new("--limit", "expected 1 to 10000, got 0");
+        assert_eq!(Exit::report(&bad_argument.into()), Exit::Usage);
         assert_eq!(
             Exit::report(&anyhow::anyhow!("disk on fire")),
             Exit::Failure

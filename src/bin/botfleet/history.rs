@@ -5,7 +5,7 @@ use std::io::Write;
 
 use clap::{Args, Subcommand};
 
-use botfleet::actors::history::{History, HistoryQuery, Page};
+use botfleet::actors::history::{History, HistoryError, HistoryQuery, Page, MAX_PAGE};
 use botfleet::clock::{self, now_ms};
 use botfleet::settings::Settings;
 
@@ -35,8 +35,8 @@ pub struct HistoryArgs {
     /// Only rows before T (same forms as --since).
     #[arg(long, value_name = "T", value_parser = parse_time)]
     pub until: Option<i64>,
-    /// Rows to print.
-    #[arg(long, default_value_t = 20)]
+    /// Rows to print (1 to 10000).
+    #[arg(long, default_value_t = 20, value_parser = parse_limit)]
     pub limit: usize,
     /// Continue after the page that printed this cursor.
     #[arg(long, value_name = "CURSOR")]
@@ -53,6 +53,15 @@ pub struct HistoryArgs {
     /// Print one JSON object per page (`items`, `next_cursor`) instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `--limit`: a page of 1 to [`MAX_PAGE`] rows (0 would mean "the default" to the archive,
+/// which is not what anyone typing it means).
+fn parse_limit(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if (1..=MAX_PAGE).contains(&n) => Ok(n),
+        _ => Err(format!("expected 1 to {MAX_PAGE} rows, got {text:?}")),
+    }
 }
 
 /// A time given on the command line, as Unix milliseconds.
@@ -86,7 +95,9 @@ fn parse_time_at(text: &str, now: i64) -> Result<i64, String> {
 }
 
 /// Runs `botfleet history ...` on the archive of `settings`, writing to `out`. Works when
-/// `history.enabled` is false too: the archive is read wherever `[history]` points.
+/// `history.enabled` is false too: the archive is read wherever `[history]` points. It only
+/// reads: a SQLite archive that does not exist is an empty page (and a note on stderr), never
+/// created.
 pub fn run(
     settings: &Settings,
     command: &HistoryCommand,
@@ -95,11 +106,34 @@ pub fn run(
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         // Only reads: batches a daemon left in the spool stay there for it.
-        let history = History::reader(&settings.history)?;
+        let history = match History::reader(&settings.history) {
+            Ok(history) => history,
+            Err(HistoryError::Missing(path)) => {
+                eprintln!("botfleet: no history archive at {path} yet: nothing to list");
+                let empty = Page::<serde_json::Value> {
+                    items: Vec::new(),
+                    next_cursor: None,
+                };
+                print(out, json_of(command), &empty, |_| String::new())?;
+                out.flush()?;
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
         let result = list(&history, command, out).await;
         history.close(std::time::Duration::from_secs(5)).await;
         result
     })
+}
+
+fn json_of(command: &HistoryCommand) -> bool {
+    match command {
+        HistoryCommand::Sessions(a)
+        | HistoryCommand::Tasks(a)
+        | HistoryCommand::Events(a)
+        | HistoryCommand::Rounds(a)
+        | HistoryCommand::Settlements(a) => a.json,
+    }
 }
 
 async fn list(

@@ -55,7 +55,17 @@ fn run(cli: &Cli) -> anyhow::Result<Exit> {
             logging(cli)?;
             bench::run(command)?;
         }
-        Command::Config(ConfigCommand::Check) => cli::config_check(&settings()?, out)?,
+        Command::Config(ConfigCommand::Check) => {
+            // Every problem at once: a bad RUST_LOG beside bad settings.
+            let rust_log = telemetry::check_rust_log();
+            let settings = settings().inspect_err(|_| {
+                if let Err(bad) = &rust_log {
+                    eprintln!("{bad}");
+                }
+            })?;
+            rust_log?;
+            cli::config_check(&settings, out)?
+        }
         Command::Verify(args) => cli::verify(&settings()?, args, out)?,
         Command::Status(args) => client::status(args, settings, out)?,
         Command::Task(command) => client::task(&settings()?, command, out)?,

@@ -59,6 +59,17 @@ pub fn init(log: &LogSettings) -> Result<(), TelemetryError> {
         .map_err(|err| TelemetryError::AlreadyInstalled(format!("`log` bridge: {err}")))
 }
 
+/// Checks `RUST_LOG` as [`init`] would read it, without installing anything (`config check`;
+/// `log.level` is checked with the other settings).
+pub fn check_rust_log() -> Result<(), TelemetryError> {
+    match std::env::var(RUST_LOG) {
+        Ok(value) if !value.trim().is_empty() => {
+            filter(&LogSettings::default(), Some(&value)).map(drop)
+        }
+        _ => Ok(()),
+    }
+}
+
 /// The filter: `rust_log` when set and not blank, else `log.level`.
 fn filter(log: &LogSettings, rust_log: Option<&str>) -> Result<EnvFilter, TelemetryError> {
     let (origin, value) = match rust_log.filter(|v| !v.trim().is_empty()) {

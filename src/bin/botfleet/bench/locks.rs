@@ -15,6 +15,7 @@ use parking_lot::Mutex;
 use serde_json::json;
 
 use super::Latencies;
+use crate::exit::BadArgument;
 use botfleet::actors::locks::{LockError, Locks};
 use botfleet::settings::LockSettings;
 use botfleet::storage::{Storage, StorageError};
@@ -62,6 +63,17 @@ pub enum LocksBenchError {
     /// A scenario name that is not one of [`SCENARIOS`].
     #[error("unknown scenario {0:?}; expected one of: {list}", list = SCENARIOS.join(", "))]
     UnknownScenario(String),
+}
+
+/// `--scenario` checked before anything runs: each must be one of [`SCENARIOS`].
+pub fn check_scenarios(scenarios: &[String]) -> Result<(), BadArgument> {
+    match scenarios.iter().find(|s| !SCENARIOS.contains(&s.as_str())) {
+        Some(unknown) => Err(BadArgument::new(
+            "--scenario",
+            LocksBenchError::UnknownScenario(unknown.clone()).to_string(),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Runs the scenarios asked for (all by default), printing one JSON line each through `out`.

@@ -20,9 +20,11 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use botfleet::settings::StorageSettings;
+use botfleet::settings::{redis_url_problem, StorageSettings};
 use botfleet::storage::{KeySchema, Mode, Storage, StorageError};
 use clap::Subcommand;
+
+use crate::exit::BadArgument;
 
 /// `botfleet bench ...`.
 #[derive(Debug, Subcommand)]
@@ -53,6 +55,7 @@ pub enum BenchCommand {
 /// Runs the benchmark `command` names on a runtime of its own, printing one JSON line per
 /// scenario on stdout.
 pub fn run(command: &BenchCommand) -> anyhow::Result<()> {
+    check_arguments(command)?;
     let runtime = tokio::runtime::Runtime::new()?;
     let print = |line: serde_json::Value| println!("{line}");
     runtime.block_on(async {
@@ -67,6 +70,27 @@ pub fn run(command: &BenchCommand) -> anyhow::Result<()> {
         }
         Ok(())
     })
+}
+
+/// Refuses a bad argument before anything starts (a server, a runtime): `--redis` that is not
+/// a Redis URL the storage can use, `--scenario` that names no scenario.
+fn check_arguments(command: &BenchCommand) -> Result<(), BadArgument> {
+    let redis = match command {
+        BenchCommand::Storage(b) => Some(b.redis_url.as_str()),
+        BenchCommand::Locks(b) => {
+            locks::check_scenarios(&b.scenarios)?;
+            Some(b.redis_url.as_str())
+        }
+        BenchCommand::Queue(b) => Some(b.redis_url.as_str()),
+        BenchCommand::Cache(b) => b.redis_url.as_deref(),
+        BenchCommand::Read(b) => b.redis_url.as_deref(),
+        BenchCommand::Heartbeat(b) => b.redis_url.as_deref(),
+        BenchCommand::History(b) => b.redis_url.as_deref(),
+    };
+    match redis {
+        Some(url) => redis_url_problem(url).map_err(|message| BadArgument::new("--redis", message)),
+        None => Ok(()),
+    }
 }
 
 /// Latency recorder (microseconds).
