@@ -13,6 +13,7 @@
 //! | [`harness`] | the test harness itself: servers started, killed, frozen, restarted, reaped |
 //! | [`storage_parity`] | one table of operations against Redis, the memory fallback and the file fallback |
 //! | [`storage_failover`] | outages under the storage handle: kill -9, SIGSTOP, restarts empty, replay |
+//! | [`last_known`] | last-known state through an outage: answers marked stale, decisions, convergence |
 //! | [`storage_file_crash`] | the file fallback across `kill -9` of the process while Redis is down |
 //! | [`topologies`] | Redis Cluster and Sentinel under the storage handle |
 //! | [`scale`] | a master of Sentinel or Cluster killed under load; several daemons on one Redis |
@@ -48,6 +49,7 @@ mod hazards;
 mod heartbeat;
 mod history;
 mod http_api;
+mod last_known;
 mod locks;
 mod scale;
 mod scheduler;
