@@ -1252,6 +1252,11 @@ impl Handler<GetSchedulerStats> for SchedulerActor {
     }
 }
 
+/// The members of a `ZRANGEBYSCORE ... WITHSCORES` reply.
+fn ids_of(reply: Reply) -> Vec<String> {
+    reply.into_scored().into_iter().map(|(m, _)| m).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1295,9 +1300,4 @@ mod tests {
         let later = reaped_record(&fields("2025-09-28T05:16:00Z"), finished);
         assert_eq!(later.started_ms, finished);
     }
-}
-
-/// The members of a `ZRANGEBYSCORE ... WITHSCORES` reply.
-fn ids_of(reply: Reply) -> Vec<String> {
-    reply.into_scored().into_iter().map(|(m, _)| m).collect()
 }

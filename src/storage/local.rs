@@ -333,19 +333,17 @@ impl Local {
     fn recall(&self, st: &mut State, op: &Op, now_ms: u64) -> Result<Option<Reply>, StorageError> {
         let lk = &self.last_known;
         for key in op.keys() {
-            match lk.kind(key) {
-                Some(Remembered::State) => {
-                    if lk.seed_once(key) || st.ks.entry(key, now_ms).is_some() {
-                        continue;
-                    }
-                    if let Some(entry) = lk.get(key, now_ms) {
-                        st.ks.put_entry(key.to_string(), Some(entry.clone()));
-                        if st.journal.is_some() {
-                            journal(st, &[Record::Effects(vec![(key.to_string(), Some(entry))])])?;
-                        }
-                    }
+            if lk.kind(key) != Some(Remembered::State)
+                || lk.seed_once(key)
+                || st.ks.entry(key, now_ms).is_some()
+            {
+                continue;
+            }
+            if let Some(entry) = lk.get(key, now_ms) {
+                st.ks.put_entry(key.to_string(), Some(entry.clone()));
+                if st.journal.is_some() {
+                    journal(st, &[Record::Effects(vec![(key.to_string(), Some(entry))])])?;
                 }
-                _ => {}
             }
         }
         Ok(None)
@@ -356,7 +354,7 @@ impl Local {
     pub fn read_known(&self, op: &Op, now_ms: u64) -> Result<Reply, StorageError> {
         let st = self.state.lock();
         let [key] = op.keys()[..] else {
-            return Ok(st_apply_copy(&st, op, now_ms)?);
+            return st_apply_copy(&st, op, now_ms);
         };
         let merged = merge(st.ks.entry(key, now_ms), self.last_known.get(key, now_ms));
         let mut view = Keyspace::new();

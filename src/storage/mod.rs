@@ -70,6 +70,15 @@
 //! - [`Storage::server_time_ms`]: Redis's clock (`TIME`), the local clock on the fallback, so
 //!   that processes on several hosts compare times on one clock.
 //!
+//! # Last-known state
+//!
+//! What the process knew before an outage stays known through it: a bounded copy of the keys
+//! the services declare ([`Storage::remember`]), written through while Redis answers and
+//! used by the fallback during an outage ([`Remembered`] says how), saved with the file
+//! fallback, and written back to a Redis that lost its data. [`Storage::freshness`] says
+//! whether answers come from it; [`Storage::read_known`] reads shared keys (task queues)
+//! merged with it. The `last_known` module explains the mechanism.
+//!
 //! # Bounds
 //!
 //! `storage.memory.max_bytes` (the fallback keyspace) and `storage.outbox.max_entries` refuse
@@ -101,6 +110,8 @@
 //! | `keys.rs` | [`KeySchema`]: the key names built from `[keys]`; [`hash_slot`] |
 //! | `keyspace.rs` | [`Keyspace`]: the in-process store that answers as Redis does |
 //! | `local.rs` | the fallback: keyspace, outbox and journal behind one mutex |
+//! | `last_known.rs` | the last-known copy: declared keys, bound, seeding, saved file |
+//! | `recall.rs` | its Redis side: the refresher, the data epoch, the write-back |
 //! | `outbox.rs` | writes waiting for Redis, and their idempotent replay |
 //! | `journal.rs` | the file fallback's journal, snapshot and compaction |
 //! | `monitor.rs` | the monitor task: connection events, PINGs, sweeps, resync |
