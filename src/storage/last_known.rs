@@ -7,8 +7,9 @@
 //!
 //! - a read of a whole value (`GET`, `HGETALL`, `SMEMBERS`, a full `ZRANGEBYSCORE`) stores the
 //!   reply as it is;
-//! - a plain write is applied to the copy when the copy holds the key, and the key is marked
-//!   *dirty*; a script only marks its keys dirty (its effect is Redis's to compute);
+//! - a plain `SET` or `DEL` is stored as it is; another write is applied to the copy when the
+//!   copy holds the key, and the key is marked *dirty*; a script only marks its keys dirty
+//!   (its effect is Redis's to compute);
 //! - a refresher task reads the dirty keys back from Redis every
 //!   `storage.last_known.refresh_interval_ms`, in one script call per batch (type, value and
 //!   time to live of each key), so the copy is exact again within that interval.
@@ -343,6 +344,36 @@ impl LastKnown {
                 self.store_read(key, data);
             }
             return;
+        }
+        // Writes whose result is known whole: a plain SET, a DEL.
+        match op {
+            Op::Set {
+                key,
+                value,
+                expiry,
+                only_if_absent: false,
+            } => {
+                if self.kind(key).is_some() {
+                    let now = crate::clock::now_ms();
+                    let entry = Entry {
+                        data: Data::Str(value.clone()),
+                        expire_at: expiry.absolute(now).deadline(),
+                    };
+                    let evicted = self.copy.lock().put(key, Some(entry), self.max_bytes);
+                    self.evicted.fetch_add(evicted, Ordering::Relaxed);
+                    self.unsaved.store(true, Ordering::Release);
+                }
+                return;
+            }
+            Op::Del { keys } => {
+                let mut copy = self.copy.lock();
+                for key in keys.iter().filter(|k| self.kind(k).is_some()) {
+                    copy.forget(key);
+                }
+                self.unsaved.store(true, Ordering::Release);
+                return;
+            }
+            _ => {}
         }
         let write = op.is_write();
         let eval = matches!(op, Op::Eval { .. });
@@ -812,7 +843,15 @@ mod tests {
             Some(Data::Str("w".into())),
             "a write applies to a held key at once"
         );
-        assert_eq!(lk.take_dirty(10), vec!["k1".to_string()]);
+        assert!(!lk.has_dirty(), "a plain SET is known whole");
+        lk.observe(
+            &Op::IncrBy {
+                key: "k2".into(),
+                by: 1,
+            },
+            &Reply::Int(1),
+        );
+        assert_eq!(lk.take_dirty(10), vec!["k2".to_string()]);
         lk.observe(&get("other"), &Reply::Str("v".into()));
         assert!(
             lk.get("other", 0).is_none(),

@@ -63,6 +63,9 @@
 //!   (locks: a lock granted locally and replayed later would exclude nobody). It fails with
 //!   [`StorageError::Unavailable`] at once when the mode is not `redis`, and when Redis fails
 //!   mid-call (the mode then degrades as usual).
+//! - [`Storage::compare_and_set`]: a string written only if it still holds what the caller
+//!   read, for records several processes change (game sessions, fairness seeds). Its replay
+//!   after an outage compares again, so a write another process made stale is refused.
 //! - [`Storage::set_many`]: many keys with one TTL in one script call (one per cluster slot).
 //!   fred writes to the socket after each command of a pipeline, so thousands of small `SET`s
 //!   cost a system call each; one script call does not.

@@ -216,19 +216,16 @@ fn the_file_fallback_keeps_last_known_state_across_a_crash() {
     .expect("the last-known copy holds the session");
 
     let saved = std::path::Path::new(&store).join("last-known.bin");
+    let modified = || std::fs::metadata(&saved).and_then(|m| m.modified()).ok();
+    let before = modified();
     redis.kill9();
-    let killed_at = std::time::SystemTime::now();
     poll_until(WAIT, || {
         get(&bind, "/api/bot/status")["stale"] == json!(true)
     })
     .expect("stale answers");
     // The copy is saved as the outage begins.
-    poll_until(WAIT, || {
-        std::fs::metadata(&saved)
-            .and_then(|m| m.modified())
-            .is_ok_and(|t| t >= killed_at)
-    })
-    .expect("the copy saved when the outage began");
+    poll_until(WAIT, || modified().is_some() && modified() != before)
+        .expect("the copy saved when the outage began");
     daemon.kill9();
 
     let _again = Daemon::start(&redis.url(), &bind, &file);

@@ -26,6 +26,7 @@
 //! | [`shared_data`] | the fetcher and readers: leader election, freshness, fallbacks |
 //! | [`hazards`] | the hazard ticker, provably fair seeds, fairness records, game sessions |
 //! | [`heartbeat`] | heartbeats, the peer monitor, identities, admin messages |
+//! | [`records`] | shared records changed by several processes: compare-and-set, stale replays refused |
 //! | [`cache`] | the cache service: one loader per key, invalidation across processes |
 //! | [`history`] | the SQL archive on SQLite and PostgreSQL, its outages, `botfleet history` |
 //! | [`http_api`] | the HTTP API over real sockets, and the commands that talk to it |
@@ -51,6 +52,7 @@ mod history;
 mod http_api;
 mod last_known;
 mod locks;
+mod records;
 mod scale;
 mod scheduler;
 mod scheduler_parity;
