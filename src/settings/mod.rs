@@ -330,7 +330,8 @@ pub struct LastKnownSettings {
     pub enabled: bool,
     /// Upper bound on the bytes of the copy; the least recently used keys leave first.
     pub max_bytes: u64,
-    /// Keys changed on Redis are read back into the copy at most this often.
+    /// Keys changed on Redis are read back into the copy at most this often (the task queues
+    /// ten times less often).
     pub refresh_interval_ms: u64,
     /// A collection (hash, set, sorted set, list) with more members is not copied.
     pub max_members: u64,

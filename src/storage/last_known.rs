@@ -12,7 +12,8 @@
 //!   (its effect is Redis's to compute);
 //! - a refresher task reads the dirty keys back from Redis every
 //!   `storage.last_known.refresh_interval_ms`, in one script call per batch (type, value and
-//!   time to live of each key), so the copy is exact again within that interval.
+//!   time to live of each key), so the copy is exact again within that interval; shared keys
+//!   (the task queues: large, and changed by every claim) ten times less often.
 //!
 //! The copy is bounded (`storage.last_known.max_bytes`, least recently used out first; a
 //! collection past `max_members` is not copied). With the file fallback it is saved to
@@ -63,6 +64,8 @@ const MAX_DIRTY: usize = 65_536;
 /// Single keys declared with [`LastKnown::remember_key`] at most (cache entries); past it the
 /// declarations are ignored (patterns still apply).
 const MAX_EXACT_KEYS: usize = 100_000;
+/// Shared keys are read back once every this many refresh rounds.
+pub(super) const SHARED_EVERY: u64 = 10;
 /// Least interval between two saves of the copy while Redis answers.
 pub(super) const SAVE_INTERVAL_MS: u64 = 5_000;
 
@@ -191,8 +194,10 @@ pub(super) struct LastKnown {
     /// Single keys declared one by one (cache entries), all [`Remembered::State`].
     exact: RwLock<HashSet<String>>,
     copy: Mutex<Copy>,
-    /// Keys to read back from Redis, in the order they were marked.
-    dirty: Mutex<Dirty>,
+    /// Keys to read back from Redis, in the order they were marked: state keys, then shared
+    /// keys (read back [`SHARED_EVERY`] times less often: the task queues are large and change
+    /// with every claim).
+    dirty: Mutex<[Dirty; 2]>,
     /// Where the copy is saved (the file fallback only).
     file: Option<PathBuf>,
     /// The copy changed since it was last saved.
@@ -208,8 +213,31 @@ pub(super) struct LastKnown {
 
 #[derive(Debug, Default)]
 struct Dirty {
-    keys: Vec<String>,
+    keys: std::collections::VecDeque<String>,
     set: HashSet<String>,
+}
+
+impl Dirty {
+    fn mark(&mut self, key: &str) {
+        if self.set.contains(key) {
+            return;
+        }
+        if self.keys.len() >= MAX_DIRTY {
+            if let Some(old) = self.keys.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        self.set.insert(key.to_string());
+        self.keys.push_back(key.to_string());
+    }
+
+    fn take(&mut self, n: usize, into: &mut Vec<String>) {
+        let n = n.min(self.keys.len());
+        for key in self.keys.drain(..n) {
+            self.set.remove(&key);
+            into.push(key);
+        }
+    }
 }
 
 impl LastKnown {
@@ -234,7 +262,7 @@ impl LastKnown {
                 tick: 0,
                 seeded: HashSet::new(),
             }),
-            dirty: Mutex::new(Dirty::default()),
+            dirty: Mutex::new([Dirty::default(), Dirty::default()]),
             file: dir.filter(|_| settings.enabled).map(|d| d.join(FILE_NAME)),
             unsaved: AtomicBool::new(false),
             saved_at: AtomicU64::new(0),
@@ -411,16 +439,8 @@ impl LastKnown {
     }
 
     fn mark_dirty(&self, key: &str) {
-        let mut dirty = self.dirty.lock();
-        if dirty.set.contains(key) {
-            return;
-        }
-        if dirty.keys.len() >= MAX_DIRTY {
-            let old = dirty.keys.remove(0);
-            dirty.set.remove(&old);
-        }
-        dirty.set.insert(key.to_string());
-        dirty.keys.push(key.to_string());
+        let shared = self.kind(key) == Some(Remembered::Shared);
+        self.dirty.lock()[usize::from(shared)].mark(key);
     }
 
     /// Marks `keys` for reading back (after a resync, the keys the outage touched).
@@ -430,19 +450,23 @@ impl LastKnown {
         }
     }
 
-    /// Up to `n` dirty keys, oldest first, no longer marked.
-    pub(super) fn take_dirty(&self, n: usize) -> Vec<String> {
+    /// Up to `n` dirty keys, oldest first, no longer marked: state keys, and shared keys too
+    /// when `shared`.
+    pub(super) fn take_dirty(&self, n: usize, shared: bool) -> Vec<String> {
         let mut dirty = self.dirty.lock();
-        let n = n.min(dirty.keys.len());
-        let taken: Vec<String> = dirty.keys.drain(..n).collect();
-        for key in &taken {
-            dirty.set.remove(key);
+        let mut taken = Vec::new();
+        dirty[0].take(n, &mut taken);
+        if shared {
+            let left = n - taken.len();
+            dirty[1].take(left, &mut taken);
         }
         taken
     }
 
-    pub(super) fn has_dirty(&self) -> bool {
-        !self.dirty.lock().keys.is_empty()
+    /// Whether keys wait to be read back (shared ones counted when `shared`).
+    pub(super) fn has_dirty(&self, shared: bool) -> bool {
+        let dirty = self.dirty.lock();
+        !dirty[0].keys.is_empty() || (shared && !dirty[1].keys.is_empty())
     }
 
     /// Stores what the refresh script read back for `keys` (see [`refresh_script`]).
@@ -503,13 +527,18 @@ impl LastKnown {
             .collect()
     }
 
-    /// Keys and bytes held, and keys evicted since start.
-    pub(super) fn usage(&self) -> (usize, u64, u64) {
+    /// Keys and bytes held, keys evicted since start, and keys waiting to be read back.
+    pub(super) fn usage(&self) -> (usize, u64, u64, usize) {
+        let pending = {
+            let dirty = self.dirty.lock();
+            dirty[0].keys.len() + dirty[1].keys.len()
+        };
         let copy = self.copy.lock();
         (
             copy.used.len(),
             copy.ks.used_bytes(),
             self.evicted.load(Ordering::Relaxed),
+            pending,
         )
     }
 
@@ -830,7 +859,7 @@ mod tests {
         lk.remember("k*", Remembered::State);
         lk.observe(&get("k1"), &Reply::Str("v".into()));
         assert_eq!(lk.get("k1", 0).map(|e| e.data), Some(Data::Str("v".into())));
-        assert!(!lk.has_dirty(), "a whole read needs no read-back");
+        assert!(!lk.has_dirty(true), "a whole read needs no read-back");
         let set = Op::Set {
             key: "k1".into(),
             value: "w".into(),
@@ -843,7 +872,7 @@ mod tests {
             Some(Data::Str("w".into())),
             "a write applies to a held key at once"
         );
-        assert!(!lk.has_dirty(), "a plain SET is known whole");
+        assert!(!lk.has_dirty(true), "a plain SET is known whole");
         lk.observe(
             &Op::IncrBy {
                 key: "k2".into(),
@@ -851,7 +880,7 @@ mod tests {
             },
             &Reply::Int(1),
         );
-        assert_eq!(lk.take_dirty(10), vec!["k2".to_string()]);
+        assert_eq!(lk.take_dirty(10, false), vec!["k2".to_string()]);
         lk.observe(&get("other"), &Reply::Str("v".into()));
         assert!(
             lk.get("other", 0).is_none(),
@@ -874,7 +903,7 @@ mod tests {
             // k0 stays in use, so it stays.
             assert!(lk.get("k0", 0).is_some());
         }
-        let (keys, bytes, evicted) = lk.usage();
+        let (keys, bytes, evicted, _) = lk.usage();
         assert!(bytes <= 4_000, "{bytes} bytes held past the bound");
         assert!(keys < 50 && evicted > 0);
         assert!(lk.get("k0", 0).is_some(), "the key in use was evicted");

@@ -316,6 +316,8 @@ pub struct StorageStats {
     pub last_known_bytes: u64,
     /// Keys the last-known copy dropped to stay within its bound, since start.
     pub last_known_evicted: u64,
+    /// Keys changed on Redis and not yet read back into the last-known copy.
+    pub last_known_pending: usize,
 }
 
 impl StorageEvent {
@@ -536,7 +538,8 @@ impl Storage {
     /// Counters and gauges.
     pub fn stats(&self) -> StorageStats {
         let c = &self.inner.counters;
-        let (last_known_keys, last_known_bytes, last_known_evicted) = self.inner.last_known.usage();
+        let (last_known_keys, last_known_bytes, last_known_evicted, last_known_pending) =
+            self.inner.last_known.usage();
         StorageStats {
             mode: Some(self.mode()),
             mode_changes: c.mode_changes.load(Ordering::Relaxed),
@@ -559,6 +562,7 @@ impl Storage {
             last_known_keys,
             last_known_bytes,
             last_known_evicted,
+            last_known_pending,
         }
     }
 

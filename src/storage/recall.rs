@@ -6,7 +6,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::keys::group_by_slot;
-use super::last_known::{refresh_script, restore_args, restore_script, REFRESH_BATCH};
+use super::last_known::{
+    refresh_script, restore_args, restore_script, REFRESH_BATCH, SHARED_EVERY,
+};
 use super::op::{Expiry, Op, Reply};
 use super::redis::Failure;
 use super::{Mode, Storage};
@@ -33,7 +35,7 @@ impl Storage {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
+            for round in 0u64.. {
                 tick.tick().await;
                 let Some(inner) = weak.upgrade() else { break };
                 if inner.stopped.load(Ordering::Acquire) {
@@ -49,7 +51,7 @@ impl Storage {
                         storage.inner.last_known.set_epoch(&epoch);
                     }
                 }
-                storage.refresh_dirty().await;
+                storage.refresh_dirty(round % SHARED_EVERY == 0).await;
                 let last_known = storage.inner.last_known.clone();
                 let saved =
                     tokio::task::spawn_blocking(move || last_known.save_if_due(now_ms(), false))
@@ -63,17 +65,17 @@ impl Storage {
 
     /// Reads the dirty keys back from Redis (a bounded number of batches per round, so one
     /// round never holds the copy's lock or Redis for long).
-    async fn refresh_dirty(&self) {
+    async fn refresh_dirty(&self, shared: bool) {
         let Some(redis) = &self.inner.redis else {
             return;
         };
         let last_known = &self.inner.last_known;
         let max = self.inner.max_members.to_string();
         for _ in 0..16 {
-            if !last_known.has_dirty() {
+            if !last_known.has_dirty(shared) {
                 return;
             }
-            let keys = last_known.take_dirty(REFRESH_BATCH);
+            let keys = last_known.take_dirty(REFRESH_BATCH, shared);
             for group in group_by_slot(keys, |k| k.as_str()) {
                 let op = Op::Eval {
                     script: refresh_script().reference.clone(),
