@@ -220,6 +220,7 @@ impl Cache {
             return Ok(Some(value));
         }
         let generation = self.inner.generation.load(Ordering::Acquire);
+        self.inner.storage.remember_key(key);
         match self.inner.storage.get(key).await? {
             Some(value) => {
                 self.inner
@@ -287,6 +288,7 @@ impl Cache {
         }
         let generation = self.inner.generation.load(Ordering::Acquire);
         let counters = &self.inner.counters;
+        self.inner.storage.remember_key(key);
         if let Some(value) = self.inner.storage.get(key).await? {
             counters.storage_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(self.keep(key, value, ttl, generation));
@@ -314,6 +316,7 @@ impl Cache {
     /// processes to drop their copy.
     pub async fn set(&self, key: &str, value: &str, ttl: Duration) -> Result<(), CacheError> {
         check(key, ttl)?;
+        self.inner.storage.remember_key(key);
         self.inner.storage.set(key, value, Some(ttl)).await?;
         self.put_near(key, Arc::from(value), ttl);
         self.announce(key).await

@@ -131,6 +131,15 @@ pub enum HazardError {
         /// What is wrong.
         reason: String,
     },
+    /// A read-modify-write lost its compare-and-set every time: others keep changing the
+    /// record.
+    #[error("{key}: changed by others on each of {attempts} attempts; not updated")]
+    Contended {
+        /// The key.
+        key: String,
+        /// Attempts made.
+        attempts: u32,
+    },
     /// The storage refused the call.
     #[error(transparent)]
     Storage(#[from] StorageError),
@@ -426,7 +435,7 @@ impl Hazards {
         if user_seed.is_empty() {
             return Err(HazardError::EmptySeed("user seed"));
         }
-        self.write_fairness(user, agent, user_seed, 0).await
+        self.write_fairness(user, agent, user_seed, 0, None).await
     }
 
     /// A player's fairness record.
@@ -485,7 +494,7 @@ impl Hazards {
         let (record, seed) = self.load_fairness(user, agent).await?;
         let user_seed = next_user_seed.unwrap_or(&record.user_seed).to_string();
         let next = self
-            .write_fairness(user, agent, &user_seed, record.nonce + 1)
+            .write_fairness(user, agent, &user_seed, record.nonce + 1, Some(&seed))
             .await?;
         let settled = SettledSeed {
             server_seed: seed,
@@ -540,6 +549,7 @@ impl Hazards {
         agent: &str,
         user_seed: &str,
         nonce: u64,
+        replacing: Option<&str>,
     ) -> Result<FairnessRecord, HazardError> {
         let seed = fairness::new_server_seed();
         let record = FairnessRecord {
@@ -551,10 +561,25 @@ impl Hazards {
         };
         let ttl = Some(Duration::from_secs(self.inner.settings.fairness_ttl_secs));
         let storage = &self.inner.storage;
-        // The seed first: a record never names a hash whose seed is missing.
-        storage
-            .set(&self.inner.keys.fairness_secret(user, agent), seed, ttl)
-            .await?;
+        // The seed first: a record never names a hash whose seed is missing. A rotation
+        // replaces the seed it settled only if it is still there (compare-and-set): of two
+        // processes settling one round, one rotates and the other is refused, so no round
+        // is skipped and no record names a seed another process replaced.
+        let secret_key = self.inner.keys.fairness_secret(user, agent);
+        match replacing {
+            None => storage.set(&secret_key, seed, ttl).await?,
+            Some(old) => {
+                if !storage
+                    .compare_and_set(&secret_key, Some(old), &seed, ttl)
+                    .await?
+                {
+                    return Err(HazardError::Contended {
+                        key: secret_key,
+                        attempts: 1,
+                    });
+                }
+            }
+        }
         storage
             .set_json(&self.inner.keys.fairness(user, agent), &record, ttl)
             .await?;

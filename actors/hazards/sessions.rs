@@ -57,6 +57,10 @@ pub struct GameSession {
     pub collision_columns: Vec<u32>,
 }
 
+/// Read-modify-write rounds [`GameSessions::update`] tries before giving up on a session
+/// others keep changing.
+const MAX_UPDATE_ATTEMPTS: u32 = 100;
+
 /// The game session API: a cheap, cloneable handle.
 #[derive(Debug, Clone)]
 pub struct GameSessions {
@@ -108,25 +112,47 @@ impl GameSessions {
         Ok(self.storage.get_json(&Self::key(user, agent)).await?)
     }
 
-    /// Applies `change` to the stored session and writes it back with a fresh TTL. `Ok(None)`
-    /// when there is no session (nothing written). Not atomic across processes: one player's
-    /// session is changed by the process serving that player (hold a lock otherwise).
+    /// Applies `change` to the stored session and writes it back with a fresh TTL, with a
+    /// compare-and-set: when another process (or a seed bot) changed the session between the
+    /// read and the write, the change is applied again to the newer session, so no update is
+    /// lost. `Ok(None)` when there is no session (nothing written).
     pub async fn update(
         &self,
         user: &str,
         agent: &str,
-        change: impl FnOnce(&mut GameSession),
+        change: impl Fn(&mut GameSession),
     ) -> Result<Option<GameSession>, HazardError> {
-        let Some(mut session) = self.get(user, agent).await? else {
-            return Ok(None);
-        };
-        change(&mut session);
-        session.user_id = user.to_string();
-        session.agent_id = agent.to_string();
-        self.storage
-            .set_json(&Self::key(user, agent), &session, self.ttl())
-            .await?;
-        Ok(Some(session))
+        check_id("user id", user)?;
+        check_id("agent id", agent)?;
+        let key = Self::key(user, agent);
+        for _ in 0..MAX_UPDATE_ATTEMPTS {
+            let Some(text) = self.storage.get(&key).await? else {
+                return Ok(None);
+            };
+            let mut session: GameSession =
+                serde_json::from_str(&text).map_err(|e| HazardError::Corrupt {
+                    key: key.clone(),
+                    reason: e.to_string(),
+                })?;
+            change(&mut session);
+            session.user_id = user.to_string();
+            session.agent_id = agent.to_string();
+            let new = serde_json::to_string(&session).map_err(|e| HazardError::Corrupt {
+                key: key.clone(),
+                reason: e.to_string(),
+            })?;
+            if self
+                .storage
+                .compare_and_set(&key, Some(&text), &new, self.ttl())
+                .await?
+            {
+                return Ok(Some(session));
+            }
+        }
+        Err(HazardError::Contended {
+            key,
+            attempts: MAX_UPDATE_ATTEMPTS,
+        })
     }
 
     /// Deletes the session (on game end); true when it existed.

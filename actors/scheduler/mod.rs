@@ -107,7 +107,7 @@ use crate::actors::history;
 use crate::clock::iso8601;
 use crate::clock::now_ms;
 use crate::settings::SchedulerSettings;
-use crate::storage::{Mode, Reply, Storage, StorageError};
+use crate::storage::{Mode, Op, Remembered, Reply, Storage, StorageError};
 use ids::new_task_id;
 use scripts::scripts;
 
@@ -479,6 +479,12 @@ impl Scheduler {
             dead: format!("{prefix}:tasks:dead"),
             task_prefix: format!("{prefix}:task:"),
         };
+        // What a claim could hand out twice is shown through an outage, never decided on;
+        // a task's own record is state.
+        for queue in [&keys.queue, &keys.processing, &keys.delayed, &keys.dead] {
+            storage.remember(queue, Remembered::Shared);
+        }
+        storage.remember(&format!("{}*", keys.task_prefix), Remembered::State);
         let (tx, rx) = mpsc::unbounded_channel();
         Self {
             shared: Arc::new(Shared {
@@ -643,12 +649,13 @@ impl Scheduler {
         let st = &self.shared.storage;
         let k = &self.shared.keys;
         let all = |key: &str| {
-            let key = key.to_string();
-            async move {
-                st.zrange_by_score(&key, f64::NEG_INFINITY, f64::INFINITY, None)
-                    .await
-                    .map(|v| v.into_iter().map(|(m, _)| m).collect::<Vec<_>>())
-            }
+            let op = Op::ZRangeByScore {
+                key: key.to_string(),
+                min: f64::NEG_INFINITY,
+                max: f64::INFINITY,
+                limit: None,
+            };
+            async move { st.read_known(op).await.map(ids_of) }
         };
         Ok(match status {
             TaskStatus::Pending => {
@@ -685,12 +692,13 @@ impl Scheduler {
         let st = &self.shared.storage;
         let k = &self.shared.keys;
         let first = |key: &str, n: usize| {
-            let key = key.to_string();
-            async move {
-                st.zrange_by_score(&key, f64::NEG_INFINITY, f64::INFINITY, Some((0, n as u64)))
-                    .await
-                    .map(|v| v.into_iter().map(|(m, _)| m).collect::<Vec<_>>())
-            }
+            let op = Op::ZRangeByScore {
+                key: key.to_string(),
+                min: f64::NEG_INFINITY,
+                max: f64::INFINITY,
+                limit: Some((0, n as u64)),
+            };
+            async move { st.read_known(op).await.map(ids_of) }
         };
         let mut ids = match status {
             TaskStatus::Pending => first(&k.queue, limit).await?,
@@ -707,11 +715,17 @@ impl Scheduler {
     pub async fn counts(&self) -> Result<QueueCounts, SchedulerError> {
         let st = &self.shared.storage;
         let k = &self.shared.keys;
+        let count = |key: &str| {
+            let op = Op::ZCard {
+                key: key.to_string(),
+            };
+            async move { st.read_known(op).await.map(|r| r.as_int() as u64) }
+        };
         Ok(QueueCounts {
-            pending: st.zcard(&k.queue).await?,
-            delayed: st.zcard(&k.delayed).await?,
-            processing: st.zcard(&k.processing).await?,
-            dead: st.zcard(&k.dead).await?,
+            pending: count(&k.queue).await?,
+            delayed: count(&k.delayed).await?,
+            processing: count(&k.processing).await?,
+            dead: count(&k.dead).await?,
         })
     }
 
@@ -1236,6 +1250,11 @@ impl Handler<GetSchedulerStats> for SchedulerActor {
     fn handle(&mut self, _: GetSchedulerStats, _: &mut Self::Context) -> Self::Result {
         actix::MessageResult(self.scheduler.stats())
     }
+}
+
+/// The members of a `ZRANGEBYSCORE ... WITHSCORES` reply.
+fn ids_of(reply: Reply) -> Vec<String> {
+    reply.into_scored().into_iter().map(|(m, _)| m).collect()
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use crate::actors::hazards::{HazardTicker, Hazards};
 use crate::actors::heartbeat::{
     Admin, AdminInbox, Heartbeat, HeartbeatSender, Identities, PeerMonitor, Peers,
 };
+use crate::actors::heartbeat::{HEARTBEAT_PREFIX, IDENTITY_PREFIX};
 use crate::actors::history::{History, RETENTION_JOB};
 use crate::actors::locks::{LockManager, Locks};
 use crate::actors::presence::{hostname, Presence};
@@ -19,7 +20,7 @@ use crate::actors::scheduler::{Scheduler, SchedulerActor};
 use crate::actors::shared_data::{Fetcher, ReaderActor, SharedData, SharedDataError};
 use crate::actors::storage_monitor::StorageMonitor;
 use crate::settings::Settings;
-use crate::storage::Storage;
+use crate::storage::{Remembered, Storage};
 use crate::supervisor::{ActorHandle, ChildContext, ChildSpec, RestartType, SupervisorBuilder};
 
 /// Bound of one history retention run (the lock's watchdog extends it while the run lasts).
@@ -60,6 +61,7 @@ impl Services {
         instance: &str,
         history: History,
     ) -> Result<Services, SharedDataError> {
+        remember_keys(storage, settings);
         let monitor = {
             let storage = storage.clone();
             tree.child(ChildSpec::new("storage-monitor", move |_| {
@@ -209,5 +211,39 @@ fn archive_history(
         if let Err(e) = job {
             tracing::error!(actor = "history", error = %e, "history retention job not registered");
         }
+    }
+}
+
+/// Declares the keys the built-in services keep through an outage (see
+/// [`Storage::remember`]): what they decide on, and what they show. A task queue declares its
+/// own keys when it is made (`Scheduler::for_queue`), the cache each key it touches.
+fn remember_keys(storage: &Storage, settings: &Settings) {
+    let keys = storage.keys();
+    let (prefix, internal) = (keys.prefix(), keys.internal_prefix());
+    let patterns = [
+        // The bot state machine, sessions, their metrics and the event log.
+        keys.state(),
+        keys.sessions_active(),
+        format!("{prefix}:session:*"),
+        format!("{prefix}:metrics:*"),
+        keys.events(),
+        // Game sessions, fairness records, hazards and their tick records.
+        "gameSession:*".to_string(),
+        "user-sessions:*".to_string(),
+        "fairness:*".to_string(),
+        format!("{internal}:fairness-secret:*"),
+        "hazards-*".to_string(),
+        format!("{internal}:hazards*"),
+        // Heartbeats, identities, presence.
+        format!("{HEARTBEAT_PREFIX}*"),
+        format!("{IDENTITY_PREFIX}*"),
+        format!("{internal}:instance:*"),
+        // The shared snapshot.
+        settings.shared_data.shared_key.clone(),
+        settings.shared_data.legacy_key.clone(),
+        format!("{internal}:shared-data-guard:*"),
+    ];
+    for pattern in &patterns {
+        storage.remember(pattern, Remembered::State);
     }
 }

@@ -102,7 +102,21 @@ async fn system_status(state: web::Data<AppState>) -> HttpResponse {
         "actors": { "running": running, "total": snapshot.actors.actors.len() },
         "locks": snapshot.locks,
         "bot": bot,
+        "stale": snapshot.freshness.stale,
+        "as_of_ms": snapshot.freshness.as_of_ms,
     }))
+}
+
+/// A read's answer with `"stale"` and `"as_of_ms"`: during an outage it comes from
+/// last-known state (plus this process's own writes), as of the last moment Redis answered.
+fn fresh(state: &AppState, result: Result<Value, ApiError>) -> Result<Value, ApiError> {
+    let mut value = result?;
+    if let Some(object) = value.as_object_mut() {
+        let freshness = state.fleet.storage().freshness();
+        object.insert("stale".into(), json!(freshness.stale));
+        object.insert("as_of_ms".into(), json!(freshness.as_of_ms));
+    }
+    Ok(value)
 }
 
 fn answer(result: Result<Value, ApiError>) -> Result<HttpResponse, ApiError> {
@@ -125,7 +139,7 @@ async fn bot_stop(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> 
 }
 
 async fn bot_status(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    answer(state.bot.status().await)
+    answer(fresh(&state, state.bot.status().await))
 }
 
 /// The `key=value` pairs of the query string (400 when it does not parse).
@@ -157,7 +171,7 @@ async fn bot_sessions(
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let archive = archive_query(&req)?;
-    answer(state.bot.sessions(archive).await)
+    answer(fresh(&state, state.bot.sessions(archive).await))
 }
 
 async fn bot_tasks(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
@@ -181,7 +195,7 @@ async fn bot_tasks(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpR
         }
     }
     query.validate()?;
-    answer(state.bot.tasks(query).await)
+    answer(fresh(&state, state.bot.tasks(query).await))
 }
 
 async fn bot_add_task(state: web::Data<AppState>, body: Bytes) -> Result<HttpResponse, ApiError> {
@@ -198,7 +212,7 @@ async fn bot_events(
     let session_id = path.into_inner();
     validate_session_id(&session_id)?;
     let archive = archive_query(&req)?;
-    answer(state.bot.events(session_id, archive).await)
+    answer(fresh(&state, state.bot.events(session_id, archive).await))
 }
 
 async fn bot_metrics(
@@ -207,7 +221,7 @@ async fn bot_metrics(
 ) -> Result<HttpResponse, ApiError> {
     let session_id = path.into_inner();
     validate_session_id(&session_id)?;
-    answer(state.bot.metrics(session_id).await)
+    answer(fresh(&state, state.bot.metrics(session_id).await))
 }
 
 /// `POST /api/admin/send`: `{"pid": "1234", "message": "..."}` to one bot's admin queue and

@@ -14,7 +14,7 @@ use crate::actors::storage_monitor::SeenEvent;
 use crate::clock::now_ms;
 use crate::fleet::Fleet;
 use crate::settings::ApiSettings;
-use crate::storage::{Mode, StorageStats};
+use crate::storage::{Freshness, Mode, StorageStats};
 use crate::supervisor::{ChildState, HealthReport};
 
 /// Sections the dashboard has a place for: the task queue by status, live and stale bots, the
@@ -68,6 +68,8 @@ pub struct StatusSnapshot {
     pub health: HealthVerdict,
     /// Storage mode and counters.
     pub storage: StorageStats,
+    /// Whether what the fleet answers comes from last-known state (an outage), and as of when.
+    pub freshness: Freshness,
     /// Every supervised actor.
     pub actors: HealthReport,
     /// The lock manager's counters (`null` if it did not answer in time).
@@ -117,6 +119,7 @@ impl StatusSnapshot {
                 reasons,
             },
             storage: health.storage,
+            freshness: fleet.storage().freshness(),
             actors: health.actors,
             locks: locks.ok().and_then(Result::ok),
             presence: presence.ok().and_then(Result::ok),

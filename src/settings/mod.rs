@@ -123,6 +123,8 @@ pub struct StorageSettings {
     pub file: FileSettings,
     /// `[storage.outbox]`.
     pub outbox: OutboxSettings,
+    /// `[storage.last_known]`.
+    pub last_known: LastKnownSettings,
     /// Keys whose replay must not overwrite a newer value (compared by a version field).
     pub versioned: Vec<VersionedKey>,
 }
@@ -135,6 +137,7 @@ impl Default for StorageSettings {
             memory: MemorySettings::default(),
             file: FileSettings::default(),
             outbox: OutboxSettings::default(),
+            last_known: LastKnownSettings::default(),
             versioned: default_versioned(),
         }
     }
@@ -313,6 +316,37 @@ impl Default for MemorySettings {
         Self {
             max_bytes: 256 * 1024 * 1024,
             sweep_interval_ms: 1_000,
+        }
+    }
+}
+
+/// `[storage.last_known]`: what this process read from or wrote to Redis stays readable, and
+/// is decided on, through an outage (marked stale). The built-in services declare their keys;
+/// `patterns` adds a host's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LastKnownSettings {
+    /// Keep the last-known copy at all (false: an outage starts from an empty fallback).
+    pub enabled: bool,
+    /// Upper bound on the bytes of the copy; the least recently used keys leave first.
+    pub max_bytes: u64,
+    /// Keys changed on Redis are read back into the copy at most this often (the task queues
+    /// ten times less often).
+    pub refresh_interval_ms: u64,
+    /// A collection (hash, set, sorted set, list) with more members is not copied.
+    pub max_members: u64,
+    /// Redis globs of further keys to keep (a host's own keys), beside the built-in ones.
+    pub patterns: Vec<String>,
+}
+
+impl Default for LastKnownSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_bytes: 64 * 1024 * 1024,
+            refresh_interval_ms: 200,
+            max_members: 10_000,
+            patterns: Vec::new(),
         }
     }
 }

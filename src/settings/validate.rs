@@ -28,6 +28,9 @@ pub(crate) const POSITIVE: &[&str] = &[
     "storage.memory.sweep_interval_ms",
     "storage.outbox.max_entries",
     "storage.outbox.replay_batch",
+    "storage.last_known.max_bytes",
+    "storage.last_known.refresh_interval_ms",
+    "storage.last_known.max_members",
     "supervisor.within_secs",
     "supervisor.backoff_base_ms",
     "supervisor.backoff_max_ms",
@@ -423,6 +426,14 @@ fn semantic(settings: &Settings, tree: &Node, problems: &mut Vec<Problem>) {
             "storage.file.dir",
             "expected a directory when storage.fallback is \"file\", got \"\"".to_owned(),
         );
+    }
+    for (i, pattern) in settings.storage.last_known.patterns.iter().enumerate() {
+        if pattern.trim().is_empty() {
+            check.fail(
+                &format!("storage.last_known.patterns[{i}]"),
+                "expected a Redis glob, got \"\"".to_owned(),
+            );
+        }
     }
     for (i, versioned) in settings.storage.versioned.iter().enumerate() {
         for (name, value) in [("pattern", &versioned.pattern), ("field", &versioned.field)] {

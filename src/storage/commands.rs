@@ -246,6 +246,37 @@ impl Storage {
         self.set(key, text, ttl).await
     }
 
+    /// Compare-and-set of a string: writes `value` (expiring after `ttl`) only when the key
+    /// holds exactly `expected` (`None`: only when it is absent); true when written. One
+    /// script on Redis, its twin on the fallback; replayed after an outage, it compares again
+    /// against what Redis holds then, so a write made stale by another process meanwhile is
+    /// refused, not applied. For read-modify-write of records several processes share.
+    pub async fn compare_and_set(
+        &self,
+        key: &str,
+        expected: Option<&str>,
+        value: &str,
+        ttl: Option<Duration>,
+    ) -> Result<bool, StorageError> {
+        // An absolute expiry, so that a replay keeps the deadline the caller meant.
+        let at = ttl.map_or(0, |t| {
+            crate::clock::now_ms() + (t.as_millis() as u64).max(1)
+        });
+        let reply = self
+            .eval(
+                cas_script(),
+                &[key],
+                &[
+                    if expected.is_some() { "1" } else { "0" },
+                    expected.unwrap_or(""),
+                    value,
+                    &at.to_string(),
+                ],
+            )
+            .await?;
+        Ok(reply.as_int() == 1)
+    }
+
     /// `HGET`.
     pub async fn hget(&self, key: &str, field: &str) -> Result<Option<String>, StorageError> {
         Ok(self
@@ -665,4 +696,62 @@ fn set_many_local(
         )?;
     }
     Ok(Reply::Int(keys.len() as i64))
+}
+
+const CAS_LUA: &str = r#"
+local current = redis.call('GET', KEYS[1])
+if ARGV[1] == '1' then
+  if current ~= ARGV[2] then return 0 end
+elseif current then
+  return 0
+end
+if ARGV[4] ~= '0' then
+  redis.call('SET', KEYS[1], ARGV[3], 'PXAT', ARGV[4])
+else
+  redis.call('SET', KEYS[1], ARGV[3])
+end
+return 1
+"#;
+
+fn cas_script() -> &'static Script {
+    static SCRIPT: std::sync::OnceLock<Script> = std::sync::OnceLock::new();
+    SCRIPT.get_or_init(|| Script::new("compare-and-set", CAS_LUA, cas_local))
+}
+
+/// The fallback's `compare-and-set`.
+fn cas_local(
+    ks: &mut super::Keyspace,
+    now_ms: u64,
+    keys: &[String],
+    args: &[String],
+) -> Result<Reply, super::LocalError> {
+    let bad = || super::LocalError::Script("compare-and-set: bad arguments".into());
+    let ([key], [expect, expected, value, at]) = (keys, args) else {
+        return Err(bad());
+    };
+    let at: u64 = at.parse().map_err(|_| bad())?;
+    let current = ks
+        .apply(&Op::Get { key: key.clone() }, now_ms)?
+        .into_opt_string();
+    let matches = match expect.as_str() {
+        "1" => current.as_deref() == Some(expected.as_str()),
+        _ => current.is_none(),
+    };
+    if !matches {
+        return Ok(Reply::Int(0));
+    }
+    ks.apply(
+        &Op::Set {
+            key: key.clone(),
+            value: value.clone(),
+            expiry: if at > 0 {
+                Expiry::At(at)
+            } else {
+                Expiry::Never
+            },
+            only_if_absent: false,
+        },
+        now_ms,
+    )?;
+    Ok(Reply::Int(1))
 }

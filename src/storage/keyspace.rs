@@ -56,6 +56,20 @@ pub struct ZSet {
 }
 
 impl ZSet {
+    /// A sorted set of `(member, score)` pairs.
+    pub fn from_scored(pairs: impl IntoIterator<Item = (String, f64)>) -> Self {
+        let mut z = ZSet::default();
+        for (member, score) in pairs {
+            z.insert(member, score);
+        }
+        z
+    }
+
+    /// Members and scores, in order.
+    pub fn scored(&self) -> impl Iterator<Item = (&str, f64)> {
+        self.order.iter().map(|(s, m)| (m.as_str(), s.0))
+    }
+
     fn insert(&mut self, member: String, score: f64) -> bool {
         match self.scores.insert(member.clone(), score) {
             Some(old) => {
@@ -214,6 +228,13 @@ impl Keyspace {
             }
             None => self.remove(&key),
         }
+    }
+
+    /// The live entry of `key`, if any (expired entries are left for the sweep).
+    pub fn entry(&self, key: &str, now_ms: u64) -> Option<&Entry> {
+        self.entries
+            .get(key)
+            .filter(|e| e.expire_at.is_none_or(|at| at > now_ms))
     }
 
     /// Every live entry (for snapshots).

@@ -5,13 +5,15 @@
 //! the outbox order must follow the order writes were applied in, and the lock is never held
 //! across an `.await` (every method here is synchronous and short).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::Path;
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 
 use super::journal::{Journal, Record, Snapshot};
-use super::keyspace::Keyspace;
+use super::keyspace::{Data, Entry, Keyspace, ZSet};
+use super::last_known::{LastKnown, Remembered};
 use super::op::{Op, Reply};
 use super::outbox::{OutboxEntry, VersionCheck};
 use super::script::LocalScript;
@@ -24,6 +26,7 @@ pub struct Local {
     max_bytes: u64,
     max_outbox: usize,
     compact_min_bytes: u64,
+    last_known: Arc<LastKnown>,
 }
 
 #[derive(Debug)]
@@ -48,7 +51,7 @@ pub enum OutboxMode {
 
 impl Local {
     /// A memory-only fallback.
-    pub fn memory(max_bytes: u64, max_outbox: usize) -> Self {
+    pub fn memory(max_bytes: u64, max_outbox: usize, last_known: Arc<LastKnown>) -> Self {
         Self {
             state: Mutex::new(State {
                 ks: Keyspace::new(),
@@ -61,6 +64,7 @@ impl Local {
             max_bytes,
             max_outbox,
             compact_min_bytes: u64::MAX,
+            last_known,
         }
     }
 
@@ -71,10 +75,15 @@ impl Local {
         compact_min_bytes: u64,
         max_bytes: u64,
         max_outbox: usize,
+        last_known: Arc<LastKnown>,
     ) -> std::io::Result<Self> {
         let (journal, snapshot, records) = Journal::open(dir, fsync_interval_ms)?;
         let mut ks = Keyspace::new();
+        // Keys the fallback owns since the last resync (it holds them, or deleted them): the
+        // last-known copy must not seed them again after a crash.
+        let mut owned: HashSet<String> = HashSet::new();
         for (key, entry) in snapshot.entries {
+            owned.insert(key.clone());
             ks.put_entry(key, Some(entry));
         }
         let mut outbox: VecDeque<OutboxEntry> = snapshot.outbox.into();
@@ -82,10 +91,12 @@ impl Local {
         for record in records {
             match record {
                 Record::Op { op, at_ms } => {
+                    owned.extend(op.keys().into_iter().map(str::to_string));
                     let _ = ks.apply(&op, at_ms);
                 }
                 Record::Effects(changes) => {
                     for (key, entry) in changes {
+                        owned.insert(key.clone());
                         ks.put_entry(key, entry);
                     }
                 }
@@ -98,8 +109,12 @@ impl Local {
                 Record::Cleared => {
                     ks.clear();
                     outbox.clear();
+                    owned.clear();
                 }
             }
+        }
+        if !outbox.is_empty() || !owned.is_empty() {
+            last_known.mark_seeded(owned);
         }
         let outbox_id = if snapshot.outbox_id.is_empty() {
             new_outbox_id()
@@ -118,6 +133,7 @@ impl Local {
             max_bytes,
             max_outbox,
             compact_min_bytes,
+            last_known,
         };
         // Persist the outbox id at once, so that replay markers stay meaningful after a crash.
         local.compact_now()?;
@@ -147,6 +163,11 @@ impl Local {
             return Ok(None);
         }
         let write = op.is_write();
+        if outbox == OutboxMode::Yes && self.last_known.is_enabled() {
+            if let Some(reply) = self.recall(&mut st, op, now_ms)? {
+                return Ok(Some(reply));
+            }
+        }
         let replaced = match supersede {
             Some(tag) if write && outbox == OutboxMode::Yes => st
                 .latest
@@ -263,6 +284,9 @@ impl Local {
         if st.journal.is_some() {
             journal(&mut st, &[Record::Cleared])?;
         }
+        // Redis holds what the outage changed: read those keys back into the copy.
+        let seeded = self.last_known.end_outage();
+        self.last_known.mark_all_dirty(seeded);
         Ok(true)
     }
 
@@ -300,6 +324,42 @@ impl Local {
             j.sync().map_err(StorageError::file)?;
         }
         Ok(())
+    }
+
+    /// During an outage, before `op` runs: seeds the last-known value of each
+    /// [`Remembered::State`] key it touches for the first time (journaled, not replayed).
+    /// [`Remembered::Shared`] keys are never seeded: a claim sees only this process's own
+    /// writes (reads that show them use [`Local::read_known`]).
+    fn recall(&self, st: &mut State, op: &Op, now_ms: u64) -> Result<Option<Reply>, StorageError> {
+        let lk = &self.last_known;
+        for key in op.keys() {
+            if lk.kind(key) != Some(Remembered::State)
+                || lk.seed_once(key)
+                || st.ks.entry(key, now_ms).is_some()
+            {
+                continue;
+            }
+            if let Some(entry) = lk.get(key, now_ms) {
+                st.ks.put_entry(key.to_string(), Some(entry.clone()));
+                if st.journal.is_some() {
+                    journal(st, &[Record::Effects(vec![(key.to_string(), Some(entry))])])?;
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// A read of one key as this process knows it during an outage: its own value over the
+    /// last-known one (see [`merge`]). Nothing is seeded or recorded.
+    pub fn read_known(&self, op: &Op, now_ms: u64) -> Result<Reply, StorageError> {
+        let st = self.state.lock();
+        let [key] = op.keys()[..] else {
+            return st_apply_copy(&st, op, now_ms);
+        };
+        let merged = merge(st.ks.entry(key, now_ms), self.last_known.get(key, now_ms));
+        let mut view = Keyspace::new();
+        view.put_entry(key.to_string(), merged);
+        Ok(view.apply(op, now_ms)?)
     }
 
     fn compact_now(&self) -> std::io::Result<()> {
@@ -347,6 +407,43 @@ fn remove_seq(outbox: &mut VecDeque<OutboxEntry>, seq: u64) {
     if let Some(i) = find_seq(outbox, seq) {
         outbox.remove(i);
     }
+}
+
+/// A shared key as a read during an outage sees it: this process's own value over the
+/// last-known one (a union for sets and sorted sets, where its own scores win).
+fn merge(own: Option<&Entry>, known: Option<Entry>) -> Option<Entry> {
+    match (own, known) {
+        (None, known) => known,
+        (Some(own), None) => Some(own.clone()),
+        (Some(own), Some(known)) => {
+            let data = match (&own.data, known.data) {
+                (Data::ZSet(mine), Data::ZSet(theirs)) => {
+                    let mut pairs: HashMap<String, f64> =
+                        theirs.scored().map(|(m, s)| (m.to_string(), s)).collect();
+                    pairs.extend(mine.scored().map(|(m, s)| (m.to_string(), s)));
+                    Data::ZSet(ZSet::from_scored(pairs))
+                }
+                (Data::Set(mine), Data::Set(mut theirs)) => {
+                    theirs.extend(mine.iter().cloned());
+                    Data::Set(theirs)
+                }
+                (mine, _) => mine.clone(),
+            };
+            Some(Entry {
+                data,
+                expire_at: own.expire_at,
+            })
+        }
+    }
+}
+
+/// `op` on a copy of the keys it reads (a read of several keys: no merge).
+fn st_apply_copy(st: &State, op: &Op, now_ms: u64) -> Result<Reply, StorageError> {
+    let mut view = Keyspace::new();
+    for key in op.keys() {
+        view.put_entry(key.to_string(), st.ks.entry(key, now_ms).cloned());
+    }
+    Ok(view.apply(op, now_ms)?)
 }
 
 fn op_size(op: &Op) -> u64 {

@@ -63,12 +63,24 @@
 //!   (locks: a lock granted locally and replayed later would exclude nobody). It fails with
 //!   [`StorageError::Unavailable`] at once when the mode is not `redis`, and when Redis fails
 //!   mid-call (the mode then degrades as usual).
+//! - [`Storage::compare_and_set`]: a string written only if it still holds what the caller
+//!   read, for records several processes change (game sessions, fairness seeds). Its replay
+//!   after an outage compares again, so a write another process made stale is refused.
 //! - [`Storage::set_many`]: many keys with one TTL in one script call (one per cluster slot).
 //!   fred writes to the socket after each command of a pipeline, so thousands of small `SET`s
 //!   cost a system call each; one script call does not.
 //! - [`Storage::execute_batch`]: plain ops in one round trip (a pipeline on Redis).
 //! - [`Storage::server_time_ms`]: Redis's clock (`TIME`), the local clock on the fallback, so
 //!   that processes on several hosts compare times on one clock.
+//!
+//! # Last-known state
+//!
+//! What the process knew before an outage stays known through it: a bounded copy of the keys
+//! the services declare ([`Storage::remember`]), written through while Redis answers and
+//! used by the fallback during an outage ([`Remembered`] says how), saved with the file
+//! fallback, and written back to a Redis that lost its data. [`Storage::freshness`] says
+//! whether answers come from it; [`Storage::read_known`] reads shared keys (task queues)
+//! merged with it. The `last_known` module explains the mechanism.
 //!
 //! # Bounds
 //!
@@ -101,6 +113,8 @@
 //! | `keys.rs` | [`KeySchema`]: the key names built from `[keys]`; [`hash_slot`] |
 //! | `keyspace.rs` | [`Keyspace`]: the in-process store that answers as Redis does |
 //! | `local.rs` | the fallback: keyspace, outbox and journal behind one mutex |
+//! | `last_known.rs` | the last-known copy: declared keys, bound, seeding, saved file |
+//! | `recall.rs` | its Redis side: the refresher, the data epoch, the write-back |
 //! | `outbox.rs` | writes waiting for Redis, and their idempotent replay |
 //! | `journal.rs` | the file fallback's journal, snapshot and compaction |
 //! | `monitor.rs` | the monitor task: connection events, PINGs, sweeps, resync |
@@ -113,10 +127,12 @@ mod glob;
 mod journal;
 mod keys;
 mod keyspace;
+mod last_known;
 mod local;
 mod monitor;
 mod op;
 mod outbox;
+mod recall;
 mod redis;
 mod replicas;
 mod script;
@@ -132,10 +148,12 @@ use tokio::sync::{broadcast, Notify};
 pub use glob::glob_match;
 pub use keys::{group_by_slot, hash_slot, KeySchema};
 pub use keyspace::{Keyspace, LocalError};
+pub use last_known::{Freshness, Remembered};
 pub use op::{Expiry, Op, Reply};
 pub use script::{LocalScript, Script};
 
 use crate::settings::{FallbackKind, StorageSettings, VersionedKey};
+use last_known::LastKnown;
 use local::{Local, OutboxMode};
 use outbox::VersionCheck;
 use redis::{Failure, RedisBackend};
@@ -292,6 +310,14 @@ pub struct StorageStats {
     /// writes skip it (counted in `unreplicated_writes`) until a probe finds the replicas back.
     /// Always 0 without `storage.redis.wait_replicas`.
     pub masters_missing_replicas: u64,
+    /// Keys held by the last-known copy (`storage.last_known`).
+    pub last_known_keys: usize,
+    /// Bytes held by the last-known copy (at most `storage.last_known.max_bytes`).
+    pub last_known_bytes: u64,
+    /// Keys the last-known copy dropped to stay within its bound, since start.
+    pub last_known_evicted: u64,
+    /// Keys changed on Redis and not yet read back into the last-known copy.
+    pub last_known_pending: usize,
 }
 
 impl StorageEvent {
@@ -350,6 +376,9 @@ struct Inner {
     mode: AtomicU8,
     redis: Option<RedisBackend>,
     local: Local,
+    last_known: Arc<LastKnown>,
+    refresh_interval: Duration,
+    max_members: u64,
     keys: KeySchema,
     versioned: Vec<VersionedKey>,
     replay_batch: usize,
@@ -382,16 +411,24 @@ impl Storage {
                 "the current runtime is single-threaded".into(),
             ));
         }
+        let dir = std::path::Path::new(&settings.file.dir);
+        let last_known = Arc::new(LastKnown::open(
+            &settings.last_known,
+            (settings.fallback == FallbackKind::File).then_some(dir),
+        ));
         let local = match settings.fallback {
-            FallbackKind::Memory => {
-                Local::memory(settings.memory.max_bytes, settings.outbox.max_entries)
-            }
+            FallbackKind::Memory => Local::memory(
+                settings.memory.max_bytes,
+                settings.outbox.max_entries,
+                last_known.clone(),
+            ),
             FallbackKind::File => Local::file(
-                std::path::Path::new(&settings.file.dir),
+                dir,
                 settings.file.fsync_interval_ms,
                 settings.file.compact_min_bytes,
                 settings.memory.max_bytes,
                 settings.outbox.max_entries,
+                last_known.clone(),
             )
             .map_err(|e| StorageError::Config {
                 key: "storage.file.dir",
@@ -415,6 +452,9 @@ impl Storage {
             mode: AtomicU8::new(mode.as_u8()),
             redis,
             local,
+            last_known,
+            refresh_interval: Duration::from_millis(settings.last_known.refresh_interval_ms.max(1)),
+            max_members: settings.last_known.max_members,
             keys: keys.clone(),
             versioned: settings.versioned.clone(),
             replay_batch: settings.outbox.replay_batch.max(1),
@@ -441,6 +481,7 @@ impl Storage {
             _ => tracing::info!(backend = "fallback", "storage running without redis"),
         }
         storage.spawn_monitor();
+        storage.spawn_refresher();
         Ok(storage)
     }
 
@@ -452,6 +493,36 @@ impl Storage {
     /// Whether Redis is a Cluster: keys of one script must then share a hash slot.
     pub fn is_clustered(&self) -> bool {
         self.inner.redis.as_ref().is_some_and(|r| r.is_clustered())
+    }
+
+    /// Keeps the last-known value of every key matching the Redis glob `pattern` through an
+    /// outage, used as `kind` says (see [`Remembered`]). The built-in services declare their
+    /// keys when the fleet starts; a host declares its own here or in
+    /// `storage.last_known.patterns`. Without effect when `storage.last_known.enabled` is
+    /// false.
+    pub fn remember(&self, pattern: &str, kind: Remembered) {
+        self.inner.last_known.remember(pattern, kind);
+    }
+
+    /// [`Storage::remember`] for the one key `key`, as [`Remembered::State`]: for keys that
+    /// follow no pattern (the cache's). Up to 100,000 such keys are kept.
+    pub fn remember_key(&self, key: &str) {
+        self.inner.last_known.remember_key(key);
+    }
+
+    /// Whether answers now come from last-known state: true while Redis is configured but
+    /// not serving (`degraded`, `resyncing`), with the last moment it was known to answer.
+    pub fn freshness(&self) -> Freshness {
+        let stale =
+            self.inner.redis.is_some() && matches!(self.mode(), Mode::Degraded | Mode::Resyncing);
+        Freshness {
+            stale,
+            as_of_ms: if stale {
+                self.inner.last_known.as_of_ms()
+            } else {
+                None
+            },
+        }
     }
 
     /// The current mode.
@@ -467,6 +538,8 @@ impl Storage {
     /// Counters and gauges.
     pub fn stats(&self) -> StorageStats {
         let c = &self.inner.counters;
+        let (last_known_keys, last_known_bytes, last_known_evicted, last_known_pending) =
+            self.inner.last_known.usage();
         StorageStats {
             mode: Some(self.mode()),
             mode_changes: c.mode_changes.load(Ordering::Relaxed),
@@ -486,6 +559,10 @@ impl Storage {
                 .redis
                 .as_ref()
                 .map_or(0, |r| r.masters_missing_replicas()),
+            last_known_keys,
+            last_known_bytes,
+            last_known_evicted,
+            last_known_pending,
         }
     }
 
@@ -510,7 +587,12 @@ impl Storage {
         if let Some(redis) = &inner.redis {
             if self.mode() == Mode::Redis {
                 match redis.exec(&op).await {
-                    Ok(reply) => return Ok(reply),
+                    Ok(reply) => {
+                        if inner.last_known.is_enabled() {
+                            inner.last_known.observe(&op, &reply);
+                        }
+                        return Ok(reply);
+                    }
                     Err(Failure::Outage(reason)) => self.degrade(reason),
                     Err(Failure::Command(message)) => return Err(StorageError::Command(message)),
                     Err(Failure::NoScript) => {
@@ -639,7 +721,31 @@ impl Storage {
         if matches!(self.mode(), Mode::Redis | Mode::Resyncing) {
             self.set_mode(Mode::Degraded, &reason);
             self.inner.wake.notify_one();
+            // What the process knew as the outage began, on disk at once (file fallback).
+            let last_known = self.inner.last_known.clone();
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = last_known.save_if_due(crate::clock::now_ms(), true) {
+                    tracing::error!(backend = "file", error = %e, "last-known copy not saved");
+                }
+            });
         }
+    }
+
+    /// A read as this process knows it: from Redis while it serves; during an outage, for a
+    /// key declared [`Remembered::Shared`] (the task queues), the union of the last-known value
+    /// and this process's own writes, so a listing still shows what waited before the outage
+    /// (a claim, which reads with [`Storage::execute`], sees only its own). A write is refused.
+    pub async fn read_known(&self, op: Op) -> Result<Reply, StorageError> {
+        if op.is_write() {
+            return Err(StorageError::Command(
+                "read_known takes a read, not a write".into(),
+            ));
+        }
+        let stale = self.inner.redis.is_some() && self.mode() != Mode::Redis;
+        if !stale || !self.inner.last_known.is_enabled() {
+            return self.execute(op).await;
+        }
+        self.inner.local.read_known(&op, crate::clock::now_ms())
     }
 
     /// Waits until the outbox is replayed (or `deadline` passes); returns whether the mode is
@@ -669,6 +775,14 @@ impl Storage {
         self.inner.stopped.store(true, Ordering::Release);
         self.inner.stop.notify_waiters();
         let _ = self.inner.local.flush();
+        let last_known = self.inner.last_known.clone();
+        let saved = tokio::task::spawn_blocking(move || {
+            last_known.save_if_due(crate::clock::now_ms(), true)
+        })
+        .await;
+        if let Ok(Err(e)) = saved {
+            tracing::error!(backend = "file", error = %e, "last-known copy not saved");
+        }
         if let Some(redis) = &self.inner.redis {
             redis.quit().await;
         }

@@ -131,6 +131,10 @@ impl Storage {
             self.set_mode(Mode::Degraded, &format!("replay interrupted: {e:?}"));
             return;
         }
+        if !self.restore_if_lost().await {
+            self.set_mode(Mode::Degraded, "last-known write-back interrupted");
+            return;
+        }
         loop {
             let (outbox_id, batch) = self.inner.local.peek(self.inner.replay_batch);
             if batch.is_empty() {

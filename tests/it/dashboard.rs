@@ -155,6 +155,16 @@ fn dashboard_shows_the_storage_mode_change_live() {
             .contains("redis \u{2192} degraded")
     })
     .expect("the storage event is listed");
+    // What the page shows now is last-known state, and it says so; the task is still listed.
+    let last_known = "document.getElementById('last-known').textContent";
+    poll_until(Duration::from_secs(10), || {
+        tab.eval_string(last_known).starts_with("last known as of ")
+    })
+    .unwrap_or_else(|_| panic!("staleness shown: {:?}", tab.eval_string(last_known)));
+    poll_until(Duration::from_secs(10), || {
+        tab.eval_string(&shown) == "true" && tab.eval_string(queue).contains("1 pending")
+    })
+    .unwrap_or_else(|_| panic!("the task is still shown: {:?}", tab.eval_string(queue)));
 
     let png = tab.screenshot().unwrap();
     assert!(png.starts_with(b"\x89PNG"), "a PNG image");

@@ -14,6 +14,7 @@
 //! | [`harness`] | the test harness itself: servers started, killed, frozen, restarted, reaped |
 //! | [`storage_parity`] | one table of operations against Redis, the memory fallback and the file fallback |
 //! | [`storage_failover`] | outages under the storage handle: kill -9, SIGSTOP, restarts empty, replay |
+//! | [`last_known`] | last-known state through an outage: answers marked stale, decisions, convergence |
 //! | [`storage_file_crash`] | the file fallback across `kill -9` of the process while Redis is down |
 //! | [`topologies`] | Redis Cluster and Sentinel under the storage handle |
 //! | [`scale`] | a master of Sentinel or Cluster killed under load; several daemons on one Redis |
@@ -27,6 +28,7 @@
 //! | [`shared_data`] | the fetcher and readers: leader election, freshness, fallbacks |
 //! | [`hazards`] | the hazard ticker, provably fair seeds, fairness records, game sessions |
 //! | [`heartbeat`] | heartbeats, the peer monitor, identities, admin messages |
+//! | [`records`] | shared records changed by several processes: compare-and-set, stale replays refused |
 //! | [`cache`] | the cache service: one loader per key, invalidation across processes |
 //! | [`history`] | the SQL archive on SQLite and PostgreSQL, its outages, `botfleet history` |
 //! | [`http_api`] | the HTTP API over real sockets, and the commands that talk to it |
@@ -54,7 +56,9 @@ mod heartbeat;
 mod history;
 mod http_api;
 mod http_limits;
+mod last_known;
 mod locks;
+mod records;
 mod scale;
 mod scheduler;
 mod scheduler_parity;

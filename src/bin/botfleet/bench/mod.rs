@@ -304,3 +304,34 @@ mod tests {
         assert_eq!(l.max_us(), 100);
     }
 }
+
+/// What the last-known copy (`storage.last_known`) does during a benchmark, to measure its
+/// cost beside a run without it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LastKnownMode {
+    /// Disabled (`storage.last_known.enabled = false`): the cost without it.
+    Off,
+    /// As shipped: the copy keeps the keys the services declare.
+    On,
+    /// Every key the benchmark touches is remembered (the worst case).
+    All,
+}
+
+impl LastKnownMode {
+    /// Applies the mode to `settings`; the pattern to remember for `All`.
+    pub fn apply(self, settings: &mut botfleet::settings::StorageSettings, pattern: &str) {
+        settings.last_known.enabled = self != LastKnownMode::Off;
+        if self == LastKnownMode::All {
+            settings.last_known.patterns = vec![pattern.to_string()];
+        }
+    }
+
+    /// The mode's name in the benchmark's JSON lines.
+    pub fn name(self) -> &'static str {
+        match self {
+            LastKnownMode::Off => "off",
+            LastKnownMode::On => "on",
+            LastKnownMode::All => "all",
+        }
+    }
+}

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tokio::sync::Notify;
 
+use super::LastKnownMode;
 use botfleet::actors::scheduler::{NewTask, Scheduler, SchedulerError};
 use botfleet::settings::{KeySettings, SchedulerSettings, StorageSettings};
 use botfleet::storage::{KeySchema, Mode, Script, Storage, StorageError};
@@ -37,6 +38,9 @@ pub struct QueueBench {
     // between them.
     #[arg(long, default_value_t = 1)]
     pub queues: usize,
+    /// The last-known copy: `off`, or `on` (as shipped: the queues' keys are remembered).
+    #[arg(long, value_enum, default_value_t = LastKnownMode::On)]
+    pub last_known: LastKnownMode,
 }
 
 /// Names of `count` queues whose hash slots are spread evenly over the 16,384 slots: queue
@@ -110,6 +114,7 @@ pub async fn run(
         settings.redis.url = bench.redis_url.clone();
         // A loaded 2-core machine must not look like an outage half-way through.
         settings.redis.timeout_ms = 5_000;
+        bench.last_known.apply(&mut settings, "bench-queue-*");
         let base = format!("bench-queue-{scenario}-{}", std::process::id());
         let keys = KeySchema::new(&KeySettings {
             prefix: botfleet::actors::scheduler::queue_prefix(&base),
@@ -206,7 +211,7 @@ pub async fn run(
         }
         out(json!({
             "peer": "botfleet", "bench": "queue", "scenario": scenario, "n": n,
-            "concurrency": conc, "queues": queues,
+            "concurrency": conc, "queues": queues, "last_known": bench.last_known.name(),
             "enqueue_per_s": (n as f64 / enqueue.as_secs_f64()).round(),
             "process_per_s": (n as f64 / process.as_secs_f64()).round(),
             "redis_bytes_per_waiting_task": ((after - before).max(0) as f64 / n as f64).round(),

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::{redis_benchmark, Latencies, PrivateRedis};
+use super::{redis_benchmark, LastKnownMode, Latencies, PrivateRedis};
 use botfleet::settings::StorageSettings;
 use botfleet::storage::{KeySchema, Mode, Storage, StorageError, StorageEvent};
 
@@ -24,6 +24,10 @@ pub struct StorageBench {
     /// Outbox writes to replay in the fail-over scenario.
     #[arg(long, default_value_t = 10_000)]
     pub outbox_writes: usize,
+    /// The last-known copy: `off`, `on` (as shipped: the benchmark's keys are not among the
+    /// services' keys), or `all` (every `bench:` key remembered, the worst case).
+    #[arg(long, value_enum, default_value_t = LastKnownMode::On)]
+    pub last_known: LastKnownMode,
 }
 
 /// Runs every scenario, printing one JSON line each through `out`.
@@ -33,6 +37,7 @@ pub async fn run(
 ) -> Result<(), StorageError> {
     let mut settings = StorageSettings::default();
     settings.redis.url = bench.redis_url.clone();
+    bench.last_known.apply(&mut settings, "bench:*");
     let storage = Storage::open(&settings, &KeySchema::default()).await?;
     if storage.mode() != Mode::Redis {
         return Err(StorageError::Config {
@@ -62,6 +67,7 @@ pub async fn run(
             let (elapsed, lat) = throughput(&storage, op, concurrency, ops.max(1)).await?;
             let ops_per_s = ops as f64 / elapsed.as_secs_f64();
             let mut line = json!({"bench": "storage", "scenario": op, "concurrency": concurrency,
+                "last_known": bench.last_known.name(),
                 "ops": ops, "ops_per_s": ops_per_s.round(), "p50_us": lat.percentile_us(0.5),
                 "p99_us": lat.percentile_us(0.99)});
             if concurrency == 50 {
