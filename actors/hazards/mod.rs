@@ -76,6 +76,7 @@ use crate::actors::locks::Locks;
 use crate::clock::now_ms;
 use crate::settings::{DifficultySettings, HazardSettings};
 use crate::storage::{Storage, StorageError};
+use crate::supervisor::ChildContext;
 
 use ticker::TickerShared;
 pub use ticker::TickerStatus;
@@ -325,12 +326,13 @@ impl Hazards {
         }
     }
 
-    /// The ticker actor for this handle; its task runs on `runtime` (the host's).
-    pub fn ticker(&self, runtime: tokio::runtime::Handle) -> HazardTicker {
+    /// The ticker actor for this handle, for the incarnation `child` of its place in the
+    /// tree; its task runs on `runtime` (the host's), supervised through `child`.
+    pub fn ticker(&self, runtime: tokio::runtime::Handle, child: ChildContext) -> HazardTicker {
         HazardTicker {
             shared: self.inner.ticker.clone(),
             runtime,
-            task: None,
+            child,
         }
     }
 
@@ -589,11 +591,13 @@ pub(crate) fn check_id(what: &'static str, value: &str) -> Result<(), HazardErro
 #[rtype(result = "TickerStatus")]
 pub struct GetTickerStatus;
 
-/// The hazard ticker: owns the leader-election-and-tick task on the host runtime.
+/// The hazard ticker: owns the leader-election-and-tick task, a supervised task on the host
+/// runtime (its panic or end fails the actor; the actor's stop aborts it, and the aborted
+/// task's guard releases the leader lock).
 pub struct HazardTicker {
     shared: Arc<TickerShared>,
     runtime: tokio::runtime::Handle,
-    task: Option<tokio::task::JoinHandle<()>>,
+    child: ChildContext,
 }
 
 impl std::fmt::Debug for HazardTicker {
@@ -605,18 +609,12 @@ impl std::fmt::Debug for HazardTicker {
 impl Actor for HazardTicker {
     type Context = Context<Self>;
 
-    fn started(&mut self, _ctx: &mut Self::Context) {
+    fn started(&mut self, ctx: &mut Self::Context) {
         if self.shared.settings.enabled && !self.shared.settings.difficulties.is_empty() {
             let shared = self.shared.clone();
-            self.task = Some(self.runtime.spawn(ticker::run(shared)));
+            self.child
+                .spawn_task(ctx, "ticker", &self.runtime, ticker::run(shared));
             tracing::info!(actor = "hazards", "hazard ticker started");
-        }
-    }
-
-    fn stopped(&mut self, _ctx: &mut Self::Context) {
-        if let Some(task) = self.task.take() {
-            // Dropping the task drops its lock guard, which releases the leader lock.
-            task.abort();
         }
     }
 }

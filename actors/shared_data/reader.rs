@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use super::{Core, Origin, Reading, SharedData, SharedDataError, Snapshot};
 use crate::clock::now_ms;
 use crate::storage::Subscription;
-use crate::supervisor::ChildContext;
+use crate::supervisor::{fault, ChildContext};
 
 /// A reader's copy and counters; lives in the handle, so it survives a restart of the actor.
 pub(crate) struct ReaderState {
@@ -281,6 +281,7 @@ pub(crate) async fn follow(
         let Some(core) = core.upgrade() else {
             return;
         };
+        fault::point("reader");
         match core.notice_snapshot(&message) {
             Ok(snapshot) => {
                 state.notices.fetch_add(1, Ordering::Relaxed);
@@ -294,18 +295,12 @@ pub(crate) async fn follow(
     }
 }
 
-/// Query: a reader's counters.
-#[derive(Debug, Message)]
-#[rtype(result = "ReaderMetrics")]
-pub(crate) struct GetReaderMetrics;
-
-/// The actor of one configured reader: follows the change notices for it from a task on the
-/// host runtime. Its copy and counters live in the [`SharedData`] handle.
+/// The actor of one configured reader: follows the change notices for it from a supervised
+/// task on the host runtime. Its copy and counters live in the [`SharedData`] handle.
 pub(crate) struct ReaderActor {
     shared: SharedData,
     name: String,
     child: ChildContext,
-    task: Option<tokio::task::AbortHandle>,
 }
 
 impl std::fmt::Debug for ReaderActor {
@@ -323,7 +318,6 @@ impl ReaderActor {
             shared,
             name: name.to_string(),
             child,
-            task: None,
         }
     }
 }
@@ -344,7 +338,7 @@ impl Actor for ReaderActor {
         let runtime = core.runtime.clone();
         let weak = Arc::downgrade(&core);
         let state = reader.state.clone();
-        let task = runtime.spawn(async move {
+        let work = async move {
             let subscription = core.storage.subscribe(&channel).await;
             // Notices published before the subscription are missed: start from the newest
             // snapshot this process knows, or the one stored.
@@ -363,35 +357,8 @@ impl Actor for ReaderActor {
             }
             drop(core);
             follow(weak, state, subscription).await;
-        });
-        self.task = Some(task.abort_handle());
+        };
+        self.child.spawn_task(ctx, "follow", &runtime, work);
         tracing::info!(actor = "reader", reader = %self.name, "[{}] reader started", self.name);
-        ctx.spawn(task.into_actor(self).map(|result, act, ctx| {
-            if let Err(e) = result {
-                if e.is_panic() {
-                    act.child
-                        .fail(ctx, format!("reader {} panicked: {e}", act.name));
-                }
-            }
-        }));
-    }
-
-    fn stopped(&mut self, _: &mut Context<Self>) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
-    }
-}
-
-impl Handler<GetReaderMetrics> for ReaderActor {
-    type Result = MessageResult<GetReaderMetrics>;
-
-    fn handle(&mut self, _: GetReaderMetrics, _: &mut Context<Self>) -> Self::Result {
-        let metrics = self
-            .shared
-            .reader(&self.name)
-            .map(|r| r.metrics())
-            .unwrap_or_else(|| ReaderState::new(&self.name).metrics(now_ms()));
-        MessageResult(metrics)
     }
 }

@@ -51,8 +51,8 @@ use crate::actors::storage_monitor::{ListStorageEvents, SeenEvent};
 use crate::settings::{FallbackKind, Settings};
 use crate::storage::{KeySchema, Mode, Storage, StorageError, StorageStats};
 use crate::supervisor::{
-    ActorSystem, CallError, HealthReport, ShutdownReport, Supervisor, SupervisorBuilder,
-    SupervisorError,
+    ActorSystem, CallError, HealthReport, ShutdownReport, SupervisionEvent, Supervisor,
+    SupervisorBuilder, SupervisorError,
 };
 
 mod blocking;
@@ -217,6 +217,12 @@ impl Fleet {
             storage: self.inner.storage.stats(),
             actors: self.inner.supervisor.health(),
         }
+    }
+
+    /// The supervision events (failures with their message, restarts with their downtime,
+    /// escalations) emitted from now on.
+    pub fn supervision_events(&self) -> tokio::sync::broadcast::Receiver<SupervisionEvent> {
+        self.inner.supervisor.subscribe()
     }
 
     /// Resolves when the supervision tree stops on its own: with an error naming the actor

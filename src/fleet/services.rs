@@ -80,7 +80,9 @@ impl Services {
         let locks = Locks::new(storage.clone(), settings.locks.clone());
         let lock_manager = {
             let locks = locks.clone();
-            permanent(tree, "locks", move |_| LockManager::new(locks.clone()))
+            permanent(tree, "locks", move |child| {
+                LockManager::new(locks.clone(), child.clone())
+            })
         };
 
         let hazards = Hazards::new(
@@ -91,17 +93,31 @@ impl Services {
         );
         let hazard_ticker = {
             let (hazards, runtime) = (hazards.clone(), tokio::runtime::Handle::current());
-            permanent(tree, "hazards", move |_| hazards.ticker(runtime.clone()))
+            permanent(tree, "hazards", move |child| {
+                hazards.ticker(runtime.clone(), child.clone())
+            })
         };
         let game_sessions = GameSessions::new(storage.clone(), settings.game_sessions.clone());
         let cache = Cache::start(storage.clone(), settings.cache.clone()).await;
 
         let scheduler = Scheduler::new(storage.clone(), settings.scheduler.clone(), instance);
         let periodic = Periodic::new(storage.clone(), locks.clone());
+        // The worker runs under the actor, from the tree's start: the host's handlers only
+        // register.
+        scheduler.supervise();
         let scheduler_actor = {
             let (scheduler, periodic) = (scheduler.clone(), periodic.clone());
-            permanent(tree, "scheduler", move |_| {
-                SchedulerActor::new(scheduler.clone(), periodic.clone())
+            let runtime = tokio::runtime::Handle::current();
+            // The drain must end before the tree abandons the actor.
+            let drain = Duration::from_millis(settings.supervisor.stop_timeout_ms * 3 / 4);
+            permanent(tree, "scheduler", move |child| {
+                SchedulerActor::new(
+                    scheduler.clone(),
+                    periodic.clone(),
+                    runtime.clone(),
+                    child.clone(),
+                    drain,
+                )
             })
         };
         archive_history(&history, settings, &hazards, &scheduler, &periodic);
@@ -131,10 +147,14 @@ impl Services {
         let identities = Identities::new(storage.clone(), settings.identities.clone());
         let admin = Admin::new(storage.clone(), settings.admin.clone(), &host);
         if settings.heartbeat.enabled {
-            let h = heartbeat.clone();
-            permanent(tree, "heartbeat", move |_| HeartbeatSender::new(h.clone()));
-            let p = peers.clone();
-            permanent(tree, "peer-monitor", move |_| PeerMonitor::new(p.clone()));
+            let (h, runtime) = (heartbeat.clone(), tokio::runtime::Handle::current());
+            permanent(tree, "heartbeat", move |child| {
+                HeartbeatSender::new(h.clone(), runtime.clone(), child.clone())
+            });
+            let (p, runtime) = (peers.clone(), tokio::runtime::Handle::current());
+            permanent(tree, "peer-monitor", move |child| {
+                PeerMonitor::new(p.clone(), runtime.clone(), child.clone())
+            });
         }
         let a = admin.clone();
         permanent(tree, "admin-inbox", move |_| AdminInbox::new(a.clone()));

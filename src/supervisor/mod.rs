@@ -113,6 +113,7 @@
 mod child;
 mod error;
 mod events;
+pub mod fault;
 mod handle;
 mod health;
 mod panic;
@@ -120,6 +121,7 @@ mod report;
 mod restart;
 mod run;
 mod system;
+mod task;
 mod tree;
 
 pub use child::{ChildContext, ChildSpec};
@@ -130,4 +132,5 @@ pub use health::{ActorHealth, ChildState, HealthReport};
 pub use report::{ChildStopReport, ShutdownReport, StopOutcome};
 pub use restart::{backoff, backoff_ceiling, RestartType};
 pub use system::{ActorSystem, ManagedArbiter, SystemStopReport, DEFAULT_JOIN_TIMEOUT};
+pub use task::TaskExit;
 pub use tree::{Supervisor, SupervisorBuilder};

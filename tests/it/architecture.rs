@@ -28,9 +28,12 @@ const LAYERS: &[(&str, &[&str])] = &[
         "actors::presence",
         &["clock", "settings", "storage", "supervisor"],
     ),
-    ("actors::locks", &["settings", "storage"]),
+    ("actors::locks", &["settings", "storage", "supervisor"]),
     ("actors::cache", &["settings", "storage"]),
-    ("actors::heartbeat", &["clock", "settings", "storage"]),
+    (
+        "actors::heartbeat",
+        &["clock", "settings", "storage", "supervisor"],
+    ),
     (
         "actors::shared_data",
         &[
@@ -49,6 +52,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "clock",
             "settings",
             "storage",
+            "supervisor",
         ],
     ),
     (
@@ -59,6 +63,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "clock",
             "settings",
             "storage",
+            "supervisor",
         ],
     ),
     (
