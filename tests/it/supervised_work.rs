@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use botfleet::actors::scheduler::NewTask;
+use botfleet::http::HttpApi;
 use botfleet::settings::Settings;
 use botfleet::supervisor::{backoff_ceiling, fault, ChildState, SupervisionEvent, SupervisorError};
 use botfleet::{Fleet, FleetError};
@@ -270,6 +271,27 @@ async fn panic_in_heartbeat_sender_is_restarted() {
         redis.cmd(&["GET", &key]).as_str().is_some(),
         "{key} written"
     );
+    // `/status` tells the restart and the failure.
+    let http = HttpApi::start(fleet.clone()).unwrap();
+    let url = format!("http://{}/status", http.local_addr());
+    let status: serde_json::Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
+    let row = status["actors"]["actors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["actor"] == "heartbeat")
+        .unwrap()
+        .clone();
+    assert_eq!(row["state"], "running", "{row}");
+    assert_eq!(row["restarts"], 1, "{row}");
+    assert!(
+        row["last_failure"]
+            .as_str()
+            .is_some_and(|f| f.contains("injected fault at heartbeat")),
+        "{row}"
+    );
+    assert!(row["last_failure_unix_ms"].as_u64().is_some(), "{row}");
+    http.stop().await;
     fleet.shutdown().await.unwrap();
 }
 
