@@ -156,8 +156,10 @@ impl Services {
                 PeerMonitor::new(p.clone(), runtime.clone(), child.clone())
             });
         }
-        let a = admin.clone();
-        permanent(tree, "admin-inbox", move |_| AdminInbox::new(a.clone()));
+        let (a, runtime) = (admin.clone(), tokio::runtime::Handle::current());
+        permanent(tree, "admin-inbox", move |child| {
+            AdminInbox::new(a.clone(), runtime.clone(), child.clone())
+        });
 
         Ok(Services {
             monitor,
