@@ -72,8 +72,15 @@ impl Services {
                 settings.presence.clone(),
                 instance.to_owned(),
             );
+            let runtime = tokio::runtime::Handle::current();
             permanent(tree, "presence", move |child| {
-                Presence::new(storage.clone(), presence.clone(), &id, child.clone())
+                Presence::new(
+                    storage.clone(),
+                    presence.clone(),
+                    &id,
+                    runtime.clone(),
+                    child.clone(),
+                )
             })
         };
 
@@ -98,7 +105,13 @@ impl Services {
             })
         };
         let game_sessions = GameSessions::new(storage.clone(), settings.game_sessions.clone());
-        let cache = Cache::start(storage.clone(), settings.cache.clone()).await;
+        let cache = Cache::unstarted(storage.clone(), settings.cache.clone());
+        {
+            let (cache, runtime) = (cache.clone(), tokio::runtime::Handle::current());
+            permanent(tree, "cache", move |child| {
+                cache.listener(runtime.clone(), child.clone())
+            });
+        }
 
         let scheduler = Scheduler::new(storage.clone(), settings.scheduler.clone(), instance);
         let periodic = Periodic::new(storage.clone(), locks.clone());

@@ -14,6 +14,7 @@
 //! | `locks` | each release notice the lock manager hears |
 //! | `hazards` | each pass of the hazard ticker's loop |
 //! | `heartbeat` | each heartbeat the sender writes |
+//! | `cache` | each invalidation message the cache's listener hears |
 
 #[cfg(debug_assertions)]
 mod armed {

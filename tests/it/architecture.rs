@@ -29,7 +29,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         &["clock", "settings", "storage", "supervisor"],
     ),
     ("actors::locks", &["settings", "storage", "supervisor"]),
-    ("actors::cache", &["settings", "storage"]),
+    ("actors::cache", &["settings", "storage", "supervisor"]),
     (
         "actors::heartbeat",
         &["clock", "settings", "storage", "supervisor"],

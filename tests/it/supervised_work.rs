@@ -298,6 +298,37 @@ async fn panic_in_heartbeat_sender_is_restarted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panic_in_cache_listener_is_restarted() {
+    let redis = TestRedis::start().unwrap();
+    let fleet = Fleet::start(settings(&redis.url())).await.unwrap();
+    let cache = fleet.cache();
+    let ttl = Duration::from_secs(60);
+    // Its own invalidation message reaches the listener, and panics it.
+    let restarted = panic_and_restart(&fleet, "cache", "cache");
+    let set = async {
+        // Until the listener has subscribed and heard one: a message every 50 ms.
+        let mut every = tokio::time::interval(Duration::from_millis(50));
+        while fleet.health().actors.actor("cache").unwrap().restarts == 0 {
+            every.tick().await;
+            cache.set("supervised-key", "v1", ttl).await.unwrap();
+        }
+    };
+    tokio::join!(restarted, set);
+    // Another process's invalidation drops the near copy again.
+    cache.set("supervised-key", "v2", ttl).await.unwrap();
+    assert!(cache.peek("supervised-key").is_some(), "kept near");
+    let heard = cache.stats().invalidations_received;
+    let published = redis.cmd(&["PUBLISH", "cache-invalidate", r#"{"key":"supervised-key"}"#]);
+    assert!(published.as_int().unwrap_or(0) >= 1, "{published:?}");
+    grows("invalidations after the restart", heard, 1, || {
+        cache.stats().invalidations_received
+    })
+    .await;
+    assert!(cache.peek("supervised-key").is_none(), "dropped near");
+    fleet.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_panicking_past_the_restart_intensity_stops_the_tree() {
     let redis = TestRedis::start().unwrap();
     let mut s = settings(&redis.url());
