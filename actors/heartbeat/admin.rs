@@ -6,27 +6,37 @@
 //! renewed) and then published on `admin:bot:PID`, in that order, so that a message that can
 //! be heard live is always already in the queue.
 //!
-//! Receiving (the [`AdminInbox`] actor, reading for this process's pid): it subscribes to
-//! `admin:bot:PID` first, then reads the queue; it reads the queue again every
-//! `admin.poll_interval_ms`, when the storage returns to `redis` after an outage (messages sent
-//! meanwhile by other processes were replayed into the queue by their own storage), and when a
-//! message is heard live that it has not delivered yet (when that read cannot reach Redis,
-//! because the storage is not back yet or the read fails, a message heard live that the read
-//! did not find waits in Redis's queue for the read after the resync, so that it cannot
-//! overtake messages replayed there after an outage). A read delivers the queue's entries in
-//! list order (the order in which the senders' appends reached Redis: send order), skipping ids
-//! already delivered, and then removes them from the queue with one script (`LREM` per entry,
-//! idempotent when replayed after an outage). So every message reaches the host once and in
-//! order, whether it was heard live or found in the queue, and a Redis restart that brings
-//! back delivered entries (persistence) or a replay that appends one twice cannot duplicate it.
-//! The ids delivered are remembered in the [`Admin`] handle for the queue's TTL plus a minute,
-//! at most 100,000 of them, so a restarted actor does not deliver them again. A live message
-//! left for the read after the resync is counted in [`InboxStats::deferred_live`].
+//! Receiving (the [`AdminInbox`] actor, reading for this process's pid, from a supervised
+//! task): nothing is read until a consumer takes [`Admin::inbox`]. Until then, and after it is
+//! dropped, `admin:queue:PID` is left alone for whoever owns it (in `botfleet run` nothing
+//! takes it). With a consumer, the loop subscribes to `admin:bot:PID` first, then reads the
+//! queue; it reads it again when the consumer arrives, every `admin.poll_interval_ms`, when
+//! the storage returns to `redis` after an outage (messages sent meanwhile by other processes
+//! were replayed into the queue by their own storage), and when a message is heard live that
+//! it has not delivered yet (when that read cannot reach Redis, because the storage is not
+//! back yet or the read fails, a message heard live that the read did not find waits in
+//! Redis's queue for the read after the resync, so that it cannot overtake messages replayed
+//! there after an outage). A read delivers the queue's entries in list order (the order in
+//! which the senders' appends reached Redis: send order), skipping ids already delivered.
+//! So every message reaches the host once and in order, whether it was heard live or found
+//! in the queue, and a Redis restart that brings back delivered entries (persistence) or a
+//! replay that appends one twice cannot duplicate it. The ids delivered are remembered in the
+//! [`Admin`] handle for the queue's TTL plus a minute, at most 100,000 of them, so a
+//! restarted actor does not deliver them again. A live message left for a later read is
+//! counted in [`InboxStats::deferred_live`].
 //!
-//! Messages arrive on a bounded tokio channel taken once with [`Admin::inbox`]; while it is
-//! full the inbox waits (the queue keeps what pub/sub cannot). Payloads that are not
-//! envelopes (a foreign sender) are delivered without an id; duplicates of such a payload
-//! heard live and found in the queue within a few seconds are delivered once.
+//! Back-pressure: messages go to the host through a bounded channel (`admin.inbox_capacity`),
+//! and the loop never waits on it. A read delivers while the channel has room and leaves the
+//! rest queued (reading a window of the queue: the entries in the channel, the room left and
+//! a margin); every 20 ms the loop removes from the queue, with one `admin-ack` script
+//! (`LREM` per entry, idempotent when replayed after an outage), the entries the host has
+//! received (the channel holds the newest of those put in it), and reads on when a read
+//! stopped short and there is room again. So an entry leaves `admin:queue:PID` only once the
+//! host received it; a slow host makes the queue longer, not the inbox stuck; nothing is
+//! dropped, nothing delivered twice. Payloads that are not envelopes (a foreign sender) are
+//! delivered without an id; duplicates of such a payload heard live and found in the queue
+//! within a few seconds are delivered once. A message only published (never queued) is
+//! delivered as heard while the channel has room.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

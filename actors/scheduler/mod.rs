@@ -5,11 +5,15 @@
 //! The host uses the cloneable [`Scheduler`] handle (`Fleet::scheduler()`): [`Scheduler::enqueue`],
 //! [`Scheduler::enqueue_bulk`], [`Scheduler::cancel`], [`Scheduler::get`],
 //! [`Scheduler::list`], [`Scheduler::counts`], [`Scheduler::register_handler`] and
-//! [`Scheduler::stop`], and [`periodic::Periodic`] (`Fleet::periodic()`). The
-//! `SchedulerActor` in the supervision tree answers `GetSchedulerStats`
-//! (`Fleet::scheduler_stats()`) and, when the tree stops, stops claiming and stops the
-//! periodic jobs. It holds no state: the worker loop and the visibility heartbeat are tasks of
-//! the handle, started by the first `register_handler`.
+//! [`Scheduler::stop`], and [`periodic::Periodic`] (`Fleet::periodic()`). In a fleet the
+//! `SchedulerActor` runs this process's worker loop, the visibility heartbeat and the periodic
+//! jobs as supervised tasks from the tree's start (the host's `register_handler` only
+//! registers): a panic of any of them fails the actor, and each incarnation clears the
+//! stopping flag, so a restart resumes claiming and the periodic jobs. When the tree stops,
+//! it stops claiming, lets running handlers report, then stops. It answers
+//! `GetSchedulerStats` (`Fleet::scheduler_stats()`); the state lives in the handle. A
+//! scheduler made by hand (a named queue, a benchmark) starts its own worker, unsupervised,
+//! at the first `register_handler`.
 //!
 //! # The task hash
 //!
