@@ -26,8 +26,9 @@
 //! cannot repeat the dead leader's tick, and a stale leader that wakes up after losing its
 //! lock cannot overwrite the new one's. When the leader dies its lock expires after at most
 //! `hazards.lock_ttl_ms` and a waiting instance takes over (retrying every
-//! `locks.retry_min_ms` .. `retry_max_ms`). It accepts [`GetTickerStatus`]. When the actor is
-//! restarted its task is aborted (the lock guard releases the lock) and a new one campaigns.
+//! `locks.retry_min_ms` .. `retry_max_ms`). Its status is read from the handle
+//! ([`Hazards::status`]). The task is supervised: its panic or end fails the actor, which is
+//! restarted: the task is aborted (the lock guard releases the lock) and a new one campaigns.
 //!
 //! # Seeds
 //!
@@ -586,11 +587,6 @@ pub(crate) fn check_id(what: &'static str, value: &str) -> Result<(), HazardErro
     Ok(())
 }
 
-/// Asks the ticker for its status.
-#[derive(Debug, Clone, Copy, Message)]
-#[rtype(result = "TickerStatus")]
-pub struct GetTickerStatus;
-
 /// The hazard ticker: owns the leader-election-and-tick task, a supervised task on the host
 /// runtime (its panic or end fails the actor; the actor's stop aborts it, and the aborted
 /// task's guard releases the leader lock).
@@ -616,14 +612,6 @@ impl Actor for HazardTicker {
                 .spawn_task(ctx, "ticker", &self.runtime, ticker::run(shared));
             tracing::info!(actor = "hazards", "hazard ticker started");
         }
-    }
-}
-
-impl Handler<GetTickerStatus> for HazardTicker {
-    type Result = MessageResult<GetTickerStatus>;
-
-    fn handle(&mut self, _: GetTickerStatus, _: &mut Self::Context) -> Self::Result {
-        MessageResult(self.shared.status())
     }
 }
 

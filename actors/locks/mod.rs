@@ -15,8 +15,8 @@
 //! outbox). A [`LockGuard`] extends its lock every TTL/3 on the host runtime (one timer for every
 //! guard of the handle; a task of its own once it outlives its first third, see `watchdog.rs`)
 //! and releases it when dropped; it never talks to the actor. The `LockManager` actor listens to
-//! the release channel and wakes the head waiter of the released name; it accepts
-//! `GetLockStats`. A waiter whose attempt fails marks the name (in the acquire script); a
+//! the release channel from a supervised task and wakes the head waiter of the released name
+//! (its counters are read from the handle, [`Locks::stats`]). A waiter whose attempt fails marks the name (in the acquire script); a
 //! release that finds the mark announces itself on the channel (`ORIGIN\nNAME`, in the
 //! release script), so an uncontended release publishes nothing; it wakes this process's
 //! waiters directly. When this process has a waiter
@@ -527,7 +527,7 @@ impl Locks {
         }
     }
 
-    /// This process's lock counters (what `GetLockStats` answers).
+    /// This process's lock counters: waiters, release notices heard, script calls.
     pub fn stats(&self) -> LockStats {
         let (waiters, names) = self.shared.queues.counts();
         let (aq, ac, ar) = self.shared.acquire_batch.counts();
@@ -556,7 +556,7 @@ pub(super) fn new_token() -> String {
         .collect()
 }
 
-/// What `GetLockStats` answers.
+/// What [`Locks::stats`] answers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LockStats {
     /// Tasks of this process waiting for a lock.
@@ -582,11 +582,6 @@ pub struct LockStats {
     /// succeeds in time.
     pub extension_retries: u64,
 }
-
-/// Query: the lock manager's counters.
-#[derive(Debug, Message)]
-#[rtype(result = "LockStats")]
-pub(crate) struct GetLockStats;
 
 /// Event: a lock was released (a notice from the release channel: `ORIGIN\nNAME`).
 /// Listens to the release channel and wakes this process's waiters, from a supervised task.
@@ -634,14 +629,6 @@ async fn listen(locks: Locks) -> Result<(), &'static str> {
         locks.heard(&notice);
     }
     Err("the release channel's subscription ended")
-}
-
-impl Handler<GetLockStats> for LockManager {
-    type Result = MessageResult<GetLockStats>;
-
-    fn handle(&mut self, _: GetLockStats, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.locks.stats())
-    }
 }
 
 #[cfg(test)]

@@ -10,8 +10,8 @@
 //! jobs as supervised tasks from the tree's start (the host's `register_handler` only
 //! registers): a panic of any of them fails the actor, and each incarnation clears the
 //! stopping flag, so a restart resumes claiming and the periodic jobs. When the tree stops,
-//! it stops claiming, lets running handlers report, then stops. It answers
-//! `GetSchedulerStats` (`Fleet::scheduler_stats()`); the state lives in the handle. A
+//! it stops claiming, lets running handlers report, then stops. The state lives in the handle
+//! ([`Scheduler::stats`], `Fleet::scheduler_stats()`). A
 //! scheduler made by hand (a named queue, a benchmark) starts its own worker, unsupervised,
 //! at the first `register_handler`.
 //!
@@ -100,7 +100,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix::{Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, Message};
+use actix::{Actor, ActorContext, ActorFutureExt, AsyncContext, Context};
 use dashmap::DashMap;
 use futures::FutureExt;
 use parking_lot::RwLock;
@@ -1250,14 +1250,8 @@ async fn heartbeat(shared: Arc<Shared>) {
     }
 }
 
-/// Asks the [`SchedulerActor`] for the worker counters.
-#[derive(Debug, Message)]
-#[rtype(result = "SchedulerStats")]
-pub(crate) struct GetSchedulerStats;
-
 /// The scheduler's place in the actor tree: runs this process's worker, its visibility
-/// heartbeat and the periodic jobs as supervised tasks on the host runtime, and answers
-/// [`GetSchedulerStats`].
+/// heartbeat and the periodic jobs as supervised tasks on the host runtime.
 ///
 /// Each incarnation starts afresh (the `stopping` flag cleared), so a restart resumes claiming
 /// and the periodic jobs. When the tree stops it, it stops claiming and lets the running
@@ -1328,14 +1322,6 @@ impl Actor for SchedulerActor {
             .spawn(async move { shared.drained(drain).await });
         ctx.spawn(actix::fut::wrap_future::<_, Self>(drained).map(|_, _, ctx| ctx.stop()));
         actix::Running::Continue
-    }
-}
-
-impl Handler<GetSchedulerStats> for SchedulerActor {
-    type Result = actix::MessageResult<GetSchedulerStats>;
-
-    fn handle(&mut self, _: GetSchedulerStats, _: &mut Self::Context) -> Self::Result {
-        actix::MessageResult(self.scheduler.stats())
     }
 }
 

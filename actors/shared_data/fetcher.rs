@@ -15,7 +15,7 @@ use actix::prelude::*;
 use serde::Serialize;
 
 use super::scripts::{DEPOSED, WRITTEN};
-use super::{source, Core, SharedData};
+use super::{source, Core, SharedData, SnapshotWritten};
 use crate::actors::locks::LockGuard;
 use crate::clock::now_ms;
 use crate::storage::Mode;
@@ -215,6 +215,15 @@ async fn cycle(core: &Arc<Core>, source: &dyn super::Source, fence: i64) -> Opti
     match core.write(&snapshot, fence).await {
         Ok(WRITTEN) => {
             counters.writes.fetch_add(1, Ordering::Relaxed);
+            for reader in core.local_readers.read().iter() {
+                // A reader that is restarting (or whose mailbox is full) reads the snapshot
+                // from Redis or the channel's notice instead.
+                if let Err(e) = reader.do_send(SnapshotWritten {
+                    snapshot: snapshot.clone(),
+                }) {
+                    tracing::debug!(actor = "fetcher", reader = reader.actor(), error = %e, "reader not told of the snapshot");
+                }
+            }
             tracing::debug!(actor = "fetcher", key = %core.settings.shared_key, backend = %core.storage.mode(), "[fetcher] Shared data updated to Redis successfully");
             Some(WRITTEN)
         }

@@ -29,6 +29,7 @@ pub(crate) struct ReaderState {
     errors: AtomicU64,
     pub(crate) direct_fetches: AtomicU64,
     notices: AtomicU64,
+    in_process: AtomicU64,
     reads: AtomicU64,
     read_ns_total: AtomicU64,
     read_ns_max: AtomicU64,
@@ -50,6 +51,7 @@ impl ReaderState {
             errors: AtomicU64::new(0),
             direct_fetches: AtomicU64::new(0),
             notices: AtomicU64::new(0),
+            in_process: AtomicU64::new(0),
             reads: AtomicU64::new(0),
             read_ns_total: AtomicU64::new(0),
             read_ns_max: AtomicU64::new(0),
@@ -88,6 +90,7 @@ impl ReaderState {
             direct_fetches: self.direct_fetches.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
             notices: self.notices.load(Ordering::Relaxed),
+            snapshots_in_process: self.in_process.load(Ordering::Relaxed),
             data_age_ms: self.snapshot.load().as_ref().map(|s| s.age_ms(now)),
             reads,
             read_latency_mean_ns: self
@@ -121,6 +124,8 @@ pub struct ReaderMetrics {
     pub errors: u64,
     /// Change notices received.
     pub notices: u64,
+    /// Snapshots this process's fetcher handed over in process as it wrote them.
+    pub snapshots_in_process: u64,
     /// Age of the copy, milliseconds (`None`: no snapshot yet).
     pub data_age_ms: Option<u64>,
     /// Reads made.
@@ -318,6 +323,26 @@ impl ReaderActor {
             shared,
             name: name.to_string(),
             child,
+        }
+    }
+}
+
+/// Event: the fetcher of this process wrote `snapshot` (sent to the reader actors of its
+/// process through [`HandleRecipient`](crate::supervisor::HandleRecipient)s, ahead of the channel's notice).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) struct SnapshotWritten {
+    /// The snapshot written.
+    pub(crate) snapshot: Arc<Snapshot>,
+}
+
+impl Handler<SnapshotWritten> for ReaderActor {
+    type Result = ();
+
+    fn handle(&mut self, event: SnapshotWritten, _: &mut Context<Self>) {
+        if let Some(reader) = self.shared.reader(&self.name) {
+            reader.state.in_process.fetch_add(1, Ordering::Relaxed);
+            reader.state.offer(event.snapshot);
         }
     }
 }

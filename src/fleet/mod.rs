@@ -39,13 +39,13 @@ use serde::Serialize;
 
 use crate::actors::cache::Cache;
 use crate::actors::hazards::sessions::GameSessions;
-use crate::actors::hazards::{GetTickerStatus, Hazards, TickerStatus};
+use crate::actors::hazards::{Hazards, TickerStatus};
 use crate::actors::heartbeat::{Admin, Heartbeat, Identities, Peers};
 use crate::actors::history::{History, HistoryError};
-use crate::actors::locks::{GetLockStats, LockStats, Locks};
+use crate::actors::locks::{LockStats, Locks};
 use crate::actors::presence::{hostname, GetPresence, PresenceStatus};
 use crate::actors::scheduler::periodic::Periodic;
-use crate::actors::scheduler::{GetSchedulerStats, Scheduler, SchedulerStats};
+use crate::actors::scheduler::{Scheduler, SchedulerStats};
 use crate::actors::shared_data::{SharedData, SharedDataError};
 use crate::actors::storage_monitor::{ListStorageEvents, SeenEvent};
 use crate::settings::{FallbackKind, Settings};
@@ -309,9 +309,10 @@ impl Fleet {
         self.inner.services.locks.clone()
     }
 
-    /// The lock manager's counters (waiters, release notices heard).
+    /// The lock counters of this process (waiters, release notices heard), read from the
+    /// handle: answered while the lock manager restarts too.
     pub async fn lock_stats(&self) -> Result<LockStats, FleetError> {
-        Ok(self.inner.services.lock_manager.send(GetLockStats).await?)
+        Ok(self.inner.services.locks.stats())
     }
 
     /// The hazards API: current hazards, seed history, verification, fairness records.
@@ -319,14 +320,9 @@ impl Fleet {
         self.inner.services.hazards.clone()
     }
 
-    /// The hazard ticker's status, asked of its actor.
+    /// The hazard ticker's status, read from the handle.
     pub async fn hazard_ticker_status(&self) -> Result<TickerStatus, FleetError> {
-        Ok(self
-            .inner
-            .services
-            .hazard_ticker
-            .send(GetTickerStatus)
-            .await?)
+        Ok(self.inner.services.hazards.status())
     }
 
     /// Game sessions `gameSession:USER-AGENT`.
@@ -350,14 +346,9 @@ impl Fleet {
         self.inner.services.periodic.clone()
     }
 
-    /// Counters of this process's task workers.
+    /// Counters of this process's task workers, read from the handle.
     pub async fn scheduler_stats(&self) -> Result<SchedulerStats, FleetError> {
-        Ok(self
-            .inner
-            .services
-            .scheduler_actor
-            .send(GetSchedulerStats)
-            .await?)
+        Ok(self.inner.services.scheduler.stats())
     }
 
     /// The shared data (seed 000): readers by name, `register_source`, `metrics()`. Its

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::actors::cache::Cache;
 use crate::actors::hazards::sessions::GameSessions;
-use crate::actors::hazards::{HazardTicker, Hazards};
+use crate::actors::hazards::Hazards;
 use crate::actors::heartbeat::{
     Admin, AdminInbox, Heartbeat, HeartbeatSender, Identities, PeerMonitor, Peers,
 };
@@ -30,14 +30,11 @@ pub(super) struct Services {
     pub(super) monitor: ActorHandle<StorageMonitor>,
     pub(super) presence: ActorHandle<Presence>,
     pub(super) locks: Locks,
-    pub(super) lock_manager: ActorHandle<LockManager>,
     pub(super) hazards: Hazards,
-    pub(super) hazard_ticker: ActorHandle<HazardTicker>,
     pub(super) game_sessions: GameSessions,
     pub(super) cache: Cache,
     pub(super) scheduler: Scheduler,
     pub(super) periodic: Periodic,
-    pub(super) scheduler_actor: ActorHandle<SchedulerActor>,
     pub(super) shared_data: SharedData,
     pub(super) heartbeat: Heartbeat,
     pub(super) peers: Peers,
@@ -85,7 +82,7 @@ impl Services {
         };
 
         let locks = Locks::new(storage.clone(), settings.locks.clone());
-        let lock_manager = {
+        {
             let locks = locks.clone();
             permanent(tree, "locks", move |child| {
                 LockManager::new(locks.clone(), child.clone())
@@ -98,7 +95,7 @@ impl Services {
             locks.clone(),
             instance,
         );
-        let hazard_ticker = {
+        {
             let (hazards, runtime) = (hazards.clone(), tokio::runtime::Handle::current());
             permanent(tree, "hazards", move |child| {
                 hazards.ticker(runtime.clone(), child.clone())
@@ -118,7 +115,7 @@ impl Services {
         // The worker runs under the actor, from the tree's start: the host's handlers only
         // register.
         scheduler.supervise();
-        let scheduler_actor = {
+        {
             let (scheduler, periodic) = (scheduler.clone(), periodic.clone());
             let runtime = tokio::runtime::Handle::current();
             // The drain must end before the tree abandons the actor.
@@ -146,12 +143,15 @@ impl Services {
             permanent(tree, "shared-data-fetcher", move |child| {
                 Fetcher::new(shared.clone(), child.clone())
             });
+            let mut readers = Vec::new();
             for name in &settings.shared_data.readers {
                 let (shared, name) = (shared_data.clone(), name.clone());
-                permanent(tree, &format!("reader-{name}"), move |child| {
+                let reader = permanent(tree, &format!("reader-{name}"), move |child| {
                     ReaderActor::new(shared.clone(), &name, child.clone())
                 });
+                readers.push(reader.recipient());
             }
+            shared_data.tell_readers(readers);
         }
 
         let host = hostname();
@@ -178,14 +178,11 @@ impl Services {
             monitor,
             presence,
             locks,
-            lock_manager,
             hazards,
-            hazard_ticker,
             game_sessions,
             cache,
             scheduler,
             periodic,
-            scheduler_actor,
             shared_data,
             heartbeat,
             peers,

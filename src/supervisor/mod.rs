@@ -135,7 +135,7 @@ mod tree;
 pub use child::{ChildContext, ChildSpec};
 pub use error::{CallError, Exit, SupervisorError};
 pub use events::SupervisionEvent;
-pub use handle::ActorHandle;
+pub use handle::{ActorHandle, HandleRecipient};
 pub use health::{ActorHealth, ChildState, HealthReport};
 pub use report::{ChildStopReport, ShutdownReport, StopOutcome};
 pub use restart::{backoff, backoff_ceiling, RestartType};
