@@ -28,9 +28,10 @@
 //!   capacity, counted in [`CacheStats::evictions`]; hits keep no bookkeeping, so they stay
 //!   cheap.
 //!
-//! In a fleet the `CacheListener` actor (`cache` in the tree) follows the channel and the
-//! storage's mode from a supervised task on the host runtime; each incarnation subscribes and
-//! clears the near cache (what was published before it subscribed was missed). A cache made
+//! In a fleet the `CacheListener` actor (`cache` in the tree) follows the channel from a
+//! supervised task on the host runtime, and is told of mode changes by the storage monitor
+//! (`StorageModeChanged`); each incarnation subscribes and clears the near cache (what was
+//! published before it subscribed was missed). A cache made
 //! by hand with [`Cache::start`] runs the same loop as a task of its own, which ends with the
 //! last handle.
 //!
@@ -48,6 +49,7 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 
+use crate::actors::storage_monitor::StorageModeChanged;
 use crate::settings::CacheSettings;
 use crate::storage::{Mode, Storage, StorageError, StorageEvent};
 use crate::supervisor::{fault, ChildContext};
@@ -475,21 +477,38 @@ impl actix::Actor for CacheListener {
         );
         let work = async move {
             let subscription = storage.subscribe(&channel).await;
-            let events = storage.events();
             // What was published before this subscription was missed.
             if let Some(inner) = cache.upgrade() {
                 inner.generation.fetch_add(1, Ordering::AcqRel);
                 inner.near.clear();
             }
-            tokio::join!(
-                listen(cache.clone(), subscription),
-                watch_mode(cache, events)
-            );
+            // Mode changes come from the storage monitor (`StorageModeChanged`).
+            listen(cache, subscription).await;
             Err::<(), _>("the cache's subscription ended")
         };
         self.child
             .spawn_task(ctx, "invalidations", &self.runtime, work);
     }
+}
+
+impl actix::Handler<StorageModeChanged> for CacheListener {
+    type Result = ();
+
+    /// Back on Redis: invalidations published while this process was cut off never arrived.
+    fn handle(&mut self, changed: StorageModeChanged, _: &mut Self::Context) {
+        if changed.to == Mode::Redis {
+            if let Some(inner) = self.cache.upgrade() {
+                back_on_redis(&inner);
+            }
+        }
+    }
+}
+
+/// Clears the near cache: the storage is back on Redis.
+fn back_on_redis(inner: &Inner) {
+    inner.generation.fetch_add(1, Ordering::AcqRel);
+    inner.near.clear();
+    tracing::info!(actor = "cache", "near cache cleared: storage back on redis");
 }
 
 async fn listen(inner: Weak<Inner>, mut subscription: crate::storage::Subscription) {
@@ -534,9 +553,7 @@ async fn watch_mode(
             to: Mode::Redis, ..
         } = event
         {
-            inner.generation.fetch_add(1, Ordering::AcqRel);
-            inner.near.clear();
-            tracing::info!(actor = "cache", "near cache cleared: storage back on redis");
+            back_on_redis(&inner);
         }
     }
 }

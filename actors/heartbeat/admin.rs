@@ -11,7 +11,9 @@
 //! dropped, `admin:queue:PID` is left alone for whoever owns it (in `botfleet run` nothing
 //! takes it). With a consumer, the loop subscribes to `admin:bot:PID` first, then reads the
 //! queue; it reads it again when the consumer arrives, every `admin.poll_interval_ms`, when
-//! the storage returns to `redis` after an outage (messages sent meanwhile by other processes
+//! the storage returns to `redis` after an outage (`StorageModeChanged`, from the storage
+//! monitor, in a fleet; the storage's own events for a loop started with [`Admin::serve`]:
+//! messages sent meanwhile by other processes
 //! were replayed into the queue by their own storage), and when a message is heard live that
 //! it has not delivered yet (when that read cannot reach Redis, because the storage is not
 //! back yet or the read fails, a message heard live that the read did not find waits in
@@ -49,6 +51,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc};
 
 use super::{admin_channel, admin_queue, parse_pid, HeartbeatError};
+use crate::actors::storage_monitor::StorageModeChanged;
 use crate::clock::now_ms;
 use crate::settings::AdminSettings;
 use crate::storage::{
@@ -297,6 +300,9 @@ struct Shared {
     consumer: AtomicBool,
     /// Wakes the inbox loop to read the queue when the host takes the inbox.
     consumer_arrived: tokio::sync::Notify,
+    /// Wakes the inbox loop to read the queue when the storage is back on Redis (the
+    /// `AdminInbox` actor, told by the storage monitor).
+    back_on_redis: tokio::sync::Notify,
     state: tokio::sync::Mutex<InboxState>,
     delivered_live: AtomicU64,
     delivered_queue: AtomicU64,
@@ -332,6 +338,7 @@ impl Admin {
                 rx: Mutex::new(Some(rx)),
                 consumer: AtomicBool::new(false),
                 consumer_arrived: tokio::sync::Notify::new(),
+                back_on_redis: tokio::sync::Notify::new(),
                 state: tokio::sync::Mutex::new(InboxState::default()),
                 delivered_live: AtomicU64::new(0),
                 delivered_queue: AtomicU64::new(0),
@@ -684,9 +691,15 @@ impl Admin {
     /// instead (one loop per handle). It never waits on the consumer: a full channel leaves
     /// the rest queued for a later read.
     pub async fn serve(self) {
+        self.run(true).await;
+    }
+
+    /// The loop; `own_events`: follow the storage's events itself (else the `AdminInbox`
+    /// actor is told of mode changes by the storage monitor and wakes it).
+    async fn run(self, own_events: bool) {
         let storage = self.shared.storage.clone();
         let mut live = storage.subscribe(&admin_channel(self.shared.pid)).await;
-        let mut events = storage.events();
+        let mut events = own_events.then(|| storage.events());
         let every = Duration::from_millis(self.shared.settings.poll_interval_ms.max(1));
         let mut poll = tokio::time::interval(every);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -698,12 +711,13 @@ impl Admin {
                     Some(raw) => self.heard(&raw).await,
                     None => break,
                 },
-                event = events.recv() => match event {
+                event = next_event(&mut events) => match event {
                     Ok(StorageEvent::ModeChanged { to: Mode::Redis, .. })
                     | Err(broadcast::error::RecvError::Lagged(_)) => self.poll_queue().await,
                     Ok(_) => {}
                     Err(broadcast::error::RecvError::Closed) => break,
                 },
+                _ = self.shared.back_on_redis.notified() => self.poll_queue().await,
                 _ = poll.tick() => self.poll_queue().await,
                 _ = self.shared.consumer_arrived.notified() => self.poll_queue().await,
                 _ = settle.tick() => {
@@ -719,6 +733,16 @@ impl Admin {
         if let Err(e) = self.read_queue().await {
             tracing::warn!(actor = "admin-inbox", error = %e, "admin queue read failed");
         }
+    }
+}
+
+/// The next storage event, when the loop follows them itself; never otherwise.
+async fn next_event(
+    events: &mut Option<broadcast::Receiver<StorageEvent>>,
+) -> Result<StorageEvent, broadcast::error::RecvError> {
+    match events {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -750,7 +774,19 @@ impl Actor for AdminInbox {
     fn started(&mut self, ctx: &mut Context<Self>) {
         let admin = self.admin.clone();
         self.child
-            .spawn_task(ctx, "inbox", &self.runtime, admin.serve());
+            .spawn_task(ctx, "inbox", &self.runtime, admin.run(false));
+    }
+}
+
+impl Handler<StorageModeChanged> for AdminInbox {
+    type Result = ();
+
+    /// Back on Redis: messages sent meanwhile by other processes were replayed into the queue
+    /// by their own storage; the loop reads it again.
+    fn handle(&mut self, changed: StorageModeChanged, _: &mut Context<Self>) {
+        if changed.to == Mode::Redis {
+            self.admin.shared.back_on_redis.notify_one();
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 //! order. A new service gets a field here and a block in `add` at its place in the order; the
 //! [`Fleet`](super::Fleet) hands its handle out through an accessor.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crate::actors::cache::Cache;
@@ -17,10 +18,12 @@ use crate::actors::presence::{hostname, Presence};
 use crate::actors::scheduler::periodic::Periodic;
 use crate::actors::scheduler::{Scheduler, SchedulerActor};
 use crate::actors::shared_data::{Fetcher, ReaderActor, SharedData, SharedDataError};
-use crate::actors::storage_monitor::StorageMonitor;
+use crate::actors::storage_monitor::{StorageModeChanged, StorageMonitor};
 use crate::settings::Settings;
 use crate::storage::Storage;
-use crate::supervisor::{ActorHandle, ChildContext, ChildSpec, RestartType, SupervisorBuilder};
+use crate::supervisor::{
+    ActorHandle, ChildContext, ChildSpec, HandleRecipient, RestartType, SupervisorBuilder,
+};
 
 /// Bound of one history retention run (the lock's watchdog extends it while the run lasts).
 const RETENTION_LOCK_TTL: Duration = Duration::from_secs(60);
@@ -57,10 +60,12 @@ impl Services {
         instance: &str,
         history: History,
     ) -> Result<Services, SharedDataError> {
+        // Whom the monitor tells of mode changes: actors declared after it, known once all are.
+        let told: Arc<OnceLock<Vec<HandleRecipient<StorageModeChanged>>>> = Arc::default();
         let monitor = {
-            let storage = storage.clone();
+            let (storage, told) = (storage.clone(), told.clone());
             tree.child(ChildSpec::new("storage-monitor", move |_| {
-                StorageMonitor::new(storage.clone())
+                StorageMonitor::new(storage.clone(), told.get().cloned().unwrap_or_default())
             }))
         };
         let presence = {
@@ -103,12 +108,12 @@ impl Services {
         };
         let game_sessions = GameSessions::new(storage.clone(), settings.game_sessions.clone());
         let cache = Cache::unstarted(storage.clone(), settings.cache.clone());
-        {
+        let cache_listener = {
             let (cache, runtime) = (cache.clone(), tokio::runtime::Handle::current());
             permanent(tree, "cache", move |child| {
                 cache.listener(runtime.clone(), child.clone())
-            });
-        }
+            })
+        };
 
         let scheduler = Scheduler::new(storage.clone(), settings.scheduler.clone(), instance);
         let periodic = Periodic::new(storage.clone(), locks.clone());
@@ -170,9 +175,10 @@ impl Services {
             });
         }
         let (a, runtime) = (admin.clone(), tokio::runtime::Handle::current());
-        permanent(tree, "admin-inbox", move |child| {
+        let admin_inbox = permanent(tree, "admin-inbox", move |child| {
             AdminInbox::new(a.clone(), runtime.clone(), child.clone())
         });
+        let _ = told.set(vec![cache_listener.recipient(), admin_inbox.recipient()]);
 
         Ok(Services {
             monitor,

@@ -23,16 +23,33 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("storage", &["clock", "settings"]),
     ("supervisor", &["clock", "settings"]),
     ("actors::history", &["clock", "settings"]),
-    ("actors::storage_monitor", &["clock", "storage"]),
+    (
+        "actors::storage_monitor",
+        &["clock", "storage", "supervisor"],
+    ),
     (
         "actors::presence",
         &["clock", "settings", "storage", "supervisor"],
     ),
     ("actors::locks", &["settings", "storage", "supervisor"]),
-    ("actors::cache", &["settings", "storage", "supervisor"]),
+    (
+        "actors::cache",
+        &[
+            "actors::storage_monitor",
+            "settings",
+            "storage",
+            "supervisor",
+        ],
+    ),
     (
         "actors::heartbeat",
-        &["clock", "settings", "storage", "supervisor"],
+        &[
+            "actors::storage_monitor",
+            "clock",
+            "settings",
+            "storage",
+            "supervisor",
+        ],
     ),
     (
         "actors::shared_data",
