@@ -318,8 +318,8 @@ async fn panic_in_cache_listener_is_restarted() {
     cache.set("supervised-key", "v2", ttl).await.unwrap();
     assert!(cache.peek("supervised-key").is_some(), "kept near");
     let heard = cache.stats().invalidations_received;
-    let published = redis.cmd(&["PUBLISH", "cache-invalidate", r#"{"key":"supervised-key"}"#]);
-    assert!(published.as_int().unwrap_or(0) >= 1, "{published:?}");
+    // As a seed bot publishes it (the reply counts only that node's subscribers on a Cluster).
+    redis.cmd(&["PUBLISH", "cache-invalidate", r#"{"key":"supervised-key"}"#]);
     grows("invalidations after the restart", heard, 1, || {
         cache.stats().invalidations_received
     })
