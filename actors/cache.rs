@@ -28,14 +28,18 @@
 //!   capacity, counted in [`CacheStats::evictions`]; hits keep no bookkeeping, so they stay
 //!   cheap.
 //!
-//! There is no actor: the [`Cache`] handle (`Fleet::cache()`) runs two tasks on the runtime it
-//! was started on, one listening to the channel and one watching the storage's mode.
+//! In a fleet the `CacheListener` actor (`cache` in the tree) follows the channel from a
+//! supervised task on the host runtime, and is told of mode changes by the storage monitor
+//! (`StorageModeChanged`); each incarnation subscribes and clears the near cache (what was
+//! published before it subscribed was missed). A cache made
+//! by hand with [`Cache::start`] runs the same loop as a task of its own, which ends with the
+//! last handle.
 //!
 //! Failure: while Redis is down the near cache and the fallback keep serving, but
 //! invalidations of other processes cannot arrive; when the storage is back on Redis the near
 //! cache is cleared (messages published meanwhile were missed). A loader error is returned to
-//! every caller waiting on it and nothing is cached. The tasks stop when the last handle is
-//! dropped.
+//! every caller waiting on it and nothing is cached. A panic of the listening loop fails the
+//! `cache` actor, which restarts it.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,8 +49,10 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 
+use crate::actors::storage_monitor::StorageModeChanged;
 use crate::settings::CacheSettings;
 use crate::storage::{Mode, Storage, StorageError, StorageEvent};
+use crate::supervisor::{fault, ChildContext};
 
 /// Keys [`Cache::invalidations`] holds for a receiver that has not read them yet.
 const INVALIDATIONS_CAPACITY: usize = 1_024;
@@ -158,11 +164,21 @@ impl std::fmt::Debug for Cache {
 }
 
 impl Cache {
-    /// A cache over `storage`, subscribed to `settings.channel` before it returns. Call it on
-    /// a tokio runtime: the subscription task runs there.
+    /// A cache over `storage`, subscribed to `settings.channel` before it returns, following
+    /// it from a task of its own. Call it on a tokio runtime: the task runs there.
     pub async fn start(storage: Storage, settings: CacheSettings) -> Self {
         let subscription = storage.subscribe(&settings.channel).await;
         let events = storage.events();
+        let cache = Self::unstarted(storage, settings);
+        let inner = &cache.inner;
+        let listen = tokio::spawn(listen(Arc::downgrade(inner), subscription));
+        let watch = tokio::spawn(watch_mode(Arc::downgrade(inner), events));
+        inner.tasks.lock().extend([listen, watch]);
+        cache
+    }
+
+    /// A cache whose invalidations a supervised `CacheListener` follows (the fleet's).
+    pub(crate) fn unstarted(storage: Storage, settings: CacheSettings) -> Self {
         let inner = Arc::new(Inner {
             storage,
             settings,
@@ -174,10 +190,23 @@ impl Cache {
             dropped: tokio::sync::broadcast::channel(INVALIDATIONS_CAPACITY).0,
             tasks: parking_lot::Mutex::new(Vec::new()),
         });
-        let listen = tokio::spawn(listen(Arc::downgrade(&inner), subscription));
-        let watch = tokio::spawn(watch_mode(Arc::downgrade(&inner), events));
-        inner.tasks.lock().extend([listen, watch]);
         Self { inner }
+    }
+
+    /// The actor that follows this cache's invalidations in a fleet, for the incarnation
+    /// `child`, on `runtime`.
+    pub(crate) fn listener(
+        &self,
+        runtime: tokio::runtime::Handle,
+        child: ChildContext,
+    ) -> CacheListener {
+        CacheListener {
+            cache: Arc::downgrade(&self.inner),
+            storage: self.inner.storage.clone(),
+            channel: self.inner.settings.channel.clone(),
+            runtime,
+            child,
+        }
     }
 
     /// The settings in use.
@@ -423,8 +452,71 @@ fn check(key: &str, ttl: Duration) -> Result<(), CacheError> {
 }
 
 /// Drops near copies named by invalidations of other processes.
+/// Follows a cache's invalidations from a supervised task (see the module documentation).
+pub(crate) struct CacheListener {
+    cache: Weak<Inner>,
+    storage: Storage,
+    channel: String,
+    runtime: tokio::runtime::Handle,
+    child: ChildContext,
+}
+
+impl std::fmt::Debug for CacheListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheListener")
+            .field("channel", &self.channel)
+            .finish()
+    }
+}
+
+impl actix::Actor for CacheListener {
+    type Context = actix::Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let (cache, storage, channel) = (
+            self.cache.clone(),
+            self.storage.clone(),
+            self.channel.clone(),
+        );
+        let work = async move {
+            let subscription = storage.subscribe(&channel).await;
+            // What was published before this subscription was missed.
+            if let Some(inner) = cache.upgrade() {
+                inner.generation.fetch_add(1, Ordering::AcqRel);
+                inner.near.clear();
+            }
+            // Mode changes come from the storage monitor (`StorageModeChanged`).
+            listen(cache, subscription).await;
+            Err::<(), _>("the cache's subscription ended")
+        };
+        self.child
+            .spawn_task(ctx, "invalidations", &self.runtime, work);
+    }
+}
+
+impl actix::Handler<StorageModeChanged> for CacheListener {
+    type Result = ();
+
+    /// Back on Redis: invalidations published while this process was cut off never arrived.
+    fn handle(&mut self, changed: StorageModeChanged, _: &mut Self::Context) {
+        if changed.to == Mode::Redis {
+            if let Some(inner) = self.cache.upgrade() {
+                back_on_redis(&inner);
+            }
+        }
+    }
+}
+
+/// Clears the near cache: the storage is back on Redis.
+fn back_on_redis(inner: &Inner) {
+    inner.generation.fetch_add(1, Ordering::AcqRel);
+    inner.near.clear();
+    tracing::info!(actor = "cache", "near cache cleared: storage back on redis");
+}
+
 async fn listen(inner: Weak<Inner>, mut subscription: crate::storage::Subscription) {
     while let Some(message) = subscription.recv().await {
+        fault::point("cache");
         let Some(inner) = inner.upgrade() else {
             return;
         };
@@ -464,9 +556,7 @@ async fn watch_mode(
             to: Mode::Redis, ..
         } = event
         {
-            inner.generation.fetch_add(1, Ordering::AcqRel);
-            inner.near.clear();
-            tracing::info!(actor = "cache", "near cache cleared: storage back on redis");
+            back_on_redis(&inner);
         }
     }
 }

@@ -11,6 +11,8 @@
 //! which restarts it; the new incarnation deletes the broken key and resumes counting from the
 //! `beats` it mirrored in storage.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -37,58 +39,80 @@ pub struct PresenceStatus {
 #[rtype(result = "PresenceStatus")]
 pub(crate) struct GetPresence;
 
-/// Writes this instance's presence record.
+/// Writes this instance's presence record, from a supervised task on the host runtime.
 #[derive(Debug)]
 pub(crate) struct Presence {
+    record: Arc<Record>,
+    runtime: tokio::runtime::Handle,
+    child: ChildContext,
+}
+
+/// What a beat writes, and its last outcome (read by `GetPresence`).
+#[derive(Debug)]
+struct Record {
     storage: Storage,
     settings: PresenceSettings,
     key: String,
     pid: String,
     host: String,
     started_at: String,
-    beats: u64,
-    last_error: Option<String>,
-    child: ChildContext,
+    beats: AtomicU64,
+    last_error: parking_lot::Mutex<Option<String>>,
 }
 
 impl Presence {
-    /// A presence actor for `instance_id`.
+    /// A presence actor for `instance_id`, beating from a task on `runtime`.
     pub fn new(
         storage: Storage,
         settings: PresenceSettings,
         instance_id: &str,
+        runtime: tokio::runtime::Handle,
         child: ChildContext,
     ) -> Self {
         Self {
-            key: storage.keys().instance(instance_id),
-            storage,
-            settings,
-            pid: std::process::id().to_string(),
-            host: hostname(),
-            started_at: now_ms().to_string(),
-            beats: 0,
-            last_error: None,
+            record: Arc::new(Record {
+                key: storage.keys().instance(instance_id),
+                storage,
+                settings,
+                pid: std::process::id().to_string(),
+                host: hostname(),
+                started_at: now_ms().to_string(),
+                beats: AtomicU64::new(0),
+                last_error: parking_lot::Mutex::new(None),
+            }),
+            runtime,
             child,
         }
     }
+}
 
-    /// Writes one beat; returns the beat number written.
-    async fn beat(
-        storage: Storage,
-        key: String,
-        fields: Vec<(&'static str, String)>,
-        ttl: Duration,
-    ) -> Result<(), StorageError> {
-        let pairs: Vec<(&str, &str)> = fields.iter().map(|(f, v)| (*f, v.as_str())).collect();
-        storage.hset(&key, &pairs).await?;
-        storage.expire(&key, ttl).await?;
-        Ok(())
+impl Record {
+    /// Rebuilds from what was mirrored (continues the beat count; a record of the wrong type,
+    /// the failure that restarted the actor, is removed first), then beats every
+    /// `presence.interval_ms`. Ends only with a fatal error.
+    async fn run(self: Arc<Self>) -> Result<(), String> {
+        let beats = match self.storage.hget(&self.key, "beats").await {
+            Ok(beats) => beats.and_then(|b| b.parse::<u64>().ok()).unwrap_or(0),
+            Err(StorageError::Command(_)) => {
+                let _ = self.storage.del(&[&self.key]).await;
+                0
+            }
+            Err(_) => 0,
+        };
+        self.beats.store(beats, Ordering::Relaxed);
+        let every = Duration::from_millis(self.settings.interval_ms.max(1));
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            self.beat().await?;
+        }
     }
 
-    fn schedule_beat(&mut self, ctx: &mut Context<Self>) {
-        self.beats += 1;
-        let beat = self.beats;
-        let fields = vec![
+    /// Writes one beat. A refused write is remembered; a command error (WRONGTYPE) is fatal.
+    async fn beat(&self) -> Result<(), String> {
+        let beat = self.beats.fetch_add(1, Ordering::Relaxed) + 1;
+        let fields = [
             ("pid", self.pid.clone()),
             ("host", self.host.clone()),
             ("started_at", self.started_at.clone()),
@@ -96,21 +120,27 @@ impl Presence {
             ("storage_mode", self.storage.mode().to_string()),
             ("updated_at", now_ms().to_string()),
         ];
+        let pairs: Vec<(&str, &str)> = fields.iter().map(|(f, v)| (*f, v.as_str())).collect();
         let ttl = Duration::from_secs(self.settings.ttl_secs);
-        let fut = Self::beat(self.storage.clone(), self.key.clone(), fields, ttl);
-        ctx.spawn(fut.into_actor(self).map(move |result, act, ctx| match result {
+        let written = async {
+            self.storage.hset(&self.key, &pairs).await?;
+            self.storage.expire(&self.key, ttl).await?;
+            Ok::<_, StorageError>(())
+        }
+        .await;
+        match written {
             Ok(()) => {
-                act.last_error = None;
-                tracing::debug!(actor = "presence", key = %act.key, beat, "presence beat");
+                *self.last_error.lock() = None;
+                tracing::debug!(actor = "presence", key = %self.key, beat, "presence beat");
+                Ok(())
             }
-            Err(e @ StorageError::Command(_)) => {
-                act.child.fail(ctx, format!("presence record {}: {e}", act.key));
-            }
+            Err(e @ StorageError::Command(_)) => Err(format!("presence record {}: {e}", self.key)),
             Err(e) => {
-                tracing::warn!(actor = "presence", key = %act.key, error = %e, "presence beat refused");
-                act.last_error = Some(e.to_string());
+                tracing::warn!(actor = "presence", key = %self.key, error = %e, "presence beat refused");
+                *self.last_error.lock() = Some(e.to_string());
+                Ok(())
             }
-        }));
+        }
     }
 }
 
@@ -118,26 +148,9 @@ impl Actor for Presence {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        // Rebuild from what was mirrored: continue the beat count; a record of the wrong type
-        // (the failure that restarted us) is removed first.
-        let storage = self.storage.clone();
-        let key = self.key.clone();
-        let restored = async move {
-            match storage.hget(&key, "beats").await {
-                Ok(beats) => beats.and_then(|b| b.parse::<u64>().ok()).unwrap_or(0),
-                Err(StorageError::Command(_)) => {
-                    let _ = storage.del(&[&key]).await;
-                    0
-                }
-                Err(_) => 0,
-            }
-        };
-        ctx.wait(restored.into_actor(self).map(|beats, act, ctx| {
-            act.beats = beats;
-            act.schedule_beat(ctx);
-            let every = Duration::from_millis(act.settings.interval_ms);
-            ctx.run_interval(every, |act, ctx| act.schedule_beat(ctx));
-        }));
+        let record = self.record.clone();
+        self.child
+            .spawn_task(ctx, "beats", &self.runtime, record.run());
     }
 }
 
@@ -146,9 +159,9 @@ impl Handler<GetPresence> for Presence {
 
     fn handle(&mut self, _: GetPresence, _: &mut Context<Self>) -> Self::Result {
         MessageResult(PresenceStatus {
-            key: self.key.clone(),
-            beats: self.beats,
-            last_error: self.last_error.clone(),
+            key: self.record.key.clone(),
+            beats: self.record.beats.load(Ordering::Relaxed),
+            last_error: self.record.last_error.lock().clone(),
         })
     }
 }

@@ -1,9 +1,12 @@
 //! Storage monitor: keeps the recent storage events (mode changes, resyncs) for the status
-//! API and the dashboard.
+//! API and the dashboard, and tells the actors that care of each mode change.
 //!
 //! Owns an in-process ring of the last `KEEP` events with their times; reads the storage
-//! handle's event channel; accepts `ListStorageEvents`. Holds nothing in Redis, so a restart
-//! starts with an empty ring (events from before it are in the log).
+//! handle's event channel; accepts `ListStorageEvents`; sends `StorageModeChanged` to the
+//! recipients it was given (the admin inbox and the cache listener: both read again what they
+//! may have missed once the storage is back on Redis). A recipient that is restarting misses
+//! the event; each reads afresh when it starts. Holds nothing in Redis, so a restart starts
+//! with an empty ring (events from before it are in the log).
 
 use std::collections::VecDeque;
 
@@ -11,7 +14,8 @@ use actix::prelude::*;
 use serde::Serialize;
 
 use crate::clock::now_ms;
-use crate::storage::{Storage, StorageEvent};
+use crate::storage::{Mode, Storage, StorageEvent};
+use crate::supervisor::HandleRecipient;
 
 /// Events kept.
 pub(crate) const KEEP: usize = 100;
@@ -25,6 +29,16 @@ pub struct SeenEvent {
     pub event: StorageEvent,
 }
 
+/// Event: the storage's mode changed (sent by the storage monitor).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Message)]
+#[rtype(result = "()")]
+pub(crate) struct StorageModeChanged {
+    /// The mode before.
+    pub(crate) from: Mode,
+    /// The mode now.
+    pub(crate) to: Mode,
+}
+
 /// Query: the recent storage events, oldest first.
 #[derive(Debug, Message)]
 #[rtype(result = "Vec<SeenEvent>")]
@@ -35,14 +49,16 @@ pub(crate) struct ListStorageEvents;
 pub(crate) struct StorageMonitor {
     storage: Storage,
     recent: VecDeque<SeenEvent>,
+    tell: Vec<HandleRecipient<StorageModeChanged>>,
 }
 
 impl StorageMonitor {
-    /// A monitor of `storage`'s events.
-    pub fn new(storage: Storage) -> Self {
+    /// A monitor of `storage`'s events, telling `tell` of each mode change.
+    pub fn new(storage: Storage, tell: Vec<HandleRecipient<StorageModeChanged>>) -> Self {
         Self {
             storage,
             recent: VecDeque::with_capacity(KEEP),
+            tell,
         }
     }
 }
@@ -67,6 +83,17 @@ impl Actor for StorageMonitor {
 
 impl StreamHandler<StorageEvent> for StorageMonitor {
     fn handle(&mut self, event: StorageEvent, _: &mut Context<Self>) {
+        if let StorageEvent::ModeChanged { from, to, .. } = &event {
+            let changed = StorageModeChanged {
+                from: *from,
+                to: *to,
+            };
+            for recipient in &self.tell {
+                if let Err(e) = recipient.do_send(changed) {
+                    tracing::debug!(actor = "storage-monitor", to = recipient.actor(), error = %e, "mode change not told");
+                }
+            }
+        }
         if self.recent.len() == KEEP {
             self.recent.pop_front();
         }

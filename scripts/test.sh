@@ -117,7 +117,7 @@ status=0
 cargo nextest run --profile "$profile" --all-targets --no-fail-fast "$@" || status=$?
 # The suites (modules of the one integration-test binary, tests/it/) whose server
 # BOTFLEET_TEST_REDIS switches.
-switched='scheduler|scheduler_parity|storage_parity|locks|heartbeat|shared_data|hazards|cache|fleet|scale|records'
+switched='supervised_work|scheduler|scheduler_parity|storage_parity|locks|heartbeat|shared_data|hazards|cache|fleet|scale|records'
 for topology in ${BOTFLEET_TEST_TOPOLOGIES:-cluster sentinel}; do
   [ "$topology" = standalone ] && continue
   log "the Redis suites on $topology"

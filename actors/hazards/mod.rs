@@ -30,8 +30,9 @@
 //! cannot use; since tokens never go back, even across a Redis that lost its data (see
 //! `locks`), the next term's token is above every earlier writer's. When the leader dies its lock expires after at most
 //! `hazards.lock_ttl_ms` and a waiting instance takes over (retrying every
-//! `locks.retry_min_ms` .. `retry_max_ms`). It accepts [`GetTickerStatus`]. When the actor is
-//! restarted its task is aborted (the lock guard releases the lock) and a new one campaigns.
+//! `locks.retry_min_ms` .. `retry_max_ms`). Its status is read from the handle
+//! ([`Hazards::status`]). The task is supervised: its panic or end fails the actor, which is
+//! restarted: the task is aborted (the lock guard releases the lock) and a new one campaigns.
 //!
 //! # Seeds
 //!
@@ -80,6 +81,7 @@ use crate::actors::locks::Locks;
 use crate::clock::now_ms;
 use crate::settings::{DifficultySettings, HazardSettings};
 use crate::storage::{Storage, StorageError};
+use crate::supervisor::ChildContext;
 
 use ticker::TickerShared;
 pub use ticker::TickerStatus;
@@ -338,12 +340,13 @@ impl Hazards {
         }
     }
 
-    /// The ticker actor for this handle; its task runs on `runtime` (the host's).
-    pub fn ticker(&self, runtime: tokio::runtime::Handle) -> HazardTicker {
+    /// The ticker actor for this handle, for the incarnation `child` of its place in the
+    /// tree; its task runs on `runtime` (the host's), supervised through `child`.
+    pub fn ticker(&self, runtime: tokio::runtime::Handle, child: ChildContext) -> HazardTicker {
         HazardTicker {
             shared: self.inner.ticker.clone(),
             runtime,
-            task: None,
+            child,
         }
     }
 
@@ -613,16 +616,13 @@ pub(crate) fn check_id(what: &'static str, value: &str) -> Result<(), HazardErro
     Ok(())
 }
 
-/// Asks the ticker for its status.
-#[derive(Debug, Clone, Copy, Message)]
-#[rtype(result = "TickerStatus")]
-pub struct GetTickerStatus;
-
-/// The hazard ticker: owns the leader-election-and-tick task on the host runtime.
+/// The hazard ticker: owns the leader-election-and-tick task, a supervised task on the host
+/// runtime (its panic or end fails the actor; the actor's stop aborts it, and the aborted
+/// task's guard releases the leader lock).
 pub struct HazardTicker {
     shared: Arc<TickerShared>,
     runtime: tokio::runtime::Handle,
-    task: Option<tokio::task::JoinHandle<()>>,
+    child: ChildContext,
 }
 
 impl std::fmt::Debug for HazardTicker {
@@ -634,27 +634,13 @@ impl std::fmt::Debug for HazardTicker {
 impl Actor for HazardTicker {
     type Context = Context<Self>;
 
-    fn started(&mut self, _ctx: &mut Self::Context) {
+    fn started(&mut self, ctx: &mut Self::Context) {
         if self.shared.settings.enabled && !self.shared.settings.difficulties.is_empty() {
             let shared = self.shared.clone();
-            self.task = Some(self.runtime.spawn(ticker::run(shared)));
+            self.child
+                .spawn_task(ctx, "ticker", &self.runtime, ticker::run(shared));
             tracing::info!(actor = "hazards", "hazard ticker started");
         }
-    }
-
-    fn stopped(&mut self, _ctx: &mut Self::Context) {
-        if let Some(task) = self.task.take() {
-            // Dropping the task drops its lock guard, which releases the leader lock.
-            task.abort();
-        }
-    }
-}
-
-impl Handler<GetTickerStatus> for HazardTicker {
-    type Result = MessageResult<GetTickerStatus>;
-
-    fn handle(&mut self, _: GetTickerStatus, _: &mut Self::Context) -> Self::Result {
-        MessageResult(self.shared.status())
     }
 }
 

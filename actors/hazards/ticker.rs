@@ -218,6 +218,7 @@ async fn write_tick(
     local: bool,
     cached: &mut Option<EpochSeed>,
 ) -> Result<Written, HazardError> {
+    crate::supervisor::fault::point("hazards");
     let settings = &shared.settings;
     let epoch = tick / settings.rotate_every_ticks.max(1);
     if cached.as_ref().is_none_or(|s| s.epoch != epoch) {

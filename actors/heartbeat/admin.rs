@@ -6,30 +6,42 @@
 //! renewed) and then published on `admin:bot:PID`, in that order, so that a message that can
 //! be heard live is always already in the queue.
 //!
-//! Receiving (the [`AdminInbox`] actor, reading for this process's pid): it subscribes to
-//! `admin:bot:PID` first, then reads the queue; it reads the queue again every
-//! `admin.poll_interval_ms`, when the storage returns to `redis` after an outage (messages sent
-//! meanwhile by other processes were replayed into the queue by their own storage), and when a
-//! message is heard live that it has not delivered yet (when that read cannot reach Redis,
-//! because the storage is not back yet or the read fails, a message heard live that the read
-//! did not find waits in Redis's queue for the read after the resync, so that it cannot
-//! overtake messages replayed there after an outage). A read delivers the queue's entries in
-//! list order (the order in which the senders' appends reached Redis: send order), skipping ids
-//! already delivered, and then removes them from the queue with one script (`LREM` per entry,
-//! idempotent when replayed after an outage). So every message reaches the host once and in
-//! order, whether it was heard live or found in the queue, and a Redis restart that brings
-//! back delivered entries (persistence) or a replay that appends one twice cannot duplicate it.
-//! The ids delivered are remembered in the [`Admin`] handle for the queue's TTL plus a minute,
-//! at most 100,000 of them, so a restarted actor does not deliver them again. A live message
-//! left for the read after the resync is counted in [`InboxStats::deferred_live`].
+//! Receiving (the [`AdminInbox`] actor, reading for this process's pid, from a supervised
+//! task): nothing is read until a consumer takes [`Admin::inbox`]. Until then, and after it is
+//! dropped, `admin:queue:PID` is left alone for whoever owns it (in `botfleet run` nothing
+//! takes it). With a consumer, the loop subscribes to `admin:bot:PID` first, then reads the
+//! queue; it reads it again when the consumer arrives, every `admin.poll_interval_ms`, when
+//! the storage returns to `redis` after an outage (`StorageModeChanged`, from the storage
+//! monitor, in a fleet; the storage's own events for a loop started with [`Admin::serve`]:
+//! messages sent meanwhile by other processes
+//! were replayed into the queue by their own storage), and when a message is heard live that
+//! it has not delivered yet (when that read cannot reach Redis, because the storage is not
+//! back yet or the read fails, a message heard live that the read did not find waits in
+//! Redis's queue for the read after the resync, so that it cannot overtake messages replayed
+//! there after an outage). A read delivers the queue's entries in list order (the order in
+//! which the senders' appends reached Redis: send order), skipping ids already delivered.
+//! So every message reaches the host once and in order, whether it was heard live or found
+//! in the queue, and a Redis restart that brings back delivered entries (persistence) or a
+//! replay that appends one twice cannot duplicate it. The ids delivered are remembered in the
+//! [`Admin`] handle for the queue's TTL plus a minute, at most 100,000 of them, so a
+//! restarted actor does not deliver them again. A live message left for a later read is
+//! counted in [`InboxStats::deferred_live`].
 //!
-//! Messages arrive on a bounded tokio channel taken once with [`Admin::inbox`]; while it is
-//! full the inbox waits (the queue keeps what pub/sub cannot). Payloads that are not
-//! envelopes (a foreign sender) are delivered without an id; duplicates of such a payload
-//! heard live and found in the queue within a few seconds are delivered once.
+//! Back-pressure: messages go to the host through a bounded channel (`admin.inbox_capacity`),
+//! and the loop never waits on it. A read delivers while the channel has room and leaves the
+//! rest queued (reading a window of the queue: the entries in the channel, the room left and
+//! a margin); every 20 ms the loop removes from the queue, with one `admin-ack` script
+//! (`LREM` per entry, idempotent when replayed after an outage), the entries the host has
+//! received (the channel holds the newest of those put in it), and reads on when a read
+//! stopped short and there is room again. So an entry leaves `admin:queue:PID` only once the
+//! host received it; a slow host makes the queue longer, not the inbox stuck; nothing is
+//! dropped, nothing delivered twice. Payloads that are not envelopes (a foreign sender) are
+//! delivered without an id; duplicates of such a payload heard live and found in the queue
+//! within a few seconds are delivered once. A message only published (never queued) is
+//! delivered as heard while the channel has room.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -39,11 +51,13 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc};
 
 use super::{admin_channel, admin_queue, parse_pid, HeartbeatError};
+use crate::actors::storage_monitor::StorageModeChanged;
 use crate::clock::now_ms;
 use crate::settings::AdminSettings;
 use crate::storage::{
     Expiry, Keyspace, LocalError, Mode, Op, Reply, Script, Storage, StorageEvent,
 };
+use crate::supervisor::ChildContext;
 
 /// Most ids remembered as delivered.
 const SEEN_MAX: usize = 100_000;
@@ -51,6 +65,11 @@ const SEEN_MAX: usize = 100_000;
 const PLAIN_WINDOW: Duration = Duration::from_secs(10);
 /// Most foreign payloads remembered.
 const PLAIN_MAX: usize = 256;
+/// How often the inbox removes from the queue what the host received, and reads on after a
+/// full channel.
+const SETTLE_INTERVAL: Duration = Duration::from_millis(20);
+/// Entries read past the room in the channel, so a read sees copies and the queue's end.
+const READ_MARGIN: usize = 64;
 
 /// KEYS: queue. ARGV: entries delivered. Removes one occurrence of each; answers how many.
 const ACK: &str = r#"
@@ -197,9 +216,36 @@ struct InboxState {
     seen: HashMap<String, u64>,
     order: VecDeque<(u64, String)>,
     plain: VecDeque<(String, Instant, Delivery)>,
+    /// What went into the channel and was not removed from the queue yet, in channel order:
+    /// the queue entry, or `None` for a message that was only heard live. The channel holds
+    /// the newest of them; the older ones the consumer took, and they are removed.
+    pending: VecDeque<Option<String>>,
+    /// The last read stopped short of the end of the queue (the channel was full, or the
+    /// read window ended): the next tick reads again.
+    backlog: bool,
+}
+
+/// Why a read of the queue stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Read {
+    /// Every entry read was delivered or skipped, and the window held the whole queue.
+    Done,
+    /// The channel filled up, or the window ended: the rest waits in the queue.
+    Backlog,
+    /// Nobody consumes this inbox (not taken, or dropped): the queue is left alone.
+    NoConsumer,
 }
 
 impl InboxState {
+    /// Whether a foreign payload arriving by `via` is the copy of one delivered by the other
+    /// path (without forgetting it).
+    fn plain_is_copy(&self, payload: &str, via: Delivery) -> bool {
+        let now = Instant::now();
+        self.plain
+            .iter()
+            .any(|(p, at, v)| p == payload && *v != via && now.duration_since(*at) < PLAIN_WINDOW)
+    }
+
     /// Marks `id` delivered; false when it already was.
     fn first_time(&mut self, id: &str, now: u64, keep_ms: u64) -> bool {
         if self.seen.contains_key(id) {
@@ -250,6 +296,13 @@ struct Shared {
     seq: AtomicU64,
     tx: mpsc::Sender<AdminMessage>,
     rx: Mutex<Option<mpsc::Receiver<AdminMessage>>>,
+    /// Set once the host took the inbox: before that, the queue is left alone.
+    consumer: AtomicBool,
+    /// Wakes the inbox loop to read the queue when the host takes the inbox.
+    consumer_arrived: tokio::sync::Notify,
+    /// Wakes the inbox loop to read the queue when the storage is back on Redis (the
+    /// `AdminInbox` actor, told by the storage monitor).
+    back_on_redis: tokio::sync::Notify,
     state: tokio::sync::Mutex<InboxState>,
     delivered_live: AtomicU64,
     delivered_queue: AtomicU64,
@@ -283,6 +336,9 @@ impl Admin {
                 seq: AtomicU64::new(0),
                 tx,
                 rx: Mutex::new(Some(rx)),
+                consumer: AtomicBool::new(false),
+                consumer_arrived: tokio::sync::Notify::new(),
+                back_on_redis: tokio::sync::Notify::new(),
                 state: tokio::sync::Mutex::new(InboxState::default()),
                 delivered_live: AtomicU64::new(0),
                 delivered_queue: AtomicU64::new(0),
@@ -358,14 +414,25 @@ impl Admin {
     }
 
     /// This process's inbox: every message sent to its pid, once, in send order. Taken once;
-    /// a second call is [`HeartbeatError::InboxTaken`]. Until it is taken, messages wait in
-    /// the queue (and up to `admin.inbox_capacity` in the channel).
+    /// a second call is [`HeartbeatError::InboxTaken`]. Until it is taken, and after it is
+    /// dropped, messages wait in the queue, untouched (for whoever consumes them). At most
+    /// `admin.inbox_capacity` wait in the channel; an entry leaves the queue once the host
+    /// received it.
     pub fn inbox(&self) -> Result<mpsc::Receiver<AdminMessage>, HeartbeatError> {
-        self.shared
+        let rx = self
+            .shared
             .rx
             .lock()
             .take()
-            .ok_or(HeartbeatError::InboxTaken)
+            .ok_or(HeartbeatError::InboxTaken)?;
+        self.shared.consumer.store(true, Ordering::Release);
+        self.shared.consumer_arrived.notify_one();
+        Ok(rx)
+    }
+
+    /// Whether a consumer holds the inbox now.
+    fn has_consumer(&self) -> bool {
+        self.shared.consumer.load(Ordering::Acquire) && !self.shared.tx.is_closed()
     }
 
     /// The inbox's counters.
@@ -389,67 +456,153 @@ impl Admin {
             .saturating_add(60_000)
     }
 
-    async fn deliver(&self, message: AdminMessage) -> bool {
+    /// Puts `message` into the channel if it has room; `entry` is its queue entry (`None`
+    /// for one only heard live), removed from the queue once the host received it.
+    fn deliver(
+        &self,
+        state: &mut InboxState,
+        message: AdminMessage,
+        entry: Option<String>,
+    ) -> bool {
         let counter = match message.via {
             Delivery::Live => &self.shared.delivered_live,
             Delivery::Queue => &self.shared.delivered_queue,
         };
-        if self.shared.tx.send(message).await.is_ok() {
-            counter.fetch_add(1, Ordering::Relaxed);
-            true
-        } else {
-            false
+        // Only this loop sends, under the state lock: a permit taken here is not raced.
+        match self.shared.tx.try_send(message) {
+            Ok(()) => {
+                counter.fetch_add(1, Ordering::Relaxed);
+                state.pending.push_back(entry);
+                true
+            }
+            Err(_) => false,
         }
     }
 
-    /// Reads the queue: delivers the entries not delivered yet, in list order, then removes
-    /// them. `live` is the id heard live that triggered the read, reported as live.
-    async fn drain(
-        &self,
-        state: &mut InboxState,
-        live: Option<&str>,
-    ) -> Result<(), HeartbeatError> {
-        if self.shared.tx.is_closed() {
+    /// Removes from the queue the entries the host has received: the channel holds the newest
+    /// `max_capacity - capacity` of those pending, the older ones were taken.
+    async fn settle(&self, state: &mut InboxState) -> Result<(), HeartbeatError> {
+        let tx = &self.shared.tx;
+        if tx.is_closed() {
+            // Dropped unread: those entries stay queued.
+            state.pending.clear();
             return Ok(());
         }
-        let storage = &self.shared.storage;
-        let queue = admin_queue(self.shared.pid);
-        let entries = storage.lrange(&queue, 0, -1).await?;
-        self.shared.reads.fetch_add(1, Ordering::Relaxed);
+        let in_channel = tx.max_capacity() - tx.capacity();
+        let taken = state.pending.len().saturating_sub(in_channel);
+        if taken == 0 {
+            return Ok(());
+        }
+        let done: Vec<Option<String>> = state.pending.drain(..taken).collect();
+        let entries: Vec<&str> = done.iter().flatten().map(String::as_str).collect();
         if entries.is_empty() {
             return Ok(());
         }
-        let keep = self.keep_ms();
-        let mut delivered = Vec::with_capacity(entries.len());
-        for raw in entries {
-            let mut message = parse(&raw, Delivery::Queue);
-            let fresh = match &message.id {
-                Some(id) => state.first_time(id, now_ms(), keep),
-                None => state.plain_first_time(&raw, Delivery::Queue),
-            };
-            if fresh {
-                if message.id.is_some() && message.id.as_deref() == live {
-                    message.via = Delivery::Live;
-                }
-                if !self.deliver(message).await {
-                    // The host dropped its inbox: leave the rest queued.
-                    break;
-                }
-            } else {
-                self.shared.duplicates.fetch_add(1, Ordering::Relaxed);
+        let queue = admin_queue(self.shared.pid);
+        if let Err(e) = self
+            .shared
+            .storage
+            .eval(ack_script(), &[&queue], &entries)
+            .await
+        {
+            // Taken, not removed yet: the next settle tries again (removal is idempotent).
+            for entry in done.into_iter().rev() {
+                state.pending.push_front(entry);
             }
-            delivered.push(raw);
-        }
-        if !delivered.is_empty() {
-            let args: Vec<&str> = delivered.iter().map(String::as_str).collect();
-            storage.eval(ack_script(), &[&queue], &args).await?;
+            return Err(e.into());
         }
         Ok(())
     }
 
-    /// Handles a message heard live.
+    /// Reads the queue: delivers the entries not delivered yet, in list order, while the
+    /// channel has room, after removing those the host received. `live` is the id heard live
+    /// that triggered the read, reported as live. Reads at most the entries pending, the
+    /// room in the channel and a margin, so a long queue is read in windows.
+    async fn drain(
+        &self,
+        state: &mut InboxState,
+        live: Option<&str>,
+    ) -> Result<Read, HeartbeatError> {
+        if !self.has_consumer() {
+            state.pending.clear();
+            return Ok(Read::NoConsumer);
+        }
+        self.settle(state).await?;
+        let free = self.shared.tx.capacity();
+        if free == 0 {
+            state.backlog = true;
+            return Ok(Read::Backlog);
+        }
+        let storage = &self.shared.storage;
+        let queue = admin_queue(self.shared.pid);
+        let window = state.pending.len() + free + READ_MARGIN;
+        let entries = storage.lrange(&queue, 0, window as i64 - 1).await?;
+        self.shared.reads.fetch_add(1, Ordering::Relaxed);
+        let mut read = if entries.len() >= window {
+            Read::Backlog
+        } else {
+            Read::Done
+        };
+        let keep = self.keep_ms();
+        let mut copies = Vec::new();
+        for raw in &entries {
+            let mut message = parse(raw, Delivery::Queue);
+            let fresh = match &message.id {
+                Some(id) => !state.seen.contains_key(id),
+                None => !state.plain_is_copy(raw, Delivery::Queue),
+            };
+            if !fresh {
+                self.shared.duplicates.fetch_add(1, Ordering::Relaxed);
+                if message.id.is_none() {
+                    state.plain_first_time(raw, Delivery::Queue);
+                }
+                // A copy of a message still in the channel is removed once that is taken.
+                if !state
+                    .pending
+                    .iter()
+                    .any(|p| p.as_deref() == Some(raw.as_str()))
+                {
+                    copies.push(raw.as_str());
+                }
+                continue;
+            }
+            if !self.has_consumer() {
+                read = Read::NoConsumer;
+                break;
+            }
+            if self.shared.tx.capacity() == 0 {
+                read = Read::Backlog;
+                break;
+            }
+            match &message.id {
+                Some(id) => {
+                    state.first_time(id, now_ms(), keep);
+                }
+                None => {
+                    state.plain_first_time(raw, Delivery::Queue);
+                }
+            }
+            if message.id.is_some() && message.id.as_deref() == live {
+                message.via = Delivery::Live;
+            }
+            if !self.deliver(state, message, Some(raw.clone())) {
+                read = Read::NoConsumer;
+                break;
+            }
+        }
+        state.backlog = read == Read::Backlog;
+        if !copies.is_empty() {
+            storage.eval(ack_script(), &[&queue], &copies).await?;
+        }
+        Ok(read)
+    }
+
+    /// Handles a message heard live. Without a consumer it is left in the queue.
     async fn heard(&self, raw: &str) {
         let mut state = self.shared.state.lock().await;
+        if !self.has_consumer() {
+            return;
+        }
         let message = parse(raw, Delivery::Live);
         let id = message.id.clone();
         match id.as_deref() {
@@ -460,13 +613,22 @@ impl Admin {
                 // Earlier messages may still wait in the queue (replayed after an outage):
                 // the queue holds this one too, behind them, so the queue is read first.
                 let before = self.shared.storage.mode();
-                if let Err(e) = self.drain(&mut state, Some(id)).await {
-                    tracing::warn!(actor = "admin-inbox", error = %e, "admin queue read failed; the message stays queued");
-                    self.shared.deferred.fetch_add(1, Ordering::Relaxed);
-                    return;
-                }
+                let read = match self.drain(&mut state, Some(id)).await {
+                    Ok(read) => read,
+                    Err(e) => {
+                        tracing::warn!(actor = "admin-inbox", error = %e, "admin queue read failed; the message stays queued");
+                        self.shared.deferred.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                };
                 if state.seen.contains_key(id) {
                     // Found in the queue and delivered in its place.
+                    return;
+                }
+                if read != Read::Done {
+                    // The channel is full (or the window did not reach it): it waits in the
+                    // queue, behind the messages before it.
+                    self.shared.deferred.fetch_add(1, Ordering::Relaxed);
                     return;
                 }
                 // Not found. Off Redis (degraded or resyncing, before or during the read) the
@@ -480,50 +642,89 @@ impl Admin {
                     self.shared.deferred.fetch_add(1, Ordering::Relaxed);
                     return;
                 }
-                // A sender that published without queueing: delivered as heard.
-                if state.first_time(id, now_ms(), self.keep_ms()) {
-                    self.deliver(message).await;
+                // A sender that published without queueing: delivered as heard, when the
+                // channel has room (such a message has no queue entry to wait in).
+                if self.shared.tx.capacity() > 0 {
+                    state.first_time(id, now_ms(), self.keep_ms());
+                    self.deliver(&mut state, message, None);
+                } else {
+                    self.shared.deferred.fetch_add(1, Ordering::Relaxed);
                 }
             }
             None => {
-                if state.plain_first_time(raw, Delivery::Live) {
-                    self.deliver(message).await;
-                } else {
+                if state.plain_is_copy(raw, Delivery::Live) {
+                    state.plain_first_time(raw, Delivery::Live);
                     self.shared.duplicates.fetch_add(1, Ordering::Relaxed);
+                } else if self.shared.tx.capacity() > 0 {
+                    state.plain_first_time(raw, Delivery::Live);
+                    self.deliver(&mut state, message, None);
                 }
+                // Else the channel is full: a seed sender queued it too, read later.
             }
         }
     }
 
     /// Reads the queue now (what the inbox does on start, on its poll and after a resync).
+    /// Does nothing while no consumer holds the inbox.
     pub async fn read_queue(&self) -> Result<(), HeartbeatError> {
         let mut state = self.shared.state.lock().await;
-        self.drain(&mut state, None).await
+        self.drain(&mut state, None).await.map(|_| ())
+    }
+
+    /// Every `SETTLE_INTERVAL`: removes what the host received and, when a read stopped
+    /// short and the channel has room again, reads on.
+    async fn settle_tick(&self) -> Result<(), HeartbeatError> {
+        let mut state = self.shared.state.lock().await;
+        if state.pending.is_empty() && !state.backlog {
+            return Ok(());
+        }
+        if state.backlog && self.shared.tx.capacity() > 0 {
+            self.drain(&mut state, None).await.map(|_| ())
+        } else {
+            self.settle(&mut state).await
+        }
     }
 
     /// The inbox loop: subscribe, read the queue, then serve live messages, polls and
-    /// resyncs until the storage closes. The `AdminInbox` actor runs it; a host without
-    /// the actor system may spawn it on its own runtime instead (one loop per handle).
+    /// resyncs until the storage closes (then it returns). The `AdminInbox` actor runs it as
+    /// a supervised task; a host without the actor system may spawn it on its own runtime
+    /// instead (one loop per handle). It never waits on the consumer: a full channel leaves
+    /// the rest queued for a later read.
     pub async fn serve(self) {
+        self.run(true).await;
+    }
+
+    /// The loop; `own_events`: follow the storage's events itself (else the `AdminInbox`
+    /// actor is told of mode changes by the storage monitor and wakes it).
+    async fn run(self, own_events: bool) {
         let storage = self.shared.storage.clone();
         let mut live = storage.subscribe(&admin_channel(self.shared.pid)).await;
-        let mut events = storage.events();
+        let mut events = own_events.then(|| storage.events());
         let every = Duration::from_millis(self.shared.settings.poll_interval_ms.max(1));
         let mut poll = tokio::time::interval(every);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut settle = tokio::time::interval(SETTLE_INTERVAL);
+        settle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 message = live.recv() => match message {
                     Some(raw) => self.heard(&raw).await,
                     None => break,
                 },
-                event = events.recv() => match event {
+                event = next_event(&mut events) => match event {
                     Ok(StorageEvent::ModeChanged { to: Mode::Redis, .. })
                     | Err(broadcast::error::RecvError::Lagged(_)) => self.poll_queue().await,
                     Ok(_) => {}
                     Err(broadcast::error::RecvError::Closed) => break,
                 },
+                _ = self.shared.back_on_redis.notified() => self.poll_queue().await,
                 _ = poll.tick() => self.poll_queue().await,
+                _ = self.shared.consumer_arrived.notified() => self.poll_queue().await,
+                _ = settle.tick() => {
+                    if let Err(e) = self.settle_tick().await {
+                        tracing::warn!(actor = "admin-inbox", error = %e, "removing delivered admin messages failed; retried");
+                    }
+                }
             }
         }
     }
@@ -535,16 +736,35 @@ impl Admin {
     }
 }
 
-/// The actor that runs this process's inbox loop.
+/// The next storage event, when the loop follows them itself; never otherwise.
+async fn next_event(
+    events: &mut Option<broadcast::Receiver<StorageEvent>>,
+) -> Result<StorageEvent, broadcast::error::RecvError> {
+    match events {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The actor that runs this process's inbox loop as a supervised task on the host runtime
+/// (the loop's end or panic fails the actor; a restart subscribes and reads the queue again,
+/// and the ids delivered, kept in the handle, are not delivered twice).
 #[derive(Debug)]
 pub(crate) struct AdminInbox {
     admin: Admin,
+    runtime: tokio::runtime::Handle,
+    child: ChildContext,
 }
 
 impl AdminInbox {
-    /// An inbox actor for `admin`'s pid.
-    pub fn new(admin: Admin) -> Self {
-        Self { admin }
+    /// An inbox actor for `admin`'s pid, running its loop on `runtime`, for the incarnation
+    /// `child`.
+    pub fn new(admin: Admin, runtime: tokio::runtime::Handle, child: ChildContext) -> Self {
+        Self {
+            admin,
+            runtime,
+            child,
+        }
     }
 }
 
@@ -552,7 +772,21 @@ impl Actor for AdminInbox {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        ctx.spawn(self.admin.clone().serve().into_actor(self));
+        let admin = self.admin.clone();
+        self.child
+            .spawn_task(ctx, "inbox", &self.runtime, admin.run(false));
+    }
+}
+
+impl Handler<StorageModeChanged> for AdminInbox {
+    type Result = ();
+
+    /// Back on Redis: messages sent meanwhile by other processes were replayed into the queue
+    /// by their own storage; the loop reads it again.
+    fn handle(&mut self, changed: StorageModeChanged, _: &mut Context<Self>) {
+        if changed.to == Mode::Redis {
+            self.admin.shared.back_on_redis.notify_one();
+        }
     }
 }
 

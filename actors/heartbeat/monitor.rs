@@ -28,6 +28,7 @@ use super::sender::HeartbeatRecord;
 use super::{heartbeat_key, process_exists, HeartbeatError, HEARTBEAT_PREFIX};
 use crate::settings::HeartbeatSettings;
 use crate::storage::{Op, Storage};
+use crate::supervisor::ChildContext;
 
 /// Events kept for a slow subscriber before it starts losing the oldest.
 const EVENT_CAPACITY: usize = 1_024;
@@ -257,28 +258,23 @@ fn parse_record(text: &str) -> Option<HeartbeatRecord> {
     })
 }
 
-/// The actor that scans every `heartbeat.monitor_interval_ms`.
+/// The actor that scans every `heartbeat.monitor_interval_ms`, from a supervised task on the
+/// host runtime.
 #[derive(Debug)]
 pub(crate) struct PeerMonitor {
     peers: Peers,
+    runtime: tokio::runtime::Handle,
+    child: ChildContext,
 }
 
 impl PeerMonitor {
-    /// A monitor actor driving `peers`.
-    pub fn new(peers: Peers) -> Self {
-        Self { peers }
-    }
-
-    fn tick(&mut self, ctx: &mut Context<Self>) {
-        let peers = self.peers.clone();
-        ctx.spawn(
-            async move {
-                if let Err(e) = peers.scan().await {
-                    tracing::warn!(actor = "peer-monitor", error = %e, "peer scan failed");
-                }
-            }
-            .into_actor(self),
-        );
+    /// A monitor actor driving `peers` on `runtime`, for the incarnation `child`.
+    pub fn new(peers: Peers, runtime: tokio::runtime::Handle, child: ChildContext) -> Self {
+        Self {
+            peers,
+            runtime,
+            child,
+        }
     }
 }
 
@@ -286,9 +282,23 @@ impl Actor for PeerMonitor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        self.tick(ctx);
-        let every = Duration::from_millis(self.peers.shared.settings.monitor_interval_ms);
-        ctx.run_interval(every, |act, ctx| act.tick(ctx));
+        let peers = self.peers.clone();
+        self.child
+            .spawn_task(ctx, "scans", &self.runtime, scan_peers(peers));
+    }
+}
+
+/// Scans now and then every `heartbeat.monitor_interval_ms` (a failed scan is logged, the next
+/// one tried at its time). Never returns.
+async fn scan_peers(peers: Peers) {
+    let every = Duration::from_millis(peers.shared.settings.monitor_interval_ms.max(1));
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        if let Err(e) = peers.scan().await {
+            tracing::warn!(actor = "peer-monitor", error = %e, "peer scan failed");
+        }
     }
 }
 

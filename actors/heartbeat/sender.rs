@@ -23,6 +23,7 @@ use super::{check_room, heartbeat_key, HeartbeatError};
 use crate::clock::now_ms;
 use crate::settings::HeartbeatSettings;
 use crate::storage::Storage;
+use crate::supervisor::{fault, ChildContext};
 
 /// One heartbeat, as stored in `heartbeat:PID` (the seed's fields, JSON).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -202,28 +203,23 @@ fn check_participants(participants: &[&str]) -> Result<(), HeartbeatError> {
     Ok(())
 }
 
-/// The actor that writes the heartbeat every `heartbeat.interval_ms`.
+/// The actor that writes the heartbeat every `heartbeat.interval_ms`, from a supervised task
+/// on the host runtime.
 #[derive(Debug)]
 pub(crate) struct HeartbeatSender {
     heartbeat: Heartbeat,
+    runtime: tokio::runtime::Handle,
+    child: ChildContext,
 }
 
 impl HeartbeatSender {
-    /// A sender ticking for `heartbeat`.
-    pub fn new(heartbeat: Heartbeat) -> Self {
-        Self { heartbeat }
-    }
-
-    fn tick(&mut self, ctx: &mut Context<Self>) {
-        let heartbeat = self.heartbeat.clone();
-        ctx.spawn(
-            async move {
-                if let Err(e) = heartbeat.beat().await {
-                    tracing::warn!(actor = "heartbeat", key = %heartbeat.key(), error = %e, "heartbeat refused");
-                }
-            }
-            .into_actor(self),
-        );
+    /// A sender ticking for `heartbeat` on `runtime`, for the incarnation `child`.
+    pub fn new(heartbeat: Heartbeat, runtime: tokio::runtime::Handle, child: ChildContext) -> Self {
+        Self {
+            heartbeat,
+            runtime,
+            child,
+        }
     }
 }
 
@@ -231,8 +227,23 @@ impl Actor for HeartbeatSender {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        self.tick(ctx);
-        let every = Duration::from_millis(self.heartbeat.shared.settings.interval_ms);
-        ctx.run_interval(every, |act, ctx| act.tick(ctx));
+        let heartbeat = self.heartbeat.clone();
+        self.child
+            .spawn_task(ctx, "beats", &self.runtime, send_beats(heartbeat));
+    }
+}
+
+/// Writes the heartbeat now and then every `heartbeat.interval_ms` (a refused beat is logged,
+/// the next one tried at its time). Never returns.
+async fn send_beats(heartbeat: Heartbeat) {
+    let every = Duration::from_millis(heartbeat.shared.settings.interval_ms.max(1));
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        fault::point("heartbeat");
+        if let Err(e) = heartbeat.beat().await {
+            tracing::warn!(actor = "heartbeat", key = %heartbeat.key(), error = %e, "heartbeat refused");
+        }
     }
 }

@@ -16,8 +16,8 @@
 //! outbox). A [`LockGuard`] extends its lock every TTL/3 on the host runtime (one timer for every
 //! guard of the handle; a task of its own once it outlives its first third, see `watchdog.rs`)
 //! and releases it when dropped; it never talks to the actor. The `LockManager` actor listens to
-//! the release channel and wakes the head waiter of the released name; it accepts
-//! `GetLockStats`. A waiter whose attempt fails marks the name (in the acquire script); a
+//! the release channel from a supervised task and wakes the head waiter of the released name
+//! (its counters are read from the handle, [`Locks::stats`]). A waiter whose attempt fails marks the name (in the acquire script); a
 //! release that finds the mark announces itself on the channel (`ORIGIN\nNAME`, in the
 //! release script), so an uncontended release publishes nothing; it wakes this process's
 //! waiters directly. When this process has a waiter
@@ -79,6 +79,7 @@ use scripts::scripts;
 
 use crate::settings::{LockOutage, LockSettings};
 use crate::storage::{Mode, Storage, StorageError};
+use crate::supervisor::{fault, ChildContext};
 
 /// Why a lock call failed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -527,7 +528,8 @@ impl Locks {
         }
     }
 
-    fn stats(&self) -> LockStats {
+    /// This process's lock counters: waiters, release notices heard, script calls.
+    pub fn stats(&self) -> LockStats {
         let (waiters, names) = self.shared.queues.counts();
         let (aq, ac, ar) = self.shared.acquire_batch.counts();
         let (rq, rc, rr) = self.shared.release_batch.counts();
@@ -555,7 +557,7 @@ pub(super) fn new_token() -> String {
         .collect()
 }
 
-/// What `GetLockStats` answers.
+/// What [`Locks::stats`] answers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LockStats {
     /// Tasks of this process waiting for a lock.
@@ -582,26 +584,19 @@ pub struct LockStats {
     pub extension_retries: u64,
 }
 
-/// Query: the lock manager's counters.
-#[derive(Debug, Message)]
-#[rtype(result = "LockStats")]
-pub(crate) struct GetLockStats;
-
 /// Event: a lock was released (a notice from the release channel: `ORIGIN\nNAME`).
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub(crate) struct LockReleased(pub String);
-
-/// Listens to the release channel and wakes this process's waiters.
+/// Listens to the release channel and wakes this process's waiters, from a supervised task.
 #[derive(Debug)]
 pub(crate) struct LockManager {
     locks: Locks,
+    child: ChildContext,
 }
 
 impl LockManager {
-    /// A manager for the waiters of `locks` (the handle the host uses).
-    pub fn new(locks: Locks) -> Self {
-        Self { locks }
+    /// A manager for the waiters of `locks` (the handle the host uses), for the incarnation
+    /// `child` of its place in the tree.
+    pub fn new(locks: Locks, child: ChildContext) -> Self {
+        Self { locks, child }
     }
 }
 
@@ -609,47 +604,32 @@ impl Actor for LockManager {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        let storage = self.locks.shared.storage.clone();
-        let channel = self.locks.shared.settings.release_channel.clone();
-        let subscribe = async move { storage.subscribe(&channel).await };
-        ctx.wait(subscribe.into_actor(self).map(|subscription, act, ctx| {
-            let notices = futures::stream::unfold(subscription, |mut s| async move {
-                s.recv().await.map(|m| (LockReleased(m), s))
-            });
-            ctx.add_stream(notices);
-            // Releases missed while we were (re)subscribing: let every head waiter try.
-            let names: Vec<String> = act.locks.shared.queues.names();
-            for name in names {
-                act.locks.shared.queues.wake(&name);
-            }
-        }));
+        let runtime = self
+            .locks
+            .shared
+            .runtime
+            .clone()
+            .unwrap_or_else(tokio::runtime::Handle::current);
+        let locks = self.locks.clone();
+        self.child
+            .spawn_task(ctx, "release notices", &runtime, listen(locks));
     }
 }
 
-impl StreamHandler<LockReleased> for LockManager {
-    fn handle(&mut self, notice: LockReleased, _: &mut Context<Self>) {
-        self.locks.heard(&notice.0);
+/// Subscribes to the release channel, lets every head waiter try (releases missed while
+/// (re)subscribing), then wakes the head waiter of each name released. Ends only with the
+/// storage's subscriptions (an error: the actor restarts and subscribes again).
+async fn listen(locks: Locks) -> Result<(), &'static str> {
+    let channel = locks.shared.settings.release_channel.clone();
+    let mut subscription = locks.shared.storage.subscribe(&channel).await;
+    for name in locks.shared.queues.names() {
+        locks.shared.queues.wake(&name);
     }
-
-    fn finished(&mut self, _: &mut Context<Self>) {
-        // The storage is gone (shutdown): keep running until stopped by the supervisor.
+    while let Some(notice) = subscription.recv().await {
+        fault::point("locks");
+        locks.heard(&notice);
     }
-}
-
-impl Handler<LockReleased> for LockManager {
-    type Result = ();
-
-    fn handle(&mut self, notice: LockReleased, _: &mut Context<Self>) {
-        self.locks.heard(&notice.0);
-    }
-}
-
-impl Handler<GetLockStats> for LockManager {
-    type Result = MessageResult<GetLockStats>;
-
-    fn handle(&mut self, _: GetLockStats, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.locks.stats())
-    }
+    Err("the release channel's subscription ended")
 }
 
 #[cfg(test)]

@@ -5,11 +5,15 @@
 //! The host uses the cloneable [`Scheduler`] handle (`Fleet::scheduler()`): [`Scheduler::enqueue`],
 //! [`Scheduler::enqueue_bulk`], [`Scheduler::cancel`], [`Scheduler::get`],
 //! [`Scheduler::list`], [`Scheduler::counts`], [`Scheduler::register_handler`] and
-//! [`Scheduler::stop`], and [`periodic::Periodic`] (`Fleet::periodic()`). The
-//! `SchedulerActor` in the supervision tree answers `GetSchedulerStats`
-//! (`Fleet::scheduler_stats()`) and, when the tree stops, stops claiming and stops the
-//! periodic jobs. It holds no state: the worker loop and the visibility heartbeat are tasks of
-//! the handle, started by the first `register_handler`.
+//! [`Scheduler::stop`], and [`periodic::Periodic`] (`Fleet::periodic()`). In a fleet the
+//! `SchedulerActor` runs this process's worker loop, the visibility heartbeat and the periodic
+//! jobs as supervised tasks from the tree's start (the host's `register_handler` only
+//! registers): a panic of any of them fails the actor, and each incarnation clears the
+//! stopping flag, so a restart resumes claiming and the periodic jobs. When the tree stops,
+//! it stops claiming, lets running handlers report, then stops. The state lives in the handle
+//! ([`Scheduler::stats`], `Fleet::scheduler_stats()`). A
+//! scheduler made by hand (a named queue, a benchmark) starts its own worker, unsupervised,
+//! at the first `register_handler`.
 //!
 //! # The task hash
 //!
@@ -96,10 +100,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix::{Actor, Context, Handler, Message};
+use actix::{Actor, ActorContext, ActorFutureExt, AsyncContext, Context};
 use dashmap::DashMap;
 use futures::FutureExt;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::RwLock;
 use serde::Serialize;
 use tokio::sync::{mpsc, Notify};
 
@@ -108,6 +112,7 @@ use crate::clock::iso8601;
 use crate::clock::now_ms;
 use crate::settings::SchedulerSettings;
 use crate::storage::{Mode, Op, Remembered, Reply, Storage, StorageError};
+use crate::supervisor::{fault, ChildContext};
 use ids::new_task_id;
 use scripts::scripts;
 
@@ -401,6 +406,14 @@ struct Outcome {
     record: Option<Box<history::TaskRecord>>,
 }
 
+/// A claimed attempt this process runs.
+struct Running {
+    attempt: String,
+    since: Instant,
+    /// Set when its handler finished and sent its outcome to the worker.
+    reported: AtomicBool,
+}
+
 struct Shared {
     storage: Storage,
     settings: SchedulerSettings,
@@ -409,10 +422,16 @@ struct Shared {
     wake: Notify,
     stop: Notify,
     stopping: AtomicBool,
+    /// Set when a supervised actor runs the worker (the fleet's scheduler): then
+    /// `register_handler` spawns nothing.
+    supervised: AtomicBool,
+    /// Set once `register_handler` started an unsupervised worker (a scheduler outside a fleet).
     worker_started: AtomicBool,
     results_tx: mpsc::UnboundedSender<Outcome>,
-    results_rx: Mutex<Option<mpsc::UnboundedReceiver<Outcome>>>,
-    inflight: DashMap<String, (String, Instant)>,
+    /// Held by the running worker for as long as it runs: a worker that dies (its task aborted
+    /// or panicking) hands it back by dropping its guard, and the next one takes it over.
+    results_rx: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Outcome>>>,
+    inflight: DashMap<String, Running>,
     idle: Notify,
     claimed: AtomicU64,
     completed: AtomicU64,
@@ -495,9 +514,10 @@ impl Scheduler {
                 wake: Notify::new(),
                 stop: Notify::new(),
                 stopping: AtomicBool::new(false),
+                supervised: AtomicBool::new(false),
                 worker_started: AtomicBool::new(false),
                 results_tx: tx,
-                results_rx: Mutex::new(Some(rx)),
+                results_rx: Arc::new(tokio::sync::Mutex::new(rx)),
                 inflight: DashMap::new(),
                 idle: Notify::new(),
                 claimed: AtomicU64::new(0),
@@ -745,7 +765,9 @@ impl Scheduler {
     /// Runs tasks of `task_type` with `handler`, at most `concurrency` at a time in this
     /// process. `Err(message)` (or a panic) fails the attempt: it is retried after a backoff,
     /// dead-lettered after the last attempt. Registering a type again replaces its handler.
-    /// Starts this process's worker on first use (inside a tokio runtime).
+    /// The fleet's scheduler runs its worker under the scheduler actor; a scheduler made by
+    /// hand (a named queue, a benchmark) starts its own, unsupervised, on first use (inside a
+    /// tokio runtime).
     pub fn register_handler<F, Fut>(
         &self,
         task_type: &str,
@@ -762,8 +784,12 @@ impl Scheduler {
         if concurrency == 0 {
             return Err(SchedulerError::Zero("concurrency"));
         }
-        let runtime =
-            tokio::runtime::Handle::try_current().map_err(|_| SchedulerError::NoRuntime)?;
+        let supervised = self.shared.supervised.load(Ordering::Acquire);
+        let runtime = match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => Some(runtime),
+            Err(_) if supervised => None,
+            Err(_) => return Err(SchedulerError::NoRuntime),
+        };
         let run: BoxHandler = Arc::new(move |task| Box::pin(handler(task)));
         self.shared.handlers.write().insert(
             task_type.to_string(),
@@ -773,9 +799,9 @@ impl Scheduler {
                 running: AtomicUsize::new(0),
             }),
         );
-        if !self.shared.worker_started.swap(true, Ordering::AcqRel) {
-            if let Some(rx) = self.shared.results_rx.lock().take() {
-                runtime.spawn(worker(self.shared.clone(), rx));
+        if let Some(runtime) = runtime.filter(|_| !supervised) {
+            if !self.shared.worker_started.swap(true, Ordering::AcqRel) {
+                runtime.spawn(worker(self.shared.clone()));
                 runtime.spawn(heartbeat(self.shared.clone()));
             }
         }
@@ -789,22 +815,13 @@ impl Scheduler {
         self.shared.stopping.store(true, Ordering::Release);
         self.shared.stop.notify_waiters();
         self.shared.wake.notify_one();
-        if !self.shared.worker_started.load(Ordering::Acquire) {
-            return;
-        }
-        let until = tokio::time::Instant::now() + deadline;
-        loop {
-            let idle = self.shared.idle.notified();
-            tokio::pin!(idle);
-            idle.as_mut().enable();
-            // The worker hands its receiver back when it exits (nothing running, all reported).
-            if self.shared.results_rx.lock().is_some() {
-                return;
-            }
-            if tokio::time::timeout_at(until, idle).await.is_err() {
-                return;
-            }
-        }
+        self.shared.drained(deadline).await;
+    }
+
+    /// Marks this scheduler as run by a supervised actor ([`SchedulerActor`]): from now on
+    /// `register_handler` starts no worker of its own.
+    pub(crate) fn supervise(&self) {
+        self.shared.supervised.store(true, Ordering::Release);
     }
 
     /// Wakes this process's worker (after tasks were added by other means).
@@ -937,8 +954,14 @@ impl Shared {
             .get()
             .filter(|s| s.is_on())
             .map(|_| Box::new(archived_attempt(&task, limit)));
-        self.inflight
-            .insert(id.clone(), (attempt.clone(), Instant::now()));
+        self.inflight.insert(
+            id.clone(),
+            Running {
+                attempt: attempt.clone(),
+                since: Instant::now(),
+                reported: AtomicBool::new(false),
+            },
+        );
         let shared = self.clone();
         tokio::spawn(async move {
             let fut = (entry.run)(task);
@@ -951,6 +974,9 @@ impl Shared {
             entry.running.fetch_sub(1, Ordering::AcqRel);
             if let Some(r) = record.as_mut() {
                 r.finished_ms = now_ms() as i64;
+            }
+            if let Some(running) = shared.inflight.get(&id) {
+                running.reported.store(true, Ordering::Release);
             }
             let _ = shared.results_tx.send(Outcome {
                 id,
@@ -972,6 +998,24 @@ struct Stepped {
 }
 
 impl Shared {
+    /// Waits up to `deadline` for the worker to end (nothing running, all reported); at once
+    /// when no worker runs.
+    async fn drained(&self, deadline: Duration) {
+        let until = tokio::time::Instant::now() + deadline;
+        loop {
+            let idle = self.idle.notified();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
+            // A running worker holds the receiver until it exits.
+            if self.results_rx.try_lock().is_ok() {
+                return;
+            }
+            if tokio::time::timeout_at(until, idle).await.is_err() {
+                return;
+            }
+        }
+    }
+
     /// Hands the finished attempts of a step that succeeded to the history sink: `completed`,
     /// `failed` (retried later) or `dead` (its last attempt).
     fn archive_results(&self, results: &mut [Outcome]) {
@@ -1052,10 +1096,24 @@ fn archived_attempt(task: &Task, limit: u32) -> history::TaskRecord {
 }
 
 /// The worker loop of a process: one step at a time, each carrying every finished result.
-async fn worker(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Outcome>) {
+/// Returns once stopping with nothing running and everything reported.
+///
+/// A worker that died (a panic) may have taken results off the channel without reporting
+/// them: the next one forgets the attempts whose handlers reported and whose results it does
+/// not find, so that the heartbeat stops extending them; their visibility expires and the
+/// reaper queues them again.
+async fn worker(shared: Arc<Shared>) {
+    let mut rx = Arc::clone(&shared.results_rx).lock_owned().await;
     let poll = Duration::from_millis(shared.settings.poll_interval_ms.max(1));
     let mut results: Vec<Outcome> = Vec::new();
+    while let Ok(o) = rx.try_recv() {
+        results.push(o);
+    }
+    shared.inflight.retain(|id, running| {
+        !running.reported.load(Ordering::Acquire) || results.iter().any(|o| o.id == *id)
+    });
     loop {
+        fault::point("scheduler");
         if !shared.inflight.is_empty() {
             // Handlers that are ready to finish do so before this step is built, so that it
             // carries their results and refills their slots in one call.
@@ -1166,7 +1224,7 @@ async fn worker(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Outcome>) {
             }
         }
     }
-    *shared.results_rx.lock() = Some(rx);
+    drop(rx);
     shared.idle.notify_waiters();
 }
 
@@ -1185,8 +1243,8 @@ async fn heartbeat(shared: Arc<Shared>) {
         let held: Vec<(String, String)> = shared
             .inflight
             .iter()
-            .filter(|e| e.value().1.elapsed() >= every)
-            .map(|e| (e.key().clone(), e.value().0.clone()))
+            .filter(|e| e.value().since.elapsed() >= every)
+            .map(|e| (e.key().clone(), e.value().attempt.clone()))
             .collect();
         for chunk in held.chunks(500) {
             let deadline = (now_ms() + vis).to_string();
@@ -1206,25 +1264,40 @@ async fn heartbeat(shared: Arc<Shared>) {
     }
 }
 
-/// Asks the [`SchedulerActor`] for the worker counters.
-#[derive(Debug, Message)]
-#[rtype(result = "SchedulerStats")]
-pub(crate) struct GetSchedulerStats;
-
-/// The scheduler's place in the actor tree: answers [`GetSchedulerStats`] and, when the tree
-/// shuts down, stops claiming and stops the periodic jobs.
+/// The scheduler's place in the actor tree: runs this process's worker, its visibility
+/// heartbeat and the periodic jobs as supervised tasks on the host runtime.
+///
+/// Each incarnation starts afresh (the `stopping` flag cleared), so a restart resumes claiming
+/// and the periodic jobs. When the tree stops it, it stops claiming and lets the running
+/// handlers finish and report, up to its drain deadline, before it stops (and so aborts the
+/// periodic jobs); a failure stops it at once.
 #[derive(Debug)]
 pub(crate) struct SchedulerActor {
     scheduler: Scheduler,
     periodic: periodic::Periodic,
+    runtime: tokio::runtime::Handle,
+    child: ChildContext,
+    drain: Duration,
+    draining: bool,
 }
 
 impl SchedulerActor {
-    /// The actor for `scheduler` and its periodic jobs.
-    pub fn new(scheduler: Scheduler, periodic: periodic::Periodic) -> Self {
+    /// The actor for `scheduler` and its periodic jobs, running them on `runtime` for the
+    /// incarnation `child`; an orderly stop waits up to `drain` for running handlers.
+    pub fn new(
+        scheduler: Scheduler,
+        periodic: periodic::Periodic,
+        runtime: tokio::runtime::Handle,
+        child: ChildContext,
+        drain: Duration,
+    ) -> Self {
         Self {
             scheduler,
             periodic,
+            runtime,
+            child,
+            drain,
+            draining: false,
         }
     }
 }
@@ -1232,23 +1305,37 @@ impl SchedulerActor {
 impl Actor for SchedulerActor {
     type Context = Context<Self>;
 
-    fn stopping(&mut self, _: &mut Self::Context) -> actix::Running {
-        self.scheduler
-            .shared
-            .stopping
-            .store(true, Ordering::Release);
-        self.scheduler.shared.stop.notify_waiters();
-        self.scheduler.shared.wake.notify_one();
-        self.periodic.stop();
-        actix::Running::Stop
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let shared = &self.scheduler.shared;
+        shared.stopping.store(false, Ordering::Release);
+        self.child
+            .spawn_task(ctx, "worker", &self.runtime, worker(shared.clone()));
+        self.child.spawn_task(
+            ctx,
+            "visibility heartbeat",
+            &self.runtime,
+            heartbeat(shared.clone()),
+        );
+        self.child
+            .spawn_task(ctx, "periodic jobs", &self.runtime, self.periodic.run());
     }
-}
 
-impl Handler<GetSchedulerStats> for SchedulerActor {
-    type Result = actix::MessageResult<GetSchedulerStats>;
-
-    fn handle(&mut self, _: GetSchedulerStats, _: &mut Self::Context) -> Self::Result {
-        actix::MessageResult(self.scheduler.stats())
+    fn stopping(&mut self, ctx: &mut Self::Context) -> actix::Running {
+        if self.draining || !self.child.stop_requested() {
+            // A failure, or the drain is over: the tasks are aborted with the context.
+            return actix::Running::Stop;
+        }
+        self.draining = true;
+        let shared = self.scheduler.shared.clone();
+        shared.stopping.store(true, Ordering::Release);
+        shared.stop.notify_waiters();
+        shared.wake.notify_one();
+        let drain = self.drain;
+        let drained = self
+            .runtime
+            .spawn(async move { shared.drained(drain).await });
+        ctx.spawn(actix::fut::wrap_future::<_, Self>(drained).map(|_, _, ctx| ctx.stop()));
+        actix::Running::Continue
     }
 }
 

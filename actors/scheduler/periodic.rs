@@ -9,19 +9,23 @@
 //! ISO-8601 start otherwise). After downtime the current period has not run, so the job runs once,
 //! not once per missed period. A job that fails is tried again at the next check.
 //!
-//! Every process checks each of its jobs when a period starts and at least every second, on a
-//! task of its own on the runtime that registered the job; [`Periodic::stop`] ends them (the
-//! scheduler's actor calls it when the tree stops). Locks refuse while Redis is unreachable
-//! (unless `locks.on_outage = "local"`), so periodic jobs pause during an outage.
+//! Every process checks each of its jobs when a period starts and at least every second. The
+//! checks of every job registered run in one future, [`Periodic::run`], which picks up jobs
+//! registered later; in a fleet it is a supervised task of the scheduler actor, so a panic of
+//! a job fails that actor, its restart runs every job again, and its stop ends them (a run in
+//! progress is cut short: its lock is released and the period runs again at the next check).
+//! Locks refuse while Redis is unreachable (unless `locks.on_outage = "local"`), so periodic
+//! jobs pause during an outage.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use dashmap::DashMap;
+use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::sync::Notify;
 
 use super::SchedulerError;
@@ -48,9 +52,20 @@ pub struct Periodic {
 struct Inner {
     storage: Storage,
     locks: Locks,
-    stop: Notify,
-    stopped: AtomicBool,
+    /// Every job registered, in order; [`Periodic::run`] starts the ones it has not seen.
+    jobs: parking_lot::Mutex<Vec<Arc<Job>>>,
+    /// Wakes [`Periodic::run`] when a job is registered.
+    added: Notify,
     runs: DashMap<String, Arc<AtomicU64>>,
+}
+
+/// One registered job.
+struct Job {
+    name: String,
+    cadence: Cadence,
+    lock_ttl: Duration,
+    job: BoxJob,
+    runs: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Periodic {
@@ -79,8 +94,8 @@ impl Periodic {
             inner: Arc::new(Inner {
                 storage,
                 locks,
-                stop: Notify::new(),
-                stopped: AtomicBool::new(false),
+                jobs: parking_lot::Mutex::new(Vec::new()),
+                added: Notify::new(),
                 runs: DashMap::new(),
             }),
         }
@@ -117,7 +132,8 @@ impl Periodic {
 
     /// Runs `job` once per period of `every` across the fleet (every process registering the
     /// same `name` takes part). `lock_ttl` bounds one run (the lock's watchdog extends it while
-    /// the job runs). Must be called inside a tokio runtime.
+    /// the job runs). The job runs from [`Periodic::run`] (in a fleet, under the scheduler
+    /// actor).
     pub fn every<F, Fut>(
         &self,
         name: &str,
@@ -158,20 +174,43 @@ impl Periodic {
         if lock_ttl.is_zero() {
             return Err(SchedulerError::Zero("lock_ttl"));
         }
-        let runtime =
-            tokio::runtime::Handle::try_current().map_err(|_| SchedulerError::NoRuntime)?;
         let job: BoxJob = Arc::new(move || Box::pin(job()));
         let runs = Arc::new(AtomicU64::new(0));
         self.inner.runs.insert(name.to_string(), runs.clone());
-        runtime.spawn(run_job(
-            self.inner.clone(),
-            name.to_string(),
+        self.inner.jobs.lock().push(Arc::new(Job {
+            name: name.to_string(),
             cadence,
             lock_ttl,
             job,
             runs,
-        ));
+        }));
+        self.inner.added.notify_one();
         Ok(())
+    }
+
+    /// Runs the checks of every job registered, and of each one registered later; never
+    /// returns (drop it to stop the jobs). A panic of a job propagates: in a fleet it fails the
+    /// scheduler actor, whose restart runs every job again.
+    pub fn run(&self) -> impl Future<Output = ()> + Send + 'static {
+        let inner = self.inner.clone();
+        async move {
+            let mut running = FuturesUnordered::new();
+            let mut seen = 0;
+            loop {
+                let added = inner.added.notified();
+                tokio::pin!(added);
+                added.as_mut().enable();
+                let new: Vec<Arc<Job>> = inner.jobs.lock()[seen..].to_vec();
+                seen += new.len();
+                for job in new {
+                    running.push(run_job(inner.clone(), job));
+                }
+                tokio::select! {
+                    _ = &mut added => {}
+                    Some(()) = running.next(), if !running.is_empty() => {}
+                }
+            }
+        }
     }
 
     /// How many times this process ran the job `name`.
@@ -181,12 +220,6 @@ impl Periodic {
             .get(name)
             .map(|r| r.load(Ordering::Relaxed))
             .unwrap_or(0)
-    }
-
-    /// Stops every job of this process (a running one finishes).
-    pub fn stop(&self) {
-        self.inner.stopped.store(true, Ordering::Release);
-        self.inner.stop.notify_waiters();
     }
 }
 
@@ -236,20 +269,19 @@ pub fn cron_period_start(schedule: &cron::Schedule, now: u64) -> Option<u64> {
         .map(|t| t.timestamp_millis().max(0) as u64)
 }
 
-async fn run_job(
-    inner: Arc<Inner>,
-    name: String,
-    cadence: Cadence,
-    lock_ttl: Duration,
-    job: BoxJob,
-    runs: Arc<AtomicU64>,
-) {
+/// The checks of one job, forever.
+async fn run_job(inner: Arc<Inner>, spec: Arc<Job>) {
+    let Job {
+        name,
+        cadence,
+        lock_ttl,
+        job,
+        runs,
+    } = &*spec;
+    let lock_ttl = *lock_ttl;
     let last_key = format!("{name}-last-run");
     let lock = format!("{name}-lock");
     loop {
-        if inner.stopped.load(Ordering::Acquire) {
-            return;
-        }
         let label = cadence.label(now_ms());
         let done = match &label {
             None => true,
@@ -258,7 +290,7 @@ async fn run_job(
             }
         };
         if let (false, Some(label)) = (done, label) {
-            let (storage, job, runs) = (&inner.storage, &job, &runs);
+            let storage = &inner.storage;
             let work = async {
                 // Read again under the lock: another process may have run it meanwhile.
                 if matches!(storage.get(&last_key).await, Ok(Some(v)) if v == label) {
@@ -292,10 +324,7 @@ async fn run_job(
             Some(next) => Duration::from_millis(next.saturating_sub(now) + 1).min(MAX_CHECK),
             None => MAX_CHECK,
         };
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = inner.stop.notified() => return,
-        }
+        tokio::time::sleep(wait).await;
     }
 }
 

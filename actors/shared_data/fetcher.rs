@@ -15,11 +15,11 @@ use actix::prelude::*;
 use serde::Serialize;
 
 use super::scripts::{DEPOSED, WRITTEN};
-use super::{source, Core, SharedData};
+use super::{source, Core, SharedData, SnapshotWritten};
 use crate::actors::locks::LockGuard;
 use crate::clock::now_ms;
 use crate::storage::Mode;
-use crate::supervisor::ChildContext;
+use crate::supervisor::{fault, ChildContext};
 
 /// The fetcher's counters (in the handle: they survive a restart of the actor).
 #[derive(Debug, Default)]
@@ -84,16 +84,10 @@ pub struct FetcherMetrics {
     pub last_error: Option<String>,
 }
 
-/// Query: the fetcher's counters.
-#[derive(Debug, Message)]
-#[rtype(result = "FetcherMetrics")]
-pub(crate) struct GetFetcherMetrics;
-
-/// The fetcher actor: runs the fetch loop as a task on the host runtime.
+/// The fetcher actor: runs the fetch loop as a supervised task on the host runtime.
 pub(crate) struct Fetcher {
     shared: SharedData,
     child: ChildContext,
-    task: Option<tokio::task::AbortHandle>,
 }
 
 impl std::fmt::Debug for Fetcher {
@@ -105,11 +99,7 @@ impl std::fmt::Debug for Fetcher {
 impl Fetcher {
     /// A fetcher over the shared-data handle.
     pub fn new(shared: SharedData, child: ChildContext) -> Self {
-        Self {
-            shared,
-            child,
-            task: None,
-        }
+        Self { shared, child }
     }
 }
 
@@ -118,21 +108,12 @@ impl Actor for Fetcher {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         let core = self.shared.core.clone();
-        let task = core.runtime.clone().spawn(run(core));
-        self.task = Some(task.abort_handle());
-        ctx.spawn(task.into_actor(self).map(|result, act, ctx| {
-            if let Err(e) = result {
-                if e.is_panic() {
-                    act.child.fail(ctx, format!("fetch loop panicked: {e}"));
-                }
-            }
-        }));
+        let runtime = core.runtime.clone();
+        self.child
+            .spawn_task(ctx, "fetch loop", &runtime, run(core));
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
         self.shared
             .core
             .fetcher
@@ -141,15 +122,8 @@ impl Actor for Fetcher {
     }
 }
 
-impl Handler<GetFetcherMetrics> for Fetcher {
-    type Result = MessageResult<GetFetcherMetrics>;
-
-    fn handle(&mut self, _: GetFetcherMetrics, _: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.shared.metrics().fetcher)
-    }
-}
-
-/// The fetch loop. The guard is dropped (and the lock released) when the task is aborted.
+/// The fetch loop; it never returns. The guard is dropped (and the lock released) when the
+/// task is aborted.
 async fn run(core: Arc<Core>) {
     let settings = &core.settings;
     let lock_ttl = Duration::from_millis(settings.leader_ttl_ms);
@@ -158,6 +132,7 @@ async fn run(core: Arc<Core>) {
     let mut guard: Option<LockGuard> = None;
     let counters = &core.fetcher;
     loop {
+        fault::point("fetcher");
         let source_changed = core.source_changed.notified();
         tokio::pin!(source_changed);
         source_changed.as_mut().enable();
@@ -240,6 +215,15 @@ async fn cycle(core: &Arc<Core>, source: &dyn super::Source, fence: i64) -> Opti
     match core.write(&snapshot, fence).await {
         Ok(WRITTEN) => {
             counters.writes.fetch_add(1, Ordering::Relaxed);
+            for reader in core.local_readers.read().iter() {
+                // A reader that is restarting (or whose mailbox is full) reads the snapshot
+                // from Redis or the channel's notice instead.
+                if let Err(e) = reader.do_send(SnapshotWritten {
+                    snapshot: snapshot.clone(),
+                }) {
+                    tracing::debug!(actor = "fetcher", reader = reader.actor(), error = %e, "reader not told of the snapshot");
+                }
+            }
             tracing::debug!(actor = "fetcher", key = %core.settings.shared_key, backend = %core.storage.mode(), "[fetcher] Shared data updated to Redis successfully");
             Some(WRITTEN)
         }

@@ -57,14 +57,15 @@ use tokio::sync::Notify;
 
 pub(crate) use fetcher::Fetcher;
 pub use fetcher::FetcherMetrics;
-pub(crate) use reader::ReaderActor;
 pub use reader::{Reader, ReaderMetrics};
+pub(crate) use reader::{ReaderActor, SnapshotWritten};
 pub use source::{ExtractorFn, FnSource, HttpSource, Source, SourceFuture};
 
 use crate::actors::locks::Locks;
 use crate::clock::now_ms;
 use crate::settings::SharedDataSettings;
 use crate::storage::{Reply, Storage, StorageError};
+use crate::supervisor::HandleRecipient;
 use reader::ReaderState;
 use scripts::{write_script, DEPOSED, OLDER, WRITTEN};
 
@@ -181,6 +182,8 @@ pub(crate) struct Core {
     /// same notice, and only the first parses it. A mutex held for one parse, never across an
     /// await.
     last_notice: parking_lot::Mutex<Option<(String, Arc<Snapshot>)>>,
+    /// The reader actors of this process, told by the fetcher of each snapshot it wrote.
+    local_readers: parking_lot::RwLock<Vec<HandleRecipient<SnapshotWritten>>>,
 }
 
 /// The shared-data handle (`Fleet::shared_data()`). Cheap to clone.
@@ -241,6 +244,7 @@ impl SharedData {
             readers: parking_lot::RwLock::new(Vec::new()),
             fetcher: fetcher::Counters::default(),
             last_notice: parking_lot::Mutex::new(None),
+            local_readers: parking_lot::RwLock::new(Vec::new()),
         });
         let handle = SharedData { core };
         if handle.core.settings.enabled {
@@ -294,6 +298,12 @@ impl SharedData {
             .iter()
             .map(|state| Reader::new(self.core.clone(), state.clone()))
             .collect()
+    }
+
+    /// Whom the fetcher of this process tells of each snapshot it wrote, in process (the fleet
+    /// gives it its reader actors), so they need not wait for the channel's notice.
+    pub(crate) fn tell_readers(&self, readers: Vec<HandleRecipient<SnapshotWritten>>) {
+        *self.core.local_readers.write() = readers;
     }
 
     /// Adds a reader that follows the change notices from a task on the current runtime

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use super::{Core, Origin, Reading, SharedData, SharedDataError, Snapshot};
 use crate::clock::now_ms;
 use crate::storage::Subscription;
-use crate::supervisor::ChildContext;
+use crate::supervisor::{fault, ChildContext};
 
 /// A reader's copy and counters; lives in the handle, so it survives a restart of the actor.
 pub(crate) struct ReaderState {
@@ -29,6 +29,7 @@ pub(crate) struct ReaderState {
     errors: AtomicU64,
     pub(crate) direct_fetches: AtomicU64,
     notices: AtomicU64,
+    in_process: AtomicU64,
     reads: AtomicU64,
     read_ns_total: AtomicU64,
     read_ns_max: AtomicU64,
@@ -50,6 +51,7 @@ impl ReaderState {
             errors: AtomicU64::new(0),
             direct_fetches: AtomicU64::new(0),
             notices: AtomicU64::new(0),
+            in_process: AtomicU64::new(0),
             reads: AtomicU64::new(0),
             read_ns_total: AtomicU64::new(0),
             read_ns_max: AtomicU64::new(0),
@@ -88,6 +90,7 @@ impl ReaderState {
             direct_fetches: self.direct_fetches.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
             notices: self.notices.load(Ordering::Relaxed),
+            snapshots_in_process: self.in_process.load(Ordering::Relaxed),
             data_age_ms: self.snapshot.load().as_ref().map(|s| s.age_ms(now)),
             reads,
             read_latency_mean_ns: self
@@ -121,6 +124,8 @@ pub struct ReaderMetrics {
     pub errors: u64,
     /// Change notices received.
     pub notices: u64,
+    /// Snapshots this process's fetcher handed over in process as it wrote them.
+    pub snapshots_in_process: u64,
     /// Age of the copy, milliseconds (`None`: no snapshot yet).
     pub data_age_ms: Option<u64>,
     /// Reads made.
@@ -281,6 +286,7 @@ pub(crate) async fn follow(
         let Some(core) = core.upgrade() else {
             return;
         };
+        fault::point("reader");
         match core.notice_snapshot(&message) {
             Ok(snapshot) => {
                 state.notices.fetch_add(1, Ordering::Relaxed);
@@ -294,18 +300,12 @@ pub(crate) async fn follow(
     }
 }
 
-/// Query: a reader's counters.
-#[derive(Debug, Message)]
-#[rtype(result = "ReaderMetrics")]
-pub(crate) struct GetReaderMetrics;
-
-/// The actor of one configured reader: follows the change notices for it from a task on the
-/// host runtime. Its copy and counters live in the [`SharedData`] handle.
+/// The actor of one configured reader: follows the change notices for it from a supervised
+/// task on the host runtime. Its copy and counters live in the [`SharedData`] handle.
 pub(crate) struct ReaderActor {
     shared: SharedData,
     name: String,
     child: ChildContext,
-    task: Option<tokio::task::AbortHandle>,
 }
 
 impl std::fmt::Debug for ReaderActor {
@@ -323,7 +323,26 @@ impl ReaderActor {
             shared,
             name: name.to_string(),
             child,
-            task: None,
+        }
+    }
+}
+
+/// Event: the fetcher of this process wrote `snapshot` (sent to the reader actors of its
+/// process through [`HandleRecipient`](crate::supervisor::HandleRecipient)s, ahead of the channel's notice).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub(crate) struct SnapshotWritten {
+    /// The snapshot written.
+    pub(crate) snapshot: Arc<Snapshot>,
+}
+
+impl Handler<SnapshotWritten> for ReaderActor {
+    type Result = ();
+
+    fn handle(&mut self, event: SnapshotWritten, _: &mut Context<Self>) {
+        if let Some(reader) = self.shared.reader(&self.name) {
+            reader.state.in_process.fetch_add(1, Ordering::Relaxed);
+            reader.state.offer(event.snapshot);
         }
     }
 }
@@ -344,7 +363,7 @@ impl Actor for ReaderActor {
         let runtime = core.runtime.clone();
         let weak = Arc::downgrade(&core);
         let state = reader.state.clone();
-        let task = runtime.spawn(async move {
+        let work = async move {
             let subscription = core.storage.subscribe(&channel).await;
             // Notices published before the subscription are missed: start from the newest
             // snapshot this process knows, or the one stored.
@@ -363,35 +382,8 @@ impl Actor for ReaderActor {
             }
             drop(core);
             follow(weak, state, subscription).await;
-        });
-        self.task = Some(task.abort_handle());
+        };
+        self.child.spawn_task(ctx, "follow", &runtime, work);
         tracing::info!(actor = "reader", reader = %self.name, "[{}] reader started", self.name);
-        ctx.spawn(task.into_actor(self).map(|result, act, ctx| {
-            if let Err(e) = result {
-                if e.is_panic() {
-                    act.child
-                        .fail(ctx, format!("reader {} panicked: {e}", act.name));
-                }
-            }
-        }));
-    }
-
-    fn stopped(&mut self, _: &mut Context<Self>) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
-    }
-}
-
-impl Handler<GetReaderMetrics> for ReaderActor {
-    type Result = MessageResult<GetReaderMetrics>;
-
-    fn handle(&mut self, _: GetReaderMetrics, _: &mut Context<Self>) -> Self::Result {
-        let metrics = self
-            .shared
-            .reader(&self.name)
-            .map(|r| r.metrics())
-            .unwrap_or_else(|| ReaderState::new(&self.name).metrics(now_ms()));
-        MessageResult(metrics)
     }
 }

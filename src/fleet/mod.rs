@@ -39,20 +39,20 @@ use serde::Serialize;
 
 use crate::actors::cache::Cache;
 use crate::actors::hazards::sessions::GameSessions;
-use crate::actors::hazards::{GetTickerStatus, Hazards, TickerStatus};
+use crate::actors::hazards::{Hazards, TickerStatus};
 use crate::actors::heartbeat::{Admin, Heartbeat, Identities, Peers};
 use crate::actors::history::{History, HistoryError};
-use crate::actors::locks::{GetLockStats, LockStats, Locks};
+use crate::actors::locks::{LockStats, Locks};
 use crate::actors::presence::{hostname, GetPresence, PresenceStatus};
 use crate::actors::scheduler::periodic::Periodic;
-use crate::actors::scheduler::{GetSchedulerStats, Scheduler, SchedulerStats};
+use crate::actors::scheduler::{Scheduler, SchedulerStats};
 use crate::actors::shared_data::{SharedData, SharedDataError};
 use crate::actors::storage_monitor::{ListStorageEvents, SeenEvent};
 use crate::settings::{FallbackKind, Settings};
 use crate::storage::{KeySchema, Mode, Storage, StorageError, StorageStats};
 use crate::supervisor::{
-    ActorSystem, CallError, HealthReport, ShutdownReport, Supervisor, SupervisorBuilder,
-    SupervisorError,
+    ActorSystem, CallError, HealthReport, ShutdownReport, SupervisionEvent, Supervisor,
+    SupervisorBuilder, SupervisorError,
 };
 
 mod blocking;
@@ -219,6 +219,12 @@ impl Fleet {
         }
     }
 
+    /// The supervision events (failures with their message, restarts with their downtime,
+    /// escalations) emitted from now on.
+    pub fn supervision_events(&self) -> tokio::sync::broadcast::Receiver<SupervisionEvent> {
+        self.inner.supervisor.subscribe()
+    }
+
     /// Resolves when the supervision tree stops on its own: with an error naming the actor
     /// when the restart intensity was exceeded.
     pub async fn wait(&self) -> Result<(), FleetError> {
@@ -303,9 +309,10 @@ impl Fleet {
         self.inner.services.locks.clone()
     }
 
-    /// The lock manager's counters (waiters, release notices heard).
+    /// The lock counters of this process (waiters, release notices heard), read from the
+    /// handle: answered while the lock manager restarts too.
     pub async fn lock_stats(&self) -> Result<LockStats, FleetError> {
-        Ok(self.inner.services.lock_manager.send(GetLockStats).await?)
+        Ok(self.inner.services.locks.stats())
     }
 
     /// The hazards API: current hazards, seed history, verification, fairness records.
@@ -313,14 +320,9 @@ impl Fleet {
         self.inner.services.hazards.clone()
     }
 
-    /// The hazard ticker's status, asked of its actor.
+    /// The hazard ticker's status, read from the handle.
     pub async fn hazard_ticker_status(&self) -> Result<TickerStatus, FleetError> {
-        Ok(self
-            .inner
-            .services
-            .hazard_ticker
-            .send(GetTickerStatus)
-            .await?)
+        Ok(self.inner.services.hazards.status())
     }
 
     /// Game sessions `gameSession:USER-AGENT`.
@@ -344,14 +346,9 @@ impl Fleet {
         self.inner.services.periodic.clone()
     }
 
-    /// Counters of this process's task workers.
+    /// Counters of this process's task workers, read from the handle.
     pub async fn scheduler_stats(&self) -> Result<SchedulerStats, FleetError> {
-        Ok(self
-            .inner
-            .services
-            .scheduler_actor
-            .send(GetSchedulerStats)
-            .await?)
+        Ok(self.inner.services.scheduler.stats())
     }
 
     /// The shared data (seed 000): readers by name, `register_source`, `metrics()`. Its

@@ -3,11 +3,12 @@
 //! order. A new service gets a field here and a block in `add` at its place in the order; the
 //! [`Fleet`](super::Fleet) hands its handle out through an accessor.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crate::actors::cache::Cache;
 use crate::actors::hazards::sessions::GameSessions;
-use crate::actors::hazards::{HazardTicker, Hazards};
+use crate::actors::hazards::Hazards;
 use crate::actors::heartbeat::{
     Admin, AdminInbox, Heartbeat, HeartbeatSender, Identities, PeerMonitor, Peers,
 };
@@ -18,10 +19,12 @@ use crate::actors::presence::{hostname, Presence};
 use crate::actors::scheduler::periodic::Periodic;
 use crate::actors::scheduler::{Scheduler, SchedulerActor};
 use crate::actors::shared_data::{Fetcher, ReaderActor, SharedData, SharedDataError};
-use crate::actors::storage_monitor::StorageMonitor;
+use crate::actors::storage_monitor::{StorageModeChanged, StorageMonitor};
 use crate::settings::Settings;
 use crate::storage::{Remembered, Storage};
-use crate::supervisor::{ActorHandle, ChildContext, ChildSpec, RestartType, SupervisorBuilder};
+use crate::supervisor::{
+    ActorHandle, ChildContext, ChildSpec, HandleRecipient, RestartType, SupervisorBuilder,
+};
 
 /// Bound of one history retention run (the lock's watchdog extends it while the run lasts).
 const RETENTION_LOCK_TTL: Duration = Duration::from_secs(60);
@@ -31,14 +34,11 @@ pub(super) struct Services {
     pub(super) monitor: ActorHandle<StorageMonitor>,
     pub(super) presence: ActorHandle<Presence>,
     pub(super) locks: Locks,
-    pub(super) lock_manager: ActorHandle<LockManager>,
     pub(super) hazards: Hazards,
-    pub(super) hazard_ticker: ActorHandle<HazardTicker>,
     pub(super) game_sessions: GameSessions,
     pub(super) cache: Cache,
     pub(super) scheduler: Scheduler,
     pub(super) periodic: Periodic,
-    pub(super) scheduler_actor: ActorHandle<SchedulerActor>,
     pub(super) shared_data: SharedData,
     pub(super) heartbeat: Heartbeat,
     pub(super) peers: Peers,
@@ -62,10 +62,12 @@ impl Services {
         history: History,
     ) -> Result<Services, SharedDataError> {
         remember_keys(storage, settings);
+        // Whom the monitor tells of mode changes: actors declared after it, known once all are.
+        let told: Arc<OnceLock<Vec<HandleRecipient<StorageModeChanged>>>> = Arc::default();
         let monitor = {
-            let storage = storage.clone();
+            let (storage, told) = (storage.clone(), told.clone());
             tree.child(ChildSpec::new("storage-monitor", move |_| {
-                StorageMonitor::new(storage.clone())
+                StorageMonitor::new(storage.clone(), told.get().cloned().unwrap_or_default())
             }))
         };
         let presence = {
@@ -74,15 +76,24 @@ impl Services {
                 settings.presence.clone(),
                 instance.to_owned(),
             );
+            let runtime = tokio::runtime::Handle::current();
             permanent(tree, "presence", move |child| {
-                Presence::new(storage.clone(), presence.clone(), &id, child.clone())
+                Presence::new(
+                    storage.clone(),
+                    presence.clone(),
+                    &id,
+                    runtime.clone(),
+                    child.clone(),
+                )
             })
         };
 
         let locks = Locks::new(storage.clone(), settings.locks.clone());
-        let lock_manager = {
+        {
             let locks = locks.clone();
-            permanent(tree, "locks", move |_| LockManager::new(locks.clone()))
+            permanent(tree, "locks", move |child| {
+                LockManager::new(locks.clone(), child.clone())
+            })
         };
 
         let hazards = Hazards::new(
@@ -91,19 +102,39 @@ impl Services {
             locks.clone(),
             instance,
         );
-        let hazard_ticker = {
+        {
             let (hazards, runtime) = (hazards.clone(), tokio::runtime::Handle::current());
-            permanent(tree, "hazards", move |_| hazards.ticker(runtime.clone()))
+            permanent(tree, "hazards", move |child| {
+                hazards.ticker(runtime.clone(), child.clone())
+            })
         };
         let game_sessions = GameSessions::new(storage.clone(), settings.game_sessions.clone());
-        let cache = Cache::start(storage.clone(), settings.cache.clone()).await;
+        let cache = Cache::unstarted(storage.clone(), settings.cache.clone());
+        let cache_listener = {
+            let (cache, runtime) = (cache.clone(), tokio::runtime::Handle::current());
+            permanent(tree, "cache", move |child| {
+                cache.listener(runtime.clone(), child.clone())
+            })
+        };
 
         let scheduler = Scheduler::new(storage.clone(), settings.scheduler.clone(), instance);
         let periodic = Periodic::new(storage.clone(), locks.clone());
-        let scheduler_actor = {
+        // The worker runs under the actor, from the tree's start: the host's handlers only
+        // register.
+        scheduler.supervise();
+        {
             let (scheduler, periodic) = (scheduler.clone(), periodic.clone());
-            permanent(tree, "scheduler", move |_| {
-                SchedulerActor::new(scheduler.clone(), periodic.clone())
+            let runtime = tokio::runtime::Handle::current();
+            // The drain must end before the tree abandons the actor.
+            let drain = Duration::from_millis(settings.supervisor.stop_timeout_ms * 3 / 4);
+            permanent(tree, "scheduler", move |child| {
+                SchedulerActor::new(
+                    scheduler.clone(),
+                    periodic.clone(),
+                    runtime.clone(),
+                    child.clone(),
+                    drain,
+                )
             })
         };
         archive_history(&history, settings, &hazards, &scheduler, &periodic);
@@ -119,12 +150,15 @@ impl Services {
             permanent(tree, "shared-data-fetcher", move |child| {
                 Fetcher::new(shared.clone(), child.clone())
             });
+            let mut readers = Vec::new();
             for name in &settings.shared_data.readers {
                 let (shared, name) = (shared_data.clone(), name.clone());
-                permanent(tree, &format!("reader-{name}"), move |child| {
+                let reader = permanent(tree, &format!("reader-{name}"), move |child| {
                     ReaderActor::new(shared.clone(), &name, child.clone())
                 });
+                readers.push(reader.recipient());
             }
+            shared_data.tell_readers(readers);
         }
 
         let host = hostname();
@@ -133,26 +167,30 @@ impl Services {
         let identities = Identities::new(storage.clone(), settings.identities.clone());
         let admin = Admin::new(storage.clone(), settings.admin.clone(), &host);
         if settings.heartbeat.enabled {
-            let h = heartbeat.clone();
-            permanent(tree, "heartbeat", move |_| HeartbeatSender::new(h.clone()));
-            let p = peers.clone();
-            permanent(tree, "peer-monitor", move |_| PeerMonitor::new(p.clone()));
+            let (h, runtime) = (heartbeat.clone(), tokio::runtime::Handle::current());
+            permanent(tree, "heartbeat", move |child| {
+                HeartbeatSender::new(h.clone(), runtime.clone(), child.clone())
+            });
+            let (p, runtime) = (peers.clone(), tokio::runtime::Handle::current());
+            permanent(tree, "peer-monitor", move |child| {
+                PeerMonitor::new(p.clone(), runtime.clone(), child.clone())
+            });
         }
-        let a = admin.clone();
-        permanent(tree, "admin-inbox", move |_| AdminInbox::new(a.clone()));
+        let (a, runtime) = (admin.clone(), tokio::runtime::Handle::current());
+        let admin_inbox = permanent(tree, "admin-inbox", move |child| {
+            AdminInbox::new(a.clone(), runtime.clone(), child.clone())
+        });
+        let _ = told.set(vec![cache_listener.recipient(), admin_inbox.recipient()]);
 
         Ok(Services {
             monitor,
             presence,
             locks,
-            lock_manager,
             hazards,
-            hazard_ticker,
             game_sessions,
             cache,
             scheduler,
             periodic,
-            scheduler_actor,
             shared_data,
             heartbeat,
             peers,

@@ -14,6 +14,7 @@
 use std::fmt::Display;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
@@ -70,7 +71,9 @@ pub struct ChildContext {
     actor: Arc<str>,
     incarnation: u64,
     restarts: u32,
-    failure: Arc<Mutex<Option<String>>>,
+    failure: Arc<Mutex<Option<Exit>>>,
+    /// Set when the supervisor asked this incarnation to stop (an orderly stop of the tree).
+    stop_requested: Arc<AtomicBool>,
 }
 
 impl ChildContext {
@@ -89,13 +92,24 @@ impl ChildContext {
         self.restarts
     }
 
+    /// Whether the supervisor has asked this incarnation to stop: the tree is stopping and the
+    /// actor's tasks may end without it being a failure.
+    pub fn stop_requested(&self) -> bool {
+        self.stop_requested.load(Ordering::Acquire)
+    }
+
     /// Reports a fatal error and stops the actor: the supervisor counts it as a failure and
     /// restarts the actor according to its restart type. The reply of the current handler
     /// (if any) is still delivered. Do not refuse the stop in `stopping()`.
     pub fn fail<C: ActorContext>(&self, ctx: &mut C, error: impl Display) {
+        self.exit_with(ctx, Exit::Failed(error.to_string()));
+    }
+
+    /// Records how this incarnation ends (the first reason given wins) and stops it.
+    pub(crate) fn exit_with<C: ActorContext>(&self, ctx: &mut C, exit: Exit) {
         let mut slot = self.failure.lock();
         if slot.is_none() {
-            *slot = Some(error.to_string());
+            *slot = Some(exit);
         }
         drop(slot);
         ctx.stop();
@@ -175,11 +189,13 @@ where
 
     fn spawn(&self, arbiter: &ArbiterHandle, wiring: Wiring) {
         let failure = Arc::new(Mutex::new(None));
+        let stop_requested = Arc::new(AtomicBool::new(false));
         let child_context = ChildContext {
             actor: Arc::clone(&self.spec.name),
             incarnation: wiring.generation,
             restarts: wiring.restarts,
             failure: Arc::clone(&failure),
+            stop_requested: Arc::clone(&stop_requested),
         };
         let lifeline = Lifeline {
             guard: DeathGuard {
@@ -190,6 +206,7 @@ where
             },
             started: false,
             stop: Some(wiring.stop),
+            stop_requested,
         };
         let factory = Arc::clone(&self.spec.factory);
         // If the arbiter is already gone the closure is dropped unrun; the lifeline inside it
@@ -225,6 +242,7 @@ struct Lifeline {
     guard: DeathGuard,
     started: bool,
     stop: Option<oneshot::Receiver<()>>,
+    stop_requested: Arc<AtomicBool>,
 }
 
 impl<A> ActorFuture<A> for Lifeline
@@ -254,6 +272,7 @@ where
                 // Ok: the supervisor asks for a stop. Err: it dropped the sender without
                 // asking (it abandoned this incarnation), so there is nothing to do.
                 if result.is_ok() {
+                    this.stop_requested.store(true, Ordering::Release);
                     ctx.stop();
                 }
             }
@@ -267,7 +286,7 @@ struct DeathGuard {
     index: usize,
     generation: u64,
     notices: mpsc::UnboundedSender<Notice>,
-    failure: Arc<Mutex<Option<String>>>,
+    failure: Arc<Mutex<Option<Exit>>>,
 }
 
 impl Drop for DeathGuard {
@@ -278,8 +297,8 @@ impl Drop for DeathGuard {
                 panic::take_last_panic()
                     .unwrap_or_else(|| "panicked (message not captured)".into()),
             )
-        } else if let Some(error) = self.failure.lock().take() {
-            Exit::Failed(error)
+        } else if let Some(exit) = self.failure.lock().take() {
+            exit
         } else {
             Exit::Normal
         };

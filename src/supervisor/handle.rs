@@ -33,6 +33,44 @@ pub(crate) enum Fate {
     Stopped,
 }
 
+/// A stable address for one message type, whatever actor handles it: the type-erased
+/// counterpart of [`ActorHandle`] (as actix's `Recipient` is of `Addr`), reaching the current
+/// incarnation across restarts. Made with [`ActorHandle::recipient`]; cheap to clone.
+pub struct HandleRecipient<M> {
+    actor: Arc<str>,
+    send: Arc<dyn Fn(M) -> Result<(), CallError> + Send + Sync>,
+}
+
+impl<M> Clone for HandleRecipient<M> {
+    fn clone(&self) -> Self {
+        Self {
+            actor: Arc::clone(&self.actor),
+            send: Arc::clone(&self.send),
+        }
+    }
+}
+
+impl<M> std::fmt::Debug for HandleRecipient<M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HandleRecipient")
+            .field("actor", &self.actor)
+            .finish()
+    }
+}
+
+impl<M> HandleRecipient<M> {
+    /// Name of the child it reaches.
+    pub fn actor(&self) -> &str {
+        &self.actor
+    }
+
+    /// Delivers `msg` to the current incarnation without waiting, as
+    /// [`ActorHandle::do_send`] does.
+    pub fn do_send(&self, msg: M) -> Result<(), CallError> {
+        (self.send)(msg)
+    }
+}
+
 /// A stable, cloneable address of a supervised actor (see the module documentation).
 pub struct ActorHandle<A: Actor> {
     shared: Arc<HandleShared<A>>,
@@ -236,6 +274,22 @@ where
                 Err(_) => Err(self.shared.died(death(incarnation.fate.clone()).await)),
             },
             fate = death(incarnation.fate.clone()) => Err(self.shared.died(fate)),
+        }
+    }
+
+    /// A [`HandleRecipient`] of `M` through this handle: for a sender that must not know the
+    /// actor's type.
+    pub fn recipient<M>(&self) -> HandleRecipient<M>
+    where
+        A: Handler<M>,
+        M: Message + Send + 'static,
+        M::Result: Send,
+        A::Context: ToEnvelope<A, M>,
+    {
+        let handle = self.clone();
+        HandleRecipient {
+            actor: Arc::clone(&self.shared.name),
+            send: Arc::new(move |msg| handle.do_send(msg)),
         }
     }
 

@@ -5,10 +5,16 @@
 //! restarts it. This module adds the missing layer, in the manner of Erlang/OTP:
 //!
 //! - failures: a panic (handler, `run_interval`/`run_later` closure, `started`, factory), a
-//!   fatal error reported with [`ChildContext::fail`], and a hung actor (a request pending
-//!   longer than `watchdog_ms`, seen by a watchdog). Deaths are detected without the actor's
-//!   cooperation: a guard spawned into each actor's context reports when the context is
-//!   dropped, and a panic hook captures the message;
+//!   fatal error reported with [`ChildContext::fail`], a hung actor (a request pending
+//!   longer than `watchdog_ms`, seen by a watchdog), and the panic, error or return of a tokio
+//!   task the actor started with [`ChildContext::spawn_task`]. Deaths are detected without the
+//!   actor's cooperation: a guard spawned into each actor's context reports when the context
+//!   is dropped, and a panic hook captures the message;
+//! - supervised tasks: the work of an actor that runs outside its context (a loop on the host
+//!   runtime, a subscription) is started with [`ChildContext::spawn_task`], watched from the
+//!   context and aborted when the actor stops, so a child is `running` only while its tasks
+//!   run (see `task.rs`). A task that ends after the supervisor asked its actor to stop
+//!   ([`ChildContext::stop_requested`]) ends normally;
 //! - restart types ([`RestartType`]): permanent (always restarted), transient (only after a
 //!   failure), temporary (never);
 //! - backoff: the k-th restart of a child within the window waits a random delay in
@@ -48,8 +54,8 @@
 //!  │   │                          │  requests │   ├─ arbiter: storage-monitor          │
 //!  │   ├─ ActorHandle<A> ─────────┼──────────▶│   ├─ arbiter: presence                 │
 //!  │   │  (stable across restarts)│◀──────────┤   ├─ arbiter: locks                    │
-//!  │   └─ handles' tasks (locks,  │  replies  │   ├─ arbiter: ... one per child        │
-//!  │      workers, fetch loops)   │           │   └─ arbiter: the host's actors        │
+//!  │   └─ actors' supervised tasks│  replies  │   ├─ arbiter: ... one per child        │
+//!  │      (workers, fetch loops) ◀┼── watched ┤   └─ arbiter: the host's actors        │
 //!  └──────────────────────────────┘           └────────────────────────────────────────┘
 //! ```
 //!
@@ -63,6 +69,8 @@
 //! | `tree.rs` | [`SupervisorBuilder`], [`Supervisor`], [`ShutdownReport`] |
 //! | `run/` | the supervisor loop: ordered start, restarts, watchdog; reverse-ordered stop |
 //! | `child.rs` | [`ChildSpec`], [`ChildContext`], how an incarnation is created and its death seen |
+//! | `task.rs` | [`ChildContext::spawn_task`]: an actor's tokio tasks, watched and aborted with it |
+//! | [`fault`] | fault points in the built-in actors' work, armed by tests (debug builds only) |
 //! | `handle.rs` | [`ActorHandle`]: stable address, in-flight requests, fates |
 //! | `restart.rs` | [`RestartType`], backoff with jitter, the intensity window |
 //! | `health.rs`, `events.rs`, `error.rs`, `panic.rs` | health report, typed events, errors, panic capture |
@@ -113,6 +121,7 @@
 mod child;
 mod error;
 mod events;
+pub mod fault;
 mod handle;
 mod health;
 mod panic;
@@ -120,14 +129,16 @@ mod report;
 mod restart;
 mod run;
 mod system;
+mod task;
 mod tree;
 
 pub use child::{ChildContext, ChildSpec};
 pub use error::{CallError, Exit, SupervisorError};
 pub use events::SupervisionEvent;
-pub use handle::ActorHandle;
+pub use handle::{ActorHandle, HandleRecipient};
 pub use health::{ActorHealth, ChildState, HealthReport};
 pub use report::{ChildStopReport, ShutdownReport, StopOutcome};
 pub use restart::{backoff, backoff_ceiling, RestartType};
 pub use system::{ActorSystem, ManagedArbiter, SystemStopReport, DEFAULT_JOIN_TIMEOUT};
+pub use task::TaskExit;
 pub use tree::{Supervisor, SupervisorBuilder};

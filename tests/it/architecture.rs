@@ -23,14 +23,34 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("storage", &["clock", "settings"]),
     ("supervisor", &["clock", "settings"]),
     ("actors::history", &["clock", "settings"]),
-    ("actors::storage_monitor", &["clock", "storage"]),
+    (
+        "actors::storage_monitor",
+        &["clock", "storage", "supervisor"],
+    ),
     (
         "actors::presence",
         &["clock", "settings", "storage", "supervisor"],
     ),
-    ("actors::locks", &["settings", "storage"]),
-    ("actors::cache", &["settings", "storage"]),
-    ("actors::heartbeat", &["clock", "settings", "storage"]),
+    ("actors::locks", &["settings", "storage", "supervisor"]),
+    (
+        "actors::cache",
+        &[
+            "actors::storage_monitor",
+            "settings",
+            "storage",
+            "supervisor",
+        ],
+    ),
+    (
+        "actors::heartbeat",
+        &[
+            "actors::storage_monitor",
+            "clock",
+            "settings",
+            "storage",
+            "supervisor",
+        ],
+    ),
     (
         "actors::shared_data",
         &[
@@ -49,6 +69,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "clock",
             "settings",
             "storage",
+            "supervisor",
         ],
     ),
     (
@@ -59,6 +80,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "clock",
             "settings",
             "storage",
+            "supervisor",
         ],
     ),
     (

@@ -228,3 +228,30 @@ fn bad_settings_exit_two() {
     let (code, _) = daemon.wait_exit(Duration::from_secs(10));
     assert_eq!(code, 2);
 }
+
+/// `botfleet run` takes no admin inbox: the messages sent to its pid stay in
+/// `admin:queue:PID`, untouched, for the bot that owns them, however many arrive (the inbox
+/// used to take them into a channel nobody read, and block after 1,024).
+#[test]
+fn the_daemon_leaves_its_admin_queue_alone() {
+    let server = RedisServer::start().unwrap();
+    let mut daemon = Daemon::start(
+        &server.url(),
+        &[("BOTFLEET__ADMIN__POLL_INTERVAL_MS", "20")],
+    );
+    daemon.wait_beats(5);
+    let pid = daemon.pid();
+    let queue = format!("admin:queue:{pid}");
+    let channel = format!("admin:bot:{pid}");
+    for i in 0..1_100 {
+        let envelope =
+            format!(r#"{{"id":"outside-{i:05}","from":"outside","message":"m{i}","sent_at":1}}"#);
+        server.cmd(&["RPUSH", &queue, &envelope]);
+        server.cmd(&["PUBLISH", &channel, &envelope]);
+    }
+    // Twenty beats later (at least 400 ms, twenty polls of the inbox), nothing was taken.
+    let beat = daemon.max_beat();
+    daemon.wait_beats(beat + 20);
+    assert_eq!(server.cmd(&["LLEN", &queue]).as_int(), Some(1_100));
+    assert!(daemon.child.try_wait().unwrap().is_none(), "still running");
+}

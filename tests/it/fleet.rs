@@ -198,6 +198,7 @@ async fn host_actors_are_supervised_and_stopped_first() {
             "peer-monitor",
             "heartbeat",
             "scheduler",
+            "cache",
             "hazards",
             "locks",
             "presence",

@@ -803,3 +803,108 @@ async fn heartbeats_continue_on_the_fallback_and_resync() {
     assert!(ttl > 0 && ttl <= 30_000, "ttl {ttl}");
     fleet.shutdown().await.unwrap();
 }
+
+/// Messages sent to this process, as its own inbox sees them.
+const FLOOD: usize = 5_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_thousand_admin_messages_reach_a_slow_consumer_once_in_order_and_leave_the_queue() {
+    let server = TestRedis::start().unwrap();
+    let mut s = settings(&server.url(), 10, 200);
+    // A small channel: the inbox must wait for the consumer many times over.
+    s.admin.inbox_capacity = 64;
+    let fleet = Fleet::start(s).await.unwrap();
+    let admin = fleet.admin();
+    let pid = admin.pid().to_string();
+    let queue = format!("admin:queue:{pid}");
+    let mut inbox = admin.inbox().unwrap();
+    let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let sender = {
+        let (admin, pid, sent) = (admin.clone(), pid.clone(), sent.clone());
+        tokio::spawn(async move {
+            let mut ids = Vec::with_capacity(FLOOD);
+            for i in 0..FLOOD {
+                ids.push(admin.send(&pid, &format!("m{i}")).await.unwrap());
+                sent.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+            ids
+        })
+    };
+    let mut got: Vec<(Option<String>, String)> = Vec::with_capacity(FLOOD);
+    let read_all = tokio::time::timeout(Duration::from_secs(120), async {
+        while got.len() < FLOOD {
+            let message = inbox.recv().await.expect("the inbox stays open");
+            got.push((message.id, message.message));
+            if got.len().is_multiple_of(250) {
+                // A message leaves the queue only once taken: every message sent and not yet
+                // received is still queued.
+                let appended = sent.load(std::sync::atomic::Ordering::SeqCst);
+                let queued = server.cmd(&["LLEN", &queue]).as_int().unwrap() as usize;
+                assert!(
+                    queued + got.len() >= appended,
+                    "{queued} queued, {} received, at least {appended} sent",
+                    got.len()
+                );
+                // The consumer is slow.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    })
+    .await;
+    assert!(read_all.is_ok(), "only {} of {FLOOD} received", got.len());
+    let ids = sender.await.unwrap();
+    let received: Vec<Option<String>> = got.iter().map(|(id, _)| id.clone()).collect();
+    let expected: Vec<Option<String>> = ids.into_iter().map(Some).collect();
+    assert!(
+        received == expected,
+        "not every message once, in send order"
+    );
+    for (i, (_, text)) in got.iter().enumerate() {
+        assert_eq!(text, &format!("m{i}"));
+    }
+    let s = &server;
+    poll_until_async(WAIT, || {
+        let left = s.cmd(&["LLEN", &queue]).as_int();
+        async move { left == Some(0) }
+    })
+    .await
+    .expect("the queue empties once the consumer caught up");
+    assert!(inbox.try_recv().is_err(), "nothing delivered twice");
+    fleet.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_consumer_the_admin_queue_is_left_alone() {
+    let server = TestRedis::start().unwrap();
+    let fleet = Fleet::start(settings(&server.url(), 10, 50)).await.unwrap();
+    let admin = fleet.admin();
+    let pid = admin.pid().to_string();
+    let queue = format!("admin:queue:{pid}");
+    for i in 0..1_100 {
+        admin.send(&pid, &format!("m{i}")).await.unwrap();
+    }
+    // Twenty polls of the inbox later, every message is still queued.
+    let s = &server;
+    let removed = poll_until_async(Duration::from_secs(1), || {
+        let left = s.cmd(&["LLEN", &queue]).as_int();
+        async move { left != Some(1_100) }
+    })
+    .await;
+    assert!(removed.is_err(), "messages were taken off the queue");
+    assert_eq!(
+        admin.stats().delivered_live + admin.stats().delivered_queue,
+        0
+    );
+    let health = fleet.health().actors;
+    assert_eq!(health.actor("admin-inbox").unwrap().restarts, 0);
+    // Whoever consumes later gets them all, in order.
+    let mut inbox = admin.inbox().unwrap();
+    for i in 0..1_100 {
+        let message = tokio::time::timeout(WAIT, inbox.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(message.message, format!("m{i}"));
+    }
+    fleet.shutdown().await.unwrap();
+}

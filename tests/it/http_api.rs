@@ -166,6 +166,7 @@ async fn read_endpoints_report_the_fleet() {
             "presence",
             "locks",
             "hazards",
+            "cache",
             "scheduler",
             "heartbeat",
             "peer-monitor",

@@ -19,6 +19,7 @@
 //! | [`topologies`] | Redis Cluster and Sentinel under the storage handle |
 //! | [`scale`] | a master of Sentinel or Cluster killed under load; several daemons on one Redis |
 //! | [`supervisor`] | supervision with fault-injecting actors: panics, hangs, restart intensity |
+//! | [`supervised_work`] | a panic injected into each built-in actor's work: reported, restarted, resumed |
 //! | [`supervisor_threads`] | starting and stopping an actor system leaves no thread behind |
 //! | [`fleet`] | the `Fleet` embedded in a host runtime: start, stop, health, host actors |
 //! | [`locks`] | mutual exclusion across processes, fencing, the watchdog, outages |
@@ -67,6 +68,7 @@ mod shared_data;
 mod storage_failover;
 mod storage_file_crash;
 mod storage_parity;
+mod supervised_work;
 mod supervisor;
 mod supervisor_threads;
 mod topologies;

@@ -537,3 +537,40 @@ async fn with_the_source_down_the_fetcher_retries_with_backoff_and_the_last_good
     assert_eq!(reading.snapshot.timestamp, kept);
     fleet.shutdown().await.unwrap();
 }
+
+/// The fetcher hands each snapshot it writes to the reader actors of its own process, in
+/// process: their copies follow the writes without waiting for the channel's notice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fetcher_hands_each_snapshot_to_the_readers_of_its_process() {
+    let redis = TestRedis::start().unwrap();
+    let mut s = settings(&redis.url(), "http://127.0.0.1:9/unused");
+    s.shared_data.readers = vec!["EN".into(), "VI".into()];
+    let fleet = Fleet::start(s).await.unwrap();
+    let issue = Arc::new(std::sync::atomic::AtomicU64::new(1));
+    fleet.shared_data().register_source(move || {
+        let n = issue.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        async move { Ok::<_, String>(game(n)) }
+    });
+    let shared = fleet.shared_data();
+    let written = poll_until_async(Duration::from_secs(20), || {
+        let writes = shared.metrics().fetcher.writes;
+        async move { writes >= 5 }
+    })
+    .await;
+    assert!(written.is_ok(), "{:?}", shared.metrics().fetcher);
+    for name in ["EN", "VI"] {
+        let reader = shared.reader(name).unwrap();
+        let told = poll_until_async(Duration::from_secs(20), || {
+            let n = reader.metrics().snapshots_in_process;
+            async move { n >= 4 }
+        })
+        .await;
+        assert!(told.is_ok(), "{name}: {:?}", reader.metrics());
+        let reading = reader.read().await.unwrap();
+        assert_eq!(
+            reading.origin,
+            botfleet::actors::shared_data::Origin::Memory
+        );
+    }
+    fleet.shutdown().await.unwrap();
+}
