@@ -463,6 +463,21 @@ impl LastKnown {
         taken
     }
 
+    /// Whether `key` is to be read back, or not held at all; unmarks it (the caller reads it
+    /// back now).
+    pub(super) fn take_if_stale(&self, key: &str) -> bool {
+        let mut dirty = self.dirty.lock();
+        let mut marked = false;
+        for d in dirty.iter_mut() {
+            if d.set.remove(key) {
+                d.keys.retain(|k| k != key);
+                marked = true;
+            }
+        }
+        drop(dirty);
+        marked || !self.copy.lock().used.contains_key(key)
+    }
+
     /// Whether keys wait to be read back (shared ones counted when `shared`).
     pub(super) fn has_dirty(&self, shared: bool) -> bool {
         let dirty = self.dirty.lock();

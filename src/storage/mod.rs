@@ -743,7 +743,15 @@ impl Storage {
         }
         let stale = self.inner.redis.is_some() && self.mode() != Mode::Redis;
         if !stale || !self.inner.last_known.is_enabled() {
-            return self.execute(op).await;
+            let reply = self.execute(op.clone()).await?;
+            if let [key] = op.keys()[..] {
+                if self.mode() == Mode::Redis
+                    && self.inner.last_known.kind(key) == Some(Remembered::Shared)
+                {
+                    self.refresh_if_stale(key).await;
+                }
+            }
+            return Ok(reply);
         }
         self.inner.local.read_known(&op, crate::clock::now_ms())
     }

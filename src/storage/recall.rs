@@ -46,7 +46,10 @@ impl Storage {
                     continue;
                 }
                 storage.inner.last_known.contact(now_ms());
-                if storage.inner.last_known.epoch().is_empty() {
+                // The epoch is written once the copy holds something worth writing back.
+                if storage.inner.last_known.epoch().is_empty()
+                    && storage.inner.last_known.usage().0 > 0
+                {
                     if let Some(epoch) = storage.current_epoch().await {
                         storage.inner.last_known.set_epoch(&epoch);
                     }
@@ -95,6 +98,28 @@ impl Storage {
                     }
                 }
             }
+        }
+    }
+
+    /// Reads `key` back now when the copy does not hold it as it is (a listing of a shared
+    /// key: what the process shows, it still knows if Redis goes away next).
+    pub(super) async fn refresh_if_stale(&self, key: &str) {
+        let Some(redis) = &self.inner.redis else {
+            return;
+        };
+        let last_known = &self.inner.last_known;
+        if !last_known.take_if_stale(key) {
+            return;
+        }
+        let keys = vec![key.to_string()];
+        let op = Op::Eval {
+            script: refresh_script().reference.clone(),
+            keys: keys.clone(),
+            args: vec![self.inner.max_members.to_string()],
+        };
+        match redis.exec(&op).await {
+            Ok(reply) => last_known.store_refreshed(&keys, reply, now_ms()),
+            Err(_) => last_known.mark_all_dirty(keys),
         }
     }
 

@@ -482,7 +482,7 @@ async fn bad_input_is_a_typed_error_and_stores_nothing() {
             || k.starts_with("user-sessions:")),
         "{keys:?}"
     );
-    // The CLI refuses a negative nonce and an unknown difficulty with exit code 1.
+    // The CLI refuses a negative nonce and an unknown difficulty: bad usage, exit code 2.
     for (nonce, difficulty) in [("-1", "EASY"), ("0", "NIGHTMARE")] {
         let output = Command::new(env!("CARGO_BIN_EXE_botfleet"))
             .args(["verify", "--server-seed", "s", "--client-seed", "c"])
@@ -490,7 +490,7 @@ async fn bad_input_is_a_typed_error_and_stores_nothing() {
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .output()
             .unwrap();
-        assert_eq!(output.status.code(), Some(1));
+        assert_eq!(output.status.code(), Some(2));
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(
             stderr.contains(nonce) || stderr.contains(difficulty),

@@ -79,11 +79,13 @@ async fn a_compare_and_set_made_stale_during_an_outage_is_refused_at_replay() {
     let mut redis = RedisServer::builder().persistence(true).start().unwrap();
     let mut settings = support::suite_settings(&redis.url());
     // Slow to notice Redis back, so that another client writes first.
-    settings.storage.redis.reconnect_min_ms = 3_000;
-    settings.storage.redis.reconnect_max_ms = 3_000;
-    settings.storage.redis.ping_interval_ms = 3_000;
+    settings.storage.redis.reconnect_min_ms = 10_000;
+    settings.storage.redis.reconnect_max_ms = 10_000;
+    settings.storage.redis.ping_interval_ms = 10_000;
     let fleet = Fleet::start(settings).await.unwrap();
     let storage: Storage = fleet.storage().clone();
+    // The values below are written to Redis itself, not to an outbox.
+    poll_until(WAIT, || storage.mode() == Mode::Redis).expect("connected");
     // Kept through the outage, as a service's records are, so the fallback can compare.
     storage.remember("rec:*", Remembered::State);
     storage.set("rec:contested", "v1", None).await.unwrap();
