@@ -147,6 +147,11 @@ pub enum HazardError {
     Storage(#[from] StorageError),
 }
 
+/// Reads of a fairness record and its seed before they are taken to disagree for good (a
+/// rotation in progress makes them disagree for a moment), and the pause between two.
+const ROTATION_READS: u32 = 20;
+const ROTATION_READ_PAUSE: Duration = Duration::from_millis(5);
+
 /// `hazards-DIFFICULTY`, in the seed's JSON shape.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -529,21 +534,35 @@ impl Hazards {
             user: user.to_string(),
             agent: agent.to_string(),
         };
-        let record = self.fairness(user, agent).await?.ok_or_else(missing)?;
+        let first = self.fairness(user, agent).await?.ok_or_else(missing)?;
         let secret_key = self.inner.keys.fairness_secret(user, agent);
-        let seed = self
-            .inner
-            .storage
-            .get(&secret_key)
-            .await?
-            .ok_or_else(missing)?;
-        if fairness::hash_seed(&seed) != record.hashed_server_seed {
-            return Err(HazardError::Corrupt {
-                key: secret_key,
-                reason: "the seed does not match the record's hash".into(),
-            });
+        let mut record = first.clone();
+        // A rotation writes the seed, then the record: read between the two, they disagree
+        // for a moment. Read again; a record that moved on means another process settled
+        // the round this call meant to settle.
+        for _ in 0..ROTATION_READS {
+            let seed = self
+                .inner
+                .storage
+                .get(&secret_key)
+                .await?
+                .ok_or_else(missing)?;
+            if fairness::hash_seed(&seed) == record.hashed_server_seed {
+                return Ok((record, seed));
+            }
+            tokio::time::sleep(ROTATION_READ_PAUSE).await;
+            record = self.fairness(user, agent).await?.ok_or_else(missing)?;
+            if record.nonce != first.nonce {
+                return Err(HazardError::Contended {
+                    key: self.inner.keys.fairness(user, agent),
+                    attempts: 1,
+                });
+            }
         }
-        Ok((record, seed))
+        Err(HazardError::Corrupt {
+            key: secret_key,
+            reason: "the seed does not match the record's hash".into(),
+        })
     }
 
     async fn write_fairness(
