@@ -6,7 +6,9 @@
 //! the bounded queue and the batch writer task (`writer.rs`), and the spool file of batches
 //! waiting for an unreachable database (`spool.rs`). It lives under `actors/` because its
 //! producers do (the scheduler and the hazard ticker hold its sink); it never touches
-//! `Storage`, and it is a task, not a supervised actor.
+//! `Storage`. In a fleet the writer is the supervised task of the `HistoryWriter` actor (the
+//! child `history`, `actor.rs`): a panic, error or return of the writer fails the actor, which
+//! is restarted and resumes from the same queue (`writer.rs` tells what a restart keeps).
 //!
 //! ```text
 //!  scheduler worker ──Task (attempt finished, ──┐
@@ -74,9 +76,11 @@
 //! | `mod.rs` | [`History`], [`HistorySink`], [`HistoryError`], the transient-error classification |
 //! | [`record`] | one record type per table, [`Record`], [`HistoryQuery`], [`Page`] |
 //! | [`archive`] | [`Archive`]: the sqlx pool, the schema, batch inserts, paged queries, purge |
-//! | `writer.rs` | the batch writer task |
+//! | `actor.rs` | `HistoryWriter`, the actor whose supervised task the writer is |
+//! | `writer.rs` | the batch writer task, and the parts it hands back |
 //! | `spool.rs` | the spool file of batches waiting for the database |
 
+mod actor;
 pub mod archive;
 pub mod record;
 mod spool;
@@ -91,6 +95,7 @@ use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::sync::{mpsc, Notify, OnceCell};
 
+pub(crate) use actor::HistoryWriter;
 pub use archive::Archive;
 pub use record::{
     task_status, EventRecord, HazardRoundRecord, HazardSeedRecord, HistoryQuery, Page, Record,
@@ -268,8 +273,18 @@ struct Inner {
     last_error: Mutex<Option<String>>,
     schema: OnceCell<i64>,
     stopping: AtomicBool,
+    /// Set by the `HistoryWriter` actor's stop: the writer ends after the batch in hand and
+    /// hands its parts back.
+    handback: AtomicBool,
+    /// Wakes the writer for `stopping` and `handback`.
     stop: Notify,
     progress: Notify,
+    /// The writer's parts (queue receiver, spool, batches waiting in memory) while no writer
+    /// holds them: between two incarnations of the actor, and for `close`.
+    parts: Mutex<Option<writer::Parts>>,
+    /// Notified when a writer hands its parts back.
+    returned: Notify,
+    /// The writer task of a history opened with [`History::open`] (no actor).
     writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -285,8 +300,11 @@ impl Inner {
             last_error: Mutex::new(None),
             schema: OnceCell::new(),
             stopping: AtomicBool::new(false),
+            handback: AtomicBool::new(false),
             stop: Notify::new(),
             progress: Notify::new(),
+            parts: Mutex::new(None),
+            returned: Notify::new(),
             writer: Mutex::new(None),
         }
     }
@@ -321,12 +339,27 @@ impl History {
         Self { inner: None }
     }
 
-    /// Opens the archive of `settings` and starts its writer on the current tokio runtime
-    /// (disabled when `history.enabled` is false). With `fallback` = file, batches wait in
-    /// the spool in `history.dir` while the database is unreachable; batches an earlier
-    /// process left there are written first. The database is not contacted here: an
-    /// unreachable one delays the writes, never the start.
+    /// Opens the archive of `settings` and starts its writer as a plain task on the current
+    /// tokio runtime (disabled when `history.enabled` is false), for a history used without a
+    /// fleet: nothing restarts that task. With `fallback` = file, batches wait in the spool in
+    /// `history.dir` while the database is unreachable; batches an earlier process left there
+    /// are written first. The database is not contacted here: an unreachable one delays the
+    /// writes, never the start.
     pub fn open(
+        settings: &HistorySettings,
+        fallback: FallbackKind,
+    ) -> Result<History, HistoryError> {
+        let history = Self::open_supervised(settings, fallback)?;
+        if let Some(inner) = &history.inner {
+            *inner.writer.lock() = Some(tokio::spawn(writer::standalone(inner.clone())));
+        }
+        Ok(history)
+    }
+
+    /// Opens the archive as [`History::open`] does, without starting its writer: a
+    /// `HistoryWriter` actor runs it, in the supervision tree (the fleet declares it as the
+    /// child `history`). Records queue until the actor starts.
+    pub fn open_supervised(
         settings: &HistorySettings,
         fallback: FallbackKind,
     ) -> Result<History, HistoryError> {
@@ -350,14 +383,11 @@ impl History {
                 .spooled
                 .store(spool.records(), Ordering::Relaxed);
         }
-        let writer = writer::Writer {
-            inner: inner.clone(),
+        *inner.parts.lock() = Some(writer::Parts {
             rx,
             spool: spool.map(|s| Arc::new(Mutex::new(s))),
             pending: Default::default(),
-            retry_at: None,
-        };
-        *inner.writer.lock() = Some(tokio::spawn(writer.run()));
+        });
         Ok(History { inner: Some(inner) })
     }
 
@@ -514,21 +544,41 @@ impl History {
     /// Stops the writer: what is queued is written, or spooled (`storage.fallback = "file"`)
     /// when the database is unreachable, or counted lost; waits up to `deadline`. Then closes
     /// the pool. Idempotent.
+    ///
+    /// With a supervised writer, call it once its `HistoryWriter` actor stopped (the fleet
+    /// does, after the tree): the actor handed the queue back, and this call runs the final
+    /// drain itself. A writer still running is told to stop, and drains what it holds.
     pub async fn close(&self, deadline: Duration) {
         let Some(inner) = &self.inner else {
             return;
         };
-        inner.stopping.store(true, Ordering::Release);
+        if inner.stopping.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let until = tokio::time::Instant::now() + deadline;
         // A stored permit: the writer sees it even if it is not waiting right now.
         inner.stop.notify_one();
-        let handle = inner.writer.lock().take();
-        if let Some(handle) = handle {
-            if tokio::time::timeout(deadline, handle).await.is_err() {
-                tracing::error!(
-                    actor = "history",
-                    "history writer still busy at the shutdown deadline"
-                );
+        let standalone = inner.writer.lock().take();
+        let handle = match standalone {
+            Some(handle) => Some(handle),
+            // Supervised: the parts, once the actor's writer handed them back.
+            None => writer::Writer::take(inner, Some(until))
+                .await
+                .map(|w| tokio::spawn(w.run())),
+        };
+        match handle {
+            Some(handle) => {
+                if tokio::time::timeout_at(until, handle).await.is_err() {
+                    tracing::error!(
+                        actor = "history",
+                        "history writer still busy at the shutdown deadline"
+                    );
+                }
             }
+            None => tracing::error!(
+                actor = "history",
+                "history writer did not hand its queue back by the shutdown deadline"
+            ),
         }
         inner.archive.close().await;
     }

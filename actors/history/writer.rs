@@ -15,6 +15,21 @@
 //! (`Fleet::shutdown`, after the actors stopped, so the producers are done) the queue is
 //! written, or spooled, or counted as lost (memory fallback, database down). One spool per
 //! `history.dir`: two processes must not share the directory.
+//!
+//! # Supervised, and handed back
+//!
+//! In a fleet the writer runs as the task `writer` of the `HistoryWriter` actor (the child
+//! `history`, see `actor.rs`); a [`History::open`](super::History::open) without a fleet
+//! runs it as a plain task. What the writer works with, its [`Parts`] (the queue's receiver,
+//! the spool, the batches waiting in memory), lives in the history's `parts` slot whenever no
+//! writer holds it: a writer takes the parts when it starts and puts them back when it ends,
+//! whichever way (its drop does it: a return, a panic, an abort by its actor's stop). So a
+//! restarted actor's writer resumes from the same bounded queue, with the same spool and
+//! waiting batches, and [`History::close`](super::History::close) takes them for the final
+//! drain once the actor stopped. The one batch a writer can lose is the one it was writing
+//! when it panicked (or was aborted past its actor's drain deadline): those records are
+//! counted `lost` and logged; records still in the queue, spooled or waiting in memory are
+//! kept.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -28,19 +43,103 @@ use tokio::time::Instant;
 use super::record::Record;
 use super::spool::Spool;
 use super::Inner;
+use crate::supervisor::fault;
 
-/// The writer task's state.
-pub(super) struct Writer {
-    pub(super) inner: Arc<Inner>,
+/// What a writer works with, kept in the history's slot while no writer holds it.
+pub(super) struct Parts {
     pub(super) rx: mpsc::Receiver<Record>,
     /// Present with `storage.fallback = "file"` (or when an earlier run left batches there).
-    /// The mutex is only taken by this task, inside `spawn_blocking`: file I/O stays off the
+    /// The mutex is only taken by the writer, inside `spawn_blocking`: file I/O stays off the
     /// runtime's threads.
     pub(super) spool: Option<Arc<Mutex<Spool>>>,
     /// Batches waiting in memory for the database.
     pub(super) pending: VecDeque<Vec<Record>>,
+}
+
+/// The writer task's state.
+pub(super) struct Writer {
+    inner: Arc<Inner>,
+    rx: mpsc::Receiver<Record>,
+    spool: Option<Arc<Mutex<Spool>>>,
+    pending: VecDeque<Vec<Record>>,
     /// While the database is unreachable: when to try it again.
-    pub(super) retry_at: Option<Instant>,
+    retry_at: Option<Instant>,
+    /// The batch being written: its size, and whether it waited in memory (lost if the writer
+    /// ends before the write returns).
+    in_hand: Option<(u64, bool)>,
+}
+
+/// The writer of a history opened without a fleet: runs until the history is closed.
+pub(super) async fn standalone(inner: Arc<Inner>) {
+    if let Some(writer) = Writer::take(&inner, None).await {
+        writer.run().await;
+    }
+}
+
+/// The task of the `HistoryWriter` actor: takes the parts (waiting for the previous
+/// incarnation's writer to hand them back), writes until the actor's stop asks for them back.
+/// Once the history is closed it idles: `close` drains the parts itself.
+pub(super) async fn supervised(inner: Arc<Inner>) {
+    if !inner.stopping.load(Ordering::Acquire) {
+        if let Some(writer) = Writer::take(&inner, None).await {
+            if !inner.stopping.load(Ordering::Acquire) {
+                writer.run().await;
+            }
+        }
+    }
+    if inner.stopping.load(Ordering::Acquire) {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Waits (until `until`, forever with `None`) for the parts to be in the slot. True when they
+/// are.
+pub(super) async fn handed_back(inner: &Inner, until: Option<Instant>) -> bool {
+    loop {
+        let returned = inner.returned.notified();
+        tokio::pin!(returned);
+        returned.as_mut().enable();
+        if inner.parts.lock().is_some() {
+            return true;
+        }
+        match until {
+            Some(until) => {
+                if tokio::time::timeout_at(until, returned).await.is_err() {
+                    return inner.parts.lock().is_some();
+                }
+            }
+            None => returned.await,
+        }
+    }
+}
+
+impl Drop for Writer {
+    /// Hands the parts back (a restarted actor's writer, or `close`, takes them), and counts
+    /// the batch in hand, if any, as lost.
+    fn drop(&mut self) {
+        if let Some((n, was_pending)) = self.in_hand.take() {
+            let c = &self.inner.counters;
+            if was_pending {
+                c.pending.fetch_sub(n, Ordering::Relaxed);
+            }
+            c.lost.fetch_add(n, Ordering::Relaxed);
+            tracing::error!(
+                actor = "history",
+                records = n,
+                "history writer ended while writing a batch: its records are lost"
+            );
+        }
+        // A closed receiver stands in for the one handed back.
+        let (_, closed) = mpsc::channel(1);
+        let parts = Parts {
+            rx: std::mem::replace(&mut self.rx, closed),
+            spool: self.spool.take(),
+            pending: std::mem::take(&mut self.pending),
+        };
+        *self.inner.parts.lock() = Some(parts);
+        self.inner.returned.notify_waiters();
+        self.inner.progress.notify_waiters();
+    }
 }
 
 /// How a write went.
@@ -52,12 +151,36 @@ enum Outcome {
 }
 
 impl Writer {
-    /// Runs until the history is closed and everything taken is written, spooled or counted.
+    /// Takes the parts from the slot, once there (waiting until `until`, forever with `None`).
+    pub(super) async fn take(inner: &Arc<Inner>, until: Option<Instant>) -> Option<Writer> {
+        loop {
+            if !handed_back(inner, until).await {
+                return None;
+            }
+            if let Some(parts) = inner.parts.lock().take() {
+                return Some(Writer {
+                    inner: inner.clone(),
+                    rx: parts.rx,
+                    spool: parts.spool,
+                    pending: parts.pending,
+                    retry_at: None,
+                    in_hand: None,
+                });
+            }
+        }
+    }
+
+    /// Runs until the history is closed and everything taken is written, spooled or counted,
+    /// or until its actor's stop asks for the parts back (after the batch in hand).
     pub(super) async fn run(mut self) {
         let settings = self.inner.settings.clone();
         let retry = Duration::from_millis(settings.retry_interval_ms.max(1));
         loop {
+            fault::point("history");
             let stopping = self.inner.stopping.load(Ordering::Acquire);
+            if !stopping && self.inner.handback.load(Ordering::Acquire) {
+                break;
+            }
             if self.retry_at.is_none_or(|at| Instant::now() >= at) {
                 self.retry_at = if self.settle_waiting().await {
                     None
@@ -90,7 +213,10 @@ impl Writer {
                 if rest.is_empty() {
                     break;
                 }
-                if let Outcome::Unreachable(left) = self.write(rest).await {
+                self.in_hand = Some((rest.len() as u64, false));
+                let outcome = self.write(rest).await;
+                self.in_hand = None;
+                if let Outcome::Unreachable(left) = outcome {
                     self.park(left).await;
                     self.lose_pending();
                     break;
@@ -240,10 +366,12 @@ impl Writer {
         was_pending: bool,
     ) -> Option<Vec<Record>> {
         let n = batch.len() as u64;
+        self.in_hand = Some((n, was_pending));
         let left = match self.write(batch).await {
             Outcome::Done => None,
             Outcome::Unreachable(left) => Some(left),
         };
+        self.in_hand = None;
         let stored = n - left.as_ref().map_or(0, |l| l.len() as u64);
         let c = &self.inner.counters;
         c.acknowledged.fetch_add(stored, Ordering::Relaxed);

@@ -1,16 +1,18 @@
 //! The `Fleet` handle: what a host application (or the daemon) starts.
 //!
 //! [`Fleet::start`] (called from the host's multi-threaded tokio runtime) opens the storage
-//! there, opens the history archive (its writer runs on that runtime too), starts the actix
-//! system on a thread of its own ([`ActorSystem`]) and the supervision tree. Its children, in
-//! start order, all [`RestartType::Permanent`](crate::supervisor::RestartType::Permanent):
+//! there, opens the history archive (its writer runs on that runtime too, as the task of the
+//! `history` actor), starts the actix system on a thread of its own ([`ActorSystem`]) and the
+//! supervision tree. Its children, in start order, all [`RestartType::Permanent`](crate::supervisor::RestartType::Permanent):
 //!
 //! | child | actor | when |
 //! |---|---|---|
 //! | `storage-monitor` | `StorageMonitor` | always |
 //! | `presence` | `Presence` | always |
 //! | `locks` | `LockManager` | always |
+//! | `history` | `HistoryWriter` (the archive's batch writer) | `history.enabled` |
 //! | `hazards` | `HazardTicker` | always (it ticks only when `hazards.enabled`) |
+//! | `cache` | `CacheListener` | always |
 //! | `scheduler` | `SchedulerActor` | always |
 //! | `shared-data-fetcher`, `reader-NAME` | `Fetcher`, one `ReaderActor` per reader | `shared_data.enabled` |
 //! | `heartbeat`, `peer-monitor` | `HeartbeatSender`, `PeerMonitor` | `heartbeat.enabled` |
@@ -19,13 +21,13 @@
 //! The host's own actors follow ([`Fleet::start_with`]): they start after the built-in ones and
 //! stop before them. The handles the host calls ([`Fleet::scheduler`], [`Fleet::locks`],
 //! [`Fleet::cache`], ...) are built in `services.rs` (`Services::add`, which also declares the
-//! actors in this order) and kept in the fleet; the cache is a handle only, with no actor. With `history.enabled` the scheduler and the hazards handle get the archive's
-//! sink, and with `history.retention_days` above 0 a periodic job purges old rows.
+//! actors in this order) and kept in the fleet. With `history.enabled` the scheduler and the hazards handle get
+//! the archive's sink, and with `history.retention_days` above 0 a periodic job purges old rows.
 //!
 //! [`Fleet::shutdown`] stops the actors in reverse order, each within
 //! `supervisor.stop_timeout_ms`, deletes this process's heartbeat, closes the history archive
-//! (what it queued is written or spooled), flushes the outbox to Redis (waiting up to the same
-//! deadline; with the file fallback what cannot reach Redis stays on disk for the next start),
+//! (the stopped `history` actor handed its queue back: what it queued is written or spooled),
+//! flushes the outbox to Redis (waiting up to the same deadline; with the file fallback what cannot reach Redis stays on disk for the next start),
 //! closes the storage and stops the system thread. [`BlockingFleet`] is the same handle for
 //! hosts without an async runtime.
 //!
@@ -146,8 +148,9 @@ impl Fleet {
         F: FnOnce(&mut SupervisorBuilder, &Storage),
     {
         let storage = Storage::open(&settings.storage, &KeySchema::new(&settings.keys)).await?;
-        // The history archive: its writer runs on this runtime, off every caller's path.
-        let history = match History::open(&settings.history, settings.storage.fallback) {
+        // The history archive: its writer runs on this runtime, off every caller's path, as the
+        // task of the supervised `history` actor.
+        let history = match History::open_supervised(&settings.history, settings.storage.fallback) {
             Ok(history) => history,
             Err(e) => {
                 storage.close().await;

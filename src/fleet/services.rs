@@ -13,7 +13,7 @@ use crate::actors::heartbeat::{
     Admin, AdminInbox, Heartbeat, HeartbeatSender, Identities, PeerMonitor, Peers,
 };
 use crate::actors::heartbeat::{HEARTBEAT_PREFIX, IDENTITY_PREFIX};
-use crate::actors::history::{History, RETENTION_JOB};
+use crate::actors::history::{History, HistoryWriter, RETENTION_JOB};
 use crate::actors::locks::{LockManager, Locks};
 use crate::actors::presence::{hostname, Presence};
 use crate::actors::scheduler::periodic::Periodic;
@@ -49,11 +49,13 @@ pub(super) struct Services {
 
 impl Services {
     /// Creates the services' handles and declares their actors in `tree`, in start order:
-    /// storage monitor, presence, lock manager, hazard ticker, scheduler, the shared-data
-    /// fetcher and readers (when `shared_data.enabled`), the heartbeat sender and peer monitor
-    /// (when `heartbeat.enabled`), the admin inbox. The history archive, opened by the caller,
-    /// gets its producers and its retention job. Call it on the host's multi-threaded tokio
-    /// runtime: the tasks the handles spawn run there.
+    /// storage monitor, presence, lock manager, history writer (when `history.enabled`),
+    /// hazard ticker, scheduler, the shared-data fetcher and readers (when
+    /// `shared_data.enabled`), the heartbeat sender and peer monitor (when
+    /// `heartbeat.enabled`), the admin inbox. The history archive, opened by the caller with
+    /// `History::open_supervised`, gets its writer actor (before its producers, so that it
+    /// stops after them), its producers and its retention job. Call it on the host's
+    /// multi-threaded tokio runtime: the tasks the handles spawn run there.
     pub(super) async fn add(
         tree: &mut SupervisorBuilder,
         storage: &Storage,
@@ -95,6 +97,16 @@ impl Services {
                 LockManager::new(locks.clone(), child.clone())
             })
         };
+
+        // Before the producers: it starts before them and stops after them.
+        if history.is_enabled() {
+            let (h, runtime) = (history.clone(), tokio::runtime::Handle::current());
+            // The hand-back must end before the tree abandons the actor.
+            let drain = Duration::from_millis(settings.supervisor.stop_timeout_ms * 3 / 4);
+            permanent(tree, "history", move |child| {
+                HistoryWriter::new(h.clone(), runtime.clone(), child.clone(), drain)
+            });
+        }
 
         let hazards = Hazards::new(
             storage.clone(),

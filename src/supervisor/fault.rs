@@ -15,6 +15,7 @@
 //! | `hazards` | each pass of the hazard ticker's loop |
 //! | `heartbeat` | each heartbeat the sender writes |
 //! | `cache` | each invalidation message the cache's listener hears |
+//! | `history` | each pass of the history batch writer's loop |
 
 #[cfg(debug_assertions)]
 mod armed {

@@ -22,7 +22,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("settings", &[]),
     ("storage", &["clock", "settings"]),
     ("supervisor", &["clock", "settings"]),
-    ("actors::history", &["clock", "settings"]),
+    ("actors::history", &["clock", "settings", "supervisor"]),
     (
         "actors::storage_monitor",
         &["clock", "storage", "supervisor"],

@@ -1,8 +1,9 @@
 //! The work of the built-in actors runs in supervised tasks: a panic injected into each
 //! actor's work (through `botfleet::supervisor::fault`, compiled into debug builds only) is
 //! reported with its message, the actor is restarted within its backoff, its work resumes,
-//! and no sibling restarts. Past the restart intensity the tree stops with the documented
-//! error.
+//! and no sibling restarts. The history writer's restart resumes from the same queue: records
+//! queued while it was down reach the archive. Past the restart intensity the tree stops with
+//! the documented error.
 
 use crate::support;
 
@@ -10,9 +11,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use botfleet::actors::history::HistoryQuery;
+use botfleet::actors::scheduler::state::EventType;
 use botfleet::actors::scheduler::NewTask;
 use botfleet::http::HttpApi;
-use botfleet::settings::Settings;
+use botfleet::settings::{HistorySettings, Settings};
 use botfleet::supervisor::{backoff_ceiling, fault, ChildState, SupervisionEvent, SupervisorError};
 use botfleet::{Fleet, FleetError};
 use serde_json::json;
@@ -325,6 +328,84 @@ async fn panic_in_cache_listener_is_restarted() {
     })
     .await;
     assert!(cache.peek("supervised-key").is_none(), "dropped near");
+    fleet.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panic_in_history_writer_is_restarted() {
+    let redis = TestRedis::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings(&redis.url());
+    s.history = HistorySettings {
+        enabled: true,
+        dir: dir.path().join("history").to_string_lossy().into_owned(),
+        flush_interval_ms: 20,
+        retry_interval_ms: 100,
+        connect_timeout_ms: 1_000,
+        ..HistorySettings::default()
+    };
+    let fleet = Fleet::start(s).await.unwrap();
+    let (scheduler, history) = (fleet.scheduler(), fleet.history());
+    let session = "history-supervised";
+    let record = |i: u64| {
+        let scheduler = scheduler.clone();
+        async move {
+            scheduler
+                .record_event(session, EventType::JobFound, &json!({ "i": i }))
+                .await
+                .unwrap()
+                .id
+        }
+    };
+    let mut ids = Vec::new();
+    for i in 0..2 {
+        ids.push(record(i).await);
+    }
+    let written = || history.stats().written;
+    grows("records written before", 0, 2, written).await;
+    // The writer takes the next record, writes it, and panics at its next pass; records
+    // queued while it is down wait in the same queue for the restarted writer.
+    let restarted = panic_and_restart(&fleet, "history", "history");
+    let queue = async {
+        let mut queued = vec![record(2).await];
+        let failed = poll_until_async(WAIT, || async {
+            let health = fleet.health().actors;
+            health.actor("history").unwrap().last_failure.is_some()
+        })
+        .await;
+        assert!(failed.is_ok(), "the writer's panic is reported");
+        for i in 3..6 {
+            queued.push(record(i).await);
+        }
+        queued
+    };
+    let ((), queued) = tokio::join!(restarted, queue);
+    ids.extend(queued);
+    for i in 6..9 {
+        ids.push(record(i).await);
+    }
+    let archived = || async {
+        let page = history
+            .events(&HistoryQuery::latest(100).session(session))
+            .await
+            .unwrap();
+        let mut got: Vec<String> = page.items.into_iter().map(|e| e.id).collect();
+        got.sort();
+        got
+    };
+    ids.sort();
+    let all = poll_until_async(WAIT, || async { archived().await == ids }).await;
+    assert!(
+        all.is_ok(),
+        "archived {:?}, expected {ids:?}",
+        archived().await
+    );
+    let stats = history.stats();
+    assert_eq!(
+        (stats.lost, stats.dropped, stats.rejected),
+        (0, 0, 0),
+        "{stats:?}"
+    );
     fleet.shutdown().await.unwrap();
 }
 
