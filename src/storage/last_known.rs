@@ -190,9 +190,15 @@ struct Saved {
 pub(super) struct LastKnown {
     enabled: bool,
     max_bytes: u64,
-    rules: RwLock<Vec<(String, Matcher, Remembered)>>,
+    /// Read on every op while Redis answers: swapped whole on a declaration, so a reader
+    /// takes no lock.
+    rules: arc_swap::ArcSwap<Vec<(String, Matcher, Remembered)>>,
+    /// Serialises declarations (read, change, swap).
+    declaring: Mutex<()>,
     /// Single keys declared one by one (cache entries), all [`Remembered::State`].
     exact: RwLock<HashSet<String>>,
+    /// Whether `exact` holds any key (checked before taking its lock).
+    has_exact: AtomicBool,
     copy: Mutex<Copy>,
     /// Keys to read back from Redis, in the order they were marked: state keys, then shared
     /// keys (read back [`SHARED_EVERY`] times less often: the task queues are large and change
@@ -253,8 +259,10 @@ impl LastKnown {
         let last_known = Self {
             enabled: settings.enabled,
             max_bytes: settings.max_bytes,
-            rules: RwLock::new(rules),
+            rules: arc_swap::ArcSwap::from_pointee(rules),
+            declaring: Mutex::new(()),
             exact: RwLock::new(HashSet::new()),
+            has_exact: AtomicBool::new(false),
             copy: Mutex::new(Copy {
                 ks: Keyspace::new(),
                 used: HashMap::new(),
@@ -307,7 +315,8 @@ impl LastKnown {
 
     /// Declares keys matching `pattern` remembered, of `kind`.
     pub(super) fn remember(&self, pattern: &str, kind: Remembered) {
-        let mut rules = self.rules.write();
+        let _declaring = self.declaring.lock();
+        let mut rules = Vec::clone(&self.rules.load());
         if !rules.iter().any(|(p, _, k)| *k == kind && p == pattern) {
             // Shared rules first: a key both shared and state is shared (never seeded).
             let rule = (pattern.to_string(), Matcher::new(pattern), kind);
@@ -315,6 +324,7 @@ impl LastKnown {
                 Remembered::Shared => rules.insert(0, rule),
                 _ => rules.push(rule),
             }
+            self.rules.store(std::sync::Arc::new(rules));
         }
     }
 
@@ -326,6 +336,7 @@ impl LastKnown {
         let mut exact = self.exact.write();
         if exact.len() < MAX_EXACT_KEYS {
             exact.insert(key.to_string());
+            self.has_exact.store(true, Ordering::Release);
         }
     }
 
@@ -334,11 +345,11 @@ impl LastKnown {
         if !self.enabled {
             return None;
         }
-        if self.exact.read().contains(key) {
+        if self.has_exact.load(Ordering::Acquire) && self.exact.read().contains(key) {
             return Some(Remembered::State);
         }
-        let rules = self.rules.read();
-        rules
+        self.rules
+            .load()
             .iter()
             .find(|(_, m, _)| m.matches(key))
             .map(|(_, _, kind)| *kind)
