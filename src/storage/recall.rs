@@ -10,7 +10,7 @@ use super::last_known::{
     refresh_script, restore_args, restore_script, REFRESH_BATCH, SHARED_EVERY,
 };
 use super::op::{Expiry, Op, Reply};
-use super::redis::Failure;
+use super::redis::{Failure, RedisBackend};
 use super::{Mode, Storage};
 use crate::clock::now_ms;
 
@@ -73,20 +73,14 @@ impl Storage {
             return;
         };
         let last_known = &self.inner.last_known;
-        let max = self.inner.max_members.to_string();
         for _ in 0..16 {
             if !last_known.has_dirty(shared) {
                 return;
             }
             let keys = last_known.take_dirty(REFRESH_BATCH, shared);
             for group in group_by_slot(keys, |k| k.as_str()) {
-                let op = Op::Eval {
-                    script: refresh_script().reference.clone(),
-                    keys: group.clone(),
-                    args: vec![max.clone()],
-                };
-                match redis.exec(&op).await {
-                    Ok(reply) => last_known.store_refreshed(&group, reply, now_ms()),
+                match self.read_back(redis, &group).await {
+                    Ok(()) => {}
                     Err(Failure::Outage(reason)) => {
                         last_known.mark_all_dirty(group);
                         self.degrade(reason);
@@ -112,15 +106,22 @@ impl Storage {
             return;
         }
         let keys = vec![key.to_string()];
+        if let Err(e) = self.read_back(redis, &keys).await {
+            tracing::debug!(backend = "redis", key, error = ?e, "last-known read-back deferred");
+            last_known.mark_all_dirty(keys);
+        }
+    }
+
+    /// Reads `keys` (one cluster slot) back from Redis into the copy, in one script call.
+    async fn read_back(&self, redis: &RedisBackend, keys: &[String]) -> Result<(), Failure> {
         let op = Op::Eval {
             script: refresh_script().reference.clone(),
-            keys: keys.clone(),
+            keys: keys.to_vec(),
             args: vec![self.inner.max_members.to_string()],
         };
-        match redis.exec(&op).await {
-            Ok(reply) => last_known.store_refreshed(&keys, reply, now_ms()),
-            Err(_) => last_known.mark_all_dirty(keys),
-        }
+        let reply = redis.exec(&op).await?;
+        self.inner.last_known.store_refreshed(keys, reply, now_ms());
+        Ok(())
     }
 
     /// The data epoch on Redis, created when missing; `None` when Redis does not answer.

@@ -2,21 +2,12 @@
 //! environment (cleared first, so that the developer's own variables cannot interfere).
 
 use std::path::Path;
-use std::process::{Command, Output};
 
 use botfleet::settings::Settings;
 
 const SECRET: &str = "pa55w0rd-do-not-print";
 
-fn botfleet(dir: &Path, args: &[&str], vars: &[(&str, &str)]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_botfleet"))
-        .args(args)
-        .current_dir(dir)
-        .env_clear()
-        .envs(vars.iter().copied())
-        .output()
-        .unwrap()
-}
+use crate::support::process::run_botfleet as botfleet;
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8(bytes.to_vec()).unwrap()

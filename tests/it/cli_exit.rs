@@ -11,15 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::support::{free_port, poll_until};
 
-fn botfleet(dir: &Path, args: &[&str], vars: &[(&str, &str)]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_botfleet"))
-        .args(args)
-        .current_dir(dir)
-        .env_clear()
-        .envs(vars.iter().copied())
-        .output()
-        .unwrap()
-}
+use crate::support::process::run_botfleet as botfleet;
 
 /// Asserts exit 2 with `needle` on stderr and nothing on stdout; answers stderr.
 fn assert_usage(out: &Output, needle: &str) -> String {

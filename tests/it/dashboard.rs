@@ -37,42 +37,20 @@ fn start_daemon(redis_url: &str, bind: &str) -> Daemon {
     Daemon(spawn_tied_to_process(cmd).expect("spawn botfleet run"))
 }
 
-/// Whether something answers `GET /health` at `addr` (raw HTTP/1.0, no client needed).
+/// Whether `GET /health` at `addr` answers 200.
 fn health_answers(addr: &str) -> bool {
-    use std::io::{Read, Write};
-    let Ok(mut stream) = std::net::TcpStream::connect(addr) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    if stream
-        .write_all(b"GET /health HTTP/1.0\r\nHost: localhost\r\n\r\n")
-        .is_err()
-    {
-        return false;
-    }
-    let mut answer = String::new();
-    let _ = stream.read_to_string(&mut answer);
-    answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200")
+    matches!(
+        support::http::raw_request(addr, "GET", "/health", ""),
+        Some((200, _))
+    )
 }
 
-/// `POST path` with a JSON body over a raw HTTP/1.0 connection; the answer's JSON body.
+/// `POST path` with a JSON body; the answer's JSON body (200 expected).
 fn post_json(addr: &str, path: &str, body: &str) -> serde_json::Value {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "POST {path} HTTP/1.0\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).unwrap();
-    let (head, json) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
-    assert!(head.contains(" 200 "), "POST {path}: {answer}");
-    serde_json::from_str(json).unwrap()
+    let (status, json) = support::http::raw_request(addr, "POST", path, body)
+        .unwrap_or_else(|| panic!("POST {path}: no answer"));
+    assert_eq!(status, 200, "POST {path}: {json}");
+    json
 }
 
 fn screenshot_path() -> PathBuf {

@@ -6,7 +6,7 @@
 use crate::support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,6 +16,7 @@ use botfleet::actors::scheduler::NewTask;
 use botfleet::storage::{Mode, Remembered, Storage};
 use botfleet::Fleet;
 use serde_json::{json, Value};
+use support::http::raw_request as request;
 use support::{
     free_port, poll_until, poll_until_async, process::spawn_tied_to_process, RedisServer,
 };
@@ -56,26 +57,6 @@ impl Daemon {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// One request over a raw HTTP/1.0 connection: the status and the JSON body (`None` when
-/// nothing answers).
-fn request(addr: &str, method: &str, path: &str, body: &str) -> Option<(u16, Value)> {
-    let mut stream = std::net::TcpStream::connect(addr).ok()?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .ok()?;
-    write!(
-        stream,
-        "{method} {path} HTTP/1.0\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .ok()?;
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).ok()?;
-    let (head, json) = answer.split_once("\r\n\r\n")?;
-    let status = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((status, serde_json::from_str(json).unwrap_or(Value::Null)))
 }
 
 fn get(addr: &str, path: &str) -> Value {

@@ -89,3 +89,19 @@ pub fn child_has_exited(pid: u32) -> bool {
         info.si_pid() != 0
     }
 }
+
+/// Runs the built `botfleet` binary with `args` in `dir`, in a cleared environment holding
+/// only `vars` (so a developer's own variables cannot interfere), and waits for it.
+pub fn run_botfleet(
+    dir: &std::path::Path,
+    args: &[&str],
+    vars: &[(&str, &str)],
+) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_botfleet"))
+        .args(args)
+        .current_dir(dir)
+        .env_clear()
+        .envs(vars.iter().copied())
+        .output()
+        .expect("run the built botfleet binary")
+}
