@@ -43,7 +43,8 @@
 //! | file | what it owns |
 //! |---|---|
 //! | `mod.rs` | [`HttpApi`], [`HttpApiBuilder`], the state the handlers share (fleet, `[api]` settings, seams, shutdown signal) |
-//! | `routes.rs` | the routes: `/health` (GET and HEAD), `/status`, `/metrics`, `/api/bot/...`, `/api/admin/send`, a JSON 404 |
+//! | `routes.rs` | the routes: `/health` (GET and HEAD), `/status`, `/metrics`, `/openapi.json`, `/api/bot/...`, `/api/admin/send`, each service area's, a JSON 404 |
+//! | `openapi.rs`, `openapi/` | the OpenAPI document, in parts (`base.json` and one per service area), merged and served at `/openapi.json` |
 //! | `limits.rs` | the bounds of each request's phases, `Connection: close` on refusals, the connection cap with its reserve for `/health` |
 //! | `snapshot.rs` | [`StatusSnapshot`], the health verdict, the [`StatusSection`] seam |
 //! | `sections.rs` | the built-in sections and their Prometheus samples |
@@ -74,6 +75,7 @@ mod dashboard;
 mod fleet_bot;
 mod limits;
 mod metrics;
+mod openapi;
 mod routes;
 mod sections;
 mod snapshot;

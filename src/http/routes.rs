@@ -1,6 +1,5 @@
 //! The routes: what each endpoint reads and answers.
 
-use actix_web::guard;
 use actix_web::http::header;
 use actix_web::web::{self, Bytes};
 use actix_web::{HttpRequest, HttpResponse};
@@ -11,36 +10,32 @@ use super::bot::{
     StartRequest, TaskListQuery,
 };
 use super::snapshot::StatusSnapshot;
-use super::{dashboard, metrics, sse, AppState};
+use super::{dashboard, metrics, openapi, sse, AppState};
 use crate::storage::Mode;
 
-/// Registers every route.
+/// Registers every route, each with its full path (the `openapi` suite reads them from the
+/// source and holds `/openapi.json` equal to them).
 pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/", web::get().to(dashboard::page))
-        .route(
-            "/health",
-            web::route()
-                .guard(guard::Any(guard::Get()).or(guard::Head()))
-                .to(health),
-        )
+        .route("/openapi.json", web::get().to(openapi::serve))
+        .route("/health", web::get().to(health))
+        .route("/health", web::head().to(health))
         .route("/status", web::get().to(status))
         .route("/metrics", web::get().to(prometheus))
         .route("/api/events/stream", web::get().to(sse::stream))
         .route("/api/admin/send", web::post().to(admin_send))
-        .service(
-            web::scope("/api/bot")
-                .route("/start", web::post().to(bot_start))
-                .route("/stop", web::post().to(bot_stop))
-                .route("/status", web::get().to(bot_status))
-                .route("/sessions", web::get().to(bot_sessions))
-                .route("/tasks", web::get().to(bot_tasks))
-                .route("/tasks/add", web::post().to(bot_add_task))
-                .route("/event-stream", web::get().to(sse::bot_events))
-                .route("/events/{session_id}", web::get().to(bot_events))
-                .route("/metrics/{session_id}", web::get().to(bot_metrics))
-                .route("/system-status", web::get().to(system_status)),
-        )
-        .default_service(web::to(not_found));
+        .route("/api/bot/start", web::post().to(bot_start))
+        .route("/api/bot/stop", web::post().to(bot_stop))
+        .route("/api/bot/status", web::get().to(bot_status))
+        .route("/api/bot/sessions", web::get().to(bot_sessions))
+        .route("/api/bot/tasks", web::get().to(bot_tasks))
+        .route("/api/bot/tasks/add", web::post().to(bot_add_task))
+        .route("/api/bot/event-stream", web::get().to(sse::bot_events))
+        .route("/api/bot/events/{session_id}", web::get().to(bot_events))
+        .route("/api/bot/metrics/{session_id}", web::get().to(bot_metrics))
+        .route("/api/bot/system-status", web::get().to(system_status));
+    // Each service area's routes (one line each, before the fallback).
+    cfg.default_service(web::to(not_found));
 }
 
 async fn snapshot(state: &AppState) -> StatusSnapshot {

@@ -59,6 +59,7 @@ mod http_api;
 mod http_limits;
 mod last_known;
 mod locks;
+mod openapi;
 mod records;
 mod scale;
 mod scheduler;
