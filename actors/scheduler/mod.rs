@@ -89,6 +89,7 @@
 //! | `ids` | time-ordered task ids |
 
 mod ids;
+mod lease;
 pub mod periodic;
 mod scripts;
 pub mod state;
@@ -114,6 +115,7 @@ use crate::settings::SchedulerSettings;
 use crate::storage::{Mode, Op, Remembered, Reply, Storage, StorageError};
 use crate::supervisor::{fault, ChildContext};
 use ids::new_task_id;
+pub use lease::{ClaimOptions, ClaimedTask, FailedAttempt, MAX_ERROR_BYTES};
 use scripts::scripts;
 
 /// Longest task type name, bytes.
@@ -126,6 +128,9 @@ pub const MAX_PRIORITY: i64 = 1_000_000;
 const BULK_CHUNK: usize = 1_000;
 /// Results sent with one step.
 const MAX_RESULTS_PER_STEP: usize = 1_000;
+/// The type of a handler (or of a claim's `types`) that takes tasks of any type no other
+/// handler of the process names.
+pub const ANY_TYPE: &str = "*";
 
 /// A bad call or a storage failure.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -184,6 +189,19 @@ pub enum SchedulerError {
     /// Workers need a tokio runtime.
     #[error("register_handler must be called inside a tokio runtime")]
     NoRuntime,
+    /// No task has this id (never added, or completed and its hash gone).
+    #[error("no task {0}")]
+    NoSuchTask(String),
+    /// The lease given is not the task's current one: the attempt it was handed out for is
+    /// over (finished, or reaped after its deadline and perhaps claimed again). Nothing was
+    /// changed.
+    #[error("task {id}: the lease is no longer current (status {status})")]
+    StaleLease {
+        /// The task.
+        id: String,
+        /// Its status now.
+        status: String,
+    },
     /// The storage refused the call.
     #[error(transparent)]
     Storage(#[from] StorageError),
@@ -326,6 +344,9 @@ pub struct Task {
     pub updated_at: Option<String>,
     /// When a delayed or retried task becomes due, ISO-8601.
     pub run_at: Option<String>,
+    /// What a leaseholder's completion reported (JSON text), kept while the completed hash
+    /// stays.
+    pub result: Option<String>,
 }
 
 impl Task {
@@ -342,6 +363,7 @@ impl Task {
             last_error: get("last_error"),
             updated_at: get("updated_at"),
             run_at: get("run_at"),
+            result: get("result"),
         }
     }
 }
@@ -420,6 +442,9 @@ struct Shared {
     keys: QueueKeys,
     handlers: RwLock<HashMap<String, Arc<HandlerEntry>>>,
     wake: Notify,
+    /// Told of every task this process makes ready (enqueued, retried from the dead letters,
+    /// promoted): the claims waiting over HTTP try again at once.
+    arrived: Notify,
     stop: Notify,
     stopping: AtomicBool,
     /// Set when a supervised actor runs the worker (the fleet's scheduler): then
@@ -512,6 +537,7 @@ impl Scheduler {
                 keys,
                 handlers: RwLock::new(HashMap::new()),
                 wake: Notify::new(),
+                arrived: Notify::new(),
                 stop: Notify::new(),
                 stopping: AtomicBool::new(false),
                 supervised: AtomicBool::new(false),
@@ -612,9 +638,24 @@ impl Scheduler {
         Ok(self.enqueue_bulk(vec![task]).await?.remove(0))
     }
 
+    /// Enqueues one task; answers its id and whether it was added (false: a task with its id
+    /// exists, and nothing changed).
+    pub async fn enqueue_new(&self, task: NewTask) -> Result<(String, bool), SchedulerError> {
+        let (mut ids, added) = self.enqueue_counted(vec![task]).await?;
+        Ok((ids.remove(0), added == 1))
+    }
+
     /// Enqueues many tasks (1,000 per script call); answers their ids in order. Every task is
     /// checked first: one bad task refuses the whole call, nothing stored.
     pub async fn enqueue_bulk(&self, tasks: Vec<NewTask>) -> Result<Vec<String>, SchedulerError> {
+        Ok(self.enqueue_counted(tasks).await?.0)
+    }
+
+    /// [`Scheduler::enqueue_bulk`], answering how many were added too.
+    async fn enqueue_counted(
+        &self,
+        tasks: Vec<NewTask>,
+    ) -> Result<(Vec<String>, i64), SchedulerError> {
         let now = now_ms();
         let mut rows = Vec::with_capacity(tasks.len());
         for task in &tasks {
@@ -624,19 +665,23 @@ impl Scheduler {
         let k = &self.shared.keys;
         let iso = iso8601(now);
         let now_text = now.to_string();
+        let mut added = 0;
         for chunk in rows.chunks(BULK_CHUNK) {
             let mut args: Vec<&str> = Vec::with_capacity(3 + chunk.len() * 7);
             args.extend([k.task_prefix.as_str(), now_text.as_str(), iso.as_str()]);
             for row in chunk {
                 args.extend(row.iter().map(String::as_str));
             }
-            self.shared
+            added += self
+                .shared
                 .storage
                 .eval(&scripts().enqueue, &[&k.queue, &k.delayed], &args)
-                .await?;
+                .await?
+                .as_int();
         }
         self.shared.wake.notify_one();
-        Ok(ids)
+        self.shared.arrived.notify_waiters();
+        Ok((ids, added))
     }
 
     /// Cancels a waiting (queued or delayed) task, deleting it: false when it is not waiting
@@ -839,34 +884,48 @@ impl Shared {
             .min(s.backoff_max_ms)
     }
 
-    /// One step: report `results`, reap, promote, claim up to `caps`.
-    async fn step(
-        &self,
-        results: &[Outcome],
-        caps: &[(String, usize)],
-        explicit: &[String],
-    ) -> Result<Stepped, StorageError> {
+    /// One step: report `call.results`, apply the leased operations, reap, promote, claim up
+    /// to `call.caps`.
+    async fn step(&self, call: &StepCall<'_>) -> Result<Stepped, StorageError> {
         let k = &self.keys;
         let s = &self.settings;
         let now = now_ms();
         let iso = iso8601(now);
-        let total: usize = caps.iter().map(|c| c.1).sum::<usize>().min(s.claim_batch);
+        let total: usize = call
+            .caps
+            .iter()
+            .map(|c| c.1)
+            .sum::<usize>()
+            .min(call.max.unwrap_or(usize::MAX))
+            .min(s.claim_batch);
+        let archiving = self.history.get().is_some_and(|s| s.is_on());
         let (done, failed): (Vec<&Outcome>, Vec<&Outcome>) =
-            results.iter().partition(|o| o.error.is_none());
-        let mut args: Vec<String> = Vec::with_capacity(12 + results.len() * 3 + caps.len() * 2);
+            call.results.iter().partition(|o| o.error.is_none());
+        let mut args: Vec<String> = Vec::with_capacity(
+            15 + call.results.len() * 3
+                + call.caps.len() * 2
+                + call.leased.len() * 6
+                + call.explicit.len()
+                + call.tokens.len(),
+        );
         args.extend([
             k.task_prefix.clone(),
             now.to_string(),
             iso.clone(),
-            s.visibility_timeout_ms.to_string(),
+            call.visibility_ms
+                .unwrap_or(s.visibility_timeout_ms)
+                .to_string(),
             s.max_attempts.to_string(),
             (s.completed_ttl_secs * 1000).to_string(),
             done.len().to_string(),
             failed.len().to_string(),
-            caps.len().to_string(),
+            call.caps.len().to_string(),
             total.to_string(),
             s.scan_limit.to_string(),
-            explicit.len().to_string(),
+            call.explicit.len().to_string(),
+            call.leased.len().to_string(),
+            call.tokens.len().to_string(),
+            if archiving { "1" } else { "0" }.to_string(),
         ]);
         for o in &done {
             args.push(o.id.clone());
@@ -881,26 +940,31 @@ impl Shared {
             args.push(at.to_string());
             args.push(iso8601(at));
         }
-        for (ty, cap) in caps {
+        for op in call.leased {
+            args.extend(op.args());
+        }
+        for (ty, cap) in call.caps {
             args.push(ty.clone());
             args.push(cap.to_string());
         }
-        args.extend(explicit.iter().cloned());
+        args.extend(call.explicit.iter().cloned());
+        args.extend(call.tokens.iter().cloned());
         let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        let reply = self
-            .storage
-            .eval(
-                &scripts().step,
-                &[&k.queue, &k.processing, &k.delayed, &k.dead],
-                &arg_refs,
-            )
-            .await?;
+        let hashes: Vec<String> = call
+            .leased
+            .iter()
+            .map(|op| format!("{}{}", k.task_prefix, op.id()))
+            .collect();
+        let mut keys: Vec<&str> = vec![&k.queue, &k.processing, &k.delayed, &k.dead];
+        keys.extend(hashes.iter().map(String::as_str));
+        let reply = self.storage.eval(&scripts().step, &keys, &arg_refs).await?;
         let Reply::Array(mut parts) = reply else {
             return Err(StorageError::Command("task-step: unexpected reply".into()));
         };
-        if parts.len() != 6 {
+        if parts.len() != 7 {
             return Err(StorageError::Command("task-step: unexpected reply".into()));
         }
+        let leased_fields = parts.pop().map(Reply::into_strings).unwrap_or_default();
         let buried_fields = parts.pop().map(Reply::into_strings).unwrap_or_default();
         let claimed_fields = parts.pop().map(Reply::into_strings).unwrap_or_default();
         self.completed
@@ -925,6 +989,7 @@ impl Shared {
                     last_error: None,
                     updated_at: Some(iso.clone()),
                     run_at: None,
+                    result: None,
                 };
                 // The attempt that dead-letters the task: its own max_attempts or the default.
                 (task, f[6].parse().unwrap_or(s.max_attempts))
@@ -932,17 +997,28 @@ impl Shared {
             .collect();
         self.claimed
             .fetch_add(tasks.len() as u64, Ordering::Relaxed);
+        let leased = lease::LeasedReply::parse_all(leased_fields);
+        for (op, reply) in call.leased.iter().zip(&leased) {
+            if reply.code == 1 && matches!(op, lease::LeasedOp::Fail { .. }) {
+                self.failed_attempts.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if archiving {
+            self.archive_leased(call.leased, &leased, now as i64);
+        }
         // Only while a sink is on: the reply carries these tasks anyway (rarely any).
-        let buried = match self.history.get().filter(|s| s.is_on()) {
-            Some(_) => buried_fields
+        let buried = if archiving {
+            buried_fields
                 .chunks_exact(8)
                 .map(|f| reaped_record(f, now as i64))
-                .collect(),
-            None => Vec::new(),
+                .collect()
+        } else {
+            Vec::new()
         };
         Ok(Stepped {
             claimed: tasks,
             buried,
+            leased,
         })
     }
 
@@ -995,6 +1071,30 @@ struct Stepped {
     /// The archive's records of the tasks the reaper dead-lettered in this step (empty unless
     /// a history sink is on).
     buried: Vec<history::TaskRecord>,
+    /// What became of each leased operation, in order.
+    leased: Vec<lease::LeasedReply>,
+}
+
+/// What one step carries: this process's results and free slots, and the operations and
+/// claims of leaseholders (workers outside the process). `Default` is an empty step (it still
+/// reaps and promotes).
+#[derive(Default)]
+struct StepCall<'a> {
+    /// Finished attempts of this process's handlers.
+    results: &'a [Outcome],
+    /// Free slots per type (`*`: any type no other entry names).
+    caps: &'a [(String, usize)],
+    /// Ids to claim (outside Redis), instead of the head of the queue.
+    explicit: &'a [String],
+    /// Operations of leaseholders, checked against the lease each names.
+    leased: &'a [lease::LeasedOp],
+    /// Lease tokens of the tasks claimed, one per task (claims over HTTP); none for this
+    /// process's handlers.
+    tokens: &'a [String],
+    /// Visibility timeout of the tasks claimed; `scheduler.visibility_timeout_ms` when `None`.
+    visibility_ms: Option<u64>,
+    /// Claim at most this many (and never more than `scheduler.claim_batch`).
+    max: Option<usize>,
 }
 
 impl Shared {
@@ -1180,10 +1280,17 @@ async fn worker(shared: Arc<Shared>) {
             continue;
         }
         let had_results = !results.is_empty();
-        match shared.step(&results, &caps, &explicit).await {
+        let call = StepCall {
+            results: &results,
+            caps: &caps,
+            explicit: &explicit,
+            ..StepCall::default()
+        };
+        match shared.step(&call).await {
             Ok(Stepped {
                 claimed: tasks,
                 buried,
+                ..
             }) => {
                 for o in &results {
                     shared.inflight.remove(&o.id);
@@ -1194,9 +1301,12 @@ async fn worker(shared: Arc<Shared>) {
                 shared.idle.notify_waiters();
                 let claimed = tasks.len();
                 for (task, limit) in tasks {
+                    // A handler of the type, else the catch-all `*` (the script claims for `*`
+                    // only types no other handler names).
                     let entry = handlers
                         .iter()
                         .find(|(t, _)| *t == task.task_type)
+                        .or_else(|| handlers.iter().find(|(t, _)| t == ANY_TYPE))
                         .map(|(_, h)| h.clone());
                     match entry {
                         Some(entry) => {

@@ -10,7 +10,7 @@ use super::bot::{
     StartRequest, TaskListQuery,
 };
 use super::snapshot::StatusSnapshot;
-use super::{dashboard, metrics, openapi, sse, AppState};
+use super::{dashboard, metrics, openapi, sse, tasks, AppState};
 use crate::storage::Mode;
 
 /// Registers every route, each with its full path (the `openapi` suite reads them from the
@@ -35,6 +35,7 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
         .route("/api/bot/metrics/{session_id}", web::get().to(bot_metrics))
         .route("/api/bot/system-status", web::get().to(system_status));
     // Each service area's routes (one line each, before the fallback).
+    cfg.configure(tasks::configure);
     cfg.default_service(web::to(not_found));
 }
 
@@ -195,7 +196,7 @@ async fn bot_tasks(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpR
 
 async fn bot_add_task(state: web::Data<AppState>, body: Bytes) -> Result<HttpResponse, ApiError> {
     let request: AddTaskRequest = parse_json(&body)?;
-    request.validate()?;
+    request.validate(&state.fleet.settings().scheduler)?;
     answer(state.bot.add_task(request).await)
 }
 
