@@ -38,6 +38,8 @@ pub const WAIT_MAX_MS: u64 = 60_000;
 pub const LEASE_MIN_MS: u64 = 100;
 /// Longest lease a claim or an extension asks for, milliseconds (one day).
 pub const LEASE_MAX_MS: u64 = 86_400_000;
+/// How often a waiting claim writes a space, to notice a client gone away.
+const WAIT_BEAT: std::time::Duration = std::time::Duration::from_millis(250);
 /// Most types one claim names.
 const TYPES_MAX: usize = 100;
 /// Most ids one retry of dead letters names.
@@ -369,23 +371,58 @@ async fn claim(state: web::Data<AppState>, body: Bytes) -> Result<HttpResponse, 
             format!("expected 0 to {WAIT_MAX_MS}, got {wait_ms}"),
         ));
     }
-    let options = ClaimOptions {
+    let mut options = ClaimOptions {
         types: request.types,
         max,
         lease_ms: lease_ms(&state, request.lease_ms)?,
-        wait: std::time::Duration::from_millis(wait_ms),
+        wait: std::time::Duration::ZERO,
     };
-    let mut shutdown = state.shutdown.clone();
-    let stopping = async move {
-        let _ = shutdown.wait_for(|stopping| *stopping).await;
-    };
-    let claimed = scheduler(&state)
-        .claim_until(&options, stopping)
+    let scheduler = scheduler(&state);
+    let claimed = scheduler
+        .claim(&options)
         .await
         .map_err(scheduler_error)?;
-    let tasks: Vec<Value> = claimed.iter().map(claimed_json).collect();
-    Ok(HttpResponse::Ok().json(json!({ "tasks": tasks })))
+    if !claimed.is_empty() || wait_ms == 0 {
+        let tasks: Vec<Value> = claimed.iter().map(claimed_json).collect();
+        return Ok(HttpResponse::Ok().json(json!({ "tasks": tasks })));
+    }
+    // Nothing yet: wait in the response body, writing a space (JSON allows whitespace before
+    // the value) every WAIT_BEAT. A client gone away (a timeout, a Ctrl-C) is noticed at the
+    // next write or the one after, and the server then drops the body and the wait with it,
+    // so that no task is claimed for a client that will never read it. What goes wrong while
+    // waiting answers an empty list (the status is sent): the client claims again.
+    options.wait = std::time::Duration::from_millis(wait_ms);
+    let mut shutdown = state.shutdown.clone();
+    let claimed: ClaimFuture = Box::pin(async move {
+        let stopping = async move {
+            let _ = shutdown.wait_for(|stopping| *stopping).await;
+        };
+        match scheduler.claim_until(&options, stopping).await {
+            Ok(claimed) => claimed.iter().map(claimed_json).collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "a waiting claim failed; answering no task");
+                Vec::new()
+            }
+        }
+    });
+    let beat = tokio::time::interval_at(tokio::time::Instant::now() + WAIT_BEAT, WAIT_BEAT);
+    let body = futures::stream::unfold(Some((claimed, beat)), |waiting| async move {
+        let (mut claimed, mut beat) = waiting?;
+        tokio::select! {
+            tasks = &mut claimed => {
+                let body = Bytes::from(json!({ "tasks": tasks }).to_string());
+                Some((Ok::<_, actix_web::Error>(body), None))
+            }
+            _ = beat.tick() => Some((Ok(Bytes::from_static(b" ")), Some((claimed, beat)))),
+        }
+    });
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .streaming(body))
 }
+
+/// A waiting claim: the tasks it answers, as JSON.
+type ClaimFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Vec<Value>>>>;
 
 /// `POST /api/tasks/{id}/extend`: `{"deadline_ms"}`.
 async fn extend(

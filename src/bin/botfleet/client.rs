@@ -66,6 +66,12 @@ pub enum TaskCommand {
         #[command(flatten)]
         daemon: DaemonArgs,
     },
+    /// Run a command per task claimed from the daemon, over its HTTP worker protocol:
+    /// `botfleet task work --type login --concurrency 4 -- ./login.sh`. The task is on the
+    /// command's stdin as JSON; exit 0 completes it, any other exit fails it with the end of
+    /// its stderr. SIGINT/SIGTERM: no more claims, running commands finish (exit 0); a second
+    /// signal kills them and fails their tasks back (exit 130).
+    Work(crate::work::WorkArgs),
 }
 
 /// `botfleet admin ...`.
@@ -132,6 +138,8 @@ pub fn task(
             daemon.json,
             out,
         ),
+        // Dispatched by `main` (it has exit codes of its own): `work::run`.
+        TaskCommand::Work(_) => Ok(()),
     }
 }
 
@@ -297,8 +305,18 @@ impl Daemon {
 
     /// `POST {base}{path}` with a JSON body, with the token; the answer as JSON.
     pub async fn post(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
+        self.post_with_timeout(path, body, REQUEST_TIMEOUT).await
+    }
+
+    /// [`Daemon::post`] for a request that may take up to `timeout` (a long poll).
+    pub async fn post_with_timeout(
+        &self,
+        path: &str,
+        body: &Value,
+        timeout: Duration,
+    ) -> Result<Value, ClientError> {
         let url = self.url(path);
-        let mut request = self.client.post(&url).timeout(REQUEST_TIMEOUT).json(body);
+        let mut request = self.client.post(&url).timeout(timeout).json(body);
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
