@@ -296,8 +296,7 @@ impl Shared {
                 .iter()
                 .map(|(t, _)| format!("{prefix}{}", t.id))
                 .collect();
-            self.storage
-                .note_changed(hashes.iter().map(String::as_str));
+            self.storage.note_changed(hashes.iter().map(String::as_str));
         }
         Ok(stepped
             .claimed
@@ -505,7 +504,11 @@ impl Scheduler {
         let reply = self
             .shared
             .storage
-            .eval(&scripts().cancel, &[&k.dead, &k.dead], &[&k.task_prefix, id])
+            .eval(
+                &scripts().cancel,
+                &[&k.dead, &k.dead],
+                &[&k.task_prefix, id],
+            )
             .await?;
         Ok(reply.as_int() == 1)
     }

@@ -699,7 +699,12 @@ fn step_local(ks: &mut Keyspace, now_ms: u64, keys: &[String], args: &[String]) 
                 }
             }
         }
-        leased.extend([Reply::Int(code), Reply::Str(st), Reply::Int(n), text(&f[2], "0")]);
+        leased.extend([
+            Reply::Int(code),
+            Reply::Str(st),
+            Reply::Int(n),
+            text(&f[2], "0"),
+        ]);
         leased.extend(g.iter().map(|v| text(v, "")));
     }
     let mut buried = Vec::new();
@@ -748,10 +753,10 @@ fn step_local(ks: &mut Keyspace, now_ms: u64, keys: &[String], args: &[String]) 
     let iso = s.iso.clone();
     let (queue, processing) = (s.queue, s.processing);
     let try_claim = |k: &mut Ks,
-                         caps: &mut std::collections::HashMap<String, i64>,
-                         out: &mut Vec<Reply>,
-                         claimed: i64,
-                         id: &str|
+                     caps: &mut std::collections::HashMap<String, i64>,
+                     out: &mut Vec<Reply>,
+                     claimed: i64,
+                     id: &str|
      -> Result<bool, LocalError> {
         let h = format!("{prefix}{id}");
         let f = k.hmget(
@@ -768,7 +773,11 @@ fn step_local(ks: &mut Keyspace, now_ms: u64, keys: &[String], args: &[String]) 
         let Some(ty) = f[0].clone() else {
             return Ok(false);
         };
-        let key = if caps.contains_key(&ty) { ty.clone() } else { "*".to_string() };
+        let key = if caps.contains_key(&ty) {
+            ty.clone()
+        } else {
+            "*".to_string()
+        };
         match caps.get_mut(&key) {
             Some(c) if *c > 0 => *c -= 1,
             _ => return Ok(false),
@@ -892,7 +901,11 @@ fn revive_local(ks: &mut Keyspace, now_ms: u64, keys: &[String], args: &[String]
         if let Some(pr) = k.hget(&h, "priority")? {
             k.hset(
                 &h,
-                &[("status", "pending"), ("attempts", "0"), ("updated_at", iso)],
+                &[
+                    ("status", "pending"),
+                    ("attempts", "0"),
+                    ("updated_at", iso),
+                ],
             )?;
             k.apply(Op::HDel {
                 key: h.clone(),

@@ -199,10 +199,12 @@ fn lease_error(e: SchedulerError) -> ApiError {
 /// The `limit` of a listing's query string (1 to 1000, default 100); any other parameter is a
 /// 400.
 fn limit_query(req: &HttpRequest) -> Result<usize, ApiError> {
-    let pairs = web::Query::<Vec<(String, String)>>::from_query(req.query_string())
-        .map_err(|e| ApiError::BadRequest {
-            field: None,
-            message: format!("invalid query string: {e}"),
+    let pairs =
+        web::Query::<Vec<(String, String)>>::from_query(req.query_string()).map_err(|e| {
+            ApiError::BadRequest {
+                field: None,
+                message: format!("invalid query string: {e}"),
+            }
         })?;
     let mut limit = LIST_DEFAULT;
     for (key, value) in pairs.into_inner() {
@@ -378,10 +380,7 @@ async fn claim(state: web::Data<AppState>, body: Bytes) -> Result<HttpResponse, 
         wait: std::time::Duration::ZERO,
     };
     let scheduler = scheduler(&state);
-    let claimed = scheduler
-        .claim(&options)
-        .await
-        .map_err(scheduler_error)?;
+    let claimed = scheduler.claim(&options).await.map_err(scheduler_error)?;
     if !claimed.is_empty() || wait_ms == 0 {
         let tasks: Vec<Value> = claimed.iter().map(claimed_json).collect();
         return Ok(HttpResponse::Ok().json(json!({ "tasks": tasks })));

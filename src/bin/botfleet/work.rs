@@ -13,9 +13,9 @@
 //! lease the daemon no longer honours (the task was reaped after its deadline, say) kills the
 //! command: its result could not be reported.
 //!
-//! Stopping: the first SIGINT or SIGTERM stops claiming (a claim already waiting is seen
-//! through, up to [`CLAIM_WAIT_MS`], and what it brings runs) and lets the running commands
-//! finish and report; the worker then exits 0. A second signal kills the running commands
+//! Stopping: the first SIGINT or SIGTERM stops claiming (a claim waiting on the daemon is
+//! abandoned; the daemon notices the closed connection and claims nothing for it) and lets the
+//! running commands finish and report; the worker then exits 0. A second signal kills the running commands
 //! (their process groups) and fails their tasks back to the daemon with the error
 //! `interrupted`, so they are retried after the backoff like any failure (a task on its last
 //! attempt is dead-lettered); tasks whose failure cannot be reported return to the queue at
@@ -43,7 +43,7 @@ use crate::client::{base_url, url_arg, ClientError, Daemon};
 use crate::exit::{BadArgument, Exit};
 
 /// How long one claim waits for a task on the daemon, milliseconds.
-pub const CLAIM_WAIT_MS: u64 = 5_000;
+pub const CLAIM_WAIT_MS: u64 = 10_000;
 /// How much of a failed command's stderr becomes the task's error, bytes.
 pub const STDERR_TAIL_BYTES: usize = 2_048;
 /// Most concurrent commands.
@@ -228,10 +228,7 @@ fn check(args: &WorkArgs) -> Result<WorkOptions, BadArgument> {
     for t in &args.types {
         if t != "*" {
             if let Some(problem) = botfleet::settings::task_type_problem(t) {
-                return Err(BadArgument::new(
-                    "--type",
-                    format!("{t:?}: {problem}"),
-                ));
+                return Err(BadArgument::new("--type", format!("{t:?}: {problem}")));
             }
         }
     }
@@ -297,11 +294,12 @@ pub async fn work(
             }
             continue;
         }
-        // A claim in flight is seen through on the first signal, so that what it claims runs;
-        // the second drops it (tasks it brought return at their deadline).
+        // A signal abandons a waiting claim: the daemon notices the closed connection and
+        // claims nothing for it (a claim caught in the instant it hands tasks out loses them
+        // until their visibility deadline).
         let claimed = tokio::select! {
             r = claim(daemon, options, free) => r,
-            _ = reached(&mut stop, Stop::Kill) => break,
+            _ = reached(&mut stop, Stop::Drain) => break,
         };
         match claimed {
             Ok(tasks) => {
@@ -318,7 +316,11 @@ pub async fn work(
                     ));
                 }
             }
-            Err(e @ ClientError::Refused { status: 400..=499, .. }) => return Err(e),
+            Err(
+                e @ ClientError::Refused {
+                    status: 400..=499, ..
+                },
+            ) => return Err(e),
             Err(e) if !reached_daemon => return Err(e),
             Err(e) => {
                 tracing::warn!(error = %e, retry_ms = retry.as_millis() as u64, "claim failed; retrying");
@@ -424,7 +426,15 @@ async fn run_one(
     };
     match ended {
         Ended::Ran(Ok(())) => {
-            if report(&daemon, &path("complete"), &lease_body(json!({})), deadline_ms, &task).await {
+            if report(
+                &daemon,
+                &path("complete"),
+                &lease_body(json!({})),
+                deadline_ms,
+                &task,
+            )
+            .await
+            {
                 Summary::add(&summary.completed);
             } else {
                 Summary::add(&summary.lost);
@@ -444,7 +454,9 @@ async fn run_one(
             Summary::add(&summary.lost);
         }
         Ended::Killed => {
-            let body = lease_body(json!({ "error": "interrupted: the worker was stopped by a second signal" }));
+            let body = lease_body(
+                json!({ "error": "interrupted: the worker was stopped by a second signal" }),
+            );
             if report(&daemon, &path("fail"), &body, deadline_ms, &task).await {
                 Summary::add(&summary.interrupted);
             } else {
@@ -456,7 +468,13 @@ async fn run_one(
 
 /// Reports a task's end, retrying while the daemon cannot be reached and the lease has not
 /// expired. True when the daemon took it.
-async fn report(daemon: &Daemon, path: &str, body: &Value, deadline_ms: u64, task: &Claimed) -> bool {
+async fn report(
+    daemon: &Daemon,
+    path: &str,
+    body: &Value,
+    deadline_ms: u64,
+    task: &Claimed,
+) -> bool {
     let mut retry = RETRY_MIN;
     loop {
         match daemon.post(path, body).await {
@@ -621,8 +639,19 @@ mod tests {
     #[test]
     fn the_command_follows_the_double_dash() {
         let a = args(&[
-            "botfleet", "task", "work", "--type", "login", "--type", "job_check",
-            "--concurrency", "4", "--", "sh", "-c", "echo --type",
+            "botfleet",
+            "task",
+            "work",
+            "--type",
+            "login",
+            "--type",
+            "job_check",
+            "--concurrency",
+            "4",
+            "--",
+            "sh",
+            "-c",
+            "echo --type",
         ]);
         assert_eq!(a.types, ["login", "job_check"]);
         assert_eq!(a.command, ["sh", "-c", "echo --type"]);

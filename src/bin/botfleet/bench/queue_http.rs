@@ -109,7 +109,9 @@ pub async fn run(
         let t1 = Instant::now();
         let worker = {
             let summary = summary.clone();
-            tokio::spawn(async move { work(&daemon, &options, Arc::new(Noop), stop_rx, summary).await })
+            tokio::spawn(
+                async move { work(&daemon, &options, Arc::new(Noop), stop_rx, summary).await },
+            )
         };
         let limit = Duration::from_secs(300);
         let done = || summary.completed.load(Ordering::Relaxed) as usize;
@@ -139,7 +141,10 @@ pub async fn run(
             "left_in_queue": left,
         }));
         http.stop().await;
-        fleet.shutdown().await.map_err(|e| failed("stop the fleet", e))?;
+        fleet
+            .shutdown()
+            .await
+            .map_err(|e| failed("stop the fleet", e))?;
     }
     Ok(())
 }
