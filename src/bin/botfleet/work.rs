@@ -39,7 +39,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::client::{base_url, url_arg, ClientError, Daemon};
+use crate::client::{base_url, url_arg, ClientError, Daemon, WorkArgs};
 use crate::exit::{BadArgument, Exit};
 
 /// How long one claim waits for a task on the daemon, milliseconds.
@@ -53,31 +53,6 @@ const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 /// Shortest period between two extensions of a lease.
 const EXTEND_MIN: Duration = Duration::from_millis(100);
-
-/// `botfleet task work`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct WorkArgs {
-    /// Task type to take; repeat for more (`*`: any type, when the daemon's
-    /// scheduler.task_types is ["*"]).
-    #[arg(long = "type", value_name = "TYPE", required = true)]
-    pub types: Vec<String>,
-    /// Commands run at once (1 to 1000).
-    #[arg(long, default_value_t = 1)]
-    pub concurrency: usize,
-    /// Visibility timeout of each task, milliseconds: a task neither finished nor extended
-    /// within it returns to the queue [default: the daemon's scheduler.visibility_timeout_ms].
-    #[arg(long, value_name = "MS")]
-    pub lease_ms: Option<u64>,
-    /// Print the summary at exit as JSON.
-    #[arg(long)]
-    pub json: bool,
-    /// The daemon's base URL [default: http:// + api.bind].
-    #[arg(long, value_name = "URL")]
-    pub url: Option<String>,
-    /// The command to run per task, and its arguments (after `--`).
-    #[arg(last = true, required = true, value_name = "CMD")]
-    pub command: Vec<String>,
-}
 
 /// A task the daemon handed out, as its claim answers it.
 #[derive(Debug, Clone, Deserialize)]

@@ -65,6 +65,9 @@ pub fn run(command: &BenchCommand) -> anyhow::Result<()> {
             BenchCommand::Storage(bench) => storage::run(bench, print).await?,
             BenchCommand::Locks(bench) => locks::run(bench, print).await?,
             BenchCommand::Cache(bench) => cache::run(bench, print).await?,
+            BenchCommand::Queue(bench) if bench.via == queue::Via::Http => {
+                queue_http::run(bench, print).await?
+            }
             BenchCommand::Queue(bench) => queue::run(bench, print).await?,
             BenchCommand::Read(bench) => read::run(bench, print).await?,
             BenchCommand::Heartbeat(bench) => heartbeat::run(bench, print).await?,

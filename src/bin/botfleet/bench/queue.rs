@@ -104,12 +104,12 @@ pub enum QueueBenchError {
     },
 }
 
-pub(super) const USED_MEMORY: &str = r#"
+const USED_MEMORY: &str = r#"
 local info = redis.call('INFO', 'memory')
 return tonumber(string.match(info, 'used_memory:(%d+)'))
 "#;
 
-pub(super) fn no_local(
+fn no_local(
     _: &mut botfleet::storage::Keyspace,
     _: u64,
     _: &[String],
@@ -123,9 +123,6 @@ pub async fn run(
     bench: &QueueBench,
     mut out: impl FnMut(serde_json::Value),
 ) -> Result<(), QueueBenchError> {
-    if bench.via == Via::Http {
-        return super::queue_http::run(bench, out).await;
-    }
     let n = bench.tasks.max(1);
     let conc = bench.concurrency.max(1);
     let memory = Script::new("bench-used-memory", USED_MEMORY, no_local);
