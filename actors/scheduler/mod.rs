@@ -3,7 +3,7 @@
 //! jobs.
 //!
 //! The host uses the cloneable [`Scheduler`] handle (`Fleet::scheduler()`): [`Scheduler::enqueue`],
-//! [`Scheduler::enqueue_bulk`], [`Scheduler::cancel`], [`Scheduler::get`],
+//! [`Scheduler::enqueue_bulk`], [`Scheduler::enqueue_new`], [`Scheduler::cancel`], [`Scheduler::get`],
 //! [`Scheduler::list`], [`Scheduler::counts`], [`Scheduler::register_handler`] and
 //! [`Scheduler::stop`], and [`periodic::Periodic`] (`Fleet::periodic()`). In a fleet the
 //! `SchedulerActor` runs this process's worker loop, the visibility heartbeat and the periodic
@@ -20,8 +20,9 @@
 //! `PREFIX:task:ID` holds the seed's `id`, `type`, `data` (JSON text), `priority`, `created_at`
 //! and `status` (`pending`, `processing`, `completed`, `failed`), plus `attempts`,
 //! `updated_at`, `last_error`, `run_at` (a delayed or retried task) and `max_attempts` (when
-//! set per task). A task added by an outside client with `HSET` and `ZADD` lacks the extra
-//! fields; the claim creates them. Beside the queue, `PREFIX:tasks:processing` scores each
+//! set per task), and for a task a worker over HTTP claimed, `lease` (the random token of its
+//! attempt) and `result` (what its completion reported). A task added by an outside client
+//! with `HSET` and `ZADD` lacks the extra fields; the claim creates them. Beside the queue, `PREFIX:tasks:processing` scores each
 //! claimed id by its visibility deadline, `PREFIX:tasks:delayed` by its due time and
 //! `PREFIX:tasks:dead` by its time of death (milliseconds).
 //!
@@ -40,13 +41,15 @@
 //! - failures, only when the attempt matches: a retry through `PREFIX:tasks:delayed` after
 //!   `backoff_base_ms * 2^(attempt-1)`, capped at `backoff_max_ms`, or, after the last attempt,
 //!   the dead set with `status failed` and `last_error`;
+//! - the operations of leaseholders (workers over HTTP, [`lease`](self#workers-over-http)):
+//!   extend, complete or fail, each only while the task is `processing` under the lease named;
 //! - the reaper: up to 100 expired deadlines, each back to the queue, or dead after its last
 //!   attempt with `last_error` `visibility timeout expired`;
 //! - the promotion of due delayed tasks to the queue;
 //! - claims from the head of the queue, skipping types this process has no handler for (they
-//!   stay for other processes; at most `scheduler.scan_limit` looked at). A claim sets
-//!   `status processing`, raises `attempts` and scores the id with `now +
-//!   visibility_timeout_ms`.
+//!   stay for other processes; at most `scheduler.scan_limit` looked at; a handler of the type
+//!   `*` takes any type no other handler names). A claim sets `status processing`, raises
+//!   `attempts` and scores the id with `now + visibility_timeout_ms`.
 //!
 //! Before it builds a step the worker lets the handlers that are ready finish, so that one
 //! step carries all their results and refills all their slots. Handlers run as tokio tasks; a
@@ -73,6 +76,19 @@
 //! an expired deadline, so the reaper returns them at the next step (their `attempts` counts
 //! one more).
 //!
+//! # Workers over HTTP
+//!
+//! Workers outside the process (the daemon's `/api/tasks` protocol, `botfleet task work`)
+//! claim with [`Scheduler::claim`]: the same step, with the types they serve as capacities, a
+//! visibility timeout of their own, and a random lease token written into each claimed hash.
+//! [`Scheduler::extend_lease`], [`Scheduler::complete_lease`] and [`Scheduler::fail_lease`]
+//! are steps carrying one leased operation, refused with [`SchedulerError::StaleLease`] once
+//! the attempt is over; the reaper treats their tasks as any other. [`Scheduler::claim`] waits
+//! for tasks: woken by this process's enqueues, re-checking every `poll_interval_ms`. Dead
+//! letters go back with [`Scheduler::retry_dead`] / [`Scheduler::retry_all_dead`] (attempts
+//! reset) or away with [`Scheduler::delete_dead`]; [`Scheduler::promote`] runs a delayed task
+//! now. The `lease` module's docs say how it meets an outage.
+//!
 //! # Named queues
 //!
 //! [`Scheduler::for_queue`] keeps a queue's keys under `{NAME}` ([`queue_prefix`]): on Redis
@@ -83,7 +99,8 @@
 //! | file | what it holds |
 //! |---|---|
 //! | `mod.rs` | [`Scheduler`], the worker loop and the heartbeat, `SchedulerActor` |
-//! | `scripts.rs` | the Lua scripts and their Rust twins: `task-enqueue`, `task-step`, `task-extend`, `task-cancel`, `bot-state`, `session-count`, `bot-event` |
+//! | `lease.rs` | workers over HTTP: claims with leases, the leaseholders' calls, dead letters and delayed tasks |
+//! | `scripts.rs` | the Lua scripts and their Rust twins: `task-enqueue`, `task-step`, `task-extend`, `task-cancel`, `task-revive`, `task-promote`, `bot-state`, `session-count`, `bot-event` |
 //! | [`state`] | bot state, sessions, metrics and events |
 //! | [`periodic`] | periodic jobs, once per period across the fleet |
 //! | `ids` | time-ordered task ids |

@@ -354,7 +354,7 @@ async fn a_worker_killed_mid_task_loses_it_to_the_reaper_and_it_completes_once()
     .await
     .unwrap_or_else(|_| panic!("never completed; log:\n{}", second.log()));
     let waited = killed_at.elapsed();
-    assert_eq!(lines(&done), [id.clone()]);
+    assert_eq!(lines(&done), std::slice::from_ref(&id));
     assert_eq!(lines(&started).len(), 2);
     assert!(
         lines(&started)[1].starts_with("2 "),
