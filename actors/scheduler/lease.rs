@@ -30,16 +30,22 @@
 //! until Redis is back (they are replayed all the same, and apply there if the lease still
 //! holds).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use parking_lot::Mutex;
+use tokio::sync::{oneshot, Notify};
+
 use super::{
-    history, now_ms, scripts, Mode, Reply, Scheduler, SchedulerError, Shared, StepCall, Task,
-    TaskStatus,
+    history, now_ms, scripts, Mode, Reply, Scheduler, SchedulerError, Shared, StepCall,
+    StorageError, Task, TaskStatus,
 };
 use crate::clock::iso8601;
 
 /// Longest `error` a leaseholder's failure may carry, bytes.
 pub const MAX_ERROR_BYTES: usize = 8_192;
+/// Leased operations carried by one step.
+const MAX_LEASED_PER_STEP: usize = 500;
 /// Dead letters moved back to the queue per script call when retrying all of them.
 const REVIVE_BATCH: usize = 1_000;
 
@@ -312,17 +318,103 @@ impl Shared {
             .collect())
     }
 
-    /// One leased operation in a step of its own; its reply.
+    /// One leased operation, sent with the others waiting (see [`Desk`]); its reply.
     async fn leased(&self, op: LeasedOp) -> Result<LeasedReply, SchedulerError> {
-        let stepped = self
-            .step(&StepCall {
-                leased: std::slice::from_ref(&op),
-                ..StepCall::default()
-            })
-            .await?;
-        let reply = stepped.leased.into_iter().next().unwrap_or_default();
-        reply.check(op.id())?;
-        Ok(reply)
+        let id = op.id().to_string();
+        let (tx, mut rx) = oneshot::channel();
+        self.desk.pending.lock().push((op, tx));
+        loop {
+            // Listening before looking: a sender that stops after this call found it busy
+            // wakes it.
+            let idle = self.desk.idle.notified();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
+            if self.desk.try_begin() {
+                let _sending = Sending(&self.desk);
+                self.send_waiting().await;
+            }
+            // Our operation was sent (by this call or another), unless another call took it
+            // and was dropped mid-step; or it still waits, behind a step in flight.
+            tokio::select! {
+                reply = &mut rx => {
+                    let reply = reply.map_err(|_| {
+                        SchedulerError::Storage(StorageError::Unavailable(
+                            "the step that carried this call was interrupted; it may have been applied".into(),
+                        ))
+                    })??;
+                    reply.check(&id)?;
+                    return Ok(reply);
+                }
+                _ = idle => {}
+            }
+        }
+    }
+
+    /// Sends the waiting operations, a step per [`MAX_LEASED_PER_STEP`], until none waits.
+    async fn send_waiting(&self) {
+        loop {
+            let batch: Vec<(LeasedOp, AnswerTx)> = {
+                let mut pending = self.desk.pending.lock();
+                let n = pending.len().min(MAX_LEASED_PER_STEP);
+                pending.drain(..n).collect()
+            };
+            if batch.is_empty() {
+                return;
+            }
+            let (ops, replies): (Vec<LeasedOp>, Vec<AnswerTx>) = batch.into_iter().unzip();
+            let stepped = self
+                .step(&StepCall {
+                    leased: &ops,
+                    ..StepCall::default()
+                })
+                .await;
+            match stepped {
+                Ok(stepped) => {
+                    let mut answers = stepped.leased.into_iter();
+                    for tx in replies {
+                        let _ = tx.send(Ok(answers.next().unwrap_or_default()));
+                    }
+                }
+                Err(e) => {
+                    for tx in replies {
+                        let _ = tx.send(Err(SchedulerError::Storage(e.clone())));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Where a leaseholder's call waits for a step. The first call that finds no step in flight
+/// sends every operation waiting, in one step (up to [`MAX_LEASED_PER_STEP`] per step), and
+/// keeps sending until none waits; the others wait for their reply. So many leaseholders'
+/// completions share one round trip, as the in-process handlers' results do.
+#[derive(Default)]
+pub(super) struct Desk {
+    pending: Mutex<Vec<(LeasedOp, AnswerTx)>>,
+    sending: AtomicBool,
+    /// Told when a sender stops: a call whose operation still waits sends it.
+    idle: Notify,
+}
+
+impl Desk {
+    /// Whether this call becomes the sender.
+    fn try_begin(&self) -> bool {
+        !self.sending.swap(true, Ordering::AcqRel)
+    }
+}
+
+/// Where a leased operation's reply goes.
+type AnswerTx = oneshot::Sender<Result<LeasedReply, SchedulerError>>;
+
+/// Ends a sender's turn, also when its call is dropped mid-step: the calls still waiting are
+/// told, and one of them sends next.
+struct Sending<'a>(&'a Desk);
+
+impl Drop for Sending<'_> {
+    fn drop(&mut self) {
+        self.0.sending.store(false, Ordering::Release);
+        self.0.idle.notify_waiters();
     }
 }
 

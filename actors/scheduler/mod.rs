@@ -483,6 +483,8 @@ struct Shared {
     updated_by: String,
     /// Where finished attempts, sessions and events are archived (set once by the fleet).
     history: std::sync::OnceLock<history::HistorySink>,
+    /// Leaseholders' operations waiting for a step, and whether one is being sent.
+    desk: lease::Desk,
 }
 
 /// The scheduler API: a cheap, cloneable handle (`Fleet::scheduler()`).
@@ -570,6 +572,7 @@ impl Scheduler {
                 reaped: AtomicU64::new(0),
                 updated_by: updated_by.to_string(),
                 history: std::sync::OnceLock::new(),
+                desk: lease::Desk::default(),
             }),
         }
     }

@@ -54,19 +54,22 @@ const ATTEMPTS_MAX: u32 = 1_000;
 /// Ids that would read as another route under `/api/tasks/`.
 const RESERVED_IDS: &[&str] = &["claim", "dead", "delayed"];
 
-/// Registers the task routes, each with its full path (the fixed ones before `{id}`).
+/// Registers the task routes, each with its full path. The router tries them in this order,
+/// one regular expression per route with a `{...}` segment: the worker protocol's routes come
+/// first (each task costs one complete or fail), and the fixed paths `dead` and `delayed`
+/// before `{id}`.
 pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/api/tasks", web::post().to(add))
-        .route("/api/tasks/claim", web::post().to(claim))
+    cfg.route("/api/tasks/claim", web::post().to(claim))
+        .route("/api/tasks/{id}/complete", web::post().to(complete))
+        .route("/api/tasks/{id}/fail", web::post().to(fail))
+        .route("/api/tasks/{id}/extend", web::post().to(extend))
+        .route("/api/tasks", web::post().to(add))
         .route("/api/tasks/dead", web::get().to(dead))
         .route("/api/tasks/dead/retry", web::post().to(retry_dead))
         .route("/api/tasks/dead/{id}", web::delete().to(delete_dead))
         .route("/api/tasks/delayed", web::get().to(delayed))
         .route("/api/tasks/delayed/{id}/promote", web::post().to(promote))
-        .route("/api/tasks/{id}", web::get().to(get))
-        .route("/api/tasks/{id}/extend", web::post().to(extend))
-        .route("/api/tasks/{id}/complete", web::post().to(complete))
-        .route("/api/tasks/{id}/fail", web::post().to(fail));
+        .route("/api/tasks/{id}", web::get().to(get));
 }
 
 /// Body of `POST /api/tasks`.

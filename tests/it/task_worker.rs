@@ -1061,3 +1061,57 @@ fn task_types_are_checked_at_start_all_problems_at_once() {
         "{out:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_of_many_leaseholders_each_get_their_own_answer() {
+    let server = RedisServer::start().unwrap();
+    let daemon = Daemon::start(settings(&server.url())).await;
+    let tasks: Vec<NewTask> = (0..200)
+        .map(|i| NewTask::new("job_check", &json!({ "i": i })))
+        .collect();
+    daemon.fleet.scheduler().enqueue_bulk(tasks).await.unwrap();
+    let mut claimed = Vec::new();
+    for _ in 0..2 {
+        let (_, c) = daemon
+            .post(
+                "/api/tasks/claim",
+                json!({ "types": ["job_check"], "max": 100 }),
+            )
+            .await;
+        claimed.extend(c["tasks"].as_array().unwrap().clone());
+    }
+    assert_eq!(claimed.len(), 200);
+    // Each task completed with its lease and, at the same time, with a forged one; every
+    // other task failed with its lease.
+    let calls = claimed.iter().enumerate().flat_map(|(i, t)| {
+        let id = t["id"].as_str().unwrap().to_string();
+        let what = if i % 2 == 0 { "complete" } else { "fail" };
+        let good = json!({ "lease": t["lease"], "error": "e" });
+        let forged = json!({ "lease": "0123456789abcdef0123456789abcdef", "error": "e" });
+        let mut good = good;
+        if what == "complete" {
+            good.as_object_mut().unwrap().remove("error");
+        }
+        [
+            (format!("/api/tasks/{id}/{what}"), good, true),
+            (format!("/api/tasks/{id}/fail"), forged, false),
+        ]
+    });
+    let answers = futures::future::join_all(calls.map(|(path, body, good)| {
+        let daemon = &daemon;
+        async move { (daemon.post(&path, body).await, good) }
+    }))
+    .await;
+    for ((status, body), good) in answers {
+        let expected = if good {
+            StatusCode::OK
+        } else {
+            StatusCode::CONFLICT
+        };
+        assert_eq!(status, expected, "{body}");
+    }
+    // The failed half waits for its retry (or is back in the queue already: a short backoff).
+    let (pending, delayed, processing, dead) = counts(&daemon).await;
+    assert_eq!((pending + delayed, processing, dead), (100, 0, 0));
+    daemon.stop().await;
+}

@@ -3,7 +3,8 @@
 //! `fail`), as a worker in any language would.
 //!
 //! The worker keeps up to `--concurrency` commands running. Whenever slots are free it asks
-//! the daemon for that many tasks with a long poll ([`CLAIM_WAIT_MS`]). Each task runs `CMD
+//! the daemon for that many tasks with a long poll ([`CLAIM_WAIT_MS`]); fewer than a quarter
+//! of the slots free wait up to [`CLAIM_GATHER`] for more, so that one claim fills many. Each task runs `CMD
 //! ARGS...` with the task as JSON on stdin (`{"id","type","data","priority","attempt"}`) and
 //! `BOTFLEET_TASK_ID`, `BOTFLEET_TASK_TYPE`, `BOTFLEET_TASK_ATTEMPT` in its environment; its
 //! stdout is the worker's, its stderr is copied to the worker's and the last
@@ -51,6 +52,9 @@ const CONCURRENCY_MAX: usize = 1_000;
 /// Pause between two attempts to reach a daemon that does not answer.
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
+/// How long free slots wait for a quarter of the slots to be free before they are claimed
+/// for (one claim then fills many).
+const CLAIM_GATHER: Duration = Duration::from_millis(10);
 /// Shortest period between two extensions of a lease.
 const EXTEND_MIN: Duration = Duration::from_millis(100);
 
@@ -269,6 +273,24 @@ pub async fn work(
             }
             continue;
         }
+        // A few slots free while the others run: wait a moment for more to free, so that one
+        // claim fills many (short tasks end close together; long ones barely wait).
+        let batch = (options.concurrency / 4).max(1);
+        if free < batch {
+            let gathered = async {
+                while options.concurrency.saturating_sub(running.len()) < batch {
+                    if running.join_next().await.is_none() {
+                        break;
+                    }
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::timeout(CLAIM_GATHER, gathered) => {}
+                _ = reached(&mut stop, Stop::Drain) => {}
+            }
+            while running.try_join_next().is_some() {}
+        }
+        let free = options.concurrency.saturating_sub(running.len());
         // A signal abandons a waiting claim: the daemon notices the closed connection and
         // claims nothing for it (a claim caught in the instant it hands tasks out loses them
         // until their visibility deadline).
