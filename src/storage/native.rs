@@ -17,13 +17,18 @@
 //!   type and clears an old expiry when given none, as the script's `SET`s do.
 //! - [`Native::ExtendIfEqual`]: `SET key value IFEQ value PX ttl`: the value is unchanged
 //!   and the expiry set when the key holds `value`; nothing happens otherwise.
-//! - [`Native::DeleteIfEqualAnnounced`]: in one `MULTI`/`EXEC`, per request, `DELIFEQ key
-//!   value` (or `DELEX key IFEQ value`) and `EXISTS mark`. A release that deleted the key and
-//!   found no mark is exactly the script's uncontended release (it deletes nothing else and
-//!   publishes nothing), decided atomically. A release that found a mark (a waiter asked to
-//!   be told) then deletes the mark and publishes the notice in a second round trip; a mark
-//!   set in between by a waiter of the next holder is deleted too, but that waiter is woken
-//!   by the notice that follows and marks the name again when it fails.
+//! - [`Native::DeleteIfEqualAnnounced`]: pipelined in one round trip, per request, `DELIFEQ
+//!   key value` (or `DELEX key IFEQ value`) and then `EXISTS mark`. A release that deleted
+//!   the key and found no mark is the script's uncontended release: it deletes nothing else
+//!   and publishes nothing. A release that found a mark (a waiter asked to be told) then
+//!   deletes the mark and publishes the notice, in a second round trip. The two commands are
+//!   not one atomic step as the script is, and the outcome is still the script's: a mark
+//!   that was there at the delete and gone at the check was removed by the next holder's
+//!   release, which announced it, or expired with its waiter's wait; a mark that appeared in
+//!   between (a waiter of a next holder) is deleted and announced too, which wakes that
+//!   waiter early: it tries, fails and marks the name again. No waiter is left unannounced;
+//!   at most one is woken for nothing. (A `MULTI`/`EXEC` would make the check atomic, but
+//!   the client then holds back every other command of its connection around it.)
 //!
 //! What stays Lua: acquiring a lock and handing it over raise the fencing counter from the
 //! server's clock (`TIME`) in the same atomic step as the grant, and a failed acquisition

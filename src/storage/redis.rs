@@ -561,6 +561,31 @@ impl RedisBackend {
         );
     }
 
+    /// Commands (name, arguments, the key that routes it) pipelined on `client` in one round
+    /// trip: their replies in order, or the first error (a reply error, or an outage).
+    async fn pipelined(
+        &self,
+        client: &Client,
+        commands: Vec<(&'static str, Vec<String>, &str)>,
+    ) -> Result<Vec<Reply>, Failure> {
+        let pipeline = client.pipeline();
+        for (cmd, args, key) in commands {
+            let command = CustomCommand::new_static(cmd, hash_for(Some(key)), false);
+            let _: () = pipeline
+                .custom(command, args)
+                .await
+                .map_err(|e| classify(&e))?;
+        }
+        let timeout = self.opts.timeout.unwrap_or(Duration::from_secs(1));
+        let results: Vec<Result<Value, Error>> = tokio::time::timeout(timeout, pipeline.try_all())
+            .await
+            .map_err(|_| Failure::Outage("pipeline timed out".into()))?;
+        results
+            .into_iter()
+            .map(|r| r.map(to_reply).map_err(|e| classify(&e)))
+            .collect()
+    }
+
     /// Runs a native plan on `client`: the reply the script would have given.
     async fn run_plan(&self, client: &Client, plan: Plan) -> Result<Reply, Failure> {
         match plan {
@@ -577,48 +602,31 @@ impl RedisBackend {
                 channel,
                 requests,
             } => {
-                let trx = client.multi();
+                // One round trip: per request the conditional delete, then the mark check.
+                let mut commands = Vec::with_capacity(requests.len() * 2);
                 for (key, mark, value, _) in &requests {
                     let (cmd, args) = form.command(key, value);
-                    let delete = CustomCommand::new_static(cmd, hash_for(Some(key)), false);
-                    let _: Value = trx.custom(delete, args).await.map_err(|e| classify(&e))?;
-                    let exists = CustomCommand::new_static("EXISTS", hash_for(Some(mark)), false);
-                    let _: Value = trx
-                        .custom(exists, vec![mark.clone()])
-                        .await
-                        .map_err(|e| classify(&e))?;
+                    commands.push((cmd, args, key.as_str()));
+                    commands.push(("EXISTS", vec![mark.clone()], mark.as_str()));
                 }
-                let timeout = self.opts.timeout.unwrap_or(Duration::from_secs(1));
-                let replies: Value = tokio::time::timeout(timeout, trx.exec(true))
-                    .await
-                    .map_err(|_| Failure::Outage("transaction timed out".into()))?
-                    .map_err(|e| classify(&e))?;
-                let Reply::Array(replies) = to_reply(replies) else {
-                    return Err(Failure::Command("EXEC answered no array".into()));
-                };
-                if replies.len() != requests.len() * 2 {
-                    return Err(Failure::Command(format!(
-                        "EXEC answered {} replies for {} commands",
-                        replies.len(),
-                        requests.len() * 2
-                    )));
-                }
+                let replies = self.pipelined(client, commands).await?;
                 let mut out = Vec::with_capacity(requests.len());
+                let mut announce = Vec::new();
                 for (pair, (_, mark, _, notice)) in replies.chunks_exact(2).zip(&requests) {
                     let deleted = pair[0].as_int() == 1;
                     if deleted && pair[1].as_int() == 1 {
                         // A waiter marked the name: tell it, as the script would have.
-                        self.raw(client, "DEL", vec![mark.clone()], Some(mark))
-                            .await?;
-                        self.raw(
-                            client,
+                        announce.push(("DEL", vec![mark.clone()], mark.as_str()));
+                        announce.push((
                             "PUBLISH",
                             vec![channel.clone(), notice.clone()],
-                            Some(mark),
-                        )
-                        .await?;
+                            mark.as_str(),
+                        ));
                     }
                     out.push(Reply::Int(i64::from(deleted)));
+                }
+                if !announce.is_empty() {
+                    self.pipelined(client, announce).await?;
                 }
                 Ok(Reply::Array(out))
             }
