@@ -1,6 +1,12 @@
 //! The lock scripts (acquire, release, extend, hand-over). Each is one round trip. They run on Redis only
 //! ([`Storage::eval_on_redis`](crate::storage::Storage::eval_on_redis)): a lock granted by the
 //! fallback and replayed later would be a lie, so the local twins refuse to run.
+//!
+//! On a server that has the commands, the extension runs as `SET lock token IFEQ token PX
+//! ttl` and the release as `DELIFEQ` (or `DELEX ... IFEQ`) with a check of the waiting mark
+//! ([`Native`]; the storage's `native` module says why that is the script's outcome). The
+//! acquisition and the hand-over stay Lua: the fencing counter is raised from the server's
+//! clock in the same atomic step as the grant.
 
 use std::sync::OnceLock;
 

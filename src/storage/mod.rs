@@ -454,7 +454,7 @@ impl Storage {
                 // What the server is decides the native commands; a server that cannot
                 // honour `wait_aof` is refused here, naming the setting. An outage meanwhile
                 // leaves it to the first resync.
-                if let Ok(Some(problem)) = backend.detect().await {
+                if let Ok(Some(problem)) = backend.detect_at_start().await {
                     backend.quit().await;
                     return Err(StorageError::Config {
                         key: "storage.redis.wait_aof",

@@ -191,7 +191,7 @@ pub(crate) fn plan(
         Native::DeleteIfEqualAnnounced => {
             let form = commands.delete_if_equal?;
             let (channel, rest) = args.split_first()?;
-            if keys.is_empty() || keys.len() % 2 != 0 || rest.len() != keys.len() {
+            if keys.is_empty() || !keys.len().is_multiple_of(2) || rest.len() != keys.len() {
                 return None;
             }
             let requests = keys

@@ -444,6 +444,16 @@ impl RedisBackend {
     /// `storage.redis.wait_aof` cannot be honoured, when it is set and cannot (logged at
     /// ERROR once per change); the caller refuses the server.
     pub async fn detect(&self) -> Result<Option<String>, Failure> {
+        self.detect_with(true).await
+    }
+
+    /// [`RedisBackend::detect`] at start-up, where a refusal is the caller's error to report
+    /// (start-up fails naming the setting), not a log line.
+    pub async fn detect_at_start(&self) -> Result<Option<String>, Failure> {
+        self.detect_with(false).await
+    }
+
+    async fn detect_with(&self, log_refusal: bool) -> Result<Option<String>, Failure> {
         let sections: &[&str] = if self.wait.is_some_and(|w| w.aof) {
             &["server", "persistence"]
         } else {
@@ -511,6 +521,9 @@ impl RedisBackend {
         let was_refused = self
             .aof_refused
             .swap(problem.is_some(), std::sync::atomic::Ordering::Relaxed);
+        if !log_refusal {
+            return Ok(problem);
+        }
         match (&problem, was_refused) {
             (Some(p), false) => tracing::error!(
                 backend = "redis",

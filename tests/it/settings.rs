@@ -328,7 +328,7 @@ fn a_replica_wait_must_be_shorter_than_the_command_timeout() {
     assert_eq!(err.problems().len(), 1, "{err}");
     assert!(message(&err, "storage.redis.wait_timeout_ms").contains("got 400"));
     assert_eq!(
-        load_err("[storage.redis]\nwait_aof = \"yes\"\n", &[])
+        load_err("[storage.redis]\nwait_aof = \"perhaps\"\n", &[])
             .problem("storage.redis.wait_aof")
             .unwrap()
             .kind,
