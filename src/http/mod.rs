@@ -45,6 +45,7 @@
 //! | `mod.rs` | [`HttpApi`], [`HttpApiBuilder`], the state the handlers share (fleet, `[api]` settings, seams, shutdown signal) |
 //! | `routes.rs` | the routes: `/health` (GET and HEAD), `/status`, `/metrics`, `/openapi.json`, `/api/bot/...`, `/api/admin/send`, each service area's, a JSON 404 |
 //! | `openapi.rs`, `openapi/` | the OpenAPI document, in parts (`base.json` and one per service area), merged and served at `/openapi.json` |
+//! | `locks.rs` | `/api/locks/acquire`, `/extend`, `/release`: leases of the fleet's locks, by token, no watchdog |
 //! | `limits.rs` | the bounds of each request's phases, `Connection: close` on refusals, the connection cap with its reserve for `/health` |
 //! | `snapshot.rs` | [`StatusSnapshot`], the health verdict, the [`StatusSection`] seam |
 //! | `sections.rs` | the built-in sections and their Prometheus samples |
@@ -74,6 +75,7 @@ mod bot;
 mod dashboard;
 mod fleet_bot;
 mod limits;
+mod locks;
 mod metrics;
 mod openapi;
 mod routes;
