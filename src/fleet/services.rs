@@ -17,7 +17,7 @@ use crate::actors::history::{History, HistoryWriter, RETENTION_JOB};
 use crate::actors::locks::{LockManager, Locks};
 use crate::actors::presence::{hostname, Presence};
 use crate::actors::scheduler::periodic::Periodic;
-use crate::actors::scheduler::{Scheduler, SchedulerActor};
+use crate::actors::scheduler::{external, Scheduler, SchedulerActor};
 use crate::actors::shared_data::{Fetcher, ReaderActor, SharedData, SharedDataError};
 use crate::actors::storage_monitor::{StorageModeChanged, StorageMonitor};
 use crate::settings::Settings;
@@ -134,6 +134,10 @@ impl Services {
         // The worker runs under the actor, from the tree's start: the host's handlers only
         // register.
         scheduler.supervise();
+        // `[[scheduler.handlers]]`: validated with the settings, so a refusal here is a bug.
+        if let Err(e) = external::register(&scheduler, &settings.scheduler.handlers) {
+            tracing::error!(actor = "scheduler", error = %e, "configured handlers not registered");
+        }
         {
             let (scheduler, periodic) = (scheduler.clone(), periodic.clone());
             let runtime = tokio::runtime::Handle::current();
