@@ -96,17 +96,25 @@ pub fn register(scheduler: &Scheduler, handlers: &[HandlerSettings]) -> Result<(
                     return Err(invalid("an empty command".into()));
                 }
                 let argv: Arc<[String]> = argv.clone().into();
-                scheduler.register_handler(&handler.task_type, handler.concurrency, move |task| {
-                    let argv = argv.clone();
-                    async move { run_command(&argv, &Invocation::of(&task), timeout).await }
-                })?;
+                scheduler.register_handler(
+                    &handler.task_type,
+                    handler.concurrency,
+                    move |task| {
+                        let argv = argv.clone();
+                        async move { run_command(&argv, &Invocation::of(&task), timeout).await }
+                    },
+                )?;
             }
             (None, Some(url)) => {
                 let hook = Arc::new(Webhook::new(url, timeout).map_err(invalid)?);
-                scheduler.register_handler(&handler.task_type, handler.concurrency, move |task| {
-                    let hook = hook.clone();
-                    async move { hook.call(&Invocation::of(&task)).await }
-                })?;
+                scheduler.register_handler(
+                    &handler.task_type,
+                    handler.concurrency,
+                    move |task| {
+                        let hook = hook.clone();
+                        async move { hook.call(&Invocation::of(&task)).await }
+                    },
+                )?;
             }
             _ => return Err(invalid("expected exactly one of command and url".into())),
         }
@@ -123,7 +131,11 @@ pub fn register(scheduler: &Scheduler, handlers: &[HandlerSettings]) -> Result<(
 
 /// Runs `argv` for one attempt (see the module doc): `Ok(())` when it exits 0 within
 /// `timeout`, else the reason, with the tail of its stderr.
-pub async fn run_command(argv: &[String], invocation: &Invocation, timeout: Duration) -> HandlerResult {
+pub async fn run_command(
+    argv: &[String],
+    invocation: &Invocation,
+    timeout: Duration,
+) -> HandlerResult {
     let Some((program, args)) = argv.split_first() else {
         return Err("no command to run".into());
     };
@@ -153,7 +165,10 @@ pub async fn run_command(argv: &[String], invocation: &Invocation, timeout: Dura
     }
     let tail = Arc::new(Mutex::new(Tail::default()));
     let readers = [
-        child.stdout.take().map(|out| tokio::spawn(read_into(out, None))),
+        child
+            .stdout
+            .take()
+            .map(|out| tokio::spawn(read_into(out, None))),
         child
             .stderr
             .take()
@@ -199,10 +214,7 @@ fn with_stderr(what: String, stderr: &str) -> String {
 }
 
 /// Waits (up to [`OUTPUT_GRACE`]) for the output readers, then answers the stderr tail.
-async fn finish(
-    readers: [Option<tokio::task::JoinHandle<()>>; 2],
-    tail: &Mutex<Tail>,
-) -> String {
+async fn finish(readers: [Option<tokio::task::JoinHandle<()>>; 2], tail: &Mutex<Tail>) -> String {
     for reader in readers.into_iter().flatten() {
         let abort = reader.abort_handle();
         if tokio::time::timeout(OUTPUT_GRACE, reader).await.is_err() {
@@ -383,10 +395,17 @@ mod tests {
         let seen = "test \"$BOTFLEET_TASK_ID $BOTFLEET_TASK_TYPE $BOTFLEET_TASK_ATTEMPT\" = \
                     't-1 screenshot 2' && test \"$(cat)\" = '{\"id\":\"t-1\"}'";
         let second = Duration::from_secs(10);
-        assert_eq!(run_command(&argv(seen), &invocation(), second).await, Ok(()));
-        let failed = run_command(&argv("echo out; echo boom >&2; exit 3"), &invocation(), second)
-            .await
-            .unwrap_err();
+        assert_eq!(
+            run_command(&argv(seen), &invocation(), second).await,
+            Ok(())
+        );
+        let failed = run_command(
+            &argv("echo out; echo boom >&2; exit 3"),
+            &invocation(),
+            second,
+        )
+        .await
+        .unwrap_err();
         assert_eq!(failed, "exit code 3; stderr: boom");
         let missing = run_command(&["/no/such/program".into()], &invocation(), second)
             .await
@@ -401,7 +420,11 @@ mod tests {
             .await
             .unwrap_err();
         assert!(error.ends_with("aaaaEND"), "{error}");
-        assert!(error.len() < STDERR_TAIL_BYTES + 64, "{} bytes", error.len());
+        assert!(
+            error.len() < STDERR_TAIL_BYTES + 64,
+            "{} bytes",
+            error.len()
+        );
     }
 
     #[tokio::test]
@@ -421,12 +444,18 @@ mod tests {
         let gone = || {
             std::fs::read_to_string(&stat)
                 .ok()
-                .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
+                .and_then(|s| {
+                    s.rsplit_once(')')
+                        .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+                })
                 .unwrap_or(true)
         };
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while !gone() {
-            assert!(std::time::Instant::now() < deadline, "the grandchild survived the kill");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the grandchild survived the kill"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }

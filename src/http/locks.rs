@@ -122,7 +122,9 @@ async fn extend(state: web::Data<AppState>, body: Bytes) -> Result<HttpResponse,
         .await
         .map_err(refused)?;
     match extended {
-        Some(expires_at_ms) => Ok(HttpResponse::Ok().json(json!({ "expires_at_ms": expires_at_ms }))),
+        Some(expires_at_ms) => {
+            Ok(HttpResponse::Ok().json(json!({ "expires_at_ms": expires_at_ms })))
+        }
         None => Err(not_holder(&request.name)),
     }
 }

@@ -98,6 +98,11 @@ impl Settings {
         copy.storage.redis.url = redact_url(&copy.storage.redis.url);
         copy.api.token = copy.api.token.redacted();
         copy.history.url = redact_url(&copy.history.url);
+        for handler in &mut copy.scheduler.handlers {
+            if let Some(url) = &mut handler.url {
+                *url = redact_url(url);
+            }
+        }
         copy
     }
 
@@ -775,8 +780,9 @@ pub const HANDLER_MAX_CONCURRENCY: usize = 1_024;
 pub const TASK_TYPE_MAX_BYTES: usize = 128;
 
 /// One `[[scheduler.handlers]]` entry: how the daemon runs the tasks of one type, with exactly
-/// one of `command` (a process per task) and `url` (a POST per task).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// one of `command` (a process per task) and `url` (a POST per task). Its `Debug` and
+/// [`Settings::redacted`] hide a password in the URL.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HandlerSettings {
     /// The task type handled (`type` in the file).
@@ -797,6 +803,18 @@ pub struct HandlerSettings {
     /// else fails the attempt.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+}
+
+impl std::fmt::Debug for HandlerSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HandlerSettings")
+            .field("task_type", &self.task_type)
+            .field("concurrency", &self.concurrency)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("command", &self.command)
+            .field("url", &self.url.as_deref().map(redact_url))
+            .finish()
+    }
 }
 
 impl Default for HandlerSettings {

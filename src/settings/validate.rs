@@ -623,7 +623,9 @@ fn handlers(settings: &Settings, check: &mut Checker<'_>) {
         if task_type.trim().is_empty() || task_type.len() > TASK_TYPE_MAX_BYTES {
             check.fail(
                 &key("type"),
-                format!("expected a task type of 1 to {TASK_TYPE_MAX_BYTES} bytes, got {task_type:?}"),
+                format!(
+                    "expected a task type of 1 to {TASK_TYPE_MAX_BYTES} bytes, got {task_type:?}"
+                ),
             );
         } else if let Some(first) = seen.insert(task_type.as_str(), i) {
             check.fail(

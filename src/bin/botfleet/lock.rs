@@ -415,8 +415,18 @@ mod tests {
     #[test]
     fn the_command_follows_the_double_dash() {
         let cli = Cli::try_parse_from([
-            "botfleet", "lock", "run", "wallet-lock", "--ttl-ms", "3000", "--wait-ms", "500",
-            "--", "sh", "-c", "echo --ttl-ms",
+            "botfleet",
+            "lock",
+            "run",
+            "wallet-lock",
+            "--ttl-ms",
+            "3000",
+            "--wait-ms",
+            "500",
+            "--",
+            "sh",
+            "-c",
+            "echo --ttl-ms",
         ])
         .unwrap();
         let Command::Lock(LockCommand::Run(args)) = cli.command else {
