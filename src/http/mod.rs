@@ -1,5 +1,6 @@
-//! The daemon's HTTP API: health, status, Prometheus metrics, the live stream, the dashboard
-//! and the bot-control endpoints of seed 001 under `/api/bot/`.
+//! The daemon's HTTP API: health, status, Prometheus metrics, the live stream, the dashboard,
+//! the bot-control endpoints of seed 001 under `/api/bot/`, and the fleet's locks for holders
+//! outside the process under `/api/locks/`.
 //!
 //! [`HttpApi::builder`] takes a running [`Fleet`] and reads everything from it on request:
 //! [`Fleet::health`] (storage counters and the supervision tree's board, no message sent),
