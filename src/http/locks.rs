@@ -13,12 +13,12 @@
 use std::time::Duration;
 
 use actix_web::web::{self, Bytes};
-use actix_web::HttpResponse;
+use actix_web::{HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
 
 use super::bot::{parse_json, ApiError};
-use super::AppState;
+use super::{limits, AppState};
 use crate::actors::locks::LockError;
 use crate::storage::StorageError;
 
@@ -89,8 +89,13 @@ fn check_ttl(state: &AppState, ttl_ms: u64) -> Result<Duration, ApiError> {
     Ok(Duration::from_millis(ttl_ms))
 }
 
-/// `POST /api/locks/acquire`.
-async fn acquire(state: web::Data<AppState>, body: Bytes) -> Result<HttpResponse, ApiError> {
+/// `POST /api/locks/acquire`. A client that closes its connection while it waits gives up
+/// its place; a lock granted just as it left is released.
+async fn acquire(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    body: Bytes,
+) -> Result<HttpResponse, ApiError> {
     let request: AcquireRequest = parse_json(&body)?;
     check_name(&state, &request.name)?;
     let ttl = check_ttl(&state, request.ttl_ms)?;
@@ -101,12 +106,17 @@ async fn acquire(state: web::Data<AppState>, body: Bytes) -> Result<HttpResponse
         ));
     }
     let wait = Duration::from_millis(request.wait_ms);
-    let lease = state
-        .fleet
-        .locks()
-        .acquire_lease(&request.name, ttl, wait)
-        .await
-        .map_err(refused)?;
+    let locks = state.fleet.locks();
+    let lease = tokio::select! {
+        lease = locks.acquire_lease(&request.name, ttl, wait) => lease.map_err(refused)?,
+        _ = limits::client_gone(&req) => return Err(gone()),
+    };
+    if limits::client_closed(&req) {
+        if let Err(e) = locks.release_lease(&lease.name, &lease.token).await {
+            tracing::warn!(key = %lease.name, error = %e, "a lock granted to a client that left could not be released; it expires with its ttl");
+        }
+        return Err(gone());
+    }
     Ok(HttpResponse::Ok().json(lease))
 }
 
@@ -143,6 +153,14 @@ async fn release(state: web::Data<AppState>, body: Bytes) -> Result<HttpResponse
         Ok(HttpResponse::Ok().json(json!({ "released": true })))
     } else {
         Err(not_holder(&request.name))
+    }
+}
+
+/// The answer to a client that left while it waited (nobody reads it).
+fn gone() -> ApiError {
+    ApiError::BadRequest {
+        field: None,
+        message: "the client closed the connection while it waited".into(),
     }
 }
 

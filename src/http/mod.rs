@@ -227,7 +227,10 @@ impl HttpApiBuilder {
                     .keep_alive(keep_alive)
                     .client_disconnect_timeout(limits::LINGER)
                     .max_connections(per_worker)
-                    .on_connect(move |_, extensions| counter.on_connect(extensions))
+                    .on_connect(move |io, extensions| {
+                        counter.on_connect(extensions);
+                        limits::PeerSocket::record(io, extensions);
+                    })
                     .disable_signals()
                     .shutdown_timeout(2)
                     .listen(listener);

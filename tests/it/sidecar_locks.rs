@@ -171,6 +171,46 @@ fn seed_set_nx_and_http_locks_exclude_each_other() {
     assert!(!seed_set_nx(&redis, name));
 }
 
+/// A waiter whose client leaves (its connection closed: an HTTP client that gave up, a `lock
+/// run` interrupted) gives up its place: the lock is not taken for nobody when it frees.
+#[test]
+fn a_waiter_that_leaves_takes_nothing() {
+    use std::io::Write as _;
+    let redis = RedisServer::start().unwrap();
+    let daemon = Sidecar::start(&redis.url(), &[]);
+    let name = "left-waiter-lock";
+    let (token, _, _) = lease(acquire(&daemon, name, 30_000, 0));
+    let waiters = || daemon.get("/status").1["locks"]["waiters"].as_u64();
+
+    let body = json!({ "name": name, "ttl_ms": 30_000, "wait_ms": 20_000 }).to_string();
+    let mut client = std::net::TcpStream::connect(daemon.addr()).unwrap();
+    write!(
+        client,
+        "POST /api/locks/acquire HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    poll_until(WAIT, || waiters() == Some(1)).expect("the HTTP client waits");
+    drop(client);
+    poll_until(WAIT, || waiters() == Some(0)).expect("the waiter left with its client");
+
+    let mut waiting = lock_run(&daemon, name, 30_000, 20_000, r#"touch "$DIR/ran""#)
+        .spawn()
+        .unwrap();
+    poll_until(WAIT, || waiters() == Some(1)).expect("lock run waits");
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(waiting.id() as i32, libc::SIGTERM) };
+    assert_eq!(code(waiting.wait().unwrap()), 128 + libc::SIGTERM);
+    poll_until(WAIT, || waiters() == Some(0)).expect("the waiter left with lock run");
+
+    assert_eq!(release(&daemon, name, &token).0, 200);
+    assert!(
+        redis.cmd(&["GET", name]).is_nil(),
+        "taken for a client that left"
+    );
+    assert!(!daemon.path("ran").exists());
+}
+
 #[test]
 fn a_lock_nobody_extends_expires_at_its_ttl() {
     let redis = RedisServer::start().unwrap();

@@ -32,6 +32,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 use std::time::Duration;
 
+use botfleet::clock::now_ms;
 use botfleet::settings::Settings;
 use clap::Subcommand;
 use serde_json::json;
@@ -160,12 +161,15 @@ impl Signals {
 struct Held {
     token: String,
     fence: u64,
+    /// When the daemon granted it, by this process's clock: between the request and its
+    /// answer, where the daemon's `expires_at_ms - ttl_ms` says (on another host, as close
+    /// as clock skew allows).
+    granted_at: Instant,
 }
 
 async fn hold_and_run(daemon: &Daemon, args: &LockRunArgs) -> anyhow::Result<Exit> {
     let mut signals = Signals::install()?;
     let ttl = Duration::from_millis(args.ttl_ms);
-    let asked_at = Instant::now();
     let acquired = tokio::select! {
         acquired = acquire(daemon, args) => acquired?,
         sig = signals.next() => {
@@ -200,7 +204,7 @@ async fn hold_and_run(daemon: &Daemon, args: &LockRunArgs) -> anyhow::Result<Exi
         args.name.clone(),
         held.token.clone(),
         ttl,
-        asked_at,
+        held.granted_at,
         lost_tx,
     ));
     let mut lost: Option<String> = None;
@@ -254,20 +258,31 @@ async fn hold_and_run(daemon: &Daemon, args: &LockRunArgs) -> anyhow::Result<Exi
 async fn acquire(daemon: &Daemon, args: &LockRunArgs) -> Result<Option<Held>, ClientError> {
     let body = json!({ "name": args.name, "ttl_ms": args.ttl_ms, "wait_ms": args.wait_ms });
     let within = Duration::from_millis(args.wait_ms) + REQUEST_MARGIN;
+    let asked_at = Instant::now();
     match daemon
         .post_within("/api/locks/acquire", &body, within)
         .await
     {
         Ok(lease) => {
+            let answered_at = Instant::now();
             let bad = |what: &str| ClientError::BadAnswer {
                 url: "/api/locks/acquire".into(),
                 reason: format!("no {what} in {lease}"),
             };
             let token = lease["token"].as_str().ok_or_else(|| bad("token"))?;
             let fence = lease["fence"].as_u64().ok_or_else(|| bad("fence"))?;
+            let expires_at_ms = lease["expires_at_ms"]
+                .as_u64()
+                .ok_or_else(|| bad("expires_at_ms"))?;
+            // How long ago the daemon granted it, by the wall clocks, kept within what this
+            // process saw: no earlier than the request was sent, no later than the answer.
+            let granted_ms = expires_at_ms.saturating_sub(args.ttl_ms);
+            let age = Duration::from_millis(now_ms().saturating_sub(granted_ms))
+                .min(answered_at - asked_at);
             Ok(Some(Held {
                 token: token.to_owned(),
                 fence,
+                granted_at: answered_at - age,
             }))
         }
         Err(ClientError::Refused { status: 409, .. }) => Ok(None),
@@ -295,8 +310,7 @@ async fn release(daemon: &Daemon, name: &str, token: &str) -> Option<bool> {
 /// Extends the lock every third of `ttl` from the last success; tells `lost` why once the
 /// lock cannot be counted on any more: the daemon says the token no longer holds it, or no
 /// extension succeeded within two thirds of the TTL after the last one (the lock would
-/// otherwise be at risk of expiring while CMD runs). `held_since` is when the acquisition was
-/// asked for (the lock's TTL started after it).
+/// otherwise be at risk of expiring while CMD runs). `held_since` is when it was granted.
 async fn keep_extended(
     daemon: Daemon,
     name: String,
