@@ -776,8 +776,6 @@ impl Default for SchedulerSettings {
 pub const HANDLER_MAX_TIMEOUT_MS: u64 = 86_400_000;
 /// Largest `concurrency` of a `[[scheduler.handlers]]` entry.
 pub const HANDLER_MAX_CONCURRENCY: usize = 1_024;
-/// Longest task type, bytes (as the scheduler takes them).
-pub const TASK_TYPE_MAX_BYTES: usize = 128;
 
 /// One `[[scheduler.handlers]]` entry: how the daemon runs the tasks of one type, with exactly
 /// one of `command` (a process per task) and `url` (a POST per task). Its `Debug` and

@@ -615,17 +615,17 @@ pub(crate) fn check_filter(filter: &str) -> Result<(), String> {
 /// `[[scheduler.handlers]]`: a type handled once, exactly one of a command and a webhook, and
 /// bounds on concurrency and timeout.
 fn handlers(settings: &Settings, check: &mut Checker<'_>) {
-    use super::{HANDLER_MAX_CONCURRENCY, HANDLER_MAX_TIMEOUT_MS, TASK_TYPE_MAX_BYTES};
+    use super::{HANDLER_MAX_CONCURRENCY, HANDLER_MAX_TIMEOUT_MS};
+    // The scheduler's bound on a type's name.
+    const TYPE_MAX_BYTES: usize = 128;
     let mut seen = std::collections::HashMap::new();
     for (i, handler) in settings.scheduler.handlers.iter().enumerate() {
         let key = |name: &str| format!("scheduler.handlers[{i}].{name}");
         let task_type = &handler.task_type;
-        if task_type.trim().is_empty() || task_type.len() > TASK_TYPE_MAX_BYTES {
+        if task_type.trim().is_empty() || task_type.len() > TYPE_MAX_BYTES {
             check.fail(
                 &key("type"),
-                format!(
-                    "expected a task type of 1 to {TASK_TYPE_MAX_BYTES} bytes, got {task_type:?}"
-                ),
+                format!("expected a task type of 1 to {TYPE_MAX_BYTES} bytes, got {task_type:?}"),
             );
         } else if let Some(first) = seen.insert(task_type.as_str(), i) {
             check.fail(
