@@ -52,7 +52,8 @@ impl Services {
     /// storage monitor, presence, lock manager, history writer (when `history.enabled`),
     /// hazard ticker, scheduler, the shared-data fetcher and readers (when
     /// `shared_data.enabled`), the heartbeat sender and peer monitor (when
-    /// `heartbeat.enabled`), the admin inbox. The history archive, opened by the caller with
+    /// `heartbeat.enabled`), the admin inbox; the settings' `[[scheduler.handlers]]` are
+    /// registered with the scheduler. The history archive, opened by the caller with
     /// `History::open_supervised`, gets its writer actor (before its producers, so that it
     /// stops after them), its producers and its retention job. Call it on the host's
     /// multi-threaded tokio runtime: the tasks the handles spawn run there.
