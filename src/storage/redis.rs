@@ -124,6 +124,8 @@ pub struct RedisBackend {
     opts: Options,
     channels: Mutex<BTreeSet<String>>,
     clustered: bool,
+    /// The database number the connections select (the URL's, or `storage.redis.db`).
+    database: u8,
     /// `storage.redis.wait_replicas` and `wait_timeout_ms`, when replicas must ack writes.
     wait: Option<(u32, u64)>,
     /// Writes fewer replicas than asked acknowledged within the timeout.
@@ -396,12 +398,14 @@ impl RedisBackend {
         settings: &RedisSettings,
     ) -> Self {
         let clustered = pool.clients()[0].is_clustered();
+        let database = pool.clients()[0].client_config().database.unwrap_or(0);
         Self {
             pool,
             subscriber,
             opts,
             channels: Mutex::new(BTreeSet::new()),
             clustered,
+            database,
             wait: (settings.wait_replicas > 0)
                 .then_some((settings.wait_replicas, settings.wait_timeout_ms.max(1))),
             unreplicated: std::sync::atomic::AtomicU64::new(0),
@@ -499,6 +503,37 @@ impl RedisBackend {
     /// Whether the server is a Cluster.
     pub fn is_clustered(&self) -> bool {
         self.clustered
+    }
+
+    /// The database number the connections select.
+    pub fn database(&self) -> u8 {
+        self.database
+    }
+
+    /// `CONFIG GET name`: the value, `None` when the server has no such parameter. A server
+    /// that refuses `CONFIG` (renamed, or not allowed to this user) answers a command error.
+    pub async fn config_get(&self, name: &str) -> Result<Option<String>, Failure> {
+        let reply = self
+            .raw(
+                self.pool.next(),
+                "CONFIG",
+                vec!["GET".into(), name.to_string()],
+                None,
+            )
+            .await?;
+        Ok(reply.into_strings().into_iter().nth(1))
+    }
+
+    /// `CONFIG SET name value`.
+    pub async fn config_set(&self, name: &str, value: &str) -> Result<(), Failure> {
+        self.raw(
+            self.pool.next(),
+            "CONFIG",
+            vec!["SET".into(), name.to_string(), value.to_string()],
+            None,
+        )
+        .await
+        .map(|_| ())
     }
 
     /// Connection events of every connection (pool and subscriber), into `tx`.
