@@ -161,20 +161,50 @@ impl Heartbeat {
         }
     }
 
+    /// Sets the room (`None`: in none), participants and status at once, and writes the
+    /// heartbeat once: what a bot registering through the daemon (`PUT
+    /// /api/heartbeats/{pid}`) does at each of its beats. Answers the record written. An
+    /// empty room URL, participant id or status is refused, nothing written.
+    pub async fn update(
+        &self,
+        room: Option<&str>,
+        participants: &[&str],
+        status: &str,
+    ) -> Result<HeartbeatRecord, HeartbeatError> {
+        if let Some(room) = room {
+            check_room(room)?;
+        }
+        check_participants(participants)?;
+        if status.trim().is_empty() {
+            return Err(HeartbeatError::EmptyStatus);
+        }
+        {
+            let mut record = self.shared.record.lock();
+            record.0 = room.map(str::to_string);
+            record.1 = participants.iter().map(|p| p.to_string()).collect();
+            record.2 = status.to_string();
+        }
+        self.write().await
+    }
+
     /// Writes the heartbeat now, stamped with the server's clock.
     pub async fn beat(&self) -> Result<(), HeartbeatError> {
+        self.write().await.map(drop)
+    }
+
+    /// Writes the heartbeat now; answers the record written.
+    async fn write(&self) -> Result<HeartbeatRecord, HeartbeatError> {
         let storage = &self.shared.storage;
         let result = async {
             let at = storage.server_time_ms().await?;
             let ttl = Duration::from_secs(self.shared.settings.ttl_secs);
-            storage
-                .set(&self.key(), self.record_at(at).to_json(), Some(ttl))
-                .await?;
-            Ok::<_, HeartbeatError>(())
+            let record = self.record_at(at);
+            storage.set(&self.key(), record.to_json(), Some(ttl)).await?;
+            Ok::<_, HeartbeatError>(record)
         }
         .await;
         match &result {
-            Ok(()) => {
+            Ok(_) => {
                 self.shared.beats.fetch_add(1, Ordering::Relaxed);
                 *self.shared.last_error.lock() = None;
             }
@@ -184,10 +214,9 @@ impl Heartbeat {
     }
 
     /// Deletes the heartbeat (a clean exit, so that peers do not take this process for a
-    /// zombie).
-    pub async fn remove(&self) -> Result<(), HeartbeatError> {
-        self.shared.storage.del(&[&self.key()]).await?;
-        Ok(())
+    /// zombie). Answers whether there was one.
+    pub async fn remove(&self) -> Result<bool, HeartbeatError> {
+        Ok(self.shared.storage.del(&[&self.key()]).await? > 0)
     }
 }
 
