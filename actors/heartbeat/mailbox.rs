@@ -284,7 +284,7 @@ impl QueuedMessage {
 }
 
 /// What [`Admin::receive`](super::Admin::receive) answers.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Received {
     /// The oldest messages of the queue, in queue order (none repeated).
     pub messages: Vec<QueuedMessage>,

@@ -89,6 +89,19 @@ impl Heartbeat {
         }
     }
 
+    /// A handle writing the heartbeat of `pid` on the same storage, settings and host: for
+    /// a bot that registers its heartbeat through this process (a sidecar's `PUT
+    /// /api/heartbeats/{pid}`). It starts with no room, no participants and the default
+    /// status; no actor beats for it.
+    pub fn with_pid(&self, pid: u32) -> Heartbeat {
+        Self::for_pid(
+            self.shared.storage.clone(),
+            self.shared.settings.clone(),
+            &self.shared.host,
+            pid,
+        )
+    }
+
     /// The pid whose heartbeat this handle writes.
     pub fn pid(&self) -> u32 {
         self.shared.pid

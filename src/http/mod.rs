@@ -72,6 +72,7 @@ use crate::settings::ApiSettings;
 mod auth;
 mod bot;
 mod dashboard;
+mod data;
 mod fleet_bot;
 mod limits;
 mod metrics;
