@@ -417,10 +417,7 @@ impl Admin {
         wait: Duration,
     ) -> Result<Received, HeartbeatError> {
         self.check_foreign(pid)?;
-        self.shared
-            .mailboxes
-            .receive(pid, max.max(1), wait)
-            .await
+        self.shared.mailboxes.receive(pid, max.max(1), wait).await
     }
 
     /// Removes the messages `ids` (as [`Admin::receive`] gave them) from bot `pid`'s queue,

@@ -566,13 +566,13 @@ mod tests {
             read_payload(r#"{"message":"m","timestamp":1704067205250}"#).sent_at_ms,
             Some(1_704_067_205_250)
         );
-        assert_eq!(
-            read_payload(r#"{"message":{"a":1}}"#).message,
-            r#"{"a":1}"#
-        );
+        assert_eq!(read_payload(r#"{"message":{"a":1}}"#).message, r#"{"a":1}"#);
 
         let text = read_payload("Hello bot!");
-        assert_eq!((text.message.as_str(), text.kind), ("Hello bot!", PayloadKind::Text));
+        assert_eq!(
+            (text.message.as_str(), text.kind),
+            ("Hello bot!", PayloadKind::Text)
+        );
         assert_eq!(read_payload("[1,2]").kind, PayloadKind::Text);
     }
 
@@ -580,7 +580,11 @@ mod tests {
     fn content_ids_are_stable_and_distinct() {
         let a = QueuedMessage::of(r#"{"message":"a","timestamp":1}"#.into());
         let b = QueuedMessage::of(r#"{"message":"a","timestamp":2}"#.into());
-        assert!(a.id.starts_with("sha256:") && a.id.len() == 7 + 32, "{}", a.id);
+        assert!(
+            a.id.starts_with("sha256:") && a.id.len() == 7 + 32,
+            "{}",
+            a.id
+        );
         assert_ne!(a.id, b.id);
         assert_eq!(a.id, content_id(r#"{"message":"a","timestamp":1}"#));
     }

@@ -212,7 +212,9 @@ impl Heartbeat {
             let at = storage.server_time_ms().await?;
             let ttl = Duration::from_secs(self.shared.settings.ttl_secs);
             let record = self.record_at(at);
-            storage.set(&self.key(), record.to_json(), Some(ttl)).await?;
+            storage
+                .set(&self.key(), record.to_json(), Some(ttl))
+                .await?;
             Ok::<_, HeartbeatError>(record)
         }
         .await;

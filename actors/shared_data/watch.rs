@@ -128,7 +128,9 @@ pub(crate) async fn run(core: Arc<Core>) {
     let settings = &core.settings;
     let counters = &core.watch;
     if settings.watch_interval_ms == 0 {
-        counters.mode.store(WatchMode::Off.as_u8(), Ordering::Relaxed);
+        counters
+            .mode
+            .store(WatchMode::Off.as_u8(), Ordering::Relaxed);
         return std::future::pending().await;
     }
     let interval = Duration::from_millis(settings.watch_interval_ms);

@@ -40,7 +40,10 @@ const PARTICIPANT_MAX: usize = 256;
 /// Registers the routes of the data services, each with its full path.
 pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/api/shared-data", web::get().to(shared_data::read))
-        .route("/api/shared-data/stream", web::get().to(shared_data::stream))
+        .route(
+            "/api/shared-data/stream",
+            web::get().to(shared_data::stream),
+        )
         .route("/api/admin/inbox/{pid}", web::get().to(inbox::receive))
         .route("/api/admin/inbox/{pid}/ack", web::post().to(inbox::ack))
         .route("/api/identities", web::put().to(identities::write))

@@ -87,7 +87,7 @@ use std::time::{Duration, Instant};
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
 use fred::types::config::{Options, ReconnectError, Server, ServerConfig, UnresponsiveConfig};
-use fred::types::{ClusterHash, CustomCommand, Message};
+use fred::types::{ClusterHash, CustomCommand, KeyspaceEvent, Message};
 use parking_lot::Mutex;
 use tokio::sync::broadcast;
 
@@ -850,11 +850,26 @@ impl RedisBackend {
         self.subscriber.message_rx()
     }
 
+    /// Keyspace notifications arriving on subscribed `__keyspace@DB__:KEY` channels: the
+    /// client hands them out apart from the other messages.
+    pub fn keyspace_events(&self) -> broadcast::Receiver<KeyspaceEvent> {
+        self.subscriber.keyspace_event_rx()
+    }
+
     /// Closes every connection.
     pub async fn quit(&self) {
         let _ = self.subscriber.quit().await;
         let _ = self.pool.quit().await;
     }
+}
+
+/// A keyspace notification as the message it was: (`__keyspace@DB__:KEY`, the command). The
+/// client parses `__keyevent@` notifications into the same form; botfleet subscribes to none.
+pub fn keyspace_text(event: &KeyspaceEvent) -> (String, String) {
+    (
+        format!("__keyspace@{}__:{}", event.db, event.key.as_str_lossy()),
+        event.operation.clone(),
+    )
 }
 
 /// Decodes a pub/sub payload as text.

@@ -108,6 +108,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "actors::locks",
             "actors::presence",
             "actors::scheduler",
+            "actors::shared_data",
             "actors::storage_monitor",
             "clock",
             "fleet",

@@ -95,7 +95,10 @@ fn copy_event(reader: &str, snapshot: &Arc<Snapshot>, fresh_ms: u64) -> actix_we
     } else {
         Origin::Stale
     };
-    frame("snapshot", &reading(reader, snapshot, origin, age, fresh_ms))
+    frame(
+        "snapshot",
+        &reading(reader, snapshot, origin, age, fresh_ms),
+    )
 }
 
 /// `GET /api/shared-data/stream`.
