@@ -503,18 +503,23 @@ impl Consumer {
             }
         }
         if ack && !messages.is_empty() {
-            let ids: Vec<&str> = messages.iter().map(|m| m["id"].as_str().unwrap()).collect();
-            let answer = self
-                .api
-                .ok(
-                    Method::POST,
-                    &format!("/api/admin/inbox/{}/ack", self.pid),
-                    Some(&json!({ "ids": ids }).to_string()),
-                )
-                .await;
+            let answer = self.ack(&messages).await;
             assert_eq!(answer["stale"], false, "{answer}");
+            assert_eq!(answer["acked"], messages.len(), "{answer}");
         }
         (messages, answer["stale"] == true)
+    }
+
+    /// Acknowledges `messages`; answers the daemon's answer.
+    async fn ack(&self, messages: &[Value]) -> Value {
+        let ids: Vec<&str> = messages.iter().map(|m| m["id"].as_str().unwrap()).collect();
+        self.api
+            .ok(
+                Method::POST,
+                &format!("/api/admin/inbox/{}/ack", self.pid),
+                Some(&json!({ "ids": ids }).to_string()),
+            )
+            .await
     }
 }
 
@@ -594,8 +599,16 @@ async fn two_thousand_admin_messages_reach_an_http_consumer_in_order_across_a_cr
         "acknowledged entries left the queue, the others stay"
     );
 
-    // Redis dies; 400 more are sent meanwhile (to the daemon's fallback and outbox). A new
-    // consumer reads nothing while Redis's queue cannot be read, and is told so.
+    // A new consumer (the bot restarted, its record of handled ids kept) reads those 100
+    // again. Redis dies before it acknowledges them; 400 more are sent meanwhile (to the
+    // daemon's fallback and outbox). Its acknowledgement waits in the outbox; its reads answer
+    // nothing while Redis's queue cannot be read, and say so.
+    let (again, _) = consumer.read(0, false).await;
+    let again_ids: Vec<&str> = again.iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert_eq!(
+        again_ids, unacked,
+        "the unacknowledged batch, again, in order"
+    );
     server.kill9();
     poll_until_async(WAIT, || {
         let mode = fleet.storage().mode();
@@ -606,6 +619,12 @@ async fn two_thousand_admin_messages_reach_an_http_consumer_in_order_across_a_cr
     for i in 800..1_200 {
         send_admin(&api, None, PID, i).await;
     }
+    let acked = consumer.ack(&again).await;
+    assert_eq!(
+        acked,
+        json!({"acked": 100, "stale": true}),
+        "applied on Redis later"
+    );
     let (during, stale) = consumer.read(200, true).await;
     assert!(during.is_empty(), "{during:?}");
     assert!(
@@ -619,6 +638,13 @@ async fn two_thousand_admin_messages_reach_an_http_consumer_in_order_across_a_cr
     })
     .await
     .unwrap();
+    // The replay appended the 400 and removed the acknowledged 100 (the AOF kept the rest).
+    assert_eq!(server.cmd(&["LLEN", &queue]).as_int(), Some(600));
+    let head = server.cmd(&["LINDEX", &queue, "0"]);
+    assert!(
+        head.as_str().unwrap().contains("msg-0600"),
+        "the queue starts after what was acknowledged: {head:?}"
+    );
 
     // The second consumer runs while the last 800 are sent, seed payloads among them.
     let sender = {
@@ -1214,4 +1240,64 @@ async fn bad_input_is_refused_naming_the_field_and_mutations_need_the_token() {
     assert_eq!(status, StatusCode::NOT_FOUND, "{answer}");
     http.stop().await;
     fleet.shutdown().await.unwrap();
+}
+
+/// One read and one acknowledgement of a queue holding an envelope twice (a replay's copy), a
+/// seed payload and plain text: what they answer and leave.
+async fn ack_outcome(storage: botfleet::storage::Storage) -> (Vec<String>, u64, Vec<String>, bool) {
+    let admin = botfleet::actors::heartbeat::Admin::for_pid(
+        storage.clone(),
+        botfleet::settings::AdminSettings::default(),
+        "parity",
+        1,
+    );
+    let queue = "admin:queue:77";
+    let envelope = r#"{"id":"h-1-000000000001","from":"h-1","message":"one","sent_at":5}"#;
+    let seed = r#"{"message":"two","timestamp":1740227344.5}"#;
+    storage
+        .rpush(queue, &[envelope, seed, envelope, "three"])
+        .await
+        .unwrap();
+    storage
+        .expire(queue, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let read = admin.receive(77, 10, Duration::ZERO).await.unwrap();
+    let ids: Vec<String> = read.messages.iter().map(|m| m.id.clone()).collect();
+    let acked = admin
+        .acknowledge(77, &[ids[0].clone(), ids[1].clone(), "absent".into()])
+        .await
+        .unwrap();
+    let rest = storage.lrange(queue, 0, -1).await.unwrap();
+    let expires = matches!(
+        storage.ttl(queue).await.unwrap(),
+        botfleet::storage::Ttl::Expires(_)
+    );
+    (ids, acked.acked, rest, expires)
+}
+
+/// The `admin-ack-all` script and its Rust twin (the fallback's) answer alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledgements_answer_alike_on_redis_and_the_fallback() {
+    let server = RedisServer::start().unwrap();
+    let keys = botfleet::storage::KeySchema::default();
+    let on_redis = botfleet::storage::Storage::open(&settings(&server.url()).storage, &keys)
+        .await
+        .unwrap();
+    let mut alone = settings("");
+    alone.storage.redis.enabled = false;
+    let local = botfleet::storage::Storage::open(&alone.storage, &keys)
+        .await
+        .unwrap();
+    let redis = ack_outcome(on_redis).await;
+    let fallback = ack_outcome(local).await;
+    assert_eq!(redis, fallback);
+    assert_eq!(redis.0.len(), 3, "the copy is one message: {redis:?}");
+    assert_eq!(redis.1, 2, "two ids removed entries");
+    assert_eq!(
+        redis.2,
+        vec!["three".to_string()],
+        "every copy of the envelope went"
+    );
+    assert!(redis.3, "the queue keeps its expiry");
 }
