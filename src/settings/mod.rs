@@ -790,8 +790,9 @@ pub struct SharedDataSettings {
     /// Names of the readers started with the fleet (used in logs and metrics).
     pub readers: Vec<String>,
     /// Interval of the check of `shared_key` that finds snapshots written by anyone (a seed
-    /// bot's `SET` sends no notice), milliseconds; 0 turns the check off. With keyspace
-    /// notifications in use it is only the safety net, run every four intervals.
+    /// bot's `SET` sends no notice), milliseconds; 0 turns the check off, else at most half
+    /// of `fresh_ms`. With keyspace notifications in use it is only the safety net, run
+    /// every four intervals.
     pub watch_interval_ms: u64,
     /// Whether readers also follow the key through Redis keyspace notifications.
     pub keyspace_events: KeyspaceEvents,
