@@ -20,6 +20,7 @@ use serde_json::{Map, Value};
 const PARTS: &[(&str, &str)] = &[
     ("base", include_str!("openapi/base.json")),
     ("data", include_str!("openapi/data.json")),
+    ("locks", include_str!("openapi/locks.json")),
 ];
 
 /// The merged document, as served (or why it could not be merged).

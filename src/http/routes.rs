@@ -10,7 +10,7 @@ use super::bot::{
     StartRequest, TaskListQuery,
 };
 use super::snapshot::StatusSnapshot;
-use super::{dashboard, data, metrics, openapi, sse, AppState};
+use super::{dashboard, metrics, openapi, sse, AppState};
 use crate::storage::Mode;
 
 /// Registers every route, each with its full path (the `openapi` suite reads them from the
@@ -35,7 +35,8 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
         .route("/api/bot/metrics/{session_id}", web::get().to(bot_metrics))
         .route("/api/bot/system-status", web::get().to(system_status));
     // Each service area's routes (one line each, before the fallback).
-    cfg.configure(data::configure);
+    cfg.configure(super::data::configure);
+    cfg.configure(super::locks::configure);
     cfg.default_service(web::to(not_found));
 }
 

@@ -31,7 +31,10 @@ const LAYERS: &[(&str, &[&str])] = &[
         "actors::presence",
         &["clock", "settings", "storage", "supervisor"],
     ),
-    ("actors::locks", &["settings", "storage", "supervisor"]),
+    (
+        "actors::locks",
+        &["clock", "settings", "storage", "supervisor"],
+    ),
     (
         "actors::cache",
         &[

@@ -35,6 +35,8 @@
 //! | [`history`] | the SQL archive on SQLite and PostgreSQL, its outages, `botfleet history` |
 //! | [`http_api`] | the HTTP API over real sockets, and the commands that talk to it |
 //! | [`http_limits`] | the HTTP server's bounds: stalled bodies closed in time, `/health` during a flood |
+//! | [`sidecar_locks`] | the HTTP lock API and `botfleet lock run` against the built daemon: exclusion with seed `SET NX`, fences, expiry, kill -9, 503 off Redis |
+//! | [`handlers`] | `[[scheduler.handlers]]`: commands and webhooks run tasks in the built daemon; bad entries refuse the start |
 //! | [`daemon`] | `botfleet run` as a process: signals, exit codes, graceful stop |
 //! | [`dashboard`] | the dashboard page in headless Chromium |
 //!
@@ -52,6 +54,7 @@ mod daemon;
 mod dashboard;
 mod fences;
 mod fleet;
+mod handlers;
 mod harness;
 mod hazards;
 mod heartbeat;
@@ -68,6 +71,7 @@ mod scheduler_parity;
 mod settings;
 mod shared_data;
 mod sidecar_data;
+mod sidecar_locks;
 mod storage_failover;
 mod storage_file_crash;
 mod storage_parity;
