@@ -54,6 +54,7 @@
 //! | `fleet_bot.rs` | [`FleetBot`]: [`BotApi`] over the fleet's scheduler |
 //! | `auth.rs` | the bearer token on mutating methods, its header parsed strictly, compared in constant time |
 //! | `metrics.rs` | Prometheus text from a snapshot, through a registry built per request |
+//! | `data.rs`, `data/` | the sidecar's data services: shared data and its stream, admin inboxes with acknowledgement, identities, heartbeats, peers and their stream |
 //! | `sse.rs` | `/api/events/stream` (snapshots on a timer, storage events at once) and `/api/bot/event-stream` (the scheduler's events) |
 //! | `dashboard.rs`, `dashboard.html` | the page, embedded with `include_str!`, inline CSS and JavaScript |
 //!
@@ -74,6 +75,7 @@ use crate::settings::ApiSettings;
 mod auth;
 mod bot;
 mod dashboard;
+mod data;
 mod fleet_bot;
 mod limits;
 mod locks;

@@ -853,6 +853,13 @@ pub struct SharedDataSettings {
     pub leader_ttl_ms: u64,
     /// Names of the readers started with the fleet (used in logs and metrics).
     pub readers: Vec<String>,
+    /// Interval of the check of `shared_key` that finds snapshots written by anyone (a seed
+    /// bot's `SET` sends no notice), milliseconds; 0 turns the check off, else at most half
+    /// of `fresh_ms`. With keyspace notifications in use it is only the safety net, run
+    /// every four intervals.
+    pub watch_interval_ms: u64,
+    /// Whether readers also follow the key through Redis keyspace notifications.
+    pub keyspace_events: KeyspaceEvents,
     /// `[shared_data.source]`.
     pub source: SharedSourceSettings,
     /// `[shared_data.extract]`.
@@ -872,10 +879,28 @@ impl Default for SharedDataSettings {
             leader_lock: "botfleet:shared-data:leader".into(),
             leader_ttl_ms: 5_000,
             readers: ["EN", "VI", "JP", "ID"].map(String::from).to_vec(),
+            watch_interval_ms: 500,
+            keyspace_events: KeyspaceEvents::Auto,
             source: SharedSourceSettings::default(),
             extract: ExtractSettings::default(),
         }
     }
+}
+
+/// Whether the shared-data readers follow `shared_key` through Redis keyspace notifications
+/// (`__keyspace@DB__:KEY`), which announce a seed bot's `SET` the moment it happens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyspaceEvents {
+    /// Use them when the server already emits them for strings (`CONFIG GET
+    /// notify-keyspace-events` holds `K` and `$` or `A`); the server's configuration is
+    /// never changed.
+    Auto,
+    /// Never: the key is checked every `watch_interval_ms`.
+    Off,
+    /// Add `K$` to the server's `notify-keyspace-events` (`CONFIG SET`) when they are
+    /// missing, then use them: this changes the server for every client.
+    Enable,
 }
 
 /// `[shared_data.source]`: the HTTP JSON endpoint the fetcher polls.

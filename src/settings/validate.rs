@@ -761,6 +761,19 @@ fn shared_data(settings: &Settings, check: &mut Checker<'_>) {
         "shared_data.source.backoff_max_ms",
         shared.source.backoff_max_ms,
     );
+    // A check of the key must come well inside the freshness window, or readers would
+    // serve a seed writer's rounds stale.
+    if shared.watch_interval_ms > 0 && shared.watch_interval_ms.saturating_mul(2) > shared.fresh_ms
+    {
+        check.fail(
+            "shared_data.watch_interval_ms",
+            format!(
+                "expected 0 (off) or at most half of shared_data.fresh_ms ({} ms), got {}",
+                shared.fresh_ms / 2,
+                shared.watch_interval_ms
+            ),
+        );
+    }
     if shared.source.attempts > 20 {
         check.fail(
             "shared_data.source.attempts",

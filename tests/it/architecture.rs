@@ -111,6 +111,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "actors::locks",
             "actors::presence",
             "actors::scheduler",
+            "actors::shared_data",
             "actors::storage_monitor",
             "clock",
             "fleet",
