@@ -325,20 +325,25 @@ fn distinct(path: &Path) -> usize {
     ids.len()
 }
 
-fn start_consumer(out: &Path, redis: &RedisServer, daemon: &Sidecar) -> Child {
+/// Starts the consumer; with `stall`, it hangs after recording that message, unacknowledged.
+fn start_consumer(
+    out: &Path,
+    stall: Option<&str>,
+    redis: &RedisServer,
+    daemon: &Sidecar,
+) -> Child {
     let last = format!("msg-{:05}", MESSAGES - 1);
-    let mut cmd = python_program(
-        "admin_consumer.py",
-        &[CONSUMER_PID, &out.to_string_lossy(), &last],
-        redis,
-        daemon,
-    );
+    let out = out.to_string_lossy();
+    let mut args = vec![CONSUMER_PID, &*out, &*last];
+    args.extend(stall);
+    let mut cmd = python_program("admin_consumer.py", &args, redis, daemon);
     cmd.stdin(Stdio::null()).stdout(Stdio::null());
     spawn_tied_to_process(cmd).expect("start admin_consumer.py")
 }
 
 /// 2,000 admin messages to a Python consumer (`admin_inbox`) through the daemon, the consumer
-/// killed with -9 and started again midway, Redis killed and restarted once (messages sent
+/// killed with -9 midway while it handled a message (recorded, not acknowledged) and started
+/// again, Redis killed and restarted once (messages sent
 /// meanwhile wait in the daemon's outbox): after deduplication by id each message was
 /// delivered once, in send order, and every one was acknowledged (the queue ends empty).
 #[test]
@@ -349,18 +354,19 @@ fn python_admin_inbox_delivers_each_message_once_in_order_through_kills() {
     let third = MESSAGES / 3;
 
     send_messages(0, third, &redis, &daemon);
-    let mut consumer = start_consumer(&out, &redis, &daemon);
-    poll_until(Duration::from_secs(60), || distinct(&out) >= third / 2)
-        .unwrap_or_else(|e| panic!("the consumer got {} messages: {e}", distinct(&out)));
+    // Killed while it handles a message it has recorded but not acknowledged.
+    let stall = format!("msg-{:05}", third / 2);
+    let mut consumer = start_consumer(&out, Some(&stall), &redis, &daemon);
+    poll_until(Duration::from_secs(60), || {
+        received(&out).iter().any(|(_, m)| *m == stall)
+    })
+    .unwrap_or_else(|e| panic!("the consumer got {} messages: {e}", distinct(&out)));
     consumer.kill().expect("kill -9 the consumer");
     consumer.wait().expect("reap the consumer");
     let at_kill = distinct(&out);
-    assert!(
-        at_kill < third,
-        "the consumer was to be killed midway, it had all {at_kill} already"
-    );
+    assert_eq!(at_kill, third / 2 + 1, "the consumer skipped or repeated messages");
 
-    let mut consumer = start_consumer(&out, &redis, &daemon);
+    let mut consumer = start_consumer(&out, None, &redis, &daemon);
     send_messages(third, 2 * third, &redis, &daemon);
     poll_until(Duration::from_secs(60), || distinct(&out) >= third + third / 2)
         .unwrap_or_else(|e| panic!("the consumer got {} messages: {e}", distinct(&out)));
@@ -401,6 +407,10 @@ fn python_admin_inbox_delivers_each_message_once_in_order_through_kills() {
             }
         }
     }
+    assert!(
+        record.iter().filter(|(_, m)| *m == stall).count() >= 2,
+        "{stall}, unacknowledged when its consumer was killed, was not delivered again"
+    );
     let expected: Vec<String> = (0..MESSAGES).map(|i| format!("msg-{i:05}")).collect();
     if order != expected {
         let first_wrong = order

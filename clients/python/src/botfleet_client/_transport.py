@@ -181,6 +181,9 @@ class EventStream(Iterator[ServerSentEvent]):
         headers["Accept"] = "text/event-stream"
         try:
             self._conn.request("GET", transport.target(route, query), headers=headers)
+            # Kept here: once the answer says `Connection: close`, the connection hands its
+            # socket over to the response and forgets it.
+            self._sock = self._conn.sock
             self._response = self._conn.getresponse()
         except (OSError, http.client.HTTPException) as e:
             self._conn.close()
@@ -189,8 +192,8 @@ class EventStream(Iterator[ServerSentEvent]):
             raw = self._response.read()
             self._conn.close()
             raise error_for(self._response.status, _decode(raw), f"GET {route} answered {self._response.status}")
-        if self._conn.sock is not None:
-            self._conn.sock.settimeout(read_timeout)
+        if self._sock is not None:
+            self._sock.settimeout(read_timeout)
         self._route = route
         self._closed = False
 
@@ -245,13 +248,14 @@ class EventStream(Iterator[ServerSentEvent]):
         blocked in ``next()`` returns (the iteration stops)."""
         if not self._closed:
             self._closed = True
-            sock = self._conn.sock
+            sock = self._sock
             if sock is not None:
                 try:
                     sock.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
             self._conn.close()
+            self._response.close()
 
     def __enter__(self) -> "EventStream":
         return self
