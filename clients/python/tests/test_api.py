@@ -139,6 +139,12 @@ class GameTest(unittest.TestCase):
         updated = c.update_game_session(user, agent, {"currentStep": 1, "winAmount": 10.1})
         self.assertEqual((updated["currentStep"], updated["winAmount"]), (1, 10.1))
         self.assertEqual(c.get_game_session(user, agent)["currentStep"], 1)
+        counted = c.update_game_session(user, agent, increment={"currentStep": 2, "betAmount": -2.5})
+        self.assertEqual((counted["currentStep"], counted["betAmount"]), (3, 7.5))
+        c.update_game_session(user, agent, set={"currentStep": 1})
+        with self.assertRaises(BadRequestError) as bad:
+            c.update_game_session(user, agent, set={"noSuchField": 1})
+        self.assertEqual(bad.exception.field, "set.noSuchField")
         self.assertTrue(c.delete_game_session(user, agent))
         self.assertFalse(c.delete_game_session(user, agent))
         with self.assertRaises(NotFoundError):

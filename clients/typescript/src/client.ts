@@ -723,9 +723,22 @@ export class BotfleetClient {
     return this.request("GET", `/api/game-sessions/${segment(user)}/${segment(agent)}`);
   }
 
-  /** Changes the fields of `set`, atomically against concurrent updates; resolves to the new session. */
-  updateGameSession(user: string, agent: string, set: Partial<GameSession>): Promise<GameSession> {
-    return this.request("PATCH", `/api/game-sessions/${segment(user)}/${segment(agent)}`, { body: { set } });
+  /**
+   * Changes a game session atomically against concurrent updates: the fields of `set` take
+   * their values, those of `increment` (`nonce`, `currentStep`, `winAmount`, `betAmount`)
+   * grow by theirs. Use `increment` for counters: a `set` computed from an earlier read
+   * overwrites concurrent changes. Resolves to the new session.
+   */
+  updateGameSession(
+    user: string,
+    agent: string,
+    set: Partial<GameSession> = {},
+    increment: Partial<Pick<GameSession, "nonce" | "currentStep" | "winAmount" | "betAmount">> = {},
+  ): Promise<GameSession> {
+    const body: Record<string, unknown> = {};
+    if (Object.keys(set).length > 0) body.set = set;
+    if (Object.keys(increment).length > 0) body.increment = increment;
+    return this.request("PATCH", `/api/game-sessions/${segment(user)}/${segment(agent)}`, { body });
   }
 
   /** Deletes a game session: whether there was one. */

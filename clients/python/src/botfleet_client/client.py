@@ -366,10 +366,24 @@ class Client:
         """The game session; :class:`NotFoundError` when there is none."""
         return self._get(path("api", "game-sessions", user, agent))
 
-    def update_game_session(self, user: str, agent: str, set: Mapping[str, Any]) -> Dict[str, Any]:
-        """Changes the fields of ``set`` (camelCase) of a game session, atomically against
-        concurrent updates; answers the new session."""
-        return self._send("PATCH", path("api", "game-sessions", user, agent), {"set": dict(set)})
+    def update_game_session(
+        self,
+        user: str,
+        agent: str,
+        set: Optional[Mapping[str, Any]] = None,
+        increment: Optional[Mapping[str, Any]] = None,
+    ) -> Dict[str, Any]:
+        """Changes a game session atomically against concurrent updates: the fields of
+        ``set`` (camelCase) take their values, those of ``increment`` (``nonce``,
+        ``currentStep``, ``winAmount``, ``betAmount``) grow by theirs. Use ``increment`` for
+        counters: a ``set`` computed from an earlier read overwrites concurrent changes.
+        Answers the new session."""
+        body: Dict[str, Any] = {}
+        if set:
+            body["set"] = dict(set)
+        if increment:
+            body["increment"] = dict(increment)
+        return self._send("PATCH", path("api", "game-sessions", user, agent), body)
 
     def delete_game_session(self, user: str, agent: str) -> bool:
         """Deletes a game session: whether there was one."""
