@@ -93,6 +93,8 @@ pub struct CacheStats {
     pub loads: u64,
     /// Loader calls that failed.
     pub load_errors: u64,
+    /// Invalidations this process published ([`Cache::set`], [`Cache::invalidate`]).
+    pub invalidations_sent: u64,
     /// Invalidations received from other processes.
     pub invalidations_received: u64,
     /// Near entries dropped because the near cache was full.
@@ -122,6 +124,7 @@ struct Counters {
     misses: AtomicU64,
     loads: AtomicU64,
     load_errors: AtomicU64,
+    invalidations_sent: AtomicU64,
     invalidations: AtomicU64,
     evictions: AtomicU64,
 }
@@ -223,6 +226,7 @@ impl Cache {
             misses: c.misses.load(Ordering::Relaxed),
             loads: c.loads.load(Ordering::Relaxed),
             load_errors: c.load_errors.load(Ordering::Relaxed),
+            invalidations_sent: c.invalidations_sent.load(Ordering::Relaxed),
             invalidations_received: c.invalidations.load(Ordering::Relaxed),
             evictions: c.evictions.load(Ordering::Relaxed),
             near_entries: self.inner.near.len() as u64,
@@ -377,6 +381,10 @@ impl Cache {
             .storage
             .publish(&self.inner.settings.channel, &text)
             .await?;
+        self.inner
+            .counters
+            .invalidations_sent
+            .fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 

@@ -103,6 +103,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "http",
         &[
+            "actors::hazards",
             "actors::heartbeat",
             "actors::history",
             "actors::locks",
