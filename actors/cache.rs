@@ -27,6 +27,9 @@
 //! - A full near cache drops its expired entries, then arbitrary ones down to 7/8 of its
 //!   capacity, counted in [`CacheStats::evictions`]; hits keep no bookkeeping, so they stay
 //!   cheap.
+//! - Every answer, loader call and invalidation sent or received is counted
+//!   ([`Cache::stats`]: atomic counters, nothing on a lock); the daemon shows them in `/status`
+//!   (`cache`), `/metrics` (`botfleet_cache_...`) and on the dashboard.
 //!
 //! In a fleet the `CacheListener` actor (`cache` in the tree) follows the channel from a
 //! supervised task on the host runtime, and is told of mode changes by the storage monitor

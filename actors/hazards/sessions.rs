@@ -5,6 +5,12 @@
 //!
 //! The set has no TTL of its own in the seed; [`GameSessions::list`] drops members whose
 //! session expired.
+//!
+//! Updates are read-modify-write with a compare-and-set ([`GameSessions::update`],
+//! [`GameSessions::try_update`] for a change that may refuse): a writer that loses to another
+//! reads again and reapplies its change after a short random pause, so concurrent writers in
+//! any number of processes lose no update. A session is read and written whole, as
+//! [`GameSession`]: fields of the stored JSON that it does not have are dropped by an update.
 
 use std::time::Duration;
 

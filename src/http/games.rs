@@ -39,35 +39,19 @@ pub(crate) const MAX_SEED_BYTES: usize = 256;
 /// Fields a GET of a session adds (its freshness), which a PUT of what was read ignores.
 const READ_ONLY: &[&str] = &["stale", "as_of_ms"];
 
-/// Registers the routes of this area, each with its full path.
+/// Registers the routes of this area, each with its full path, one per line (the `openapi`
+/// suite reads them from the source).
+#[rustfmt::skip]
 pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route(
-        "/api/game-sessions/{user}/{agent}",
-        web::put().to(put_session),
-    )
-    .route(
-        "/api/game-sessions/{user}/{agent}",
-        web::get().to(get_session),
-    )
-    .route(
-        "/api/game-sessions/{user}/{agent}",
-        web::patch().to(patch_session),
-    )
-    .route(
-        "/api/game-sessions/{user}/{agent}",
-        web::delete().to(delete_session),
-    )
-    .route("/api/fairness/verify", web::post().to(verify))
-    .route("/api/fairness/{user}/{agent}", web::get().to(get_fairness))
-    .route(
-        "/api/fairness/{user}/{agent}/start",
-        web::post().to(start_fairness),
-    )
-    .route("/api/fairness/{user}/{agent}/round", web::get().to(round))
-    .route(
-        "/api/fairness/{user}/{agent}/settle",
-        web::post().to(settle),
-    );
+    cfg.route("/api/game-sessions/{user}/{agent}", web::put().to(put_session))
+        .route("/api/game-sessions/{user}/{agent}", web::get().to(get_session))
+        .route("/api/game-sessions/{user}/{agent}", web::patch().to(patch_session))
+        .route("/api/game-sessions/{user}/{agent}", web::delete().to(delete_session))
+        .route("/api/fairness/verify", web::post().to(verify))
+        .route("/api/fairness/{user}/{agent}", web::get().to(get_fairness))
+        .route("/api/fairness/{user}/{agent}/start", web::post().to(start_fairness))
+        .route("/api/fairness/{user}/{agent}/round", web::get().to(round))
+        .route("/api/fairness/{user}/{agent}/settle", web::post().to(settle));
 }
 
 impl From<HazardError> for ApiError {

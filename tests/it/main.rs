@@ -33,6 +33,7 @@
 //! | [`cache`] | the cache service: one loader per key, invalidation across processes |
 //! | [`history`] | the SQL archive on SQLite and PostgreSQL, its outages, `botfleet history` |
 //! | [`http_api`] | the HTTP API over real sockets, and the commands that talk to it |
+//! | [`sidecar_games`] | game sessions and fairness over HTTP: two daemons on one session, a round played and verified, bad input; the cache's figures |
 //! | [`http_limits`] | the HTTP server's bounds: stalled bodies closed in time, `/health` during a flood |
 //! | [`daemon`] | `botfleet run` as a process: signals, exit codes, graceful stop |
 //! | [`dashboard`] | the dashboard page in headless Chromium |
@@ -66,6 +67,7 @@ mod scheduler;
 mod scheduler_parity;
 mod settings;
 mod shared_data;
+mod sidecar_games;
 mod storage_failover;
 mod storage_file_crash;
 mod storage_parity;

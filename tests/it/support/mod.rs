@@ -17,6 +17,7 @@
 //! | [`port`] | [`free_port`] and the reservation that keeps a server's port ours while it is down |
 //! | [`process`] | spawning children that die with the test process, `/proc` liveness checks |
 //! | [`postgres`] | [`postgres::PgDatabase`] (a throwaway database) and [`postgres::PrivatePostgres`] (a server to stop) |
+//! | [`metrics`] | [`metrics::scrape`]: `/metrics` through a Prometheus text parser; [`metrics::sample`] |
 //! | [`http`] | [`HttpServer`]: a real HTTP/1.1 server on loopback that counts requests and can go down |
 //! | [`role`] | [`spawn_role`]: this binary's own `#[ignore]`d tests run as child processes |
 //! | [`browser`] | [`browser::Browser`]: headless Chromium driven over the DevTools protocol through pipes |
@@ -38,6 +39,7 @@ pub mod deploy;
 pub mod faulty;
 pub mod http;
 pub mod load;
+pub mod metrics;
 pub mod poll;
 pub mod port;
 pub mod postgres;
