@@ -27,7 +27,6 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::bot::{parse_json, ApiError};
-use super::routes::{fresh, query_pairs};
 use super::AppState;
 use crate::actors::hazards::sessions::GameSession;
 use crate::actors::hazards::{check_id, HazardError, MAX_ID_BYTES};
@@ -75,6 +74,27 @@ impl From<HazardError> for ApiError {
             _ => ApiError::Internal(e.to_string()),
         }
     }
+}
+
+/// `value` with `"stale"` and `"as_of_ms"`: during an outage a read answers from last-known
+/// state, as of the last moment Redis answered.
+fn with_freshness(state: &AppState, mut value: Value) -> Value {
+    if let Some(object) = value.as_object_mut() {
+        let freshness = state.fleet.storage().freshness();
+        object.insert("stale".into(), json!(freshness.stale));
+        object.insert("as_of_ms".into(), json!(freshness.as_of_ms));
+    }
+    value
+}
+
+/// The `key=value` pairs of the query string (400 when it does not parse).
+fn query_pairs(req: &HttpRequest) -> Result<Vec<(String, String)>, ApiError> {
+    web::Query::<Vec<(String, String)>>::from_query(req.query_string())
+        .map(web::Query::into_inner)
+        .map_err(|e| ApiError::BadRequest {
+            field: None,
+            message: format!("invalid query string: {e}"),
+        })
 }
 
 fn id_rule() -> String {
@@ -204,7 +224,7 @@ async fn get_session(
         .await?
         .ok_or_else(|| no_session(&user, &agent))?;
     let value = serde_json::to_value(session).map_err(|e| ApiError::Internal(e.to_string()))?;
-    Ok(HttpResponse::Ok().json(fresh(&state, Ok(value))?))
+    Ok(HttpResponse::Ok().json(with_freshness(&state, value)))
 }
 
 fn no_session(user: &str, agent: &str) -> ApiError {
@@ -432,7 +452,7 @@ async fn get_fairness(
             })
         })?;
     let value = serde_json::to_value(record).map_err(|e| ApiError::Internal(e.to_string()))?;
-    Ok(HttpResponse::Ok().json(fresh(&state, Ok(value))?))
+    Ok(HttpResponse::Ok().json(with_freshness(&state, value)))
 }
 
 /// A difficulty of `hazards.difficulties`, or 400 naming `difficulty` and listing them.
@@ -477,7 +497,7 @@ async fn round(
     difficulty(&state, &wanted)?;
     let round = state.fleet.hazards().round(&user, &agent, &wanted).await?;
     let value = serde_json::to_value(round).map_err(|e| ApiError::Internal(e.to_string()))?;
-    Ok(HttpResponse::Ok().json(fresh(&state, Ok(value))?))
+    Ok(HttpResponse::Ok().json(with_freshness(&state, value)))
 }
 
 /// `POST /api/fairness/{user}/{agent}/settle`: reveals the server seed of the round in play

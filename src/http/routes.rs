@@ -10,7 +10,7 @@ use super::bot::{
     StartRequest, TaskListQuery,
 };
 use super::snapshot::StatusSnapshot;
-use super::{dashboard, games, metrics, openapi, sse, AppState};
+use super::{dashboard, metrics, openapi, sse, AppState};
 use crate::storage::Mode;
 
 /// Registers every route, each with its full path (the `openapi` suite reads them from the
@@ -35,7 +35,7 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
         .route("/api/bot/metrics/{session_id}", web::get().to(bot_metrics))
         .route("/api/bot/system-status", web::get().to(system_status));
     // Each service area's routes (one line each, before the fallback).
-    cfg.configure(games::configure);
+    cfg.configure(super::games::configure);
     cfg.default_service(web::to(not_found));
 }
 
@@ -105,7 +105,7 @@ async fn system_status(state: web::Data<AppState>) -> HttpResponse {
 
 /// A read's answer with `"stale"` and `"as_of_ms"`: during an outage it comes from
 /// last-known state (plus this process's own writes), as of the last moment Redis answered.
-pub(crate) fn fresh(state: &AppState, result: Result<Value, ApiError>) -> Result<Value, ApiError> {
+fn fresh(state: &AppState, result: Result<Value, ApiError>) -> Result<Value, ApiError> {
     let mut value = result?;
     if let Some(object) = value.as_object_mut() {
         let freshness = state.fleet.storage().freshness();
@@ -139,7 +139,7 @@ async fn bot_status(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
 }
 
 /// The `key=value` pairs of the query string (400 when it does not parse).
-pub(crate) fn query_pairs(req: &HttpRequest) -> Result<Vec<(String, String)>, ApiError> {
+fn query_pairs(req: &HttpRequest) -> Result<Vec<(String, String)>, ApiError> {
     web::Query::<Vec<(String, String)>>::from_query(req.query_string())
         .map(web::Query::into_inner)
         .map_err(|e| ApiError::BadRequest {
