@@ -27,6 +27,8 @@ const RECENT_TASKS: usize = 10;
 const RECENT_EVENTS: usize = 20;
 /// Peers the bots section lists.
 const LISTED_PEERS: usize = 50;
+/// Largest source JSON the snapshot section shows; past it, only its size.
+const SNAPSHOT_SHOWN_BYTES: usize = 4_096;
 
 type Labels = Vec<(String, String)>;
 
@@ -188,7 +190,8 @@ impl StatusSection for BotsSection {
     }
 }
 
-/// `snapshot`: the shared snapshot's age, the fetcher and the readers (seed 000).
+/// `snapshot`: the shared snapshot (its source's JSON only when small) and its age, the
+/// fetcher, the readers and the key watch (seed 000).
 #[derive(Debug, Clone, Copy)]
 pub struct SnapshotSection;
 
@@ -205,11 +208,23 @@ impl StatusSection for SnapshotSection {
             let shared = fleet.shared_data();
             let latest = shared.latest();
             let metrics = shared.metrics();
+            // The snapshot itself, its source's JSON left out past a few KiB.
+            let snapshot = latest.as_ref().map(|s| {
+                let game_data = serde_json::to_string(&s.game_data).map_or(0, |t| t.len());
+                json!({
+                    "timestamp": s.timestamp,
+                    "processed_data": s.processed_data,
+                    "game_data": (game_data <= SNAPSHOT_SHOWN_BYTES).then_some(&s.game_data),
+                    "game_data_bytes": game_data,
+                })
+            });
             json!({
                 "age_ms": latest.as_ref().map(|s| s.age_ms(now_ms())),
                 "timestamp": latest.as_ref().map(|s| s.timestamp),
+                "snapshot": snapshot,
                 "fetcher": metrics.fetcher,
                 "readers": metrics.readers,
+                "watch": metrics.watch,
             })
         })
     }
@@ -244,6 +259,19 @@ impl StatusSection for SnapshotSection {
             "fetcher_failures",
             "Fetches that failed after every attempt",
             uint(&fetcher["failures"]),
+        );
+        let watch = &value["watch"];
+        counter(
+            registry,
+            "shared_data_key_reads",
+            "Reads of the shared key by the key watch",
+            uint(&watch["reads"]),
+        );
+        counter(
+            registry,
+            "shared_data_key_snapshots",
+            "Newer snapshots the key watch found in the shared key",
+            uint(&watch["snapshots_found"]),
         );
         let families: [(&str, &str, &str); 4] = [
             (

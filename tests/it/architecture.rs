@@ -31,7 +31,10 @@ const LAYERS: &[(&str, &[&str])] = &[
         "actors::presence",
         &["clock", "settings", "storage", "supervisor"],
     ),
-    ("actors::locks", &["settings", "storage", "supervisor"]),
+    (
+        "actors::locks",
+        &["clock", "settings", "storage", "supervisor"],
+    ),
     (
         "actors::cache",
         &[
@@ -109,6 +112,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "actors::locks",
             "actors::presence",
             "actors::scheduler",
+            "actors::shared_data",
             "actors::storage_monitor",
             "clock",
             "fleet",

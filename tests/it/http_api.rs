@@ -549,7 +549,9 @@ async fn bad_input_answers_400_naming_the_field_and_stores_nothing() {
         (r#"{"pid": "abc", "message": "m"}"#, "pid"),
         (r#"{"pid": "-3", "message": "m"}"#, "pid"),
         (r#"{"pid": "12"}"#, "message"),
-        (r#"{"pid": 12, "message": "m"}"#, "pid"),
+        (r#"{"pid": 0, "message": "m"}"#, "pid"),
+        (r#"{"pid": 12.5, "message": "m"}"#, "pid"),
+        (r#"{"pid": [12], "message": "m"}"#, "pid"),
     ] {
         let (status, answer) = post(&send, Some("t"), body).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {answer}");

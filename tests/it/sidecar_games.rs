@@ -7,7 +7,6 @@
 
 use crate::support;
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use botfleet::http::HttpApi;
@@ -16,50 +15,15 @@ use botfleet::Fleet;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use support::process::spawn_tied_to_process;
-use support::{free_port, poll_until, poll_until_async, RedisServer};
+use support::sidecar::Sidecar;
+use support::{poll_until_async, RedisServer};
 
 const TOKEN: &str = "games-token";
 const WAIT: Duration = Duration::from_secs(30);
 
-/// A `botfleet run` process with its HTTP API on a port of its own; killed on drop.
-struct Daemon {
-    child: Child,
-    base: String,
-}
-
-impl Daemon {
-    fn start(redis_url: &str) -> Daemon {
-        let addr = format!("127.0.0.1:{}", free_port());
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_botfleet"));
-        cmd.arg("run")
-            .env("REDIS_URL", redis_url)
-            .env("BOTFLEET__API__BIND", &addr)
-            .env("BOTFLEET__API__TOKEN", TOKEN)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let child = spawn_tied_to_process(cmd).expect("spawn botfleet run");
-        poll_until(WAIT, || {
-            matches!(
-                support::http::raw_request(&addr, "GET", "/health", ""),
-                Some((200, _))
-            )
-        })
-        .expect("the daemon answers /health");
-        Daemon {
-            child,
-            base: format!("http://{addr}"),
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child by pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGKILL) };
-        let _ = self.child.wait();
-    }
+/// `botfleet run` with the token set, on `redis_url`.
+fn daemon(redis_url: &str) -> Sidecar {
+    Sidecar::start(redis_url, &[("BOTFLEET__API__TOKEN", TOKEN)])
 }
 
 /// One request; the status and the body as JSON (a string when it is not JSON).
@@ -106,9 +70,9 @@ const INCREMENTS_PER_DAEMON: usize = 1_000;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_daemons_apply_every_increment_to_one_session() {
     let redis = RedisServer::start().unwrap();
-    let daemons = [Daemon::start(&redis.url()), Daemon::start(&redis.url())];
+    let daemons = [daemon(&redis.url()), daemon(&redis.url())];
     let client = reqwest::Client::new();
-    let session = |d: &Daemon| format!("{}/api/game-sessions/player1/agent1", d.base);
+    let session = |d: &Sidecar| format!("{}/api/game-sessions/player1/agent1", d.url());
     let (status, created) = call(
         &client,
         "PUT",
@@ -197,9 +161,9 @@ fn sha256_hex(text: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_round_played_through_the_daemon_verifies_with_the_revealed_seed() {
     let redis = RedisServer::start().unwrap();
-    let daemon = Daemon::start(&redis.url());
+    let daemon = daemon(&redis.url());
     let client = reqwest::Client::new();
-    let base = &daemon.base;
+    let base = &daemon.url();
     let fairness = format!("{base}/api/fairness/user123/agent456");
     let session = format!("{base}/api/game-sessions/user123/agent456");
     // Every answer before the settlement, to check that none of them holds the seed.
@@ -384,10 +348,9 @@ async fn a_round_played_through_the_daemon_verifies_with_the_revealed_seed() {
         assert_eq!(verified["hazards"], expected["hazards"], "{difficulty}");
         assert_eq!(verified["hashed_server_seed"], committed.as_str());
     }
-    // And with the command line, reading the same settings file as the daemon.
-    let out = support::process::run_botfleet(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")),
-        &[
+    // And with the command line, reading the daemon's own settings file.
+    let out = daemon
+        .command(&[
             "verify",
             "--server-seed",
             &seed,
@@ -398,9 +361,9 @@ async fn a_round_played_through_the_daemon_verifies_with_the_revealed_seed() {
             "--difficulty",
             "EASY",
             "--json",
-        ],
-        &[],
-    );
+        ])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{out:?}");
     let cli: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(cli["hazards"], round["hazards"]);

@@ -19,6 +19,7 @@
 //! | [`postgres`] | [`postgres::PgDatabase`] (a throwaway database) and [`postgres::PrivatePostgres`] (a server to stop) |
 //! | [`metrics`] | [`metrics::scrape`]: `/metrics` through a Prometheus text parser; [`metrics::sample`] |
 //! | [`http`] | [`HttpServer`]: a real HTTP/1.1 server on loopback that counts requests and can go down |
+//! | [`sidecar`] | [`sidecar::Sidecar`]: the built `botfleet run` on a free port, for the suites of its HTTP services and the commands that ask it |
 //! | [`role`] | [`spawn_role`]: this binary's own `#[ignore]`d tests run as child processes |
 //! | [`browser`] | [`browser::Browser`]: headless Chromium driven over the DevTools protocol through pipes |
 //! | [`faulty`] | [`faulty::Faulty`]: an actor that panics, fails, hangs or refuses to stop on request |
@@ -48,6 +49,7 @@ pub mod redis;
 pub mod resp;
 pub mod role;
 pub mod sentinel;
+pub mod sidecar;
 
 pub use cluster::RedisCluster;
 pub use deploy::{fit_settings, suite_settings, Inspect, TestRedis};
