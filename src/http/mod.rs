@@ -23,8 +23,8 @@
 //! - [`StatusSection`]: a named section of the status snapshot, with an optional health reason
 //!   (which turns `/health` to 503) and its own Prometheus samples. The built-in ones
 //!   ([`QueueSection`], [`BotsSection`], [`SnapshotSection`], [`HazardsSection`],
-//!   [`EventsSection`]) fill the dashboard's places ([`PLACEHOLDER_SECTIONS`]); other names are
-//!   shown as JSON. [`HttpApiBuilder::section`] adds one, or replaces the section of the same
+//!   [`CacheSection`], [`EventsSection`]) fill the dashboard's places
+//!   ([`PLACEHOLDER_SECTIONS`]); other names are shown as JSON. [`HttpApiBuilder::section`] adds one, or replaces the section of the same
 //!   name.
 //!
 //! The server (actix-web) runs on a thread of its own (`botfleet-http`), under its own actix
@@ -52,6 +52,7 @@
 //! | `sections.rs` | the built-in sections and their Prometheus samples |
 //! | `bot.rs` | seed 001's request types and their validation, [`ApiError`] (JSON `{"error","field"}`), the [`BotApi`] seam |
 //! | `fleet_bot.rs` | [`FleetBot`]: [`BotApi`] over the fleet's scheduler |
+//! | `games.rs` | `/api/game-sessions/...` and `/api/fairness/...`: seed 002's game sessions and fairness records over the fleet's handles, their bodies checked (400 naming the field) |
 //! | `auth.rs` | the bearer token on mutating methods, its header parsed strictly, compared in constant time |
 //! | `metrics.rs` | Prometheus text from a snapshot, through a registry built per request |
 //! | `data.rs`, `data/` | the sidecar's data services: shared data and its stream, admin inboxes with acknowledgement, identities, heartbeats, peers and their stream |
@@ -77,6 +78,7 @@ mod bot;
 mod dashboard;
 mod data;
 mod fleet_bot;
+mod games;
 mod limits;
 mod locks;
 mod metrics;
@@ -91,7 +93,9 @@ pub use bot::{
     Unavailable, PRIORITY_MAX, PRIORITY_MIN, TASK_STATUSES, TASK_TYPES,
 };
 pub use fleet_bot::FleetBot;
-pub use sections::{BotsSection, EventsSection, HazardsSection, QueueSection, SnapshotSection};
+pub use sections::{
+    BotsSection, CacheSection, EventsSection, HazardsSection, QueueSection, SnapshotSection,
+};
 pub use snapshot::{HealthVerdict, StatusSection, StatusSnapshot, PLACEHOLDER_SECTIONS};
 
 /// Why the HTTP server could not start.

@@ -21,6 +21,7 @@ const PARTS: &[(&str, &str)] = &[
     ("base", include_str!("openapi/base.json")),
     ("data", include_str!("openapi/data.json")),
     ("locks", include_str!("openapi/locks.json")),
+    ("games", include_str!("openapi/games.json")),
 ];
 
 /// The merged document, as served (or why it could not be merged).

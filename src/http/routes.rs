@@ -37,6 +37,7 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
     // Each service area's routes (one line each, before the fallback).
     cfg.configure(super::data::configure);
     cfg.configure(super::locks::configure);
+    cfg.configure(super::games::configure);
     cfg.default_service(web::to(not_found));
 }
 

@@ -1,5 +1,5 @@
 //! The built-in [`StatusSection`]s: the task queue, live and stale bots, the shared snapshot,
-//! the current hazards and the event feed. [`crate::http::HttpApi::builder`] installs all of
+//! the current hazards, the cache's counters and the event feed. [`crate::http::HttpApi::builder`] installs all of
 //! them; each fills its place on the dashboard and adds its samples to `GET /metrics`.
 //!
 //! A section reads counters kept in memory and a few bounded storage calls (never a whole
@@ -39,6 +39,7 @@ pub(crate) fn built_in() -> Vec<std::sync::Arc<dyn StatusSection>> {
         std::sync::Arc::new(BotsSection),
         std::sync::Arc::new(SnapshotSection),
         std::sync::Arc::new(HazardsSection),
+        std::sync::Arc::new(CacheSection),
         std::sync::Arc::new(EventsSection),
     ]
 }
@@ -375,6 +376,83 @@ impl StatusSection for HazardsSection {
             "hazard_leader",
             "1 when this process's hazard ticker leads",
             i64::from(ticker["leader"].as_bool().unwrap_or(false)),
+        );
+    }
+}
+
+/// `cache`: this process's cache counters (`Fleet::cache()`): hits from the near cache and
+/// from the storage (and their sum, `hits`), misses, loader calls and their failures,
+/// invalidations sent and received, evictions, near entries. Memory only, no storage call.
+#[derive(Debug, Clone, Copy)]
+pub struct CacheSection;
+
+impl StatusSection for CacheSection {
+    fn name(&self) -> &str {
+        "cache"
+    }
+
+    fn collect<'a>(&'a self, fleet: &'a Fleet) -> BoxFuture<'a, Value> {
+        Box::pin(async move {
+            let stats = fleet.cache().stats();
+            let mut value = serde_json::to_value(&stats).unwrap_or(Value::Null);
+            if let Some(object) = value.as_object_mut() {
+                object.insert("hits".into(), json!(stats.near_hits + stats.storage_hits));
+            }
+            value
+        })
+    }
+
+    fn metrics(&self, value: &Value, registry: &mut Registry) {
+        if value.get("misses").is_none() {
+            return;
+        }
+        let hits: Family<Labels, Counter> = Family::default();
+        for (tier, field) in [("near", "near_hits"), ("storage", "storage_hits")] {
+            hits.get_or_create(&vec![("tier".into(), tier.into())])
+                .inc_by(uint(&value[field]));
+        }
+        registry.register(
+            "cache_hits",
+            "Cache reads answered from the near cache (tier=near) or from the storage \
+             (tier=storage)",
+            hits,
+        );
+        let counters: [(&str, &str, &str); 6] = [
+            (
+                "cache_misses",
+                "Cache reads that found the key nowhere",
+                "misses",
+            ),
+            ("cache_loads", "Cache loader calls", "loads"),
+            (
+                "cache_load_errors",
+                "Cache loader calls that failed",
+                "load_errors",
+            ),
+            (
+                "cache_invalidations_sent",
+                "Invalidations this process published on the cache channel",
+                "invalidations_sent",
+            ),
+            (
+                "cache_invalidations_received",
+                "Invalidations of other processes received",
+                "invalidations_received",
+            ),
+            (
+                "cache_evictions",
+                "Near entries dropped because the near cache was full",
+                "evictions",
+            ),
+        ];
+        for (name, help, field) in counters {
+            counter(registry, name, help, uint(&value[field]));
+        }
+        gauge(
+            registry,
+            "cache_near_entries",
+            "Entries in the near cache",
+            int(&value["near_entries"]),
         );
     }
 }

@@ -106,6 +106,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "http",
         &[
+            "actors::hazards",
             "actors::heartbeat",
             "actors::history",
             "actors::locks",

@@ -28,6 +28,7 @@
 //! | [`scheduler_parity`] | the scheduler's Lua scripts and their Rust twins answer alike |
 //! | [`shared_data`] | the fetcher and readers: leader election, freshness, fallbacks |
 //! | [`sidecar_data`] | the sidecar's data routes over real HTTP: a seed writer feeding a daemon without a source, admin messages to an HTTP consumer across a crash, identities, heartbeats, peers |
+//! | [`sidecar_games`] | game sessions and fairness over HTTP: two daemons on one session, a round played and verified, bad input; the cache's figures |
 //! | [`hazards`] | the hazard ticker, provably fair seeds, fairness records, game sessions |
 //! | [`heartbeat`] | heartbeats, the peer monitor, identities, admin messages |
 //! | [`records`] | shared records changed by several processes: compare-and-set, stale replays refused |
@@ -73,6 +74,7 @@ mod scheduler_parity;
 mod settings;
 mod shared_data;
 mod sidecar_data;
+mod sidecar_games;
 mod sidecar_locks;
 mod storage_failover;
 mod storage_file_crash;

@@ -17,6 +17,7 @@
 //! | [`port`] | [`free_port`] and the reservation that keeps a server's port ours while it is down |
 //! | [`process`] | spawning children that die with the test process, `/proc` liveness checks |
 //! | [`postgres`] | [`postgres::PgDatabase`] (a throwaway database) and [`postgres::PrivatePostgres`] (a server to stop) |
+//! | [`metrics`] | [`metrics::scrape`]: `/metrics` through a Prometheus text parser; [`metrics::sample`] |
 //! | [`http`] | [`HttpServer`]: a real HTTP/1.1 server on loopback that counts requests and can go down |
 //! | [`sidecar`] | [`sidecar::Sidecar`]: the built `botfleet run` on a free port, for the suites of its HTTP services and the commands that ask it |
 //! | [`role`] | [`spawn_role`]: this binary's own `#[ignore]`d tests run as child processes |
@@ -39,6 +40,7 @@ pub mod deploy;
 pub mod faulty;
 pub mod http;
 pub mod load;
+pub mod metrics;
 pub mod poll;
 pub mod port;
 pub mod postgres;
