@@ -326,12 +326,7 @@ fn distinct(path: &Path) -> usize {
 }
 
 /// Starts the consumer; with `stall`, it hangs after recording that message, unacknowledged.
-fn start_consumer(
-    out: &Path,
-    stall: Option<&str>,
-    redis: &RedisServer,
-    daemon: &Sidecar,
-) -> Child {
+fn start_consumer(out: &Path, stall: Option<&str>, redis: &RedisServer, daemon: &Sidecar) -> Child {
     let last = format!("msg-{:05}", MESSAGES - 1);
     let out = out.to_string_lossy();
     let mut args = vec![CONSUMER_PID, &*out, &*last];
@@ -364,12 +359,18 @@ fn python_admin_inbox_delivers_each_message_once_in_order_through_kills() {
     consumer.kill().expect("kill -9 the consumer");
     consumer.wait().expect("reap the consumer");
     let at_kill = distinct(&out);
-    assert_eq!(at_kill, third / 2 + 1, "the consumer skipped or repeated messages");
+    assert_eq!(
+        at_kill,
+        third / 2 + 1,
+        "the consumer skipped or repeated messages"
+    );
 
     let mut consumer = start_consumer(&out, None, &redis, &daemon);
     send_messages(third, 2 * third, &redis, &daemon);
-    poll_until(Duration::from_secs(60), || distinct(&out) >= third + third / 2)
-        .unwrap_or_else(|e| panic!("the consumer got {} messages: {e}", distinct(&out)));
+    poll_until(Duration::from_secs(60), || {
+        distinct(&out) >= third + third / 2
+    })
+    .unwrap_or_else(|e| panic!("the consumer got {} messages: {e}", distinct(&out)));
 
     redis.kill9();
     send_messages(2 * third, MESSAGES, &redis, &daemon);
