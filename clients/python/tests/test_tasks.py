@@ -123,7 +123,10 @@ class TaskTest(unittest.TestCase):
         with self.assertRaises(ConflictError) as e:
             c.complete(task.id, lease=task.lease + "x")
         self.assertEqual(e.exception.status, 409)
-        self.assertGreaterEqual(c.extend(task, lease_ms=5_000), task.deadline_ms - 5_000)
+        before = task.deadline_ms
+        deadline = c.extend(task, lease_ms=5_000)
+        self.assertEqual(task.deadline_ms, deadline)
+        self.assertGreaterEqual(deadline, int(time.time() * 1000) + 4_000, f"extended from {before}")
         c.complete(task)
         with self.assertRaises(ConflictError):
             c.complete(task)
