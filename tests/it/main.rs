@@ -36,6 +36,7 @@
 //! | [`history`] | the SQL archive on SQLite and PostgreSQL, its outages, `botfleet history` |
 //! | [`http_api`] | the HTTP API over real sockets, and the commands that talk to it |
 //! | [`http_limits`] | the HTTP server's bounds: stalled bodies closed in time, `/health` during a flood |
+//! | [`clients`] | the Python and TypeScript clients (`clients/`) against the built daemon: their own test programs, a seed bot, a killed consumer, a Redis restart |
 //! | [`sidecar_locks`] | the HTTP lock API and `botfleet lock run` against the built daemon: exclusion with seed `SET NX`, fences, expiry, kill -9, 503 off Redis |
 //! | [`handlers`] | `[[scheduler.handlers]]`: commands and webhooks run tasks in the built daemon; bad entries refuse the start |
 //! | [`daemon`] | `botfleet run` as a process: signals, exit codes, graceful stop |
@@ -51,6 +52,7 @@ mod architecture;
 mod cache;
 mod cli_config;
 mod cli_exit;
+mod clients;
 mod daemon;
 mod dashboard;
 mod fences;
