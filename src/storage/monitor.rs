@@ -41,6 +41,31 @@ impl Storage {
                     }
                 }
             });
+            // Keyspace notifications come apart from the other messages: delivered the same.
+            let mut keyspace = redis.keyspace_events();
+            let weak_bus = weak.clone();
+            tokio::spawn(async move {
+                loop {
+                    match keyspace.recv().await {
+                        Ok(event) => {
+                            let Some(inner) = weak_bus.upgrade() else {
+                                break;
+                            };
+                            let (channel, payload) = redis::keyspace_text(&event);
+                            Storage { inner }.deliver_local(&channel, &payload);
+                        }
+                        Err(broadcast::error::RecvError::Lagged(n)) => {
+                            if let Some(inner) = weak_bus.upgrade() {
+                                inner
+                                    .counters
+                                    .lagged_messages
+                                    .fetch_add(n, Ordering::Relaxed);
+                            }
+                        }
+                        Err(_) => break,
+                    }
+                }
+            });
         } else {
             drop(tx);
         }

@@ -87,7 +87,7 @@ use std::time::{Duration, Instant};
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
 use fred::types::config::{Options, ReconnectError, Server, ServerConfig, UnresponsiveConfig};
-use fred::types::{ClusterHash, CustomCommand, Message};
+use fred::types::{ClusterHash, CustomCommand, KeyspaceEvent, Message};
 use parking_lot::Mutex;
 use tokio::sync::broadcast;
 
@@ -126,6 +126,8 @@ pub struct RedisBackend {
     opts: Options,
     channels: Mutex<BTreeSet<String>>,
     clustered: bool,
+    /// The database number the connections select (the URL's, or `storage.redis.db`).
+    database: u8,
     /// What each write waits for (`storage.redis.wait_replicas`, `wait_aof`), if anything.
     wait: Option<Wait>,
     /// Writes fewer replicas than asked acknowledged within the timeout.
@@ -417,12 +419,14 @@ impl RedisBackend {
         settings: &RedisSettings,
     ) -> Self {
         let clustered = pool.clients()[0].is_clustered();
+        let database = pool.clients()[0].client_config().database.unwrap_or(0);
         Self {
             pool,
             subscriber,
             opts,
             channels: Mutex::new(BTreeSet::new()),
             clustered,
+            database,
             wait: (settings.wait_replicas > 0 || settings.wait_aof).then_some(Wait {
                 replicas: settings.wait_replicas,
                 timeout_ms: settings.wait_timeout_ms.max(1),
@@ -788,6 +792,37 @@ impl RedisBackend {
         self.clustered
     }
 
+    /// The database number the connections select.
+    pub fn database(&self) -> u8 {
+        self.database
+    }
+
+    /// `CONFIG GET name`: the value, `None` when the server has no such parameter. A server
+    /// that refuses `CONFIG` (renamed, or not allowed to this user) answers a command error.
+    pub async fn config_get(&self, name: &str) -> Result<Option<String>, Failure> {
+        let reply = self
+            .raw(
+                self.pool.next(),
+                "CONFIG",
+                vec!["GET".into(), name.to_string()],
+                None,
+            )
+            .await?;
+        Ok(reply.into_strings().into_iter().nth(1))
+    }
+
+    /// `CONFIG SET name value`.
+    pub async fn config_set(&self, name: &str, value: &str) -> Result<(), Failure> {
+        self.raw(
+            self.pool.next(),
+            "CONFIG",
+            vec!["SET".into(), name.to_string(), value.to_string()],
+            None,
+        )
+        .await
+        .map(|_| ())
+    }
+
     /// Connection events of every connection (pool and subscriber), into `tx`.
     pub fn watch(&self, tx: tokio::sync::mpsc::UnboundedSender<ConnEvent>) {
         let clients = self
@@ -1124,11 +1159,26 @@ impl RedisBackend {
         self.subscriber.message_rx()
     }
 
+    /// Keyspace notifications arriving on subscribed `__keyspace@DB__:KEY` channels: the
+    /// client hands them out apart from the other messages.
+    pub fn keyspace_events(&self) -> broadcast::Receiver<KeyspaceEvent> {
+        self.subscriber.keyspace_event_rx()
+    }
+
     /// Closes every connection.
     pub async fn quit(&self) {
         let _ = self.subscriber.quit().await;
         let _ = self.pool.quit().await;
     }
+}
+
+/// A keyspace notification as the message it was: (`__keyspace@DB__:KEY`, the command). The
+/// client parses `__keyevent@` notifications into the same form; botfleet subscribes to none.
+pub fn keyspace_text(event: &KeyspaceEvent) -> (String, String) {
+    (
+        format!("__keyspace@{}__:{}", event.db, event.key.as_str_lossy()),
+        event.operation.clone(),
+    )
 }
 
 /// Decodes a pub/sub payload as text.

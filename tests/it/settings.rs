@@ -505,6 +505,7 @@ fn shared_data_settings_are_validated() {
     for key in [
         "shared_data.shared_key",
         "shared_data.fresh_ms",
+        "shared_data.watch_interval_ms",
         "shared_data.readers[1]",
         "shared_data.source.url",
         "shared_data.source.attempts",

@@ -297,8 +297,19 @@ impl Daemon {
 
     /// `POST {base}{path}` with a JSON body, with the token; the answer as JSON.
     pub async fn post(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
+        self.post_within(path, body, REQUEST_TIMEOUT).await
+    }
+
+    /// [`Daemon::post`], bounded by `timeout` instead of the usual ten seconds (a long poll
+    /// needs more, a lock's extension less).
+    pub async fn post_within(
+        &self,
+        path: &str,
+        body: &Value,
+        timeout: Duration,
+    ) -> Result<Value, ClientError> {
         let url = self.url(path);
-        let mut request = self.client.post(&url).timeout(REQUEST_TIMEOUT).json(body);
+        let mut request = self.client.post(&url).timeout(timeout).json(body);
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
