@@ -318,6 +318,49 @@ impl Locks {
         Ok(())
     }
 
+    /// `n` extensions of one lock, bare, timed for `botfleet bench locks`: the acquire
+    /// script, then the extension `n` times back to back (the watchdog's call), then the
+    /// release; no guard or watchdog around them. `Ok(false)` when the lock was held by
+    /// someone else (nothing extended).
+    pub async fn bare_extensions(
+        &self,
+        name: &str,
+        ttl: Duration,
+        n: usize,
+    ) -> Result<bool, LockError> {
+        let storage = &self.shared.storage;
+        let token = new_token();
+        let keys = storage.keys();
+        let (fence_key, waiting_key) = (keys.lock_fence(name), keys.lock_waiting(name));
+        let ttl_ms = ttl.as_millis().to_string();
+        let fence = storage
+            .eval_on_redis(
+                &scripts().acquire,
+                &[name, &fence_key, &waiting_key],
+                &[&token, &ttl_ms, "0"],
+            )
+            .await
+            .map_err(LockError::from_storage)?;
+        if fence.into_strings().first().map(String::as_str) == Some("0") {
+            return Ok(false);
+        }
+        for _ in 0..n {
+            storage
+                .eval_on_redis(&scripts().extend, &[name], &[&token, &ttl_ms])
+                .await
+                .map_err(LockError::from_storage)?;
+        }
+        storage
+            .eval_on_redis(
+                &scripts().release,
+                &[name, &waiting_key],
+                &[&self.shared.settings.release_channel, &token, "-"],
+            )
+            .await
+            .map_err(LockError::from_storage)?;
+        Ok(true)
+    }
+
     /// The settings in use.
     pub fn settings(&self) -> &LockSettings {
         &self.shared.settings

@@ -222,6 +222,15 @@ pub struct RedisSettings {
     /// Longest `WAIT` for `wait_replicas`, milliseconds; a write still short of them is
     /// acknowledged (it is on the master) and counted as unreplicated.
     pub wait_timeout_ms: u64,
+    /// Acknowledge a write only once the master wrote it to its append-only file, and the
+    /// `wait_replicas` replicas to theirs (`WAITAOF`, Redis 7.2+ and Valkey, with
+    /// `appendonly yes`), instead of `WAIT`'s replicas holding it in memory. Refused at start
+    /// on a server without it.
+    pub wait_aof: bool,
+    /// Run the scripts that have a native twin as that command on a server that has it
+    /// (`SET IFEQ`, `DELIFEQ`/`DELEX`, `MSETEX`: Redis 8.4+, Valkey 8.1+); false keeps every
+    /// script.
+    pub native_commands: bool,
 }
 
 impl Default for RedisSettings {
@@ -245,6 +254,8 @@ impl Default for RedisSettings {
             sentinel_password: Secret::default(),
             wait_replicas: 0,
             wait_timeout_ms: 100,
+            wait_aof: false,
+            native_commands: true,
         }
     }
 }
@@ -282,6 +293,8 @@ impl fmt::Debug for RedisSettings {
             sentinel_password,
             wait_replicas,
             wait_timeout_ms,
+            wait_aof,
+            native_commands,
         } = self;
         f.debug_struct("RedisSettings")
             .field("enabled", enabled)
@@ -302,6 +315,8 @@ impl fmt::Debug for RedisSettings {
             .field("sentinel_password", sentinel_password)
             .field("wait_replicas", wait_replicas)
             .field("wait_timeout_ms", wait_timeout_ms)
+            .field("wait_aof", wait_aof)
+            .field("native_commands", native_commands)
             .finish()
     }
 }

@@ -321,12 +321,12 @@ fn semantic(settings: &Settings, tree: &Node, problems: &mut Vec<Problem>) {
     );
     // Commands queued behind a WAIT on its connection wait for it: a WAIT as long as the
     // command timeout would make them time out, and read as an outage.
-    if redis.wait_replicas > 0 && redis.wait_timeout_ms >= redis.timeout_ms {
+    if (redis.wait_replicas > 0 || redis.wait_aof) && redis.wait_timeout_ms >= redis.timeout_ms {
         check.fail(
             "storage.redis.wait_timeout_ms",
             format!(
-                "expected less than storage.redis.timeout_ms ({}) when wait_replicas is set, \
-                 got {}",
+                "expected less than storage.redis.timeout_ms ({}) when wait_replicas or \
+                 wait_aof is set, got {}",
                 redis.timeout_ms, redis.wait_timeout_ms
             ),
         );

@@ -722,7 +722,9 @@ return #KEYS
 
 fn set_many_script() -> &'static Script {
     static SCRIPT: std::sync::OnceLock<Script> = std::sync::OnceLock::new();
-    SCRIPT.get_or_init(|| Script::new("set-many", SET_MANY_LUA, set_many_local))
+    SCRIPT.get_or_init(|| {
+        Script::new("set-many", SET_MANY_LUA, set_many_local).with_native(super::Native::SetMany)
+    })
 }
 
 /// The fallback's `set-many`.
@@ -772,7 +774,9 @@ return 1
 
 fn cas_script() -> &'static Script {
     static SCRIPT: std::sync::OnceLock<Script> = std::sync::OnceLock::new();
-    SCRIPT.get_or_init(|| Script::new("compare-and-set", CAS_LUA, cas_local))
+    SCRIPT.get_or_init(|| {
+        Script::new("compare-and-set", CAS_LUA, cas_local).with_native(super::Native::CompareAndSet)
+    })
 }
 
 /// The fallback's `compare-and-set`.

@@ -96,6 +96,12 @@ impl Storage {
                         Some(ConnEvent::Reconnected) => {
                             if let Some(redis) = &storage.inner.redis {
                                 let _ = redis.resubscribe().await;
+                                // Another server may answer now (a fail-over, an upgrade).
+                                if let Ok(Some(problem)) = redis.detect().await {
+                                    if storage.mode() == Mode::Redis {
+                                        storage.degrade(format!("storage.redis.wait_aof: {problem}"));
+                                    }
+                                }
                             }
                             if matches!(storage.mode(), Mode::Degraded | Mode::Resyncing) {
                                 storage.try_resync().await;
@@ -147,6 +153,12 @@ impl Storage {
             return;
         };
         if self.mode() == Mode::Redis {
+            return;
+        }
+        // The server that answers may not be the one that left (a fail-over, a restart on
+        // an upgrade): ask it first. One that cannot honour `wait_aof` is not written to.
+        // (A detection that fails keeps the last profile: the replay then meets the outage.)
+        if let Ok(Some(_)) = redis.detect().await {
             return;
         }
         let started = Instant::now();

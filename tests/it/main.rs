@@ -31,6 +31,7 @@
 //! | [`sidecar_games`] | game sessions and fairness over HTTP: two daemons on one session, a round played and verified, bad input; the cache's figures |
 //! | [`hazards`] | the hazard ticker, provably fair seeds, fairness records, game sessions |
 //! | [`heartbeat`] | heartbeats, the peer monitor, identities, admin messages |
+//! | [`native_commands`] | the server named at connection; native commands and their scripts alike on one Valkey; `wait_aof` |
 //! | [`records`] | shared records changed by several processes: compare-and-set, stale replays refused |
 //! | [`cache`] | the cache service: one loader per key, invalidation across processes |
 //! | [`history`] | the SQL archive on SQLite and PostgreSQL, its outages, `botfleet history` |
@@ -43,7 +44,7 @@
 //! | [`dashboard`] | the dashboard page in headless Chromium |
 //!
 //! The Redis suites start their server through [`support::TestRedis`], which
-//! `BOTFLEET_TEST_REDIS=standalone|cluster|sentinel` switches; `scripts/test.sh` runs them on
+//! `BOTFLEET_TEST_REDIS=standalone|valkey|cluster|sentinel` switches; `scripts/test.sh` runs them on
 //! each deployment.
 
 mod support;
@@ -66,6 +67,7 @@ mod http_api;
 mod http_limits;
 mod last_known;
 mod locks;
+mod native_commands;
 mod openapi;
 mod records;
 mod scale;
