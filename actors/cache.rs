@@ -27,6 +27,9 @@
 //! - A full near cache drops its expired entries, then arbitrary ones down to 7/8 of its
 //!   capacity, counted in [`CacheStats::evictions`]; hits keep no bookkeeping, so they stay
 //!   cheap.
+//! - Every answer, loader call and invalidation sent or received is counted
+//!   ([`Cache::stats`]: atomic counters, nothing on a lock); the daemon shows them in `/status`
+//!   (`cache`), `/metrics` (`botfleet_cache_...`) and on the dashboard.
 //!
 //! In a fleet the `CacheListener` actor (`cache` in the tree) follows the channel from a
 //! supervised task on the host runtime, and is told of mode changes by the storage monitor
@@ -93,6 +96,8 @@ pub struct CacheStats {
     pub loads: u64,
     /// Loader calls that failed.
     pub load_errors: u64,
+    /// Invalidations this process published ([`Cache::set`], [`Cache::invalidate`]).
+    pub invalidations_sent: u64,
     /// Invalidations received from other processes.
     pub invalidations_received: u64,
     /// Near entries dropped because the near cache was full.
@@ -122,6 +127,7 @@ struct Counters {
     misses: AtomicU64,
     loads: AtomicU64,
     load_errors: AtomicU64,
+    invalidations_sent: AtomicU64,
     invalidations: AtomicU64,
     evictions: AtomicU64,
 }
@@ -223,6 +229,7 @@ impl Cache {
             misses: c.misses.load(Ordering::Relaxed),
             loads: c.loads.load(Ordering::Relaxed),
             load_errors: c.load_errors.load(Ordering::Relaxed),
+            invalidations_sent: c.invalidations_sent.load(Ordering::Relaxed),
             invalidations_received: c.invalidations.load(Ordering::Relaxed),
             evictions: c.evictions.load(Ordering::Relaxed),
             near_entries: self.inner.near.len() as u64,
@@ -377,6 +384,10 @@ impl Cache {
             .storage
             .publish(&self.inner.settings.channel, &text)
             .await?;
+        self.inner
+            .counters
+            .invalidations_sent
+            .fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 

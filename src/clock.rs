@@ -6,7 +6,8 @@
 //! | [`iso8601`] | `2024-01-01T00:00:05Z` | task hashes, sessions, events, periodic jobs (seed 001) |
 //! | [`iso8601_ms`] | `2024-01-01T00:00:05.000Z` | hazards (seed 002, JavaScript's `Date.toISOString()`) |
 //!
-//! Both are UTC, formatted by `chrono`; [`parse_ms`] reads either back.
+//! Both are UTC, formatted by `chrono`; [`parse_ms`] reads either back, and
+//! [`parse_ms_lenient`] also a time without an offset (as Python writes it), taken as UTC.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -39,6 +40,17 @@ pub fn parse_ms(text: &str) -> Option<i64> {
     DateTime::parse_from_rfc3339(text)
         .ok()
         .map(|t| t.timestamp_millis())
+}
+
+/// Unix milliseconds of an ISO-8601 time as other languages write it: RFC 3339 with an offset
+/// (as [`parse_ms`]), or a date and time without one (`2025-01-01T12:00:05.123456`, Python's
+/// `datetime.now().isoformat()`), taken as UTC; `None` for anything else.
+pub fn parse_ms_lenient(text: &str) -> Option<i64> {
+    parse_ms(text).or_else(|| {
+        chrono::NaiveDateTime::parse_from_str(text.trim(), "%Y-%m-%dT%H:%M:%S%.f")
+            .ok()
+            .map(|t| t.and_utc().timestamp_millis())
+    })
 }
 
 /// The instant `ms` after the epoch. Times past chrono's range (year 262,143) cannot come from
@@ -75,6 +87,19 @@ mod tests {
             Some(1_704_067_205_000)
         );
         assert_eq!(parse_ms("yesterday"), None);
+        assert_eq!(
+            parse_ms_lenient("2024-01-01T00:00:05.250000"),
+            Some(1_704_067_205_250)
+        );
+        assert_eq!(
+            parse_ms_lenient("2024-01-01T00:00:05"),
+            Some(1_704_067_205_000)
+        );
+        assert_eq!(
+            parse_ms_lenient("2024-01-01T02:00:05+02:00"),
+            Some(1_704_067_205_000)
+        );
+        assert_eq!(parse_ms_lenient("2024-01-01"), None);
         assert_eq!(parse_ms(""), None);
     }
 

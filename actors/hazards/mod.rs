@@ -620,12 +620,16 @@ fn find_difficulty<'a>(
         .ok_or_else(|| HazardError::UnknownDifficulty(name.to_string()))
 }
 
-/// Ids are part of key names: not empty, at most 256 bytes, no `:`, braces or white space.
+/// Longest user or agent id, in bytes.
+pub const MAX_ID_BYTES: usize = 256;
+
+/// Ids are part of key names: not empty, at most [`MAX_ID_BYTES`] bytes, no `:`, braces,
+/// white space or control characters.
 pub(crate) fn check_id(what: &'static str, value: &str) -> Result<(), HazardError> {
     if value.is_empty()
-        || value.len() > 256
+        || value.len() > MAX_ID_BYTES
         || value.contains([':', '{', '}'])
-        || value.chars().any(char::is_whitespace)
+        || value.chars().any(|c| c.is_whitespace() || c.is_control())
     {
         return Err(HazardError::InvalidId {
             what,
@@ -673,5 +677,8 @@ mod tests {
         assert!(check_id("user id", "").is_err());
         assert!(check_id("user id", "a:b").is_err());
         assert!(check_id("user id", "a b").is_err());
+        assert!(check_id("user id", "a\u{0}b").is_err());
+        assert!(check_id("user id", &"u".repeat(MAX_ID_BYTES)).is_ok());
+        assert!(check_id("user id", &"u".repeat(MAX_ID_BYTES + 1)).is_err());
     }
 }

@@ -5,6 +5,12 @@
 //!
 //! The set has no TTL of its own in the seed; [`GameSessions::list`] drops members whose
 //! session expired.
+//!
+//! Updates are read-modify-write with a compare-and-set ([`GameSessions::update`],
+//! [`GameSessions::try_update`] for a change that may refuse): a writer that loses to another
+//! reads again and reapplies its change after a short random pause, so concurrent writers in
+//! any number of processes lose no update. A session is read and written whole, as
+//! [`GameSession`]: fields of the stored JSON that it does not have are dropped by an update.
 
 use std::time::Duration;
 
@@ -59,7 +65,17 @@ pub struct GameSession {
 
 /// Read-modify-write rounds [`GameSessions::update`] tries before giving up on a session
 /// others keep changing.
-const MAX_UPDATE_ATTEMPTS: u32 = 100;
+pub const MAX_UPDATE_ATTEMPTS: u32 = 100;
+
+/// Longest pause between two rounds of a contended update.
+const MAX_BACKOFF: Duration = Duration::from_millis(4);
+
+/// The pause before round `attempt` (from 1) of a contended update: random, up to
+/// `attempt x 250 µs`, at most [`MAX_BACKOFF`].
+fn backoff(attempt: u32) -> Duration {
+    let ceiling = (Duration::from_micros(250) * attempt).min(MAX_BACKOFF);
+    ceiling.mul_f64(rand::random::<f64>())
+}
 
 /// The game session API: a cheap, cloneable handle.
 #[derive(Debug, Clone)]
@@ -122,11 +138,33 @@ impl GameSessions {
         agent: &str,
         change: impl Fn(&mut GameSession),
     ) -> Result<Option<GameSession>, HazardError> {
+        self.try_update(user, agent, |session| {
+            change(session);
+            Ok::<(), HazardError>(())
+        })
+        .await
+    }
+
+    /// [`GameSessions::update`] with a change that may refuse the session it is given: its
+    /// error is returned and nothing is written (a change that depends on the stored values,
+    /// such as an increment that would overflow, refuses here). Retried like `update` when
+    /// another writer wins the compare-and-set, after a short random pause that grows with
+    /// the attempts (so that writers that keep colliding spread out);
+    /// [`HazardError::Contended`] after [`MAX_UPDATE_ATTEMPTS`] lost rounds.
+    pub async fn try_update<E: From<HazardError>>(
+        &self,
+        user: &str,
+        agent: &str,
+        change: impl Fn(&mut GameSession) -> Result<(), E>,
+    ) -> Result<Option<GameSession>, E> {
         check_id("user id", user)?;
         check_id("agent id", agent)?;
         let key = Self::key(user, agent);
-        for _ in 0..MAX_UPDATE_ATTEMPTS {
-            let Some(text) = self.storage.get(&key).await? else {
+        for attempt in 0..MAX_UPDATE_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(backoff(attempt)).await;
+            }
+            let Some(text) = self.storage.get(&key).await.map_err(HazardError::from)? else {
                 return Ok(None);
             };
             let mut session: GameSession =
@@ -134,7 +172,7 @@ impl GameSessions {
                     key: key.clone(),
                     reason: e.to_string(),
                 })?;
-            change(&mut session);
+            change(&mut session)?;
             session.user_id = user.to_string();
             session.agent_id = agent.to_string();
             let new = serde_json::to_string(&session).map_err(|e| HazardError::Corrupt {
@@ -144,7 +182,8 @@ impl GameSessions {
             if self
                 .storage
                 .compare_and_set(&key, Some(&text), &new, self.ttl())
-                .await?
+                .await
+                .map_err(HazardError::from)?
             {
                 return Ok(Some(session));
             }
@@ -152,7 +191,8 @@ impl GameSessions {
         Err(HazardError::Contended {
             key,
             attempts: MAX_UPDATE_ATTEMPTS,
-        })
+        }
+        .into())
     }
 
     /// Deletes the session (on game end); true when it existed.

@@ -47,9 +47,10 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use parking_lot::Mutex;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::sync::{broadcast, mpsc};
 
+use super::mailbox::{read_payload, Acked, Mailboxes, Received};
 use super::{admin_channel, admin_queue, parse_pid, HeartbeatError};
 use crate::actors::storage_monitor::StorageModeChanged;
 use crate::clock::now_ms;
@@ -152,10 +153,12 @@ pub enum Delivery {
     Queue,
 }
 
-/// A message delivered to the host.
+/// A message delivered to the host, typed whoever sent it: botfleet's envelope, or a seed
+/// payload `{"message", "timestamp", ...}` (its `id` and `from` when it has them; its
+/// timestamp in seconds, milliseconds or ISO-8601), or any other text as the message.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AdminMessage {
-    /// The sender's message id; `None` for a payload that was not an envelope.
+    /// The sender's message id; `None` for a payload that carries none.
     pub id: Option<String>,
     /// The sender (`HOST-PID`), when known.
     pub from: Option<String>,
@@ -165,9 +168,11 @@ pub struct AdminMessage {
     pub sent_at_ms: Option<u64>,
     /// How it arrived.
     pub via: Delivery,
+    /// The payload as sent.
+    pub raw: String,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize)]
 struct Envelope {
     id: String,
     from: String,
@@ -176,21 +181,14 @@ struct Envelope {
 }
 
 fn parse(raw: &str, via: Delivery) -> AdminMessage {
-    match serde_json::from_str::<Envelope>(raw) {
-        Ok(e) => AdminMessage {
-            id: Some(e.id),
-            from: Some(e.from),
-            message: e.message,
-            sent_at_ms: Some(e.sent_at),
-            via,
-        },
-        Err(_) => AdminMessage {
-            id: None,
-            from: None,
-            message: raw.to_string(),
-            sent_at_ms: None,
-            via,
-        },
+    let payload = read_payload(raw);
+    AdminMessage {
+        id: payload.id,
+        from: payload.from,
+        message: payload.message,
+        sent_at_ms: payload.sent_at_ms,
+        via,
+        raw: raw.to_string(),
     }
 }
 
@@ -309,6 +307,8 @@ struct Shared {
     duplicates: AtomicU64,
     reads: AtomicU64,
     deferred: AtomicU64,
+    /// The queues of any pid read through this process (`receive`, `acknowledge`).
+    mailboxes: Mailboxes,
 }
 
 /// Admin messaging: send to any bot, and this process's inbox. Cheap to clone.
@@ -329,7 +329,6 @@ impl Admin {
         let nonce: u32 = rand::random();
         Self {
             shared: Arc::new(Shared {
-                storage,
                 settings,
                 pid,
                 sender_id: format!("{host}-{}-{nonce:08x}", std::process::id()),
@@ -345,6 +344,8 @@ impl Admin {
                 duplicates: AtomicU64::new(0),
                 reads: AtomicU64::new(0),
                 deferred: AtomicU64::new(0),
+                mailboxes: Mailboxes::new(storage.clone()),
+                storage,
             }),
         }
     }
@@ -399,7 +400,40 @@ impl Admin {
             .storage
             .publish(&admin_channel(pid), &text)
             .await?;
+        self.shared.mailboxes.sent(pid);
         Ok(envelope.id)
+    }
+
+    /// The oldest `max` messages of bot `pid`'s queue, for a consumer outside this process (a
+    /// bot in another language reading through the daemon), in queue order, each with an id;
+    /// nothing is removed (see [`Admin::acknowledge`]). When the queue is empty, waits up to
+    /// `wait` for a message. While the storage is off Redis it answers none, with
+    /// [`Received::off_redis`] set. The queue of this process's own pid, while the host holds
+    /// [`Admin::inbox`], is [`HeartbeatError::InboxTaken`]: it has a consumer already.
+    pub async fn receive(
+        &self,
+        pid: u32,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Received, HeartbeatError> {
+        self.check_foreign(pid)?;
+        self.shared.mailboxes.receive(pid, max.max(1), wait).await
+    }
+
+    /// Removes the messages `ids` (as [`Admin::receive`] gave them) from bot `pid`'s queue,
+    /// every copy of each; ids no longer there are skipped. Idempotent. During an outage the
+    /// removal waits in the outbox and is applied when Redis returns.
+    pub async fn acknowledge(&self, pid: u32, ids: &[String]) -> Result<Acked, HeartbeatError> {
+        self.check_foreign(pid)?;
+        self.shared.mailboxes.acknowledge(pid, ids).await
+    }
+
+    /// Refuses the queue of this process's own pid while the host consumes it.
+    fn check_foreign(&self, pid: u32) -> Result<(), HeartbeatError> {
+        if pid == self.shared.pid && self.has_consumer() {
+            return Err(HeartbeatError::InboxTaken);
+        }
+        Ok(())
     }
 
     /// The messages waiting in a bot's queue, oldest first (the seed's
@@ -545,8 +579,21 @@ impl Admin {
         };
         let keep = self.keep_ms();
         let mut copies = Vec::new();
+        // Entries delivered from an earlier read and not removed yet are still at the head.
+        // A payload without an id is recognised by its bytes only, and the live path may have
+        // used up the note that it was delivered: count them out here.
+        let mut undelivered_copies: HashMap<String, usize> = HashMap::new();
+        for raw in state.pending.iter().flatten() {
+            *undelivered_copies.entry(raw.clone()).or_default() += 1;
+        }
         for raw in &entries {
             let mut message = parse(raw, Delivery::Queue);
+            if message.id.is_none() {
+                if let Some(left) = undelivered_copies.get_mut(raw.as_str()).filter(|n| **n > 0) {
+                    *left -= 1;
+                    continue;
+                }
+            }
             let fresh = match &message.id {
                 Some(id) => !state.seen.contains_key(id),
                 None => !state.plain_is_copy(raw, Delivery::Queue),

@@ -7,6 +7,7 @@
 //! | `monitor.rs` | `PeerMonitor` actor and the [`Peers`] handle: live / stale / zombie peers |
 //! | `identity.rs` | the [`Identities`] handle: `identity:ROOM:PARTICIPANT` |
 //! | `admin.rs` | `AdminInbox` actor and the [`Admin`] handle: `admin:bot:PID`, `admin:queue:PID` |
+//! | `mailbox.rs` | any pid's queue read and acknowledged through this process ([`Admin::receive`], [`Admin::acknowledge`]); how payloads of every writer are read |
 //!
 //! Keys (exactly the seed's, no prefix):
 //!
@@ -32,7 +33,11 @@
 //! - Identities: `write`, `read`, `remove`, `list(room)` (`SCAN`), `cleanup_expired(room)`.
 //! - Admin messages: `send(pid, message)` appends the envelope to the queue, then publishes it;
 //!   the inbox delivers each message once, in send order, whether heard live or found in the
-//!   queue (`admin.rs` explains how).
+//!   queue (`admin.rs` explains how). A bot outside the process reads its queue through
+//!   [`Admin::receive`] and removes what it handled with [`Admin::acknowledge`]: at least
+//!   once, in order, ids as idempotence keys (`mailbox.rs`). Seed payloads
+//!   (`{"message", "timestamp"}`, pushed with `RPUSH` and read from the head, as seed 004's
+//!   Python does) are read as typed messages on both paths.
 //!
 //! Every call goes through [`Storage`](crate::storage::Storage): while Redis is down the
 //! heartbeats, identities and queued messages land in the fallback and are replayed when it
@@ -43,12 +48,14 @@
 
 mod admin;
 mod identity;
+mod mailbox;
 mod monitor;
 mod sender;
 
 pub(crate) use admin::AdminInbox;
 pub use admin::{Admin, AdminMessage, Delivery, InboxStats};
 pub use identity::{CleanupReport, Identities};
+pub use mailbox::{Acked, PayloadKind, QueuedMessage, Received};
 pub(crate) use monitor::PeerMonitor;
 pub use monitor::{Peer, PeerEvent, PeerState, Peers};
 pub(crate) use sender::HeartbeatSender;

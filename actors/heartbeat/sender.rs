@@ -89,6 +89,19 @@ impl Heartbeat {
         }
     }
 
+    /// A handle writing the heartbeat of `pid` on the same storage, settings and host: for
+    /// a bot that registers its heartbeat through this process (a sidecar's `PUT
+    /// /api/heartbeats/{pid}`). It starts with no room, no participants and the default
+    /// status; no actor beats for it.
+    pub fn with_pid(&self, pid: u32) -> Heartbeat {
+        Self::for_pid(
+            self.shared.storage.clone(),
+            self.shared.settings.clone(),
+            &self.shared.host,
+            pid,
+        )
+    }
+
     /// The pid whose heartbeat this handle writes.
     pub fn pid(&self) -> u32 {
         self.shared.pid
@@ -161,20 +174,52 @@ impl Heartbeat {
         }
     }
 
+    /// Sets the room (`None`: in none), participants and status at once, and writes the
+    /// heartbeat once: what a bot registering through the daemon (`PUT
+    /// /api/heartbeats/{pid}`) does at each of its beats. Answers the record written. An
+    /// empty room URL, participant id or status is refused, nothing written.
+    pub async fn update(
+        &self,
+        room: Option<&str>,
+        participants: &[&str],
+        status: &str,
+    ) -> Result<HeartbeatRecord, HeartbeatError> {
+        if let Some(room) = room {
+            check_room(room)?;
+        }
+        check_participants(participants)?;
+        if status.trim().is_empty() {
+            return Err(HeartbeatError::EmptyStatus);
+        }
+        {
+            let mut record = self.shared.record.lock();
+            record.0 = room.map(str::to_string);
+            record.1 = participants.iter().map(|p| p.to_string()).collect();
+            record.2 = status.to_string();
+        }
+        self.write().await
+    }
+
     /// Writes the heartbeat now, stamped with the server's clock.
     pub async fn beat(&self) -> Result<(), HeartbeatError> {
+        self.write().await.map(drop)
+    }
+
+    /// Writes the heartbeat now; answers the record written.
+    async fn write(&self) -> Result<HeartbeatRecord, HeartbeatError> {
         let storage = &self.shared.storage;
         let result = async {
             let at = storage.server_time_ms().await?;
             let ttl = Duration::from_secs(self.shared.settings.ttl_secs);
+            let record = self.record_at(at);
             storage
-                .set(&self.key(), self.record_at(at).to_json(), Some(ttl))
+                .set(&self.key(), record.to_json(), Some(ttl))
                 .await?;
-            Ok::<_, HeartbeatError>(())
+            Ok::<_, HeartbeatError>(record)
         }
         .await;
         match &result {
-            Ok(()) => {
+            Ok(_) => {
                 self.shared.beats.fetch_add(1, Ordering::Relaxed);
                 *self.shared.last_error.lock() = None;
             }
@@ -184,10 +229,9 @@ impl Heartbeat {
     }
 
     /// Deletes the heartbeat (a clean exit, so that peers do not take this process for a
-    /// zombie).
-    pub async fn remove(&self) -> Result<(), HeartbeatError> {
-        self.shared.storage.del(&[&self.key()]).await?;
-        Ok(())
+    /// zombie). Answers whether there was one.
+    pub async fn remove(&self) -> Result<bool, HeartbeatError> {
+        Ok(self.shared.storage.del(&[&self.key()]).await? > 0)
     }
 }
 

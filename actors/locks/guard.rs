@@ -10,6 +10,7 @@ use super::queue::Grant;
 use super::scripts::scripts;
 use super::watchdog::Filed;
 use super::{LockError, Shared};
+use crate::clock::now_ms;
 
 /// A held lock. While it lives a watchdog extends the lock every TTL/3; dropping it releases
 /// the lock (in a background task); [`LockGuard::release`] releases it and says whether it was
@@ -196,6 +197,7 @@ pub(super) async fn handoff(
     let next = super::new_token();
     let fence_key = shared.storage.keys().lock_fence(name);
     let ttl_ms = waiter.ttl_ms.to_string();
+    let sent_at_ms = now_ms();
     let reply = shared
         .storage
         .eval_on_redis(
@@ -220,6 +222,7 @@ pub(super) async fn handoff(
         token: next,
         fence: fence as u64,
         handoffs: handoffs + 1,
+        sent_at_ms,
     };
     if !waiter.deliver(grant.clone()) {
         // The waiter gave up meanwhile: release what it would have held.

@@ -11,7 +11,13 @@
 //! (arrival order) and the subscription to the release channel (`locks.release_channel`).
 //!
 //! The host calls the [`Locks`] handle (`Fleet::locks()`): [`Locks::try_acquire`],
-//! [`Locks::acquire`], [`Locks::run_exclusive`]. Every acquisition, release and extension is
+//! [`Locks::acquire`], [`Locks::run_exclusive`]. For holders outside the process (the HTTP
+//! API's clients, `botfleet lock run`) there is a lower level with no guard and no watchdog:
+//! [`Locks::acquire_lease`] answers a [`LockLease`] (token, fencing token, expiry), which its
+//! holder extends with [`Locks::extend_lease`] and releases with [`Locks::release_lease`], by
+//! its token; a lease nobody extends expires at its TTL. Leases wait in the same queues as
+//! guards, take hand-overs from this process's guards, and never become process-local
+//! during an outage (they fail with [`LockError::Unavailable`]). Every acquisition, release and extension is
 //! one Lua script round trip, run on Redis only (never on the fallback, never through the
 //! outbox). A [`LockGuard`] extends its lock every TTL/3 on the host runtime (one timer for every
 //! guard of the handle; a task of its own once it outlives its first third, see `watchdog.rs`)
@@ -77,6 +83,7 @@ pub use guard::LockGuard;
 use queue::WaitQueues;
 use scripts::scripts;
 
+use crate::clock::now_ms;
 use crate::settings::{LockOutage, LockSettings};
 use crate::storage::{Mode, Storage, StorageError};
 use crate::supervisor::{fault, ChildContext};
@@ -115,6 +122,10 @@ pub enum LockError {
         /// The lock.
         name: String,
     },
+    /// A lease's token is not one this service hands out (32 lower-case hex digits). Nothing
+    /// was written.
+    #[error("invalid lock token: {0}")]
+    InvalidToken(String),
     /// Redis refused a script (e.g. WRONGTYPE: the lock key holds another type).
     #[error(transparent)]
     Storage(StorageError),
@@ -307,6 +318,49 @@ impl Locks {
         Ok(())
     }
 
+    /// `n` extensions of one lock, bare, timed for `botfleet bench locks`: the acquire
+    /// script, then the extension `n` times back to back (the watchdog's call), then the
+    /// release; no guard or watchdog around them. `Ok(false)` when the lock was held by
+    /// someone else (nothing extended).
+    pub async fn bare_extensions(
+        &self,
+        name: &str,
+        ttl: Duration,
+        n: usize,
+    ) -> Result<bool, LockError> {
+        let storage = &self.shared.storage;
+        let token = new_token();
+        let keys = storage.keys();
+        let (fence_key, waiting_key) = (keys.lock_fence(name), keys.lock_waiting(name));
+        let ttl_ms = ttl.as_millis().to_string();
+        let fence = storage
+            .eval_on_redis(
+                &scripts().acquire,
+                &[name, &fence_key, &waiting_key],
+                &[&token, &ttl_ms, "0"],
+            )
+            .await
+            .map_err(LockError::from_storage)?;
+        if fence.into_strings().first().map(String::as_str) == Some("0") {
+            return Ok(false);
+        }
+        for _ in 0..n {
+            storage
+                .eval_on_redis(&scripts().extend, &[name], &[&token, &ttl_ms])
+                .await
+                .map_err(LockError::from_storage)?;
+        }
+        storage
+            .eval_on_redis(
+                &scripts().release,
+                &[name, &waiting_key],
+                &[&self.shared.settings.release_channel, &token, "-"],
+            )
+            .await
+            .map_err(LockError::from_storage)?;
+        Ok(true)
+    }
+
     /// The settings in use.
     pub fn settings(&self) -> &LockSettings {
         &self.shared.settings
@@ -333,6 +387,114 @@ impl Locks {
         wait: Duration,
     ) -> Result<LockGuard, LockError> {
         self.validate(name, ttl)?;
+        self.wait_for(
+            name,
+            ttl,
+            wait,
+            |mark_ms| self.attempt(name, ttl, mark_ms),
+            |grant| {
+                LockGuard::remote(
+                    self.shared.clone(),
+                    name,
+                    grant.token,
+                    grant.fence,
+                    ttl,
+                    grant.handoffs,
+                )
+            },
+        )
+        .await
+    }
+
+    /// Acquires `name` for `ttl` with no guard and no watchdog, waiting up to `wait` (in
+    /// the same queue as [`Locks::acquire`]'s waiters): the holder keeps it with
+    /// [`Locks::extend_lease`] and gives it back with [`Locks::release_lease`], by its token.
+    /// A lease nobody extends expires at its TTL. This is what the HTTP API hands out, for
+    /// holders in other processes and languages.
+    ///
+    /// Unlike [`Locks::acquire`], a lease is never process-local: while Redis is unreachable
+    /// it fails with [`LockError::Unavailable`] whatever `locks.on_outage` says. Not had
+    /// within `wait`: [`LockError::Timeout`].
+    pub async fn acquire_lease(
+        &self,
+        name: &str,
+        ttl: Duration,
+        wait: Duration,
+    ) -> Result<LockLease, LockError> {
+        self.validate(name, ttl)?;
+        let ttl_ms = ttl.as_millis() as u64;
+        self.wait_for(
+            name,
+            ttl,
+            wait,
+            |mark_ms| async move {
+                let held = self.attempt_on_redis(name, ttl, mark_ms).await?;
+                Ok(held.map(|(token, fence, sent_at_ms)| LockLease {
+                    name: name.to_string(),
+                    token,
+                    fence,
+                    expires_at_ms: sent_at_ms + ttl_ms,
+                }))
+            },
+            |grant| LockLease {
+                name: name.to_string(),
+                token: grant.token,
+                fence: grant.fence,
+                expires_at_ms: grant.sent_at_ms + ttl_ms,
+            },
+        )
+        .await
+    }
+
+    /// Extends the lease of `name` held with `token` to `ttl` from now (compare-and-extend
+    /// on the token): `Ok(Some(expires_at_ms))`, or `Ok(None)` when the token no longer holds
+    /// the lock (it expired, was released, or another holder has it). Fails with
+    /// [`LockError::Unavailable`] while Redis is unreachable.
+    pub async fn extend_lease(
+        &self,
+        name: &str,
+        token: &str,
+        ttl: Duration,
+    ) -> Result<Option<u64>, LockError> {
+        self.validate(name, ttl)?;
+        validate_token(token)?;
+        let ttl_ms = ttl.as_millis() as u64;
+        let sent_at_ms = now_ms();
+        let reply = self
+            .shared
+            .storage
+            .eval_on_redis(&scripts().extend, &[name], &[token, &ttl_ms.to_string()])
+            .await
+            .map_err(LockError::from_storage)?;
+        Ok((reply.as_int() == 1).then_some(sent_at_ms + ttl_ms))
+    }
+
+    /// Releases the lease of `name` held with `token` (compare-and-delete on the token):
+    /// `Ok(true)` when it was still held by it, `Ok(false)` when not (nothing changed). Wakes
+    /// this process's waiters and, when other processes wait, announces the release. Fails
+    /// with [`LockError::Unavailable`] while Redis is unreachable (the lock then expires at
+    /// its TTL unless released later).
+    pub async fn release_lease(&self, name: &str, token: &str) -> Result<bool, LockError> {
+        self.validate_name(name)?;
+        validate_token(token)?;
+        guard::release(&self.shared, name, token, false, false).await
+    }
+
+    /// Waits in `name`'s queue until `attempt` (called as the head, with how long to mark the
+    /// name as waited for) gets the lock, a holder of this process hands it over (`granted`
+    /// turns the hand-over into what is held), or `wait` runs out.
+    async fn wait_for<T, A, Fut>(
+        &self,
+        name: &str,
+        ttl: Duration,
+        wait: Duration,
+        mut attempt: A,
+        granted: impl Fn(queue::Grant) -> T,
+    ) -> Result<T, LockError>
+    where
+        A: FnMut(u64) -> Fut,
+        Fut: Future<Output = Result<Option<T>, LockError>>,
+    {
         let start = Instant::now();
         let deadline = tokio::time::Instant::now() + wait;
         let ticket = self.shared.queues.enqueue(name, ttl.as_millis() as u64);
@@ -347,14 +509,7 @@ impl Locks {
             // A holder of this process may have handed the lock over (see `guard::handoff`).
             if let Some(grant) = ticket.take_grant() {
                 ticket.served();
-                return Ok(LockGuard::remote(
-                    self.shared.clone(),
-                    name,
-                    grant.token,
-                    grant.fence,
-                    ttl,
-                    grant.handoffs,
-                ));
+                return Ok(granted(grant));
             }
             let head = ticket.is_head();
             if head {
@@ -364,9 +519,9 @@ impl Locks {
                     .saturating_duration_since(tokio::time::Instant::now())
                     .as_millis()
                     .max(1) as u64;
-                if let Some(guard) = self.attempt(name, ttl, mark_ms).await? {
+                if let Some(held) = attempt(mark_ms).await? {
                     ticket.served();
-                    return Ok(guard);
+                    return Ok(held);
                 }
             }
             if tokio::time::Instant::now() >= deadline && ticket.is_waiting() {
@@ -425,17 +580,8 @@ impl Locks {
     }
 
     fn validate(&self, name: &str, ttl: Duration) -> Result<(), LockError> {
+        self.validate_name(name)?;
         let settings = &self.shared.settings;
-        if name.is_empty() {
-            return Err(LockError::InvalidName("the name is empty".into()));
-        }
-        if name.len() > settings.max_name_bytes {
-            return Err(LockError::InvalidName(format!(
-                "{} bytes, more than locks.max_name_bytes ({})",
-                name.len(),
-                settings.max_name_bytes
-            )));
-        }
         let ttl_ms = ttl.as_millis();
         if ttl_ms == 0 {
             return Err(LockError::InvalidTtl {
@@ -452,6 +598,21 @@ impl Locks {
         Ok(())
     }
 
+    fn validate_name(&self, name: &str) -> Result<(), LockError> {
+        let settings = &self.shared.settings;
+        if name.is_empty() {
+            return Err(LockError::InvalidName("the name is empty".into()));
+        }
+        if name.len() > settings.max_name_bytes {
+            return Err(LockError::InvalidName(format!(
+                "{} bytes, more than locks.max_name_bytes ({})",
+                name.len(),
+                settings.max_name_bytes
+            )));
+        }
+        Ok(())
+    }
+
     /// One attempt: one script on Redis, or the outage policy. When the lock is taken and
     /// `mark_ms` is not 0, the name is marked as waited for during `mark_ms`.
     async fn attempt(
@@ -460,9 +621,36 @@ impl Locks {
         ttl: Duration,
         mark_ms: u64,
     ) -> Result<Option<LockGuard>, LockError> {
+        match self.attempt_on_redis(name, ttl, mark_ms).await {
+            Ok(Some((token, fence, _))) => Ok(Some(LockGuard::remote(
+                self.shared.clone(),
+                name,
+                token,
+                fence,
+                ttl,
+                0,
+            ))),
+            Ok(None) => Ok(None),
+            Err(LockError::Unavailable(reason)) => self.outage(name, reason),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// One acquire script on Redis: `Some((token, fencing token, Unix ms just before the
+    /// call))` when the lock was free, `None` when it is held, [`LockError::Unavailable`]
+    /// off Redis.
+    async fn attempt_on_redis(
+        &self,
+        name: &str,
+        ttl: Duration,
+        mark_ms: u64,
+    ) -> Result<Option<(String, u64, u64)>, LockError> {
         let shared = &self.shared;
         if shared.storage.mode() != Mode::Redis {
-            return self.outage(name, format!("storage is {}", shared.storage.mode()));
+            return Err(LockError::Unavailable(format!(
+                "storage is {}",
+                shared.storage.mode()
+            )));
         }
         // A process-local lock granted during an outage still excludes this process's tasks.
         if shared.local.lock().contains_key(name) {
@@ -472,6 +660,7 @@ impl Locks {
         let keys = shared.storage.keys();
         let (fence_key, waiting_key) = (keys.lock_fence(name), keys.lock_waiting(name));
         let (ttl_ms, mark_ms) = (ttl.as_millis().to_string(), mark_ms.to_string());
+        let sent_at_ms = now_ms();
         let reply = shared
             .acquire_batch
             .call(batch::Request {
@@ -480,22 +669,9 @@ impl Locks {
             })
             .await;
         match reply {
-            Ok(fence) => {
-                if fence > 0 {
-                    Ok(Some(LockGuard::remote(
-                        shared.clone(),
-                        name,
-                        token,
-                        fence as u64,
-                        ttl,
-                        0,
-                    )))
-                } else {
-                    Ok(None)
-                }
-            }
-            Err(StorageError::Unavailable(reason)) => self.outage(name, reason),
-            Err(e) => Err(LockError::Storage(e)),
+            Ok(fence) if fence > 0 => Ok(Some((token, fence as u64, sent_at_ms))),
+            Ok(_) => Ok(None),
+            Err(e) => Err(LockError::from_storage(e)),
         }
     }
 
@@ -545,6 +721,42 @@ impl Locks {
             extension_retries: self.shared.extension_retries.load(Ordering::Relaxed),
         }
     }
+}
+
+/// A token as [`new_token`] makes them: 32 lower-case hex digits. Anything else is refused
+/// before it reaches Redis, so that a lease call can never release or extend a lock a seed
+/// client holds with its `"1"`.
+fn validate_token(token: &str) -> Result<(), LockError> {
+    let ok = token.len() == 32
+        && token
+            .bytes()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c));
+    if ok {
+        Ok(())
+    } else {
+        Err(LockError::InvalidToken(
+            "expected the 32 lower-case hex digits of a token this service handed out".into(),
+        ))
+    }
+}
+
+/// A lock held by its token alone ([`Locks::acquire_lease`]): no guard, no watchdog. Its
+/// holder extends it with [`Locks::extend_lease`] and releases it with
+/// [`Locks::release_lease`]; left alone, it expires at its TTL. Serialized as the HTTP API
+/// answers it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LockLease {
+    /// The lock's name (its Redis key, exactly as given).
+    pub name: String,
+    /// The random token the lock key holds (32 lower-case hex digits): what extends and
+    /// releases it.
+    pub token: String,
+    /// The fencing token: strictly increasing per lock name (see [`LockGuard::fencing_token`]).
+    pub fence: u64,
+    /// Unix milliseconds by which the lock expires unless extended: this process's clock
+    /// just before the acquisition was sent, plus the TTL (so never later than the real
+    /// expiry by this process's clock).
+    pub expires_at_ms: u64,
 }
 
 /// A random token: 32 lower-case hex digits (128 bits).

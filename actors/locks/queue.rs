@@ -19,6 +19,9 @@ pub(crate) struct Grant {
     pub(crate) fence: u64,
     /// Consecutive in-process hand-overs so far (bounded, so other processes get a turn).
     pub(crate) handoffs: u32,
+    /// Unix milliseconds just before the hand-over script was sent: the lock expires no
+    /// earlier than this plus the waiter's TTL.
+    pub(crate) sent_at_ms: u64,
 }
 
 #[derive(Debug)]
@@ -242,6 +245,7 @@ mod tests {
             token: "t".into(),
             fence: 7,
             handoffs: 1,
+            sent_at_ms: 0,
         };
         assert!(head.deliver(grant.clone()));
         assert_eq!(b.take_grant(), Some(grant.clone()));

@@ -1,6 +1,12 @@
 //! The lock scripts (acquire, release, extend, hand-over). Each is one round trip. They run on Redis only
 //! ([`Storage::eval_on_redis`](crate::storage::Storage::eval_on_redis)): a lock granted by the
 //! fallback and replayed later would be a lie, so the local twins refuse to run.
+//!
+//! On a server that has the commands, the extension runs as `SET lock token IFEQ token PX
+//! ttl` and the release as `DELIFEQ` (or `DELEX ... IFEQ`) with a check of the waiting mark
+//! ([`Native`]; the storage's `native` module says why that is the script's outcome). The
+//! acquisition and the hand-over stay Lua: the fencing counter is raised from the server's
+//! clock in the same atomic step as the grant.
 
 use std::sync::OnceLock;
 
@@ -24,7 +30,7 @@ local function next_fence(key)
 end
 "#;
 
-use crate::storage::{Keyspace, LocalError, Reply, Script};
+use crate::storage::{Keyspace, LocalError, Native, Reply, Script};
 
 /// Acquires a batch of locks (one or more requests of this process, see `batch.rs`).
 /// KEYS: per request, lock, fencing counter, waiting mark. ARGV: per request, token, ttl ms,
@@ -104,8 +110,13 @@ pub(crate) fn scripts() -> &'static LockScripts {
     static SCRIPTS: OnceLock<LockScripts> = OnceLock::new();
     SCRIPTS.get_or_init(|| LockScripts {
         acquire: Script::new("lock-acquire", &with_fence(ACQUIRE), redis_only),
-        release: Script::new("lock-release", RELEASE, redis_only),
-        extend: Script::new("lock-extend", EXTEND, redis_only),
+        // Where the server has the command, the release runs as a conditional delete and the
+        // extension as `SET IFEQ` (the layouts `Native` documents are these scripts'); the
+        // acquisition and the hand-over stay Lua: they raise the fencing counter from the
+        // server's clock in the same atomic step as the grant.
+        release: Script::new("lock-release", RELEASE, redis_only)
+            .with_native(Native::DeleteIfEqualAnnounced),
+        extend: Script::new("lock-extend", EXTEND, redis_only).with_native(Native::ExtendIfEqual),
         handoff: Script::new("lock-handoff", &with_fence(HANDOFF), redis_only),
     })
 }

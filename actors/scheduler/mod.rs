@@ -103,8 +103,10 @@
 //! | `scripts.rs` | the Lua scripts and their Rust twins: `task-enqueue`, `task-step`, `task-extend`, `task-cancel`, `task-revive`, `task-promote`, `bot-state`, `session-count`, `bot-event` |
 //! | [`state`] | bot state, sessions, metrics and events |
 //! | [`periodic`] | periodic jobs, once per period across the fleet |
+//! | [`external`] | handlers outside the process, from `[[scheduler.handlers]]`: a command or a webhook per task |
 //! | `ids` | time-ordered task ids |
 
+pub mod external;
 mod ids;
 mod lease;
 pub mod periodic;

@@ -110,7 +110,9 @@ impl Actor for Fetcher {
         let core = self.shared.core.clone();
         let runtime = core.runtime.clone();
         self.child
-            .spawn_task(ctx, "fetch loop", &runtime, run(core));
+            .spawn_task(ctx, "fetch loop", &runtime, run(core.clone()));
+        self.child
+            .spawn_task(ctx, "key watch", &runtime, super::watch::run(core));
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {

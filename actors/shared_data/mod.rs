@@ -27,6 +27,13 @@
 //! interleave and a replay never regresses the key. With no Redis configured the one process
 //! leads.
 //!
+//! Following the key (`watch.rs`): the readers' copies are fed by this process's fetcher, by
+//! the change notices of the fleet's fetchers, and by a watch of the shared key itself, so a
+//! snapshot written by anyone in the seed's layout (a seed bot's plain `SET` + `EXPIRE`) with
+//! a newer `timestamp` reaches every reader within `watch_interval_ms` plus one `GET` (about
+//! one round trip with keyspace notifications, `keyspace_events`), and wakes
+//! [`Reader::newer_than`].
+//!
 //! Reads: a reader answers from its in-process copy (a load and a clock read) while it is
 //! younger than `fresh_ms`. A stale read takes the process's single-flight fallback (one task
 //! shared by every reader of the process), and at most one direct fetch per freshness window
@@ -44,6 +51,7 @@ mod fetcher;
 mod reader;
 mod scripts;
 mod source;
+mod watch;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -60,6 +68,7 @@ pub use fetcher::FetcherMetrics;
 pub use reader::{Reader, ReaderMetrics};
 pub(crate) use reader::{ReaderActor, SnapshotWritten};
 pub use source::{ExtractorFn, FnSource, HttpSource, Source, SourceFuture};
+pub use watch::{WatchMetrics, WatchMode};
 
 use crate::actors::locks::Locks;
 use crate::clock::now_ms;
@@ -95,7 +104,8 @@ pub struct Snapshot {
     pub timestamp: u64,
     /// The source's JSON as received.
     pub game_data: Value,
-    /// What the extractor made of it.
+    /// What the extractor made of it (`null` when a writer left it out).
+    #[serde(default)]
     pub processed_data: Value,
 }
 
@@ -141,6 +151,8 @@ pub struct SharedDataMetrics {
     pub fetcher: FetcherMetrics,
     /// Every reader of this process.
     pub readers: Vec<ReaderMetrics>,
+    /// The key watch of this process.
+    pub watch: WatchMetrics,
 }
 
 /// A change notice, as published on `shared_data.channel`.
@@ -178,6 +190,7 @@ pub(crate) struct Core {
     flights: AtomicU64,
     readers: parking_lot::RwLock<Vec<Arc<ReaderState>>>,
     fetcher: fetcher::Counters,
+    watch: watch::Counters,
     /// The last change notice parsed, by its text: every reader of the process receives the
     /// same notice, and only the first parses it. A mutex held for one parse, never across an
     /// await.
@@ -243,6 +256,7 @@ impl SharedData {
             flights: AtomicU64::new(0),
             readers: parking_lot::RwLock::new(Vec::new()),
             fetcher: fetcher::Counters::default(),
+            watch: watch::Counters::default(),
             last_notice: parking_lot::Mutex::new(None),
             local_readers: parking_lot::RwLock::new(Vec::new()),
         });
@@ -354,6 +368,10 @@ impl SharedData {
                 .iter()
                 .map(|r| r.metrics(now))
                 .collect(),
+            watch: self
+                .core
+                .watch
+                .snapshot(self.core.settings.watch_interval_ms),
         }
     }
 
@@ -440,6 +458,24 @@ impl Core {
             self.latest.store(Some(snapshot.clone()));
             self.changed.notify_waiters();
         }
+    }
+
+    /// Hands `snapshot`, found in the shared key, to the process and every reader, when it is
+    /// newer than the newest the process knows. Answers whether it was.
+    fn offer_to_readers(&self, snapshot: &Arc<Snapshot>) -> bool {
+        let newer = self
+            .latest
+            .load()
+            .as_ref()
+            .is_none_or(|s| s.timestamp < snapshot.timestamp);
+        if !newer {
+            return false;
+        }
+        self.offer(snapshot);
+        for reader in self.readers.read().iter() {
+            reader.offer(snapshot.clone());
+        }
+        true
     }
 
     /// The guarded write: the shared key through the script, then the legacy key and the

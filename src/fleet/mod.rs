@@ -23,6 +23,8 @@
 //! [`Fleet::cache`], ...) are built in `services.rs` (`Services::add`, which also declares the
 //! actors in this order) and kept in the fleet. With `history.enabled` the scheduler and the hazards handle get
 //! the archive's sink, and with `history.retention_days` above 0 a periodic job purges old rows.
+//! The `[[scheduler.handlers]]` of the settings (commands and webhooks,
+//! `actors::scheduler::external`) are registered with the scheduler at start.
 //!
 //! [`Fleet::shutdown`] stops the actors in reverse order, each within
 //! `supervisor.stop_timeout_ms`, deletes this process's heartbeat, closes the history archive
@@ -339,7 +341,7 @@ impl Fleet {
     }
 
     /// The task scheduler: the seed's task queue with workers, bot state, sessions, metrics
-    /// and events.
+    /// and events. The settings' `[[scheduler.handlers]]` are registered already.
     pub fn scheduler(&self) -> Scheduler {
         self.inner.services.scheduler.clone()
     }

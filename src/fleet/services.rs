@@ -17,7 +17,7 @@ use crate::actors::history::{History, HistoryWriter, RETENTION_JOB};
 use crate::actors::locks::{LockManager, Locks};
 use crate::actors::presence::{hostname, Presence};
 use crate::actors::scheduler::periodic::Periodic;
-use crate::actors::scheduler::{Scheduler, SchedulerActor};
+use crate::actors::scheduler::{external, Scheduler, SchedulerActor};
 use crate::actors::shared_data::{Fetcher, ReaderActor, SharedData, SharedDataError};
 use crate::actors::storage_monitor::{StorageModeChanged, StorageMonitor};
 use crate::settings::Settings;
@@ -52,7 +52,8 @@ impl Services {
     /// storage monitor, presence, lock manager, history writer (when `history.enabled`),
     /// hazard ticker, scheduler, the shared-data fetcher and readers (when
     /// `shared_data.enabled`), the heartbeat sender and peer monitor (when
-    /// `heartbeat.enabled`), the admin inbox. The history archive, opened by the caller with
+    /// `heartbeat.enabled`), the admin inbox; the settings' `[[scheduler.handlers]]` are
+    /// registered with the scheduler. The history archive, opened by the caller with
     /// `History::open_supervised`, gets its writer actor (before its producers, so that it
     /// stops after them), its producers and its retention job. Call it on the host's
     /// multi-threaded tokio runtime: the tasks the handles spawn run there.
@@ -134,6 +135,10 @@ impl Services {
         // The worker runs under the actor, from the tree's start: the host's handlers only
         // register.
         scheduler.supervise();
+        // `[[scheduler.handlers]]`: validated with the settings, so a refusal here is a bug.
+        if let Err(e) = external::register(&scheduler, &settings.scheduler.handlers) {
+            tracing::error!(actor = "scheduler", error = %e, "configured handlers not registered");
+        }
         {
             let (scheduler, periodic) = (scheduler.clone(), periodic.clone());
             let runtime = tokio::runtime::Handle::current();

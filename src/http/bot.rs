@@ -211,10 +211,28 @@ impl ArchiveQuery {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminSendRequest {
-    /// The bot's process id, decimal (as seed 004 passes it).
+    /// The bot's process id: a JSON integer, or decimal text (as seed 004 passes it).
+    #[serde(deserialize_with = "pid_text")]
     pub pid: String,
     /// The message.
     pub message: String,
+}
+
+/// A pid given as a JSON integer or as text, kept as text (checked by `parse_pid` after).
+fn pid_text<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Pid {
+        Number(u64),
+        Text(String),
+    }
+    match Pid::deserialize(deserializer) {
+        Ok(Pid::Number(n)) => Ok(n.to_string()),
+        Ok(Pid::Text(text)) => Ok(text),
+        Err(_) => Err(serde::de::Error::custom(
+            "expected a positive integer or decimal text",
+        )),
+    }
 }
 
 impl StartRequest {

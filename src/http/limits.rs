@@ -8,6 +8,7 @@
 //! | idle between two requests | `api.keep_alive_ms` (0 by default: one request per connection) | closed |
 //! | a response to a request whose body was not read (401, 413, 503...) | [`LINGER`] | `Connection: close`, closed without reading the body |
 //! | open connections | `api.max_connections` ([`ConnectionCount`]) | past it only `GET /health` is served, others 503 and closed |
+//! | a long poll (`wait_ms`) | until its client closes the connection ([`client_gone`]) | the wait ends; what it would have taken is given back |
 //!
 //! actix-web closes a connection whose unread body has a `Content-Length`, but it reads (and
 //! discards) an unread *chunked* body to the end before closing, however long the client takes.
@@ -133,6 +134,64 @@ impl ConnectionCount {
             .saturating_add(ApiSettings::HEALTH_RESERVE);
         total.div_ceil(settings.workers.max(1))
     }
+}
+
+/// A connection's socket, recorded when it is accepted ([`PeerSocket::record`], from the
+/// server's `on_connect`), so that a handler that waits long can see its client leave:
+/// actix-web runs a handler to its end even when the client closed the connection meanwhile,
+/// and a long poll would then take something (a lock, a task) for nobody.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PeerSocket(std::os::fd::RawFd);
+
+impl PeerSocket {
+    /// Records the socket of a plain TCP connection `io` in its `extensions`.
+    pub(crate) fn record(io: &dyn std::any::Any, extensions: &mut Extensions) {
+        use std::os::fd::AsRawFd;
+        if let Some(stream) = io.downcast_ref::<actix_web::rt::net::TcpStream>() {
+            extensions.insert(PeerSocket(stream.as_raw_fd()));
+        }
+    }
+
+    /// Whether the client closed its end: a read would find the end of the stream (or the
+    /// connection is reset).
+    fn closed(self) -> bool {
+        let mut poll = libc::pollfd {
+            fd: self.0,
+            events: libc::POLLRDHUP,
+            revents: 0,
+        };
+        // SAFETY: poll(2) with a timeout of 0 on one pollfd that lives on the stack. The fd is
+        // the connection's, open for as long as the request that asks is in flight (actix-web
+        // closes it only after dropping the request's handler).
+        let ready = unsafe { libc::poll(&mut poll, 1, 0) };
+        ready > 0 && poll.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
+    }
+}
+
+/// How often [`client_gone`] looks at the connection.
+const GONE_CHECK: Duration = Duration::from_millis(100);
+
+/// Resolves once the client of `req` has closed its connection (looked at every 100 ms);
+/// never when its socket is unknown. For long polls: `select!` it against the wait. (A
+/// client that half-closes its sending side while it waits counts as gone.)
+pub(crate) async fn client_gone(req: &actix_web::HttpRequest) {
+    let Some(peer) = req.conn_data::<PeerSocket>().copied() else {
+        return std::future::pending().await;
+    };
+    let mut tick = tokio::time::interval(GONE_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if peer.closed() {
+            return;
+        }
+    }
+}
+
+/// Whether the client of `req` has closed its connection already.
+pub(crate) fn client_closed(req: &actix_web::HttpRequest) -> bool {
+    req.conn_data::<PeerSocket>()
+        .is_some_and(|peer| peer.closed())
 }
 
 /// What the middleware learns about a request's body while the handler reads it.

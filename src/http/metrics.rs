@@ -102,6 +102,13 @@ pub(crate) fn render(
         "Writes fewer replicas than storage.redis.wait_replicas acknowledged in time",
         storage.unreplicated_writes,
     );
+    counter(
+        &mut registry,
+        "storage_unsynced_writes",
+        "Writes the master had not written to its append-only file within \
+         storage.redis.wait_timeout_ms (storage.redis.wait_aof)",
+        storage.unsynced_writes,
+    );
     gauge(
         &mut registry,
         "storage_masters_missing_replicas",

@@ -1,5 +1,6 @@
-//! The daemon's HTTP API: health, status, Prometheus metrics, the live stream, the dashboard
-//! and the bot-control endpoints of seed 001 under `/api/bot/`.
+//! The daemon's HTTP API: health, status, Prometheus metrics, the live stream, the dashboard,
+//! the bot-control endpoints of seed 001 under `/api/bot/`, and the fleet's locks for holders
+//! outside the process under `/api/locks/`.
 //!
 //! [`HttpApi::builder`] takes a running [`Fleet`] and reads everything from it on request:
 //! [`Fleet::health`] (storage counters and the supervision tree's board, no message sent),
@@ -22,8 +23,8 @@
 //! - [`StatusSection`]: a named section of the status snapshot, with an optional health reason
 //!   (which turns `/health` to 503) and its own Prometheus samples. The built-in ones
 //!   ([`QueueSection`], [`BotsSection`], [`SnapshotSection`], [`HazardsSection`],
-//!   [`EventsSection`]) fill the dashboard's places ([`PLACEHOLDER_SECTIONS`]); other names are
-//!   shown as JSON. [`HttpApiBuilder::section`] adds one, or replaces the section of the same
+//!   [`CacheSection`], [`EventsSection`]) fill the dashboard's places
+//!   ([`PLACEHOLDER_SECTIONS`]); other names are shown as JSON. [`HttpApiBuilder::section`] adds one, or replaces the section of the same
 //!   name.
 //!
 //! The server (actix-web) runs on a thread of its own (`botfleet-http`), under its own actix
@@ -45,14 +46,17 @@
 //! | `mod.rs` | [`HttpApi`], [`HttpApiBuilder`], the state the handlers share (fleet, `[api]` settings, seams, shutdown signal) |
 //! | `routes.rs` | the routes: `/health` (GET and HEAD), `/status`, `/metrics`, `/openapi.json`, `/api/bot/...`, `/api/admin/send`, each service area's, a JSON 404 |
 //! | `openapi.rs`, `openapi/` | the OpenAPI document, in parts (`base.json` and one per service area), merged and served at `/openapi.json` |
+//! | `locks.rs` | `/api/locks/acquire`, `/extend`, `/release`: leases of the fleet's locks, by token, no watchdog |
 //! | `limits.rs` | the bounds of each request's phases, `Connection: close` on refusals, the connection cap with its reserve for `/health` |
 //! | `snapshot.rs` | [`StatusSnapshot`], the health verdict, the [`StatusSection`] seam |
 //! | `sections.rs` | the built-in sections and their Prometheus samples |
 //! | `bot.rs` | seed 001's request types and their validation, [`ApiError`] (JSON `{"error","field"}`), the [`BotApi`] seam |
 //! | `fleet_bot.rs` | [`FleetBot`]: [`BotApi`] over the fleet's scheduler |
 //! | `tasks.rs` | `/api/tasks`: add and read tasks, the worker protocol (claim with a long poll, extend, complete, fail under a lease), dead letters and delayed tasks |
+//! | `games.rs` | `/api/game-sessions/...` and `/api/fairness/...`: seed 002's game sessions and fairness records over the fleet's handles, their bodies checked (400 naming the field) |
 //! | `auth.rs` | the bearer token on mutating methods, its header parsed strictly, compared in constant time |
 //! | `metrics.rs` | Prometheus text from a snapshot, through a registry built per request |
+//! | `data.rs`, `data/` | the sidecar's data services: shared data and its stream, admin inboxes with acknowledgement, identities, heartbeats, peers and their stream |
 //! | `sse.rs` | `/api/events/stream` (snapshots on a timer, storage events at once) and `/api/bot/event-stream` (the scheduler's events) |
 //! | `dashboard.rs`, `dashboard.html` | the page, embedded with `include_str!`, inline CSS and JavaScript |
 //!
@@ -73,8 +77,11 @@ use crate::settings::ApiSettings;
 mod auth;
 mod bot;
 mod dashboard;
+mod data;
 mod fleet_bot;
+mod games;
 mod limits;
+mod locks;
 mod metrics;
 mod openapi;
 mod routes;
@@ -88,7 +95,9 @@ pub use bot::{
     Unavailable, PRIORITY_MAX, PRIORITY_MIN, TASK_STATUSES, TASK_TYPES,
 };
 pub use fleet_bot::FleetBot;
-pub use sections::{BotsSection, EventsSection, HazardsSection, QueueSection, SnapshotSection};
+pub use sections::{
+    BotsSection, CacheSection, EventsSection, HazardsSection, QueueSection, SnapshotSection,
+};
 pub use snapshot::{HealthVerdict, StatusSection, StatusSnapshot, PLACEHOLDER_SECTIONS};
 
 /// Why the HTTP server could not start.
@@ -226,7 +235,10 @@ impl HttpApiBuilder {
                     .keep_alive(keep_alive)
                     .client_disconnect_timeout(limits::LINGER)
                     .max_connections(per_worker)
-                    .on_connect(move |_, extensions| counter.on_connect(extensions))
+                    .on_connect(move |io, extensions| {
+                        counter.on_connect(extensions);
+                        limits::PeerSocket::record(io, extensions);
+                    })
                     .disable_signals()
                     .shutdown_timeout(2)
                     .listen(listener);

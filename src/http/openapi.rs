@@ -20,6 +20,9 @@ use serde_json::{Map, Value};
 const PARTS: &[(&str, &str)] = &[
     ("base", include_str!("openapi/base.json")),
     ("tasks", include_str!("openapi/tasks.json")),
+    ("data", include_str!("openapi/data.json")),
+    ("locks", include_str!("openapi/locks.json")),
+    ("games", include_str!("openapi/games.json")),
 ];
 
 /// The merged document, as served (or why it could not be merged).

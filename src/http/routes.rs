@@ -10,7 +10,7 @@ use super::bot::{
     StartRequest, TaskListQuery,
 };
 use super::snapshot::StatusSnapshot;
-use super::{dashboard, metrics, openapi, sse, tasks, AppState};
+use super::{dashboard, metrics, openapi, sse, AppState};
 use crate::storage::Mode;
 
 /// Registers every route, each with its full path (the `openapi` suite reads them from the
@@ -35,7 +35,10 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
         .route("/api/bot/metrics/{session_id}", web::get().to(bot_metrics))
         .route("/api/bot/system-status", web::get().to(system_status));
     // Each service area's routes (one line each, before the fallback).
-    cfg.configure(tasks::configure);
+    cfg.configure(super::tasks::configure);
+    cfg.configure(super::data::configure);
+    cfg.configure(super::locks::configure);
+    cfg.configure(super::games::configure);
     cfg.default_service(web::to(not_found));
 }
 
@@ -220,11 +223,13 @@ async fn bot_metrics(
     answer(fresh(&state, state.bot.metrics(session_id).await))
 }
 
-/// `POST /api/admin/send`: `{"pid": "1234", "message": "..."}` to one bot's admin queue and
-/// channel (seed 004); answers the message id.
+/// `POST /api/admin/send`: `{"pid": 1234, "message": "..."}` (the pid an integer or decimal
+/// text) to one bot's admin queue and channel (seed 004); answers the message id and the pid.
 async fn admin_send(state: web::Data<AppState>, body: Bytes) -> Result<HttpResponse, ApiError> {
     use crate::actors::heartbeat::HeartbeatError;
     let request: AdminSendRequest = parse_json(&body)?;
+    let pid = crate::actors::heartbeat::parse_pid(&request.pid)
+        .map_err(|e| ApiError::bad_field("pid", e.to_string()))?;
     let id = state
         .fleet
         .admin()
@@ -236,7 +241,7 @@ async fn admin_send(state: web::Data<AppState>, body: Bytes) -> Result<HttpRespo
             HeartbeatError::Storage(_) => ApiError::Unavailable(format!("storage refused: {e}")),
             other => ApiError::Internal(other.to_string()),
         })?;
-    Ok(HttpResponse::Ok().json(json!({ "id": id, "pid": request.pid })))
+    Ok(HttpResponse::Ok().json(json!({ "id": id, "pid": pid })))
 }
 
 async fn not_found(req: HttpRequest) -> HttpResponse {

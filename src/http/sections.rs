@@ -1,5 +1,5 @@
 //! The built-in [`StatusSection`]s: the task queue, live and stale bots, the shared snapshot,
-//! the current hazards and the event feed. [`crate::http::HttpApi::builder`] installs all of
+//! the current hazards, the cache's counters and the event feed. [`crate::http::HttpApi::builder`] installs all of
 //! them; each fills its place on the dashboard and adds its samples to `GET /metrics`.
 //!
 //! A section reads counters kept in memory and a few bounded storage calls (never a whole
@@ -27,6 +27,8 @@ const RECENT_TASKS: usize = 10;
 const RECENT_EVENTS: usize = 20;
 /// Peers the bots section lists.
 const LISTED_PEERS: usize = 50;
+/// Largest source JSON the snapshot section shows; past it, only its size.
+const SNAPSHOT_SHOWN_BYTES: usize = 4_096;
 
 type Labels = Vec<(String, String)>;
 
@@ -37,6 +39,7 @@ pub(crate) fn built_in() -> Vec<std::sync::Arc<dyn StatusSection>> {
         std::sync::Arc::new(BotsSection),
         std::sync::Arc::new(SnapshotSection),
         std::sync::Arc::new(HazardsSection),
+        std::sync::Arc::new(CacheSection),
         std::sync::Arc::new(EventsSection),
     ]
 }
@@ -187,7 +190,8 @@ impl StatusSection for BotsSection {
     }
 }
 
-/// `snapshot`: the shared snapshot's age, the fetcher and the readers (seed 000).
+/// `snapshot`: the shared snapshot (its source's JSON only when small) and its age, the
+/// fetcher, the readers and the key watch (seed 000).
 #[derive(Debug, Clone, Copy)]
 pub struct SnapshotSection;
 
@@ -204,11 +208,23 @@ impl StatusSection for SnapshotSection {
             let shared = fleet.shared_data();
             let latest = shared.latest();
             let metrics = shared.metrics();
+            // The snapshot itself, its source's JSON left out past a few KiB.
+            let snapshot = latest.as_ref().map(|s| {
+                let game_data = serde_json::to_string(&s.game_data).map_or(0, |t| t.len());
+                json!({
+                    "timestamp": s.timestamp,
+                    "processed_data": s.processed_data,
+                    "game_data": (game_data <= SNAPSHOT_SHOWN_BYTES).then_some(&s.game_data),
+                    "game_data_bytes": game_data,
+                })
+            });
             json!({
                 "age_ms": latest.as_ref().map(|s| s.age_ms(now_ms())),
                 "timestamp": latest.as_ref().map(|s| s.timestamp),
+                "snapshot": snapshot,
                 "fetcher": metrics.fetcher,
                 "readers": metrics.readers,
+                "watch": metrics.watch,
             })
         })
     }
@@ -243,6 +259,19 @@ impl StatusSection for SnapshotSection {
             "fetcher_failures",
             "Fetches that failed after every attempt",
             uint(&fetcher["failures"]),
+        );
+        let watch = &value["watch"];
+        counter(
+            registry,
+            "shared_data_key_reads",
+            "Reads of the shared key by the key watch",
+            uint(&watch["reads"]),
+        );
+        counter(
+            registry,
+            "shared_data_key_snapshots",
+            "Newer snapshots the key watch found in the shared key",
+            uint(&watch["snapshots_found"]),
         );
         let families: [(&str, &str, &str); 4] = [
             (
@@ -347,6 +376,83 @@ impl StatusSection for HazardsSection {
             "hazard_leader",
             "1 when this process's hazard ticker leads",
             i64::from(ticker["leader"].as_bool().unwrap_or(false)),
+        );
+    }
+}
+
+/// `cache`: this process's cache counters (`Fleet::cache()`): hits from the near cache and
+/// from the storage (and their sum, `hits`), misses, loader calls and their failures,
+/// invalidations sent and received, evictions, near entries. Memory only, no storage call.
+#[derive(Debug, Clone, Copy)]
+pub struct CacheSection;
+
+impl StatusSection for CacheSection {
+    fn name(&self) -> &str {
+        "cache"
+    }
+
+    fn collect<'a>(&'a self, fleet: &'a Fleet) -> BoxFuture<'a, Value> {
+        Box::pin(async move {
+            let stats = fleet.cache().stats();
+            let mut value = serde_json::to_value(&stats).unwrap_or(Value::Null);
+            if let Some(object) = value.as_object_mut() {
+                object.insert("hits".into(), json!(stats.near_hits + stats.storage_hits));
+            }
+            value
+        })
+    }
+
+    fn metrics(&self, value: &Value, registry: &mut Registry) {
+        if value.get("misses").is_none() {
+            return;
+        }
+        let hits: Family<Labels, Counter> = Family::default();
+        for (tier, field) in [("near", "near_hits"), ("storage", "storage_hits")] {
+            hits.get_or_create(&vec![("tier".into(), tier.into())])
+                .inc_by(uint(&value[field]));
+        }
+        registry.register(
+            "cache_hits",
+            "Cache reads answered from the near cache (tier=near) or from the storage \
+             (tier=storage)",
+            hits,
+        );
+        let counters: [(&str, &str, &str); 6] = [
+            (
+                "cache_misses",
+                "Cache reads that found the key nowhere",
+                "misses",
+            ),
+            ("cache_loads", "Cache loader calls", "loads"),
+            (
+                "cache_load_errors",
+                "Cache loader calls that failed",
+                "load_errors",
+            ),
+            (
+                "cache_invalidations_sent",
+                "Invalidations this process published on the cache channel",
+                "invalidations_sent",
+            ),
+            (
+                "cache_invalidations_received",
+                "Invalidations of other processes received",
+                "invalidations_received",
+            ),
+            (
+                "cache_evictions",
+                "Near entries dropped because the near cache was full",
+                "evictions",
+            ),
+        ];
+        for (name, help, field) in counters {
+            counter(registry, name, help, uint(&value[field]));
+        }
+        gauge(
+            registry,
+            "cache_near_entries",
+            "Entries in the near cache",
+            int(&value["near_entries"]),
         );
     }
 }

@@ -18,9 +18,10 @@ use crate::storage::{Freshness, Mode, StorageStats};
 use crate::supervisor::{ChildState, HealthReport};
 
 /// Sections the dashboard has a place for: the task queue by status, live and stale bots, the
-/// shared snapshot's age, current hazards, and the event feed. The built-in sections fill them;
+/// shared snapshot's age, current hazards, the cache's counters, and the event feed. The built-in sections fill them;
 /// a name no registered [`StatusSection`] provides is `null`.
-pub const PLACEHOLDER_SECTIONS: &[&str] = &["queue", "bots", "snapshot", "hazards", "events"];
+pub const PLACEHOLDER_SECTIONS: &[&str] =
+    &["queue", "bots", "snapshot", "hazards", "cache", "events"];
 
 /// How long a query to a built-in actor may take before the snapshot leaves it out.
 const ACTOR_QUERY_TIMEOUT: Duration = Duration::from_millis(500);

@@ -98,6 +98,11 @@ impl Settings {
         copy.storage.redis.url = redact_url(&copy.storage.redis.url);
         copy.api.token = copy.api.token.redacted();
         copy.history.url = redact_url(&copy.history.url);
+        for handler in &mut copy.scheduler.handlers {
+            if let Some(url) = &mut handler.url {
+                *url = redact_url(url);
+            }
+        }
         copy
     }
 
@@ -217,6 +222,15 @@ pub struct RedisSettings {
     /// Longest `WAIT` for `wait_replicas`, milliseconds; a write still short of them is
     /// acknowledged (it is on the master) and counted as unreplicated.
     pub wait_timeout_ms: u64,
+    /// Acknowledge a write only once the master wrote it to its append-only file, and the
+    /// `wait_replicas` replicas to theirs (`WAITAOF`, Redis 7.2+ and Valkey, with
+    /// `appendonly yes`), instead of `WAIT`'s replicas holding it in memory. Refused at start
+    /// on a server without it.
+    pub wait_aof: bool,
+    /// Run the scripts that have a native twin as that command on a server that has it
+    /// (`SET IFEQ`, `DELIFEQ`/`DELEX`, `MSETEX`: Redis 8.4+, Valkey 8.1+); false keeps every
+    /// script.
+    pub native_commands: bool,
 }
 
 impl Default for RedisSettings {
@@ -240,6 +254,8 @@ impl Default for RedisSettings {
             sentinel_password: Secret::default(),
             wait_replicas: 0,
             wait_timeout_ms: 100,
+            wait_aof: false,
+            native_commands: true,
         }
     }
 }
@@ -277,6 +293,8 @@ impl fmt::Debug for RedisSettings {
             sentinel_password,
             wait_replicas,
             wait_timeout_ms,
+            wait_aof,
+            native_commands,
         } = self;
         f.debug_struct("RedisSettings")
             .field("enabled", enabled)
@@ -297,6 +315,8 @@ impl fmt::Debug for RedisSettings {
             .field("sentinel_password", sentinel_password)
             .field("wait_replicas", wait_replicas)
             .field("wait_timeout_ms", wait_timeout_ms)
+            .field("wait_aof", wait_aof)
+            .field("native_commands", native_commands)
             .finish()
     }
 }
@@ -746,6 +766,9 @@ pub struct SchedulerSettings {
     /// claims of `POST /api/tasks/claim`): names following [`task_type_problem`]'s rules, or
     /// `["*"]` for any such name. Default: seed 001's six ([`DEFAULT_TASK_TYPES`]).
     pub task_types: Vec<String>,
+    /// Handlers run by the daemon itself, with no code: `[[scheduler.handlers]]`, each a
+    /// command or a webhook per task of one type (`botfleet::actors::scheduler::external`).
+    pub handlers: Vec<HandlerSettings>,
 }
 
 /// Seed 001's task types (`bot:task:{id}` field `type`): the default of
@@ -818,6 +841,62 @@ impl Default for SchedulerSettings {
             events_max_len: 1_000,
             events_channel: "bot:events:live".into(),
             task_types: DEFAULT_TASK_TYPES.iter().map(|t| t.to_string()).collect(),
+            handlers: Vec::new(),
+        }
+    }
+}
+
+/// Longest `timeout_ms` of a `[[scheduler.handlers]]` entry: a day.
+pub const HANDLER_MAX_TIMEOUT_MS: u64 = 86_400_000;
+/// Largest `concurrency` of a `[[scheduler.handlers]]` entry.
+pub const HANDLER_MAX_CONCURRENCY: usize = 1_024;
+
+/// One `[[scheduler.handlers]]` entry: how the daemon runs the tasks of one type, with exactly
+/// one of `command` (a process per task) and `url` (a POST per task). Its `Debug` and
+/// [`Settings::redacted`] hide a password in the URL.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HandlerSettings {
+    /// The task type handled (`type` in the file).
+    #[serde(rename = "type")]
+    pub task_type: String,
+    /// Tasks of this type run at once in this process.
+    pub concurrency: usize,
+    /// Longest run of one attempt, milliseconds: a command is then killed (its whole process
+    /// group), a webhook call abandoned, and the attempt fails.
+    pub timeout_ms: u64,
+    /// The command's argv (`["python3", "handle.py"]`), run without a shell: the task JSON on
+    /// stdin, `BOTFLEET_TASK_ID`, `BOTFLEET_TASK_TYPE` and `BOTFLEET_TASK_ATTEMPT` in its
+    /// environment; exit 0 completes the task, another code fails the attempt with the tail of
+    /// its stderr as the error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    /// The webhook: the task JSON is POSTed to it; a 2xx answer completes the task, anything
+    /// else fails the attempt.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}
+
+impl std::fmt::Debug for HandlerSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HandlerSettings")
+            .field("task_type", &self.task_type)
+            .field("concurrency", &self.concurrency)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("command", &self.command)
+            .field("url", &self.url.as_deref().map(redact_url))
+            .finish()
+    }
+}
+
+impl Default for HandlerSettings {
+    fn default() -> Self {
+        Self {
+            task_type: String::new(),
+            concurrency: 1,
+            timeout_ms: 30_000,
+            command: None,
+            url: None,
         }
     }
 }
@@ -848,6 +927,13 @@ pub struct SharedDataSettings {
     pub leader_ttl_ms: u64,
     /// Names of the readers started with the fleet (used in logs and metrics).
     pub readers: Vec<String>,
+    /// Interval of the check of `shared_key` that finds snapshots written by anyone (a seed
+    /// bot's `SET` sends no notice), milliseconds; 0 turns the check off, else at most half
+    /// of `fresh_ms`. With keyspace notifications in use it is only the safety net, run
+    /// every four intervals.
+    pub watch_interval_ms: u64,
+    /// Whether readers also follow the key through Redis keyspace notifications.
+    pub keyspace_events: KeyspaceEvents,
     /// `[shared_data.source]`.
     pub source: SharedSourceSettings,
     /// `[shared_data.extract]`.
@@ -867,10 +953,28 @@ impl Default for SharedDataSettings {
             leader_lock: "botfleet:shared-data:leader".into(),
             leader_ttl_ms: 5_000,
             readers: ["EN", "VI", "JP", "ID"].map(String::from).to_vec(),
+            watch_interval_ms: 500,
+            keyspace_events: KeyspaceEvents::Auto,
             source: SharedSourceSettings::default(),
             extract: ExtractSettings::default(),
         }
     }
+}
+
+/// Whether the shared-data readers follow `shared_key` through Redis keyspace notifications
+/// (`__keyspace@DB__:KEY`), which announce a seed bot's `SET` the moment it happens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyspaceEvents {
+    /// Use them when the server already emits them for strings (`CONFIG GET
+    /// notify-keyspace-events` holds `K` and `$` or `A`); the server's configuration is
+    /// never changed.
+    Auto,
+    /// Never: the key is checked every `watch_interval_ms`.
+    Off,
+    /// Add `K$` to the server's `notify-keyspace-events` (`CONFIG SET`) when they are
+    /// missing, then use them: this changes the server for every client.
+    Enable,
 }
 
 /// `[shared_data.source]`: the HTTP JSON endpoint the fetcher polls.

@@ -321,12 +321,12 @@ fn semantic(settings: &Settings, tree: &Node, problems: &mut Vec<Problem>) {
     );
     // Commands queued behind a WAIT on its connection wait for it: a WAIT as long as the
     // command timeout would make them time out, and read as an outage.
-    if redis.wait_replicas > 0 && redis.wait_timeout_ms >= redis.timeout_ms {
+    if (redis.wait_replicas > 0 || redis.wait_aof) && redis.wait_timeout_ms >= redis.timeout_ms {
         check.fail(
             "storage.redis.wait_timeout_ms",
             format!(
-                "expected less than storage.redis.timeout_ms ({}) when wait_replicas is set, \
-                 got {}",
+                "expected less than storage.redis.timeout_ms ({}) when wait_replicas or \
+                 wait_aof is set, got {}",
                 redis.timeout_ms, redis.wait_timeout_ms
             ),
         );
@@ -384,6 +384,7 @@ fn semantic(settings: &Settings, tree: &Node, problems: &mut Vec<Problem>) {
         );
     }
     task_types(&scheduler.task_types, &mut check);
+    handlers(settings, &mut check);
     shared_data(settings, &mut check);
     let heartbeat = &settings.heartbeat;
     if heartbeat.ttl_secs.saturating_mul(1_000) < heartbeat.interval_ms.saturating_mul(3) {
@@ -612,6 +613,94 @@ pub(crate) fn check_filter(filter: &str) -> Result<(), String> {
         .map_err(|err| err.to_string())
 }
 
+/// `[[scheduler.handlers]]`: a type handled once, exactly one of a command and a webhook, and
+/// bounds on concurrency and timeout.
+fn handlers(settings: &Settings, check: &mut Checker<'_>) {
+    use super::{HANDLER_MAX_CONCURRENCY, HANDLER_MAX_TIMEOUT_MS};
+    // The scheduler's bound on a type's name.
+    const TYPE_MAX_BYTES: usize = 128;
+    let mut seen = std::collections::HashMap::new();
+    for (i, handler) in settings.scheduler.handlers.iter().enumerate() {
+        let key = |name: &str| format!("scheduler.handlers[{i}].{name}");
+        let task_type = &handler.task_type;
+        if task_type.trim().is_empty() || task_type.len() > TYPE_MAX_BYTES {
+            check.fail(
+                &key("type"),
+                format!("expected a task type of 1 to {TYPE_MAX_BYTES} bytes, got {task_type:?}"),
+            );
+        } else if let Some(first) = seen.insert(task_type.as_str(), i) {
+            check.fail(
+                &key("type"),
+                format!(
+                    "task type {task_type:?} has a handler already (scheduler.handlers[{first}]): \
+                     one entry per type"
+                ),
+            );
+            seen.insert(task_type.as_str(), first);
+        }
+        if !(1..=HANDLER_MAX_CONCURRENCY).contains(&handler.concurrency) {
+            check.fail(
+                &key("concurrency"),
+                format!(
+                    "expected 1 to {HANDLER_MAX_CONCURRENCY} tasks at once, got {}",
+                    handler.concurrency
+                ),
+            );
+        }
+        if !(1..=HANDLER_MAX_TIMEOUT_MS).contains(&handler.timeout_ms) {
+            check.fail(
+                &key("timeout_ms"),
+                format!(
+                    "expected 1 to {HANDLER_MAX_TIMEOUT_MS} ms, got {}",
+                    handler.timeout_ms
+                ),
+            );
+        }
+        match (&handler.command, &handler.url) {
+            (Some(_), Some(_)) => check.fail(
+                &format!("scheduler.handlers[{i}]"),
+                "expected exactly one of command and url, got both".to_owned(),
+            ),
+            (None, None) => check.fail(
+                &format!("scheduler.handlers[{i}]"),
+                "expected exactly one of command (an argv array) and url (a webhook), got neither"
+                    .to_owned(),
+            ),
+            _ => {}
+        }
+        if let Some(argv) = &handler.command {
+            if argv.first().is_none_or(|program| program.trim().is_empty()) {
+                check.fail(
+                    &key("command"),
+                    format!(
+                        "expected the command's argv with a program first, such as \
+                         [\"python3\", \"handle.py\"], got {argv:?}"
+                    ),
+                );
+            }
+        }
+        if let Some(url) = &handler.url {
+            let problem = match url::Url::parse(url) {
+                Ok(u) if !matches!(u.scheme(), "http" | "https") => {
+                    Some(format!("scheme {:?}", u.scheme()))
+                }
+                Ok(u) if u.host_str().is_none_or(str::is_empty) => Some("no host".to_owned()),
+                Ok(_) => None,
+                Err(e) => Some(e.to_string()),
+            };
+            if let Some(problem) = problem {
+                check.fail(
+                    &key("url"),
+                    format!(
+                        "expected an http or https URL, got {:?} ({problem})",
+                        redact_url(url)
+                    ),
+                );
+            }
+        }
+    }
+}
+
 /// `[shared_data]`: names, the source URL, pointers and the backoff bounds.
 fn shared_data(settings: &Settings, check: &mut Checker<'_>) {
     let shared = &settings.shared_data;
@@ -673,6 +762,19 @@ fn shared_data(settings: &Settings, check: &mut Checker<'_>) {
         "shared_data.source.backoff_max_ms",
         shared.source.backoff_max_ms,
     );
+    // A check of the key must come well inside the freshness window, or readers would
+    // serve a seed writer's rounds stale.
+    if shared.watch_interval_ms > 0 && shared.watch_interval_ms.saturating_mul(2) > shared.fresh_ms
+    {
+        check.fail(
+            "shared_data.watch_interval_ms",
+            format!(
+                "expected 0 (off) or at most half of shared_data.fresh_ms ({} ms), got {}",
+                shared.fresh_ms / 2,
+                shared.watch_interval_ms
+            ),
+        );
+    }
     if shared.source.attempts > 20 {
         check.fail(
             "shared_data.source.attempts",

@@ -628,6 +628,63 @@ impl Storage {
             .as_int() as u64)
     }
 
+    /// The channel on which Redis announces the changes of `key` (`__keyspace@DB__:KEY`, for
+    /// the database the connections select), when its keyspace notifications are enabled
+    /// (see [`Storage::server_config`]); [`Storage::subscribe`] to it like any channel.
+    /// `None` without Redis, and on a Cluster, where each node announces only its own keys to
+    /// its own clients.
+    pub fn keyspace_channel(&self, key: &str) -> Option<String> {
+        let redis = self.inner.redis.as_ref()?;
+        if redis.is_clustered() {
+            return None;
+        }
+        Some(format!("__keyspace@{}__:{key}", redis.database()))
+    }
+
+    /// `CONFIG GET name` on Redis (never the fallback): the value, `None` when the server has
+    /// no such parameter. [`StorageError::Unavailable`] when the mode is not `redis` (or Redis
+    /// fails meanwhile, which turns the mode `degraded`); [`StorageError::Command`] when the
+    /// server refuses `CONFIG` (managed servers often rename it).
+    pub async fn server_config(&self, name: &str) -> Result<Option<String>, StorageError> {
+        let redis = self.redis_now()?;
+        redis.config_get(name).await.map_err(|e| self.failed(e))
+    }
+
+    /// `CONFIG SET name value` on Redis (never the fallback), failing as
+    /// [`Storage::server_config`] does. Changes the server for every client: call it only
+    /// where a setting asks for it.
+    pub async fn set_server_config(&self, name: &str, value: &str) -> Result<(), StorageError> {
+        let redis = self.redis_now()?;
+        redis
+            .config_set(name, value)
+            .await
+            .map_err(|e| self.failed(e))
+    }
+
+    /// The Redis backend, when it serves now.
+    fn redis_now(&self) -> Result<&super::redis::RedisBackend, StorageError> {
+        let Some(redis) = &self.inner.redis else {
+            return Err(StorageError::Unavailable("no redis configured".into()));
+        };
+        let mode = self.mode();
+        if mode != Mode::Redis {
+            return Err(StorageError::Unavailable(format!("storage is {mode}")));
+        }
+        Ok(redis)
+    }
+
+    /// The error of a call made on Redis alone; an outage turns the mode `degraded`.
+    fn failed(&self, failure: Failure) -> StorageError {
+        match failure {
+            Failure::Outage(reason) => {
+                self.degrade(reason.clone());
+                StorageError::Unavailable(reason)
+            }
+            Failure::Command(message) => StorageError::Command(message),
+            Failure::NoScript => StorageError::Command("NOSCRIPT".into()),
+        }
+    }
+
     /// Subscribes to `channel`. Messages published by any process through Redis, or by this
     /// process while Redis is unreachable, arrive in order.
     pub async fn subscribe(&self, channel: &str) -> Subscription {
@@ -665,7 +722,9 @@ return #KEYS
 
 fn set_many_script() -> &'static Script {
     static SCRIPT: std::sync::OnceLock<Script> = std::sync::OnceLock::new();
-    SCRIPT.get_or_init(|| Script::new("set-many", SET_MANY_LUA, set_many_local))
+    SCRIPT.get_or_init(|| {
+        Script::new("set-many", SET_MANY_LUA, set_many_local).with_native(super::Native::SetMany)
+    })
 }
 
 /// The fallback's `set-many`.
@@ -715,7 +774,9 @@ return 1
 
 fn cas_script() -> &'static Script {
     static SCRIPT: std::sync::OnceLock<Script> = std::sync::OnceLock::new();
-    SCRIPT.get_or_init(|| Script::new("compare-and-set", CAS_LUA, cas_local))
+    SCRIPT.get_or_init(|| {
+        Script::new("compare-and-set", CAS_LUA, cas_local).with_native(super::Native::CompareAndSet)
+    })
 }
 
 /// The fallback's `compare-and-set`.

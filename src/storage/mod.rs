@@ -95,7 +95,9 @@
 //! publish goes to Redis and comes back through the subscriber connection (re-subscribed after
 //! every reconnect), so other processes see it; otherwise it is delivered on the bus directly.
 //! Messages are not stored, so they are not replayed. A subscriber that falls more than 4,096
-//! messages behind loses the oldest ([`StorageStats::lagged_messages`]).
+//! messages behind loses the oldest ([`StorageStats::lagged_messages`]). Redis's keyspace
+//! notifications are subscribed like any channel ([`Storage::keyspace_channel`] names it;
+//! [`Storage::server_config`] reads whether the server emits them) and arrive on the same bus.
 //!
 //! # Known limit
 //!
@@ -120,6 +122,8 @@
 //! | `monitor.rs` | the monitor task: connection events, PINGs, sweeps, resync |
 //! | `redis.rs` | the Redis backend (fred): fast failure, Sentinel, Cluster, several daemons |
 //! | `replicas.rs` | `storage.redis.wait_replicas`: `WAIT`, and masters that lost their replicas |
+//! | `server.rs` | which server answers (Redis or Valkey, its version) and which native commands it has |
+//! | `native.rs` | [`Native`]: the native commands some scripts run as, where the server has them |
 //! | `glob.rs` | Redis-style glob matching, for `SCAN` on the fallback and `storage.versioned` |
 
 mod commands;
@@ -130,12 +134,14 @@ mod keyspace;
 mod last_known;
 mod local;
 mod monitor;
+mod native;
 mod op;
 mod outbox;
 mod recall;
 mod redis;
 mod replicas;
 mod script;
+mod server;
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Weak};
@@ -149,8 +155,10 @@ pub use glob::glob_match;
 pub use keys::{group_by_slot, hash_slot, KeySchema};
 pub use keyspace::{Keyspace, LocalError};
 pub use last_known::{Freshness, Remembered};
+pub use native::Native;
 pub use op::{Expiry, Op, Reply};
 pub use script::{LocalScript, Script};
+pub use server::{NativeChoices, ServerKind, ServerStats};
 
 use crate::settings::{FallbackKind, StorageSettings, VersionedKey};
 use last_known::LastKnown;
@@ -310,6 +318,12 @@ pub struct StorageStats {
     /// writes skip it (counted in `unreplicated_writes`) until a probe finds the replicas back.
     /// Always 0 without `storage.redis.wait_replicas`.
     pub masters_missing_replicas: u64,
+    /// Writes the master had not written to its append-only file within `wait_timeout_ms`
+    /// (acknowledged all the same); always 0 without `storage.redis.wait_aof`.
+    pub unsynced_writes: u64,
+    /// The server (name, version) and the form each script with a native twin runs in;
+    /// `None` without Redis or before it first answered.
+    pub server: Option<ServerStats>,
     /// Keys held by the last-known copy (`storage.last_known`).
     pub last_known_keys: usize,
     /// Bytes held by the last-known copy (at most `storage.last_known.max_bytes`).
@@ -438,6 +452,18 @@ impl Storage {
         let use_redis = settings.redis.enabled && !settings.redis.url.trim().is_empty();
         let (redis, mode) = if use_redis {
             let (backend, connected) = RedisBackend::connect(&settings.redis).await?;
+            if connected {
+                // What the server is decides the native commands; a server that cannot
+                // honour `wait_aof` is refused here, naming the setting. An outage meanwhile
+                // leaves it to the first resync.
+                if let Ok(Some(problem)) = backend.detect_at_start().await {
+                    backend.quit().await;
+                    return Err(StorageError::Config {
+                        key: "storage.redis.wait_aof",
+                        message: problem,
+                    });
+                }
+            }
             let mode = if connected && local.outbox_len() == 0 {
                 Mode::Redis
             } else {
@@ -569,6 +595,8 @@ impl Storage {
                 .redis
                 .as_ref()
                 .map_or(0, |r| r.masters_missing_replicas()),
+            unsynced_writes: self.inner.redis.as_ref().map_or(0, |r| r.unsynced_writes()),
+            server: self.inner.redis.as_ref().and_then(|r| r.server_stats()),
             last_known_keys,
             last_known_bytes,
             last_known_evicted,

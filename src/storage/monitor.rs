@@ -41,6 +41,31 @@ impl Storage {
                     }
                 }
             });
+            // Keyspace notifications come apart from the other messages: delivered the same.
+            let mut keyspace = redis.keyspace_events();
+            let weak_bus = weak.clone();
+            tokio::spawn(async move {
+                loop {
+                    match keyspace.recv().await {
+                        Ok(event) => {
+                            let Some(inner) = weak_bus.upgrade() else {
+                                break;
+                            };
+                            let (channel, payload) = redis::keyspace_text(&event);
+                            Storage { inner }.deliver_local(&channel, &payload);
+                        }
+                        Err(broadcast::error::RecvError::Lagged(n)) => {
+                            if let Some(inner) = weak_bus.upgrade() {
+                                inner
+                                    .counters
+                                    .lagged_messages
+                                    .fetch_add(n, Ordering::Relaxed);
+                            }
+                        }
+                        Err(_) => break,
+                    }
+                }
+            });
         } else {
             drop(tx);
         }
@@ -71,6 +96,12 @@ impl Storage {
                         Some(ConnEvent::Reconnected) => {
                             if let Some(redis) = &storage.inner.redis {
                                 let _ = redis.resubscribe().await;
+                                // Another server may answer now (a fail-over, an upgrade).
+                                if let Ok(Some(problem)) = redis.detect().await {
+                                    if storage.mode() == Mode::Redis {
+                                        storage.degrade(format!("storage.redis.wait_aof: {problem}"));
+                                    }
+                                }
                             }
                             if matches!(storage.mode(), Mode::Degraded | Mode::Resyncing) {
                                 storage.try_resync().await;
@@ -122,6 +153,12 @@ impl Storage {
             return;
         };
         if self.mode() == Mode::Redis {
+            return;
+        }
+        // The server that answers may not be the one that left (a fail-over, a restart on
+        // an upgrade): ask it first. One that cannot honour `wait_aof` is not written to.
+        // (A detection that fails keeps the last profile: the replay then meets the outage.)
+        if let Ok(Some(_)) = redis.detect().await {
             return;
         }
         let started = Instant::now();

@@ -47,6 +47,10 @@ pub struct ScriptRef {
     pub lua: Arc<str>,
     /// SHA-1 of the source, as `SCRIPT LOAD` returns it.
     pub sha: Arc<str>,
+    /// The native command the script may run as on a server that has it (never recorded:
+    /// the outbox and the journal replay the script).
+    #[serde(skip)]
+    pub native: Option<super::native::Native>,
 }
 
 /// One storage operation. Variants mirror Redis commands; their replies are [`Reply`] values

@@ -96,6 +96,7 @@ pub fn command_wrapper() -> &'static ScriptRef {
         name: "botfleet-replay".into(),
         lua: REPLAY_COMMAND_LUA.into(),
         sha: sha1_hex(REPLAY_COMMAND_LUA).into(),
+        native: None,
     })
 }
 
@@ -127,6 +128,7 @@ return result
         name: format!("{}-replay", script.name).into(),
         sha: sha1_hex(&lua).into(),
         lua: lua.into(),
+        native: None,
     }
 }
 

@@ -87,13 +87,15 @@ use std::time::{Duration, Instant};
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
 use fred::types::config::{Options, ReconnectError, Server, ServerConfig, UnresponsiveConfig};
-use fred::types::{ClusterHash, CustomCommand, Message};
+use fred::types::{ClusterHash, CustomCommand, KeyspaceEvent, Message};
 use parking_lot::Mutex;
 use tokio::sync::broadcast;
 
+use super::native::{self, Feature, MapReply, Plan};
 use super::op::{Op, Reply, ScriptRef};
 use super::outbox::{command_wrapper, marker_key, replay_command, script_wrapper, OutboxEntry};
 use super::replicas::{Change, ReplicaWatch, WaitPlan};
+use super::server::{Commands, Profile, ServerInfo, ServerStats};
 use super::StorageError;
 use crate::settings::{RedisSettings, REDIS_SCHEMES};
 
@@ -124,12 +126,33 @@ pub struct RedisBackend {
     opts: Options,
     channels: Mutex<BTreeSet<String>>,
     clustered: bool,
-    /// `storage.redis.wait_replicas` and `wait_timeout_ms`, when replicas must ack writes.
-    wait: Option<(u32, u64)>,
+    /// The database number the connections select (the URL's, or `storage.redis.db`).
+    database: u8,
+    /// What each write waits for (`storage.redis.wait_replicas`, `wait_aof`), if anything.
+    wait: Option<Wait>,
     /// Writes fewer replicas than asked acknowledged within the timeout.
     unreplicated: std::sync::atomic::AtomicU64,
+    /// Writes the master had not written to its append-only file within the timeout.
+    unsynced: std::sync::atomic::AtomicU64,
     /// Masters whose replicas did not answer the last `WAIT`.
     replicas: ReplicaWatch,
+    /// `storage.redis.native_commands`.
+    native_enabled: bool,
+    /// What the server is and which native commands are in use (`None` until it answered).
+    profile: parking_lot::RwLock<Option<Profile>>,
+    /// Whether the last detection found `wait_aof` impossible (logged once per change).
+    aof_refused: std::sync::atomic::AtomicBool,
+}
+
+/// What each write waits for before it is acknowledged.
+#[derive(Debug, Clone, Copy)]
+struct Wait {
+    /// Replicas that must have it (`wait_replicas`).
+    replicas: u32,
+    /// `wait_timeout_ms`.
+    timeout_ms: u64,
+    /// `WAITAOF 1 replicas` in place of `WAIT replicas` (`wait_aof`).
+    aof: bool,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -396,18 +419,234 @@ impl RedisBackend {
         settings: &RedisSettings,
     ) -> Self {
         let clustered = pool.clients()[0].is_clustered();
+        let database = pool.clients()[0].client_config().database.unwrap_or(0);
         Self {
             pool,
             subscriber,
             opts,
             channels: Mutex::new(BTreeSet::new()),
             clustered,
-            wait: (settings.wait_replicas > 0)
-                .then_some((settings.wait_replicas, settings.wait_timeout_ms.max(1))),
+            database,
+            wait: (settings.wait_replicas > 0 || settings.wait_aof).then_some(Wait {
+                replicas: settings.wait_replicas,
+                timeout_ms: settings.wait_timeout_ms.max(1),
+                aof: settings.wait_aof,
+            }),
             unreplicated: std::sync::atomic::AtomicU64::new(0),
+            unsynced: std::sync::atomic::AtomicU64::new(0),
             replicas: ReplicaWatch::new(Duration::from_millis(
                 settings.wait_timeout_ms.max(100) * 2,
             )),
+            native_enabled: settings.native_commands,
+            profile: parking_lot::RwLock::new(None),
+            aof_refused: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Asks every master what it is (`INFO server`, and `INFO persistence` with `wait_aof`),
+    /// keeps the profile, and logs it at INFO when it is new or changed. Answers why
+    /// `storage.redis.wait_aof` cannot be honoured, when it is set and cannot (logged at
+    /// ERROR once per change); the caller refuses the server.
+    pub async fn detect(&self) -> Result<Option<String>, Failure> {
+        self.detect_with(true).await
+    }
+
+    /// [`RedisBackend::detect`] at start-up, where a refusal is the caller's error to report
+    /// (start-up fails naming the setting), not a log line.
+    pub async fn detect_at_start(&self) -> Result<Option<String>, Failure> {
+        self.detect_with(false).await
+    }
+
+    async fn detect_with(&self, log_refusal: bool) -> Result<Option<String>, Failure> {
+        let sections: &[&str] = if self.wait.is_some_and(|w| w.aof) {
+            &["server", "persistence"]
+        } else {
+            &["server"]
+        };
+        let mut servers = Vec::new();
+        if self.clustered {
+            let client = self.pool.next();
+            let masters = client
+                .cached_cluster_state()
+                .map(|state| state.unique_primary_nodes())
+                .ok_or_else(|| Failure::Outage("cluster state unknown".into()))?;
+            for master in masters {
+                let opts = Options {
+                    cluster_node: Some(master),
+                    ..self.opts.clone()
+                };
+                let mut text = String::new();
+                for section in sections {
+                    let command = CustomCommand::new_static("INFO", ClusterHash::Random, false);
+                    let reply = client
+                        .with_options(&opts)
+                        .custom::<Value, String>(command, vec![section.to_string()])
+                        .await
+                        .map(to_reply)
+                        .map_err(|e| classify(&e))?;
+                    text.push_str(&reply.into_opt_string().unwrap_or_default());
+                }
+                servers.push(ServerInfo::from_info(&text));
+            }
+        } else {
+            let client = self.pool.next();
+            let mut text = String::new();
+            for section in sections {
+                let reply = self
+                    .raw(client, "INFO", vec![section.to_string()], None)
+                    .await?;
+                text.push_str(&reply.into_opt_string().unwrap_or_default());
+            }
+            servers.push(ServerInfo::from_info(&text));
+        }
+        let profile = Profile::new(servers, self.native_enabled);
+        let changed = self.profile.read().as_ref() != Some(&profile);
+        if changed {
+            if let Some(stats) = profile.stats() {
+                tracing::info!(
+                    backend = "redis",
+                    server = %stats.name,
+                    version = %stats.version,
+                    masters = stats.masters,
+                    native_commands = self.native_enabled,
+                    "redis server is {} {}; {}",
+                    stats.name,
+                    stats.version,
+                    stats.commands
+                );
+            }
+        }
+        let problem = self
+            .wait
+            .is_some_and(|w| w.aof)
+            .then(|| profile.wait_aof_problem())
+            .flatten();
+        *self.profile.write() = Some(profile);
+        let was_refused = self
+            .aof_refused
+            .swap(problem.is_some(), std::sync::atomic::Ordering::Relaxed);
+        if !log_refusal {
+            return Ok(problem);
+        }
+        match (&problem, was_refused) {
+            (Some(p), false) => tracing::error!(
+                backend = "redis",
+                "storage.redis.wait_aof: {p}; writes are served by the fallback until a server \
+                 that can honour it answers"
+            ),
+            (None, true) => tracing::info!(
+                backend = "redis",
+                "storage.redis.wait_aof: the server now has WAITAOF and an append-only file"
+            ),
+            _ => {}
+        }
+        Ok(problem)
+    }
+
+    /// The server's name, version and the commands in use, once it answered.
+    pub fn server_stats(&self) -> Option<ServerStats> {
+        self.profile.read().as_ref().and_then(Profile::stats)
+    }
+
+    /// The native commands in use now.
+    fn commands(&self) -> Commands {
+        self.profile
+            .read()
+            .as_ref()
+            .map(|p| p.commands)
+            .unwrap_or_default()
+    }
+
+    /// The server refused a native command as unknown: off until the next detection.
+    fn refused(&self, feature: Feature, message: &str) {
+        let mut profile = self.profile.write();
+        let Some(profile) = profile.as_mut() else {
+            return;
+        };
+        let commands = &mut profile.commands;
+        match feature {
+            Feature::SetIfEq => commands.set_ifeq = false,
+            Feature::DeleteIfEqual => commands.delete_if_equal = None,
+            Feature::MSetEx => commands.msetex = false,
+        }
+        tracing::warn!(
+            backend = "redis",
+            error = %message,
+            "the server refused a native command; its scripts run instead until it is asked \
+             again ({})",
+            commands.choices()
+        );
+    }
+
+    /// Commands (name, arguments, the key that routes it) pipelined on `client` in one round
+    /// trip: their replies in order, or the first error (a reply error, or an outage).
+    async fn pipelined(
+        &self,
+        client: &Client,
+        commands: Vec<(&'static str, Vec<String>, &str)>,
+    ) -> Result<Vec<Reply>, Failure> {
+        let pipeline = client.pipeline();
+        for (cmd, args, key) in commands {
+            let command = CustomCommand::new_static(cmd, hash_for(Some(key)), false);
+            let _: () = pipeline
+                .custom(command, args)
+                .await
+                .map_err(|e| classify(&e))?;
+        }
+        let timeout = self.opts.timeout.unwrap_or(Duration::from_secs(1));
+        let results: Vec<Result<Value, Error>> = tokio::time::timeout(timeout, pipeline.try_all())
+            .await
+            .map_err(|_| Failure::Outage("pipeline timed out".into()))?;
+        results
+            .into_iter()
+            .map(|r| r.map(to_reply).map_err(|e| classify(&e)))
+            .collect()
+    }
+
+    /// Runs a native plan on `client`: the reply the script would have given.
+    async fn run_plan(&self, client: &Client, plan: Plan) -> Result<Reply, Failure> {
+        match plan {
+            Plan::Single { cmd, args, map } => {
+                let key = args.get(usize::from(cmd == "MSETEX")).cloned();
+                let reply = self.raw(client, cmd, args, key.as_deref()).await?;
+                Ok(match map {
+                    MapReply::Written => Reply::Int(i64::from(reply != Reply::Nil)),
+                    MapReply::Count(n) => Reply::Int(n),
+                })
+            }
+            Plan::Release {
+                form,
+                channel,
+                requests,
+            } => {
+                // One round trip: per request the conditional delete, then the mark check.
+                let mut commands = Vec::with_capacity(requests.len() * 2);
+                for (key, mark, value, _) in &requests {
+                    let (cmd, args) = form.command(key, value);
+                    commands.push((cmd, args, key.as_str()));
+                    commands.push(("EXISTS", vec![mark.clone()], mark.as_str()));
+                }
+                let replies = self.pipelined(client, commands).await?;
+                let mut out = Vec::with_capacity(requests.len());
+                let mut announce = Vec::new();
+                for (pair, (_, mark, _, notice)) in replies.chunks_exact(2).zip(&requests) {
+                    let deleted = pair[0].as_int() == 1;
+                    if deleted && pair[1].as_int() == 1 {
+                        // A waiter marked the name: tell it, as the script would have.
+                        announce.push(("DEL", vec![mark.clone()], mark.as_str()));
+                        announce.push((
+                            "PUBLISH",
+                            vec![channel.clone(), notice.clone()],
+                            mark.as_str(),
+                        ));
+                    }
+                    out.push(Reply::Int(i64::from(deleted)));
+                }
+                if !announce.is_empty() {
+                    self.pipelined(client, announce).await?;
+                }
+                Ok(Reply::Array(out))
+            }
         }
     }
 
@@ -416,37 +655,89 @@ impl RedisBackend {
         self.unreplicated.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Writes the master had not written to its append-only file in time (`wait_aof`).
+    pub fn unsynced_writes(&self) -> u64 {
+        self.unsynced.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// With `wait_replicas` set: `WAIT` on `client` (the connection that carried the writes;
     /// on a Cluster, routed by `key` to the master of its slot). A reply short of the replicas
     /// asked for is counted; the master is then taken to be missing replicas and its writes
     /// skip `WAIT` but for one probe per interval ([`ReplicaWatch`]). A failure of the `WAIT`
     /// itself is an outage, as any command's.
+    ///
+    /// With `wait_aof`: `WAITAOF 1 N` in its place, which also waits for the master's own
+    /// append-only file (a write it had not written in time is counted as unsynced). A write
+    /// that skips the replicas still waits for the master's file. The server refusing
+    /// `WAITAOF` (no append-only file any more) is an outage too: the write goes to the
+    /// fallback and the next resync asks the server again.
     async fn wait_for_replicas(&self, client: &Client, key: Option<&str>) -> Result<(), Failure> {
-        let Some((replicas, timeout_ms)) = self.wait else {
+        let Some(wait) = self.wait else {
             return Ok(());
         };
+        let mut replicas = wait.replicas;
         // Which master the write went to matters only once one is missing replicas.
         let mut master = None;
-        if self.replicas.any_missing() {
+        if replicas > 0 && self.replicas.any_missing() {
             let m = self.master_of(client, key);
             if self.replicas.plan(&m, Instant::now()) == WaitPlan::Skip {
                 self.unreplicated
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                return Ok(());
+                if !wait.aof {
+                    return Ok(());
+                }
+                replicas = 0;
+            } else {
+                master = Some(m);
             }
-            master = Some(m);
         }
-        let command = CustomCommand::new_static("WAIT", hash_for(key), true);
+        let timeout_ms = wait.timeout_ms;
+        let (cmd, args) = if wait.aof {
+            (
+                "WAITAOF",
+                vec![
+                    "1".to_string(),
+                    replicas.to_string(),
+                    timeout_ms.to_string(),
+                ],
+            )
+        } else {
+            ("WAIT", vec![replicas.to_string(), timeout_ms.to_string()])
+        };
+        let command = CustomCommand::new_static(cmd, hash_for(key), true);
         let timeout = Duration::from_millis(timeout_ms) + self.opts.timeout.unwrap_or_default();
-        let acked: Value = client
+        let reply: Value = client
             .with_options(&Options {
                 timeout: Some(timeout),
                 ..self.opts.clone()
             })
-            .custom(command, vec![replicas.to_string(), timeout_ms.to_string()])
+            .custom(command, args)
             .await
-            .map_err(|e| classify(&e))?;
-        let acked = acked.as_i64().unwrap_or(0);
+            .map_err(|e| match classify(&e) {
+                Failure::Command(message) if wait.aof => {
+                    Failure::Outage(format!("WAITAOF refused: {message}"))
+                }
+                other => other,
+            })?;
+        let acked = if wait.aof {
+            let counts = to_reply(reply).into_strings();
+            let count = |i: usize| {
+                counts
+                    .get(i)
+                    .and_then(|c| c.parse::<i64>().ok())
+                    .unwrap_or(0)
+            };
+            if count(0) < 1 {
+                self.unsynced
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            count(1)
+        } else {
+            reply.as_i64().unwrap_or(0)
+        };
+        if replicas == 0 {
+            return Ok(());
+        }
         let enough = acked >= i64::from(replicas);
         if !enough {
             self.unreplicated
@@ -501,6 +792,37 @@ impl RedisBackend {
         self.clustered
     }
 
+    /// The database number the connections select.
+    pub fn database(&self) -> u8 {
+        self.database
+    }
+
+    /// `CONFIG GET name`: the value, `None` when the server has no such parameter. A server
+    /// that refuses `CONFIG` (renamed, or not allowed to this user) answers a command error.
+    pub async fn config_get(&self, name: &str) -> Result<Option<String>, Failure> {
+        let reply = self
+            .raw(
+                self.pool.next(),
+                "CONFIG",
+                vec!["GET".into(), name.to_string()],
+                None,
+            )
+            .await?;
+        Ok(reply.into_strings().into_iter().nth(1))
+    }
+
+    /// `CONFIG SET name value`.
+    pub async fn config_set(&self, name: &str, value: &str) -> Result<(), Failure> {
+        self.raw(
+            self.pool.next(),
+            "CONFIG",
+            vec!["SET".into(), name.to_string(), value.to_string()],
+            None,
+        )
+        .await
+        .map(|_| ())
+    }
+
     /// Connection events of every connection (pool and subscriber), into `tx`.
     pub fn watch(&self, tx: tokio::sync::mpsc::UnboundedSender<ConnEvent>) {
         let clients = self
@@ -544,6 +866,28 @@ impl RedisBackend {
             return self.scan_masters(pattern, *count).await;
         }
         let client = self.pool.next();
+        if let Op::Eval {
+            script: ScriptRef {
+                native: Some(form), ..
+            },
+            keys,
+            args,
+        } = op
+        {
+            if let Some(plan) = native::plan(*form, &self.commands(), keys, args) {
+                match self.run_plan(client, plan).await {
+                    Ok(reply) => {
+                        self.wait_for_replicas(client, op.first_key()).await?;
+                        return Ok(reply);
+                    }
+                    // Nothing was applied: the script runs instead (below).
+                    Err(Failure::Command(message)) if native::is_unsupported(&message) => {
+                        self.refused(form.feature(), &message)
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
         let (cmd, args) = op.to_command();
         let reply = match self.raw(client, cmd, args, op.first_key()).await {
             Err(Failure::NoScript) => {
@@ -815,11 +1159,26 @@ impl RedisBackend {
         self.subscriber.message_rx()
     }
 
+    /// Keyspace notifications arriving on subscribed `__keyspace@DB__:KEY` channels: the
+    /// client hands them out apart from the other messages.
+    pub fn keyspace_events(&self) -> broadcast::Receiver<KeyspaceEvent> {
+        self.subscriber.keyspace_event_rx()
+    }
+
     /// Closes every connection.
     pub async fn quit(&self) {
         let _ = self.subscriber.quit().await;
         let _ = self.pool.quit().await;
     }
+}
+
+/// A keyspace notification as the message it was: (`__keyspace@DB__:KEY`, the command). The
+/// client parses `__keyevent@` notifications into the same form; botfleet subscribes to none.
+pub fn keyspace_text(event: &KeyspaceEvent) -> (String, String) {
+    (
+        format!("__keyspace@{}__:{}", event.db, event.key.as_str_lossy()),
+        event.operation.clone(),
+    )
 }
 
 /// Decodes a pub/sub payload as text.

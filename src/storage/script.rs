@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use super::keyspace::{Keyspace, LocalError};
+use super::native::Native;
 use super::op::{Reply, ScriptRef};
 
 /// The Rust side of a script: runs against the fallback keyspace with the same keys and
@@ -36,9 +37,24 @@ impl Script {
                 name: Arc::from(name),
                 lua: Arc::from(lua),
                 sha: Arc::from(sha1_hex(lua)),
+                native: None,
             },
             local,
         }
+    }
+
+    /// The same script, run as the native command `native` on a server that has it (the
+    /// script elsewhere, on the fallback and in the replay). The script's keys and arguments
+    /// must follow the layout [`Native`] documents for that form, and the Lua must do
+    /// exactly what the form does: the `native_commands` suite holds the two alike.
+    pub fn with_native(mut self, native: Native) -> Self {
+        self.reference.native = Some(native);
+        self
+    }
+
+    /// The native form of the script, if it has one.
+    pub fn native(&self) -> Option<Native> {
+        self.reference.native
     }
 
     /// The script's name.

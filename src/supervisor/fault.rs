@@ -10,6 +10,7 @@
 //! |---|---|
 //! | `fetcher` | each pass of the shared-data fetch loop |
 //! | `reader` | each change notice a reader follows |
+//! | `shared-data-watch` | each check of the shared key by the fetcher's key watch |
 //! | `scheduler` | each pass of the scheduler's worker loop |
 //! | `locks` | each release notice the lock manager hears |
 //! | `hazards` | each pass of the hazard ticker's loop |

@@ -31,7 +31,10 @@ const LAYERS: &[(&str, &[&str])] = &[
         "actors::presence",
         &["clock", "settings", "storage", "supervisor"],
     ),
-    ("actors::locks", &["settings", "storage", "supervisor"]),
+    (
+        "actors::locks",
+        &["clock", "settings", "storage", "supervisor"],
+    ),
     (
         "actors::cache",
         &[
@@ -103,11 +106,13 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "http",
         &[
+            "actors::hazards",
             "actors::heartbeat",
             "actors::history",
             "actors::locks",
             "actors::presence",
             "actors::scheduler",
+            "actors::shared_data",
             "actors::storage_monitor",
             "clock",
             "fleet",

@@ -110,6 +110,15 @@ fn dashboard_shows_the_storage_mode_change_live() {
         tab.eval_string("document.getElementById('health').textContent"),
         "healthy"
     );
+    // The cache's counters have their panel.
+    let cache = "document.getElementById('cache').textContent";
+    poll_until(Duration::from_secs(10), || {
+        let shown = tab.eval_string(cache);
+        ["hits", "misses", "loads", "invalidations sent", "received"]
+            .iter()
+            .all(|label| shown.contains(label))
+    })
+    .unwrap_or_else(|_| panic!("the cache panel: {:?}", tab.eval_string(cache)));
     // A mark on the page's window: still there after the changes means no reload happened.
     tab.eval_string("window.botfleetMark = 'same page'");
 

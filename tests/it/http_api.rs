@@ -16,6 +16,7 @@ use botfleet::supervisor::{ChildContext, ChildSpec};
 use botfleet::Fleet;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
+use support::metrics::{sample, scrape};
 use support::{poll_until_async, RedisServer};
 
 fn settings(url: &str) -> Settings {
@@ -65,49 +66,6 @@ async fn post(url: &str, token: Option<&str>, body: &str) -> (StatusCode, Value)
         status,
         serde_json::from_str(&text).unwrap_or(Value::String(text)),
     )
-}
-
-/// Samples by (metric name, sorted labels).
-type Samples = HashMap<(String, Vec<(String, String)>), f64>;
-
-/// `/metrics` through a Prometheus text-format parser: (name, labels) -> value.
-async fn scrape(base: &str) -> Samples {
-    let response = reqwest::get(format!("{base}/metrics")).await.unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let text = response.text().await.unwrap();
-    let lines = text.lines().map(|l| Ok(l.to_owned()));
-    let scrape = prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text");
-    assert!(!scrape.samples.is_empty(), "{text}");
-    scrape
-        .samples
-        .into_iter()
-        .map(|s| {
-            let value = match s.value {
-                prometheus_parse::Value::Counter(v)
-                | prometheus_parse::Value::Gauge(v)
-                | prometheus_parse::Value::Untyped(v) => v,
-                other => panic!("unexpected sample {other:?}"),
-            };
-            let mut labels: Vec<(String, String)> = s
-                .labels
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect();
-            labels.sort();
-            ((s.metric, labels), value)
-        })
-        .collect()
-}
-
-fn sample(samples: &Samples, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let mut key: Vec<(String, String)> = labels
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    key.sort();
-    *samples
-        .get(&(name.to_owned(), key))
-        .unwrap_or_else(|| panic!("no sample {name}{labels:?} in {samples:?}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -591,7 +549,9 @@ async fn bad_input_answers_400_naming_the_field_and_stores_nothing() {
         (r#"{"pid": "abc", "message": "m"}"#, "pid"),
         (r#"{"pid": "-3", "message": "m"}"#, "pid"),
         (r#"{"pid": "12"}"#, "message"),
-        (r#"{"pid": 12, "message": "m"}"#, "pid"),
+        (r#"{"pid": 0, "message": "m"}"#, "pid"),
+        (r#"{"pid": 12.5, "message": "m"}"#, "pid"),
+        (r#"{"pid": [12], "message": "m"}"#, "pid"),
     ] {
         let (status, answer) = post(&send, Some("t"), body).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {answer}");

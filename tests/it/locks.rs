@@ -834,7 +834,11 @@ fn evalsha_calls(server: &RedisServer) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_calls_of_one_process_share_script_calls() {
     let server = RedisServer::start().unwrap();
-    let fleet = Fleet::start(patient(&server.url())).await.unwrap();
+    // The calls in flight wait on the frozen server until it thaws: on a loaded machine that
+    // can outlast `patient`'s timeout, and a call that times out frees its slot early.
+    let mut settings = patient(&server.url());
+    settings.storage.redis.timeout_ms = 15_000;
+    let fleet = Fleet::start(settings).await.unwrap();
     let locks = fleet.locks();
     let ttl = Duration::from_secs(30);
     let names: Vec<String> = (0..30).map(|i| format!("bet-lock:user{i}-agent")).collect();

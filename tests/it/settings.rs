@@ -320,8 +320,20 @@ fn a_replica_wait_must_be_shorter_than_the_command_timeout() {
     assert_eq!(err.problems().len(), 1, "{err}");
     assert!(message(&err, "storage.redis.wait_timeout_ms").starts_with(
         "storage.redis.wait_timeout_ms: expected less than storage.redis.timeout_ms (300) \
-         when wait_replicas is set, got 300"
+         when wait_replicas or wait_aof is set, got 300"
     ));
+    // The same for WAITAOF, which blocks its connection as WAIT does.
+    let file = "[storage.redis]\ntimeout_ms = 300\nwait_aof = true\nwait_timeout_ms = 400\n";
+    let err = load_err(file, &[]);
+    assert_eq!(err.problems().len(), 1, "{err}");
+    assert!(message(&err, "storage.redis.wait_timeout_ms").contains("got 400"));
+    assert_eq!(
+        load_err("[storage.redis]\nwait_aof = \"perhaps\"\n", &[])
+            .problem("storage.redis.wait_aof")
+            .unwrap()
+            .kind,
+        ProblemKind::InvalidType
+    );
     // Without wait_replicas the timeout is unused, and any value passes.
     load_ok(
         "[storage.redis]\ntimeout_ms = 300\nwait_timeout_ms = 300\n",
@@ -493,6 +505,7 @@ fn shared_data_settings_are_validated() {
     for key in [
         "shared_data.shared_key",
         "shared_data.fresh_ms",
+        "shared_data.watch_interval_ms",
         "shared_data.readers[1]",
         "shared_data.source.url",
         "shared_data.source.attempts",

@@ -480,6 +480,48 @@ async fn run_all(storage: &Storage) -> Vec<(String, Result<Reply, String>)> {
         });
         out.push((format!("set_many ttl {key}"), bucket.map(Reply::Str)));
     }
+    // compare_and_set (a script, or SET IFEQ where the server has it): absent, stale,
+    // current, with and without expiry, and a key of another type.
+    let hour = Some(Duration::from_secs(3_600));
+    let cas = [
+        ("cas:a", Some("x"), "new", None),
+        ("cas:a", None, "v1", hour),
+        ("cas:a", None, "v2", None),
+        ("cas:a", Some("old"), "v2", None),
+        ("cas:a", Some("v1"), "v2", None),
+        ("cas:b", None, "", hour),
+        ("cas:b", Some(""), "b2", hour),
+        ("m:2", Some("x"), "y", None),
+    ];
+    storage.rpush("cas:list", &["x"]).await.unwrap();
+    for (key, expected, value, ttl) in cas.into_iter().chain([("cas:list", Some("x"), "y", None)]) {
+        let reply = storage
+            .compare_and_set(key, expected, value, ttl)
+            .await
+            .map_err(|e| {
+                e.to_string()
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or("")
+                    .to_string()
+            });
+        out.push((
+            format!("compare_and_set {key} {expected:?} {value}"),
+            reply.map(|written| Reply::Int(i64::from(written))),
+        ));
+    }
+    for key in ["cas:a", "cas:b", "cas:list"] {
+        let value = storage.get(key).await.map_err(|e| e.to_string());
+        let ttl = storage.ttl(key).await.map_err(|e| e.to_string());
+        out.push((
+            format!("compare_and_set leaves {key}"),
+            Ok(Reply::Str(format!(
+                "{:?} {:?}",
+                value.map_err(|e| e.split_whitespace().next().unwrap_or("").to_string()),
+                ttl.map(|t| matches!(t, botfleet::storage::Ttl::Expires(_)))
+            ))),
+        ));
+    }
     out
 }
 

@@ -133,6 +133,17 @@ async fn panic_in_fetcher_is_restarted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panic_in_key_watch_is_restarted() {
+    let redis = TestRedis::start().unwrap();
+    let fleet = shared_data_fleet(&redis.url()).await;
+    let reads = || fleet.shared_data().metrics().watch.reads;
+    grows("key reads before", 0, 2, reads).await;
+    panic_and_restart(&fleet, "shared-data-fetcher", "shared-data-watch").await;
+    grows("key reads after the restart", reads(), 2, reads).await;
+    fleet.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn panic_in_reader_is_restarted() {
     let redis = TestRedis::start().unwrap();
     let fleet = shared_data_fleet(&redis.url()).await;

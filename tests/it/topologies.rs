@@ -82,6 +82,9 @@ async fn storage_on_a_cluster_spreads_keys_runs_tagged_scripts_and_scans_every_m
         .collect();
     let storage = Storage::open(&st, &KeySchema::default()).await.unwrap();
     assert_eq!(storage.mode(), Mode::Redis);
+    // Every master was asked what it is (the native commands need all of them to have one).
+    let server = storage.stats().server.expect("the masters were asked");
+    assert_eq!(server.masters, 3, "{server:?}");
     assert!(storage.is_clustered());
 
     for i in 0..90 {

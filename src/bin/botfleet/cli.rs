@@ -20,6 +20,7 @@ use crate::bench::BenchCommand;
 use crate::client::{AdminCommand, EventsCommand, StatusArgs, TaskCommand};
 use crate::exit::BadArgument;
 use crate::history::HistoryCommand;
+use crate::lock::LockCommand;
 
 /// botfleet: supervised actors that share a bot fleet's state through Redis, and keep working
 /// when it is down.
@@ -67,6 +68,9 @@ pub enum Command {
     /// Follow the bot events of the running daemon.
     #[command(subcommand)]
     Events(EventsCommand),
+    /// Fleet-wide locks through the running daemon: `lock run NAME --ttl-ms N -- CMD...`.
+    #[command(subcommand)]
+    Lock(LockCommand),
     /// List the archive's sessions, task attempts, events, hazard rounds or players'
     /// settlements (reads the database of `[history]` directly; no daemon needed).
     #[command(subcommand)]
@@ -242,6 +246,9 @@ mod tests {
             (Exit::Usage, "bad configuration"),
             (Exit::Unflushed, "writes held in memory were lost"),
             (Exit::Interrupted, "second signal"),
+            (Exit::LockBusy, "lock was busy"),
+            (Exit::LockLost, "lock was lost"),
+            (Exit::CommandNotRun, "could not be started"),
         ] {
             let code = exit.code();
             let line = help

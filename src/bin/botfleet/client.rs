@@ -330,11 +330,12 @@ impl Daemon {
 
     /// `POST {base}{path}` with a JSON body, with the token; the answer as JSON.
     pub async fn post(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
-        self.post_with_timeout(path, body, REQUEST_TIMEOUT).await
+        self.post_within(path, body, REQUEST_TIMEOUT).await
     }
 
-    /// [`Daemon::post`] for a request that may take up to `timeout` (a long poll).
-    pub async fn post_with_timeout(
+    /// [`Daemon::post`], bounded by `timeout` instead of the usual ten seconds (a long poll
+    /// needs more, a lock's extension less).
+    pub async fn post_within(
         &self,
         path: &str,
         body: &Value,

@@ -44,15 +44,27 @@ pub enum Exit {
     /// `run` was interrupted by a second signal during the graceful stop (`task work`: its
     /// running commands killed).
     Interrupted,
+    /// `lock run`: the lock was busy for the whole `--wait-ms`; the command was not run.
+    LockBusy,
+    /// `lock run`: the lock was lost while the command ran (it got SIGTERM), or had expired
+    /// when it ended.
+    LockLost,
+    /// `lock run`: the command could not be started (not found, not executable).
+    CommandNotRun,
+    /// `lock run`: the command's own exit code (128 + N when signal N ended it), passed on.
+    Command(u8),
 }
 
 impl Exit {
-    /// Every exit code, in the order `--help` lists them.
-    pub const ALL: [Exit; 5] = [
+    /// Every exit code, in the order `--help` lists them ([`Exit::Command`] passes on any).
+    pub const ALL: [Exit; 8] = [
         Exit::Ok,
         Exit::Failure,
         Exit::Usage,
         Exit::Unflushed,
+        Exit::LockBusy,
+        Exit::LockLost,
+        Exit::CommandNotRun,
         Exit::Interrupted,
     ];
 
@@ -64,6 +76,10 @@ impl Exit {
             Exit::Usage => 2,
             Exit::Unflushed => 3,
             Exit::Interrupted => 130,
+            Exit::LockBusy => 75,
+            Exit::LockLost => 76,
+            Exit::CommandNotRun => 127,
+            Exit::Command(code) => code,
         }
     }
 
@@ -85,6 +101,15 @@ impl Exit {
                 "`run` interrupted by a second signal during the graceful stop (`task work`: the
        running commands killed and their tasks failed back)"
             }
+            Exit::LockBusy => {
+                "`lock run`: the lock was busy for the whole --wait-ms; the command was not run"
+            }
+            Exit::LockLost => {
+                "`lock run`: the lock was lost while the command ran (it got SIGTERM), or had
+       expired when it ended"
+            }
+            Exit::CommandNotRun => "`lock run`: the command could not be started",
+            Exit::Command(_) => "`lock run`: the command's own exit code",
         }
     }
 

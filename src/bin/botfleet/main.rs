@@ -13,6 +13,7 @@
 //! | [`client`] | the commands that ask a running daemon over HTTP: `status`, `task`, `admin`, `events` |
 //! | [`work`] | `botfleet task work`: a command per task, over the daemon's HTTP worker protocol |
 //! | [`history`] | `botfleet history`: the archive, read directly |
+//! | [`lock`] | `botfleet lock run`: a command run under a fleet-wide lock, through the daemon |
 //! | [`bench`] | `botfleet bench ...`: one JSON line per scenario |
 //! | [`telemetry`] | tracing set-up, once, for the commands that log |
 
@@ -32,6 +33,7 @@ mod client;
 mod daemon;
 mod exit;
 mod history;
+mod lock;
 mod telemetry;
 mod work;
 
@@ -48,7 +50,8 @@ fn main() -> ExitCode {
     run(&cli).unwrap_or_else(|err| Exit::report(&err)).into()
 }
 
-/// Runs the command. `run` has exit codes of its own; every other command succeeds or fails.
+/// Runs the command. `run` and `lock run` have exit codes of their own; every other command
+/// succeeds or fails.
 fn run(cli: &Cli) -> anyhow::Result<Exit> {
     let settings = || cli.load_settings();
     let out = &mut io::stdout();
@@ -76,6 +79,7 @@ fn run(cli: &Cli) -> anyhow::Result<Exit> {
         Command::Admin(command) => client::admin(&settings()?, command, out)?,
         Command::Events(command) => client::events(&settings()?, command, out)?,
         Command::History(command) => history::run(&settings()?, command, out)?,
+        Command::Lock(command) => return lock::run(&settings()?, command),
     }
     Ok(Exit::Ok)
 }

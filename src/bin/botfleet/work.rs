@@ -354,7 +354,7 @@ async fn claim(
     }
     let timeout = Duration::from_millis(options.wait_ms) + Duration::from_secs(10);
     let answer = daemon
-        .post_with_timeout("/api/tasks/claim", &body, timeout)
+        .post_within("/api/tasks/claim", &body, timeout)
         .await?;
     serde_json::from_value::<Vec<Claimed>>(answer["tasks"].clone()).map_err(|e| {
         ClientError::BadAnswer {

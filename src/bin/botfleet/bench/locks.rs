@@ -3,10 +3,13 @@
 //! keys of their own, 8 tasks contending for one key (N/10 pairs). One JSON line per scenario
 //! with `pairs_per_s`, and the wait for the lock (p50/p99, µs). A last line,
 //! `one-task-bare-scripts`, is the floor of the one-task scenario: the same two scripts per
-//! pair called back to back through the storage, without the lock manager. The last,
-//! `round-trip-floor`, is the server's: `redis-benchmark -c 1` `SET`s per second on one
-//! connection, and half of that, the pairs per second of two awaited round trips that any
-//! client can reach at most (left out when `redis-benchmark` is not installed).
+//! pair called back to back through the storage, without the lock manager;
+//! `one-task-bare-extensions` the watchdog's extension called back to back on one held lock.
+//! Each line of botfleet's names the server and the form each script ran in (`server`;
+//! `--scripts` keeps the scripts where the server has native commands, to compare the two).
+//! The last, `round-trip-floor`, is the server's: `redis-benchmark -c 1` `SET`s per second on
+//! one connection, and half of that, the pairs per second of two awaited round trips that
+//! any client can reach at most (left out when `redis-benchmark` is not installed).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,15 +38,20 @@ pub struct LocksBench {
     /// Run only this scenario (repeatable; default: all of them).
     #[arg(long = "scenario", value_name = "NAME")]
     pub scenarios: Vec<String>,
+    /// Run the lock scripts even where the server has native commands for some of them
+    /// (`storage.redis.native_commands = false`), to compare the two forms.
+    #[arg(long)]
+    pub scripts: bool,
 }
 
 /// The scenarios, in the order they run.
-pub const SCENARIOS: [&str; 6] = [
+pub const SCENARIOS: [&str; 7] = [
     "one-task",
     "50-tasks-distinct-keys",
     "8-tasks-one-key",
     "one-task-release-on-drop",
     "one-task-bare-scripts",
+    "one-task-bare-extensions",
     "round-trip-floor",
 ];
 
@@ -90,7 +98,15 @@ pub async fn run(
     }
     let wanted =
         |name: &str| bench.scenarios.is_empty() || bench.scenarios.iter().any(|s| s == name);
-    let storage = super::open_storage(&bench.redis_url).await?;
+    let storage = super::open_storage_with(&bench.redis_url, !bench.scripts).await?;
+    // Each line of botfleet's names the server and the form the scripts ran in.
+    let server = super::server_line(&storage);
+    let mut out = |mut line: serde_json::Value| {
+        if line["peer"] == "botfleet" {
+            line["server"] = server.clone();
+        }
+        out(line)
+    };
     let locks = Locks::new(storage.clone(), LockSettings::default());
     let n = bench.pairs.max(1);
     for (scenario, tasks, pairs, shared, on_drop) in [
@@ -114,6 +130,18 @@ pub async fn run(
     }
     if wanted("one-task-bare-scripts") {
         bare_scripts(&storage, n, &mut out).await?;
+    }
+    if wanted("one-task-bare-extensions") {
+        let bare = Locks::new(storage.clone(), LockSettings::default());
+        let name = format!("bench-lock:{:08x}:extend", rand::random::<u32>());
+        let start = Instant::now();
+        bare.bare_extensions(&name, TTL, n).await?;
+        let elapsed = start.elapsed();
+        out(json!({
+            "peer": "botfleet", "bench": "locks", "scenario": "one-task-bare-extensions",
+            "tasks": 1, "extensions": n,
+            "extensions_per_s": (n as f64 / elapsed.as_secs_f64()).round(),
+        }));
     }
     storage.close().await;
     if wanted("round-trip-floor") {

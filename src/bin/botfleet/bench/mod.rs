@@ -81,7 +81,10 @@ pub fn run(command: &BenchCommand) -> anyhow::Result<()> {
 /// a Redis URL the storage can use, `--scenario` that names no scenario.
 fn check_arguments(command: &BenchCommand) -> Result<(), BadArgument> {
     let redis = match command {
-        BenchCommand::Storage(b) => Some(b.redis_url.as_str()),
+        BenchCommand::Storage(b) => {
+            storage::check_scenarios(&b.scenarios)?;
+            Some(b.redis_url.as_str())
+        }
         BenchCommand::Locks(b) => {
             locks::check_scenarios(&b.scenarios)?;
             Some(b.redis_url.as_str())
@@ -95,6 +98,19 @@ fn check_arguments(command: &BenchCommand) -> Result<(), BadArgument> {
     match redis {
         Some(url) => redis_url_problem(url).map_err(|message| BadArgument::new("--redis", message)),
         None => Ok(()),
+    }
+}
+
+/// The server and the form each script with a native twin runs in, for the JSON lines:
+/// `{"server": "valkey 9.1.2", "compare_and_set": "SET IFEQ", ...}`.
+pub fn server_line(storage: &Storage) -> serde_json::Value {
+    match storage.stats().server {
+        Some(server) => serde_json::json!({
+            "server": format!("{} {}", server.name, server.version),
+            "native_commands": server.native_commands,
+            "forms": server.commands,
+        }),
+        None => serde_json::Value::Null,
     }
 }
 
@@ -225,8 +241,15 @@ pub fn given_or_private(url: Option<&str>) -> std::io::Result<(String, Option<Pr
 /// Opens the storage on `url` with a 2 s command timeout (a loaded 2-core machine must not
 /// look like an outage half-way through); fails when Redis does not answer.
 pub async fn open_storage(url: &str) -> Result<Storage, StorageError> {
+    open_storage_with(url, true).await
+}
+
+/// [`open_storage`] with `storage.redis.native_commands` set to `native` (false: the scripts
+/// run even where the server has the native command, to compare the two).
+pub async fn open_storage_with(url: &str, native: bool) -> Result<Storage, StorageError> {
     let mut settings = StorageSettings::default();
     settings.redis.url = url.to_string();
+    settings.redis.native_commands = native;
     settings.redis.timeout_ms = 2_000;
     let storage = Storage::open(&settings, &KeySchema::default()).await?;
     if storage.mode() != Mode::Redis {

@@ -1,6 +1,8 @@
 //! `botfleet bench storage --redis URL`: throughput and latency of the storage handle, beside
 //! `redis-benchmark` on the same server in the same run, and a kill -9 fail-over scenario on a
-//! private server.
+//! private server. `set-many` (100 keys with a TTL per call) and `compare-and-set` (each task
+//! changes its own record from the value it last wrote) run as the server's native commands where it
+//! has them; `--scripts` keeps the scripts, to compare the two.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -28,6 +30,42 @@ pub struct StorageBench {
     /// services' keys), or `all` (every `bench:` key remembered, the worst case).
     #[arg(long, value_enum, default_value_t = LastKnownMode::On)]
     pub last_known: LastKnownMode,
+    /// Run only this scenario (repeatable; default: all of them).
+    #[arg(long = "scenario", value_name = "NAME")]
+    pub scenarios: Vec<String>,
+    /// Run the scripts even where the server has native commands for them
+    /// (`storage.redis.native_commands = false`).
+    #[arg(long)]
+    pub scripts: bool,
+}
+
+/// The scenarios, in the order they run.
+pub const SCENARIOS: [&str; 8] = [
+    "redis-benchmark",
+    "set",
+    "get",
+    "zadd",
+    "zpopmin",
+    "set-many",
+    "compare-and-set",
+    "failover-kill9",
+];
+
+/// Keys per `set-many` call.
+const SET_MANY_KEYS: usize = 100;
+
+/// `--scenario` checked before anything runs: each must be one of [`SCENARIOS`].
+pub fn check_scenarios(scenarios: &[String]) -> Result<(), crate::exit::BadArgument> {
+    match scenarios.iter().find(|s| !SCENARIOS.contains(&s.as_str())) {
+        Some(unknown) => Err(crate::exit::BadArgument::new(
+            "--scenario",
+            format!(
+                "unknown scenario {unknown:?}; expected one of: {}",
+                SCENARIOS.join(", ")
+            ),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Runs every scenario, printing one JSON line each through `out`.
@@ -35,8 +73,11 @@ pub async fn run(
     bench: &StorageBench,
     mut out: impl FnMut(serde_json::Value),
 ) -> Result<(), StorageError> {
+    let wanted =
+        |name: &str| bench.scenarios.is_empty() || bench.scenarios.iter().any(|s| s == name);
     let mut settings = StorageSettings::default();
     settings.redis.url = bench.redis_url.clone();
+    settings.redis.native_commands = !bench.scripts;
     bench.last_known.apply(&mut settings, "bench:*");
     let storage = Storage::open(&settings, &KeySchema::default()).await?;
     if storage.mode() != Mode::Redis {
@@ -45,19 +86,35 @@ pub async fn run(
             message: format!("{} does not answer", bench.redis_url),
         });
     }
-    let baseline = redis_benchmark(
-        &bench.redis_url,
-        "set,get,zadd,zpopmin",
-        50,
-        bench.ops.max(10_000),
-    );
+    // Each line of the handle's names the server and the form the scripts ran in.
+    let server = super::server_line(&storage);
+    let baseline = if wanted("redis-benchmark") {
+        redis_benchmark(
+            &bench.redis_url,
+            "set,get,zadd,zpopmin",
+            50,
+            bench.ops.max(10_000),
+        )
+    } else {
+        Vec::new()
+    };
     for (test, rps) in &baseline {
         out(
             json!({"bench": "storage", "scenario": "redis-benchmark", "test": test,
                    "concurrency": 50, "ops_per_s": rps.round()}),
         );
     }
-    for op in ["set", "get", "zadd", "zpopmin"] {
+    for op in [
+        "set",
+        "get",
+        "zadd",
+        "zpopmin",
+        "set-many",
+        "compare-and-set",
+    ] {
+        if !wanted(op) {
+            continue;
+        }
         for concurrency in [1usize, 50] {
             let ops = if concurrency == 1 {
                 bench.ops / 4
@@ -67,9 +124,14 @@ pub async fn run(
             let (elapsed, lat) = throughput(&storage, op, concurrency, ops.max(1)).await?;
             let ops_per_s = ops as f64 / elapsed.as_secs_f64();
             let mut line = json!({"bench": "storage", "scenario": op, "concurrency": concurrency,
+                "server": server,
                 "last_known": bench.last_known.name(),
                 "ops": ops, "ops_per_s": ops_per_s.round(), "p50_us": lat.percentile_us(0.5),
                 "p99_us": lat.percentile_us(0.99)});
+            if op == "set-many" {
+                // An op is a call: keys written per second are ops_per_s x keys_per_call.
+                line["keys_per_call"] = json!(SET_MANY_KEYS);
+            }
             if concurrency == 50 {
                 if let Some((_, rps)) = baseline.iter().find(|(t, _)| t.eq_ignore_ascii_case(op)) {
                     line["redis_benchmark_ops_per_s"] = json!(rps.round());
@@ -81,7 +143,10 @@ pub async fn run(
     }
     let _ = storage.del(&["bench:z"]).await;
     storage.close().await;
-    failover(bench.outbox_writes, &mut out).await
+    if wanted("failover-kill9") {
+        failover(bench.outbox_writes, &mut out).await?;
+    }
+    Ok(())
 }
 
 async fn throughput(
@@ -105,10 +170,14 @@ async fn throughput(
     let next = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..concurrency {
+    let run = rand::random::<u32>();
+    for task in 0..concurrency {
         let (storage, next, op) = (storage.clone(), next.clone(), op.to_string());
         tasks.push(tokio::spawn(async move {
             let mut lat = Latencies::default();
+            // compare-and-set: each task's own record, and the value it last wrote there.
+            let record = format!("bench:cas:{run:08x}:{task}");
+            let mut last: Option<String> = None;
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed) as usize;
                 if i >= ops {
@@ -123,6 +192,32 @@ async fn throughput(
                         .zadd("bench:za", &[(i as f64, &key)])
                         .await
                         .map(|_| ()),
+                    "set-many" => {
+                        let pairs = (0..SET_MANY_KEYS)
+                            .map(|j| {
+                                (
+                                    format!("bench:m{}", (i * SET_MANY_KEYS + j) % 10_000),
+                                    "x".repeat(100),
+                                )
+                            })
+                            .collect();
+                        storage.set_many(pairs, Some(Duration::from_secs(60))).await
+                    }
+                    "compare-and-set" => {
+                        // A record changed by compare-and-set on what its writer last wrote
+                        // (one round trip; every call writes).
+                        let value = i.to_string();
+                        let written = storage
+                            .compare_and_set(&record, last.as_deref(), &value, None)
+                            .await?;
+                        if !written {
+                            return Err(StorageError::Command(format!(
+                                "{record}: compare-and-set refused"
+                            )));
+                        }
+                        last = Some(value);
+                        Ok(())
+                    }
                     _ => storage.zpopmin("bench:z", 1).await.map(|_| ()),
                 }?;
                 lat.record(t.elapsed());
