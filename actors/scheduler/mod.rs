@@ -3,7 +3,7 @@
 //! jobs.
 //!
 //! The host uses the cloneable [`Scheduler`] handle (`Fleet::scheduler()`): [`Scheduler::enqueue`],
-//! [`Scheduler::enqueue_bulk`], [`Scheduler::cancel`], [`Scheduler::get`],
+//! [`Scheduler::enqueue_bulk`], [`Scheduler::enqueue_new`], [`Scheduler::cancel`], [`Scheduler::get`],
 //! [`Scheduler::list`], [`Scheduler::counts`], [`Scheduler::register_handler`] and
 //! [`Scheduler::stop`], and [`periodic::Periodic`] (`Fleet::periodic()`). In a fleet the
 //! `SchedulerActor` runs this process's worker loop, the visibility heartbeat and the periodic
@@ -20,8 +20,9 @@
 //! `PREFIX:task:ID` holds the seed's `id`, `type`, `data` (JSON text), `priority`, `created_at`
 //! and `status` (`pending`, `processing`, `completed`, `failed`), plus `attempts`,
 //! `updated_at`, `last_error`, `run_at` (a delayed or retried task) and `max_attempts` (when
-//! set per task). A task added by an outside client with `HSET` and `ZADD` lacks the extra
-//! fields; the claim creates them. Beside the queue, `PREFIX:tasks:processing` scores each
+//! set per task), and for a task a worker over HTTP claimed, `lease` (the random token of its
+//! attempt) and `result` (what its completion reported). A task added by an outside client
+//! with `HSET` and `ZADD` lacks the extra fields; the claim creates them. Beside the queue, `PREFIX:tasks:processing` scores each
 //! claimed id by its visibility deadline, `PREFIX:tasks:delayed` by its due time and
 //! `PREFIX:tasks:dead` by its time of death (milliseconds).
 //!
@@ -40,13 +41,15 @@
 //! - failures, only when the attempt matches: a retry through `PREFIX:tasks:delayed` after
 //!   `backoff_base_ms * 2^(attempt-1)`, capped at `backoff_max_ms`, or, after the last attempt,
 //!   the dead set with `status failed` and `last_error`;
+//! - the operations of leaseholders (workers over HTTP, [`lease`](self#workers-over-http)):
+//!   extend, complete or fail, each only while the task is `processing` under the lease named;
 //! - the reaper: up to 100 expired deadlines, each back to the queue, or dead after its last
 //!   attempt with `last_error` `visibility timeout expired`;
 //! - the promotion of due delayed tasks to the queue;
 //! - claims from the head of the queue, skipping types this process has no handler for (they
-//!   stay for other processes; at most `scheduler.scan_limit` looked at). A claim sets
-//!   `status processing`, raises `attempts` and scores the id with `now +
-//!   visibility_timeout_ms`.
+//!   stay for other processes; at most `scheduler.scan_limit` looked at; a handler of the type
+//!   `*` takes any type no other handler names). A claim sets `status processing`, raises
+//!   `attempts` and scores the id with `now + visibility_timeout_ms`.
 //!
 //! Before it builds a step the worker lets the handlers that are ready finish, so that one
 //! step carries all their results and refills all their slots. Handlers run as tokio tasks; a
@@ -73,6 +76,19 @@
 //! an expired deadline, so the reaper returns them at the next step (their `attempts` counts
 //! one more).
 //!
+//! # Workers over HTTP
+//!
+//! Workers outside the process (the daemon's `/api/tasks` protocol, `botfleet task work`)
+//! claim with [`Scheduler::claim`]: the same step, with the types they serve as capacities, a
+//! visibility timeout of their own, and a random lease token written into each claimed hash.
+//! [`Scheduler::extend_lease`], [`Scheduler::complete_lease`] and [`Scheduler::fail_lease`]
+//! are steps carrying one leased operation, refused with [`SchedulerError::StaleLease`] once
+//! the attempt is over; the reaper treats their tasks as any other. [`Scheduler::claim`] waits
+//! for tasks: woken by this process's enqueues, re-checking every `poll_interval_ms`. Dead
+//! letters go back with [`Scheduler::retry_dead`] / [`Scheduler::retry_all_dead`] (attempts
+//! reset) or away with [`Scheduler::delete_dead`]; [`Scheduler::promote`] runs a delayed task
+//! now. The `lease` module's docs say how it meets an outage.
+//!
 //! # Named queues
 //!
 //! [`Scheduler::for_queue`] keeps a queue's keys under `{NAME}` ([`queue_prefix`]): on Redis
@@ -83,7 +99,8 @@
 //! | file | what it holds |
 //! |---|---|
 //! | `mod.rs` | [`Scheduler`], the worker loop and the heartbeat, `SchedulerActor` |
-//! | `scripts.rs` | the Lua scripts and their Rust twins: `task-enqueue`, `task-step`, `task-extend`, `task-cancel`, `bot-state`, `session-count`, `bot-event` |
+//! | `lease.rs` | workers over HTTP: claims with leases, the leaseholders' calls, dead letters and delayed tasks |
+//! | `scripts.rs` | the Lua scripts and their Rust twins: `task-enqueue`, `task-step`, `task-extend`, `task-cancel`, `task-revive`, `task-promote`, `bot-state`, `session-count`, `bot-event` |
 //! | [`state`] | bot state, sessions, metrics and events |
 //! | [`periodic`] | periodic jobs, once per period across the fleet |
 //! | [`external`] | handlers outside the process, from `[[scheduler.handlers]]`: a command or a webhook per task |
@@ -91,6 +108,7 @@
 
 pub mod external;
 mod ids;
+mod lease;
 pub mod periodic;
 mod scripts;
 pub mod state;
@@ -116,6 +134,7 @@ use crate::settings::SchedulerSettings;
 use crate::storage::{Mode, Op, Remembered, Reply, Storage, StorageError};
 use crate::supervisor::{fault, ChildContext};
 use ids::new_task_id;
+pub use lease::{ClaimOptions, ClaimedTask, FailedAttempt, MAX_ERROR_BYTES};
 use scripts::scripts;
 
 /// Longest task type name, bytes.
@@ -128,6 +147,9 @@ pub const MAX_PRIORITY: i64 = 1_000_000;
 const BULK_CHUNK: usize = 1_000;
 /// Results sent with one step.
 const MAX_RESULTS_PER_STEP: usize = 1_000;
+/// The type of a handler (or of a claim's `types`) that takes tasks of any type no other
+/// handler of the process names.
+pub const ANY_TYPE: &str = "*";
 
 /// A bad call or a storage failure.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -186,6 +208,19 @@ pub enum SchedulerError {
     /// Workers need a tokio runtime.
     #[error("register_handler must be called inside a tokio runtime")]
     NoRuntime,
+    /// No task has this id (never added, or completed and its hash gone).
+    #[error("no task {0}")]
+    NoSuchTask(String),
+    /// The lease given is not the task's current one: the attempt it was handed out for is
+    /// over (finished, or reaped after its deadline and perhaps claimed again). Nothing was
+    /// changed.
+    #[error("task {id}: the lease is no longer current (status {status})")]
+    StaleLease {
+        /// The task.
+        id: String,
+        /// Its status now.
+        status: String,
+    },
     /// The storage refused the call.
     #[error(transparent)]
     Storage(#[from] StorageError),
@@ -328,6 +363,9 @@ pub struct Task {
     pub updated_at: Option<String>,
     /// When a delayed or retried task becomes due, ISO-8601.
     pub run_at: Option<String>,
+    /// What a leaseholder's completion reported (JSON text), kept while the completed hash
+    /// stays.
+    pub result: Option<String>,
 }
 
 impl Task {
@@ -344,6 +382,7 @@ impl Task {
             last_error: get("last_error"),
             updated_at: get("updated_at"),
             run_at: get("run_at"),
+            result: get("result"),
         }
     }
 }
@@ -422,6 +461,9 @@ struct Shared {
     keys: QueueKeys,
     handlers: RwLock<HashMap<String, Arc<HandlerEntry>>>,
     wake: Notify,
+    /// Told of every task this process makes ready (enqueued, retried from the dead letters,
+    /// promoted): the claims waiting over HTTP try again at once.
+    arrived: Notify,
     stop: Notify,
     stopping: AtomicBool,
     /// Set when a supervised actor runs the worker (the fleet's scheduler): then
@@ -443,6 +485,8 @@ struct Shared {
     updated_by: String,
     /// Where finished attempts, sessions and events are archived (set once by the fleet).
     history: std::sync::OnceLock<history::HistorySink>,
+    /// Leaseholders' operations waiting for a step, and whether one is being sent.
+    desk: lease::Desk,
 }
 
 /// The scheduler API: a cheap, cloneable handle (`Fleet::scheduler()`).
@@ -514,6 +558,7 @@ impl Scheduler {
                 keys,
                 handlers: RwLock::new(HashMap::new()),
                 wake: Notify::new(),
+                arrived: Notify::new(),
                 stop: Notify::new(),
                 stopping: AtomicBool::new(false),
                 supervised: AtomicBool::new(false),
@@ -529,6 +574,7 @@ impl Scheduler {
                 reaped: AtomicU64::new(0),
                 updated_by: updated_by.to_string(),
                 history: std::sync::OnceLock::new(),
+                desk: lease::Desk::default(),
             }),
         }
     }
@@ -614,9 +660,24 @@ impl Scheduler {
         Ok(self.enqueue_bulk(vec![task]).await?.remove(0))
     }
 
+    /// Enqueues one task; answers its id and whether it was added (false: a task with its id
+    /// exists, and nothing changed).
+    pub async fn enqueue_new(&self, task: NewTask) -> Result<(String, bool), SchedulerError> {
+        let (mut ids, added) = self.enqueue_counted(vec![task]).await?;
+        Ok((ids.remove(0), added == 1))
+    }
+
     /// Enqueues many tasks (1,000 per script call); answers their ids in order. Every task is
     /// checked first: one bad task refuses the whole call, nothing stored.
     pub async fn enqueue_bulk(&self, tasks: Vec<NewTask>) -> Result<Vec<String>, SchedulerError> {
+        Ok(self.enqueue_counted(tasks).await?.0)
+    }
+
+    /// [`Scheduler::enqueue_bulk`], answering how many were added too.
+    async fn enqueue_counted(
+        &self,
+        tasks: Vec<NewTask>,
+    ) -> Result<(Vec<String>, i64), SchedulerError> {
         let now = now_ms();
         let mut rows = Vec::with_capacity(tasks.len());
         for task in &tasks {
@@ -626,19 +687,23 @@ impl Scheduler {
         let k = &self.shared.keys;
         let iso = iso8601(now);
         let now_text = now.to_string();
+        let mut added = 0;
         for chunk in rows.chunks(BULK_CHUNK) {
             let mut args: Vec<&str> = Vec::with_capacity(3 + chunk.len() * 7);
             args.extend([k.task_prefix.as_str(), now_text.as_str(), iso.as_str()]);
             for row in chunk {
                 args.extend(row.iter().map(String::as_str));
             }
-            self.shared
+            added += self
+                .shared
                 .storage
                 .eval(&scripts().enqueue, &[&k.queue, &k.delayed], &args)
-                .await?;
+                .await?
+                .as_int();
         }
         self.shared.wake.notify_one();
-        Ok(ids)
+        self.shared.arrived.notify_waiters();
+        Ok((ids, added))
     }
 
     /// Cancels a waiting (queued or delayed) task, deleting it: false when it is not waiting
@@ -841,34 +906,48 @@ impl Shared {
             .min(s.backoff_max_ms)
     }
 
-    /// One step: report `results`, reap, promote, claim up to `caps`.
-    async fn step(
-        &self,
-        results: &[Outcome],
-        caps: &[(String, usize)],
-        explicit: &[String],
-    ) -> Result<Stepped, StorageError> {
+    /// One step: report `call.results`, apply the leased operations, reap, promote, claim up
+    /// to `call.caps`.
+    async fn step(&self, call: &StepCall<'_>) -> Result<Stepped, StorageError> {
         let k = &self.keys;
         let s = &self.settings;
         let now = now_ms();
         let iso = iso8601(now);
-        let total: usize = caps.iter().map(|c| c.1).sum::<usize>().min(s.claim_batch);
+        let total: usize = call
+            .caps
+            .iter()
+            .map(|c| c.1)
+            .sum::<usize>()
+            .min(call.max.unwrap_or(usize::MAX))
+            .min(s.claim_batch);
+        let archiving = self.history.get().is_some_and(|s| s.is_on());
         let (done, failed): (Vec<&Outcome>, Vec<&Outcome>) =
-            results.iter().partition(|o| o.error.is_none());
-        let mut args: Vec<String> = Vec::with_capacity(12 + results.len() * 3 + caps.len() * 2);
+            call.results.iter().partition(|o| o.error.is_none());
+        let mut args: Vec<String> = Vec::with_capacity(
+            15 + call.results.len() * 3
+                + call.caps.len() * 2
+                + call.leased.len() * 6
+                + call.explicit.len()
+                + call.tokens.len(),
+        );
         args.extend([
             k.task_prefix.clone(),
             now.to_string(),
             iso.clone(),
-            s.visibility_timeout_ms.to_string(),
+            call.visibility_ms
+                .unwrap_or(s.visibility_timeout_ms)
+                .to_string(),
             s.max_attempts.to_string(),
             (s.completed_ttl_secs * 1000).to_string(),
             done.len().to_string(),
             failed.len().to_string(),
-            caps.len().to_string(),
+            call.caps.len().to_string(),
             total.to_string(),
             s.scan_limit.to_string(),
-            explicit.len().to_string(),
+            call.explicit.len().to_string(),
+            call.leased.len().to_string(),
+            call.tokens.len().to_string(),
+            if archiving { "1" } else { "0" }.to_string(),
         ]);
         for o in &done {
             args.push(o.id.clone());
@@ -883,26 +962,31 @@ impl Shared {
             args.push(at.to_string());
             args.push(iso8601(at));
         }
-        for (ty, cap) in caps {
+        for op in call.leased {
+            args.extend(op.args());
+        }
+        for (ty, cap) in call.caps {
             args.push(ty.clone());
             args.push(cap.to_string());
         }
-        args.extend(explicit.iter().cloned());
+        args.extend(call.explicit.iter().cloned());
+        args.extend(call.tokens.iter().cloned());
         let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        let reply = self
-            .storage
-            .eval(
-                &scripts().step,
-                &[&k.queue, &k.processing, &k.delayed, &k.dead],
-                &arg_refs,
-            )
-            .await?;
+        let hashes: Vec<String> = call
+            .leased
+            .iter()
+            .map(|op| format!("{}{}", k.task_prefix, op.id()))
+            .collect();
+        let mut keys: Vec<&str> = vec![&k.queue, &k.processing, &k.delayed, &k.dead];
+        keys.extend(hashes.iter().map(String::as_str));
+        let reply = self.storage.eval(&scripts().step, &keys, &arg_refs).await?;
         let Reply::Array(mut parts) = reply else {
             return Err(StorageError::Command("task-step: unexpected reply".into()));
         };
-        if parts.len() != 6 {
+        if parts.len() != 7 {
             return Err(StorageError::Command("task-step: unexpected reply".into()));
         }
+        let leased_fields = parts.pop().map(Reply::into_strings).unwrap_or_default();
         let buried_fields = parts.pop().map(Reply::into_strings).unwrap_or_default();
         let claimed_fields = parts.pop().map(Reply::into_strings).unwrap_or_default();
         self.completed
@@ -927,6 +1011,7 @@ impl Shared {
                     last_error: None,
                     updated_at: Some(iso.clone()),
                     run_at: None,
+                    result: None,
                 };
                 // The attempt that dead-letters the task: its own max_attempts or the default.
                 (task, f[6].parse().unwrap_or(s.max_attempts))
@@ -934,17 +1019,28 @@ impl Shared {
             .collect();
         self.claimed
             .fetch_add(tasks.len() as u64, Ordering::Relaxed);
+        let leased = lease::LeasedReply::parse_all(leased_fields);
+        for (op, reply) in call.leased.iter().zip(&leased) {
+            if reply.code == 1 && matches!(op, lease::LeasedOp::Fail { .. }) {
+                self.failed_attempts.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if archiving {
+            self.archive_leased(call.leased, &leased, now as i64);
+        }
         // Only while a sink is on: the reply carries these tasks anyway (rarely any).
-        let buried = match self.history.get().filter(|s| s.is_on()) {
-            Some(_) => buried_fields
+        let buried = if archiving {
+            buried_fields
                 .chunks_exact(8)
                 .map(|f| reaped_record(f, now as i64))
-                .collect(),
-            None => Vec::new(),
+                .collect()
+        } else {
+            Vec::new()
         };
         Ok(Stepped {
             claimed: tasks,
             buried,
+            leased,
         })
     }
 
@@ -997,6 +1093,30 @@ struct Stepped {
     /// The archive's records of the tasks the reaper dead-lettered in this step (empty unless
     /// a history sink is on).
     buried: Vec<history::TaskRecord>,
+    /// What became of each leased operation, in order.
+    leased: Vec<lease::LeasedReply>,
+}
+
+/// What one step carries: this process's results and free slots, and the operations and
+/// claims of leaseholders (workers outside the process). `Default` is an empty step (it still
+/// reaps and promotes).
+#[derive(Default)]
+struct StepCall<'a> {
+    /// Finished attempts of this process's handlers.
+    results: &'a [Outcome],
+    /// Free slots per type (`*`: any type no other entry names).
+    caps: &'a [(String, usize)],
+    /// Ids to claim (outside Redis), instead of the head of the queue.
+    explicit: &'a [String],
+    /// Operations of leaseholders, checked against the lease each names.
+    leased: &'a [lease::LeasedOp],
+    /// Lease tokens of the tasks claimed, one per task (claims over HTTP); none for this
+    /// process's handlers.
+    tokens: &'a [String],
+    /// Visibility timeout of the tasks claimed; `scheduler.visibility_timeout_ms` when `None`.
+    visibility_ms: Option<u64>,
+    /// Claim at most this many (and never more than `scheduler.claim_batch`).
+    max: Option<usize>,
 }
 
 impl Shared {
@@ -1182,10 +1302,17 @@ async fn worker(shared: Arc<Shared>) {
             continue;
         }
         let had_results = !results.is_empty();
-        match shared.step(&results, &caps, &explicit).await {
+        let call = StepCall {
+            results: &results,
+            caps: &caps,
+            explicit: &explicit,
+            ..StepCall::default()
+        };
+        match shared.step(&call).await {
             Ok(Stepped {
                 claimed: tasks,
                 buried,
+                ..
             }) => {
                 for o in &results {
                     shared.inflight.remove(&o.id);
@@ -1196,9 +1323,12 @@ async fn worker(shared: Arc<Shared>) {
                 shared.idle.notify_waiters();
                 let claimed = tasks.len();
                 for (task, limit) in tasks {
+                    // A handler of the type, else the catch-all `*` (the script claims for `*`
+                    // only types no other handler names).
                     let entry = handlers
                         .iter()
                         .find(|(t, _)| *t == task.task_type)
+                        .or_else(|| handlers.iter().find(|(t, _)| t == ANY_TYPE))
                         .map(|(_, h)| h.clone());
                     match entry {
                         Some(entry) => {

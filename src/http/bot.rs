@@ -9,15 +9,11 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-/// Task types of seed 001 (`bot:task:{id}` field `type`).
-pub const TASK_TYPES: &[&str] = &[
-    "login",
-    "job_check",
-    "job_accept",
-    "job_reject",
-    "navigation",
-    "screenshot",
-];
+use crate::settings::SchedulerSettings;
+
+/// Task types of seed 001 (`bot:task:{id}` field `type`): the default of
+/// `scheduler.task_types`, which decides what the API accepts.
+pub const TASK_TYPES: &[&str] = crate::settings::DEFAULT_TASK_TYPES;
 
 /// Task statuses of seed 001 (`bot:task:{id}` field `status`).
 pub const TASK_STATUSES: &[&str] = &["pending", "processing", "completed", "failed"];
@@ -118,7 +114,7 @@ pub struct StartRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AddTaskRequest {
-    /// One of [`TASK_TYPES`].
+    /// One of `scheduler.task_types` (by default [`TASK_TYPES`]).
     #[serde(rename = "type")]
     pub task_type: String,
     /// The task's data: a JSON object (`{}` when absent).
@@ -258,18 +254,10 @@ impl StartRequest {
 }
 
 impl AddTaskRequest {
-    /// Refuses an unknown type, data that is not an object, a priority or delay out of range.
-    pub fn validate(&self) -> Result<(), ApiError> {
-        if !TASK_TYPES.contains(&self.task_type.as_str()) {
-            return Err(ApiError::bad_field(
-                "type",
-                format!(
-                    "unknown task type {:?}: expected one of {}",
-                    self.task_type,
-                    TASK_TYPES.join(", ")
-                ),
-            ));
-        }
+    /// Refuses a type `scheduler.task_types` does not allow, data that is not an object, a
+    /// priority or delay out of range.
+    pub fn validate(&self, scheduler: &SchedulerSettings) -> Result<(), ApiError> {
+        check_task_type("type", &self.task_type, scheduler)?;
         if !self.data.is_object() {
             return Err(ApiError::bad_field("data", "expected a JSON object"));
         }
@@ -318,6 +306,28 @@ impl TaskListQuery {
         }
         Ok(())
     }
+}
+
+/// Refuses a task type `scheduler.task_types` does not allow: 400 naming `field` and the
+/// types allowed.
+pub(crate) fn check_task_type(
+    field: &str,
+    task_type: &str,
+    scheduler: &SchedulerSettings,
+) -> Result<(), ApiError> {
+    if scheduler.allows_task_type(task_type) {
+        return Ok(());
+    }
+    let message = match crate::settings::task_type_problem(task_type) {
+        Some(problem) if scheduler.open_task_types() => {
+            format!("invalid task type {task_type:?}: {problem}")
+        }
+        _ => format!(
+            "unknown task type {task_type:?}: expected one of {} (scheduler.task_types)",
+            scheduler.task_types.join(", ")
+        ),
+    };
+    Err(ApiError::bad_field(field, message))
 }
 
 /// Refuses a session id that is empty, too long or not `[A-Za-z0-9_.-]`.
@@ -472,7 +482,8 @@ mod tests {
     use super::*;
 
     fn field_of(body: &str) -> Option<String> {
-        match parse_json::<AddTaskRequest>(body.as_bytes()).and_then(|r| r.validate()) {
+        let settings = SchedulerSettings::default();
+        match parse_json::<AddTaskRequest>(body.as_bytes()).and_then(|r| r.validate(&settings)) {
             Err(ApiError::BadRequest { field, .. }) => field,
             other => panic!("{body}: {other:?}"),
         }
@@ -507,7 +518,7 @@ mod tests {
     fn a_good_body_passes() {
         let r: AddTaskRequest =
             parse_json(br#"{"type": "job_check", "data": {"a": 1}, "priority": 7}"#).unwrap();
-        r.validate().unwrap();
+        r.validate(&SchedulerSettings::default()).unwrap();
         assert_eq!(
             (r.task_type.as_str(), r.priority, r.delay_ms),
             ("job_check", Some(7), 0)

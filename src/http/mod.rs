@@ -52,6 +52,7 @@
 //! | `sections.rs` | the built-in sections and their Prometheus samples |
 //! | `bot.rs` | seed 001's request types and their validation, [`ApiError`] (JSON `{"error","field"}`), the [`BotApi`] seam |
 //! | `fleet_bot.rs` | [`FleetBot`]: [`BotApi`] over the fleet's scheduler |
+//! | `tasks.rs` | `/api/tasks`: add and read tasks, the worker protocol (claim with a long poll, extend, complete, fail under a lease), dead letters and delayed tasks |
 //! | `games.rs` | `/api/game-sessions/...` and `/api/fairness/...`: seed 002's game sessions and fairness records over the fleet's handles, their bodies checked (400 naming the field) |
 //! | `auth.rs` | the bearer token on mutating methods, its header parsed strictly, compared in constant time |
 //! | `metrics.rs` | Prometheus text from a snapshot, through a registry built per request |
@@ -87,6 +88,7 @@ mod routes;
 mod sections;
 mod snapshot;
 mod sse;
+mod tasks;
 
 pub use bot::{
     AddTaskRequest, AdminSendRequest, ApiError, ArchiveQuery, BotApi, StartRequest, TaskListQuery,

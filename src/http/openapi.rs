@@ -19,6 +19,7 @@ use serde_json::{Map, Value};
 /// The parts of the document, merged in this order: (name, JSON text).
 const PARTS: &[(&str, &str)] = &[
     ("base", include_str!("openapi/base.json")),
+    ("tasks", include_str!("openapi/tasks.json")),
     ("data", include_str!("openapi/data.json")),
     ("locks", include_str!("openapi/locks.json")),
     ("games", include_str!("openapi/games.json")),

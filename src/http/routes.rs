@@ -35,6 +35,7 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
         .route("/api/bot/metrics/{session_id}", web::get().to(bot_metrics))
         .route("/api/bot/system-status", web::get().to(system_status));
     // Each service area's routes (one line each, before the fallback).
+    cfg.configure(super::tasks::configure);
     cfg.configure(super::data::configure);
     cfg.configure(super::locks::configure);
     cfg.configure(super::games::configure);
@@ -198,7 +199,7 @@ async fn bot_tasks(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpR
 
 async fn bot_add_task(state: web::Data<AppState>, body: Bytes) -> Result<HttpResponse, ApiError> {
     let request: AddTaskRequest = parse_json(&body)?;
-    request.validate()?;
+    request.validate(&state.fleet.settings().scheduler)?;
     answer(state.bot.add_task(request).await)
 }
 

@@ -762,9 +762,67 @@ pub struct SchedulerSettings {
     pub events_max_len: usize,
     /// Pub/sub channel that carries each event live.
     pub events_channel: String,
+    /// Task types the HTTP API accepts (`POST /api/tasks`, `POST /api/bot/tasks/add`, the
+    /// claims of `POST /api/tasks/claim`): names following [`task_type_problem`]'s rules, or
+    /// `["*"]` for any such name. Default: seed 001's six ([`DEFAULT_TASK_TYPES`]).
+    pub task_types: Vec<String>,
     /// Handlers run by the daemon itself, with no code: `[[scheduler.handlers]]`, each a
     /// command or a webhook per task of one type (`botfleet::actors::scheduler::external`).
     pub handlers: Vec<HandlerSettings>,
+}
+
+/// Seed 001's task types (`bot:task:{id}` field `type`): the default of
+/// `scheduler.task_types`.
+pub const DEFAULT_TASK_TYPES: &[&str] = &[
+    "login",
+    "job_check",
+    "job_accept",
+    "job_reject",
+    "navigation",
+    "screenshot",
+];
+
+/// The entry of `scheduler.task_types` that opens the API to every well-formed type name.
+pub const ANY_TASK_TYPE: &str = "*";
+
+/// Longest task type name the HTTP API accepts, bytes.
+pub const TASK_TYPE_MAX_BYTES: usize = 128;
+
+/// Why `name` is not a task type name the HTTP API accepts (1 to 128 characters among
+/// `A-Z a-z 0-9 _ - . :`), or `None` when it is one.
+pub fn task_type_problem(name: &str) -> Option<String> {
+    if name.is_empty() || name.len() > TASK_TYPE_MAX_BYTES {
+        return Some(format!(
+            "expected 1 to {TASK_TYPE_MAX_BYTES} characters, got {}",
+            name.len()
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':')))
+    {
+        return Some(format!(
+            "{c:?} is not allowed: expected characters among A-Z a-z 0-9 _ - . :"
+        ));
+    }
+    None
+}
+
+impl SchedulerSettings {
+    /// Whether `scheduler.task_types` is `["*"]`: any well-formed type name is accepted.
+    pub fn open_task_types(&self) -> bool {
+        self.task_types.iter().any(|t| t == ANY_TASK_TYPE)
+    }
+
+    /// Whether the HTTP API accepts tasks of `task_type`: listed in `scheduler.task_types`,
+    /// or well formed when the list is `["*"]`.
+    pub fn allows_task_type(&self, task_type: &str) -> bool {
+        if self.open_task_types() {
+            task_type_problem(task_type).is_none()
+        } else {
+            self.task_types.iter().any(|t| t == task_type)
+        }
+    }
 }
 
 impl Default for SchedulerSettings {
@@ -782,6 +840,7 @@ impl Default for SchedulerSettings {
             scan_limit: 1_000,
             events_max_len: 1_000,
             events_channel: "bot:events:live".into(),
+            task_types: DEFAULT_TASK_TYPES.iter().map(|t| t.to_string()).collect(),
             handlers: Vec::new(),
         }
     }

@@ -383,6 +383,7 @@ fn semantic(settings: &Settings, tree: &Node, problems: &mut Vec<Problem>) {
             "expected a channel name, got \"\"".to_owned(),
         );
     }
+    task_types(&scheduler.task_types, &mut check);
     handlers(settings, &mut check);
     shared_data(settings, &mut check);
     let heartbeat = &settings.heartbeat;
@@ -791,6 +792,33 @@ fn shared_data(settings: &Settings, check: &mut Checker<'_>) {
                 key,
                 format!("expected a JSON pointer starting with '/' (or \"\"), got {pointer:?}"),
             );
+        }
+    }
+}
+
+/// `scheduler.task_types`: a non-empty list of distinct well-formed names, or `["*"]` alone.
+fn task_types(types: &[String], check: &mut Checker<'_>) {
+    const KEY: &str = "scheduler.task_types";
+    if types.is_empty() {
+        check.fail(
+            KEY,
+            "expected at least one task type, or [\"*\"] for any, got []".to_owned(),
+        );
+        return;
+    }
+    let any = types.iter().any(|t| t == super::ANY_TASK_TYPE);
+    if any && types.len() > 1 {
+        check.fail(
+            KEY,
+            "\"*\" (any type) must be the only entry, or list the types without it".to_owned(),
+        );
+    }
+    let mut seen = std::collections::HashSet::new();
+    for name in types.iter().filter(|t| *t != super::ANY_TASK_TYPE) {
+        if let Some(problem) = super::task_type_problem(name) {
+            check.fail(KEY, format!("task type {name:?}: {problem}"));
+        } else if !seen.insert(name.as_str()) {
+            check.fail(KEY, format!("task type {name:?} is listed twice"));
         }
     }
 }

@@ -454,6 +454,16 @@ impl LastKnown {
         self.dirty.lock()[usize::from(shared)].mark(key);
     }
 
+    /// Marks the remembered ones of `keys` for reading back (a script changed them on Redis
+    /// without naming them).
+    pub(super) fn note_changed<'a>(&self, keys: impl IntoIterator<Item = &'a str>) {
+        for key in keys {
+            if self.kind(key).is_some() {
+                self.mark_dirty(key);
+            }
+        }
+    }
+
     /// Marks `keys` for reading back (after a resync, the keys the outage touched).
     pub(super) fn mark_all_dirty(&self, keys: impl IntoIterator<Item = String>) {
         for key in keys {

@@ -536,6 +536,16 @@ impl Storage {
         self.inner.last_known.remember_key(key);
     }
 
+    /// Tells the last-known copy that a script changed `keys` on Redis without naming them
+    /// among its keys (the task hashes a claim picks from a queue): while Redis serves, the
+    /// refresher reads the remembered ones back within `storage.last_known.refresh_interval_ms`,
+    /// as it does the keys a script names.
+    pub fn note_changed<'a>(&self, keys: impl IntoIterator<Item = &'a str>) {
+        if self.mode() == Mode::Redis {
+            self.inner.last_known.note_changed(keys);
+        }
+    }
+
     /// Whether answers now come from last-known state: true while Redis is configured but
     /// not serving (`degraded`, `resyncing`), with the last moment it was known to answer.
     pub fn freshness(&self) -> Freshness {

@@ -2,7 +2,8 @@
 //! `scripts/test.sh` where missing) loads `/` from a running `botfleet run`, and sees it update
 //! without a reload: a task added through the API appears in the queue panel, and the storage
 //! mode shown changes when the test's redis-server is killed. A screenshot is saved as
-//! `target/dashboard.png`.
+//! `target/dashboard.png`. Dead letters and delayed tasks are retried, deleted and promoted
+//! from the page, with the API token typed into it.
 
 use crate::support;
 
@@ -24,7 +25,12 @@ impl Drop for Daemon {
 }
 
 fn start_daemon(redis_url: &str, bind: &str) -> Daemon {
+    start_daemon_with(redis_url, bind, &[])
+}
+
+fn start_daemon_with(redis_url: &str, bind: &str, vars: &[(&str, &str)]) -> Daemon {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_botfleet"));
+    cmd.envs(vars.iter().copied());
     cmd.arg("run")
         .env("REDIS_URL", redis_url)
         .env("BOTFLEET__API__BIND", bind)
@@ -158,4 +164,131 @@ fn dashboard_shows_the_storage_mode_change_live() {
     let path = screenshot_path();
     std::fs::write(&path, &png).unwrap();
     eprintln!("screenshot: {}", path.display());
+}
+
+/// A request with `Authorization: Bearer TOKEN` over a raw HTTP/1.0 connection: the status and
+/// the JSON body.
+fn authed(
+    addr: &str,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: &str,
+) -> (u16, serde_json::Value) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.0\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let (head, json) = answer.split_once("\r\n\r\n").unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (
+        status,
+        serde_json::from_str(json).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+#[test]
+fn dead_letters_and_delayed_tasks_are_retried_deleted_and_promoted_from_the_page() {
+    let redis = RedisServer::start().unwrap();
+    let bind = format!("127.0.0.1:{}", free_port());
+    let token = "tok-dash";
+    let _daemon = start_daemon_with(&redis.url(), &bind, &[("BOTFLEET__API__TOKEN", token)]);
+    poll_until(Duration::from_secs(30), || health_answers(&bind))
+        .expect("the daemon's HTTP API answers");
+    for body in [
+        r#"{"type": "job_check", "id": "d-1", "max_attempts": 1}"#,
+        r#"{"type": "job_check", "id": "d-2", "max_attempts": 1}"#,
+        r#"{"type": "login", "id": "later", "delay_ms": 600000}"#,
+    ] {
+        assert_eq!(authed(&bind, "POST", "/api/tasks", token, body).0, 201);
+    }
+    let (_, claimed) = authed(
+        &bind,
+        "POST",
+        "/api/tasks/claim",
+        token,
+        r#"{"types": ["job_check"], "max": 10}"#,
+    );
+    for task in claimed["tasks"].as_array().unwrap() {
+        let path = format!("/api/tasks/{}/fail", task["id"].as_str().unwrap());
+        let body = serde_json::json!({ "lease": task["lease"], "error": "it broke" }).to_string();
+        assert_eq!(authed(&bind, "POST", &path, token, &body).0, 200);
+    }
+
+    let browser = Browser::launch((1280, 900)).expect("headless chromium starts");
+    let tab = browser
+        .open(&format!("http://{bind}/"))
+        .expect("the dashboard loads");
+    let listed = |attr: &str, id: &str| {
+        tab.eval_string(&format!(
+            "document.querySelector('[data-{attr}=\"{id}\"]') !== null"
+        )) == "true"
+    };
+    poll_until(Duration::from_secs(20), || {
+        listed("dead", "d-1") && listed("dead", "d-2") && listed("delayed", "later")
+    })
+    .unwrap_or_else(|_| {
+        panic!(
+            "listed: {:?}",
+            tab.eval_string("document.getElementById('tasks-panel').textContent")
+        )
+    });
+    let click = |action: &str, id: &str| {
+        tab.eval_string(&format!(
+            "document.querySelector('button[data-action=\"{action}\"][data-id=\"{id}\"]').click(); 'ok'"
+        ))
+    };
+    let note = "document.getElementById('task-action').textContent";
+    let status = |id: &str| {
+        let (code, task) =
+            support::http::raw_request(&bind, "GET", &format!("/api/tasks/{id}"), "").unwrap();
+        (code, task["status"].as_str().unwrap_or_default().to_owned())
+    };
+
+    // Without the token the daemon refuses, and the page says why.
+    assert_eq!(click("retry", "d-1"), "ok");
+    poll_until(Duration::from_secs(10), || {
+        tab.eval_string(note).contains("API token")
+    })
+    .unwrap_or_else(|_| panic!("note: {:?}", tab.eval_string(note)));
+    assert_eq!(status("d-1"), (200, "failed".to_owned()));
+
+    // With the token typed in: retry, delete, run now.
+    tab.eval_string(&format!(
+        "const f = document.getElementById('token'); f.value = '{token}'; f.dispatchEvent(new Event('input')); 'ok'"
+    ));
+    assert_eq!(
+        tab.eval_string("sessionStorage.getItem('botfleet.api-token')"),
+        token
+    );
+    assert_eq!(click("retry", "d-1"), "ok");
+    poll_until(Duration::from_secs(10), || {
+        status("d-1") == (200, "pending".to_owned())
+    })
+    .unwrap_or_else(|_| panic!("d-1 retried; note: {:?}", tab.eval_string(note)));
+    poll_until(Duration::from_secs(10), || !listed("dead", "d-1")).expect("d-1 leaves the list");
+    assert_eq!(click("delete", "d-2"), "ok");
+    poll_until(Duration::from_secs(10), || status("d-2").0 == 404)
+        .unwrap_or_else(|_| panic!("d-2 deleted; note: {:?}", tab.eval_string(note)));
+    assert_eq!(click("promote", "later"), "ok");
+    poll_until(Duration::from_secs(10), || {
+        let (_, delayed) =
+            support::http::raw_request(&bind, "GET", "/api/tasks/delayed", "").unwrap();
+        delayed["total"] == 0 && status("later") == (200, "pending".to_owned())
+    })
+    .unwrap_or_else(|_| panic!("later promoted; note: {:?}", tab.eval_string(note)));
+    poll_until(Duration::from_secs(10), || {
+        tab.eval_string("document.getElementById('dead-total').textContent") == "0"
+            && tab.eval_string("document.getElementById('delayed-total').textContent") == "0"
+    })
+    .expect("the page lists none");
 }

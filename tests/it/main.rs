@@ -42,6 +42,7 @@
 //! | [`handlers`] | `[[scheduler.handlers]]`: commands and webhooks run tasks in the built daemon; bad entries refuse the start |
 //! | [`daemon`] | `botfleet run` as a process: signals, exit codes, graceful stop |
 //! | [`dashboard`] | the dashboard page in headless Chromium |
+//! | [`task_worker`] | the HTTP worker protocol and `botfleet task work`: exactly once, retries, dead letters, kill -9, stale leases, the long poll, bad input, outages |
 //!
 //! The Redis suites start their server through [`support::TestRedis`], which
 //! `BOTFLEET_TEST_REDIS=standalone|valkey|cluster|sentinel` switches; `scripts/test.sh` runs them on
@@ -84,4 +85,5 @@ mod storage_parity;
 mod supervised_work;
 mod supervisor;
 mod supervisor_threads;
+mod task_worker;
 mod topologies;

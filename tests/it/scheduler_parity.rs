@@ -262,3 +262,227 @@ async fn lua_and_rust_twins_answer_alike() {
     assert_eq!(a.checks, 8);
     assert_eq!(a.events, 3);
 }
+
+/// A leaseholder's calls (the HTTP worker protocol's), in one scenario: claims by type and by
+/// `*`, extensions, completions with a result, failures retried and dead-lettered, a lease
+/// reaped and claimed again, dead letters retried and deleted, a delayed task promoted, and
+/// what the archive receives. Every observation except the random lease tokens is compared.
+async fn lease_scenario(storage: Storage) -> Vec<String> {
+    use botfleet::actors::scheduler::{ClaimOptions, ClaimedTask, SchedulerError};
+    let dir = tempfile::tempdir().unwrap();
+    let history = History::open(
+        &HistorySettings {
+            enabled: true,
+            dir: dir.path().to_string_lossy().into_owned(),
+            flush_interval_ms: 10,
+            ..HistorySettings::default()
+        },
+        FallbackKind::Memory,
+    )
+    .unwrap();
+    let settings = SchedulerSettings {
+        poll_interval_ms: 10,
+        backoff_base_ms: 10,
+        backoff_max_ms: 20,
+        max_attempts: 2,
+        ..SchedulerSettings::default()
+    };
+    let sched = Scheduler::new(storage, settings, "parity");
+    sched.archive_to(history.sink());
+    let mut seen = Vec::new();
+    for (id, ty, prio) in [("x1", "a", 5), ("x2", "b", 3), ("x3", "c", 1)] {
+        sched
+            .enqueue(NewTask::raw(ty, "{\"n\":1}").id(id).priority(prio))
+            .await
+            .unwrap();
+    }
+    sched
+        .enqueue(NewTask::raw("a", "{}").id("d1").delay_ms(600_000))
+        .await
+        .unwrap();
+    let claim = |types: &[&str], max: usize, lease_ms: u64| ClaimOptions {
+        types: types.iter().map(|t| t.to_string()).collect(),
+        max,
+        lease_ms,
+        wait: Duration::ZERO,
+    };
+    let show = |c: &[ClaimedTask]| {
+        c.iter()
+            .map(|c| format!("{}#{}/{}", c.task.id, c.attempt, c.max_attempts))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let err = |e: SchedulerError| match e {
+        SchedulerError::StaleLease { status, .. } => format!("stale({status})"),
+        SchedulerError::NoSuchTask(id) => format!("none({id})"),
+        other => format!("{other}"),
+    };
+    let a = sched.claim(&claim(&["a"], 5, 60_000)).await.unwrap();
+    seen.push(format!("claim a: {}", show(&a)));
+    let any = sched.claim(&claim(&["*"], 1, 60_000)).await.unwrap();
+    seen.push(format!("claim *: {}", show(&any)));
+    let (x1, x2) = (&a[0], &any[0]);
+    assert_eq!((x1.lease.len(), x2.lease.len()), (32, 32));
+    seen.push(format!(
+        "extend, wrong lease: {:?}",
+        sched.extend_lease("x1", "nope", 60_000).await.map_err(err)
+    ));
+    let extended = sched.extend_lease("x1", &x1.lease, 60_000).await.unwrap();
+    seen.push(format!(
+        "extend: later {}",
+        extended > x1.deadline_ms - 60_000
+    ));
+    sched
+        .complete_lease("x1", &x1.lease, Some("{\"r\":1}"))
+        .await
+        .unwrap();
+    seen.push(format!(
+        "complete again: {:?}",
+        sched
+            .complete_lease("x1", &x1.lease, None)
+            .await
+            .map_err(err)
+    ));
+    let t = sched.get("x1").await.unwrap().unwrap();
+    seen.push(format!("x1: {:?} {:?}", t.status, t.result));
+    let failed = sched.fail_lease("x2", &x2.lease, "first").await.unwrap();
+    seen.push(format!(
+        "fail x2: dead {} retry {}",
+        failed.dead,
+        failed.retry_at_ms.is_some()
+    ));
+    seen.push(format!("promote x2: {:?}", sched.promote("x2").await));
+    let b = sched.claim(&claim(&["b"], 5, 60_000)).await.unwrap();
+    seen.push(format!("claim b: {}", show(&b)));
+    let failed = sched.fail_lease("x2", &b[0].lease, "second").await.unwrap();
+    seen.push(format!(
+        "fail x2 again: dead {} retry {:?}",
+        failed.dead, failed.retry_at_ms
+    ));
+    seen.push(format!(
+        "retry x2: {:?}",
+        sched.retry_dead(&["x2".into(), "nope".into()]).await
+    ));
+    let b = sched.claim(&claim(&["b"], 5, 60_000)).await.unwrap();
+    seen.push(format!("claim b after retry: {}", show(&b)));
+    sched.complete_lease("x2", &b[0].lease, None).await.unwrap();
+    // A lease that runs out: reaped, claimed again; the first lease is stale.
+    let c1 = sched.claim(&claim(&["c"], 1, 100)).await.unwrap();
+    poll_until_async(Duration::from_secs(5), || async {
+        botfleet::clock::now_ms() > c1[0].deadline_ms
+    })
+    .await
+    .unwrap();
+    let c2 = sched.claim(&claim(&["c"], 1, 60_000)).await.unwrap();
+    seen.push(format!("claim c twice: {} then {}", show(&c1), show(&c2)));
+    seen.push(format!(
+        "fail, first lease: {:?}",
+        sched
+            .fail_lease("x3", &c1[0].lease, "late")
+            .await
+            .map_err(err)
+    ));
+    let failed = sched.fail_lease("x3", &c2[0].lease, "last").await.unwrap();
+    seen.push(format!("fail x3: dead {}", failed.dead));
+    seen.push(format!("retry all: {:?}", sched.retry_all_dead().await));
+    seen.push(format!(
+        "delete x3 (not dead): {:?}",
+        sched.delete_dead("x3").await
+    ));
+    let c3 = sched.claim(&claim(&["c"], 1, 60_000)).await.unwrap();
+    sched.fail_lease("x3", &c3[0].lease, "again").await.unwrap();
+    seen.push(format!("promote x3: {:?}", sched.promote("x3").await));
+    let c4 = sched.claim(&claim(&["c"], 1, 60_000)).await.unwrap();
+    sched
+        .fail_lease("x3", &c4[0].lease, "dead again")
+        .await
+        .unwrap();
+    seen.push(format!("delete x3: {:?}", sched.delete_dead("x3").await));
+    seen.push(format!("x3 after: {:?}", sched.get("x3").await.unwrap()));
+    seen.push(format!(
+        "promote d1: {:?} then {:?}",
+        sched.promote("d1").await,
+        sched.promote("d1").await
+    ));
+    let d = sched.claim(&claim(&["a"], 5, 60_000)).await.unwrap();
+    seen.push(format!("claim d1: {}", show(&d)));
+    seen.push(format!(
+        "none: {:?}",
+        sched.complete_lease("zz", "l", None).await.map_err(err)
+    ));
+    seen.push(format!("counts: {:?}", sched.counts().await.unwrap()));
+    // Seven attempts ended through a lease: x1 completed; x2 failed, dead, then (retried)
+    // completed; x3 dead, then (retried) failed and dead. The archive keeps one row per id
+    // and attempt: the first.
+    poll_until_async(Duration::from_secs(20), || async {
+        history.stats().acknowledged == 7
+    })
+    .await
+    .unwrap_or_else(|_| panic!("7 attempts archived: {:?}", history.stats()));
+    let mut archived: Vec<String> = history
+        .tasks(&HistoryQuery::latest(100))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|t| {
+            format!(
+                "{} {} {} {} {:?} {}",
+                t.id, t.attempt, t.task_type, t.status, t.error, t.priority
+            )
+        })
+        .collect();
+    archived.sort();
+    history.close(Duration::from_secs(5)).await;
+    seen.extend(archived);
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_answer_alike_on_redis_and_on_the_fallback() {
+    let server = TestRedis::start().unwrap();
+    let mut on_redis = Settings::default();
+    on_redis.storage.redis.url = server.url();
+    on_redis.storage.redis.timeout_ms = 2_000;
+    support::fit_settings(&mut on_redis);
+    let keys = KeySchema::new(&on_redis.keys);
+    let redis = Storage::open(&on_redis.storage, &keys).await.unwrap();
+    let mut local = StorageSettings::default();
+    local.redis.enabled = false;
+    let fallback = Storage::open(&local, &keys).await.unwrap();
+    let a = lease_scenario(redis).await;
+    let b = lease_scenario(fallback).await;
+    assert_eq!(a, b);
+    let expected = [
+        "claim a: x1#1/2",
+        "claim *: x2#1/2",
+        "extend, wrong lease: Err(\"stale(processing)\")",
+        "extend: later true",
+        "complete again: Err(\"stale(completed)\")",
+        "x1: Some(Completed) Some(\"{\\\"r\\\":1}\")",
+        "fail x2: dead false retry true",
+        "promote x2: Ok(true)",
+        "claim b: x2#2/2",
+        "fail x2 again: dead true retry None",
+        "retry x2: Ok(1)",
+        "claim b after retry: x2#1/2",
+        "claim c twice: x3#1/2 then x3#2/2",
+        "fail, first lease: Err(\"stale(processing)\")",
+        "fail x3: dead true",
+        "retry all: Ok(1)",
+        "delete x3 (not dead): Ok(false)",
+        "promote x3: Ok(true)",
+        "delete x3: Ok(true)",
+        "x3 after: None",
+        "promote d1: Ok(true) then Ok(false)",
+        "claim d1: d1#1/2",
+        "none: Err(\"none(zz)\")",
+        "counts: QueueCounts { pending: 0, delayed: 0, processing: 1, dead: 0 }",
+        "x1 1 a completed None 5",
+        "x2 1 b failed Some(\"first\") 3",
+        "x2 2 b dead Some(\"second\") 3",
+        "x3 1 c failed Some(\"again\") 1",
+        "x3 2 c dead Some(\"last\") 1",
+    ];
+    assert_eq!(a, expected, "{a:#?}");
+}

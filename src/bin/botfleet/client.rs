@@ -66,6 +66,37 @@ pub enum TaskCommand {
         #[command(flatten)]
         daemon: DaemonArgs,
     },
+    /// Run a command per task claimed from the daemon, over its HTTP worker protocol:
+    /// `botfleet task work --type login --concurrency 4 -- ./login.sh`. The task is on the
+    /// command's stdin as JSON; exit 0 completes it, any other exit fails it with the end of
+    /// its stderr. SIGINT/SIGTERM: no more claims, running commands finish (exit 0); a second
+    /// signal kills them and fails their tasks back (exit 130).
+    Work(WorkArgs),
+}
+
+/// `botfleet task work` (run by `work::run`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct WorkArgs {
+    /// Task type to take; repeat for more (`*`: any type, when the daemon's
+    /// scheduler.task_types is ["*"]).
+    #[arg(long = "type", value_name = "TYPE", required = true)]
+    pub types: Vec<String>,
+    /// Commands run at once (1 to 1000).
+    #[arg(long, default_value_t = 1)]
+    pub concurrency: usize,
+    /// Visibility timeout of each task, milliseconds: a task neither finished nor extended
+    /// within it returns to the queue [default: the daemon's scheduler.visibility_timeout_ms].
+    #[arg(long, value_name = "MS")]
+    pub lease_ms: Option<u64>,
+    /// Print the summary at exit as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// The daemon's base URL [default: http:// + api.bind].
+    #[arg(long, value_name = "URL")]
+    pub url: Option<String>,
+    /// The command to run per task, and its arguments (after `--`).
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
 }
 
 /// `botfleet admin ...`.
@@ -132,6 +163,8 @@ pub fn task(
             daemon.json,
             out,
         ),
+        // Dispatched by `main` (it has exit codes of its own): `work::run`.
+        TaskCommand::Work(_) => Ok(()),
     }
 }
 

@@ -41,7 +41,8 @@ pub enum Exit {
     Usage,
     /// `run` stopped while Redis was unreachable, and writes held in memory were lost.
     Unflushed,
-    /// `run` was interrupted by a second signal during the graceful stop.
+    /// `run` was interrupted by a second signal during the graceful stop (`task work`: its
+    /// running commands killed).
     Interrupted,
     /// `lock run`: the lock was busy for the whole `--wait-ms`; the command was not run.
     LockBusy,
@@ -96,7 +97,10 @@ impl Exit {
             Exit::Unflushed => {
                 "`run` stopped while Redis was unreachable: writes held in memory were lost"
             }
-            Exit::Interrupted => "`run` interrupted by a second signal during the graceful stop",
+            Exit::Interrupted => {
+                "`run` interrupted by a second signal during the graceful stop (`task work`: the
+       running commands killed and their tasks failed back)"
+            }
             Exit::LockBusy => {
                 "`lock run`: the lock was busy for the whole --wait-ms; the command was not run"
             }

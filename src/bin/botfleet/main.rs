@@ -11,6 +11,7 @@
 //! | [`exit`] | [`Exit`]: every command's exit codes, and the code of an error |
 //! | [`daemon`] | `botfleet run`: the fleet and the HTTP API until a signal |
 //! | [`client`] | the commands that ask a running daemon over HTTP: `status`, `task`, `admin`, `events` |
+//! | [`work`] | `botfleet task work`: a command per task, over the daemon's HTTP worker protocol |
 //! | [`history`] | `botfleet history`: the archive, read directly |
 //! | [`lock`] | `botfleet lock run`: a command run under a fleet-wide lock, through the daemon |
 //! | [`bench`] | `botfleet bench ...`: one JSON line per scenario |
@@ -23,6 +24,7 @@ use botfleet::Settings;
 use clap::Parser;
 
 use crate::cli::{Cli, Command, ConfigCommand};
+use crate::client::TaskCommand;
 use crate::exit::Exit;
 
 mod bench;
@@ -33,6 +35,7 @@ mod exit;
 mod history;
 mod lock;
 mod telemetry;
+mod work;
 
 /// The daemon's allocator. glibc's `malloc` and `free` took about 13% of the client's CPU in
 /// `bench queue` (perf); mimalloc's thread-local pages cost less, which matters most when the
@@ -71,6 +74,7 @@ fn run(cli: &Cli) -> anyhow::Result<Exit> {
         }
         Command::Verify(args) => cli::verify(&settings()?, args, out)?,
         Command::Status(args) => client::status(args, settings, out)?,
+        Command::Task(TaskCommand::Work(args)) => return work::run(&logging(cli)?, args, out),
         Command::Task(command) => client::task(&settings()?, command, out)?,
         Command::Admin(command) => client::admin(&settings()?, command, out)?,
         Command::Events(command) => client::events(&settings()?, command, out)?,

@@ -10,6 +10,7 @@ mod heartbeat;
 mod history;
 mod locks;
 mod queue;
+mod queue_http;
 mod read;
 mod storage;
 
@@ -39,7 +40,8 @@ pub enum BenchCommand {
     /// between two processes (p50/p99). Without --redis a private redis-server is started.
     Cache(cache::CacheBench),
     /// The peers' queue workload (20,000 no-op tasks, 50 concurrent handlers: seq-add,
-    /// bulk-add, priority), to compare with `peers/run.sh queue`.
+    /// bulk-add, priority), to compare with `peers/run.sh queue`; `--via http` processes them
+    /// with HTTP workers against a fleet and HTTP API the benchmark starts.
     Queue(queue::QueueBench),
     /// The shared-data reader: `read()` on a fresh snapshot beside a plain GET of the same
     /// key, and propagation of a write to 100 readers.
@@ -63,6 +65,9 @@ pub fn run(command: &BenchCommand) -> anyhow::Result<()> {
             BenchCommand::Storage(bench) => storage::run(bench, print).await?,
             BenchCommand::Locks(bench) => locks::run(bench, print).await?,
             BenchCommand::Cache(bench) => cache::run(bench, print).await?,
+            BenchCommand::Queue(bench) if bench.via == queue::Via::Http => {
+                queue_http::run(bench, print).await?
+            }
             BenchCommand::Queue(bench) => queue::run(bench, print).await?,
             BenchCommand::Read(bench) => read::run(bench, print).await?,
             BenchCommand::Heartbeat(bench) => heartbeat::run(bench, print).await?,

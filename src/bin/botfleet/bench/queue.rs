@@ -41,6 +41,20 @@ pub struct QueueBench {
     /// The last-known copy: `off`, or `on` (as shipped: the queues' keys are remembered).
     #[arg(long, value_enum, default_value_t = LastKnownMode::On)]
     pub last_known: LastKnownMode,
+    /// Who processes the tasks: `handlers` run in the benchmark's scheduler, or `http`:
+    /// workers that speak only the HTTP worker protocol (claim, complete) to a fleet and its
+    /// HTTP API, both started by the benchmark on the same Redis.
+    #[arg(long, value_enum, default_value_t = Via::Handlers)]
+    pub via: Via,
+}
+
+/// Who processes the benchmark's tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Via {
+    /// In-process handlers (`Scheduler::register_handler`).
+    Handlers,
+    /// `botfleet task work`'s loop over HTTP, against a fleet and HTTP API in this process.
+    Http,
 }
 
 /// Names of `count` queues whose hash slots are spread evenly over the 16,384 slots: queue
@@ -73,6 +87,9 @@ pub enum QueueBenchError {
     /// A scheduler call failed.
     #[error(transparent)]
     Scheduler(#[from] SchedulerError),
+    /// The fleet or its HTTP API could not start, or the workers gave up.
+    #[error("{0}")]
+    Http(String),
     /// The tasks were not all processed in time.
     #[error("{scenario}: {done} of {tasks} tasks processed after {secs} s")]
     Stalled {

@@ -1,0 +1,687 @@
+//! `botfleet task work --type T -- CMD ARGS...`: a worker that runs a command per task,
+//! speaking only the daemon's HTTP worker protocol (`/api/tasks/claim`, `extend`, `complete`,
+//! `fail`), as a worker in any language would.
+//!
+//! The worker keeps up to `--concurrency` commands running. Whenever slots are free it asks
+//! the daemon for that many tasks with a long poll ([`CLAIM_WAIT_MS`]); fewer than a quarter
+//! of the slots free wait up to [`CLAIM_GATHER`] for more, so that one claim fills many. Each task runs `CMD
+//! ARGS...` with the task as JSON on stdin (`{"id","type","data","priority","attempt"}`) and
+//! `BOTFLEET_TASK_ID`, `BOTFLEET_TASK_TYPE`, `BOTFLEET_TASK_ATTEMPT` in its environment; its
+//! stdout is the worker's, its stderr is copied to the worker's and the last
+//! [`STDERR_TAIL_BYTES`] kept. Exit 0 completes the task; any other end fails it with the
+//! exit status and that tail of stderr as the error (retried with the daemon's backoff, then
+//! dead-lettered). While the command runs its lease is extended every third of the lease. A
+//! lease the daemon no longer honours (the task was reaped after its deadline, say) kills the
+//! command: its result could not be reported.
+//!
+//! Stopping: the first SIGINT or SIGTERM stops claiming (a claim waiting on the daemon is
+//! abandoned; the daemon notices the closed connection and claims nothing for it) and lets the
+//! running commands finish and report; the worker then exits 0. A second signal kills the running commands
+//! (their process groups) and fails their tasks back to the daemon with the error
+//! `interrupted`, so they are retried after the backoff like any failure (a task on its last
+//! attempt is dead-lettered); tasks whose failure cannot be reported return to the queue at
+//! their visibility deadline. The worker then exits 130. Commands run in a process group of
+//! their own, so a terminal's Ctrl-C reaches the worker only, and die with the worker (Linux
+//! `PR_SET_PDEATHSIG`) if it is killed.
+//!
+//! The loop is [`work`], over any [`Job`]: the command line runs [`CommandJob`], `botfleet
+//! bench queue --via http` a job that does nothing.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use botfleet::settings::Settings;
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::client::{base_url, url_arg, ClientError, Daemon, WorkArgs};
+use crate::exit::{BadArgument, Exit};
+
+/// How long one claim waits for a task on the daemon, milliseconds.
+pub const CLAIM_WAIT_MS: u64 = 10_000;
+/// How much of a failed command's stderr becomes the task's error, bytes.
+pub const STDERR_TAIL_BYTES: usize = 2_048;
+/// Most concurrent commands.
+const CONCURRENCY_MAX: usize = 1_000;
+/// Pause between two attempts to reach a daemon that does not answer.
+const RETRY_MIN: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+/// How long free slots wait for a quarter of the slots to be free before they are claimed
+/// for (one claim then fills many).
+const CLAIM_GATHER: Duration = Duration::from_millis(10);
+/// Shortest period between two extensions of a lease.
+const EXTEND_MIN: Duration = Duration::from_millis(100);
+
+/// A task the daemon handed out, as its claim answers it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Claimed {
+    /// Id.
+    pub id: String,
+    /// Type.
+    #[serde(rename = "type")]
+    pub task_type: String,
+    /// Data (parsed JSON, or the stored string).
+    pub data: Value,
+    /// Priority.
+    pub priority: i64,
+    /// This attempt, from 1.
+    pub attempt: u32,
+    /// The lease extend, complete and fail name.
+    pub lease: String,
+    /// Visibility deadline, Unix ms (the daemon's clock).
+    pub deadline_ms: u64,
+}
+
+/// What runs a task: `Ok` completes it, `Err(message)` fails it. The future is dropped when
+/// the task must stop at once (its lease lost, or a second signal): it must then stop what it
+/// started.
+pub trait Job: Send + Sync + 'static {
+    /// Runs `task`.
+    fn run(&self, task: &Claimed) -> BoxFuture<'static, Result<(), String>>;
+}
+
+/// What the worker claims and how.
+#[derive(Debug, Clone)]
+pub struct WorkOptions {
+    /// Task types served.
+    pub types: Vec<String>,
+    /// Tasks run at once.
+    pub concurrency: usize,
+    /// Visibility timeout asked for; the daemon's default when `None`.
+    pub lease_ms: Option<u64>,
+    /// How long one claim waits on the daemon, milliseconds.
+    pub wait_ms: u64,
+}
+
+/// What became of the tasks a worker ran.
+#[derive(Debug, Default, Serialize)]
+pub struct Summary {
+    /// Completed.
+    pub completed: AtomicU64,
+    /// Failed (retried later, or dead-lettered).
+    pub failed: AtomicU64,
+    /// Killed by a second signal and failed back.
+    pub interrupted: AtomicU64,
+    /// Whose lease the daemon no longer honoured (nothing reported), or whose result could
+    /// not be reported before the deadline: they return to the queue.
+    pub lost: AtomicU64,
+}
+
+impl Summary {
+    fn add(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// How the worker is asked to stop: [`Stop::Drain`] finishes what runs, [`Stop::Kill`] stops
+/// it at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Stop {
+    /// Keep working.
+    Run,
+    /// Claim no more; let the running tasks finish and report.
+    Drain,
+    /// Kill the running tasks and fail them back.
+    Kill,
+}
+
+/// `botfleet task work`: the worker until signals stop it; its exit code.
+pub fn run(settings: &Settings, args: &WorkArgs, out: &mut impl Write) -> anyhow::Result<Exit> {
+    let options = check(args)?;
+    let base = match &args.url {
+        Some(url) => url_arg(url)?,
+        None => base_url(&settings.api.bind),
+    };
+    let daemon = Daemon::new(&base, Some(settings.api.token.expose().to_owned()))?;
+    let job: Arc<dyn Job> = Arc::new(CommandJob {
+        program: args.command[0].clone(),
+        args: args.command[1..].to_vec(),
+    });
+    // One thread: the commands' PR_SET_PDEATHSIG watches the thread that forked them.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (summary, stopped) = runtime.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (mut term, mut int) = (
+            signal(SignalKind::terminate())?,
+            signal(SignalKind::interrupt())?,
+        );
+        let (stop_tx, stop_rx) = watch::channel(Stop::Run);
+        let signals = async move {
+            for level in [Stop::Drain, Stop::Kill] {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+                tracing::info!(
+                    "{}",
+                    if level == Stop::Drain {
+                        "stopping: no more claims, running commands finish; a second signal kills them"
+                    } else {
+                        "killing the running commands and failing their tasks back"
+                    }
+                );
+                let _ = stop_tx.send(level);
+            }
+            std::future::pending::<()>().await;
+        };
+        let summary = Arc::new(Summary::default());
+        let worked = tokio::select! {
+            r = work(&daemon, &options, job, stop_rx.clone(), summary.clone()) => r,
+            _ = signals => unreachable!("the signal watcher never ends"),
+        };
+        worked?;
+        let stopped = *stop_rx.borrow();
+        anyhow::Ok((summary, stopped))
+    })?;
+    let count = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    if args.json {
+        writeln!(out, "{}", serde_json::to_value(&*summary)?)?;
+    } else {
+        writeln!(
+            out,
+            "worker stopped: {} completed, {} failed, {} interrupted, {} lost",
+            count(&summary.completed),
+            count(&summary.failed),
+            count(&summary.interrupted),
+            count(&summary.lost)
+        )?;
+    }
+    out.flush()?;
+    Ok(if stopped == Stop::Kill {
+        Exit::Interrupted
+    } else {
+        Exit::Ok
+    })
+}
+
+/// The arguments checked before anything starts: bad ones exit 2 naming the argument.
+fn check(args: &WorkArgs) -> Result<WorkOptions, BadArgument> {
+    for t in &args.types {
+        if t != "*" {
+            if let Some(problem) = botfleet::settings::task_type_problem(t) {
+                return Err(BadArgument::new("--type", format!("{t:?}: {problem}")));
+            }
+        }
+    }
+    if !(1..=CONCURRENCY_MAX).contains(&args.concurrency) {
+        return Err(BadArgument::new(
+            "--concurrency",
+            format!("expected 1 to {CONCURRENCY_MAX}, got {}", args.concurrency),
+        ));
+    }
+    if let Some(ms) = args.lease_ms {
+        if !(100..=86_400_000).contains(&ms) {
+            return Err(BadArgument::new(
+                "--lease-ms",
+                format!("expected 100 to 86400000, got {ms}"),
+            ));
+        }
+    }
+    if args.command.first().is_none_or(String::is_empty) {
+        return Err(BadArgument::new(
+            "CMD",
+            "expected the command to run per task after --",
+        ));
+    }
+    Ok(WorkOptions {
+        types: args.types.clone(),
+        concurrency: args.concurrency,
+        lease_ms: args.lease_ms,
+        wait_ms: CLAIM_WAIT_MS,
+    })
+}
+
+fn now_ms() -> u64 {
+    botfleet::clock::now_ms()
+}
+
+/// Waits until `stop` reaches `level`.
+async fn reached(stop: &mut watch::Receiver<Stop>, level: Stop) {
+    let _ = stop.wait_for(|s| *s >= level).await;
+}
+
+/// The worker loop: claims while slots are free, runs each task with `job`, reports it; ends
+/// once told to stop and every task has reported (or was killed and failed back). Fails when
+/// the first claim cannot reach the daemon, or when the daemon refuses the claim as bad (an
+/// unknown type, a missing token); later failures to reach it are retried.
+pub async fn work(
+    daemon: &Daemon,
+    options: &WorkOptions,
+    job: Arc<dyn Job>,
+    mut stop: watch::Receiver<Stop>,
+    summary: Arc<Summary>,
+) -> Result<(), ClientError> {
+    let (kill_tx, kill_rx) = watch::channel(false);
+    let mut running: JoinSet<()> = JoinSet::new();
+    let mut reached_daemon = false;
+    let mut retry = RETRY_MIN;
+    while *stop.borrow() == Stop::Run {
+        while running.try_join_next().is_some() {}
+        let free = options.concurrency.saturating_sub(running.len());
+        if free == 0 {
+            tokio::select! {
+                _ = running.join_next() => {}
+                _ = reached(&mut stop, Stop::Drain) => {}
+            }
+            continue;
+        }
+        // A few slots free while the others run: wait a moment for more to free, so that one
+        // claim fills many (short tasks end close together; long ones barely wait).
+        let batch = (options.concurrency / 4).max(1);
+        if free < batch {
+            let gathered = async {
+                while options.concurrency.saturating_sub(running.len()) < batch {
+                    if running.join_next().await.is_none() {
+                        break;
+                    }
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::timeout(CLAIM_GATHER, gathered) => {}
+                _ = reached(&mut stop, Stop::Drain) => {}
+            }
+            while running.try_join_next().is_some() {}
+        }
+        let free = options.concurrency.saturating_sub(running.len());
+        // A signal abandons a waiting claim: the daemon notices the closed connection and
+        // claims nothing for it (a claim caught in the instant it hands tasks out loses them
+        // until their visibility deadline).
+        let claimed = tokio::select! {
+            r = claim(daemon, options, free) => r,
+            _ = reached(&mut stop, Stop::Drain) => break,
+        };
+        match claimed {
+            Ok(tasks) => {
+                reached_daemon = true;
+                retry = RETRY_MIN;
+                for task in tasks {
+                    running.spawn(run_one(
+                        daemon.clone(),
+                        job.clone(),
+                        task,
+                        options.lease_ms,
+                        kill_rx.clone(),
+                        summary.clone(),
+                    ));
+                }
+            }
+            Err(
+                e @ ClientError::Refused {
+                    status: 400..=499, ..
+                },
+            ) => return Err(e),
+            Err(e) if !reached_daemon => return Err(e),
+            Err(e) => {
+                tracing::warn!(error = %e, retry_ms = retry.as_millis() as u64, "claim failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(retry) => {}
+                    _ = reached(&mut stop, Stop::Drain) => {}
+                }
+                retry = (retry * 2).min(RETRY_MAX);
+            }
+        }
+    }
+    let mut killed = false;
+    loop {
+        tokio::select! {
+            joined = running.join_next() => if joined.is_none() { break },
+            _ = reached(&mut stop, Stop::Kill), if !killed => {
+                killed = true;
+                let _ = kill_tx.send(true);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One claim of up to `max` tasks.
+async fn claim(
+    daemon: &Daemon,
+    options: &WorkOptions,
+    max: usize,
+) -> Result<Vec<Claimed>, ClientError> {
+    let mut body = json!({ "types": options.types, "max": max, "wait_ms": options.wait_ms });
+    if let Some(ms) = options.lease_ms {
+        body["lease_ms"] = ms.into();
+    }
+    let timeout = Duration::from_millis(options.wait_ms) + Duration::from_secs(10);
+    let answer = daemon
+        .post_within("/api/tasks/claim", &body, timeout)
+        .await?;
+    serde_json::from_value::<Vec<Claimed>>(answer["tasks"].clone()).map_err(|e| {
+        ClientError::BadAnswer {
+            url: "/api/tasks/claim".into(),
+            reason: e.to_string(),
+        }
+    })
+}
+
+/// Waits until the worker kills its tasks.
+async fn killed(kill: &mut watch::Receiver<bool>) {
+    let _ = kill.wait_for(|k| *k).await;
+}
+
+/// How a task's run ended.
+enum Ended {
+    Ran(Result<(), String>),
+    LeaseLost(String),
+    Killed,
+}
+
+/// Runs one task, extending its lease meanwhile, and reports it.
+async fn run_one(
+    daemon: Daemon,
+    job: Arc<dyn Job>,
+    task: Claimed,
+    lease_ms: Option<u64>,
+    mut kill: watch::Receiver<bool>,
+    summary: Arc<Summary>,
+) {
+    let lease = lease_ms.unwrap_or_else(|| task.deadline_ms.saturating_sub(now_ms()));
+    let every = Duration::from_millis(lease / 3).max(EXTEND_MIN);
+    let path = |what: &str| format!("/api/tasks/{}/{what}", encode(&task.id));
+    let mut extend_body = json!({ "lease": task.lease });
+    if let Some(ms) = lease_ms {
+        extend_body["lease_ms"] = ms.into();
+    }
+    let mut deadline_ms = task.deadline_ms;
+    let ended = {
+        let running = job.run(&task);
+        tokio::pin!(running);
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            tokio::select! {
+                result = &mut running => break Ended::Ran(result),
+                _ = tick.tick() => match daemon.post(&path("extend"), &extend_body).await {
+                    Ok(answer) => {
+                        deadline_ms = answer["deadline_ms"].as_u64().unwrap_or(deadline_ms);
+                    }
+                    Err(ClientError::Refused { status: 404 | 409, message }) => {
+                        break Ended::LeaseLost(message);
+                    }
+                    Err(e) => tracing::warn!(id = %task.id, error = %e, "extending the lease failed; retrying"),
+                },
+                _ = killed(&mut kill) => break Ended::Killed,
+            }
+        }
+        // The job's future is dropped here: a command still running is killed.
+    };
+    let lease_body = |extra: Value| {
+        let mut body = json!({ "lease": task.lease });
+        if let (Some(body), Value::Object(extra)) = (body.as_object_mut(), extra) {
+            body.extend(extra);
+        }
+        body
+    };
+    match ended {
+        Ended::Ran(Ok(())) => {
+            if report(
+                &daemon,
+                &path("complete"),
+                &lease_body(json!({})),
+                deadline_ms,
+                &task,
+            )
+            .await
+            {
+                Summary::add(&summary.completed);
+            } else {
+                Summary::add(&summary.lost);
+            }
+        }
+        Ended::Ran(Err(error)) => {
+            tracing::info!(id = %task.id, attempt = task.attempt, error = %error, "task failed");
+            let body = lease_body(json!({ "error": error }));
+            if report(&daemon, &path("fail"), &body, deadline_ms, &task).await {
+                Summary::add(&summary.failed);
+            } else {
+                Summary::add(&summary.lost);
+            }
+        }
+        Ended::LeaseLost(message) => {
+            tracing::warn!(id = %task.id, reason = %message, "the lease was lost: command killed, nothing reported");
+            Summary::add(&summary.lost);
+        }
+        Ended::Killed => {
+            let body = lease_body(
+                json!({ "error": "interrupted: the worker was stopped by a second signal" }),
+            );
+            if report(&daemon, &path("fail"), &body, deadline_ms, &task).await {
+                Summary::add(&summary.interrupted);
+            } else {
+                Summary::add(&summary.lost);
+            }
+        }
+    }
+}
+
+/// Reports a task's end, retrying while the daemon cannot be reached and the lease has not
+/// expired. True when the daemon took it.
+async fn report(
+    daemon: &Daemon,
+    path: &str,
+    body: &Value,
+    deadline_ms: u64,
+    task: &Claimed,
+) -> bool {
+    let mut retry = RETRY_MIN;
+    loop {
+        match daemon.post(path, body).await {
+            Ok(_) => return true,
+            Err(ClientError::Refused { status, message }) if (400..500).contains(&status) => {
+                tracing::warn!(id = %task.id, status, reason = %message, "the daemon refused the result");
+                return false;
+            }
+            Err(e) if now_ms() + retry.as_millis() as u64 >= deadline_ms => {
+                tracing::warn!(id = %task.id, error = %e, "cannot report before the lease ends; the task returns to the queue");
+                return false;
+            }
+            Err(e) => {
+                tracing::warn!(id = %task.id, error = %e, "reporting failed; retrying");
+                tokio::time::sleep(retry).await;
+                retry = (retry * 2).min(RETRY_MAX);
+            }
+        }
+    }
+}
+
+/// What a path segment cannot hold as is.
+const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'%')
+    .add(b'/')
+    .add(b'<')
+    .add(b'>')
+    .add(b'?')
+    .add(b'`')
+    .add(b'{')
+    .add(b'}');
+
+/// A task id as one path segment (ids have no whitespace, but may hold `/`, `?`, `%`...).
+fn encode(id: &str) -> String {
+    percent_encoding::utf8_percent_encode(id, SEGMENT).to_string()
+}
+
+/// Runs a command per task (`botfleet task work -- CMD ARGS...`).
+#[derive(Debug, Clone)]
+pub struct CommandJob {
+    /// The program.
+    pub program: String,
+    /// Its arguments.
+    pub args: Vec<String>,
+}
+
+/// Kills a command's process group when dropped, unless disarmed (the command ended).
+struct GroupKill(Option<u32>);
+
+impl Drop for GroupKill {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            // SAFETY: kill(2) on the process group our child leads; at worst ESRCH.
+            unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
+        }
+    }
+}
+
+impl Job for CommandJob {
+    fn run(&self, task: &Claimed) -> BoxFuture<'static, Result<(), String>> {
+        let mut cmd = tokio::process::Command::new(&self.program);
+        cmd.args(&self.args)
+            .env("BOTFLEET_TASK_ID", &task.id)
+            .env("BOTFLEET_TASK_TYPE", &task.task_type)
+            .env("BOTFLEET_TASK_ATTEMPT", task.attempt.to_string())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::inherit())
+            .stderr(std::process::Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        #[cfg(target_os = "linux")]
+        // SAFETY: between fork and exec, one async-signal-safe syscall, no allocation.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let input = json!({
+            "id": task.id, "type": task.task_type, "data": task.data,
+            "priority": task.priority, "attempt": task.attempt,
+        })
+        .to_string();
+        let program = self.program.clone();
+        Box::pin(async move {
+            let mut child = cmd
+                .spawn()
+                .map_err(|e| format!("cannot run {program}: {e}"))?;
+            let mut group = GroupKill(child.id());
+            let stdin = child.stdin.take();
+            let stderr = child.stderr.take();
+            let feed = async move {
+                if let Some(mut stdin) = stdin {
+                    // A command that does not read its input closes the pipe: not an error.
+                    let _ = stdin.write_all(input.as_bytes()).await;
+                }
+            };
+            let tail = async move {
+                let mut tail = Vec::new();
+                if let Some(mut stderr) = stderr {
+                    let mut buf = [0u8; 4096];
+                    let mut ours = tokio::io::stderr();
+                    while let Ok(n) = stderr.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        let _ = ours.write_all(&buf[..n]).await;
+                        tail.extend_from_slice(&buf[..n]);
+                        if tail.len() > STDERR_TAIL_BYTES {
+                            tail.drain(..tail.len() - STDERR_TAIL_BYTES);
+                        }
+                    }
+                }
+                tail
+            };
+            let ((), tail, status) = tokio::join!(feed, tail, child.wait());
+            group.0 = None;
+            let status = status.map_err(|e| format!("waiting for {program}: {e}"))?;
+            if status.success() {
+                return Ok(());
+            }
+            Err(failure(status, &tail))
+        })
+    }
+}
+
+/// The error of a command that failed: how it ended, then the tail of its stderr.
+fn failure(status: std::process::ExitStatus, tail: &[u8]) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    let how = match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit status {code}"),
+        (None, Some(signal)) => format!("killed by signal {signal}"),
+        (None, None) => "ended abnormally".to_string(),
+    };
+    let text = String::from_utf8_lossy(tail);
+    let text = text.trim();
+    if text.is_empty() {
+        how
+    } else {
+        format!("{how}: {text}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> WorkArgs {
+        use clap::Parser;
+        let cli = crate::cli::Cli::try_parse_from(list).unwrap();
+        match cli.command {
+            crate::cli::Command::Task(crate::client::TaskCommand::Work(args)) => args,
+            other => panic!("not task work: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_command_follows_the_double_dash() {
+        let a = args(&[
+            "botfleet",
+            "task",
+            "work",
+            "--type",
+            "login",
+            "--type",
+            "job_check",
+            "--concurrency",
+            "4",
+            "--",
+            "sh",
+            "-c",
+            "echo --type",
+        ]);
+        assert_eq!(a.types, ["login", "job_check"]);
+        assert_eq!(a.command, ["sh", "-c", "echo --type"]);
+        let options = check(&a).unwrap();
+        assert_eq!((options.concurrency, options.lease_ms), (4, None));
+    }
+
+    #[test]
+    fn bad_arguments_name_themselves() {
+        let mut a = args(&["botfleet", "task", "work", "--type", "t", "--", "true"]);
+        a.concurrency = 0;
+        assert_eq!(check(&a).unwrap_err().arg, "--concurrency");
+        a.concurrency = 1;
+        a.types = vec!["a b".into()];
+        assert_eq!(check(&a).unwrap_err().arg, "--type");
+        a.types = vec!["t".into()];
+        a.lease_ms = Some(5);
+        assert_eq!(check(&a).unwrap_err().arg, "--lease-ms");
+    }
+
+    #[test]
+    fn a_failure_names_the_status_and_the_end_of_stderr() {
+        use std::os::unix::process::ExitStatusExt;
+        let status = std::process::ExitStatus::from_raw(3 << 8);
+        assert_eq!(failure(status, b"  boom\n"), "exit status 3: boom");
+        assert_eq!(failure(status, b""), "exit status 3");
+        let killed = std::process::ExitStatus::from_raw(9);
+        assert_eq!(failure(killed, b""), "killed by signal 9");
+    }
+
+    #[test]
+    fn ids_are_one_path_segment() {
+        assert_eq!(encode("a/b?c"), "a%2Fb%3Fc");
+        assert_eq!(encode("0190-ab_c.d:e"), "0190-ab_c.d:e");
+    }
+}
