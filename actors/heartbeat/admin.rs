@@ -51,7 +51,7 @@ use serde::Serialize;
 use tokio::sync::{broadcast, mpsc};
 
 use super::mailbox::{read_payload, Acked, Mailboxes, Received};
-use super::{admin_channel, admin_queue, parse_pid, HeartbeatError};
+use super::{admin_channel, admin_queue, parse_pid, remove_from_queue_local, HeartbeatError};
 use crate::actors::storage_monitor::StorageModeChanged;
 use crate::clock::now_ms;
 use crate::settings::AdminSettings;
@@ -87,55 +87,16 @@ fn ack_local(
     keys: &[String],
     args: &[String],
 ) -> Result<Reply, LocalError> {
-    let key = keys
-        .first()
-        .ok_or_else(|| LocalError::Script("admin-ack: no key".into()))?;
-    let list = ks
-        .apply(
-            &Op::LRange {
-                key: key.clone(),
-                start: 0,
-                stop: -1,
-            },
-            now,
-        )?
-        .into_strings();
-    let pttl = ks.apply(&Op::Pttl { key: key.clone() }, now)?.as_int();
-    let mut rest = list;
-    let mut removed = 0;
-    for arg in args {
-        if let Some(i) = rest.iter().position(|v| v == arg) {
-            rest.remove(i);
-            removed += 1;
-        }
-    }
-    if removed > 0 {
-        ks.apply(
-            &Op::Del {
-                keys: vec![key.clone()],
-            },
-            now,
-        )?;
-        if !rest.is_empty() {
-            ks.apply(
-                &Op::RPush {
-                    key: key.clone(),
-                    values: rest,
-                },
-                now,
-            )?;
-            if pttl > 0 {
-                ks.apply(
-                    &Op::Expire {
-                        key: key.clone(),
-                        expiry: Expiry::At(now + pttl as u64),
-                    },
-                    now,
-                )?;
+    // One copy per entry (LREM count 1).
+    remove_from_queue_local(ks, now, keys, args, "admin-ack", |rest, arg| {
+        match rest.iter().position(|v| v == arg) {
+            Some(i) => {
+                rest.remove(i);
+                true
             }
+            None => false,
         }
-    }
-    Ok(Reply::Int(removed))
+    })
 }
 
 fn ack_script() -> &'static Script {

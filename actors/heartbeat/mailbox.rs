@@ -38,9 +38,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
-use super::{admin_channel, admin_queue, HeartbeatError};
+use super::{admin_channel, admin_queue, remove_from_queue_local, HeartbeatError};
 use crate::clock::parse_ms_lenient;
-use crate::storage::{Expiry, Keyspace, LocalError, Mode, Op, Reply, Script, Storage};
+use crate::storage::{Keyspace, LocalError, Mode, Reply, Script, Storage};
 
 /// Pids whose channel is followed for the waiting reads; past it, reads wait on the checks.
 pub const MAX_FOLLOWED: usize = 1_024;
@@ -75,57 +75,12 @@ fn ack_all_local(
     keys: &[String],
     args: &[String],
 ) -> Result<Reply, LocalError> {
-    let key = keys
-        .first()
-        .ok_or_else(|| LocalError::Script("admin-ack-all: no key".into()))?;
-    let list = ks
-        .apply(
-            &Op::LRange {
-                key: key.clone(),
-                start: 0,
-                stop: -1,
-            },
-            now,
-        )?
-        .into_strings();
-    let pttl = ks.apply(&Op::Pttl { key: key.clone() }, now)?.as_int();
-    let before = list.len();
-    let mut removed = 0;
-    let mut rest = list;
-    for arg in args {
+    // Every copy of each entry (LREM count 0).
+    remove_from_queue_local(ks, now, keys, args, "admin-ack-all", |rest, arg| {
         let len = rest.len();
         rest.retain(|v| v != arg);
-        if rest.len() < len {
-            removed += 1;
-        }
-    }
-    if rest.len() < before {
-        ks.apply(
-            &Op::Del {
-                keys: vec![key.clone()],
-            },
-            now,
-        )?;
-        if !rest.is_empty() {
-            ks.apply(
-                &Op::RPush {
-                    key: key.clone(),
-                    values: rest,
-                },
-                now,
-            )?;
-            if pttl > 0 {
-                ks.apply(
-                    &Op::Expire {
-                        key: key.clone(),
-                        expiry: Expiry::At(now + pttl as u64),
-                    },
-                    now,
-                )?;
-            }
-        }
-    }
-    Ok(Reply::Int(removed))
+        rest.len() < len
+    })
 }
 
 /// The `admin-ack-all` script (Lua, and its twin for the fallback and the replay).
@@ -542,6 +497,7 @@ async fn notice(notified: &mut Option<Pin<Box<tokio::sync::futures::Notified<'_>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::{Expiry, Op};
 
     #[test]
     fn envelopes_seed_payloads_and_text_are_read() {

@@ -61,7 +61,7 @@ pub use monitor::{Peer, PeerEvent, PeerState, Peers};
 pub(crate) use sender::HeartbeatSender;
 pub use sender::{Heartbeat, HeartbeatRecord};
 
-use crate::storage::StorageError;
+use crate::storage::{Expiry, Keyspace, LocalError, Op, Reply, StorageError};
 
 /// Why a heartbeat, identity or admin call failed. Nothing is stored when the input is bad.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -176,6 +176,67 @@ pub(crate) fn glob_escape(text: &str) -> String {
         out.push(c);
     }
     out
+}
+
+/// The fallback's twin of the admin queue's acknowledgement scripts: reads the list `keys[0]`,
+/// lets `remove` take what one acknowledged entry names (answering whether it took any), and
+/// writes the rest back with the list's expiry when anything was taken. Answers how many
+/// entries took something.
+fn remove_from_queue_local(
+    ks: &mut Keyspace,
+    now: u64,
+    keys: &[String],
+    args: &[String],
+    script: &str,
+    remove: impl Fn(&mut Vec<String>, &str) -> bool,
+) -> Result<Reply, LocalError> {
+    let key = keys
+        .first()
+        .ok_or_else(|| LocalError::Script(format!("{script}: no key")))?;
+    let mut rest = ks
+        .apply(
+            &Op::LRange {
+                key: key.clone(),
+                start: 0,
+                stop: -1,
+            },
+            now,
+        )?
+        .into_strings();
+    let pttl = ks.apply(&Op::Pttl { key: key.clone() }, now)?.as_int();
+    let mut removed = 0;
+    for arg in args {
+        if remove(&mut rest, arg) {
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        ks.apply(
+            &Op::Del {
+                keys: vec![key.clone()],
+            },
+            now,
+        )?;
+        if !rest.is_empty() {
+            ks.apply(
+                &Op::RPush {
+                    key: key.clone(),
+                    values: rest,
+                },
+                now,
+            )?;
+            if pttl > 0 {
+                ks.apply(
+                    &Op::Expire {
+                        key: key.clone(),
+                        expiry: Expiry::At(now + pttl as u64),
+                    },
+                    now,
+                )?;
+            }
+        }
+    }
+    Ok(Reply::Int(removed))
 }
 
 #[cfg(test)]
