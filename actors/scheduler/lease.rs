@@ -591,18 +591,8 @@ impl Scheduler {
     /// Deletes the dead letter `id` (its hash too): false when `id` is not a dead letter.
     pub async fn delete_dead(&self, id: &str) -> Result<bool, SchedulerError> {
         let k = &self.shared.keys;
-        // `task-cancel` removes the id from the two sets it is given and deletes the hash if
-        // either held it: given the dead set twice, it deletes a dead letter.
-        let reply = self
-            .shared
-            .storage
-            .eval(
-                &scripts().cancel,
-                &[&k.dead, &k.dead],
-                &[&k.task_prefix, id],
-            )
-            .await?;
-        Ok(reply.as_int() == 1)
+        // Given the dead set twice, `task-cancel` deletes a dead letter.
+        self.remove_task(&k.dead, &k.dead, id).await
     }
 
     /// Moves the delayed task `id` (delayed at enqueue, or waiting for its retry) to the queue

@@ -710,14 +710,17 @@ impl Scheduler {
     /// (unknown, processing, completed or dead).
     pub async fn cancel(&self, id: &str) -> Result<bool, SchedulerError> {
         let k = &self.shared.keys;
+        self.remove_task(&k.queue, &k.delayed, id).await
+    }
+
+    /// `task-cancel`: removes `id` from the sets `a` and `b` and deletes its hash if either
+    /// held it; true when one did.
+    async fn remove_task(&self, a: &str, b: &str, id: &str) -> Result<bool, SchedulerError> {
+        let k = &self.shared.keys;
         let reply = self
             .shared
             .storage
-            .eval(
-                &scripts().cancel,
-                &[&k.queue, &k.delayed],
-                &[&k.task_prefix, id],
-            )
+            .eval(&scripts().cancel, &[a, b], &[&k.task_prefix, id])
             .await?;
         Ok(reply.as_int() == 1)
     }
