@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use tokio::sync::broadcast;
 
 use super::{redis_benchmark, LastKnownMode, Latencies, PrivateRedis};
 use botfleet::settings::StorageSettings;
@@ -245,26 +246,38 @@ async fn failover(
     settings.redis.url = server.url();
     settings.outbox.max_entries = outbox_writes * 4;
     let storage = Storage::open(&settings, &KeySchema::default()).await?;
-    // Writes allowed from now on: unlimited until the kill, then exactly `outbox_writes`, so
-    // the outbox holds what the scenario replays (writers are far faster than any poll).
+    // Writes allowed: unlimited until just before the kill; none while the load drains (so
+    // that no write is in flight when the server dies, and none is half-applied and counted
+    // twice); then exactly `outbox_writes`, which the outbox holds and the scenario replays.
     let budget = Arc::new(AtomicI64::new(i64::MAX));
+    let in_flight = Arc::new(AtomicI64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let errors = Arc::new(AtomicU64::new(0));
     let acked = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for t in 0..50 {
-        let (storage, stop, errors, acked, budget) = (
+        let (storage, stop, errors, acked, budget, in_flight) = (
             storage.clone(),
             stop.clone(),
             errors.clone(),
             acked.clone(),
             budget.clone(),
+            in_flight.clone(),
         );
         tasks.push(tokio::spawn(async move {
             let mut written = Vec::new();
             let mut slowest = Duration::ZERO;
             let mut i = 0u64;
-            while !stop.load(Ordering::Relaxed) && budget.fetch_sub(1, Ordering::AcqRel) > 0 {
+            while !stop.load(Ordering::Relaxed) {
+                // The write is counted in flight before its permit is taken, so that a zero
+                // budget and no write in flight mean no write can still start.
+                in_flight.fetch_add(1, Ordering::AcqRel);
+                if budget.fetch_sub(1, Ordering::AcqRel) <= 0 {
+                    budget.fetch_add(1, Ordering::AcqRel);
+                    in_flight.fetch_sub(1, Ordering::AcqRel);
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    continue;
+                }
                 let key = format!("fo:{t}:{i}");
                 let started = Instant::now();
                 match storage.set(&key, i.to_string(), None).await {
@@ -276,6 +289,7 @@ async fn failover(
                         errors.fetch_add(1, Ordering::Relaxed);
                     }
                 }
+                in_flight.fetch_sub(1, Ordering::AcqRel);
                 slowest = slowest.max(started.elapsed());
                 i += 1;
             }
@@ -287,12 +301,20 @@ async fn failover(
         Duration::from_secs(30),
     )
     .await;
+    budget.store(0, Ordering::Release);
+    wait_for(
+        || in_flight.load(Ordering::Acquire) == 0,
+        Duration::from_secs(30),
+    )
+    .await;
     server.kill9();
     let killed = Instant::now();
+    // The writers, idle, start at once: the first writes meet the dead server.
+    budget.store(outbox_writes as i64, Ordering::Release);
     wait_for(|| storage.mode() == Mode::Degraded, Duration::from_secs(5)).await;
     let degraded_after = killed.elapsed();
     wait_for(
-        || storage.stats().outbox_len >= outbox_writes,
+        || budget.load(Ordering::Acquire) <= 0 && in_flight.load(Ordering::Acquire) == 0,
         Duration::from_secs(60),
     )
     .await;
@@ -312,10 +334,18 @@ async fn failover(
     let restarted = Instant::now();
     wait_for(|| storage.mode() == Mode::Redis, Duration::from_secs(60)).await;
     let recovered = restarted.elapsed();
-    let mut resync_ms = None;
-    while let Ok(event) = events.try_recv() {
-        if let StorageEvent::Resynced { millis, .. } = event {
-            resync_ms = Some(millis);
+    // A reconnection can take more than one resync (the first replays the outbox, a later one
+    // may find it empty): the replay's time is theirs together.
+    let (mut resyncs, mut resync_ms, mut replayed) = (0u64, 0u64, 0u64);
+    loop {
+        match events.try_recv() {
+            Ok(StorageEvent::Resynced { entries, millis }) => {
+                resyncs += 1;
+                resync_ms += millis;
+                replayed += entries;
+            }
+            Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) => {}
+            Err(_) => break,
         }
     }
     let mut lost = 0u64;
@@ -329,8 +359,9 @@ async fn failover(
         "degraded_after_ms": degraded_after.as_millis() as u64,
         "slowest_call_ms": slowest.as_millis() as u64,
         "caller_errors": errors.load(Ordering::Relaxed), "lost_writes": lost,
-        "acked_writes": written.len(), "outbox_replayed": outbox,
-        "resync_ms": resync_ms, "restart_to_redis_mode_ms": recovered.as_millis() as u64}));
+        "acked_writes": written.len(), "outbox_entries": outbox, "replayed_entries": replayed,
+        "resyncs": resyncs, "resync_ms": resync_ms,
+        "restart_to_redis_mode_ms": recovered.as_millis() as u64}));
     storage.close().await;
     Ok(())
 }
