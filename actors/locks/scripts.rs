@@ -18,12 +18,15 @@ use std::sync::OnceLock;
 /// than the time between the two grants (see ARCHITECTURE.md, "Fencing tokens"). Numbers
 /// stay below 2^53, so Lua's doubles hold them exactly; `%.0f` writes them without an
 /// exponent. `replicate_commands` (a no-op since Redis 7) lets older servers write after
-/// `TIME`.
+/// `TIME`. A script call reads `TIME` once, however many grants it makes: the fence of each
+/// is still above its own counter.
 const NEXT_FENCE: &str = r#"
 if redis.replicate_commands then redis.replicate_commands() end
-local function next_fence(key)
+local function server_now()
   local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+local function next_fence(key, now)
   local fence = math.max(tonumber(redis.call('GET', key) or '0') + 1, now)
   redis.call('SET', key, string.format('%.0f', fence))
   return fence
@@ -41,10 +44,12 @@ use crate::storage::{Keyspace, LocalError, Native, Reply, Script};
 /// long, so that the release is announced.
 const ACQUIRE: &str = r#"
 local out = {}
+local now = nil
 for i = 1, #KEYS / 3 do
   local k, a = i * 3 - 2, i * 3 - 2
   if redis.call('SET', KEYS[k], ARGV[a], 'PX', ARGV[a + 1], 'NX') then
-    out[i] = next_fence(KEYS[k + 1])
+    now = now or server_now()
+    out[i] = next_fence(KEYS[k + 1], now)
   else
     if ARGV[a + 2] ~= '0' then
       redis.call('SET', KEYS[k + 2], '1', 'PX', ARGV[a + 2])
@@ -83,7 +88,7 @@ return out
 const HANDOFF: &str = r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-  return next_fence(KEYS[2])
+  return next_fence(KEYS[2], server_now())
 end
 return 0
 "#;

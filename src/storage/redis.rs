@@ -343,13 +343,6 @@ fn to_reply(value: Value) -> Reply {
     }
 }
 
-fn hash_for(key: Option<&str>) -> ClusterHash {
-    match key {
-        Some(k) => ClusterHash::Custom(fred::util::redis_keyslot(k.as_bytes())),
-        None => ClusterHash::Random,
-    }
-}
-
 impl RedisBackend {
     /// Connects. `Ok((backend, true))` when Redis answered, `Ok((backend, false))` when it is
     /// unreachable (the backend keeps connecting in the background), `Err` for a
@@ -587,7 +580,7 @@ impl RedisBackend {
     ) -> Result<Vec<Reply>, Failure> {
         let pipeline = client.pipeline();
         for (cmd, args, key) in commands {
-            let command = CustomCommand::new_static(cmd, hash_for(Some(key)), false);
+            let command = CustomCommand::new_static(cmd, self.hash_for(Some(key)), false);
             let _: () = pipeline
                 .custom(command, args)
                 .await
@@ -704,7 +697,7 @@ impl RedisBackend {
         } else {
             ("WAIT", vec![replicas.to_string(), timeout_ms.to_string()])
         };
-        let command = CustomCommand::new_static(cmd, hash_for(key), true);
+        let command = CustomCommand::new_static(cmd, self.hash_for(key), true);
         let timeout = Duration::from_millis(timeout_ms) + self.opts.timeout.unwrap_or_default();
         let reply: Value = client
             .with_options(&Options {
@@ -785,6 +778,17 @@ impl RedisBackend {
     /// Masters now taken to be missing replicas (see [`ReplicaWatch`]).
     pub fn masters_missing_replicas(&self) -> u64 {
         self.replicas.missing() as u64
+    }
+
+    /// Where a command with `key` goes: its slot on a cluster; elsewhere the one connection
+    /// (no slot computed: it would cost a CRC per call for nothing).
+    fn hash_for(&self, key: Option<&str>) -> ClusterHash {
+        match key {
+            Some(k) if self.clustered => {
+                ClusterHash::Custom(fred::util::redis_keyslot(k.as_bytes()))
+            }
+            _ => ClusterHash::Random,
+        }
     }
 
     /// Whether the server is a Cluster.
@@ -913,7 +917,7 @@ impl RedisBackend {
         args: Vec<String>,
         key: Option<&str>,
     ) -> Result<Reply, Failure> {
-        let command = CustomCommand::new_static(cmd, hash_for(key), false);
+        let command = CustomCommand::new_static(cmd, self.hash_for(key), false);
         client
             .with_options(&self.opts)
             .custom::<Value, String>(command, args)
@@ -929,7 +933,7 @@ impl RedisBackend {
         let pipeline = client.pipeline();
         for op in ops {
             let (cmd, args) = op.to_command();
-            let command = CustomCommand::new_static(cmd, hash_for(op.first_key()), false);
+            let command = CustomCommand::new_static(cmd, self.hash_for(op.first_key()), false);
             let _: () = pipeline
                 .custom(command, args)
                 .await
@@ -1100,7 +1104,7 @@ impl RedisBackend {
                 _ => command_wrapper(),
             };
             let args = replay_command(entry, outbox_id, &marker, wrapper);
-            let command = CustomCommand::new_static("EVALSHA", hash_for(Some(&marker)), false);
+            let command = CustomCommand::new_static("EVALSHA", self.hash_for(Some(&marker)), false);
             let _: () = pipeline
                 .custom(command, args)
                 .await

@@ -10,6 +10,10 @@
 //! The last, `round-trip-floor`, is the server's: `redis-benchmark -c 1` `SET`s per second on
 //! one connection, and half of that, the pairs per second of two awaited round trips that
 //! any client can reach at most (left out when `redis-benchmark` is not installed).
+//! The scenarios' lines carry the CPU time a pair cost this process and the server
+//! (`client_cpu_us_per_pair`, `server_cpu_us_per_pair`): on a machine whose cores the two
+//! share, `1 / server` bounds the pairs per second of any client of these scripts, and
+//! `cores / (client + server)` this one's.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,7 +21,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use serde_json::json;
 
-use super::Latencies;
+use super::{CpuSample, Latencies};
 use crate::exit::BadArgument;
 use botfleet::actors::locks::{LockError, Locks};
 use botfleet::settings::LockSettings;
@@ -120,13 +124,17 @@ pub async fn run(
         if !wanted(scenario) {
             continue;
         }
+        let before = CpuSample::take(&storage).await;
         let (elapsed, waits, done) =
             scenario_run(&locks, &storage, tasks, pairs, shared, on_drop).await?;
-        out(json!({
+        let after = CpuSample::take(&storage).await;
+        let mut line = json!({
             "peer": "botfleet", "bench": "locks", "scenario": scenario, "tasks": tasks,
             "pairs": done, "pairs_per_s": (done as f64 / elapsed.as_secs_f64()).round(),
             "wait_p50_us": waits.percentile_us(0.50), "wait_p99_us": waits.percentile_us(0.99),
-        }));
+        });
+        before.report(&after, done, "pair", &mut line);
+        out(line);
     }
     if wanted("one-task-bare-scripts") {
         bare_scripts(&storage, n, &mut out).await?;

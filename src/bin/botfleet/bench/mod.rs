@@ -262,6 +262,73 @@ pub async fn open_storage_with(url: &str, native: bool) -> Result<Storage, Stora
     Ok(storage)
 }
 
+/// CPU time, seconds: this process's (user + system, all threads) and the server's
+/// (`INFO cpu` `used_cpu_user` + `used_cpu_sys`, on a Cluster of the master that answers). Taken
+/// before and after a scenario, the differences say what a pair or a task cost each side: on a
+/// machine whose cores the two share, they bound what any client can reach.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuSample {
+    client_s: f64,
+    server_s: Option<f64>,
+}
+
+const SERVER_CPU: &str = r#"
+local info = redis.call('INFO', 'cpu')
+local user = string.match(info, 'used_cpu_user:([%d%.]+)')
+local sys = string.match(info, 'used_cpu_sys:([%d%.]+)')
+return string.format('%.6f', tonumber(user) + tonumber(sys))
+"#;
+
+fn no_local_script(
+    _: &mut botfleet::storage::Keyspace,
+    _: u64,
+    _: &[String],
+    _: &[String],
+) -> Result<botfleet::storage::Reply, botfleet::storage::LocalError> {
+    Err(botfleet::storage::LocalError::Script("redis only".into()))
+}
+
+impl CpuSample {
+    /// Now.
+    pub async fn take(storage: &Storage) -> Self {
+        static SCRIPT: std::sync::OnceLock<botfleet::storage::Script> = std::sync::OnceLock::new();
+        let script = SCRIPT.get_or_init(|| {
+            botfleet::storage::Script::new("bench-server-cpu", SERVER_CPU, no_local_script)
+        });
+        let server_s = match storage.eval_on_redis(script, &[], &[]).await {
+            Ok(reply) => reply.into_opt_string().and_then(|s| s.parse().ok()),
+            Err(_) => None,
+        };
+        Self {
+            client_s: process_cpu_s(),
+            server_s,
+        }
+    }
+
+    /// `client_cpu_us_per_{unit}` and `server_cpu_us_per_{unit}` since `self`, for `count`
+    /// units, into `line`.
+    pub fn report(&self, now: &CpuSample, count: usize, unit: &str, line: &mut serde_json::Value) {
+        let per = |a: f64, b: f64| ((b - a) * 1e6 / count.max(1) as f64 * 10.0).round() / 10.0;
+        line[format!("client_cpu_us_per_{unit}")] = per(self.client_s, now.client_s).into();
+        if let (Some(a), Some(b)) = (self.server_s, now.server_s) {
+            line[format!("server_cpu_us_per_{unit}")] = per(a, b).into();
+        }
+    }
+}
+
+/// This process's CPU time so far (user + system, every thread), seconds.
+fn process_cpu_s() -> f64 {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes a whole `rusage` into the pointer it is given, which points to
+    // one of the right size and alignment; RUSAGE_SELF cannot fail.
+    let usage = unsafe {
+        libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr());
+        usage.assume_init()
+    };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
+}
+
 /// Runs `redis-benchmark` against `url` for `tests` at `clients` connections and returns
 /// requests per second by test name (upper case), or an empty list when it is not installed.
 pub fn redis_benchmark(

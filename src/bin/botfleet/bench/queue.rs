@@ -2,7 +2,9 @@
 //! and bullmq-official): N no-op tasks with the payload `{"i": i, "payload": "x" * 100}`, one
 //! worker with 50 concurrent handlers, completed tasks removed. Scenarios `seq-add` (enqueue
 //! one at a time), `bulk-add` (batches of 1,000), `priority` (bulk, priorities 1..10). One
-//! JSON line each with `enqueue_per_s`, `process_per_s` and the Redis memory per waiting task.
+//! JSON line each with `enqueue_per_s`, `process_per_s`, the Redis memory per waiting task and
+//! the CPU time processing a task cost this process and the server (`client_cpu_us_per_task`,
+//! `server_cpu_us_per_task`).
 //! The scheduler runs with its reliability on (visibility deadlines, retries, dead letters).
 //! `--queues Q` spreads the tasks over Q named queues (one scheduler each, keys under the
 //! queue's hash tag), which on Redis Cluster shard over the masters; `scripts/bench-cluster.sh`
@@ -194,6 +196,7 @@ pub async fn run(
         let after = used(storage.clone(), memory.clone()).await;
         let done = Arc::new(AtomicUsize::new(0));
         let all_done = Arc::new(Notify::new());
+        let cpu_before = super::CpuSample::take(&storage).await;
         let t1 = Instant::now();
         for scheduler in &schedulers {
             let (done, all_done) = (done.clone(), all_done.clone());
@@ -220,20 +223,24 @@ pub async fn run(
             });
         }
         let process = t1.elapsed();
+        let cpu_after = super::CpuSample::take(&storage).await;
         let mut left = 0;
         for scheduler in &schedulers {
             scheduler.stop(Duration::from_secs(10)).await;
             let counts = scheduler.counts().await?;
             left += counts.pending + counts.processing + counts.delayed + counts.dead;
         }
-        out(json!({
+        let mut line = json!({
             "peer": "botfleet", "bench": "queue", "scenario": scenario, "n": n,
             "concurrency": conc, "queues": queues, "last_known": bench.last_known.name(),
             "enqueue_per_s": (n as f64 / enqueue.as_secs_f64()).round(),
             "process_per_s": (n as f64 / process.as_secs_f64()).round(),
             "redis_bytes_per_waiting_task": ((after - before).max(0) as f64 / n as f64).round(),
             "left_in_queue": left,
-        }));
+        });
+        // What processing cost each side per task (the server's figure is one master's).
+        cpu_before.report(&cpu_after, n, "task", &mut line);
+        out(line);
         storage.close().await;
     }
     Ok(())
