@@ -12,7 +12,8 @@ use std::sync::OnceLock;
 
 /// The fencing token of a new holder, shared by the acquire and hand-over scripts: one more
 /// than the counter, and never below the server's clock in microseconds (`TIME`), written
-/// back to the counter. A Redis that lost the counter (restarted without its data, or a
+/// back to the counter (one `SET ... GET` where the clock is ahead of the counter, as it
+/// almost always is; a second `SET` where it is not). A Redis that lost the counter (restarted without its data, or a
 /// replica promoted before it received the last raises) thus still issues a token above every
 /// one issued before, as long as its clock is not behind the clock that issued them by more
 /// than the time between the two grants (see ARCHITECTURE.md, "Fencing tokens"). Numbers
@@ -27,9 +28,12 @@ local function server_now()
   return tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
 local function next_fence(key, now)
-  local fence = math.max(tonumber(redis.call('GET', key) or '0') + 1, now)
-  redis.call('SET', key, string.format('%.0f', fence))
-  return fence
+  local last = tonumber(redis.call('SET', key, string.format('%.0f', now), 'GET') or '0')
+  if last < now then
+    return now
+  end
+  redis.call('SET', key, string.format('%.0f', last + 1))
+  return last + 1
 end
 "#;
 

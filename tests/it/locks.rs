@@ -1026,3 +1026,75 @@ fn bench_locks_runs_the_scenarios_asked_for_and_refuses_unknown_ones() {
         RespValue::Array(Vec::new())
     );
 }
+
+/// A fencing counter ahead of the server's clock (tokens issued by a server whose clock ran
+/// ahead, or written by hand) is still raised by one, by a grant and by a hand-over, and the
+/// counter keeps the token issued; a counter behind the clock jumps to the clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fencing_tokens_stay_above_a_counter_ahead_of_the_clock() {
+    let server = TestRedis::start().unwrap();
+    let fleet = Fleet::start(patient(&server.url())).await.unwrap();
+    let locks = fleet.locks();
+    let name = "payout-lock:round-88";
+    let counter = KeySchema::default().lock_fence(name);
+    let counter_now = |server: &TestRedis| -> u64 {
+        server
+            .cmd(&["GET", &counter])
+            .as_str()
+            .and_then(|v| v.parse().ok())
+            .expect("the counter holds a number")
+    };
+    // Ten years of microseconds ahead of any clock this test runs under.
+    let ahead: u64 = 2_100_000_000_000_000;
+    server.cmd(&["SET", &counter, &ahead.to_string()]);
+    let first = locks
+        .try_acquire(name, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .expect("the lock is free");
+    assert_eq!(first.fencing_token(), Some(ahead + 1));
+    assert_eq!(counter_now(&server), ahead + 1);
+    let waiter = {
+        let locks = locks.clone();
+        tokio::spawn(async move {
+            locks
+                .acquire(name, Duration::from_secs(30), Duration::from_secs(20))
+                .await
+                .unwrap()
+        })
+    };
+    let f = fleet.clone();
+    poll_until_async(Duration::from_secs(5), move || {
+        let f = f.clone();
+        async move { f.lock_stats().await.unwrap().waiters == 1 }
+    })
+    .await
+    .unwrap();
+    assert!(first.release().await.unwrap());
+    let second = waiter.await.unwrap();
+    assert_eq!(second.fencing_token(), Some(ahead + 2), "handed over");
+    assert_eq!(counter_now(&server), ahead + 2);
+    assert!(second.release().await.unwrap());
+
+    // Behind the clock: the token is the server's clock in microseconds, above the counter.
+    server.cmd(&["SET", &counter, "5"]);
+    let before_us = server.cmd(&["TIME"]);
+    let third = locks
+        .try_acquire(name, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .expect("the lock is free");
+    let fence = third.fencing_token().unwrap();
+    let clock_us = match before_us {
+        RespValue::Array(parts) => {
+            let secs: u64 = parts[0].as_str().unwrap().parse().unwrap();
+            let micros: u64 = parts[1].as_str().unwrap().parse().unwrap();
+            secs * 1_000_000 + micros
+        }
+        other => panic!("TIME answered {other:?}"),
+    };
+    assert!(fence >= clock_us, "{fence} follows the clock ({clock_us})");
+    assert_eq!(counter_now(&server), fence);
+    assert!(third.release().await.unwrap());
+    fleet.shutdown().await.unwrap();
+}
