@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# botfleet beside its peers on one private Redis, round after round, and the ratios:
+#
+#   scripts/bench-vs-peers.sh locks|queue|queue-http [ROUNDS]      (default: 3 rounds)
+#
+# Starts a redis-server on a free loopback port (never 6379) with persistence off, in a
+# temporary directory removed at the end. Each round runs `botfleet bench locks|queue` (or
+# `bench queue --via http` for queue-http), then the peers' `run.sh locks|queue` (the
+# directory in PEERS_DIR, default ../shared/peers) on that server, one right after the
+# other, so that both sides see the same machine. The machines this runs on are shared and
+# noisy: compare the ratios of one round, not absolute figures across rounds.
+#
+# Prints every JSON line as it comes, then a table: per round and scenario, botfleet's
+# figure, the best peer's, and the ratio (pairs_per_s for locks; process_per_s and
+# enqueue_per_s for the queue).
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+what=${1:-}
+rounds=${2:-3}
+case "$what" in
+  locks | queue | queue-http) ;;
+  *)
+    echo "usage: $0 locks|queue|queue-http [ROUNDS]" >&2
+    exit 2
+    ;;
+esac
+case "$rounds" in
+  '' | *[!0-9]* | 0)
+    echo "$0: ROUNDS: expected a positive integer, got \"$rounds\"" >&2
+    exit 2
+    ;;
+esac
+peers=${PEERS_DIR:-../shared/peers}
+[ -x "$peers/run.sh" ] || [ -f "$peers/run.sh" ] || {
+  echo "$0: no run.sh in $peers (set PEERS_DIR)" >&2
+  exit 2
+}
+cargo build --release --quiet --bin botfleet
+bin=target/release/botfleet
+
+work=$(mktemp -d)
+port=
+cleanup() {
+  [ -n "$port" ] && redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+while :; do
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  [ "$port" != 6379 ] && break
+done
+redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" \
+  --daemonize yes --pidfile "$work/redis.pid" --logfile "$work/redis.log"
+for _ in $(seq 1 100); do
+  redis-cli -p "$port" ping >/dev/null 2>&1 && break
+  sleep 0.1
+done
+url=redis://127.0.0.1:$port
+
+lines=$work/lines
+for round in $(seq 1 "$rounds"); do
+  case "$what" in
+    locks) "$bin" bench locks --redis "$url" ;;
+    queue) "$bin" bench queue --redis "$url" ;;
+    queue-http) "$bin" bench queue --via http --redis "$url" ;;
+  esac | sed "s/^/$round /" | tee -a "$lines"
+  redis-cli -p "$port" flushall >/dev/null
+  REDIS_URL=$url bash "$peers/run.sh" "${what%-http}" | grep '^{' | sed "s/^/$round /" |
+    tee -a "$lines"
+  redis-cli -p "$port" flushall >/dev/null
+done
+
+python3 - "$lines" "$what" <<'EOF'
+import json, sys
+path, what = sys.argv[1], sys.argv[2]
+figures = ["pairs_per_s"] if what == "locks" else ["process_per_s", "enqueue_per_s"]
+rows = {}
+for line in open(path):
+    round_, text = line.split(" ", 1)
+    d = json.loads(text)
+    if "scenario" not in d:
+        continue
+    side = "botfleet" if d.get("peer") == "botfleet" else "peer"
+    for f in figures:
+        if f in d:
+            key = (int(round_), d["scenario"], f)
+            best = rows.setdefault(key, {"botfleet": None, "peer": None, "peer_name": ""})
+            if side == "botfleet":
+                best["botfleet"] = d[f]
+            elif best["peer"] is None or d[f] > best["peer"]:
+                best["peer"], best["peer_name"] = d[f], d.get("peer", "")
+print()
+print(f"{'round':>5}  {'scenario':<26} {'figure':<14} {'botfleet':>10} {'best peer':>10}  ratio  peer")
+for (r, scenario, f), v in sorted(rows.items()):
+    if v["botfleet"] is None or v["peer"] is None:
+        continue
+    ratio = v["botfleet"] / v["peer"] if v["peer"] else float("inf")
+    print(f"{r:>5}  {scenario:<26} {f:<14} {v['botfleet']:>10.0f} {v['peer']:>10.0f}  {ratio:5.2f}  {v['peer_name']}")
+EOF
