@@ -140,6 +140,9 @@ impl LockError {
     }
 }
 
+/// How often [`Shared::note_held`] sweeps expired leases (in leases noted).
+const LEASE_SWEEP: usize = 256;
+
 /// What the lock handles of one process share.
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -183,11 +186,14 @@ impl Shared {
 
     /// Notes that this process holds `name` with `token`.
     pub(super) fn note_held(&self, token: &str, lock: HeldLock) {
-        let now = now_ms();
         let mut holding = self.holding.lock();
-        // Leases left to expire go when their TTL has passed: the map stays bounded by what
-        // is really held.
-        holding.retain(|_, held| held.expires_at_ms.is_none_or(|at| at > now));
+        // Guards leave the map when dropped; a lease its holder left to expire stays until a
+        // sweep, every `LEASE_SWEEP`th lease noted, drops those past their TTL: the map stays
+        // bounded by what is held, at an amortized constant cost per acquisition.
+        if lock.holder == Holder::Lease && holding.len() % LEASE_SWEEP == LEASE_SWEEP - 1 {
+            let now = now_ms();
+            holding.retain(|_, held| held.expires_at_ms.is_none_or(|at| at > now));
+        }
         holding.insert(token.to_owned(), lock);
     }
 
