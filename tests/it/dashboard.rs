@@ -314,6 +314,7 @@ fn get_text(addr: &str, path: &str) -> (u16, String) {
 
 /// Where the outage test's screenshots go: `target/dashboard/NAME.png`.
 fn shot(tab: &support::browser::Page<'_>, name: &str) {
+    tab.eval_string("window.scrollTo(0, 0); 'ok'");
     let png = tab.screenshot().unwrap();
     assert!(png.starts_with(b"\x89PNG"), "a PNG image");
     let dir = screenshot_path().with_extension("");
@@ -445,6 +446,62 @@ fn charts_fill_an_action_retries_and_the_outage_banner_comes_and_goes() {
         shown.contains("attempts") && shown.contains("it broke")
     })
     .unwrap_or_else(|_| panic!("task detail: {:?}", tab.eval_string(detail)));
+    // Every action is a button, reachable by keyboard.
+    assert_eq!(
+        tab.eval_string("String(document.querySelectorAll('[data-action]:not(button)').length)"),
+        "0"
+    );
+
+    // A session started from the page, its events in the detail view, an admin message sent,
+    // the session stopped.
+    let run = |js: &str| tab.eval_string(&format!("{js}; 'ok'"));
+    run("document.getElementById('session-name').value = 'from the page'");
+    run("document.querySelector('button[data-action=\"session-start\"]').click()");
+    let bot = "document.getElementById('bot-status').textContent";
+    poll_until(Duration::from_secs(10), || {
+        tab.eval_string(bot).contains("running")
+    })
+    .unwrap_or_else(|_| {
+        panic!(
+            "session started: {:?} / {:?}",
+            tab.eval_string(bot),
+            tab.eval_string("document.getElementById('session-action').textContent")
+        )
+    });
+    let session = "document.querySelector('#sessions [data-detail=\"session\"]')";
+    poll_until(Duration::from_secs(10), || {
+        tab.eval_string(&format!("{session} !== null")) == "true"
+    })
+    .expect("the session is listed");
+    run(&format!("{session}.click()"));
+    poll_until(Duration::from_secs(10), || {
+        tab.eval_string(detail).contains("bot_started")
+    })
+    .unwrap_or_else(|_| panic!("session detail: {:?}", tab.eval_string(detail)));
+    run("document.getElementById('admin-pid').value = '4242'");
+    run("document.getElementById('admin-message').value = 'hello from the page'");
+    run("document.querySelector('button[data-action=\"admin-send\"]').click()");
+    let admin = "document.getElementById('admin-action').textContent";
+    poll_until(Duration::from_secs(10), || {
+        tab.eval_string(admin).contains("done (id ")
+    })
+    .unwrap_or_else(|_| panic!("admin message: {:?}", tab.eval_string(admin)));
+    let (_, inbox) = support::http::raw_request(&bind, "GET", "/api/admin/inbox/4242", "").unwrap();
+    assert!(inbox.to_string().contains("hello from the page"), "{inbox}");
+    run("document.querySelector('button[data-action=\"session-stop\"]').click()");
+    poll_until(Duration::from_secs(10), || {
+        tab.eval_string(bot).contains("stopped")
+    })
+    .unwrap_or_else(|_| panic!("session stopped: {:?}", tab.eval_string(bot)));
+    // A bad pid is refused with the field named, and the page shows it.
+    run("document.getElementById('admin-pid').value = 'nobody'");
+    run("document.querySelector('button[data-action=\"admin-send\"]').click()");
+    poll_until(Duration::from_secs(10), || {
+        tab.eval_string(admin).contains("pid")
+            && tab.eval_string("document.getElementById('admin-action').className") == "bad"
+    })
+    .unwrap_or_else(|_| panic!("refused pid: {:?}", tab.eval_string(admin)));
+
     assert_eq!(
         tab.eval_string("document.getElementById('outage').hidden"),
         "true"
@@ -529,6 +586,20 @@ fn charts_fill_an_action_retries_and_the_outage_banner_comes_and_goes() {
         )
     });
     shot(&tab, "after");
+
+    // A second outage is dated from its own start, not the first one's.
+    tab.eval_string("window.secondKill = Date.now(); 'ok'");
+    redis.kill9();
+    poll_until(Duration::from_secs(30), || {
+        tab.eval_string(&format!("{banner}.hidden")) == "false"
+    })
+    .expect("the banner is back");
+    assert_eq!(
+        tab.eval_string("String(outage.since >= window.secondKill - 1000)"),
+        "true",
+        "banner: {:?}",
+        tab.eval_string(&format!("{banner}.textContent"))
+    );
 }
 
 fn mode_shown() -> &'static str {
