@@ -327,8 +327,20 @@ fn shot(tab: &support::browser::Page<'_>, name: &str) {
 #[test]
 fn charts_fill_an_action_retries_and_the_outage_banner_comes_and_goes() {
     let mut redis = RedisServer::builder().persistence(true).start().unwrap();
-    let bind = format!("127.0.0.1:{}", free_port());
-    let _daemon = start_daemon(&redis.url(), &bind);
+    let port = free_port();
+    let bind = format!("127.0.0.1:{port}");
+    // The history archive on, in a SQLite file of its own.
+    let archive = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("dashboard-history-{port}"));
+    let _ = std::fs::remove_dir_all(&archive);
+    let archive = archive.to_str().unwrap().to_owned();
+    let _daemon = start_daemon_with(
+        &redis.url(),
+        &bind,
+        &[
+            ("BOTFLEET__HISTORY__ENABLED", "true"),
+            ("BOTFLEET__HISTORY__DIR", &archive),
+        ],
+    );
     poll_until(Duration::from_secs(30), || health_answers(&bind))
         .expect("the daemon's HTTP API answers");
 
@@ -430,7 +442,17 @@ fn charts_fill_an_action_retries_and_the_outage_banner_comes_and_goes() {
         shown.contains("held ") && !shown.contains("held 0")
     })
     .unwrap_or_else(|_| panic!("locks chart: {:?}", tab.eval_string(held_legend)));
-    // A task's detail view: its hash and attempts.
+    // The archive has the dead letter's attempt; a bad flag is named.
+    poll_until(Duration::from_secs(10), || {
+        let (_, task) =
+            support::http::raw_request(&bind, "GET", "/api/tasks/dead-1?history=true", "").unwrap();
+        task["history"]["items"][0]["status"] == "dead"
+    })
+    .expect("the archive lists the dead attempt");
+    let (code, bad) =
+        support::http::raw_request(&bind, "GET", "/api/tasks/dead-1?history=maybe", "").unwrap();
+    assert_eq!((code, bad["field"].as_str()), (400, Some("history")));
+    // A task's detail view: its hash, attempts and archived attempts.
     poll_until(Duration::from_secs(10), || {
         tab.eval_string(
             "document.querySelector('[data-detail=\"task\"][data-id=\"dead-1\"]') !== null",
@@ -443,7 +465,10 @@ fn charts_fill_an_action_retries_and_the_outage_banner_comes_and_goes() {
     let detail = "document.getElementById('detail').textContent";
     poll_until(Duration::from_secs(10), || {
         let shown = tab.eval_string(detail);
-        shown.contains("attempts") && shown.contains("it broke")
+        shown.contains("attempts")
+            && shown.contains("it broke")
+            && tab.eval_string("String(document.querySelectorAll('#detail table').length)") == "2"
+            && !shown.contains("archive is off")
     })
     .unwrap_or_else(|_| panic!("task detail: {:?}", tab.eval_string(detail)));
     // Every action is a button, reachable by keyboard.
