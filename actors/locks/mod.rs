@@ -782,6 +782,17 @@ impl Locks {
             waiters,
             names_waited_for: names,
             held: self.shared.held.load(Ordering::Relaxed),
+            leases: {
+                let now = now_ms();
+                self.shared
+                    .holding
+                    .lock()
+                    .values()
+                    .filter(|h| {
+                        h.holder == Holder::Lease && h.expires_at_ms.is_none_or(|at| at > now)
+                    })
+                    .count()
+            },
             local_locks: self.shared.local.lock().len(),
             notices_heard: self.shared.notices.load(Ordering::Relaxed),
             queued_calls: aq + rq,
@@ -873,6 +884,9 @@ pub struct LockStats {
     pub names_waited_for: usize,
     /// Locks this process holds now (guards handed out and not yet released or dropped).
     pub held: usize,
+    /// Leases this process handed out ([`Locks::acquire_lease`], the HTTP API's holders) and
+    /// not yet released or past their expiry.
+    pub leases: usize,
     /// Process-local locks held (granted during an outage).
     pub local_locks: usize,
     /// Release notices heard on the release channel since start.

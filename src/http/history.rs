@@ -4,8 +4,8 @@
 //!
 //! A sample reads only figures that cost the same at any queue depth: the storage counters and
 //! the supervision board ([`Fleet::health`], no message), the lock manager's counters (one
-//! message, bounded by 500 ms) and the locks held (counted in memory), the scheduler's
-//! in-memory counters and four `ZCARD`s of the queue's sets. The sampler is a task on the HTTP server's own system, started with the
+//! message, bounded by 500 ms), the scheduler's in-memory counters and four `ZCARD`s of the
+//! queue's sets. The sampler is a task on the HTTP server's own system, started with the
 //! server and ended by its stop signal; a sample whose parts do not answer in time records
 //! what it has (a missing figure is `null`), so a slow store never stalls the ring.
 
@@ -129,8 +129,8 @@ pub(crate) async fn sample(fleet: &Fleet) -> Point {
         processed_per_sec: 0.0,
         failed_per_sec: 0.0,
         lock_waiters: locks.as_ref().map(|l| l.waiters as u64),
-        // Guards and leases alike, counted in memory.
-        locks_held: Some(fleet.locks().held_now(0).1 as u64),
+        // Guards and leases alike: `botfleet_locks_held` + `botfleet_lock_leases_held`.
+        locks_held: locks.as_ref().map(|l| (l.held + l.leases) as u64),
         restarts: health
             .actors
             .actors

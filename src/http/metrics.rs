@@ -153,6 +153,13 @@ pub(crate) fn render(
         );
         gauge(
             &mut registry,
+            "lock_leases_held",
+            "Leases this process handed out (POST /api/locks/acquire) and not yet released or \
+             expired",
+            count(locks.leases),
+        );
+        gauge(
+            &mut registry,
             "lock_names_waited_for",
             "Lock names waited for",
             count(locks.names_waited_for),

@@ -400,7 +400,8 @@ fn charts_fill_an_action_retries_and_the_outage_banner_comes_and_goes() {
     assert_eq!((code, bad["field"].as_str()), (400, Some("since_ms")));
     let (_, metrics) = get_text(&bind, "/metrics");
     assert!(
-        metrics.contains("botfleet_tasks_per_second{outcome=\"processed\"}"),
+        metrics.contains("botfleet_tasks_per_second{outcome=\"processed\"}")
+            && metrics.contains("botfleet_lock_leases_held 1"),
         "{metrics}"
     );
 

@@ -1053,6 +1053,7 @@ async fn the_locks_held_now_are_listed_from_memory() {
         ]
     );
     assert!(total >= 2);
+    assert_eq!(locks.stats().leases, 1);
     let now = botfleet::clock::now_ms();
     assert!(held
         .iter()
@@ -1068,6 +1069,7 @@ async fn the_locks_held_now_are_listed_from_memory() {
         .release_lease("held:lease", &lease.token)
         .await
         .unwrap());
+    assert_eq!(locks.stats().leases, 0);
     let (held, _) = locks.held_now(10);
     assert!(
         held.iter().all(|h| !h.name.starts_with("held:")),
