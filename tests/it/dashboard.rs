@@ -3,7 +3,8 @@
 //! without a reload: a task added through the API appears in the queue panel, and the storage
 //! mode shown changes when the test's redis-server is killed. A screenshot is saved as
 //! `target/dashboard.png`. Dead letters and delayed tasks are retried, deleted and promoted
-//! from the page, with the API token typed into it. The charts fill from the daemon's history,
+//! from the page, with the API token typed into it. The charts fill from the daemon's history
+//! (an actor restarted by an injected fault shows on the restarts chart),
 //! a task's detail and the locks held are shown, and the outage banner comes when Redis is
 //! killed and goes when it is back; screenshots before, during and after are saved in
 //! `target/dashboard/` (`docs/dashboard.png` is a copy of `during.png`, reduced).
@@ -630,4 +631,50 @@ fn charts_fill_an_action_retries_and_the_outage_banner_comes_and_goes() {
 
 fn mode_shown() -> &'static str {
     "document.getElementById('storage-mode').textContent"
+}
+
+/// An actor restarted (a fault injected into the scheduler's loop, in a fleet run by the test
+/// itself) shows in the history's `actor_restarts` and on the restarts chart.
+#[test]
+fn the_restarts_chart_shows_an_actor_restarted() {
+    let redis = RedisServer::start().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mut settings = support::suite_settings(&redis.url());
+    settings.api.bind = "127.0.0.1:0".into();
+    let fleet = runtime
+        .block_on(botfleet::Fleet::start(settings))
+        .expect("the fleet starts");
+    let http = botfleet::http::HttpApi::builder(fleet.clone())
+        .start()
+        .expect("the API starts");
+    let bind = http.local_addr().to_string();
+    let browser = Browser::launch((1280, 900)).expect("headless chromium starts");
+    let tab = browser
+        .open(&format!("http://{bind}/"))
+        .expect("the dashboard loads");
+    let restarts = "document.getElementById('legend-restarts').textContent";
+    poll_until(Duration::from_secs(10), || {
+        tab.eval_string(restarts) == "no actor restarted"
+    })
+    .unwrap_or_else(|_| panic!("restarts legend: {:?}", tab.eval_string(restarts)));
+
+    botfleet::supervisor::fault::arm("scheduler", 1);
+    poll_until(Duration::from_secs(20), || {
+        let (_, h) =
+            support::http::raw_request(&bind, "GET", "/api/dashboard/history", "").unwrap();
+        h["actor_restarts"]["scheduler"]
+            .as_array()
+            .and_then(|a| a.last())
+            == Some(&1.into())
+    })
+    .expect("the history counts the restart");
+    poll_until(Duration::from_secs(10), || {
+        tab.eval_string(restarts).contains("scheduler 1")
+    })
+    .unwrap_or_else(|_| panic!("restarts legend: {:?}", tab.eval_string(restarts)));
+
+    drop(tab);
+    drop(browser);
+    runtime.block_on(http.stop());
+    runtime.block_on(fleet.shutdown()).unwrap();
 }
