@@ -461,9 +461,15 @@ impl Archive {
             .await
     }
 
-    /// Task attempts by finish time, newest first.
+    /// Task attempts by finish time, newest first (of one task when the query names it).
     pub async fn tasks(&self, q: &HistoryQuery) -> Result<Page<TaskRecord>, HistoryError> {
-        let page = Paging::new(q, "finished_ms", "id", Some("attempt"), &[])?;
+        let page = Paging::new(
+            q,
+            "finished_ms",
+            "id",
+            Some("attempt"),
+            &[("id", &q.task_id)],
+        )?;
         let sql = format!(
             "SELECT id, attempt, task_type, data, priority, status, error, created_at,
                     started_ms, finished_ms

@@ -184,6 +184,9 @@ pub struct HistoryQuery {
     /// Settlements only: of this agent.
     #[serde(default)]
     pub agent_id: Option<String>,
+    /// Tasks only: the attempts of this task.
+    #[serde(default)]
+    pub task_id: Option<String>,
 }
 
 /// Rows per page when the query gives none.
@@ -221,6 +224,12 @@ impl HistoryQuery {
     /// Events of one session.
     pub fn session(mut self, session_id: impl Into<String>) -> Self {
         self.session_id = Some(session_id.into());
+        self
+    }
+
+    /// Attempts of one task.
+    pub fn task(mut self, task_id: impl Into<String>) -> Self {
+        self.task_id = Some(task_id.into());
         self
     }
 

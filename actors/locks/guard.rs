@@ -9,7 +9,7 @@ use tokio::sync::watch;
 use super::queue::Grant;
 use super::scripts::scripts;
 use super::watchdog::Filed;
-use super::{LockError, Shared};
+use super::{HeldLock, Holder, LockError, Shared};
 use crate::clock::now_ms;
 
 /// A held lock. While it lives a watchdog extends the lock every TTL/3; dropping it releases
@@ -41,6 +41,15 @@ impl LockGuard {
         handoffs: u32,
     ) -> Self {
         shared.held.fetch_add(1, Ordering::Relaxed);
+        shared.note_held(
+            &token,
+            HeldLock {
+                name: name.to_owned(),
+                holder: Holder::Guard,
+                fence: Some(fence),
+                expires_at_ms: Some(now_ms() + ttl.as_millis() as u64),
+            },
+        );
         let watchdog = shared.watchdogs.file(&shared, name, &token, ttl);
         Self {
             name: name.to_string(),
@@ -59,6 +68,15 @@ impl LockGuard {
     /// `locks.on_outage = "local"`). It has no fencing token and never expires.
     pub(super) fn local(shared: Arc<Shared>, name: &str, token: String) -> Self {
         shared.held.fetch_add(1, Ordering::Relaxed);
+        shared.note_held(
+            &token,
+            HeldLock {
+                name: name.to_owned(),
+                holder: Holder::Local,
+                fence: None,
+                expires_at_ms: None,
+            },
+        );
         let (_tx, rx) = watch::channel(false);
         Self {
             name: name.to_string(),
@@ -142,6 +160,7 @@ impl Drop for LockGuard {
     fn drop(&mut self) {
         // Every guard is dropped exactly once, `release` included (it consumes the guard).
         self.shared.held.fetch_sub(1, Ordering::Relaxed);
+        self.shared.note_released(&self.token);
         if let Some(watchdog) = self.watchdog.take() {
             self.shared.watchdogs.end(&watchdog);
         }

@@ -140,6 +140,9 @@ impl LockError {
     }
 }
 
+/// How often [`Shared::note_held`] sweeps expired leases (in leases noted).
+const LEASE_SWEEP: usize = 256;
+
 /// What the lock handles of one process share.
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -156,6 +159,10 @@ pub(crate) struct Shared {
     pub(super) extension_retries: AtomicU64,
     /// Guards of this process not yet released or dropped.
     held: AtomicUsize,
+    /// What this process holds now, by token: its guards, and the leases it handed out
+    /// (`GET /api/locks/held`). Leases left to expire are dropped once their TTL has passed.
+    // A parking_lot mutex: a map operation under it, never an await.
+    holding: parking_lot::Mutex<HashMap<String, HeldLock>>,
     runtime: Option<tokio::runtime::Handle>,
     /// Acquisitions and releases in flight together go out as one script call.
     acquire_batch: Arc<batch::Batcher>,
@@ -175,6 +182,31 @@ impl Shared {
             Ok(handle) => Some(handle.spawn(task)),
             Err(_) => self.runtime.as_ref().map(|handle| handle.spawn(task)),
         }
+    }
+
+    /// Notes that this process holds `name` with `token`.
+    pub(super) fn note_held(&self, token: &str, lock: HeldLock) {
+        let mut holding = self.holding.lock();
+        // Guards leave the map when dropped; a lease its holder left to expire stays until a
+        // sweep, every `LEASE_SWEEP`th lease noted, drops those past their TTL: the map stays
+        // bounded by what is held, at an amortized constant cost per acquisition.
+        if lock.holder == Holder::Lease && holding.len() % LEASE_SWEEP == LEASE_SWEEP - 1 {
+            let now = now_ms();
+            holding.retain(|_, held| held.expires_at_ms.is_none_or(|at| at > now));
+        }
+        holding.insert(token.to_owned(), lock);
+    }
+
+    /// Notes that the lock held with `token` now expires at `expires_at_ms`.
+    pub(super) fn note_extended(&self, token: &str, expires_at_ms: u64) {
+        if let Some(held) = self.holding.lock().get_mut(token) {
+            held.expires_at_ms = Some(expires_at_ms);
+        }
+    }
+
+    /// Notes that the lock held with `token` is no longer held.
+    pub(super) fn note_released(&self, token: &str) {
+        self.holding.lock().remove(token);
     }
 
     fn release_local(&self, name: &str, token: &str) -> bool {
@@ -255,6 +287,7 @@ impl Locks {
                 notices: AtomicU64::new(0),
                 extension_retries: AtomicU64::new(0),
                 held: AtomicUsize::new(0),
+                holding: parking_lot::Mutex::new(HashMap::new()),
                 runtime: tokio::runtime::Handle::try_current().ok(),
                 watchdogs: watchdog::Watchdogs::default(),
             }
@@ -423,27 +456,38 @@ impl Locks {
     ) -> Result<LockLease, LockError> {
         self.validate(name, ttl)?;
         let ttl_ms = ttl.as_millis() as u64;
-        self.wait_for(
-            name,
-            ttl,
-            wait,
-            |mark_ms| async move {
-                let held = self.attempt_on_redis(name, ttl, mark_ms).await?;
-                Ok(held.map(|(token, fence, sent_at_ms)| LockLease {
+        let lease = self
+            .wait_for(
+                name,
+                ttl,
+                wait,
+                |mark_ms| async move {
+                    let held = self.attempt_on_redis(name, ttl, mark_ms).await?;
+                    Ok(held.map(|(token, fence, sent_at_ms)| LockLease {
+                        name: name.to_string(),
+                        token,
+                        fence,
+                        expires_at_ms: sent_at_ms + ttl_ms,
+                    }))
+                },
+                |grant| LockLease {
                     name: name.to_string(),
-                    token,
-                    fence,
-                    expires_at_ms: sent_at_ms + ttl_ms,
-                }))
+                    token: grant.token,
+                    fence: grant.fence,
+                    expires_at_ms: grant.sent_at_ms + ttl_ms,
+                },
+            )
+            .await?;
+        self.shared.note_held(
+            &lease.token,
+            HeldLock {
+                name: lease.name.clone(),
+                holder: Holder::Lease,
+                fence: Some(lease.fence),
+                expires_at_ms: Some(lease.expires_at_ms),
             },
-            |grant| LockLease {
-                name: name.to_string(),
-                token: grant.token,
-                fence: grant.fence,
-                expires_at_ms: grant.sent_at_ms + ttl_ms,
-            },
-        )
-        .await
+        );
+        Ok(lease)
     }
 
     /// Extends the lease of `name` held with `token` to `ttl` from now (compare-and-extend
@@ -466,7 +510,12 @@ impl Locks {
             .eval_on_redis(&scripts().extend, &[name], &[token, &ttl_ms.to_string()])
             .await
             .map_err(LockError::from_storage)?;
-        Ok((reply.as_int() == 1).then_some(sent_at_ms + ttl_ms))
+        let extended = (reply.as_int() == 1).then_some(sent_at_ms + ttl_ms);
+        match extended {
+            Some(at) => self.shared.note_extended(token, at),
+            None => self.shared.note_released(token),
+        }
+        Ok(extended)
     }
 
     /// Releases the lease of `name` held with `token` (compare-and-delete on the token):
@@ -477,7 +526,9 @@ impl Locks {
     pub async fn release_lease(&self, name: &str, token: &str) -> Result<bool, LockError> {
         self.validate_name(name)?;
         validate_token(token)?;
-        guard::release(&self.shared, name, token, false, false).await
+        let released = guard::release(&self.shared, name, token, false, false).await?;
+        self.shared.note_released(token);
+        Ok(released)
     }
 
     /// Waits in `name`'s queue until `attempt` (called as the head, with how long to mark the
@@ -704,6 +755,24 @@ impl Locks {
         }
     }
 
+    /// The locks this process holds now, by name (at most `limit`), and how many there are:
+    /// its guards and the leases it handed out (through the HTTP API), read from memory.
+    pub fn held_now(&self, limit: usize) -> (Vec<HeldLock>, usize) {
+        let now = now_ms();
+        let mut held: Vec<HeldLock> = self
+            .shared
+            .holding
+            .lock()
+            .values()
+            .filter(|h| h.expires_at_ms.is_none_or(|at| at > now))
+            .cloned()
+            .collect();
+        let total = held.len();
+        held.sort_by(|a, b| a.name.cmp(&b.name).then(a.fence.cmp(&b.fence)));
+        held.truncate(limit);
+        (held, total)
+    }
+
     /// This process's lock counters: waiters, release notices heard, script calls.
     pub fn stats(&self) -> LockStats {
         let (waiters, names) = self.shared.queues.counts();
@@ -713,6 +782,17 @@ impl Locks {
             waiters,
             names_waited_for: names,
             held: self.shared.held.load(Ordering::Relaxed),
+            leases: {
+                let now = now_ms();
+                self.shared
+                    .holding
+                    .lock()
+                    .values()
+                    .filter(|h| {
+                        h.holder == Holder::Lease && h.expires_at_ms.is_none_or(|at| at > now)
+                    })
+                    .count()
+            },
             local_locks: self.shared.local.lock().len(),
             notices_heard: self.shared.notices.load(Ordering::Relaxed),
             queued_calls: aq + rq,
@@ -769,6 +849,32 @@ pub(super) fn new_token() -> String {
         .collect()
 }
 
+/// Who in this process holds a lock (see [`HeldLock`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Holder {
+    /// A [`LockGuard`] of this process, extended by its watchdog.
+    Guard,
+    /// A process-local lock granted during an outage (`locks.on_outage = "local"`).
+    Local,
+    /// A lease handed out by [`Locks::acquire_lease`] (the HTTP API's holders).
+    Lease,
+}
+
+/// A lock this process holds now ([`Locks::held_now`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HeldLock {
+    /// The lock's name.
+    pub name: String,
+    /// Who holds it.
+    pub holder: Holder,
+    /// Its fencing token (`None` for a process-local lock).
+    pub fence: Option<u64>,
+    /// When it expires unless extended (unix ms; `None` for a process-local lock).
+    pub expires_at_ms: Option<u64>,
+}
+
 /// What [`Locks::stats`] answers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LockStats {
@@ -778,6 +884,9 @@ pub struct LockStats {
     pub names_waited_for: usize,
     /// Locks this process holds now (guards handed out and not yet released or dropped).
     pub held: usize,
+    /// Leases this process handed out ([`Locks::acquire_lease`], the HTTP API's holders) and
+    /// not yet released or past their expiry.
+    pub leases: usize,
     /// Process-local locks held (granted during an outage).
     pub local_locks: usize,
     /// Release notices heard on the release channel since start.

@@ -18,6 +18,7 @@ use tokio::time::Instant;
 
 use super::scripts::scripts;
 use super::Shared;
+use crate::clock::now_ms;
 
 /// The longest the timer sleeps without looking whether its lock handle is gone.
 const IDLE_CHECK: Duration = Duration::from_secs(5);
@@ -206,6 +207,11 @@ async fn extend_while_held(shared: Arc<Shared>, watch: Arc<Watch>) {
             match reply {
                 Ok(r) if r.as_int() == 1 => {
                     extended_at = sent;
+                    shared.note_extended(
+                        token,
+                        now_ms().saturating_sub(sent.elapsed().as_millis() as u64)
+                            + ttl.as_millis() as u64,
+                    );
                     break None;
                 }
                 Ok(_) => break Some("expired and no longer ours".to_string()),

@@ -139,7 +139,9 @@ fn history_query(archive: &ArchiveQuery, limit: usize) -> HistoryQuery {
 
 /// The `archived` part of a listing: the page, `null` when the archive is off, or
 /// `{"error": ...}` when the database cannot answer (the live part still does).
-fn archived<T: serde::Serialize>(result: Result<Page<T>, HistoryError>) -> Result<Value, ApiError> {
+pub(crate) fn archived<T: serde::Serialize>(
+    result: Result<Page<T>, HistoryError>,
+) -> Result<Value, ApiError> {
     match result {
         Ok(page) => Ok(to_value(&page)),
         Err(HistoryError::Disabled) => Ok(Value::Null),

@@ -9,6 +9,9 @@
 //! at its TTL. Names are the Redis keys as given, so the seeds' `SET NX` locks and these
 //! exclude each other both ways. Locks never use the fallback: off Redis every call answers
 //! 503.
+//!
+//! `GET /api/locks/held` lists the locks this process holds now (its guards and the leases it
+//! handed out, with their fence and the time left), read from memory: no Redis call, no scan.
 
 use std::time::Duration;
 
@@ -29,7 +32,29 @@ pub(crate) const MAX_WAIT_MS: u64 = 60_000;
 pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/api/locks/acquire", web::post().to(acquire))
         .route("/api/locks/extend", web::post().to(extend))
-        .route("/api/locks/release", web::post().to(release));
+        .route("/api/locks/release", web::post().to(release))
+        .route("/api/locks/held", web::get().to(held));
+}
+
+/// Locks `GET /api/locks/held` lists at most.
+const HELD_LISTED: usize = 200;
+
+/// `GET /api/locks/held`: `{"total", "locks": [{"name", "holder", "fence", "expires_at_ms",
+/// "ttl_left_ms"}]}`, by name, at most [`HELD_LISTED`]. The tokens are not shown.
+async fn held(state: web::Data<AppState>) -> HttpResponse {
+    let (locks, total) = state.fleet.locks().held_now(HELD_LISTED);
+    let now = crate::clock::now_ms();
+    let locks: Vec<_> = locks
+        .into_iter()
+        .map(|l| {
+            json!({
+                "name": l.name, "holder": l.holder, "fence": l.fence,
+                "expires_at_ms": l.expires_at_ms,
+                "ttl_left_ms": l.expires_at_ms.map(|at| at.saturating_sub(now)),
+            })
+        })
+        .collect();
+    HttpResponse::Ok().json(json!({ "total": total, "locks": locks }))
 }
 
 /// Body of `POST /api/locks/acquire`.

@@ -8,6 +8,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use super::history::Point;
 use super::snapshot::{StatusSection, StatusSnapshot};
 use crate::storage::Mode;
 use crate::supervisor::ChildState;
@@ -39,6 +40,7 @@ fn count(n: usize) -> i64 {
 pub(crate) fn render(
     snapshot: &StatusSnapshot,
     sections: &[std::sync::Arc<dyn StatusSection>],
+    latest: Option<&Point>,
 ) -> String {
     let mut registry = Registry::with_prefix("botfleet");
     let storage = &snapshot.storage;
@@ -151,6 +153,13 @@ pub(crate) fn render(
         );
         gauge(
             &mut registry,
+            "lock_leases_held",
+            "Leases this process handed out (POST /api/locks/acquire) and not yet released or \
+             expired",
+            count(locks.leases),
+        );
+        gauge(
+            &mut registry,
             "lock_names_waited_for",
             "Lock names waited for",
             count(locks.names_waited_for),
@@ -186,6 +195,26 @@ pub(crate) fn render(
         if let Some(value) = snapshot.sections.get(section.name()) {
             section.metrics(value, &mut registry);
         }
+    }
+    if let Some(point) = latest {
+        // The dashboard's rates, from its two latest samples (one second apart); the other
+        // series it draws are the samples above (queue_depth, storage_mode,
+        // storage_outbox_depth, lock_waiters, actor_restarts).
+        let rates: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>> = Family::default();
+        for (outcome, value) in [
+            ("processed", point.processed_per_sec),
+            ("failed", point.failed_per_sec),
+        ] {
+            rates
+                .get_or_create(&vec![("outcome".into(), outcome.into())])
+                .set(value);
+        }
+        registry.register(
+            "tasks_per_second",
+            "Tasks this process completed (processed) and attempts that failed (failed) per \
+             second, over the last sample interval of the dashboard's history",
+            rates,
+        );
     }
     let mut text = String::new();
     // Writing into a String cannot fail.

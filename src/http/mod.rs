@@ -59,6 +59,7 @@
 //! | `data.rs`, `data/` | the sidecar's data services: shared data and its stream, admin inboxes with acknowledgement, identities, heartbeats, peers and their stream |
 //! | `sse.rs` | `/api/events/stream` (snapshots on a timer, storage events at once) and `/api/bot/event-stream` (the scheduler's events) |
 //! | `dashboard.rs`, `dashboard.html` | the page, embedded with `include_str!`, inline CSS and JavaScript |
+//! | `history.rs` | the dashboard's recent past: a ring of samples taken every second (`/api/dashboard/history`), the rates in `/metrics` |
 //!
 //! The command line's side (`botfleet status`, `task`, `admin`, `events`) is the binary's
 //! `client.rs`.
@@ -80,6 +81,7 @@ mod dashboard;
 mod data;
 mod fleet_bot;
 mod games;
+mod history;
 mod limits;
 mod locks;
 mod metrics;
@@ -126,6 +128,8 @@ pub(crate) struct AppState {
     pub(crate) shutdown: watch::Receiver<bool>,
     /// Open connections, for `api.max_connections`.
     pub(crate) connections: limits::ConnectionCount,
+    /// The dashboard's recent past, sampled every second.
+    pub(crate) history: Arc<history::History>,
 }
 
 /// Builds an [`HttpApi`]: the fleet, and optionally other settings and the seams.
@@ -207,6 +211,8 @@ impl HttpApiBuilder {
         let connections = limits::ConnectionCount::new(self.settings.max_connections);
         let counter = connections.clone();
         let counter_view = connections.clone();
+        let history = Arc::new(history::History::default());
+        let sampler = (self.fleet.clone(), history.clone(), shutdown.clone());
         let state = web::Data::new(AppState {
             fleet: self.fleet,
             settings: self.settings,
@@ -214,12 +220,15 @@ impl HttpApiBuilder {
             sections: self.sections,
             shutdown,
             connections,
+            history,
         });
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("botfleet-http".into())
             .spawn(move || {
                 actix_rt::System::new().block_on(async move {
+                    let (fleet, history, stop) = sampler;
+                    actix_rt::spawn(history::run_sampler(fleet, history, stop));
                     let server = HttpServer::new(move || {
                         App::new()
                             .app_data(state.clone())

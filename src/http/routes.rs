@@ -10,7 +10,7 @@ use super::bot::{
     StartRequest, TaskListQuery,
 };
 use super::snapshot::StatusSnapshot;
-use super::{dashboard, metrics, openapi, sse, AppState};
+use super::{dashboard, history, metrics, openapi, sse, AppState};
 use crate::storage::Mode;
 
 /// Registers every route, each with its full path (the `openapi` suite reads them from the
@@ -22,6 +22,7 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
         .route("/health", web::head().to(health))
         .route("/status", web::get().to(status))
         .route("/metrics", web::get().to(prometheus))
+        .route("/api/dashboard/history", web::get().to(history::serve))
         .route("/api/events/stream", web::get().to(sse::stream))
         .route("/api/admin/send", web::post().to(admin_send))
         .route("/api/bot/start", web::post().to(bot_start))
@@ -74,7 +75,11 @@ async fn prometheus(state: web::Data<AppState>) -> HttpResponse {
     let snapshot = snapshot(&state).await;
     HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, metrics::CONTENT_TYPE))
-        .body(metrics::render(&snapshot, &state.sections))
+        .body(metrics::render(
+            &snapshot,
+            &state.sections,
+            state.history.latest().as_ref(),
+        ))
 }
 
 /// `GET /api/bot/system-status`: Redis, storage, actors and the bot in one answer.

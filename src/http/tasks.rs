@@ -23,7 +23,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::bot::{check_task_type, parse_json, ApiError};
-use super::fleet_bot::{list_tasks, scheduler_error, task_json};
+use super::fleet_bot::{archived, list_tasks, scheduler_error, task_json};
 use super::AppState;
 use crate::actors::scheduler::{
     default_priority, ClaimOptions, ClaimedTask, NewTask, Scheduler, SchedulerError, TaskStatus,
@@ -308,18 +308,53 @@ async fn add(state: web::Data<AppState>, body: Bytes) -> Result<HttpResponse, Ap
     })
 }
 
-/// `GET /api/tasks/{id}`.
+/// Attempts of a task `GET /api/tasks/{id}?history=true` adds from the archive, newest first.
+const TASK_HISTORY_ROWS: usize = 20;
+
+/// `GET /api/tasks/{id}[?history=true]`: the task; with `history=true`, also `history`: its
+/// newest attempts in the archive (`null` when the archive is off).
 async fn get(
     state: web::Data<AppState>,
     path: web::Path<String>,
+    req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let id = path_id(path)?;
+    let mut with_history = false;
+    let pairs = web::Query::<Vec<(String, String)>>::from_query(req.query_string())
+        .map_err(|e| ApiError::BadRequest {
+            field: None,
+            message: format!("invalid query string: {e}"),
+        })?
+        .into_inner();
+    for (key, value) in pairs {
+        match (key.as_str(), value.as_str()) {
+            ("history", "true") => with_history = true,
+            ("history", "false") => with_history = false,
+            ("history", other) => {
+                return Err(ApiError::bad_field(
+                    "history",
+                    format!("expected true or false, got {other:?}"),
+                ))
+            }
+            (other, _) => {
+                return Err(ApiError::bad_field(
+                    other,
+                    "unknown parameter: expected history",
+                ))
+            }
+        }
+    }
     let task = scheduler(&state)
         .get(&id)
         .await
         .map_err(scheduler_error)?
         .ok_or_else(|| ApiError::NotFound(format!("no task {id}")))?;
-    Ok(fresh(&state, task_json(&task)))
+    let mut value = task_json(&task);
+    if with_history {
+        let query = crate::actors::history::HistoryQuery::latest(TASK_HISTORY_ROWS).task(&id);
+        value["history"] = archived(state.fleet.history().tasks(&query).await)?;
+    }
+    Ok(fresh(&state, value))
 }
 
 fn claimed_json(c: &ClaimedTask) -> Value {

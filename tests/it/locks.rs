@@ -1096,5 +1096,54 @@ async fn fencing_tokens_stay_above_a_counter_ahead_of_the_clock() {
     assert!(fence >= clock_us, "{fence} follows the clock ({clock_us})");
     assert_eq!(counter_now(&server), fence);
     assert!(third.release().await.unwrap());
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_locks_held_now_are_listed_from_memory() {
+    use botfleet::actors::locks::Holder;
+    let server = TestRedis::start().unwrap();
+    let fleet = Fleet::start(settings(&server.url())).await.unwrap();
+    let locks = fleet.locks();
+    let ttl = Duration::from_secs(30);
+    let guard = locks.try_acquire("held:guard", ttl).await.unwrap().unwrap();
+    let lease = locks
+        .acquire_lease("held:lease", ttl, Duration::ZERO)
+        .await
+        .unwrap();
+    let (held, total) = locks.held_now(10);
+    let mine: Vec<_> = held
+        .iter()
+        .filter(|h| h.name.starts_with("held:"))
+        .map(|h| (h.name.as_str(), h.holder, h.fence))
+        .collect();
+    assert_eq!(
+        mine,
+        [
+            ("held:guard", Holder::Guard, guard.fencing_token()),
+            ("held:lease", Holder::Lease, Some(lease.fence)),
+        ]
+    );
+    assert!(total >= 2);
+    assert_eq!(locks.stats().leases, 1);
+    let now = botfleet::clock::now_ms();
+    assert!(held
+        .iter()
+        .filter(|h| h.name.starts_with("held:"))
+        .all(|h| h
+            .expires_at_ms
+            .is_some_and(|at| at > now && at <= now + 30_000)));
+    // A limit cuts the list, not the total.
+    assert_eq!(locks.held_now(1).0.len(), 1);
+
+    drop(guard);
+    assert!(locks
+        .release_lease("held:lease", &lease.token)
+        .await
+        .unwrap());
+    assert_eq!(locks.stats().leases, 0);
+    let (held, _) = locks.held_now(10);
+    assert!(
+        held.iter().all(|h| !h.name.starts_with("held:")),
+        "{held:?}"
+    );
     fleet.shutdown().await.unwrap();
 }

@@ -156,6 +156,7 @@ async fn list(
         session_id: args.session.clone(),
         user_id: args.user.clone(),
         agent_id: args.agent.clone(),
+        task_id: None,
     };
     match command {
         HistoryCommand::Sessions(_) => {
