@@ -6,7 +6,7 @@
 //! the supervision board ([`Fleet::health`], no message), the lock manager's counters (one
 //! message, bounded by 500 ms), the scheduler's in-memory counters and four `ZCARD`s of the
 //! queue's sets. The sampler is a task on the HTTP server's own system, started with the
-//! server and ended by its stop signal; a sample whose parts do not answer in time records
+//! server, started again if it panics ([`supervise_sampler`]) and ended by its stop signal; a sample whose parts do not answer in time records
 //! what it has (a missing figure is `null`), so a slow store never stalls the ring.
 
 use std::collections::{BTreeMap, VecDeque};
@@ -64,6 +64,8 @@ pub(crate) const QUEUE_STATUSES: [&str; 4] = ["pending", "delayed", "processing"
 pub(crate) struct History {
     // A parking_lot mutex: a push or a copy under it, never an await.
     points: parking_lot::Mutex<VecDeque<Point>>,
+    /// Times the sampler panicked and was started again.
+    restarts: std::sync::atomic::AtomicU32,
 }
 
 impl History {
@@ -141,6 +143,46 @@ pub(crate) async fn sample(fleet: &Fleet) -> Point {
     }
 }
 
+/// Runs the sampler ([`run_sampler`]) until `shutdown` turns true, starting it again (after
+/// [`SAMPLE_INTERVAL`]) whenever it panics: a bug in one sample must not leave the charts
+/// frozen while the page goes on asking. Each restart is logged at ERROR with the panic's
+/// message and counted (`sampler_restarts` in `/api/dashboard/history`).
+pub(crate) async fn supervise_sampler(
+    fleet: Fleet,
+    history: std::sync::Arc<History>,
+    shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let run = actix_rt::spawn(run_sampler(
+            fleet.clone(),
+            history.clone(),
+            shutdown.clone(),
+        ));
+        match run.await {
+            Ok(()) => return,
+            Err(e) => {
+                let message = match e.try_into_panic() {
+                    Ok(payload) => payload
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| payload.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "a panic".to_owned()),
+                    Err(e) => e.to_string(),
+                };
+                let restarts = history
+                    .restarts
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                    + 1;
+                tracing::error!(task = "dashboard-sampler", restarts, error = %message, "the dashboard's sampler failed; starting it again");
+                if *shutdown.borrow() {
+                    return;
+                }
+                tokio::time::sleep(SAMPLE_INTERVAL).await;
+            }
+        }
+    }
+}
+
 /// Samples `fleet` into `history` every [`SAMPLE_INTERVAL`] until `shutdown` turns true.
 pub(crate) async fn run_sampler(
     fleet: Fleet,
@@ -152,7 +194,10 @@ pub(crate) async fn run_sampler(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = tick.tick() => history.push(sample(&fleet).await),
+            _ = tick.tick() => {
+                crate::supervisor::fault::point("dashboard-sampler");
+                history.push(sample(&fleet).await)
+            }
             changed = shutdown.changed() => {
                 if changed.is_err() || *shutdown.borrow() {
                     return;
@@ -232,6 +277,7 @@ pub(crate) async fn serve(
         "interval_ms": SAMPLE_INTERVAL.as_millis() as u64,
         "capacity": CAPACITY,
         "points": points.len(),
+        "sampler_restarts": state.history.restarts.load(std::sync::atomic::Ordering::Relaxed),
     });
     if let (Some(object), Value::Object(series)) = (body.as_object_mut(), columns(&points)) {
         object.extend(series);

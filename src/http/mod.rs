@@ -228,7 +228,7 @@ impl HttpApiBuilder {
             .spawn(move || {
                 actix_rt::System::new().block_on(async move {
                     let (fleet, history, stop) = sampler;
-                    actix_rt::spawn(history::run_sampler(fleet, history, stop));
+                    actix_rt::spawn(history::supervise_sampler(fleet, history, stop));
                     let server = HttpServer::new(move || {
                         App::new()
                             .app_data(state.clone())

@@ -17,6 +17,7 @@
 //! | `heartbeat` | each heartbeat the sender writes |
 //! | `cache` | each invalidation message the cache's listener hears |
 //! | `history` | each pass of the history batch writer's loop |
+//! | `dashboard-sampler` | each sample of the dashboard's history (`src/http/history.rs`) |
 
 #[cfg(debug_assertions)]
 mod armed {

@@ -678,3 +678,45 @@ fn the_restarts_chart_shows_an_actor_restarted() {
     runtime.block_on(http.stop());
     runtime.block_on(fleet.shutdown()).unwrap();
 }
+
+/// A panic in the dashboard's sampler (a fault injected into one sample) does not freeze the
+/// charts: the sampler is started again, counted in `sampler_restarts`, and new samples keep
+/// coming.
+#[test]
+fn the_dashboard_sampler_is_started_again_after_a_panic() {
+    let redis = RedisServer::start().unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mut settings = support::suite_settings(&redis.url());
+    settings.api.bind = "127.0.0.1:0".into();
+    let fleet = runtime
+        .block_on(botfleet::Fleet::start(settings))
+        .expect("the fleet starts");
+    let http = botfleet::http::HttpApi::builder(fleet.clone())
+        .start()
+        .expect("the API starts");
+    let bind = http.local_addr().to_string();
+    let history = || {
+        let (status, h) =
+            support::http::raw_request(&bind, "GET", "/api/dashboard/history", "").unwrap();
+        assert_eq!(status, 200, "{h}");
+        h
+    };
+    let last_at = |h: &serde_json::Value| h["at_ms"].as_array().and_then(|a| a.last()?.as_u64());
+    poll_until(Duration::from_secs(10), || last_at(&history()).is_some()).expect("a first sample");
+    assert_eq!(history()["sampler_restarts"], 0);
+
+    botfleet::supervisor::fault::arm("dashboard-sampler", 1);
+    poll_until(Duration::from_secs(10), || {
+        history()["sampler_restarts"] == 1
+    })
+    .unwrap_or_else(|_| panic!("no restart counted: {}", history()));
+    let after_panic = last_at(&history()).unwrap();
+    poll_until(Duration::from_secs(10), || {
+        last_at(&history()).is_some_and(|at| at > after_panic)
+    })
+    .expect("samples go on after the panic");
+    assert_eq!(history()["sampler_restarts"], 1);
+
+    runtime.block_on(http.stop());
+    runtime.block_on(fleet.shutdown()).unwrap();
+}

@@ -1096,6 +1096,8 @@ async fn fencing_tokens_stay_above_a_counter_ahead_of_the_clock() {
     assert!(fence >= clock_us, "{fence} follows the clock ({clock_us})");
     assert_eq!(counter_now(&server), fence);
     assert!(third.release().await.unwrap());
+    fleet.shutdown().await.unwrap();
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_locks_held_now_are_listed_from_memory() {
