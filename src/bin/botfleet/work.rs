@@ -57,6 +57,12 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 const CLAIM_GATHER: Duration = Duration::from_millis(10);
 /// Shortest period between two extensions of a lease.
 const EXTEND_MIN: Duration = Duration::from_millis(100);
+/// How long a finished task's report waits for the next claim to carry it before it is sent
+/// alone (`/api/tasks/report`): longer than [`CLAIM_GATHER`], so that a worker with free slots
+/// claims first.
+const FLUSH_DELAY: Duration = Duration::from_millis(20);
+/// Most reports one request carries (the daemon takes up to 1,000).
+const REPORT_BATCH: usize = 1_000;
 
 /// A task the daemon handed out, as its claim answers it.
 #[derive(Debug, Clone, Deserialize)]
@@ -259,6 +265,35 @@ pub async fn work(
     mut stop: watch::Receiver<Stop>,
     summary: Arc<Summary>,
 ) -> Result<(), ClientError> {
+    let outbox = Arc::new(Outbox::default());
+    let (done_tx, done_rx) = watch::channel(false);
+    let worked = async {
+        // Tell the flusher to send what is left and end, however the loop ends.
+        let _done = Done(done_tx);
+        work_loop(daemon, options, job, &mut stop, &summary, &outbox).await
+    };
+    let (worked, ()) = tokio::join!(worked, flush(daemon, &outbox, &summary, done_rx));
+    worked
+}
+
+/// Tells the flusher to finish when dropped.
+struct Done(watch::Sender<bool>);
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        let _ = self.0.send(true);
+    }
+}
+
+/// [`work`]'s loop, without the flusher.
+async fn work_loop(
+    daemon: &Daemon,
+    options: &WorkOptions,
+    job: Arc<dyn Job>,
+    stop: &mut watch::Receiver<Stop>,
+    summary: &Arc<Summary>,
+    outbox: &Arc<Outbox>,
+) -> Result<(), ClientError> {
     let (kill_tx, kill_rx) = watch::channel(false);
     let mut running: JoinSet<()> = JoinSet::new();
     let mut reached_daemon = false;
@@ -269,7 +304,7 @@ pub async fn work(
         if free == 0 {
             tokio::select! {
                 _ = running.join_next() => {}
-                _ = reached(&mut stop, Stop::Drain) => {}
+                _ = reached(stop, Stop::Drain) => {}
             }
             continue;
         }
@@ -286,17 +321,35 @@ pub async fn work(
             };
             tokio::select! {
                 _ = tokio::time::timeout(CLAIM_GATHER, gathered) => {}
-                _ = reached(&mut stop, Stop::Drain) => {}
+                _ = reached(stop, Stop::Drain) => {}
             }
             while running.try_join_next().is_some() {}
         }
         let free = options.concurrency.saturating_sub(running.len());
-        // A signal abandons a waiting claim: the daemon notices the closed connection and
-        // claims nothing for it (a claim caught in the instant it hands tasks out loses them
-        // until their visibility deadline).
-        let claimed = tokio::select! {
-            r = claim(daemon, options, free) => r,
-            _ = reached(&mut stop, Stop::Drain) => break,
+        // The finished tasks' reports go with the claim, which then answers at once (a long
+        // poll would hold their outcomes back).
+        let reports = outbox.take();
+        let claimed = if reports.is_empty() {
+            // A signal abandons a waiting claim: the daemon notices the closed connection
+            // and claims nothing for it (a claim caught in the instant it hands tasks out
+            // loses them until their visibility deadline).
+            tokio::select! {
+                r = claim(daemon, options, free, &[]) => r.map(|(tasks, _)| tasks),
+                _ = reached(stop, Stop::Drain) => break,
+            }
+        } else {
+            // Seen through: the reports may be applied already.
+            let sent = claim(daemon, options, free, &reports).await;
+            match sent {
+                Ok((tasks, reported)) => {
+                    outbox.settle(reports, &reported, summary);
+                    Ok(tasks)
+                }
+                Err(e) => {
+                    outbox.unsent(reports, &e, RETRY_MIN, summary);
+                    Err(e)
+                }
+            }
         };
         match claimed {
             Ok(tasks) => {
@@ -309,6 +362,7 @@ pub async fn work(
                         task,
                         options.lease_ms,
                         kill_rx.clone(),
+                        outbox.clone(),
                         summary.clone(),
                     ));
                 }
@@ -323,7 +377,7 @@ pub async fn work(
                 tracing::warn!(error = %e, retry_ms = retry.as_millis() as u64, "claim failed; retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(retry) => {}
-                    _ = reached(&mut stop, Stop::Drain) => {}
+                    _ = reached(stop, Stop::Drain) => {}
                 }
                 retry = (retry * 2).min(RETRY_MAX);
             }
@@ -333,7 +387,7 @@ pub async fn work(
     loop {
         tokio::select! {
             joined = running.join_next() => if joined.is_none() { break },
-            _ = reached(&mut stop, Stop::Kill), if !killed => {
+            _ = reached(stop, Stop::Kill), if !killed => {
                 killed = true;
                 let _ = kill_tx.send(true);
             }
@@ -342,26 +396,211 @@ pub async fn work(
     Ok(())
 }
 
-/// One claim of up to `max` tasks.
+/// One claim of up to `max` tasks, carrying `reports` (then answering at once); the tasks
+/// and the outcomes of the reports.
 async fn claim(
     daemon: &Daemon,
     options: &WorkOptions,
     max: usize,
-) -> Result<Vec<Claimed>, ClientError> {
-    let mut body = json!({ "types": options.types, "max": max, "wait_ms": options.wait_ms });
+    reports: &[Report],
+) -> Result<(Vec<Claimed>, Vec<Value>), ClientError> {
+    let wait_ms = if reports.is_empty() {
+        options.wait_ms
+    } else {
+        0
+    };
+    let mut body = json!({ "types": options.types, "max": max, "wait_ms": wait_ms });
     if let Some(ms) = options.lease_ms {
         body["lease_ms"] = ms.into();
     }
-    let timeout = Duration::from_millis(options.wait_ms) + Duration::from_secs(10);
-    let answer = daemon
+    if !reports.is_empty() {
+        body["report"] = reports.iter().map(|r| r.entry.clone()).collect();
+    }
+    let timeout = Duration::from_millis(wait_ms) + Duration::from_secs(10);
+    let mut answer = daemon
         .post_within("/api/tasks/claim", &body, timeout)
         .await?;
-    serde_json::from_value::<Vec<Claimed>>(answer["tasks"].clone()).map_err(|e| {
-        ClientError::BadAnswer {
-            url: "/api/tasks/claim".into(),
-            reason: e.to_string(),
+    let bad = |reason: String| ClientError::BadAnswer {
+        url: "/api/tasks/claim".into(),
+        reason,
+    };
+    let tasks = serde_json::from_value::<Vec<Claimed>>(answer["tasks"].take())
+        .map_err(|e| bad(e.to_string()))?;
+    let reported = reported(&mut answer, reports.len()).map_err(bad)?;
+    Ok((tasks, reported))
+}
+
+/// The `reported` list of an answer, one outcome per report sent.
+fn reported(answer: &mut Value, sent: usize) -> Result<Vec<Value>, String> {
+    if sent == 0 {
+        return Ok(Vec::new());
+    }
+    match answer["reported"].take() {
+        Value::Array(list) if list.len() == sent => Ok(list),
+        other => Err(format!(
+            "expected {sent} outcomes in \"reported\", got {other}"
+        )),
+    }
+}
+
+/// Sends the reports no claim took within [`FLUSH_DELAY`] through `/api/tasks/report`,
+/// retrying while the daemon cannot be reached; once `done`, sends what is left and ends.
+async fn flush(
+    daemon: &Daemon,
+    outbox: &Outbox,
+    summary: &Arc<Summary>,
+    mut done: watch::Receiver<bool>,
+) {
+    let mut retry = RETRY_MIN;
+    let mut failing = false;
+    loop {
+        let added = outbox.added.notified();
+        tokio::pin!(added);
+        added.as_mut().enable();
+        if outbox.is_empty() {
+            if *done.borrow() {
+                return;
+            }
+            tokio::select! {
+                _ = added => {}
+                _ = done.changed() => {}
+            }
+            continue;
         }
-    })
+        let pause = if failing { retry } else { FLUSH_DELAY };
+        if failing || !*done.borrow() {
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = done.wait_for(|d| *d), if !failing => {}
+            }
+        }
+        let reports = outbox.take();
+        if reports.is_empty() {
+            continue;
+        }
+        let body = json!({ "report": reports.iter().map(|r| r.entry.clone()).collect::<Vec<_>>() });
+        let sent = daemon.post("/api/tasks/report", &body).await;
+        match sent.and_then(|mut answer| {
+            reported(&mut answer, reports.len()).map_err(|reason| ClientError::BadAnswer {
+                url: "/api/tasks/report".into(),
+                reason,
+            })
+        }) {
+            Ok(outcomes) => {
+                outbox.settle(reports, &outcomes, summary);
+                failing = false;
+                retry = RETRY_MIN;
+            }
+            Err(e) => {
+                retry = (retry * 2).min(RETRY_MAX);
+                outbox.unsent(reports, &e, retry, summary);
+                failing = true;
+            }
+        }
+    }
+}
+
+/// What a report counts when the daemon takes it.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Completed,
+    Failed,
+    Interrupted,
+}
+
+/// A finished task's report, waiting to be sent.
+#[derive(Debug)]
+struct Report {
+    /// The `report` list's entry: `{"id", "lease", "result"?}` or `{"id", "lease", "error"}`.
+    entry: Value,
+    /// The task's id.
+    id: String,
+    /// The lease's deadline as last known: past it, an unreachable daemon loses the task.
+    deadline_ms: u64,
+    kind: Kind,
+}
+
+/// The finished tasks' reports not sent yet: the next claim takes them, or the flusher.
+#[derive(Default)]
+struct Outbox {
+    // A plain mutex: held for a push or a swap, never across an await.
+    waiting: parking_lot::Mutex<Vec<Report>>,
+    added: tokio::sync::Notify,
+}
+
+impl Outbox {
+    fn push(&self, report: Report) {
+        self.waiting.lock().push(report);
+        self.added.notify_one();
+    }
+
+    fn is_empty(&self) -> bool {
+        self.waiting.lock().is_empty()
+    }
+
+    /// The reports waiting, up to [`REPORT_BATCH`], oldest first.
+    fn take(&self) -> Vec<Report> {
+        let mut waiting = self.waiting.lock();
+        let n = waiting.len().min(REPORT_BATCH);
+        waiting.drain(..n).collect()
+    }
+
+    /// Counts what the daemon answered for each report: taken, refused (lost), or not applied
+    /// for now (a 5xx outcome: sent again, as an unreachable daemon's).
+    fn settle(&self, reports: Vec<Report>, outcomes: &[Value], summary: &Summary) {
+        let mut again = Vec::new();
+        for (report, outcome) in reports.into_iter().zip(outcomes) {
+            let Some(error) = outcome.get("error") else {
+                Summary::add(match report.kind {
+                    Kind::Completed => &summary.completed,
+                    Kind::Failed => &summary.failed,
+                    Kind::Interrupted => &summary.interrupted,
+                });
+                continue;
+            };
+            let status = error["status"].as_u64().unwrap_or(0);
+            let message = error["message"].as_str().unwrap_or_default();
+            if (400..500).contains(&status) {
+                tracing::warn!(id = %report.id, status, reason = %message, "the daemon refused the result");
+                Summary::add(&summary.lost);
+            } else {
+                again.push(report);
+            }
+        }
+        if !again.is_empty() {
+            let e = ClientError::Refused {
+                status: 503,
+                message: "the daemon could not apply the report now".into(),
+            };
+            self.unsent(again, &e, RETRY_MIN, summary);
+        }
+    }
+
+    /// Reports a request could not deliver (`e`): back to the outbox while their lease lasts
+    /// past the next attempt (`retry` from now), else lost (they return to the queue at their
+    /// deadline). A report the daemon refused as a whole (4xx) is lost.
+    fn unsent(&self, reports: Vec<Report>, e: &ClientError, retry: Duration, summary: &Summary) {
+        let refused = matches!(
+            e,
+            ClientError::Refused {
+                status: 400..=499,
+                ..
+            }
+        );
+        let mut waiting = self.waiting.lock();
+        for report in reports {
+            if refused {
+                tracing::warn!(id = %report.id, error = %e, "the daemon refused the result");
+                Summary::add(&summary.lost);
+            } else if now_ms() + retry.as_millis() as u64 >= report.deadline_ms {
+                tracing::warn!(id = %report.id, error = %e, "cannot report before the lease ends; the task returns to the queue");
+                Summary::add(&summary.lost);
+            } else {
+                tracing::warn!(id = %report.id, error = %e, "reporting failed; retrying");
+                waiting.push(report);
+            }
+        }
+    }
 }
 
 /// Waits until the worker kills its tasks.
@@ -383,6 +622,7 @@ async fn run_one(
     task: Claimed,
     lease_ms: Option<u64>,
     mut kill: watch::Receiver<bool>,
+    outbox: Arc<Outbox>,
     summary: Arc<Summary>,
 ) {
     let lease = lease_ms.unwrap_or_else(|| task.deadline_ms.saturating_sub(now_ms()));
@@ -414,82 +654,32 @@ async fn run_one(
         }
         // The job's future is dropped here: a command still running is killed.
     };
-    let lease_body = |extra: Value| {
-        let mut body = json!({ "lease": task.lease });
-        if let (Some(body), Value::Object(extra)) = (body.as_object_mut(), extra) {
-            body.extend(extra);
+    let report = |kind: Kind, error: Option<String>| {
+        let mut entry = json!({ "id": task.id, "lease": task.lease });
+        if let Some(error) = error {
+            entry["error"] = error.into();
         }
-        body
+        outbox.push(Report {
+            entry,
+            id: task.id.clone(),
+            deadline_ms,
+            kind,
+        });
     };
     match ended {
-        Ended::Ran(Ok(())) => {
-            if report(
-                &daemon,
-                &path("complete"),
-                &lease_body(json!({})),
-                deadline_ms,
-                &task,
-            )
-            .await
-            {
-                Summary::add(&summary.completed);
-            } else {
-                Summary::add(&summary.lost);
-            }
-        }
+        Ended::Ran(Ok(())) => report(Kind::Completed, None),
         Ended::Ran(Err(error)) => {
             tracing::info!(id = %task.id, attempt = task.attempt, error = %error, "task failed");
-            let body = lease_body(json!({ "error": error }));
-            if report(&daemon, &path("fail"), &body, deadline_ms, &task).await {
-                Summary::add(&summary.failed);
-            } else {
-                Summary::add(&summary.lost);
-            }
+            report(Kind::Failed, Some(error));
         }
         Ended::LeaseLost(message) => {
             tracing::warn!(id = %task.id, reason = %message, "the lease was lost: command killed, nothing reported");
             Summary::add(&summary.lost);
         }
-        Ended::Killed => {
-            let body = lease_body(
-                json!({ "error": "interrupted: the worker was stopped by a second signal" }),
-            );
-            if report(&daemon, &path("fail"), &body, deadline_ms, &task).await {
-                Summary::add(&summary.interrupted);
-            } else {
-                Summary::add(&summary.lost);
-            }
-        }
-    }
-}
-
-/// Reports a task's end, retrying while the daemon cannot be reached and the lease has not
-/// expired. True when the daemon took it.
-async fn report(
-    daemon: &Daemon,
-    path: &str,
-    body: &Value,
-    deadline_ms: u64,
-    task: &Claimed,
-) -> bool {
-    let mut retry = RETRY_MIN;
-    loop {
-        match daemon.post(path, body).await {
-            Ok(_) => return true,
-            Err(ClientError::Refused { status, message }) if (400..500).contains(&status) => {
-                tracing::warn!(id = %task.id, status, reason = %message, "the daemon refused the result");
-                return false;
-            }
-            Err(e) if now_ms() + retry.as_millis() as u64 >= deadline_ms => {
-                tracing::warn!(id = %task.id, error = %e, "cannot report before the lease ends; the task returns to the queue");
-                return false;
-            }
-            Err(e) => {
-                tracing::warn!(id = %task.id, error = %e, "reporting failed; retrying");
-                tokio::time::sleep(retry).await;
-                retry = (retry * 2).min(RETRY_MAX);
-            }
-        }
+        Ended::Killed => report(
+            Kind::Interrupted,
+            Some("interrupted: the worker was stopped by a second signal".into()),
+        ),
     }
 }
 
