@@ -63,6 +63,9 @@ const EXTEND_MIN: Duration = Duration::from_millis(100);
 const FLUSH_DELAY: Duration = Duration::from_millis(20);
 /// Most reports one request carries (the daemon takes up to 1,000).
 const REPORT_BATCH: usize = 1_000;
+/// Most bytes of reports one request carries: half the daemon's default body limit
+/// (`api.body_limit_bytes`, 64 KiB), the rest for the claim. A larger report goes alone.
+const REPORT_BATCH_BYTES: usize = 32 * 1024;
 
 /// A task the daemon handed out, as its claim answers it.
 #[derive(Debug, Clone, Deserialize)]
@@ -518,6 +521,8 @@ struct Report {
     /// The lease's deadline as last known: past it, an unreachable daemon loses the task.
     deadline_ms: u64,
     kind: Kind,
+    /// The entry's size as JSON.
+    bytes: usize,
 }
 
 /// The finished tasks' reports not sent yet: the next claim takes them, or the flusher.
@@ -538,10 +543,20 @@ impl Outbox {
         self.waiting.lock().is_empty()
     }
 
-    /// The reports waiting, up to [`REPORT_BATCH`], oldest first.
+    /// The reports waiting, oldest first, up to [`REPORT_BATCH`] and [`REPORT_BATCH_BYTES`]
+    /// (at least one).
     fn take(&self) -> Vec<Report> {
         let mut waiting = self.waiting.lock();
-        let n = waiting.len().min(REPORT_BATCH);
+        let mut bytes = 0;
+        let n = waiting
+            .iter()
+            .take(REPORT_BATCH)
+            .take_while(|r| {
+                bytes += r.bytes;
+                bytes <= REPORT_BATCH_BYTES
+            })
+            .count()
+            .max(waiting.len().min(1));
         waiting.drain(..n).collect()
     }
 
@@ -660,6 +675,7 @@ async fn run_one(
             entry["error"] = error.into();
         }
         outbox.push(Report {
+            bytes: entry.to_string().len(),
             entry,
             id: task.id.clone(),
             deadline_ms,
