@@ -11,6 +11,9 @@
 //! changes nothing and is answered [`SchedulerError::StaleLease`]. A failure is retried with
 //! the scheduler's backoff, and dead-lettered after the last attempt, exactly as a handler's
 //! `Err`. A leaseholder that dies loses its tasks to the reaper at their deadline.
+//! [`Scheduler::report_leases`] applies many completions and failures at once (a worker's
+//! finished tasks, reported with its next claim): they wait at the desk with the others, so
+//! one step carries them, and each is answered as its single call would be.
 //!
 //! [`Scheduler::claim`] waits up to [`ClaimOptions::wait`] for tasks: it tries again as soon as
 //! this process makes a task ready (an enqueue, a dead letter retried, a delayed task

@@ -16,6 +16,11 @@
 //! - extend, complete and fail answer 409 when the lease is no longer the task's (its attempt
 //!   finished, or was reaped after its deadline and perhaps claimed again): nothing changed.
 //!   404 when there is no such task (never added, or completed and its hash gone).
+//! - A claim's `report` list, or `POST /api/tasks/report` alone, carries finished attempts
+//!   (completes and fails, at most [`REPORT_MAX`]), applied before the claim in one scheduler
+//!   step; each entry is answered in `reported` as its single call would be, a refused one
+//!   (400, 404, 409) with its status, without stopping the others or the claim. A list that
+//!   is not one or is too long is a 400 naming `report`, nothing applied.
 
 use actix_web::web::{self, Bytes};
 use actix_web::{HttpRequest, HttpResponse};

@@ -1,6 +1,6 @@
 //! `botfleet task work --type T -- CMD ARGS...`: a worker that runs a command per task,
-//! speaking only the daemon's HTTP worker protocol (`/api/tasks/claim`, `extend`, `complete`,
-//! `fail`), as a worker in any language would.
+//! speaking only the daemon's HTTP worker protocol (`/api/tasks/claim` with its `report` list,
+//! `/api/tasks/report`, `extend`), as a worker in any language would.
 //!
 //! The worker keeps up to `--concurrency` commands running. Whenever slots are free it asks
 //! the daemon for that many tasks with a long poll ([`CLAIM_WAIT_MS`]); fewer than a quarter
@@ -10,7 +10,12 @@
 //! stdout is the worker's, its stderr is copied to the worker's and the last
 //! [`STDERR_TAIL_BYTES`] kept. Exit 0 completes the task; any other end fails it with the
 //! exit status and that tail of stderr as the error (retried with the daemon's backoff, then
-//! dead-lettered). While the command runs its lease is extended every third of the lease. A
+//! dead-lettered). The ends are reported with the next claim, which then answers at once;
+//! reports no claim takes within [`FLUSH_DELAY`] (every slot busy, a long poll waiting, the
+//! worker stopping) go alone through `/api/tasks/report`. A task counts as completed only
+//! when the daemon says so; a report the daemon cannot be reached for is sent again until its
+//! lease's deadline (then the task is lost to the reaper), and one the daemon refuses (a
+//! stale lease) counts as lost. While the command runs its lease is extended every third of the lease. A
 //! lease the daemon no longer honours (the task was reaped after its deadline, say) kills the
 //! command: its result could not be reported.
 //!

@@ -6,8 +6,9 @@
 //! `["noop"]`) and its HTTP API on a free loopback port, with keep-alive on (trusted clients
 //! making many requests: `api.keep_alive_ms`). It enqueues the tasks through the fleet's
 //! scheduler as the in-process variant does, then runs `botfleet task work`'s loop ([`work`])
-//! with `--concurrency` slots and a job that does nothing: each task is one claim (shared by
-//! the tasks it brings) and one `POST /api/tasks/{id}/complete`. Everything runs in this one
+//! with `--concurrency` slots and a job that does nothing: the tasks finished are reported
+//! with the next claim (its `report` list), so a request both completes tasks and claims
+//! more. Everything runs in this one
 //! process, on the machine's cores, as a daemon and its worker would on one host.
 
 use std::sync::atomic::Ordering;
