@@ -1383,3 +1383,50 @@ async fn reports_during_an_outage_run_on_the_fallback_and_are_replayed() {
     }
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_waiting_on_a_long_poll_reports_its_finished_task_alone() {
+    let server = RedisServer::start().unwrap();
+    let daemon = Daemon::start(settings(&server.url())).await;
+    let dir = tempfile::tempdir().unwrap();
+    daemon
+        .post("/api/tasks", json!({ "type": "login", "id": "slow" }))
+        .await;
+    // Two slots: the task takes one; the other waits on a claim (10 s long poll) with
+    // nothing to claim. The task ends when `go` appears.
+    let worker = Worker::start(
+        dir.path(),
+        &daemon.base,
+        &["--type", "login", "--concurrency", "2"],
+        r#"while [ ! -e "$DIR/go" ]; do sleep 0.02; done; echo "$BOTFLEET_TASK_ID" >> "$DIR/done""#,
+    );
+    poll_until_async(Duration::from_secs(10), || async {
+        daemon.get("/api/tasks/slow").await.1["status"] == "processing"
+    })
+    .await
+    .unwrap();
+    std::fs::write(dir.path().join("go"), "").unwrap();
+    let done = dir.path().join("done");
+    poll_until_async(Duration::from_secs(10), || async {
+        !lines(&done).is_empty()
+    })
+    .await
+    .unwrap();
+    // Completed well before the waiting claim would answer: the report went alone.
+    let t0 = Instant::now();
+    poll_until_async(Duration::from_secs(10), || async {
+        daemon.get("/api/tasks/slow").await.1["status"] == "completed"
+    })
+    .await
+    .unwrap_or_else(|_| panic!("not completed; log:\n{}", worker.log()));
+    assert!(
+        t0.elapsed() < Duration::from_secs(3),
+        "reported after {:?}",
+        t0.elapsed()
+    );
+    worker.signal(libc::SIGTERM);
+    let (code, out) = worker.wait(Duration::from_secs(10)).await;
+    assert_eq!(code, 0, "stdout: {out}");
+    assert!(out.contains("1 completed, 0 failed"), "{out}");
+    daemon.stop().await;
+}

@@ -890,6 +890,63 @@ mod tests {
         assert_eq!(failure(killed, b""), "killed by signal 9");
     }
 
+    fn report(id: &str, bytes: usize) -> Report {
+        Report {
+            entry: json!({ "id": id, "lease": "l" }),
+            id: id.into(),
+            deadline_ms: now_ms() + 60_000,
+            kind: Kind::Completed,
+            bytes,
+        }
+    }
+
+    #[test]
+    fn a_request_carries_reports_up_to_its_bounds_and_a_large_one_alone() {
+        let outbox = Outbox::default();
+        for i in 0..3 {
+            outbox.push(report(&format!("t{i}"), REPORT_BATCH_BYTES / 2));
+        }
+        assert_eq!(outbox.take().len(), 2);
+        assert_eq!(outbox.take().len(), 1);
+        assert!(outbox.take().is_empty());
+        outbox.push(report("huge", REPORT_BATCH_BYTES * 2));
+        outbox.push(report("small", 10));
+        assert_eq!(outbox.take()[0].id, "huge");
+        for i in 0..REPORT_BATCH + 5 {
+            outbox.push(report(&format!("n{i}"), 1));
+        }
+        // "small" and the first of the others, up to the count.
+        assert_eq!(outbox.take().len(), REPORT_BATCH);
+    }
+
+    #[test]
+    fn outcomes_count_once_refusals_are_lost_and_503s_wait_for_another_try() {
+        let outbox = Outbox::default();
+        let summary = Summary::default();
+        let sent = vec![report("a", 1), report("b", 1), report("c", 1)];
+        let outcomes = [
+            json!({ "id": "a", "status": "completed" }),
+            json!({ "id": "b", "error": { "status": 409, "message": "stale" } }),
+            json!({ "id": "c", "error": { "status": 503, "message": "full" } }),
+        ];
+        outbox.settle(sent, &outcomes, &summary);
+        let count = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        assert_eq!((count(&summary.completed), count(&summary.lost)), (1, 1));
+        let again = outbox.take();
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].id, "c");
+        // Unreachable past the deadline: lost; before it: kept.
+        let mut late = report("late", 1);
+        late.deadline_ms = now_ms();
+        let e = ClientError::Unreachable {
+            url: "u".into(),
+            reason: "down".into(),
+        };
+        outbox.unsent(vec![late, report("soon", 1)], &e, RETRY_MIN, &summary);
+        assert_eq!(count(&summary.lost), 2);
+        assert_eq!(outbox.take()[0].id, "soon");
+    }
+
     #[test]
     fn ids_are_one_path_segment() {
         assert_eq!(encode("a/b?c"), "a%2Fb%3Fc");
