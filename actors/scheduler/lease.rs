@@ -255,6 +255,50 @@ pub enum ReportOutcome {
     Failed(FailedAttempt),
 }
 
+/// Reports turned into leased operations, and those refused before any was sent.
+#[derive(Default)]
+struct PreparedReports {
+    ops: Vec<LeasedOp>,
+    /// The index of each operation's report.
+    sent: Vec<usize>,
+    refused: Vec<(usize, SchedulerError)>,
+}
+
+impl PreparedReports {
+    /// One result per report, in order, from the operations' `replies`.
+    fn finish(
+        self,
+        reports: &[LeaseReport],
+        replies: Vec<Result<LeasedReply, SchedulerError>>,
+    ) -> Vec<Result<ReportOutcome, SchedulerError>> {
+        let mut results: Vec<Option<Result<ReportOutcome, SchedulerError>>> =
+            reports.iter().map(|_| None).collect();
+        for (i, e) in self.refused {
+            results[i] = Some(Err(e));
+        }
+        for (i, reply) in self.sent.into_iter().zip(replies) {
+            let report = &reports[i];
+            results[i] = Some(reply.and_then(|reply| {
+                reply.check(report.id())?;
+                Ok(match report {
+                    LeaseReport::Complete { .. } => ReportOutcome::Completed,
+                    LeaseReport::Fail { .. } => ReportOutcome::Failed(failed_attempt(&reply)),
+                })
+            }));
+        }
+        results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    Err(SchedulerError::Storage(StorageError::Unavailable(
+                        "no reply".into(),
+                    )))
+                })
+            })
+            .collect()
+    }
+}
+
 /// What the reply to a failure says became of the task.
 fn failed_attempt(reply: &LeasedReply) -> FailedAttempt {
     let dead = reply.status == TaskStatus::Failed.as_str();
@@ -326,13 +370,28 @@ impl Shared {
 
     /// One claim attempt, without waiting.
     async fn claim_once(&self, o: &ClaimOptions) -> Result<Vec<ClaimedTask>, SchedulerError> {
+        Ok(self.claim_once_with(o, &[]).await?.0)
+    }
+
+    /// One claim attempt carrying the leased operations `leased` in its step (applied
+    /// whatever is claimed); the tasks claimed and the operations' replies.
+    async fn claim_once_with(
+        &self,
+        o: &ClaimOptions,
+        leased: &[LeasedOp],
+    ) -> Result<(Vec<ClaimedTask>, Vec<LeasedReply>), StorageError> {
         let max = o.max.min(self.settings.claim_batch);
         let explicit = self.local_ids().await;
         if max == 0 || explicit.as_ref().is_some_and(Vec::is_empty) {
             // Nothing this process may take: reap and promote only (its replay claims
             // nothing either).
-            self.step(&StepCall::default()).await?;
-            return Ok(Vec::new());
+            let stepped = self
+                .step(&StepCall {
+                    leased,
+                    ..StepCall::default()
+                })
+                .await?;
+            return Ok((Vec::new(), stepped.leased));
         }
         let caps: Vec<(String, usize)> = o.types.iter().map(|t| (t.clone(), max)).collect();
         let tokens: Vec<String> = (0..max).map(|_| new_lease()).collect();
@@ -345,6 +404,7 @@ impl Shared {
                 tokens: &tokens,
                 visibility_ms: Some(o.lease_ms),
                 max: Some(max),
+                leased,
                 ..StepCall::default()
             })
             .await?;
@@ -357,7 +417,7 @@ impl Shared {
                 .collect();
             self.storage.note_changed(hashes.iter().map(String::as_str));
         }
-        Ok(stepped
+        let claimed = stepped
             .claimed
             .into_iter()
             .zip(tokens)
@@ -368,7 +428,8 @@ impl Shared {
                 deadline_ms: now + o.lease_ms,
                 max_attempts,
             })
-            .collect())
+            .collect();
+        Ok((claimed, stepped.leased))
     }
 
     /// One leased operation, sent with the others waiting (see [`Desk`]); its reply.
@@ -623,8 +684,41 @@ impl Scheduler {
         &self,
         reports: &[LeaseReport],
     ) -> Vec<Result<ReportOutcome, SchedulerError>> {
-        // The backoff of a failure depends on its attempt, which the lease pins: read those
-        // first, all at once (the script checks the lease again).
+        let prepared = self.prepare_reports(reports).await;
+        let replies = self.shared.leased_many(prepared.ops.clone()).await;
+        prepared.finish(reports, replies)
+    }
+
+    /// [`Scheduler::report_leases`] and one claim attempt (without waiting: `options.wait`
+    /// is not used), in one step. Answers the reports' results and the claim's; a storage
+    /// error of that step is every report's error and the claim's.
+    pub async fn claim_reporting(
+        &self,
+        options: &ClaimOptions,
+        reports: &[LeaseReport],
+    ) -> (
+        Vec<Result<ReportOutcome, SchedulerError>>,
+        Result<Vec<ClaimedTask>, SchedulerError>,
+    ) {
+        let prepared = self.prepare_reports(reports).await;
+        let (replies, claimed) = match self.shared.claim_once_with(options, &prepared.ops).await {
+            Ok((claimed, replies)) => (replies.into_iter().map(Ok).collect(), Ok(claimed)),
+            Err(e) => (
+                prepared
+                    .ops
+                    .iter()
+                    .map(|_| Err(SchedulerError::Storage(e.clone())))
+                    .collect(),
+                Err(SchedulerError::Storage(e)),
+            ),
+        };
+        (prepared.finish(reports, replies), claimed)
+    }
+
+    /// The leased operations of `reports`: failures' attempts read first, all at once (the
+    /// backoff depends on the attempt, which the lease pins; the script checks the lease
+    /// again); an entry refused here (an error too long) is not sent.
+    async fn prepare_reports(&self, reports: &[LeaseReport]) -> PreparedReports {
         let attempts = futures::future::join_all(reports.iter().map(|r| async move {
             match r {
                 LeaseReport::Complete { .. } => Ok(0),
@@ -638,21 +732,17 @@ impl Scheduler {
             }
         }))
         .await;
-        let mut results: Vec<Option<Result<ReportOutcome, SchedulerError>>> =
-            Vec::with_capacity(reports.len());
-        let mut ops = Vec::with_capacity(reports.len());
-        let mut sent = Vec::with_capacity(reports.len());
+        let mut prepared = PreparedReports::default();
         for (i, (report, attempt)) in reports.iter().zip(attempts).enumerate() {
             let attempt = match attempt {
                 Ok(a) => a,
                 Err(e) => {
-                    results.push(Some(Err(e)));
+                    prepared.refused.push((i, e));
                     continue;
                 }
             };
-            results.push(None);
-            sent.push(i);
-            ops.push(match report {
+            prepared.sent.push(i);
+            prepared.ops.push(match report {
                 LeaseReport::Complete { id, lease, result } => LeasedOp::Complete {
                     id: id.clone(),
                     lease: lease.clone(),
@@ -666,27 +756,7 @@ impl Scheduler {
                 },
             });
         }
-        let replies = self.shared.leased_many(ops).await;
-        for (i, reply) in sent.into_iter().zip(replies) {
-            let id = reports[i].id();
-            results[i] = Some(reply.and_then(|reply| {
-                reply.check(id)?;
-                Ok(match reports[i] {
-                    LeaseReport::Complete { .. } => ReportOutcome::Completed,
-                    LeaseReport::Fail { .. } => ReportOutcome::Failed(failed_attempt(&reply)),
-                })
-            }));
-        }
-        results
-            .into_iter()
-            .map(|r| {
-                r.unwrap_or_else(|| {
-                    Err(SchedulerError::Storage(StorageError::Unavailable(
-                        "no reply".into(),
-                    )))
-                })
-            })
-            .collect()
+        prepared
     }
 
     /// The attempt a task's hash records (1 when it says none).

@@ -17,8 +17,8 @@
 //!   finished, or was reaped after its deadline and perhaps claimed again): nothing changed.
 //!   404 when there is no such task (never added, or completed and its hash gone).
 //! - A claim's `report` list, or `POST /api/tasks/report` alone, carries finished attempts
-//!   (completes and fails, at most [`REPORT_MAX`]), applied before the claim in one scheduler
-//!   step; each entry is answered in `reported` as its single call would be, a refused one
+//!   (completes and fails, at most [`REPORT_MAX`]), applied in the claim's scheduler step
+//!   (the report alone: at the desk, with the other leaseholders' operations); each entry is answered in `reported` as its single call would be, a refused one
 //!   (400, 404, 409) with its status, without stopping the others or the claim. A list that
 //!   is not one or is too long is a 400 naming `report`, nothing applied.
 
@@ -445,15 +445,22 @@ fn report_entry(i: usize, entry: Value, max_data: usize) -> Result<LeaseReport, 
     }
 }
 
-/// Applies the checked entries of a `report` list (one desk batch) and answers one outcome
-/// per entry, in order: `{"id", "status", "retry_at_ms"?}` as the single call answers, or
-/// `{"id", "error": {"status", "message", "field"}}` with the status it would have had alone.
-async fn apply_reports(scheduler: &Scheduler, entries: Vec<CheckedReport>) -> Vec<Value> {
-    let valid: Vec<LeaseReport> = entries
+/// The entries of a `report` list that passed their checks, in order.
+fn valid_reports(entries: &[CheckedReport]) -> Vec<LeaseReport> {
+    entries
         .iter()
         .filter_map(|(_, r)| r.as_ref().ok().cloned())
-        .collect();
-    let mut applied = scheduler.report_leases(&valid).await.into_iter();
+        .collect()
+}
+
+/// One outcome per entry of a `report` list, in order, from the scheduler's results for its
+/// valid entries: `{"id", "status", "retry_at_ms"?}` as the single call answers, or `{"id",
+/// "error": {"status", "message", "field"}}` with the status it would have had alone.
+fn answer_reports(
+    entries: Vec<CheckedReport>,
+    applied: Vec<Result<ReportOutcome, SchedulerError>>,
+) -> Vec<Value> {
+    let mut applied = applied.into_iter();
     entries
         .into_iter()
         .map(|(id, checked)| {
@@ -461,7 +468,7 @@ async fn apply_reports(scheduler: &Scheduler, entries: Vec<CheckedReport>) -> Ve
                 applied
                     .next()
                     .unwrap_or_else(|| {
-                        // report_leases answers one result per report.
+                        // The scheduler answers one result per report.
                         Err(SchedulerError::Storage(
                             crate::storage::StorageError::Unavailable("no reply".into()),
                         ))
@@ -498,7 +505,11 @@ async fn apply_reports(scheduler: &Scheduler, entries: Vec<CheckedReport>) -> Ve
 async fn report(state: web::Data<AppState>, body: Bytes) -> Result<HttpResponse, ApiError> {
     let request: ReportRequest = parse_json(&body)?;
     let entries = parse_reports(&state, request.report)?;
-    let reported = apply_reports(&scheduler(&state), entries).await;
+    // At the desk with the other leaseholders' operations: one step carries them all.
+    let applied = scheduler(&state)
+        .report_leases(&valid_reports(&entries))
+        .await;
+    let reported = answer_reports(entries, applied);
     Ok(HttpResponse::Ok().json(json!({ "reported": reported })))
 }
 
@@ -567,18 +578,23 @@ async fn claim(state: web::Data<AppState>, body: Bytes) -> Result<HttpResponse, 
         None => None,
     };
     let scheduler = scheduler(&state);
-    // The finished attempts first (their slots are the ones claimed for), then the claim.
-    let reported = match entries {
-        Some(entries) => Some(apply_reports(&scheduler, entries).await),
-        None => None,
-    };
     let answer = move |tasks: Vec<Value>, reported: Option<Vec<Value>>| match reported {
         Some(reported) => json!({ "tasks": tasks, "reported": reported }),
         None => json!({ "tasks": tasks }),
     };
-    let claimed = match scheduler.claim(&options).await {
+    // The finished attempts and the first claim attempt in one step.
+    let (claimed, reported) = match entries {
+        Some(entries) => {
+            let (applied, claimed) = scheduler
+                .claim_reporting(&options, &valid_reports(&entries))
+                .await;
+            (claimed, Some(answer_reports(entries, applied)))
+        }
+        None => (scheduler.claim(&options).await, None),
+    };
+    let claimed = match claimed {
         Ok(claimed) => claimed,
-        // The reports were applied: their outcomes must reach the worker, which claims again.
+        // The outcomes of the reports must reach the worker, which claims again.
         Err(e) if reported.is_some() => {
             tracing::warn!(error = %e, "a claim carrying reports failed; answering no task");
             Vec::new()

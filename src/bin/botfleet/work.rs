@@ -125,6 +125,9 @@ pub struct Summary {
     /// Whose lease the daemon no longer honoured (nothing reported), or whose result could
     /// not be reported before the deadline: they return to the queue.
     pub lost: AtomicU64,
+    /// Told after the counters of a request's reports changed.
+    #[serde(skip)]
+    pub changed: tokio::sync::Notify,
 }
 
 impl Summary {
@@ -587,6 +590,7 @@ impl Outbox {
                 again.push(report);
             }
         }
+        summary.changed.notify_waiters();
         if !again.is_empty() {
             let e = ClientError::Refused {
                 status: 503,
@@ -607,6 +611,7 @@ impl Outbox {
                 ..
             }
         );
+        let _told = Told(summary);
         let mut waiting = self.waiting.lock();
         for report in reports {
             if refused {
@@ -701,6 +706,15 @@ async fn run_one(
             Kind::Interrupted,
             Some("interrupted: the worker was stopped by a second signal".into()),
         ),
+    }
+}
+
+/// Tells the watchers of a summary that it changed, when dropped.
+struct Told<'a>(&'a Summary);
+
+impl Drop for Told<'_> {
+    fn drop(&mut self) {
+        self.0.changed.notify_waiters();
     }
 }
 

@@ -28,6 +28,9 @@ use botfleet::settings::Settings;
 use botfleet::storage::Mode;
 use botfleet::Fleet;
 
+/// How often the wait for the last task checks the worker's end and the time limit.
+const CHECK: Duration = Duration::from_millis(100);
+
 /// A job that does nothing.
 struct Noop;
 
@@ -116,8 +119,17 @@ pub async fn run(
         };
         let limit = Duration::from_secs(300);
         let done = || summary.completed.load(Ordering::Relaxed) as usize;
-        while done() < n && t1.elapsed() < limit && !worker.is_finished() {
-            tokio::time::sleep(Duration::from_millis(1)).await;
+        // Woken by each request's outcomes (a timer of its own would wake a thread every
+        // millisecond, more often than the worker makes requests); the worker's end is
+        // noticed within CHECK.
+        loop {
+            let changed = summary.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if done() >= n || t1.elapsed() >= limit || worker.is_finished() {
+                break;
+            }
+            let _ = tokio::time::timeout(CHECK, changed).await;
         }
         let process = t1.elapsed();
         let _ = stop_tx.send(Stop::Drain);
