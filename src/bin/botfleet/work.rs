@@ -356,6 +356,12 @@ async fn work_loop(
                     outbox.settle(reports, &reported, summary);
                     Ok(tasks)
                 }
+                // Too large for the daemon's body limit: the reports go one per request
+                // from now on (one still too large is lost), and the claim is made again.
+                Err(e @ ClientError::Refused { status: 413, .. }) => {
+                    outbox.unsent(reports, &e, RETRY_MIN, summary);
+                    continue;
+                }
                 Err(e) => {
                     outbox.unsent(reports, &e, RETRY_MIN, summary);
                     Err(e)
@@ -539,6 +545,9 @@ struct Outbox {
     // A plain mutex: held for a push or a swap, never across an await.
     waiting: parking_lot::Mutex<Vec<Report>>,
     added: tokio::sync::Notify,
+    /// Set once the daemon refused a request's reports as too large (a body limit below
+    /// [`REPORT_BATCH_BYTES`]).
+    one_at_a_time: std::sync::atomic::AtomicBool,
 }
 
 impl Outbox {
@@ -554,11 +563,16 @@ impl Outbox {
     /// The reports waiting, oldest first, up to [`REPORT_BATCH`] and [`REPORT_BATCH_BYTES`]
     /// (at least one).
     fn take(&self) -> Vec<Report> {
+        let most = if self.one_at_a_time.load(Ordering::Relaxed) {
+            1
+        } else {
+            REPORT_BATCH
+        };
         let mut waiting = self.waiting.lock();
         let mut bytes = 0;
         let n = waiting
             .iter()
-            .take(REPORT_BATCH)
+            .take(most)
             .take_while(|r| {
                 bytes += r.bytes;
                 bytes <= REPORT_BATCH_BYTES
@@ -602,8 +616,22 @@ impl Outbox {
 
     /// Reports a request could not deliver (`e`): back to the outbox while their lease lasts
     /// past the next attempt (`retry` from now), else lost (they return to the queue at their
-    /// deadline). A report the daemon refused as a whole (4xx) is lost.
+    /// deadline). A report the daemon refused as a whole (4xx) is lost, unless the request was
+    /// too large (413) for more than one: they are sent again, one per request from now on.
     fn unsent(&self, reports: Vec<Report>, e: &ClientError, retry: Duration, summary: &Summary) {
+        let too_large = matches!(e, ClientError::Refused { status: 413, .. });
+        if too_large && reports.len() > 1 {
+            tracing::warn!(
+                reports = reports.len(),
+                "the daemon refused the reports as too large; sending them one per request"
+            );
+            self.one_at_a_time.store(true, Ordering::Relaxed);
+            let mut waiting = self.waiting.lock();
+            for (i, report) in reports.into_iter().enumerate() {
+                waiting.insert(i, report);
+            }
+            return;
+        }
         let refused = matches!(
             e,
             ClientError::Refused {
@@ -959,6 +987,27 @@ mod tests {
         outbox.unsent(vec![late, report("soon", 1)], &e, RETRY_MIN, &summary);
         assert_eq!(count(&summary.lost), 2);
         assert_eq!(outbox.take()[0].id, "soon");
+    }
+
+    #[test]
+    fn reports_too_large_together_go_one_per_request_and_one_too_large_is_lost() {
+        let outbox = Outbox::default();
+        let summary = Summary::default();
+        let e = ClientError::Refused {
+            status: 413,
+            message: "too large".into(),
+        };
+        outbox.unsent(
+            vec![report("a", 1), report("b", 1)],
+            &e,
+            RETRY_MIN,
+            &summary,
+        );
+        let first = outbox.take();
+        assert_eq!((first.len(), first[0].id.as_str()), (1, "a"));
+        outbox.unsent(first, &e, RETRY_MIN, &summary);
+        assert_eq!(summary.lost.load(Ordering::Relaxed), 1);
+        assert_eq!(outbox.take()[0].id, "b");
     }
 
     #[test]
