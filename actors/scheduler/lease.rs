@@ -11,6 +11,9 @@
 //! changes nothing and is answered [`SchedulerError::StaleLease`]. A failure is retried with
 //! the scheduler's backoff, and dead-lettered after the last attempt, exactly as a handler's
 //! `Err`. A leaseholder that dies loses its tasks to the reaper at their deadline.
+//! [`Scheduler::report_leases`] applies many completions and failures at once (a worker's
+//! finished tasks, reported with its next claim): they wait at the desk with the others, so
+//! one step carries them, and each is answered as its single call would be.
 //!
 //! [`Scheduler::claim`] waits up to [`ClaimOptions::wait`] for tasks: it tries again as soon as
 //! this process makes a task ready (an enqueue, a dead letter retried, a delayed task
@@ -211,6 +214,100 @@ impl LeasedReply {
     }
 }
 
+/// A leaseholder's finished attempt, one entry of [`Scheduler::report_leases`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseReport {
+    /// The attempt succeeded: [`Scheduler::complete_lease`].
+    Complete {
+        /// The task.
+        id: String,
+        /// The lease its claim handed out.
+        lease: String,
+        /// Its result (JSON text), if any.
+        result: Option<String>,
+    },
+    /// The attempt failed: [`Scheduler::fail_lease`].
+    Fail {
+        /// The task.
+        id: String,
+        /// The lease its claim handed out.
+        lease: String,
+        /// Why (at most [`MAX_ERROR_BYTES`]).
+        error: String,
+    },
+}
+
+impl LeaseReport {
+    /// The task's id.
+    pub fn id(&self) -> &str {
+        match self {
+            LeaseReport::Complete { id, .. } | LeaseReport::Fail { id, .. } => id,
+        }
+    }
+}
+
+/// What a reported attempt became.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportOutcome {
+    /// Completed.
+    Completed,
+    /// Failed: retried later, or dead-lettered.
+    Failed(FailedAttempt),
+}
+
+/// Reports turned into leased operations, and those refused before any was sent.
+#[derive(Default)]
+struct PreparedReports {
+    ops: Vec<LeasedOp>,
+    /// The index of each operation's report.
+    sent: Vec<usize>,
+    refused: Vec<(usize, SchedulerError)>,
+}
+
+impl PreparedReports {
+    /// One result per report, in order, from the operations' `replies`.
+    fn finish(
+        self,
+        reports: &[LeaseReport],
+        replies: Vec<Result<LeasedReply, SchedulerError>>,
+    ) -> Vec<Result<ReportOutcome, SchedulerError>> {
+        let mut results: Vec<Option<Result<ReportOutcome, SchedulerError>>> =
+            reports.iter().map(|_| None).collect();
+        for (i, e) in self.refused {
+            results[i] = Some(Err(e));
+        }
+        for (i, reply) in self.sent.into_iter().zip(replies) {
+            let report = &reports[i];
+            results[i] = Some(reply.and_then(|reply| {
+                reply.check(report.id())?;
+                Ok(match report {
+                    LeaseReport::Complete { .. } => ReportOutcome::Completed,
+                    LeaseReport::Fail { .. } => ReportOutcome::Failed(failed_attempt(&reply)),
+                })
+            }));
+        }
+        results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    Err(SchedulerError::Storage(StorageError::Unavailable(
+                        "no reply".into(),
+                    )))
+                })
+            })
+            .collect()
+    }
+}
+
+/// What the reply to a failure says became of the task.
+fn failed_attempt(reply: &LeasedReply) -> FailedAttempt {
+    let dead = reply.status == TaskStatus::Failed.as_str();
+    FailedAttempt {
+        dead,
+        retry_at_ms: (!dead).then_some(reply.n),
+    }
+}
+
 /// A random lease token: 128 bits from the thread's CSPRNG, as 32 hex digits.
 fn new_lease() -> String {
     format!("{:032x}", rand::random::<u128>())
@@ -273,13 +370,28 @@ impl Shared {
 
     /// One claim attempt, without waiting.
     async fn claim_once(&self, o: &ClaimOptions) -> Result<Vec<ClaimedTask>, SchedulerError> {
+        Ok(self.claim_once_with(o, &[]).await?.0)
+    }
+
+    /// One claim attempt carrying the leased operations `leased` in its step (applied
+    /// whatever is claimed); the tasks claimed and the operations' replies.
+    async fn claim_once_with(
+        &self,
+        o: &ClaimOptions,
+        leased: &[LeasedOp],
+    ) -> Result<(Vec<ClaimedTask>, Vec<LeasedReply>), StorageError> {
         let max = o.max.min(self.settings.claim_batch);
         let explicit = self.local_ids().await;
         if max == 0 || explicit.as_ref().is_some_and(Vec::is_empty) {
             // Nothing this process may take: reap and promote only (its replay claims
             // nothing either).
-            self.step(&StepCall::default()).await?;
-            return Ok(Vec::new());
+            let stepped = self
+                .step(&StepCall {
+                    leased,
+                    ..StepCall::default()
+                })
+                .await?;
+            return Ok((Vec::new(), stepped.leased));
         }
         let caps: Vec<(String, usize)> = o.types.iter().map(|t| (t.clone(), max)).collect();
         let tokens: Vec<String> = (0..max).map(|_| new_lease()).collect();
@@ -292,6 +404,7 @@ impl Shared {
                 tokens: &tokens,
                 visibility_ms: Some(o.lease_ms),
                 max: Some(max),
+                leased,
                 ..StepCall::default()
             })
             .await?;
@@ -304,7 +417,7 @@ impl Shared {
                 .collect();
             self.storage.note_changed(hashes.iter().map(String::as_str));
         }
-        Ok(stepped
+        let claimed = stepped
             .claimed
             .into_iter()
             .zip(tokens)
@@ -315,14 +428,37 @@ impl Shared {
                 deadline_ms: now + o.lease_ms,
                 max_attempts,
             })
-            .collect())
+            .collect();
+        Ok((claimed, stepped.leased))
     }
 
     /// One leased operation, sent with the others waiting (see [`Desk`]); its reply.
     async fn leased(&self, op: LeasedOp) -> Result<LeasedReply, SchedulerError> {
         let id = op.id().to_string();
-        let (tx, mut rx) = oneshot::channel();
-        self.desk.pending.lock().push((op, tx));
+        let reply = self.leased_many(vec![op]).await.pop().unwrap_or_else(|| {
+            // leased_many answers one reply per operation.
+            Err(SchedulerError::Storage(StorageError::Unavailable(
+                "no reply".into(),
+            )))
+        })?;
+        reply.check(&id)?;
+        Ok(reply)
+    }
+
+    /// Leased operations, sent with the others waiting (see [`Desk`]): one step carries them
+    /// all (up to [`MAX_LEASED_PER_STEP`]); their replies in order, unchecked.
+    async fn leased_many(&self, ops: Vec<LeasedOp>) -> Vec<Result<LeasedReply, SchedulerError>> {
+        let mut receivers = Vec::with_capacity(ops.len());
+        {
+            let mut pending = self.desk.pending.lock();
+            for op in ops {
+                let (tx, rx) = oneshot::channel();
+                pending.push((op, tx));
+                receivers.push(rx);
+            }
+        }
+        let mut replies: Vec<Option<Result<LeasedReply, SchedulerError>>> =
+            receivers.iter().map(|_| None).collect();
         loop {
             // Listening before looking: a sender that stops after this call found it busy
             // wakes it.
@@ -333,21 +469,34 @@ impl Shared {
                 let _sending = Sending(&self.desk);
                 self.send_waiting().await;
             }
-            // Our operation was sent (by this call or another), unless another call took it
-            // and was dropped mid-step; or it still waits, behind a step in flight.
-            tokio::select! {
-                reply = &mut rx => {
-                    let reply = reply.map_err(|_| {
-                        SchedulerError::Storage(StorageError::Unavailable(
-                            "the step that carried this call was interrupted; it may have been applied".into(),
-                        ))
-                    })??;
-                    reply.check(&id)?;
-                    return Ok(reply);
+            // Our operations were sent (by this call or another), unless another call took
+            // them and was dropped mid-step; or some still wait, behind a step in flight.
+            let all = async {
+                for (rx, reply) in receivers.iter_mut().zip(replies.iter_mut()) {
+                    if reply.is_none() {
+                        *reply = Some(rx.await.unwrap_or_else(|_| {
+                            Err(SchedulerError::Storage(StorageError::Unavailable(
+                                "the step that carried this call was interrupted; it may have been applied".into(),
+                            )))
+                        }));
+                    }
                 }
+            };
+            tokio::select! {
+                () = all => break,
                 _ = idle => {}
             }
         }
+        replies
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    Err(SchedulerError::Storage(StorageError::Unavailable(
+                        "no reply".into(),
+                    )))
+                })
+            })
+            .collect()
     }
 
     /// Sends the waiting operations, a step per [`MAX_LEASED_PER_STEP`], until none waits.
@@ -512,14 +661,7 @@ impl Scheduler {
         }
         // The backoff depends on the attempt, which the lease pins: read it first (the script
         // checks the lease again, so a claim in between makes this a stale lease).
-        let key = format!("{}{id}", self.shared.keys.task_prefix);
-        let attempt: u32 = self
-            .shared
-            .storage
-            .hget(&key, "attempts")
-            .await?
-            .and_then(|a| a.parse().ok())
-            .unwrap_or(1);
+        let attempt = self.attempt_of(id).await?;
         let retry_ms = now_ms() + self.shared.backoff_ms(attempt);
         let reply = self
             .shared
@@ -530,11 +672,103 @@ impl Scheduler {
                 retry_ms,
             })
             .await?;
-        let dead = reply.status == TaskStatus::Failed.as_str();
-        Ok(FailedAttempt {
-            dead,
-            retry_at_ms: (!dead).then_some(reply.n),
-        })
+        Ok(failed_attempt(&reply))
+    }
+
+    /// Applies leaseholders' finished attempts, each as [`Scheduler::complete_lease`] or
+    /// [`Scheduler::fail_lease`] would alone, but together: they join the operations waiting
+    /// at the desk, so one step carries them all. Answers one result per report, in order;
+    /// an entry refused (a stale lease, no such task, an error too long) leaves the others
+    /// untouched.
+    pub async fn report_leases(
+        &self,
+        reports: &[LeaseReport],
+    ) -> Vec<Result<ReportOutcome, SchedulerError>> {
+        let prepared = self.prepare_reports(reports).await;
+        let replies = self.shared.leased_many(prepared.ops.clone()).await;
+        prepared.finish(reports, replies)
+    }
+
+    /// [`Scheduler::report_leases`] and one claim attempt (without waiting: `options.wait`
+    /// is not used), in one step. Answers the reports' results and the claim's; a storage
+    /// error of that step is every report's error and the claim's.
+    pub async fn claim_reporting(
+        &self,
+        options: &ClaimOptions,
+        reports: &[LeaseReport],
+    ) -> (
+        Vec<Result<ReportOutcome, SchedulerError>>,
+        Result<Vec<ClaimedTask>, SchedulerError>,
+    ) {
+        let prepared = self.prepare_reports(reports).await;
+        let (replies, claimed) = match self.shared.claim_once_with(options, &prepared.ops).await {
+            Ok((claimed, replies)) => (replies.into_iter().map(Ok).collect(), Ok(claimed)),
+            Err(e) => (
+                prepared
+                    .ops
+                    .iter()
+                    .map(|_| Err(SchedulerError::Storage(e.clone())))
+                    .collect(),
+                Err(SchedulerError::Storage(e)),
+            ),
+        };
+        (prepared.finish(reports, replies), claimed)
+    }
+
+    /// The leased operations of `reports`: failures' attempts read first, all at once (the
+    /// backoff depends on the attempt, which the lease pins; the script checks the lease
+    /// again); an entry refused here (an error too long) is not sent.
+    async fn prepare_reports(&self, reports: &[LeaseReport]) -> PreparedReports {
+        let attempts = futures::future::join_all(reports.iter().map(|r| async move {
+            match r {
+                LeaseReport::Complete { .. } => Ok(0),
+                LeaseReport::Fail { error, .. } if error.len() > MAX_ERROR_BYTES => {
+                    Err(SchedulerError::Invalid {
+                        what: "error",
+                        message: format!("{} bytes, more than {MAX_ERROR_BYTES}", error.len()),
+                    })
+                }
+                LeaseReport::Fail { id, .. } => self.attempt_of(id).await,
+            }
+        }))
+        .await;
+        let mut prepared = PreparedReports::default();
+        for (i, (report, attempt)) in reports.iter().zip(attempts).enumerate() {
+            let attempt = match attempt {
+                Ok(a) => a,
+                Err(e) => {
+                    prepared.refused.push((i, e));
+                    continue;
+                }
+            };
+            prepared.sent.push(i);
+            prepared.ops.push(match report {
+                LeaseReport::Complete { id, lease, result } => LeasedOp::Complete {
+                    id: id.clone(),
+                    lease: lease.clone(),
+                    result: result.clone().unwrap_or_default(),
+                },
+                LeaseReport::Fail { id, lease, error } => LeasedOp::Fail {
+                    id: id.clone(),
+                    lease: lease.clone(),
+                    error: error.clone(),
+                    retry_ms: now_ms() + self.shared.backoff_ms(attempt),
+                },
+            });
+        }
+        prepared
+    }
+
+    /// The attempt a task's hash records (1 when it says none).
+    async fn attempt_of(&self, id: &str) -> Result<u32, SchedulerError> {
+        let key = format!("{}{id}", self.shared.keys.task_prefix);
+        Ok(self
+            .shared
+            .storage
+            .hget(&key, "attempts")
+            .await?
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(1))
     }
 
     /// Moves the dead letters `ids` back to the queue, their attempts reset; ids not in the

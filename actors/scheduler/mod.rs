@@ -134,7 +134,9 @@ use crate::settings::SchedulerSettings;
 use crate::storage::{Mode, Op, Remembered, Reply, Storage, StorageError};
 use crate::supervisor::{fault, ChildContext};
 use ids::new_task_id;
-pub use lease::{ClaimOptions, ClaimedTask, FailedAttempt, MAX_ERROR_BYTES};
+pub use lease::{
+    ClaimOptions, ClaimedTask, FailedAttempt, LeaseReport, ReportOutcome, MAX_ERROR_BYTES,
+};
 use scripts::scripts;
 
 /// Longest task type name, bytes.

@@ -16,6 +16,11 @@
 //! - extend, complete and fail answer 409 when the lease is no longer the task's (its attempt
 //!   finished, or was reaped after its deadline and perhaps claimed again): nothing changed.
 //!   404 when there is no such task (never added, or completed and its hash gone).
+//! - A claim's `report` list, or `POST /api/tasks/report` alone, carries finished attempts
+//!   (completes and fails, at most [`REPORT_MAX`]), applied in the claim's scheduler step
+//!   (the report alone: at the desk, with the other leaseholders' operations); each entry is answered in `reported` as its single call would be, a refused one
+//!   (400, 404, 409) with its status, without stopping the others or the claim. A list that
+//!   is not one or is too long is a 400 naming `report`, nothing applied.
 
 use actix_web::web::{self, Bytes};
 use actix_web::{HttpRequest, HttpResponse};
@@ -26,12 +31,14 @@ use super::bot::{check_task_type, parse_json, ApiError};
 use super::fleet_bot::{archived, list_tasks, scheduler_error, task_json};
 use super::AppState;
 use crate::actors::scheduler::{
-    default_priority, ClaimOptions, ClaimedTask, NewTask, Scheduler, SchedulerError, TaskStatus,
-    ANY_TYPE, MAX_ERROR_BYTES, MAX_ID_BYTES, MAX_PRIORITY,
+    default_priority, ClaimOptions, ClaimedTask, LeaseReport, NewTask, ReportOutcome, Scheduler,
+    SchedulerError, TaskStatus, ANY_TYPE, MAX_ERROR_BYTES, MAX_ID_BYTES, MAX_PRIORITY,
 };
 
 /// Most tasks one claim takes.
 pub const CLAIM_MAX: usize = 100;
+/// Most finished attempts one claim or report carries.
+pub const REPORT_MAX: usize = 1_000;
 /// Longest wait of a claim, milliseconds.
 pub const WAIT_MAX_MS: u64 = 60_000;
 /// Shortest lease a claim or an extension asks for, milliseconds.
@@ -52,7 +59,7 @@ const LIST_MAX: usize = 1_000;
 /// Most attempts a task may be given.
 const ATTEMPTS_MAX: u32 = 1_000;
 /// Ids that would read as another route under `/api/tasks/`.
-const RESERVED_IDS: &[&str] = &["claim", "dead", "delayed"];
+const RESERVED_IDS: &[&str] = &["claim", "dead", "delayed", "report"];
 
 /// Registers the task routes, each with its full path. The router tries them in this order,
 /// one regular expression per route with a `{...}` segment: the worker protocol's routes come
@@ -60,6 +67,7 @@ const RESERVED_IDS: &[&str] = &["claim", "dead", "delayed"];
 /// before `{id}`.
 pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/api/tasks/claim", web::post().to(claim))
+        .route("/api/tasks/report", web::post().to(report))
         .route("/api/tasks/{id}/complete", web::post().to(complete))
         .route("/api/tasks/{id}/fail", web::post().to(fail))
         .route("/api/tasks/{id}/extend", web::post().to(extend))
@@ -105,6 +113,28 @@ struct ClaimRequest {
     wait_ms: Option<u64>,
     #[serde(default)]
     lease_ms: Option<u64>,
+    /// Finished attempts to apply before the claim (checked entry by entry).
+    #[serde(default)]
+    report: Option<Value>,
+}
+
+/// Body of `POST /api/tasks/report`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReportRequest {
+    report: Value,
+}
+
+/// One entry of a `report` list: a complete (`result`) or a fail (`error`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReportEntry {
+    id: String,
+    lease: String,
+    #[serde(default)]
+    result: Option<Value>,
+    #[serde(default)]
+    error: Option<String>,
 }
 
 /// Body of `POST /api/tasks/{id}/extend`.
@@ -357,6 +387,167 @@ async fn get(
     Ok(fresh(&state, value))
 }
 
+/// An entry of a `report` list: its `id` as given (null when missing) and the report, or why
+/// it is refused.
+type CheckedReport = (Value, Result<LeaseReport, ApiError>);
+
+/// A `report` list: the entries, each checked alone (a bad entry is its own 400, the others
+/// still apply). The list as a whole must be an array of at most [`REPORT_MAX`] entries:
+/// otherwise 400 naming `report`, nothing applied.
+fn parse_reports(state: &AppState, list: Value) -> Result<Vec<CheckedReport>, ApiError> {
+    let Value::Array(entries) = list else {
+        return Err(ApiError::bad_field(
+            "report",
+            "expected a list of {\"id\", \"lease\", \"result\"?} or {\"id\", \"lease\", \"error\"}",
+        ));
+    };
+    if entries.len() > REPORT_MAX {
+        return Err(ApiError::bad_field(
+            "report",
+            format!("{} entries, more than {REPORT_MAX}", entries.len()),
+        ));
+    }
+    let max_data = state.fleet.settings().scheduler.max_data_bytes;
+    Ok(entries
+        .into_iter()
+        .enumerate()
+        .map(|(i, entry)| {
+            let id = entry.get("id").filter(|v| v.is_string()).cloned();
+            (id.unwrap_or(Value::Null), report_entry(i, entry, max_data))
+        })
+        .collect())
+}
+
+/// Entry `i` of a `report` list, checked as its single call would be (400 naming
+/// `report[i].FIELD`).
+fn report_entry(i: usize, entry: Value, max_data: usize) -> Result<LeaseReport, ApiError> {
+    let field = |name: &str| format!("report[{i}].{name}");
+    let bad = |name: &str, message: String| ApiError::bad_field(&field(name), message);
+    if !entry.is_object() {
+        return Err(ApiError::bad_field(
+            &format!("report[{i}]"),
+            "expected an object {\"id\", \"lease\", ...}",
+        ));
+    }
+    let entry: ReportEntry = serde_json::from_value(entry).map_err(|e| ApiError::BadRequest {
+        field: Some(format!("report[{i}]")),
+        message: e.to_string(),
+    })?;
+    check_id(&field("id"), &entry.id)?;
+    if entry.lease.is_empty() || entry.lease.len() > LEASE_MAX_BYTES {
+        return Err(bad("lease", "expected the lease a claim answered".into()));
+    }
+    match (entry.result, entry.error) {
+        (Some(_), Some(_)) => Err(bad(
+            "error",
+            "give a result (completed) or an error (failed), not both".into(),
+        )),
+        (result, None) => {
+            let result = result.as_ref().map(Value::to_string);
+            if let Some(text) = &result {
+                if text.len() > max_data {
+                    return Err(bad(
+                        "result",
+                        format!(
+                            "{} bytes, more than scheduler.max_data_bytes ({max_data})",
+                            text.len()
+                        ),
+                    ));
+                }
+            }
+            Ok(LeaseReport::Complete {
+                id: entry.id,
+                lease: entry.lease,
+                result,
+            })
+        }
+        (None, Some(error)) => {
+            if error.len() > MAX_ERROR_BYTES {
+                return Err(bad(
+                    "error",
+                    format!(
+                        "{} bytes, more than {MAX_ERROR_BYTES}: send the end of it",
+                        error.len()
+                    ),
+                ));
+            }
+            Ok(LeaseReport::Fail {
+                id: entry.id,
+                lease: entry.lease,
+                error,
+            })
+        }
+    }
+}
+
+/// The entries of a `report` list that passed their checks, in order.
+fn valid_reports(entries: &[CheckedReport]) -> Vec<LeaseReport> {
+    entries
+        .iter()
+        .filter_map(|(_, r)| r.as_ref().ok().cloned())
+        .collect()
+}
+
+/// One outcome per entry of a `report` list, in order, from the scheduler's results for its
+/// valid entries: `{"id", "status", "retry_at_ms"?}` as the single call answers, or `{"id",
+/// "error": {"status", "message", "field"}}` with the status it would have had alone.
+fn answer_reports(
+    entries: Vec<CheckedReport>,
+    applied: Vec<Result<ReportOutcome, SchedulerError>>,
+) -> Vec<Value> {
+    let mut applied = applied.into_iter();
+    entries
+        .into_iter()
+        .map(|(id, checked)| {
+            let outcome = checked.and_then(|_| {
+                applied
+                    .next()
+                    .unwrap_or_else(|| {
+                        // The scheduler answers one result per report.
+                        Err(SchedulerError::Storage(
+                            crate::storage::StorageError::Unavailable("no reply".into()),
+                        ))
+                    })
+                    .map_err(lease_error)
+            });
+            match outcome {
+                Ok(ReportOutcome::Completed) => {
+                    json!({ "id": id, "status": TaskStatus::Completed.as_str() })
+                }
+                Ok(ReportOutcome::Failed(failed)) => json!({
+                    "id": id,
+                    "status": if failed.dead { TaskStatus::Failed } else { TaskStatus::Pending }.as_str(),
+                    "retry_at_ms": failed.retry_at_ms,
+                }),
+                Err(e) => {
+                    use actix_web::ResponseError;
+                    let field = match &e {
+                        ApiError::BadRequest { field, .. } => field.clone(),
+                        _ => None,
+                    };
+                    json!({ "id": id, "error": {
+                        "status": e.status_code().as_u16(),
+                        "message": e.to_string(),
+                        "field": field,
+                    }})
+                }
+            }
+        })
+        .collect()
+}
+
+/// `POST /api/tasks/report`: `{"reported": [...]}`, one outcome per entry.
+async fn report(state: web::Data<AppState>, body: Bytes) -> Result<HttpResponse, ApiError> {
+    let request: ReportRequest = parse_json(&body)?;
+    let entries = parse_reports(&state, request.report)?;
+    // At the desk with the other leaseholders' operations: one step carries them all.
+    let applied = scheduler(&state)
+        .report_leases(&valid_reports(&entries))
+        .await;
+    let reported = answer_reports(entries, applied);
+    Ok(HttpResponse::Ok().json(json!({ "reported": reported })))
+}
+
 fn claimed_json(c: &ClaimedTask) -> Value {
     let data = serde_json::from_str::<Value>(&c.task.data)
         .unwrap_or_else(|_| Value::String(c.task.data.clone()));
@@ -417,11 +608,37 @@ async fn claim(state: web::Data<AppState>, body: Bytes) -> Result<HttpResponse, 
         lease_ms: lease_ms(&state, request.lease_ms)?,
         wait: std::time::Duration::ZERO,
     };
+    let entries = match request.report {
+        Some(list) => Some(parse_reports(&state, list)?),
+        None => None,
+    };
     let scheduler = scheduler(&state);
-    let claimed = scheduler.claim(&options).await.map_err(scheduler_error)?;
+    let answer = move |tasks: Vec<Value>, reported: Option<Vec<Value>>| match reported {
+        Some(reported) => json!({ "tasks": tasks, "reported": reported }),
+        None => json!({ "tasks": tasks }),
+    };
+    // The finished attempts and the first claim attempt in one step.
+    let (claimed, reported) = match entries {
+        Some(entries) => {
+            let (applied, claimed) = scheduler
+                .claim_reporting(&options, &valid_reports(&entries))
+                .await;
+            (claimed, Some(answer_reports(entries, applied)))
+        }
+        None => (scheduler.claim(&options).await, None),
+    };
+    let claimed = match claimed {
+        Ok(claimed) => claimed,
+        // The outcomes of the reports must reach the worker, which claims again.
+        Err(e) if reported.is_some() => {
+            tracing::warn!(error = %e, "a claim carrying reports failed; answering no task");
+            Vec::new()
+        }
+        Err(e) => return Err(scheduler_error(e)),
+    };
     if !claimed.is_empty() || wait_ms == 0 {
         let tasks: Vec<Value> = claimed.iter().map(claimed_json).collect();
-        return Ok(HttpResponse::Ok().json(json!({ "tasks": tasks })));
+        return Ok(HttpResponse::Ok().json(answer(tasks, reported)));
     }
     // Nothing yet: wait in the response body, writing a space (JSON allows whitespace before
     // the value) every WAIT_BEAT. A client gone away (a timeout, a Ctrl-C) is noticed at the
@@ -443,16 +660,19 @@ async fn claim(state: web::Data<AppState>, body: Bytes) -> Result<HttpResponse, 
         }
     });
     let beat = tokio::time::interval_at(tokio::time::Instant::now() + WAIT_BEAT, WAIT_BEAT);
-    let body = futures::stream::unfold(Some((claimed, beat)), |waiting| async move {
-        let (mut claimed, mut beat) = waiting?;
-        tokio::select! {
-            tasks = &mut claimed => {
-                let body = Bytes::from(json!({ "tasks": tasks }).to_string());
-                Some((Ok::<_, actix_web::Error>(body), None))
+    let body = futures::stream::unfold(
+        Some((claimed, beat, reported)),
+        move |waiting| async move {
+            let (mut claimed, mut beat, mut reported) = waiting?;
+            tokio::select! {
+                tasks = &mut claimed => {
+                    let body = Bytes::from(answer(tasks, reported.take()).to_string());
+                    Some((Ok::<_, actix_web::Error>(body), None))
+                }
+                _ = beat.tick() => Some((Ok(Bytes::from_static(b" ")), Some((claimed, beat, reported)))),
             }
-            _ = beat.tick() => Some((Ok(Bytes::from_static(b" ")), Some((claimed, beat)))),
-        }
-    });
+        },
+    );
     Ok(HttpResponse::Ok()
         .content_type("application/json")
         .streaming(body))

@@ -1115,3 +1115,318 @@ async fn concurrent_calls_of_many_leaseholders_each_get_their_own_answer() {
     assert_eq!((pending + delayed, processing, dead), (100, 0, 0));
     daemon.stop().await;
 }
+
+/// Claims up to `max` login tasks; their (id, lease) in order.
+async fn claim_logins(daemon: &Daemon, max: usize) -> Vec<(String, String)> {
+    let (status, claimed) = daemon
+        .post(
+            "/api/tasks/claim",
+            json!({ "types": ["login"], "max": max, "lease_ms": 60000 }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{claimed}");
+    claimed["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["id"].as_str().unwrap().to_string(),
+                t["lease"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_carrying_reports_applies_each_alone_and_claims_more_in_one_request() {
+    let server = RedisServer::start().unwrap();
+    let daemon = Daemon::start(settings(&server.url())).await;
+    for i in 1..=5 {
+        daemon
+            .post(
+                "/api/tasks",
+                json!({ "type": "login", "id": format!("t-{i}") }),
+            )
+            .await;
+    }
+    let held = claim_logins(&daemon, 3).await;
+    let ids: Vec<&str> = held.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(ids, ["t-1", "t-2", "t-3"]);
+    let t2_before = server.cmd(&["HGETALL", "bot:task:t-2"]);
+    let t2_score = server.cmd(&["ZSCORE", "bot:tasks:processing", "t-2"]);
+    let forged = "0123456789abcdef0123456789abcdef";
+    let (status, answer) = daemon
+        .post(
+            "/api/tasks/claim",
+            json!({ "types": ["login"], "max": 5, "lease_ms": 60000, "report": [
+                { "id": "t-1", "lease": held[0].1, "result": { "ok": 1 } },
+                { "id": "t-2", "lease": forged },
+                { "id": "nope", "lease": forged },
+                { "id": "t-3", "lease": held[2].1, "error": "boom" },
+                { "id": "t-2" },
+                { "id": "t-2", "lease": forged, "result": 1, "error": "both" },
+                "not an object",
+            ]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let reported = answer["reported"].as_array().unwrap();
+    assert_eq!(reported.len(), 7, "{answer}");
+    assert_eq!(reported[0], json!({ "id": "t-1", "status": "completed" }));
+    assert_eq!(reported[1]["id"], "t-2");
+    assert_eq!(reported[1]["error"]["status"], 409, "{answer}");
+    assert_eq!(reported[2]["error"]["status"], 404, "{answer}");
+    assert_eq!(reported[3]["status"], "pending", "{answer}");
+    assert!(reported[3]["retry_at_ms"].as_u64().unwrap() > 0);
+    assert_eq!(reported[4]["error"]["status"], 400, "{answer}");
+    assert_eq!(reported[4]["error"]["field"], "report[4]", "{answer}");
+    assert_eq!(reported[5]["error"]["field"], "report[5].error", "{answer}");
+    assert_eq!(reported[6]["error"]["field"], "report[6]", "{answer}");
+    assert_eq!(reported[6]["id"], Value::Null);
+    // The claim still went out: the two left, then t-3 back from its retry (short backoff)
+    // when it was already due.
+    let claimed: Vec<&str> = answer["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["id"].as_str().unwrap())
+        .collect();
+    assert!(
+        claimed.starts_with(&["t-4", "t-5"]),
+        "claimed with the reports: {answer}"
+    );
+    // The refused entries changed nothing.
+    assert_eq!(server.cmd(&["HGETALL", "bot:task:t-2"]), t2_before);
+    assert_eq!(
+        server.cmd(&["ZSCORE", "bot:tasks:processing", "t-2"]),
+        t2_score
+    );
+    let (_, t1) = daemon.get("/api/tasks/t-1").await;
+    assert_eq!(
+        (t1["status"].as_str(), t1["result"].as_str()),
+        (Some("completed"), Some("{\"ok\":1}"))
+    );
+    let (_, t3) = daemon.get("/api/tasks/t-3").await;
+    assert_eq!(t3["last_error"], "boom", "{t3}");
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_report_list_answers_400_naming_it_and_applies_nothing() {
+    let server = RedisServer::start().unwrap();
+    let daemon = Daemon::start(settings(&server.url())).await;
+    daemon
+        .post("/api/tasks", json!({ "type": "login", "id": "t-1" }))
+        .await;
+    daemon
+        .post("/api/tasks", json!({ "type": "login", "id": "t-2" }))
+        .await;
+    let held = claim_logins(&daemon, 1).await;
+    let good = json!({ "id": "t-1", "lease": held[0].1 });
+    let too_many: Vec<Value> = std::iter::once(good.clone())
+        .chain((0..1_000).map(|i| json!({ "id": format!("x-{i}"), "lease": "l" })))
+        .collect();
+    let too_long = json!({ "id": "t-1", "lease": held[0].1, "error": "e".repeat(9_000) });
+    for (path, body, field) in [
+        (
+            "/api/tasks/claim",
+            json!({ "types": ["login"], "report": good }),
+            "report",
+        ),
+        (
+            "/api/tasks/claim",
+            json!({ "types": ["login"], "report": too_many }),
+            "report",
+        ),
+        (
+            "/api/tasks/claim",
+            json!({ "types": ["nope"], "report": [good] }),
+            "types",
+        ),
+        ("/api/tasks/report", json!({ "report": "t-1" }), "report"),
+        ("/api/tasks/report", json!({ "report": too_many }), "report"),
+        (
+            "/api/tasks/report",
+            json!({ "report": [good], "x": 1 }),
+            "x",
+        ),
+        ("/api/tasks/report", json!({}), "report"),
+    ] {
+        let (status, refused) = daemon.post(path, body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {refused}");
+        assert_eq!(refused["field"], field, "{path}: {refused}");
+    }
+    // Nothing applied, nothing claimed: t-1 is held, t-2 waits.
+    let (_, t1) = daemon.get("/api/tasks/t-1").await;
+    assert_eq!(t1["status"], "processing", "{t1}");
+    let (_, t2) = daemon.get("/api/tasks/t-2").await;
+    assert_eq!(t2["status"], "pending", "{t2}");
+    // An error too long is that entry's 400 only.
+    let (status, answer) = daemon
+        .post("/api/tasks/report", json!({ "report": [too_long, good] }))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["reported"][0]["error"]["field"], "report[0].error");
+    assert_eq!(answer["reported"][1]["status"], "completed", "{answer}");
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_reported_alone_is_retried_then_dead_lettered_as_a_single_fail() {
+    let server = RedisServer::start().unwrap();
+    let daemon = Daemon::start(settings(&server.url())).await;
+    daemon
+        .post(
+            "/api/tasks",
+            json!({ "type": "login", "id": "t-1", "max_attempts": 2 }),
+        )
+        .await;
+    let fail =
+        |lease: &str| json!({ "report": [{ "id": "t-1", "lease": lease, "error": "boom" }] });
+    let held = claim_logins(&daemon, 1).await;
+    let (status, answer) = daemon.post("/api/tasks/report", fail(&held[0].1)).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["reported"][0]["status"], "pending", "{answer}");
+    assert!(answer["reported"][0]["retry_at_ms"].as_u64().is_some());
+    assert!(answer.get("tasks").is_none(), "no claim: {answer}");
+    // The retry falls due (backoff 20 ms); its second attempt fails too: dead.
+    let (_, again) = daemon
+        .post(
+            "/api/tasks/claim",
+            json!({ "types": ["login"], "wait_ms": 5000 }),
+        )
+        .await;
+    let again = &again["tasks"][0];
+    assert_eq!(again["attempt"], 2, "{again}");
+    let (_, answer) = daemon
+        .post("/api/tasks/report", fail(again["lease"].as_str().unwrap()))
+        .await;
+    assert_eq!(
+        answer["reported"][0],
+        json!({ "id": "t-1", "status": "failed", "retry_at_ms": null })
+    );
+    let (pending, delayed, processing, dead) = counts(&daemon).await;
+    assert_eq!((pending, delayed, processing, dead), (0, 0, 0, 1));
+    let (_, listed) = daemon.get("/api/tasks/dead").await;
+    assert_eq!(listed["tasks"][0]["last_error"], "boom", "{listed}");
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_during_an_outage_run_on_the_fallback_and_are_replayed() {
+    let mut server = RedisServer::builder().persistence(true).start().unwrap();
+    let mut s = settings(&server.url());
+    s.storage.redis.timeout_ms = 300;
+    s.storage.redis.ping_interval_ms = 50;
+    s.storage.last_known.refresh_interval_ms = 50;
+    let daemon = Daemon::start(s).await;
+    daemon
+        .post("/api/tasks", json!({ "type": "login", "id": "before" }))
+        .await;
+    let before = claim_logins(&daemon, 1).await;
+    poll_until_async(Duration::from_secs(10), || async {
+        daemon.fleet.storage().stats().last_known_pending == 0
+    })
+    .await
+    .unwrap();
+    server.kill9();
+    daemon
+        .post("/api/tasks", json!({ "type": "login", "id": "during" }))
+        .await;
+    assert_ne!(daemon.fleet.storage().mode(), Mode::Redis);
+    // The claim carries the completion of the task claimed from Redis and takes the one added
+    // during the outage.
+    let (status, answer) = daemon
+        .post(
+            "/api/tasks/claim",
+            json!({ "types": ["login"], "max": 10, "report": [
+                { "id": "before", "lease": before[0].1 },
+            ]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["reported"][0]["status"], "completed", "{answer}");
+    assert_eq!(answer["tasks"].as_array().unwrap().len(), 1, "{answer}");
+    assert_eq!(answer["tasks"][0]["id"], "during");
+    let during = answer["tasks"][0]["lease"].as_str().unwrap().to_string();
+    let (_, answer) = daemon
+        .post(
+            "/api/tasks/report",
+            json!({ "report": [
+                { "id": "during", "lease": during },
+                { "id": "before", "lease": before[0].1 },
+            ]}),
+        )
+        .await;
+    assert_eq!(answer["reported"][0]["status"], "completed", "{answer}");
+    // A stale lease is refused on the fallback too.
+    assert_eq!(answer["reported"][1]["error"]["status"], 409, "{answer}");
+
+    server.restart().unwrap();
+    poll_until_async(Duration::from_secs(30), || async {
+        daemon.fleet.storage().mode() == Mode::Redis
+    })
+    .await
+    .unwrap();
+    for id in ["before", "during"] {
+        let hash = format!("bot:task:{id}");
+        assert_eq!(
+            server.cmd(&["HGET", &hash, "status"]).as_str(),
+            Some("completed"),
+            "{id}"
+        );
+    }
+    for set in ["queue", "processing", "delayed", "dead"] {
+        let key = format!("bot:tasks:{set}");
+        assert_eq!(server.cmd(&["ZCARD", &key]).as_int(), Some(0), "{key}");
+    }
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_waiting_on_a_long_poll_reports_its_finished_task_alone() {
+    let server = RedisServer::start().unwrap();
+    let daemon = Daemon::start(settings(&server.url())).await;
+    let dir = tempfile::tempdir().unwrap();
+    daemon
+        .post("/api/tasks", json!({ "type": "login", "id": "slow" }))
+        .await;
+    // Two slots: the task takes one; the other waits on a claim (10 s long poll) with
+    // nothing to claim. The task ends when `go` appears.
+    let worker = Worker::start(
+        dir.path(),
+        &daemon.base,
+        &["--type", "login", "--concurrency", "2"],
+        r#"while [ ! -e "$DIR/go" ]; do sleep 0.02; done; echo "$BOTFLEET_TASK_ID" >> "$DIR/done""#,
+    );
+    poll_until_async(Duration::from_secs(10), || async {
+        daemon.get("/api/tasks/slow").await.1["status"] == "processing"
+    })
+    .await
+    .unwrap();
+    std::fs::write(dir.path().join("go"), "").unwrap();
+    let done = dir.path().join("done");
+    poll_until_async(Duration::from_secs(10), || async {
+        !lines(&done).is_empty()
+    })
+    .await
+    .unwrap();
+    // Completed well before the waiting claim would answer: the report went alone.
+    let t0 = Instant::now();
+    poll_until_async(Duration::from_secs(10), || async {
+        daemon.get("/api/tasks/slow").await.1["status"] == "completed"
+    })
+    .await
+    .unwrap_or_else(|_| panic!("not completed; log:\n{}", worker.log()));
+    assert!(
+        t0.elapsed() < Duration::from_secs(3),
+        "reported after {:?}",
+        t0.elapsed()
+    );
+    worker.signal(libc::SIGTERM);
+    let (code, out) = worker.wait(Duration::from_secs(10)).await;
+    assert_eq!(code, 0, "stdout: {out}");
+    assert!(out.contains("1 completed, 0 failed"), "{out}");
+    daemon.stop().await;
+}

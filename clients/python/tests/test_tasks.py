@@ -12,7 +12,15 @@ from collections import Counter
 from typing import Any, List
 
 from _support import client, poll
-from botfleet_client import BadRequestError, ClaimedTask, ConflictError, NotFoundError, UnauthorizedError
+from botfleet_client import (
+    BadRequestError,
+    ClaimedTask,
+    ConflictError,
+    NotFoundError,
+    UnauthorizedError,
+    completed,
+    failed,
+)
 
 TASKS = 200
 
@@ -143,6 +151,42 @@ class TaskTest(unittest.TestCase):
         self.assertEqual([task.id for task in got], [id])
         self.assertLess(time.monotonic() - started, 5, "the long poll waited past the task's arrival")
         c.complete(got[0])
+
+    def test_a_claim_carries_reports_and_report_sends_them_alone(self) -> None:
+        c = client()
+        first = c.add_task("login", {"n": 1}, priority=100)
+        second = c.add_task("login", {"n": 2}, priority=100, max_attempts=1)
+        tasks = c.claim("login", max=2, wait_ms=1000)
+        self.assertEqual(sorted(t.id for t in tasks), sorted([first, second]))
+        self.assertEqual(tasks.reported, [])
+        by_id = {t.id: t for t in tasks}
+        third = c.add_task("login", {"n": 3}, priority=100)
+        claimed = c.claim(
+            "login",
+            wait_ms=1000,
+            report=[
+                completed(by_id[first], result={"ok": True}),
+                failed(by_id[second], "boom"),
+                {"id": first, "lease": by_id[first].lease},
+                {"id": "no-such-task", "lease": "0" * 32},
+            ],
+        )
+        self.assertEqual([t.id for t in claimed], [third])
+        self.assertEqual(claimed.reported[0], {"id": first, "status": "completed"})
+        self.assertEqual(claimed.reported[1], {"id": second, "status": "failed", "retry_at_ms": None})
+        self.assertEqual(claimed.reported[2]["error"]["status"], 409, claimed.reported)
+        self.assertEqual(claimed.reported[3]["error"]["status"], 404, claimed.reported)
+        self.assertEqual(c.get_task(first)["status"], "completed")
+        # Alone, without a claim; a bad entry is refused by itself.
+        outcomes = c.report([{"id": third}, completed(claimed[0])])
+        self.assertEqual(outcomes[0]["error"]["status"], 400, outcomes)
+        self.assertEqual(outcomes[0]["error"]["field"], "report[0]", outcomes)
+        self.assertEqual(outcomes[1], {"id": third, "status": "completed"})
+        self.assertEqual(c.get_task(third)["status"], "completed")
+        with self.assertRaises(BadRequestError) as e:
+            c.report([{"id": "x", "lease": "l"}] * 1001)
+        self.assertEqual(e.exception.field, "report")
+        self.assertTrue(c.delete_dead(second))
 
     def test_delayed_tasks_are_listed_and_promoted(self) -> None:
         c = client()

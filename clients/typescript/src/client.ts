@@ -12,6 +12,9 @@ import {
 } from "./errors.js";
 import { ServerSentEvent, SseParser } from "./sse.js";
 import type {
+  ClaimedTasks,
+  ReportEntry,
+  Reported,
   AddTaskOptions,
   AdminMessage,
   ClaimOptions,
@@ -285,19 +288,34 @@ export class BotfleetClient {
   /**
    * Claims up to `max` tasks of `types`, waiting up to `waitMs` for one (an empty array when
    * none came). Each must be extended before its `deadline_ms`, then completed or failed.
+   * With `report`, the finished tasks listed are applied first: the answer's `reported` holds
+   * one outcome per entry, in order (empty without one).
    */
-  async claim(types: string | string[], options: ClaimOptions = {}): Promise<ClaimedTask[]> {
+  async claim(types: string | string[], options: ClaimOptions = {}): Promise<ClaimedTasks> {
     const body: Record<string, unknown> = {
       types: typeof types === "string" ? [types] : types,
       max: options.max ?? 1,
       wait_ms: options.waitMs ?? 0,
     };
     if (options.leaseMs !== undefined) body.lease_ms = options.leaseMs;
-    const answer = await this.request<{ tasks: ClaimedTask[] }>("POST", "/api/tasks/claim", {
+    if (options.report !== undefined) body.report = options.report;
+    const answer = await this.request<{ tasks: ClaimedTask[]; reported?: Reported[] }>("POST", "/api/tasks/claim", {
       body,
       waitMs: options.waitMs ?? 0,
     });
-    return answer.tasks;
+    return Object.assign(answer.tasks, { reported: answer.reported ?? [] });
+  }
+
+  /**
+   * Reports finished tasks without claiming (at most 1,000 entries, built with
+   * {@link completed} and {@link failed}), in one request; resolves to one outcome per entry,
+   * in order. A refused entry does not stop the others.
+   */
+  async report(entries: ReportEntry[]): Promise<Reported[]> {
+    const answer = await this.request<{ reported: Reported[] }>("POST", "/api/tasks/report", {
+      body: { report: entries },
+    });
+    return answer.reported;
   }
 
   /** Extends a claimed task's lease; resolves to the new deadline. {@link ConflictError} when stale. */

@@ -25,3 +25,4 @@ export {
 export { SseParser } from "./sse.js";
 export type { ServerSentEvent } from "./sse.js";
 export type * from "./types.js";
+export { completed, failed } from "./types.js";

@@ -60,6 +60,49 @@ export interface ClaimOptions {
   waitMs?: number;
   /** The lease's length (default: the daemon's visibility timeout). */
   leaseMs?: number;
+  /**
+   * Finished tasks to report with the claim (at most 1,000), applied before it: see
+   * {@link BotfleetClient.report}; their outcomes come back in the answer's `reported`.
+   */
+  report?: ReportEntry[];
+}
+
+/**
+ * A finished task, one entry of a report: with `error` it fails the task, else it completes it
+ * (with `result`, any JSON, if given). Build them with {@link completed} and {@link failed}.
+ */
+export interface ReportEntry {
+  id: string;
+  lease: string;
+  result?: unknown;
+  error?: string;
+}
+
+/**
+ * What became of one report entry: `status` as complete or fail would answer, or `error` with
+ * the status the single call would have had (400 bad entry, 404 no such task, 409 stale lease;
+ * 503: send it again).
+ */
+export interface Reported {
+  id: string | null;
+  status?: "completed" | "pending" | "failed";
+  retry_at_ms?: number | null;
+  error?: { status: number; message: string; field: string | null };
+}
+
+/** What {@link BotfleetClient.claim} resolves to: the tasks, and the outcomes of its `report`. */
+export type ClaimedTasks = ClaimedTask[] & { reported: Reported[] };
+
+/** The report entry that completes `task`, with `result` if given. */
+export function completed(task: ClaimedTask, result?: unknown): ReportEntry {
+  const entry: ReportEntry = { id: task.id, lease: task.lease };
+  if (result !== undefined) entry.result = result;
+  return entry;
+}
+
+/** The report entry that fails `task` with `error`. */
+export function failed(task: ClaimedTask, error: string): ReportEntry {
+  return { id: task.id, lease: task.lease, error };
 }
 
 /** What {@link BotfleetClient.fail} answers. */

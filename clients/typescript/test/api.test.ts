@@ -11,6 +11,8 @@ import {
   LockLostError,
   NotFoundError,
   UnauthorizedError,
+  completed,
+  failed,
   type WorkTask,
 } from "../src/index.js";
 import { client, poll, skip, unique } from "./support.js";
@@ -33,6 +35,36 @@ test("add, get, claim, extend and complete a task", { skip }, async () => {
   await c.complete(task, { ok: true });
   assert.equal((await c.getTask(id)).status, "completed");
   await assert.rejects(c.complete(task), ConflictError);
+});
+
+test("a claim carries reports, and report() sends them alone", { skip }, async () => {
+  const c = client();
+  const first = await c.addTask("login", { n: 1 }, { priority: 100 });
+  const second = await c.addTask("login", { n: 2 }, { priority: 100, maxAttempts: 1 });
+  const tasks = await c.claim("login", { max: 2, waitMs: 1000 });
+  assert.deepEqual(tasks.map((t) => t.id).sort(), [first, second].sort());
+  assert.deepEqual(tasks.reported, []);
+  const [a, b] = tasks[0].id === first ? [tasks[0], tasks[1]] : [tasks[1], tasks[0]];
+  const third = await c.addTask("login", { n: 3 }, { priority: 100 });
+  const claimed = await c.claim("login", {
+    waitMs: 1000,
+    report: [completed(a, { ok: true }), failed(b, "boom"), { id: first, lease: a.lease }, { id: "no-such-task", lease: "0".repeat(32) }],
+  });
+  assert.deepEqual(claimed.map((t) => t.id), [third]);
+  assert.deepEqual(claimed.reported[0], { id: first, status: "completed" });
+  assert.deepEqual(claimed.reported[1], { id: second, status: "failed", retry_at_ms: null });
+  assert.equal(claimed.reported[2].error?.status, 409);
+  assert.equal(claimed.reported[3].error?.status, 404);
+  assert.equal((await c.getTask(first)).status, "completed");
+  const outcomes = await c.report([{ id: third, lease: "" }, completed(claimed[0])]);
+  assert.equal(outcomes[0].error?.status, 400);
+  assert.equal(outcomes[0].error?.field, "report[0].lease");
+  assert.deepEqual(outcomes[1], { id: third, status: "completed" });
+  await assert.rejects(
+    c.report(Array(1001).fill({ id: "x", lease: "l" })),
+    (e: unknown) => e instanceof BadRequestError && e.field === "report",
+  );
+  assert.equal(await c.deleteDead(second), true);
 });
 
 test("work() runs each task once and fails a throwing handler with its message", { skip }, async () => {

@@ -1,6 +1,6 @@
 //! `botfleet task work --type T -- CMD ARGS...`: a worker that runs a command per task,
-//! speaking only the daemon's HTTP worker protocol (`/api/tasks/claim`, `extend`, `complete`,
-//! `fail`), as a worker in any language would.
+//! speaking only the daemon's HTTP worker protocol (`/api/tasks/claim` with its `report` list,
+//! `/api/tasks/report`, `extend`), as a worker in any language would.
 //!
 //! The worker keeps up to `--concurrency` commands running. Whenever slots are free it asks
 //! the daemon for that many tasks with a long poll ([`CLAIM_WAIT_MS`]); fewer than a quarter
@@ -10,7 +10,12 @@
 //! stdout is the worker's, its stderr is copied to the worker's and the last
 //! [`STDERR_TAIL_BYTES`] kept. Exit 0 completes the task; any other end fails it with the
 //! exit status and that tail of stderr as the error (retried with the daemon's backoff, then
-//! dead-lettered). While the command runs its lease is extended every third of the lease. A
+//! dead-lettered). The ends are reported with the next claim, which then answers at once;
+//! reports no claim takes within [`FLUSH_DELAY`] (every slot busy, a long poll waiting, the
+//! worker stopping) go alone through `/api/tasks/report`. A task counts as completed only
+//! when the daemon says so; a report the daemon cannot be reached for is sent again until its
+//! lease's deadline (then the task is lost to the reaper), and one the daemon refuses (a
+//! stale lease) counts as lost. While the command runs its lease is extended every third of the lease. A
 //! lease the daemon no longer honours (the task was reaped after its deadline, say) kills the
 //! command: its result could not be reported.
 //!
@@ -57,6 +62,15 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 const CLAIM_GATHER: Duration = Duration::from_millis(10);
 /// Shortest period between two extensions of a lease.
 const EXTEND_MIN: Duration = Duration::from_millis(100);
+/// How long a finished task's report waits for the next claim to carry it before it is sent
+/// alone (`/api/tasks/report`): longer than [`CLAIM_GATHER`], so that a worker with free slots
+/// claims first.
+const FLUSH_DELAY: Duration = Duration::from_millis(20);
+/// Most reports one request carries (the daemon takes up to 1,000).
+const REPORT_BATCH: usize = 1_000;
+/// Most bytes of reports one request carries: half the daemon's default body limit
+/// (`api.body_limit_bytes`, 64 KiB), the rest for the claim. A larger report goes alone.
+const REPORT_BATCH_BYTES: usize = 32 * 1024;
 
 /// A task the daemon handed out, as its claim answers it.
 #[derive(Debug, Clone, Deserialize)]
@@ -111,6 +125,9 @@ pub struct Summary {
     /// Whose lease the daemon no longer honoured (nothing reported), or whose result could
     /// not be reported before the deadline: they return to the queue.
     pub lost: AtomicU64,
+    /// Told after the counters of a request's reports changed.
+    #[serde(skip)]
+    pub changed: tokio::sync::Notify,
 }
 
 impl Summary {
@@ -259,6 +276,35 @@ pub async fn work(
     mut stop: watch::Receiver<Stop>,
     summary: Arc<Summary>,
 ) -> Result<(), ClientError> {
+    let outbox = Arc::new(Outbox::default());
+    let (done_tx, done_rx) = watch::channel(false);
+    let worked = async {
+        // Tell the flusher to send what is left and end, however the loop ends.
+        let _done = Done(done_tx);
+        work_loop(daemon, options, job, &mut stop, &summary, &outbox).await
+    };
+    let (worked, ()) = tokio::join!(worked, flush(daemon, &outbox, &summary, done_rx));
+    worked
+}
+
+/// Tells the flusher to finish when dropped.
+struct Done(watch::Sender<bool>);
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        let _ = self.0.send(true);
+    }
+}
+
+/// [`work`]'s loop, without the flusher.
+async fn work_loop(
+    daemon: &Daemon,
+    options: &WorkOptions,
+    job: Arc<dyn Job>,
+    stop: &mut watch::Receiver<Stop>,
+    summary: &Arc<Summary>,
+    outbox: &Arc<Outbox>,
+) -> Result<(), ClientError> {
     let (kill_tx, kill_rx) = watch::channel(false);
     let mut running: JoinSet<()> = JoinSet::new();
     let mut reached_daemon = false;
@@ -269,7 +315,7 @@ pub async fn work(
         if free == 0 {
             tokio::select! {
                 _ = running.join_next() => {}
-                _ = reached(&mut stop, Stop::Drain) => {}
+                _ = reached(stop, Stop::Drain) => {}
             }
             continue;
         }
@@ -286,17 +332,41 @@ pub async fn work(
             };
             tokio::select! {
                 _ = tokio::time::timeout(CLAIM_GATHER, gathered) => {}
-                _ = reached(&mut stop, Stop::Drain) => {}
+                _ = reached(stop, Stop::Drain) => {}
             }
             while running.try_join_next().is_some() {}
         }
         let free = options.concurrency.saturating_sub(running.len());
-        // A signal abandons a waiting claim: the daemon notices the closed connection and
-        // claims nothing for it (a claim caught in the instant it hands tasks out loses them
-        // until their visibility deadline).
-        let claimed = tokio::select! {
-            r = claim(daemon, options, free) => r,
-            _ = reached(&mut stop, Stop::Drain) => break,
+        // The finished tasks' reports go with the claim, which then answers at once (a long
+        // poll would hold their outcomes back).
+        let reports = outbox.take();
+        let claimed = if reports.is_empty() {
+            // A signal abandons a waiting claim: the daemon notices the closed connection
+            // and claims nothing for it (a claim caught in the instant it hands tasks out
+            // loses them until their visibility deadline).
+            tokio::select! {
+                r = claim(daemon, options, free, &[]) => r.map(|(tasks, _)| tasks),
+                _ = reached(stop, Stop::Drain) => break,
+            }
+        } else {
+            // Seen through: the reports may be applied already.
+            let sent = claim(daemon, options, free, &reports).await;
+            match sent {
+                Ok((tasks, reported)) => {
+                    outbox.settle(reports, &reported, summary);
+                    Ok(tasks)
+                }
+                // Too large for the daemon's body limit: the reports go one per request
+                // from now on (one still too large is lost), and the claim is made again.
+                Err(e @ ClientError::Refused { status: 413, .. }) => {
+                    outbox.unsent(reports, &e, RETRY_MIN, summary);
+                    continue;
+                }
+                Err(e) => {
+                    outbox.unsent(reports, &e, RETRY_MIN, summary);
+                    Err(e)
+                }
+            }
         };
         match claimed {
             Ok(tasks) => {
@@ -309,6 +379,7 @@ pub async fn work(
                         task,
                         options.lease_ms,
                         kill_rx.clone(),
+                        outbox.clone(),
                         summary.clone(),
                     ));
                 }
@@ -323,7 +394,7 @@ pub async fn work(
                 tracing::warn!(error = %e, retry_ms = retry.as_millis() as u64, "claim failed; retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(retry) => {}
-                    _ = reached(&mut stop, Stop::Drain) => {}
+                    _ = reached(stop, Stop::Drain) => {}
                 }
                 retry = (retry * 2).min(RETRY_MAX);
             }
@@ -333,7 +404,7 @@ pub async fn work(
     loop {
         tokio::select! {
             joined = running.join_next() => if joined.is_none() { break },
-            _ = reached(&mut stop, Stop::Kill), if !killed => {
+            _ = reached(stop, Stop::Kill), if !killed => {
                 killed = true;
                 let _ = kill_tx.send(true);
             }
@@ -342,26 +413,247 @@ pub async fn work(
     Ok(())
 }
 
-/// One claim of up to `max` tasks.
+/// One claim of up to `max` tasks, carrying `reports` (then answering at once); the tasks
+/// and the outcomes of the reports.
 async fn claim(
     daemon: &Daemon,
     options: &WorkOptions,
     max: usize,
-) -> Result<Vec<Claimed>, ClientError> {
-    let mut body = json!({ "types": options.types, "max": max, "wait_ms": options.wait_ms });
+    reports: &[Report],
+) -> Result<(Vec<Claimed>, Vec<Value>), ClientError> {
+    let wait_ms = if reports.is_empty() {
+        options.wait_ms
+    } else {
+        0
+    };
+    let mut body = json!({ "types": options.types, "max": max, "wait_ms": wait_ms });
     if let Some(ms) = options.lease_ms {
         body["lease_ms"] = ms.into();
     }
-    let timeout = Duration::from_millis(options.wait_ms) + Duration::from_secs(10);
-    let answer = daemon
+    if !reports.is_empty() {
+        body["report"] = reports.iter().map(|r| r.entry.clone()).collect();
+    }
+    let timeout = Duration::from_millis(wait_ms) + Duration::from_secs(10);
+    let mut answer = daemon
         .post_within("/api/tasks/claim", &body, timeout)
         .await?;
-    serde_json::from_value::<Vec<Claimed>>(answer["tasks"].clone()).map_err(|e| {
-        ClientError::BadAnswer {
-            url: "/api/tasks/claim".into(),
-            reason: e.to_string(),
+    let bad = |reason: String| ClientError::BadAnswer {
+        url: "/api/tasks/claim".into(),
+        reason,
+    };
+    let tasks = serde_json::from_value::<Vec<Claimed>>(answer["tasks"].take())
+        .map_err(|e| bad(e.to_string()))?;
+    let reported = reported(&mut answer, reports.len()).map_err(bad)?;
+    Ok((tasks, reported))
+}
+
+/// The `reported` list of an answer, one outcome per report sent.
+fn reported(answer: &mut Value, sent: usize) -> Result<Vec<Value>, String> {
+    if sent == 0 {
+        return Ok(Vec::new());
+    }
+    match answer["reported"].take() {
+        Value::Array(list) if list.len() == sent => Ok(list),
+        other => Err(format!(
+            "expected {sent} outcomes in \"reported\", got {other}"
+        )),
+    }
+}
+
+/// Sends the reports no claim took within [`FLUSH_DELAY`] through `/api/tasks/report`,
+/// retrying while the daemon cannot be reached; once `done`, sends what is left and ends.
+async fn flush(
+    daemon: &Daemon,
+    outbox: &Outbox,
+    summary: &Arc<Summary>,
+    mut done: watch::Receiver<bool>,
+) {
+    let mut retry = RETRY_MIN;
+    let mut failing = false;
+    loop {
+        let added = outbox.added.notified();
+        tokio::pin!(added);
+        added.as_mut().enable();
+        if outbox.is_empty() {
+            if *done.borrow() {
+                return;
+            }
+            tokio::select! {
+                _ = added => {}
+                _ = done.changed() => {}
+            }
+            continue;
         }
-    })
+        let pause = if failing { retry } else { FLUSH_DELAY };
+        if failing || !*done.borrow() {
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = done.wait_for(|d| *d), if !failing => {}
+            }
+        }
+        let reports = outbox.take();
+        if reports.is_empty() {
+            continue;
+        }
+        let body = json!({ "report": reports.iter().map(|r| r.entry.clone()).collect::<Vec<_>>() });
+        let sent = daemon.post("/api/tasks/report", &body).await;
+        match sent.and_then(|mut answer| {
+            reported(&mut answer, reports.len()).map_err(|reason| ClientError::BadAnswer {
+                url: "/api/tasks/report".into(),
+                reason,
+            })
+        }) {
+            Ok(outcomes) => {
+                outbox.settle(reports, &outcomes, summary);
+                failing = false;
+                retry = RETRY_MIN;
+            }
+            Err(e) => {
+                retry = (retry * 2).min(RETRY_MAX);
+                outbox.unsent(reports, &e, retry, summary);
+                failing = true;
+            }
+        }
+    }
+}
+
+/// What a report counts when the daemon takes it.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Completed,
+    Failed,
+    Interrupted,
+}
+
+/// A finished task's report, waiting to be sent.
+#[derive(Debug)]
+struct Report {
+    /// The `report` list's entry: `{"id", "lease", "result"?}` or `{"id", "lease", "error"}`.
+    entry: Value,
+    /// The task's id.
+    id: String,
+    /// The lease's deadline as last known: past it, an unreachable daemon loses the task.
+    deadline_ms: u64,
+    kind: Kind,
+    /// The entry's size as JSON.
+    bytes: usize,
+}
+
+/// The finished tasks' reports not sent yet: the next claim takes them, or the flusher.
+#[derive(Default)]
+struct Outbox {
+    // A plain mutex: held for a push or a swap, never across an await.
+    waiting: parking_lot::Mutex<Vec<Report>>,
+    added: tokio::sync::Notify,
+    /// Set once the daemon refused a request's reports as too large (a body limit below
+    /// [`REPORT_BATCH_BYTES`]).
+    one_at_a_time: std::sync::atomic::AtomicBool,
+}
+
+impl Outbox {
+    fn push(&self, report: Report) {
+        self.waiting.lock().push(report);
+        self.added.notify_one();
+    }
+
+    fn is_empty(&self) -> bool {
+        self.waiting.lock().is_empty()
+    }
+
+    /// The reports waiting, oldest first, up to [`REPORT_BATCH`] and [`REPORT_BATCH_BYTES`]
+    /// (at least one).
+    fn take(&self) -> Vec<Report> {
+        let most = if self.one_at_a_time.load(Ordering::Relaxed) {
+            1
+        } else {
+            REPORT_BATCH
+        };
+        let mut waiting = self.waiting.lock();
+        let mut bytes = 0;
+        let n = waiting
+            .iter()
+            .take(most)
+            .take_while(|r| {
+                bytes += r.bytes;
+                bytes <= REPORT_BATCH_BYTES
+            })
+            .count()
+            .max(waiting.len().min(1));
+        waiting.drain(..n).collect()
+    }
+
+    /// Counts what the daemon answered for each report: taken, refused (lost), or not applied
+    /// for now (a 5xx outcome: sent again, as an unreachable daemon's).
+    fn settle(&self, reports: Vec<Report>, outcomes: &[Value], summary: &Summary) {
+        let mut again = Vec::new();
+        for (report, outcome) in reports.into_iter().zip(outcomes) {
+            let Some(error) = outcome.get("error") else {
+                Summary::add(match report.kind {
+                    Kind::Completed => &summary.completed,
+                    Kind::Failed => &summary.failed,
+                    Kind::Interrupted => &summary.interrupted,
+                });
+                continue;
+            };
+            let status = error["status"].as_u64().unwrap_or(0);
+            let message = error["message"].as_str().unwrap_or_default();
+            if (400..500).contains(&status) {
+                tracing::warn!(id = %report.id, status, reason = %message, "the daemon refused the result");
+                Summary::add(&summary.lost);
+            } else {
+                again.push(report);
+            }
+        }
+        summary.changed.notify_waiters();
+        if !again.is_empty() {
+            let e = ClientError::Refused {
+                status: 503,
+                message: "the daemon could not apply the report now".into(),
+            };
+            self.unsent(again, &e, RETRY_MIN, summary);
+        }
+    }
+
+    /// Reports a request could not deliver (`e`): back to the outbox while their lease lasts
+    /// past the next attempt (`retry` from now), else lost (they return to the queue at their
+    /// deadline). A report the daemon refused as a whole (4xx) is lost, unless the request was
+    /// too large (413) for more than one: they are sent again, one per request from now on.
+    fn unsent(&self, reports: Vec<Report>, e: &ClientError, retry: Duration, summary: &Summary) {
+        let too_large = matches!(e, ClientError::Refused { status: 413, .. });
+        if too_large && reports.len() > 1 {
+            tracing::warn!(
+                reports = reports.len(),
+                "the daemon refused the reports as too large; sending them one per request"
+            );
+            self.one_at_a_time.store(true, Ordering::Relaxed);
+            let mut waiting = self.waiting.lock();
+            for (i, report) in reports.into_iter().enumerate() {
+                waiting.insert(i, report);
+            }
+            return;
+        }
+        let refused = matches!(
+            e,
+            ClientError::Refused {
+                status: 400..=499,
+                ..
+            }
+        );
+        let _told = Told(summary);
+        let mut waiting = self.waiting.lock();
+        for report in reports {
+            if refused {
+                tracing::warn!(id = %report.id, error = %e, "the daemon refused the result");
+                Summary::add(&summary.lost);
+            } else if now_ms() + retry.as_millis() as u64 >= report.deadline_ms {
+                tracing::warn!(id = %report.id, error = %e, "cannot report before the lease ends; the task returns to the queue");
+                Summary::add(&summary.lost);
+            } else {
+                tracing::warn!(id = %report.id, error = %e, "reporting failed; retrying");
+                waiting.push(report);
+            }
+        }
+    }
 }
 
 /// Waits until the worker kills its tasks.
@@ -383,6 +675,7 @@ async fn run_one(
     task: Claimed,
     lease_ms: Option<u64>,
     mut kill: watch::Receiver<bool>,
+    outbox: Arc<Outbox>,
     summary: Arc<Summary>,
 ) {
     let lease = lease_ms.unwrap_or_else(|| task.deadline_ms.saturating_sub(now_ms()));
@@ -414,82 +707,42 @@ async fn run_one(
         }
         // The job's future is dropped here: a command still running is killed.
     };
-    let lease_body = |extra: Value| {
-        let mut body = json!({ "lease": task.lease });
-        if let (Some(body), Value::Object(extra)) = (body.as_object_mut(), extra) {
-            body.extend(extra);
+    let report = |kind: Kind, error: Option<String>| {
+        let mut entry = json!({ "id": task.id, "lease": task.lease });
+        if let Some(error) = error {
+            entry["error"] = error.into();
         }
-        body
+        outbox.push(Report {
+            bytes: entry.to_string().len(),
+            entry,
+            id: task.id.clone(),
+            deadline_ms,
+            kind,
+        });
     };
     match ended {
-        Ended::Ran(Ok(())) => {
-            if report(
-                &daemon,
-                &path("complete"),
-                &lease_body(json!({})),
-                deadline_ms,
-                &task,
-            )
-            .await
-            {
-                Summary::add(&summary.completed);
-            } else {
-                Summary::add(&summary.lost);
-            }
-        }
+        Ended::Ran(Ok(())) => report(Kind::Completed, None),
         Ended::Ran(Err(error)) => {
             tracing::info!(id = %task.id, attempt = task.attempt, error = %error, "task failed");
-            let body = lease_body(json!({ "error": error }));
-            if report(&daemon, &path("fail"), &body, deadline_ms, &task).await {
-                Summary::add(&summary.failed);
-            } else {
-                Summary::add(&summary.lost);
-            }
+            report(Kind::Failed, Some(error));
         }
         Ended::LeaseLost(message) => {
             tracing::warn!(id = %task.id, reason = %message, "the lease was lost: command killed, nothing reported");
             Summary::add(&summary.lost);
         }
-        Ended::Killed => {
-            let body = lease_body(
-                json!({ "error": "interrupted: the worker was stopped by a second signal" }),
-            );
-            if report(&daemon, &path("fail"), &body, deadline_ms, &task).await {
-                Summary::add(&summary.interrupted);
-            } else {
-                Summary::add(&summary.lost);
-            }
-        }
+        Ended::Killed => report(
+            Kind::Interrupted,
+            Some("interrupted: the worker was stopped by a second signal".into()),
+        ),
     }
 }
 
-/// Reports a task's end, retrying while the daemon cannot be reached and the lease has not
-/// expired. True when the daemon took it.
-async fn report(
-    daemon: &Daemon,
-    path: &str,
-    body: &Value,
-    deadline_ms: u64,
-    task: &Claimed,
-) -> bool {
-    let mut retry = RETRY_MIN;
-    loop {
-        match daemon.post(path, body).await {
-            Ok(_) => return true,
-            Err(ClientError::Refused { status, message }) if (400..500).contains(&status) => {
-                tracing::warn!(id = %task.id, status, reason = %message, "the daemon refused the result");
-                return false;
-            }
-            Err(e) if now_ms() + retry.as_millis() as u64 >= deadline_ms => {
-                tracing::warn!(id = %task.id, error = %e, "cannot report before the lease ends; the task returns to the queue");
-                return false;
-            }
-            Err(e) => {
-                tracing::warn!(id = %task.id, error = %e, "reporting failed; retrying");
-                tokio::time::sleep(retry).await;
-                retry = (retry * 2).min(RETRY_MAX);
-            }
-        }
+/// Tells the watchers of a summary that it changed, when dropped.
+struct Told<'a>(&'a Summary);
+
+impl Drop for Told<'_> {
+    fn drop(&mut self) {
+        self.0.changed.notify_waiters();
     }
 }
 
@@ -677,6 +930,84 @@ mod tests {
         assert_eq!(failure(status, b""), "exit status 3");
         let killed = std::process::ExitStatus::from_raw(9);
         assert_eq!(failure(killed, b""), "killed by signal 9");
+    }
+
+    fn report(id: &str, bytes: usize) -> Report {
+        Report {
+            entry: json!({ "id": id, "lease": "l" }),
+            id: id.into(),
+            deadline_ms: now_ms() + 60_000,
+            kind: Kind::Completed,
+            bytes,
+        }
+    }
+
+    #[test]
+    fn a_request_carries_reports_up_to_its_bounds_and_a_large_one_alone() {
+        let outbox = Outbox::default();
+        for i in 0..3 {
+            outbox.push(report(&format!("t{i}"), REPORT_BATCH_BYTES / 2));
+        }
+        assert_eq!(outbox.take().len(), 2);
+        assert_eq!(outbox.take().len(), 1);
+        assert!(outbox.take().is_empty());
+        outbox.push(report("huge", REPORT_BATCH_BYTES * 2));
+        outbox.push(report("small", 10));
+        assert_eq!(outbox.take()[0].id, "huge");
+        for i in 0..REPORT_BATCH + 5 {
+            outbox.push(report(&format!("n{i}"), 1));
+        }
+        // "small" and the first of the others, up to the count.
+        assert_eq!(outbox.take().len(), REPORT_BATCH);
+    }
+
+    #[test]
+    fn outcomes_count_once_refusals_are_lost_and_503s_wait_for_another_try() {
+        let outbox = Outbox::default();
+        let summary = Summary::default();
+        let sent = vec![report("a", 1), report("b", 1), report("c", 1)];
+        let outcomes = [
+            json!({ "id": "a", "status": "completed" }),
+            json!({ "id": "b", "error": { "status": 409, "message": "stale" } }),
+            json!({ "id": "c", "error": { "status": 503, "message": "full" } }),
+        ];
+        outbox.settle(sent, &outcomes, &summary);
+        let count = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        assert_eq!((count(&summary.completed), count(&summary.lost)), (1, 1));
+        let again = outbox.take();
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].id, "c");
+        // Unreachable past the deadline: lost; before it: kept.
+        let mut late = report("late", 1);
+        late.deadline_ms = now_ms();
+        let e = ClientError::Unreachable {
+            url: "u".into(),
+            reason: "down".into(),
+        };
+        outbox.unsent(vec![late, report("soon", 1)], &e, RETRY_MIN, &summary);
+        assert_eq!(count(&summary.lost), 2);
+        assert_eq!(outbox.take()[0].id, "soon");
+    }
+
+    #[test]
+    fn reports_too_large_together_go_one_per_request_and_one_too_large_is_lost() {
+        let outbox = Outbox::default();
+        let summary = Summary::default();
+        let e = ClientError::Refused {
+            status: 413,
+            message: "too large".into(),
+        };
+        outbox.unsent(
+            vec![report("a", 1), report("b", 1)],
+            &e,
+            RETRY_MIN,
+            &summary,
+        );
+        let first = outbox.take();
+        assert_eq!((first.len(), first[0].id.as_str()), (1, "a"));
+        outbox.unsent(first, &e, RETRY_MIN, &summary);
+        assert_eq!(summary.lost.load(Ordering::Relaxed), 1);
+        assert_eq!(outbox.take()[0].id, "b");
     }
 
     #[test]

@@ -26,7 +26,7 @@ from .errors import (
 )
 from .inbox import AdminInbox, AdminMessage
 from .locks import Fence, Lease
-from .tasks import ClaimedTask, WorkStats
+from .tasks import ClaimedTask, ClaimedTasks, WorkStats, completed, failed
 
 __version__ = "0.1.0"
 
@@ -36,6 +36,7 @@ __all__ = [
     "BadRequestError",
     "BotfleetError",
     "ClaimedTask",
+    "ClaimedTasks",
     "Client",
     "ConflictError",
     "EventStream",
@@ -49,4 +50,6 @@ __all__ = [
     "UnauthorizedError",
     "UnavailableError",
     "WorkStats",
+    "completed",
+    "failed",
 ]

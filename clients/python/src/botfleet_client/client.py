@@ -21,7 +21,7 @@ from .errors import ConflictError, LockBusy, LockLost
 from .inbox import AdminInbox, AdminMessage
 from .locks import Lease, LockContext
 from .streams import Reconnecting
-from .tasks import ClaimedTask, WorkStats, run_workers
+from .tasks import ClaimedTask, ClaimedTasks, WorkStats, run_workers
 
 JSON = Any
 
@@ -102,17 +102,36 @@ class Client:
         max: int = 1,
         wait_ms: int = 0,
         lease_ms: Optional[int] = None,
-    ) -> List[ClaimedTask]:
+        report: Optional[Sequence[Dict[str, Any]]] = None,
+    ) -> ClaimedTasks:
         """Claims up to ``max`` tasks of ``types``, waiting up to ``wait_ms`` for one to
         arrive (an empty list when none did). Each comes with a lease that must be extended
         (:meth:`extend`) before its deadline, then completed or failed; a task whose lease
         runs out goes back to the queue. ``lease_ms`` overrides the daemon's visibility
-        timeout for these tasks."""
+        timeout for these tasks.
+
+        ``report`` carries finished tasks (entries of :func:`~botfleet_client.completed` and
+        :func:`~botfleet_client.failed`, at most 1,000), applied before the claim: the answer's
+        ``reported`` has one outcome per entry, as :meth:`report` answers."""
         body: Dict[str, Any] = {"types": _types(types), "max": max, "wait_ms": wait_ms}
         if lease_ms is not None:
             body["lease_ms"] = lease_ms
+        if report is not None:
+            body["report"] = list(report)
         answer = self._send("POST", "/api/tasks/claim", body, wait_ms=wait_ms)
-        return [ClaimedTask.from_json(t, lease_ms) for t in answer["tasks"]]
+        return ClaimedTasks(
+            (ClaimedTask.from_json(t, lease_ms) for t in answer["tasks"]),
+            answer.get("reported"),
+        )
+
+    def report(self, entries: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
+        """Reports finished tasks without claiming (entries of
+        :func:`~botfleet_client.completed` and :func:`~botfleet_client.failed`, at most
+        1,000), all in one request. Answers one outcome per entry, in order: ``{"id",
+        "status"}`` as :meth:`complete` or :meth:`fail` would answer, or ``{"id", "error":
+        {"status", "message", "field"}}`` with the status the single call would have raised
+        (400, 404, 409; 503: send it again). One refused entry does not stop the others."""
+        return self._send("POST", "/api/tasks/report", {"report": list(entries)})["reported"]
 
     def extend(self, task: Union[str, ClaimedTask], lease: Optional[str] = None, lease_ms: Optional[int] = None) -> int:
         """Extends a claimed task's lease; answers the new deadline (Unix ms).

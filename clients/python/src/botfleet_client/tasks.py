@@ -7,7 +7,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional
 
 from .errors import BotfleetError, ConflictError, NotFoundError, TransportError, UnavailableError
 
@@ -62,6 +62,28 @@ class ClaimedTask:
             deadline_ms=int(value["deadline_ms"]),
             lease_ms=lease_ms,
         )
+
+
+class ClaimedTasks(list):  # type: ignore[type-arg]
+    """What :meth:`Client.claim` answers: the tasks claimed, a list; ``reported`` holds one
+    outcome per entry of the claim's ``report`` list, in order (empty without one)."""
+
+    def __init__(self, tasks: Iterable[ClaimedTask] = (), reported: Optional[List[Dict[str, Any]]] = None) -> None:
+        super().__init__(tasks)
+        self.reported: List[Dict[str, Any]] = list(reported or [])
+
+
+def completed(task: ClaimedTask, result: Any = None) -> Dict[str, Any]:
+    """The ``report`` entry that completes ``task`` (with ``result``, any JSON, if given)."""
+    entry: Dict[str, Any] = {"id": task.id, "lease": task.lease}
+    if result is not None:
+        entry["result"] = result
+    return entry
+
+
+def failed(task: ClaimedTask, error: str) -> Dict[str, Any]:
+    """The ``report`` entry that fails ``task`` with ``error``."""
+    return {"id": task.id, "lease": task.lease, "error": error}
 
 
 @dataclass

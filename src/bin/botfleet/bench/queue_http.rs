@@ -6,8 +6,9 @@
 //! `["noop"]`) and its HTTP API on a free loopback port, with keep-alive on (trusted clients
 //! making many requests: `api.keep_alive_ms`). It enqueues the tasks through the fleet's
 //! scheduler as the in-process variant does, then runs `botfleet task work`'s loop ([`work`])
-//! with `--concurrency` slots and a job that does nothing: each task is one claim (shared by
-//! the tasks it brings) and one `POST /api/tasks/{id}/complete`. Everything runs in this one
+//! with `--concurrency` slots and a job that does nothing: the tasks finished are reported
+//! with the next claim (its `report` list), so a request both completes tasks and claims
+//! more. Everything runs in this one
 //! process, on the machine's cores, as a daemon and its worker would on one host.
 
 use std::sync::atomic::Ordering;
@@ -26,6 +27,9 @@ use botfleet::http::HttpApi;
 use botfleet::settings::Settings;
 use botfleet::storage::Mode;
 use botfleet::Fleet;
+
+/// How often the wait for the last task checks the worker's end and the time limit.
+const CHECK: Duration = Duration::from_millis(100);
 
 /// A job that does nothing.
 struct Noop;
@@ -115,8 +119,17 @@ pub async fn run(
         };
         let limit = Duration::from_secs(300);
         let done = || summary.completed.load(Ordering::Relaxed) as usize;
-        while done() < n && t1.elapsed() < limit && !worker.is_finished() {
-            tokio::time::sleep(Duration::from_millis(1)).await;
+        // Woken by each request's outcomes (a timer of its own would wake a thread every
+        // millisecond, more often than the worker makes requests); the worker's end is
+        // noticed within CHECK.
+        loop {
+            let changed = summary.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if done() >= n || t1.elapsed() >= limit || worker.is_finished() {
+                break;
+            }
+            let _ = tokio::time::timeout(CHECK, changed).await;
         }
         let process = t1.elapsed();
         let _ = stop_tx.send(Stop::Drain);
