@@ -1030,6 +1030,22 @@ impl Shared {
                 self.failed_attempts.fetch_add(1, Ordering::Relaxed);
             }
         }
+        if s.completed_ttl_secs == 0 {
+            // The completions just applied deleted their hashes: the last-known copy forgets
+            // them now instead of reading each back to find it gone.
+            let gone: Vec<String> = call
+                .leased
+                .iter()
+                .zip(&leased)
+                .filter(|(op, reply)| {
+                    reply.code == 1 && matches!(op, lease::LeasedOp::Complete { .. })
+                })
+                .map(|(op, _)| format!("{}{}", k.task_prefix, op.id()))
+                .collect();
+            if !gone.is_empty() {
+                self.storage.note_deleted(gone.iter().map(String::as_str));
+            }
+        }
         if archiving {
             self.archive_leased(call.leased, &leased, now as i64);
         }

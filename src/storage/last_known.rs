@@ -228,21 +228,34 @@ impl Dirty {
         if self.set.contains(key) {
             return;
         }
-        if self.keys.len() >= MAX_DIRTY {
-            if let Some(old) = self.keys.pop_front() {
-                self.set.remove(&old);
+        // Full: the oldest entries go, the unmarked ones first among them (dropping one of
+        // those loses nothing), until one marked key is given up or there is room.
+        while self.keys.len() >= MAX_DIRTY {
+            let Some(old) = self.keys.pop_front() else {
+                break;
+            };
+            if self.set.remove(&old) {
+                break;
             }
         }
         self.set.insert(key.to_string());
         self.keys.push_back(key.to_string());
     }
 
+    /// Takes up to `n` entries of the queue, oldest first: the keys still marked among them.
     fn take(&mut self, n: usize, into: &mut Vec<String>) {
         let n = n.min(self.keys.len());
         for key in self.keys.drain(..n) {
-            self.set.remove(&key);
-            into.push(key);
+            // An unmarked key's entry stays in the queue until it comes up: skipped.
+            if self.set.remove(&key) {
+                into.push(key);
+            }
         }
+    }
+
+    /// No longer marked (its entry in the queue is skipped when it comes up).
+    fn unmark(&mut self, key: &str) {
+        self.set.remove(key);
     }
 }
 
@@ -462,6 +475,31 @@ impl LastKnown {
                 self.mark_dirty(key);
             }
         }
+    }
+
+    /// Forgets the remembered ones of `keys`, which a script deleted on Redis, and unmarks
+    /// them: nothing is left to read back.
+    pub(super) fn note_deleted<'a>(&self, keys: impl IntoIterator<Item = &'a str>) {
+        let keys: Vec<&str> = keys
+            .into_iter()
+            .filter(|k| self.kind(k).is_some())
+            .collect();
+        if keys.is_empty() {
+            return;
+        }
+        {
+            let mut dirty = self.dirty.lock();
+            for key in &keys {
+                for d in dirty.iter_mut() {
+                    d.unmark(key);
+                }
+            }
+        }
+        let mut copy = self.copy.lock();
+        for key in &keys {
+            copy.forget(key);
+        }
+        self.unsaved.store(true, Ordering::Release);
     }
 
     /// Marks `keys` for reading back (after a resync, the keys the outage touched).
@@ -887,6 +925,24 @@ mod tests {
         assert_eq!(lk.kind("hazards-HARD"), None);
         assert_eq!(lk.kind("fairness:u:a"), Some(Remembered::State));
         assert_eq!(lk.kind("other"), None);
+    }
+
+    #[test]
+    fn a_key_noted_deleted_is_forgotten_and_not_read_back() {
+        let lk = LastKnown::open(&settings(1 << 20), None);
+        lk.remember("task:*", Remembered::State);
+        lk.observe(&get("task:1"), &Reply::Str("v".into()));
+        lk.note_changed(["task:1", "task:2", "task:3"]);
+        lk.note_deleted(["task:1", "task:2", "other"]);
+        assert!(lk.get("task:1", 0).is_none(), "the copy forgot it");
+        assert_eq!(lk.take_dirty(10, false), vec!["task:3".to_string()]);
+        assert!(!lk.has_dirty(false) || lk.take_dirty(10, false).is_empty());
+        // Marked again after it was unmarked: read back once.
+        lk.note_changed(["task:2"]);
+        lk.note_deleted(["task:2"]);
+        lk.note_changed(["task:2"]);
+        assert_eq!(lk.take_dirty(10, false), vec!["task:2".to_string()]);
+        assert!(lk.take_dirty(10, false).is_empty());
     }
 
     #[test]

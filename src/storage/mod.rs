@@ -546,6 +546,15 @@ impl Storage {
         }
     }
 
+    /// Tells the last-known copy that a script just deleted `keys` on Redis (its reply said
+    /// so): the remembered ones are forgotten at once instead of being read back. Only while
+    /// Redis serves; on the fallback the keyspace holds the truth.
+    pub fn note_deleted<'a>(&self, keys: impl IntoIterator<Item = &'a str>) {
+        if self.mode() == Mode::Redis {
+            self.inner.last_known.note_deleted(keys);
+        }
+    }
+
     /// Whether answers now come from last-known state: true while Redis is configured but
     /// not serving (`degraded`, `resyncing`), with the last moment it was known to answer.
     pub fn freshness(&self) -> Freshness {

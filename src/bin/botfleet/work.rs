@@ -3,8 +3,10 @@
 //! `/api/tasks/report`, `extend`), as a worker in any language would.
 //!
 //! The worker keeps up to `--concurrency` commands running. Whenever slots are free it asks
-//! the daemon for that many tasks with a long poll ([`CLAIM_WAIT_MS`]); fewer than a quarter
-//! of the slots free wait up to [`CLAIM_GATHER`] for more, so that one claim fills many. Each task runs `CMD
+//! the daemon for that many tasks with a long poll ([`CLAIM_WAIT_MS`]); free slots first wait
+//! up to [`CLAIM_GATHER`] for the others to free, so that one claim fills many. From
+//! [`TWO_LANES_FROM`] slots on, two such loops share the slots half and half, so that two
+//! claims can be in flight. Each task runs `CMD
 //! ARGS...` with the task as JSON on stdin (`{"id","type","data","priority","attempt"}`) and
 //! `BOTFLEET_TASK_ID`, `BOTFLEET_TASK_TYPE`, `BOTFLEET_TASK_ATTEMPT` in its environment; its
 //! stdout is the worker's, its stderr is copied to the worker's and the last
@@ -57,8 +59,9 @@ const CONCURRENCY_MAX: usize = 1_000;
 /// Pause between two attempts to reach a daemon that does not answer.
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
-/// How long free slots wait for a quarter of the slots to be free before they are claimed
-/// for (one claim then fills many).
+/// How long free slots wait for the others to be free before they are claimed for (one
+/// claim then fills them all: short tasks end close together, and a claim per few tasks
+/// would cost more than the wait; long ones lose at most this much per claim).
 const CLAIM_GATHER: Duration = Duration::from_millis(10);
 /// Shortest period between two extensions of a lease.
 const EXTEND_MIN: Duration = Duration::from_millis(100);
@@ -278,13 +281,81 @@ pub async fn work(
 ) -> Result<(), ClientError> {
     let outbox = Arc::new(Outbox::default());
     let (done_tx, done_rx) = watch::channel(false);
+    // The lanes' own stop: the caller's, or a drain as soon as one lane fails (the others
+    // must not go on with a part of the slots while the failure waits to be told).
+    let (lanes_tx, lanes_rx) = watch::channel(*stop.borrow());
+    let lanes = lanes_for(options.concurrency);
     let worked = async {
-        // Tell the flusher to send what is left and end, however the loop ends.
+        // Tell the flusher to send what is left and end, however the loops end.
         let _done = Done(done_tx);
-        work_loop(daemon, options, job, &mut stop, &summary, &outbox).await
+        let runs = (0..lanes).map(|lane| {
+            let options = WorkOptions {
+                concurrency: lane_share(options.concurrency, lanes, lane),
+                ..options.clone()
+            };
+            let (job, summary, outbox, lanes_tx) = (job.clone(), &summary, &outbox, &lanes_tx);
+            let mut stop = lanes_rx.clone();
+            async move {
+                let ended = work_loop(daemon, &options, job, &mut stop, summary, outbox).await;
+                if ended.is_err() {
+                    lanes_tx.send_if_modified(|s| raise(s, Stop::Drain));
+                }
+                ended
+            }
+        });
+        let all = futures::future::join_all(runs);
+        tokio::pin!(all);
+        // A caller that drops its end of `stop` asks for a drain, as the loop reads it.
+        let mut watching = true;
+        let results = loop {
+            tokio::select! {
+                results = &mut all => break results,
+                changed = stop.changed(), if watching => {
+                    let level = if changed.is_ok() {
+                        *stop.borrow()
+                    } else {
+                        watching = false;
+                        Stop::Drain
+                    };
+                    lanes_tx.send_if_modified(|s| raise(s, level));
+                }
+            }
+        };
+        results
+            .into_iter()
+            .collect::<Result<Vec<()>, _>>()
+            .map(drop)
     };
     let (worked, ()) = tokio::join!(worked, flush(daemon, &outbox, &summary, done_rx));
     worked
+}
+
+/// Raises `stop` to `level` (never lowers it); true when it changed.
+fn raise(stop: &mut Stop, level: Stop) -> bool {
+    let raised = level > *stop;
+    if raised {
+        *stop = level;
+    }
+    raised
+}
+
+/// Slots from which a worker keeps two claims in flight, each for half of its slots: while
+/// one claim is on its way (the daemon's step, the reply, starting its tasks), the other's
+/// tasks run and report. Below it one claim fills the slots.
+const TWO_LANES_FROM: usize = 16;
+
+/// How many claim loops share `concurrency` slots.
+fn lanes_for(concurrency: usize) -> usize {
+    if concurrency >= TWO_LANES_FROM {
+        2
+    } else {
+        1
+    }
+}
+
+/// The slots of lane `lane` of `lanes` (the first lanes take the remainder).
+fn lane_share(concurrency: usize, lanes: usize, lane: usize) -> usize {
+    concurrency / lanes + usize::from(lane < concurrency % lanes)
 }
 
 /// Tells the flusher to finish when dropped.
@@ -319,9 +390,9 @@ async fn work_loop(
             }
             continue;
         }
-        // A few slots free while the others run: wait a moment for more to free, so that one
-        // claim fills many (short tasks end close together; long ones barely wait).
-        let batch = (options.concurrency / 4).max(1);
+        // Some slots free while the others run: wait a moment for the rest, so that one claim
+        // fills them all (short tasks end close together; long ones barely wait).
+        let batch = options.concurrency;
         if free < batch {
             let gathered = async {
                 while options.concurrency.saturating_sub(running.len()) < batch {
@@ -1008,6 +1079,31 @@ mod tests {
         outbox.unsent(first, &e, RETRY_MIN, &summary);
         assert_eq!(summary.lost.load(Ordering::Relaxed), 1);
         assert_eq!(outbox.take()[0].id, "b");
+    }
+
+    #[test]
+    fn slots_are_shared_between_lanes_without_loss() {
+        assert_eq!(lanes_for(1), 1);
+        assert_eq!(lanes_for(TWO_LANES_FROM - 1), 1);
+        assert_eq!(lanes_for(TWO_LANES_FROM), 2);
+        for concurrency in [1, 15, 16, 17, 50, 1_000] {
+            let lanes = lanes_for(concurrency);
+            let shares: Vec<usize> = (0..lanes)
+                .map(|lane| lane_share(concurrency, lanes, lane))
+                .collect();
+            assert_eq!(shares.iter().sum::<usize>(), concurrency, "{shares:?}");
+            assert!(shares.iter().all(|&s| s >= 1), "{shares:?}");
+            assert!(shares.iter().max().unwrap() - shares.iter().min().unwrap() <= 1);
+        }
+    }
+
+    #[test]
+    fn a_stop_is_raised_never_lowered() {
+        let mut stop = Stop::Drain;
+        assert!(!raise(&mut stop, Stop::Run));
+        assert_eq!(stop, Stop::Drain);
+        assert!(raise(&mut stop, Stop::Kill));
+        assert_eq!(stop, Stop::Kill);
     }
 
     #[test]
