@@ -286,16 +286,7 @@ impl PreparedReports {
                 })
             }));
         }
-        results
-            .into_iter()
-            .map(|r| {
-                r.unwrap_or_else(|| {
-                    Err(SchedulerError::Storage(StorageError::Unavailable(
-                        "no reply".into(),
-                    )))
-                })
-            })
-            .collect()
+        results.into_iter().map(or_no_reply).collect()
     }
 }
 
@@ -487,16 +478,7 @@ impl Shared {
                 _ = idle => {}
             }
         }
-        replies
-            .into_iter()
-            .map(|r| {
-                r.unwrap_or_else(|| {
-                    Err(SchedulerError::Storage(StorageError::Unavailable(
-                        "no reply".into(),
-                    )))
-                })
-            })
-            .collect()
+        replies.into_iter().map(or_no_reply).collect()
     }
 
     /// Sends the waiting operations, a step per [`MAX_LEASED_PER_STEP`], until none waits.
@@ -862,4 +844,13 @@ impl Scheduler {
         let reply: Reply = self.shared.storage.read_known(op).await?;
         Ok(super::ids_of(reply))
     }
+}
+
+/// A reply slot the step never filled: the storage gave no answer for it.
+fn or_no_reply<T>(slot: Option<Result<T, SchedulerError>>) -> Result<T, SchedulerError> {
+    slot.unwrap_or_else(|| {
+        Err(SchedulerError::Storage(StorageError::Unavailable(
+            "no reply".into(),
+        )))
+    })
 }

@@ -71,6 +71,18 @@ impl ApiError {
         }
     }
 
+    /// The query string of `req` as (key, value) pairs in order; a malformed one is a 400.
+    pub(crate) fn query_pairs(
+        req: &actix_web::HttpRequest,
+    ) -> Result<Vec<(String, String)>, ApiError> {
+        actix_web::web::Query::<Vec<(String, String)>>::from_query(req.query_string())
+            .map(actix_web::web::Query::into_inner)
+            .map_err(|e| ApiError::BadRequest {
+                field: None,
+                message: format!("invalid query string: {e}"),
+            })
+    }
+
     /// The 501 of an endpoint the installed [`BotApi`] does not serve.
     pub fn not_served(endpoint: &str) -> Self {
         ApiError::NotImplemented(format!(

@@ -63,12 +63,7 @@ impl Params {
     /// Parses the query string; a parameter not in `known`, or given twice, is a 400 naming
     /// it.
     fn of(req: &HttpRequest, known: &[&str]) -> Result<Params, ApiError> {
-        let pairs = web::Query::<Vec<(String, String)>>::from_query(req.query_string())
-            .map_err(|e| ApiError::BadRequest {
-                field: None,
-                message: format!("invalid query string: {e}"),
-            })?
-            .into_inner();
+        let pairs = ApiError::query_pairs(req)?;
         let mut params = HashMap::new();
         for (key, value) in pairs {
             if !known.contains(&key.as_str()) {

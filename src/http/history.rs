@@ -248,12 +248,7 @@ pub(crate) async fn serve(
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
     let mut since_ms = 0;
-    let pairs = web::Query::<Vec<(String, String)>>::from_query(req.query_string())
-        .map_err(|e| ApiError::BadRequest {
-            field: None,
-            message: format!("invalid query string: {e}"),
-        })?
-        .into_inner();
+    let pairs = ApiError::query_pairs(&req)?;
     for (key, value) in pairs {
         match key.as_str() {
             "since_ms" => {

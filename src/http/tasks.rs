@@ -350,12 +350,7 @@ async fn get(
 ) -> Result<HttpResponse, ApiError> {
     let id = path_id(path)?;
     let mut with_history = false;
-    let pairs = web::Query::<Vec<(String, String)>>::from_query(req.query_string())
-        .map_err(|e| ApiError::BadRequest {
-            field: None,
-            message: format!("invalid query string: {e}"),
-        })?
-        .into_inner();
+    let pairs = ApiError::query_pairs(&req)?;
     for (key, value) in pairs {
         match (key.as_str(), value.as_str()) {
             ("history", "true") => with_history = true,

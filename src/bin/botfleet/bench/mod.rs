@@ -279,7 +279,8 @@ local sys = string.match(info, 'used_cpu_sys:([%d%.]+)')
 return string.format('%.6f', tonumber(user) + tonumber(sys))
 "#;
 
-fn no_local_script(
+/// The fallback twin of a benchmark's script: these run on Redis only.
+pub fn no_local_script(
     _: &mut botfleet::storage::Keyspace,
     _: u64,
     _: &[String],

@@ -111,15 +111,6 @@ local info = redis.call('INFO', 'memory')
 return tonumber(string.match(info, 'used_memory:(%d+)'))
 "#;
 
-fn no_local(
-    _: &mut botfleet::storage::Keyspace,
-    _: u64,
-    _: &[String],
-    _: &[String],
-) -> Result<botfleet::storage::Reply, botfleet::storage::LocalError> {
-    Err(botfleet::storage::LocalError::Script("redis only".into()))
-}
-
 /// Runs the three scenarios, printing one JSON line each through `out`.
 pub async fn run(
     bench: &QueueBench,
@@ -127,7 +118,7 @@ pub async fn run(
 ) -> Result<(), QueueBenchError> {
     let n = bench.tasks.max(1);
     let conc = bench.concurrency.max(1);
-    let memory = Script::new("bench-used-memory", USED_MEMORY, no_local);
+    let memory = Script::new("bench-used-memory", USED_MEMORY, super::no_local_script);
     for scenario in ["seq-add", "bulk-add", "priority"] {
         let mut settings = StorageSettings::default();
         settings.redis.url = bench.redis_url.clone();
