@@ -633,11 +633,16 @@ fn mode_shown() -> &'static str {
     "document.getElementById('storage-mode').textContent"
 }
 
-/// An actor restarted (a fault injected into the scheduler's loop, in a fleet run by the test
-/// itself) shows in the history's `actor_restarts` and on the restarts chart.
-#[test]
-fn the_restarts_chart_shows_an_actor_restarted() {
-    let redis = RedisServer::start().unwrap();
+/// A fleet on `redis` run by the test itself (so that a fault can be armed in its process),
+/// with its HTTP API on a free loopback port: the runtime, the fleet, the API and its address.
+fn fleet_with_api(
+    redis: &RedisServer,
+) -> (
+    tokio::runtime::Runtime,
+    botfleet::Fleet,
+    botfleet::http::HttpApi,
+    String,
+) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let mut settings = support::suite_settings(&redis.url());
     settings.api.bind = "127.0.0.1:0".into();
@@ -648,6 +653,15 @@ fn the_restarts_chart_shows_an_actor_restarted() {
         .start()
         .expect("the API starts");
     let bind = http.local_addr().to_string();
+    (runtime, fleet, http, bind)
+}
+
+/// An actor restarted (a fault injected into the scheduler's loop, in a fleet run by the test
+/// itself) shows in the history's `actor_restarts` and on the restarts chart.
+#[test]
+fn the_restarts_chart_shows_an_actor_restarted() {
+    let redis = RedisServer::start().unwrap();
+    let (runtime, fleet, http, bind) = fleet_with_api(&redis);
     let browser = Browser::launch((1280, 900)).expect("headless chromium starts");
     let tab = browser
         .open(&format!("http://{bind}/"))
@@ -685,16 +699,7 @@ fn the_restarts_chart_shows_an_actor_restarted() {
 #[test]
 fn the_dashboard_sampler_is_started_again_after_a_panic() {
     let redis = RedisServer::start().unwrap();
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let mut settings = support::suite_settings(&redis.url());
-    settings.api.bind = "127.0.0.1:0".into();
-    let fleet = runtime
-        .block_on(botfleet::Fleet::start(settings))
-        .expect("the fleet starts");
-    let http = botfleet::http::HttpApi::builder(fleet.clone())
-        .start()
-        .expect("the API starts");
-    let bind = http.local_addr().to_string();
+    let (runtime, fleet, http, bind) = fleet_with_api(&redis);
     let history = || {
         let (status, h) =
             support::http::raw_request(&bind, "GET", "/api/dashboard/history", "").unwrap();
