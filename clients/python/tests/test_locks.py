@@ -58,7 +58,11 @@ class LockTest(unittest.TestCase):
         # Released at the block's end: free at once.
         lease = c.acquire_lock(name, ttl_ms=1_000)
         self.assertGreater(lease.fence, int(fence))
+        held = [h for h in c.held_locks()["locks"] if h["name"] == name]
+        self.assertEqual([(h["holder"], h["fence"]) for h in held], [("lease", lease.fence)])
+        self.assertNotIn("token", held[0])
         self.assertTrue(c.release_lock(lease))
+        self.assertEqual([h for h in c.held_locks()["locks"] if h["name"] == name], [])
         self.assertFalse(c.release_lock(lease), "a second release must say the token no longer holds it")
 
     def test_the_block_keeps_the_lock_past_its_ttl(self) -> None:

@@ -25,6 +25,7 @@ import type {
   GameSession,
   HeartbeatOptions,
   HeldLock,
+  LockHeldNow,
   Lease,
   Peer,
   PlayerRound,
@@ -508,6 +509,11 @@ export class BotfleetClient {
   }
 
   /** Releases a held lock: `true`, or `false` when the token no longer held it. */
+  /** The locks the daemon holds now, from its memory (at most 200 listed). */
+  heldLocks(): Promise<{ total: number; locks: LockHeldNow[] }> {
+    return this.request("GET", "/api/locks/held");
+  }
+
   async releaseLock(lease: Lease): Promise<boolean> {
     try {
       await this.request("POST", "/api/locks/release", { body: { name: lease.name, token: lease.token } });

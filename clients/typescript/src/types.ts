@@ -145,6 +145,16 @@ export interface WorkStats {
 }
 
 /** A held lock (`POST /api/locks/acquire`). */
+/** A lock the daemon holds now (`GET /api/locks/held`); the token is never shown. */
+export interface LockHeldNow {
+  name: string;
+  /** `guard`: the daemon's own services; `local`: granted in-process during an outage; `lease`: handed out over HTTP. */
+  holder: "guard" | "local" | "lease";
+  fence: number | null;
+  expires_at_ms: number | null;
+  ttl_left_ms: number | null;
+}
+
 export interface Lease {
   name: string;
   /** The holder's token: extend and release need it. */

@@ -125,7 +125,10 @@ test("withLock excludes concurrent holders and hands out increasing fences", { s
   const lease = await c.acquireLock(name, 5000);
   await assert.rejects(c.acquireLock(name, 1000, 100), LockBusyError);
   await assert.rejects(c.withLock(name, 1000, () => assert.fail("ran without the lock")), LockBusyError);
+  const held = (await c.heldLocks()).locks.filter((h) => h.name === name);
+  assert.deepEqual(held.map((h) => [h.holder, h.fence]), [["lease", lease.fence]]);
   assert.equal(await c.releaseLock(lease), true);
+  assert.deepEqual((await c.heldLocks()).locks.filter((h) => h.name === name), []);
   assert.equal(await c.releaseLock(lease), false);
   await assert.rejects(c.extendLock(lease, 1000), LockLostError);
 });

@@ -241,6 +241,12 @@ class Client:
             return False
         return True
 
+    def held_locks(self) -> Dict[str, Any]:
+        """The locks the daemon holds now, from its memory: ``{"total": N, "locks": [{"name",
+        "holder" ("guard", "local" or "lease"), "fence", "expires_at_ms", "ttl_left_ms"}]}``
+        (at most 200 listed; tokens are never shown)."""
+        return self._get("/api/locks/held")
+
     def lock(self, name: str, ttl_ms: int, wait_ms: int = 0) -> LockContext:
         """A ``with`` block holding lock ``name``; it yields the fencing token (an ``int``
         with ``.lost`` and ``.check()``)::
