@@ -43,15 +43,19 @@ use crate::storage::{Keyspace, LocalError, Native, Reply, Script};
 /// KEYS: per request, lock, fencing counter, waiting mark. ARGV: per request, token, ttl ms,
 /// mark ms. The lock key holds the token (so a seed client's `SET key "1" EX ttl NX` fails
 /// while we hold it, and ours fails while it holds it); the fencing counter is raised in the
-/// same script ([`NEXT_FENCE`]). Answers, per request, the fencing token, or 0 when the lock is held by
-/// someone else; then, unless mark ms is 0 (`try_acquire`), it sets the waiting mark for that
+/// same script ([`NEXT_FENCE`]). A request whose token the lock already holds is granted
+/// again with a new fence: a call sent twice (its connection lost after the first was run, see
+/// the storage's `exec`) is still a grant; `pcall`, so a key of another type stays "held by
+/// someone else". Answers, per request, the fencing token, or 0 when
+/// the lock is held by someone else; then, unless mark ms is 0 (`try_acquire`), it sets the waiting mark for that
 /// long, so that the release is announced.
 const ACQUIRE: &str = r#"
 local out = {}
 local now = nil
 for i = 1, #KEYS / 3 do
   local k, a = i * 3 - 2, i * 3 - 2
-  if redis.call('SET', KEYS[k], ARGV[a], 'PX', ARGV[a + 1], 'NX') then
+  if redis.call('SET', KEYS[k], ARGV[a], 'PX', ARGV[a + 1], 'NX')
+      or redis.pcall('GET', KEYS[k]) == ARGV[a] then
     now = now or server_now()
     out[i] = next_fence(KEYS[k + 1], now)
   else
@@ -87,10 +91,11 @@ return out
 
 /// KEYS: lock, fencing counter. ARGV: token, next holder's token, its ttl ms. Compare-and-set:
 /// hands the lock to a waiter of the same process with a new fencing token ([`NEXT_FENCE`]).
-/// Answers the
-/// fencing token, or 0 when the lock was not ours (nothing changed).
+/// A lock that already holds the next holder's token (a call sent twice) is handed over again.
+/// Answers the fencing token, or 0 when the lock was not ours (nothing changed).
 const HANDOFF: &str = r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+local held = redis.call('GET', KEYS[1])
+if held == ARGV[1] or held == ARGV[2] then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
   return next_fence(KEYS[2], server_now())
 end

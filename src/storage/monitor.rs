@@ -89,7 +89,15 @@ impl Storage {
                     _ = storage.inner.stop.notified() => break,
                     event = rx.recv(), if events_open => match event {
                         Some(ConnEvent::Error(reason)) => {
-                            if storage.mode() == Mode::Redis {
+                            // One connection lost (closed by the server, or the first of the
+                            // pool to find a restarted server gone) is an outage only if no
+                            // other connection is answered either: the pool's connections find
+                            // out one by one, and a late one must not turn a storage that
+                            // already resynced back to its fallback.
+                            if storage.mode() == Mode::Redis
+                                && !storage.redis_answers_elsewhere().await
+                                && storage.mode() == Mode::Redis
+                            {
                                 storage.degrade(reason);
                             }
                         }
@@ -119,6 +127,16 @@ impl Storage {
                 }
             }
         });
+    }
+
+    /// Whether Redis answers a PING on a connection that is up, within the command timeout
+    /// (at most a second).
+    async fn redis_answers_elsewhere(&self) -> bool {
+        let Some(redis) = &self.inner.redis else {
+            return false;
+        };
+        let patience = redis.command_timeout().min(Duration::from_secs(1));
+        redis.answers_elsewhere(patience).await
     }
 
     /// Liveness check of the monitor: PING in `redis` mode (an idle dead connection is not

@@ -134,6 +134,8 @@ pub struct RedisBackend {
     unreplicated: std::sync::atomic::AtomicU64,
     /// Writes the master had not written to its append-only file within the timeout.
     unsynced: std::sync::atomic::AtomicU64,
+    /// Calls sent again on another connection after theirs was lost under them.
+    resent: std::sync::atomic::AtomicU64,
     /// Masters whose replicas did not answer the last `WAIT`.
     replicas: ReplicaWatch,
     /// `storage.redis.native_commands`.
@@ -287,6 +289,17 @@ fn builder(settings: &RedisSettings, fail_fast: bool) -> Result<Builder, Storage
     Ok(builder)
 }
 
+/// Whether a call's error says its connection was lost under it (closed, reset), or that it
+/// had none to go out on (the command was not written), rather than a server that is slow or
+/// answered an error.
+fn is_connection_loss(e: &Error) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::IO | ErrorKind::Canceled | ErrorKind::Routing
+    ) || e.details().contains("failed write attempts")
+        || e.details().contains("Failed to route command")
+}
+
 /// Classifies a fred error. fred reports many server error replies as `Unknown`, so the
 /// reply text decides first: Redis error replies start with an upper-case code (`ERR`,
 /// `WRONGTYPE`, `NOSCRIPT`, ...).
@@ -427,6 +440,7 @@ impl RedisBackend {
             }),
             unreplicated: std::sync::atomic::AtomicU64::new(0),
             unsynced: std::sync::atomic::AtomicU64::new(0),
+            resent: std::sync::atomic::AtomicU64::new(0),
             replicas: ReplicaWatch::new(Duration::from_millis(
                 settings.wait_timeout_ms.max(100) * 2,
             )),
@@ -648,6 +662,11 @@ impl RedisBackend {
         self.unreplicated.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Calls sent again on another connection after theirs was lost under them.
+    pub fn resent_calls(&self) -> u64 {
+        self.resent.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Writes the master had not written to its append-only file in time (`wait_aof`).
     pub fn unsynced_writes(&self) -> u64 {
         self.unsynced.load(std::sync::atomic::Ordering::Relaxed)
@@ -864,7 +883,12 @@ impl RedisBackend {
         }
     }
 
-    /// Runs one op.
+    /// Runs one op. A call whose connection was lost under it, or that had none to go out
+    /// on, is sent once more on another connection of the pool that is up: the pool's
+    /// connections find a restarted server, or one the server closed, one by one, and that is
+    /// no outage while another serves. Redis may have run the first sending: an op sent twice
+    /// must answer as if sent once, as the lock scripts do; a plain write is applied twice,
+    /// as a write replayed from the outbox after an outage would be.
     pub async fn exec(&self, op: &Op) -> Result<Reply, Failure> {
         if let (true, Op::Scan { pattern, count, .. }) = (self.clustered, op) {
             return self.scan_masters(pattern, *count).await;
@@ -892,8 +916,26 @@ impl RedisBackend {
                 }
             }
         }
-        let (cmd, args) = op.to_command();
-        let reply = match self.raw(client, cmd, args, op.first_key()).await {
+        let mut client = client;
+        let sent = match self.send(client, op).await {
+            // The connection was lost under the call, not the server: after a restart of the
+            // server, or a connection it closed, the pool's connections find out one by one,
+            // and the first call on each meets the loss. Another connection that is up answers
+            // (as if the call had met the outage and was replayed; a connection that was
+            // merely slow is not asked twice: a timeout is not a loss).
+            Err(e) if is_connection_loss(&e) => match self.connected_other(client) {
+                Some(other) => {
+                    tracing::debug!(error = %e, "connection lost under a call: sent on another");
+                    self.resent
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    client = other;
+                    self.send(other, op).await
+                }
+                None => Err(e),
+            },
+            other => other,
+        };
+        let reply = match sent.map(to_reply).map_err(|e| classify(&e)) {
             Err(Failure::NoScript) => {
                 let Op::Eval { script, .. } = op else {
                     return Err(Failure::Command("NOSCRIPT".into()));
@@ -908,6 +950,45 @@ impl RedisBackend {
             self.wait_for_replicas(client, op.first_key()).await?;
         }
         Ok(reply)
+    }
+
+    /// Sends `op`'s command on `client`.
+    async fn send(&self, client: &Client, op: &Op) -> Result<Value, Error> {
+        let (cmd, args) = op.to_command();
+        let command = CustomCommand::new_static(cmd, self.hash_for(op.first_key()), false);
+        client
+            .with_options(&self.opts)
+            .custom::<Value, String>(command, args)
+            .await
+    }
+
+    /// A connection of the pool other than `not` that is up now.
+    fn connected_other(&self, not: &Client) -> Option<&Client> {
+        self.pool
+            .clients()
+            .iter()
+            .find(|c| !std::ptr::eq(*c, not) && c.is_connected())
+    }
+
+    /// Whether Redis answers a PING, within `patience`, on any connection of the pool that is
+    /// up (asked at once). A lost connection is no outage while another serves.
+    pub async fn answers_elsewhere(&self, patience: Duration) -> bool {
+        let opts = Options {
+            timeout: Some(patience),
+            ..self.opts.clone()
+        };
+        let pings = self
+            .pool
+            .clients()
+            .iter()
+            .filter(|c| c.is_connected())
+            .map(|client| {
+                let command = CustomCommand::new_static("PING", ClusterHash::Random, false);
+                let client = client.with_options(&opts);
+                Box::pin(async move { client.custom::<Value, String>(command, Vec::new()).await })
+            })
+            .collect::<Vec<_>>();
+        !pings.is_empty() && futures::future::select_ok(pings).await.is_ok()
     }
 
     async fn raw(
@@ -1046,6 +1127,11 @@ impl RedisBackend {
             Reply::Str("0".into()),
             Reply::Array(keys.into_iter().map(Reply::Str).collect()),
         ]))
+    }
+
+    /// The command timeout (`storage.redis.timeout_ms`).
+    pub fn command_timeout(&self) -> Duration {
+        self.opts.timeout.unwrap_or(Duration::from_secs(1))
     }
 
     /// A PING with the command timeout: true when Redis answers.

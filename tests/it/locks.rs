@@ -1149,3 +1149,113 @@ async fn the_locks_held_now_are_listed_from_memory() {
     );
     fleet.shutdown().await.unwrap();
 }
+
+/// The calls a server logged (`SLOWLOG` with every call logged), oldest first: each call's
+/// arguments.
+fn logged_calls(server: &TestRedis) -> Vec<Vec<String>> {
+    let RespValue::Array(entries) = server.cmd(&["SLOWLOG", "GET", "-1"]) else {
+        panic!("SLOWLOG GET answered no list");
+    };
+    let mut calls: Vec<Vec<String>> = entries
+        .iter()
+        .filter_map(|entry| entry.as_array()?.get(3)?.as_array())
+        .map(|args| {
+            args.iter()
+                .filter_map(|a| a.as_str().map(str::to_string))
+                .collect()
+        })
+        .collect();
+    calls.reverse();
+    calls
+}
+
+/// A lock call sent twice (its connection lost after Redis ran it, so the storage sends it
+/// again on another connection) is answered as the first was: an acquisition is granted again
+/// to the same holder, with a fence above the first, and the lock stays the guard's to
+/// release; a hand-over sent twice hands over again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_call_sent_twice_is_answered_as_once() {
+    let server = TestRedis::start().unwrap();
+    let fleet = Fleet::start(patient(&server.url())).await.unwrap();
+    let locks = fleet.locks();
+    let name = "payout-lock:resent";
+    server.cmd(&["CONFIG", "SET", "slowlog-log-slower-than", "0"]);
+    server.cmd(&["CONFIG", "SET", "slowlog-max-len", "1000"]);
+    server.cmd(&["SLOWLOG", "RESET"]);
+    let guard = locks
+        .try_acquire(name, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .expect("the lock is free");
+    let first = guard.fencing_token().unwrap();
+    let call = logged_calls(&server)
+        .into_iter()
+        .find(|args| {
+            args.first()
+                .is_some_and(|c| c.eq_ignore_ascii_case("evalsha"))
+        })
+        .expect("the acquisition was logged");
+    let args: Vec<&str> = call.iter().map(String::as_str).collect();
+    let again = server.cmd(&args);
+    let fence = again
+        .as_array()
+        .and_then(|a| a.first())
+        .and_then(RespValue::as_int)
+        .unwrap_or_else(|| panic!("the acquisition sent again answered {again:?}"));
+    assert!(fence > first as i64, "granted again: {fence} above {first}");
+    // Another holder's call is still refused.
+    let mut other = args.clone();
+    let token_at = 3 + 3; // EVALSHA sha numkeys, three keys, then the token
+    other[token_at] = "someone-else";
+    let refused = server.cmd(&other);
+    assert_eq!(
+        refused
+            .as_array()
+            .and_then(|a| a.first())
+            .and_then(RespValue::as_int),
+        Some(0),
+        "{refused:?}"
+    );
+
+    // A hand-over: released to a waiter of this process, then sent twice.
+    let waiter = {
+        let locks = locks.clone();
+        tokio::spawn(async move {
+            locks
+                .acquire(name, Duration::from_secs(30), Duration::from_secs(20))
+                .await
+                .unwrap()
+        })
+    };
+    let f = fleet.clone();
+    poll_until_async(Duration::from_secs(5), move || {
+        let f = f.clone();
+        async move { f.lock_stats().await.unwrap().waiters == 1 }
+    })
+    .await
+    .unwrap();
+    server.cmd(&["SLOWLOG", "RESET"]);
+    assert!(guard.release().await.unwrap(), "still the guard's lock");
+    let second = waiter.await.unwrap();
+    let handed = second.fencing_token().unwrap();
+    assert!(handed > fence as u64, "handed over with a new fence");
+    // The hand-over: two keys, the lock and its fencing counter.
+    let call = logged_calls(&server)
+        .into_iter()
+        .find(|args| {
+            args.first()
+                .is_some_and(|c| c.eq_ignore_ascii_case("evalsha"))
+                && args.get(2).map(String::as_str) == Some("2")
+                && args.get(4).is_some_and(|k| k.contains("fence"))
+        })
+        .expect("the hand-over was logged");
+    let args: Vec<&str> = call.iter().map(String::as_str).collect();
+    let again = server.cmd(&args).as_int();
+    assert!(
+        again.is_some_and(|f| f > handed as i64),
+        "handed over again: {again:?} above {handed}"
+    );
+    assert!(second.release().await.unwrap(), "still the waiter's lock");
+    assert_eq!(server.cmd(&["EXISTS", name]).as_int(), Some(0));
+    fleet.shutdown().await.unwrap();
+}

@@ -516,3 +516,85 @@ async fn superseded_writes_are_replayed_once_with_the_newest_value() {
     let ttl = server.cmd(&["PTTL", "legacy"]).as_int().unwrap();
     assert!(ttl > 0 && ttl <= 600_000, "the expiry is kept: {ttl}");
 }
+
+/// Ids of the server's client connections whose last command was `command`.
+fn clients_last_running(server: &RedisServer, command: &str) -> Vec<String> {
+    let list = server.cmd(&["CLIENT", "LIST", "TYPE", "normal"]);
+    let text = list.as_str().unwrap_or_default().to_string();
+    let last = format!("cmd={command} ");
+    text.lines()
+        .filter(|line| line.contains(&last))
+        .filter_map(|line| {
+            line.split_whitespace()
+                .find_map(|field| field.strip_prefix("id="))
+                .map(str::to_string)
+        })
+        .collect()
+}
+
+/// The server closes one connection of the pool (an idle timeout, a proxy, `CLIENT KILL`)
+/// while it serves on: that is no outage. The storage stays on Redis, and every call around
+/// the close answers from Redis (a call the lost connection carried goes out again on one
+/// that is up), where the fallback, which has never seen the counter, would start it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_lost_connection_is_not_an_outage() {
+    let server = RedisServer::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut st = settings(&server.url(), dir.path());
+    st.redis.pool_size = 4;
+    let storage = Storage::open(&st, &KeySchema::default()).await.unwrap();
+    assert_eq!(storage.mode(), Mode::Redis);
+    let mut events = storage.events();
+    let mut expected = 0;
+    for _ in 0..8 {
+        expected += 1;
+        assert_eq!(storage.incr_by("lost:n", 1).await.unwrap(), expected);
+    }
+    // The pool's connections: each has run an INCRBY (calls go round the pool).
+    let before = clients_last_running(&server, "incrby");
+    assert_eq!(before.len(), 4, "the pool's connections: {before:?}");
+
+    for victim in &before[..2] {
+        server.cmd(&["CLIENT", "KILL", "ID", victim]);
+        for _ in 0..50 {
+            expected += 1;
+            assert_eq!(
+                storage.incr_by("lost:n", 1).await.unwrap(),
+                expected,
+                "answered by the fallback? mode {}",
+                storage.mode()
+            );
+        }
+    }
+    // Calls go on until the pool is whole again: two new connections serve beside the two
+    // left.
+    let whole = poll_until_async(Duration::from_secs(10), || {
+        expected += 1;
+        let storage = storage.clone();
+        let want = expected;
+        let server = &server;
+        let before = &before;
+        async move {
+            assert_eq!(storage.incr_by("lost:n", 1).await.unwrap(), want);
+            let now = clients_last_running(server, "incrby");
+            now.len() == 4 && now.iter().filter(|id| before.contains(id)).count() == 2
+        }
+    })
+    .await;
+    assert!(
+        whole.is_ok(),
+        "pool not reconnected: {:?}",
+        clients_last_running(&server, "incrby")
+    );
+    assert_eq!(storage.mode(), Mode::Redis);
+    while let Ok(event) = events.try_recv() {
+        assert!(
+            !matches!(event, StorageEvent::ModeChanged { .. }),
+            "a lost connection turned the storage: {event:?}"
+        );
+    }
+    assert_eq!(
+        server.cmd(&["GET", "lost:n"]).as_str(),
+        Some(expected.to_string().as_str())
+    );
+}
