@@ -1152,7 +1152,7 @@ async fn the_locks_held_now_are_listed_from_memory() {
 
 /// The calls a server logged (`SLOWLOG` with every call logged), oldest first: each call's
 /// arguments.
-fn logged_calls(server: &TestRedis) -> Vec<Vec<String>> {
+fn logged_calls(server: &RedisServer) -> Vec<Vec<String>> {
     let RespValue::Array(entries) = server.cmd(&["SLOWLOG", "GET", "-1"]) else {
         panic!("SLOWLOG GET answered no list");
     };
@@ -1175,7 +1175,8 @@ fn logged_calls(server: &TestRedis) -> Vec<Vec<String>> {
 /// release; a hand-over sent twice hands over again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lock_call_sent_twice_is_answered_as_once() {
-    let server = TestRedis::start().unwrap();
+    // One server: its log holds every call (on a Cluster, the key's master would).
+    let server = RedisServer::start().unwrap();
     let fleet = Fleet::start(patient(&server.url())).await.unwrap();
     let locks = fleet.locks();
     let name = "payout-lock:resent";
