@@ -1009,21 +1009,23 @@ impl RedisBackend {
 
     /// Runs plain ops (no scripts) pipelined on one connection: one round trip for the lot.
     /// The outer error is an outage; the inner ones are Redis's replies to single commands.
+    /// A pipeline whose connection was lost under it is sent once more on another connection
+    /// that is up, as [`RedisBackend::exec`] does for one call.
     pub async fn exec_pipeline(&self, ops: &[Op]) -> Result<Vec<Result<Reply, Failure>>, Failure> {
-        let client = self.pool.next();
-        let pipeline = client.pipeline();
-        for op in ops {
-            let (cmd, args) = op.to_command();
-            let command = CustomCommand::new_static(cmd, self.hash_for(op.first_key()), false);
-            let _: () = pipeline
-                .custom(command, args)
-                .await
-                .map_err(|e| classify(&e))?;
+        let mut client = self.pool.next();
+        let results = match self.send_pipeline(client, ops).await {
+            Err(e) if is_connection_loss(&e) => match self.connected_other(client) {
+                Some(other) => {
+                    tracing::debug!(error = %e, "connection lost under a pipeline: sent on another");
+                    self.resent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    client = other;
+                    self.send_pipeline(other, ops).await
+                }
+                None => Err(e),
+            },
+            other => other,
         }
-        let timeout = self.opts.timeout.unwrap_or(Duration::from_secs(1));
-        let results: Vec<Result<Value, Error>> = tokio::time::timeout(timeout, pipeline.try_all())
-            .await
-            .map_err(|_| Failure::Outage("pipeline timed out".into()))?;
+        .map_err(|e| classify(&e))?;
         let mut out = Vec::with_capacity(results.len());
         for result in results {
             match result {
@@ -1051,6 +1053,29 @@ impl RedisBackend {
             }
         }
         Ok(out)
+    }
+
+    /// Sends `ops` pipelined on `client`: each command's reply, or the error that stopped the
+    /// lot (the first command's connection error when the connection was lost under it).
+    async fn send_pipeline(
+        &self,
+        client: &Client,
+        ops: &[Op],
+    ) -> Result<Vec<Result<Value, Error>>, Error> {
+        let pipeline = client.pipeline();
+        for op in ops {
+            let (cmd, args) = op.to_command();
+            let command = CustomCommand::new_static(cmd, self.hash_for(op.first_key()), false);
+            let _: () = pipeline.custom(command, args).await?;
+        }
+        let timeout = self.opts.timeout.unwrap_or(Duration::from_secs(1));
+        let results: Vec<Result<Value, Error>> = tokio::time::timeout(timeout, pipeline.try_all())
+            .await
+            .map_err(|_| Error::new(ErrorKind::Timeout, "pipeline timed out"))?;
+        match results.iter().find_map(|r| r.as_ref().err()) {
+            Some(e) if is_connection_loss(e) => Err(e.clone()),
+            _ => Ok(results),
+        }
     }
 
     /// Loads a script into Redis's cache: on a Cluster into every master's, since EVALSHA
