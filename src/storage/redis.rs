@@ -886,9 +886,10 @@ impl RedisBackend {
     /// Runs one op. A call whose connection was lost under it, or that had none to go out
     /// on, is sent once more on another connection of the pool that is up: the pool's
     /// connections find a restarted server, or one the server closed, one by one, and that is
-    /// no outage while another serves. Redis may have run the first sending: an op sent twice
-    /// must answer as if sent once, as the lock scripts do; a plain write is applied twice,
-    /// as a write replayed from the outbox after an outage would be.
+    /// no outage while another serves. Redis may have run the first sending: the lock
+    /// acquisition and hand-over answer a second sending as the first; a lock release or
+    /// compare-and-set sent twice answers "not held" / "not equal"; a plain write is applied
+    /// twice, as a write replayed from the outbox after an outage would be.
     pub async fn exec(&self, op: &Op) -> Result<Reply, Failure> {
         if let (true, Op::Scan { pattern, count, .. }) = (self.clustered, op) {
             return self.scan_masters(pattern, *count).await;
