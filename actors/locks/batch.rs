@@ -18,9 +18,11 @@ use crate::storage::{group_by_slot, Reply, Script, Storage, StorageError};
 
 /// Requests sent in one script call at most.
 const MAX_BATCH: usize = 256;
-/// Calls of one script in flight at once (several keep the connection's pipeline busy while
-/// a batch is answered).
-pub(super) const MAX_IN_FLIGHT: usize = 4;
+/// Calls of one script in flight at once (several keep the connections' pipelines busy while
+/// a batch is answered). 50 tasks taking locks of their own made 10-18% more pairs per second
+/// with 16 than with 4 (nine alternating rounds; 8 and 12 in between, 24 and 32 less again):
+/// smaller batches, but the client and the server overlap more.
+pub(super) const MAX_IN_FLIGHT: usize = 16;
 
 /// One request, in the script's per-request layout.
 #[derive(Debug, Clone)]
