@@ -41,6 +41,30 @@ fn patient(url: &str) -> Settings {
     s
 }
 
+/// A task of this process waiting for `name` (up to 20 s, for `ttl`), once it is in the queue:
+/// the holder's release hands the lock over to it.
+async fn queue_one_waiter(
+    fleet: &Fleet,
+    name: &'static str,
+    ttl: Duration,
+) -> tokio::task::JoinHandle<LockGuard> {
+    let locks = fleet.locks();
+    let waiter = tokio::spawn(async move {
+        locks
+            .acquire(name, ttl, Duration::from_secs(20))
+            .await
+            .unwrap()
+    });
+    let f = fleet.clone();
+    poll_until_async(Duration::from_secs(5), move || {
+        let f = f.clone();
+        async move { f.lock_stats().await.unwrap().waiters == 1 }
+    })
+    .await
+    .unwrap();
+    waiter
+}
+
 fn spawn_child(role: &str, spec: String) -> std::process::Child {
     support::spawn_role(module_path!(), role, CHILD_ENV, &spec)
 }
@@ -731,22 +755,7 @@ async fn a_release_hands_the_lock_to_the_waiter_of_this_process() {
         .await
         .unwrap()
         .unwrap();
-    let waiter = {
-        let locks = locks.clone();
-        tokio::spawn(async move {
-            locks
-                .acquire(name, Duration::from_secs(20), Duration::from_secs(20))
-                .await
-                .unwrap()
-        })
-    };
-    let f = fleet.clone();
-    poll_until_async(Duration::from_secs(5), move || {
-        let f = f.clone();
-        async move { f.lock_stats().await.unwrap().waiters == 1 }
-    })
-    .await
-    .unwrap();
+    let waiter = queue_one_waiter(&fleet, name, Duration::from_secs(20)).await;
     let fence = first.fencing_token().unwrap();
     let released = Instant::now();
     assert!(first.release().await.unwrap(), "the holder still held it");
@@ -1054,22 +1063,7 @@ async fn fencing_tokens_stay_above_a_counter_ahead_of_the_clock() {
         .expect("the lock is free");
     assert_eq!(first.fencing_token(), Some(ahead + 1));
     assert_eq!(counter_now(&server), ahead + 1);
-    let waiter = {
-        let locks = locks.clone();
-        tokio::spawn(async move {
-            locks
-                .acquire(name, Duration::from_secs(30), Duration::from_secs(20))
-                .await
-                .unwrap()
-        })
-    };
-    let f = fleet.clone();
-    poll_until_async(Duration::from_secs(5), move || {
-        let f = f.clone();
-        async move { f.lock_stats().await.unwrap().waiters == 1 }
-    })
-    .await
-    .unwrap();
+    let waiter = queue_one_waiter(&fleet, name, Duration::from_secs(30)).await;
     assert!(first.release().await.unwrap());
     let second = waiter.await.unwrap();
     assert_eq!(second.fencing_token(), Some(ahead + 2), "handed over");
@@ -1219,22 +1213,7 @@ async fn a_lock_call_sent_twice_is_answered_as_once() {
     );
 
     // A hand-over: released to a waiter of this process, then sent twice.
-    let waiter = {
-        let locks = locks.clone();
-        tokio::spawn(async move {
-            locks
-                .acquire(name, Duration::from_secs(30), Duration::from_secs(20))
-                .await
-                .unwrap()
-        })
-    };
-    let f = fleet.clone();
-    poll_until_async(Duration::from_secs(5), move || {
-        let f = f.clone();
-        async move { f.lock_stats().await.unwrap().waiters == 1 }
-    })
-    .await
-    .unwrap();
+    let waiter = queue_one_waiter(&fleet, name, Duration::from_secs(30)).await;
     server.cmd(&["SLOWLOG", "RESET"]);
     assert!(guard.release().await.unwrap(), "still the guard's lock");
     let second = waiter.await.unwrap();
