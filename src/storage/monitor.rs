@@ -95,7 +95,7 @@ impl Storage {
                             // out one by one, and a late one must not turn a storage that
                             // already resynced back to its fallback.
                             if storage.mode() == Mode::Redis
-                                && !storage.redis_answers_on_any().await
+                                && !storage.redis_answers_elsewhere().await
                                 && storage.mode() == Mode::Redis
                             {
                                 storage.degrade(reason);
@@ -131,12 +131,12 @@ impl Storage {
 
     /// Whether Redis answers a PING on a connection that is up, within the command timeout
     /// (at most a second).
-    async fn redis_answers_on_any(&self) -> bool {
+    async fn redis_answers_elsewhere(&self) -> bool {
         let Some(redis) = &self.inner.redis else {
             return false;
         };
         let patience = redis.command_timeout().min(Duration::from_secs(1));
-        redis.answers_on_any(patience).await
+        redis.answers_elsewhere(patience).await
     }
 
     /// Liveness check of the monitor: PING in `redis` mode (an idle dead connection is not
@@ -148,10 +148,8 @@ impl Storage {
         match self.mode() {
             Mode::Redis => {
                 // Patient: a busy machine must not pass for an outage (calls detect real ones).
-                // Any connection of the pool may answer: one still reconnecting after a freeze
-                // (its next attempt backed off) is no outage while another serves.
                 let patience = Duration::from_secs(1);
-                if !redis.answers_on_any(patience).await && self.mode() == Mode::Redis {
+                if !redis.ping_patiently(patience).await && self.mode() == Mode::Redis {
                     self.degrade("PING unanswered".into());
                 }
             }

@@ -894,7 +894,7 @@ impl RedisBackend {
         if let (true, Op::Scan { pattern, count, .. }) = (self.clustered, op) {
             return self.scan_masters(pattern, *count).await;
         }
-        let client = self.pick();
+        let client = self.pool.next();
         if let Op::Eval {
             script: ScriptRef {
                 native: Some(form), ..
@@ -963,17 +963,6 @@ impl RedisBackend {
             .await
     }
 
-    /// The pool's next connection, or, while that one is known to be down (reconnecting after
-    /// the server closed it), another that is up: a call would otherwise wait for the
-    /// reconnection, up to its timeout.
-    fn pick(&self) -> &Client {
-        let client = self.pool.next();
-        if client.is_connected() {
-            return client;
-        }
-        self.connected_other(client).unwrap_or(client)
-    }
-
     /// A connection of the pool other than `not` that is up now.
     fn connected_other(&self, not: &Client) -> Option<&Client> {
         self.pool
@@ -982,11 +971,9 @@ impl RedisBackend {
             .find(|c| !std::ptr::eq(*c, not) && c.is_connected())
     }
 
-    /// Whether Redis answers a PING within `patience` on any connection of the pool: one that
-    /// is up now, or one that connects again meanwhile (after a freeze, the pool recycles
-    /// every connection at once, and a moment later they serve again). All are asked at
-    /// once. A lost connection is no outage while another serves.
-    pub async fn answers_on_any(&self, patience: Duration) -> bool {
+    /// Whether Redis answers a PING, within `patience`, on any connection of the pool that is
+    /// up (asked at once). A lost connection is no outage while another serves.
+    pub async fn answers_elsewhere(&self, patience: Duration) -> bool {
         let opts = Options {
             timeout: Some(patience),
             ..self.opts.clone()
@@ -995,19 +982,14 @@ impl RedisBackend {
             .pool
             .clients()
             .iter()
+            .filter(|c| c.is_connected())
             .map(|client| {
+                let command = CustomCommand::new_static("PING", ClusterHash::Random, false);
                 let client = client.with_options(&opts);
-                Box::pin(async move {
-                    client.wait_for_connect().await?;
-                    let command = CustomCommand::new_static("PING", ClusterHash::Random, false);
-                    client.custom::<Value, String>(command, Vec::new()).await
-                })
+                Box::pin(async move { client.custom::<Value, String>(command, Vec::new()).await })
             })
             .collect::<Vec<_>>();
-        matches!(
-            tokio::time::timeout(patience, futures::future::select_ok(pings)).await,
-            Ok(Ok(_))
-        )
+        !pings.is_empty() && futures::future::select_ok(pings).await.is_ok()
     }
 
     async fn raw(
@@ -1031,7 +1013,7 @@ impl RedisBackend {
     /// A pipeline whose connection was lost under it is sent once more on another connection
     /// that is up, as [`RedisBackend::exec`] does for one call.
     pub async fn exec_pipeline(&self, ops: &[Op]) -> Result<Vec<Result<Reply, Failure>>, Failure> {
-        let mut client = self.pick();
+        let mut client = self.pool.next();
         let results = match self.send_pipeline(client, ops).await {
             Err(e) if is_connection_loss(&e) => match self.connected_other(client) {
                 Some(other) => {
@@ -1181,6 +1163,22 @@ impl RedisBackend {
     /// A PING with the command timeout: true when Redis answers.
     pub async fn ping(&self) -> bool {
         self.raw(self.pool.next(), "PING", Vec::new(), None)
+            .await
+            .is_ok()
+    }
+
+    /// A PING allowed `patience`: the idle-connection check in `redis` mode, which must not
+    /// take a busy machine for an outage (calls detect outages within the command timeout).
+    pub async fn ping_patiently(&self, patience: Duration) -> bool {
+        let opts = Options {
+            timeout: Some(patience),
+            ..self.opts.clone()
+        };
+        let command = CustomCommand::new_static("PING", ClusterHash::Random, false);
+        self.pool
+            .next()
+            .with_options(&opts)
+            .custom::<Value, String>(command, Vec::new())
             .await
             .is_ok()
     }
