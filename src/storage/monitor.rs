@@ -149,7 +149,12 @@ impl Storage {
             Mode::Redis => {
                 // Patient: a busy machine must not pass for an outage (calls detect real ones).
                 let patience = Duration::from_secs(1);
-                if !redis.ping_patiently(patience).await && self.mode() == Mode::Redis {
+                // The next connection may still be backing off its reconnection after a
+                // freeze: an outage only if no connection that is up answers either.
+                if !redis.ping_patiently(patience).await
+                    && !redis.answers_elsewhere(patience).await
+                    && self.mode() == Mode::Redis
+                {
                     self.degrade("PING unanswered".into());
                 }
             }
