@@ -44,8 +44,8 @@ use crate::storage::{Keyspace, LocalError, Native, Reply, Script};
 /// mark ms. The lock key holds the token (so a seed client's `SET key "1" EX ttl NX` fails
 /// while we hold it, and ours fails while it holds it); the fencing counter is raised in the
 /// same script ([`NEXT_FENCE`]). A request whose token the lock already holds is granted
-/// again with a new fence: a call sent twice (its connection lost after the first was run, see
-/// the storage's `exec`) is still a grant; `pcall`, so a key of another type stays "held by
+/// again with a new fence: a call sent twice (sent again after its reply was lost, when the
+/// first had run) is still a grant; `pcall`, so a key of another type stays "held by
 /// someone else". Answers, per request, the fencing token, or 0 when
 /// the lock is held by someone else; then, unless mark ms is 0 (`try_acquire`), it sets the waiting mark for that
 /// long, so that the release is announced.

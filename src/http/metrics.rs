@@ -106,12 +106,6 @@ pub(crate) fn render(
     );
     counter(
         &mut registry,
-        "storage_resent_calls",
-        "Calls sent again on another connection after theirs was lost under them",
-        storage.resent_calls,
-    );
-    counter(
-        &mut registry,
         "storage_unsynced_writes",
         "Writes the master had not written to its append-only file within \
          storage.redis.wait_timeout_ms (storage.redis.wait_aof)",

@@ -21,10 +21,7 @@
 //!   switches the mode and is itself served by the fallback, so no caller waits much longer
 //!   than the timeout and none sees an error because of the outage. An error reply of Redis
 //!   (WRONGTYPE, a script error) is not an outage: it is the caller's
-//!   [`StorageError::Command`]. One lost connection is no outage while another connection
-//!   of the pool gets answers: the call is sent again there
-//!   ([`StorageStats::resent_calls`]), and a connection event turns the mode only when no
-//!   connection is answered a PING.
+//!   [`StorageError::Command`].
 //! - `degraded`: calls are served by the fallback (`local::Local`: memory, or memory plus a
 //!   journal on disk); writes are also recorded in the outbox. A monitor task PINGs Redis and
 //!   listens to fred's connection events. [`Storage::open`] starts here when Redis is
@@ -324,10 +321,6 @@ pub struct StorageStats {
     /// Writes the master had not written to its append-only file within `wait_timeout_ms`
     /// (acknowledged all the same); always 0 without `storage.redis.wait_aof`.
     pub unsynced_writes: u64,
-    /// Calls whose connection was lost under them while Redis served on (a connection the
-    /// server closed, the first call on each connection after a restart of the server), sent
-    /// again on another connection that was up instead of taken for an outage.
-    pub resent_calls: u64,
     /// The server (name, version) and the form each script with a native twin runs in;
     /// `None` without Redis or before it first answered.
     pub server: Option<ServerStats>,
@@ -612,7 +605,6 @@ impl Storage {
                 .as_ref()
                 .map_or(0, |r| r.masters_missing_replicas()),
             unsynced_writes: self.inner.redis.as_ref().map_or(0, |r| r.unsynced_writes()),
-            resent_calls: self.inner.redis.as_ref().map_or(0, |r| r.resent_calls()),
             server: self.inner.redis.as_ref().and_then(|r| r.server_stats()),
             last_known_keys,
             last_known_bytes,

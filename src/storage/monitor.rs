@@ -89,15 +89,7 @@ impl Storage {
                     _ = storage.inner.stop.notified() => break,
                     event = rx.recv(), if events_open => match event {
                         Some(ConnEvent::Error(reason)) => {
-                            // One connection lost (closed by the server, or the first of the
-                            // pool to find a restarted server gone) is an outage only if no
-                            // other connection is answered either: the pool's connections find
-                            // out one by one, and a late one must not turn a storage that
-                            // already resynced back to its fallback.
-                            if storage.mode() == Mode::Redis
-                                && !storage.redis_answers_elsewhere().await
-                                && storage.mode() == Mode::Redis
-                            {
+                            if storage.mode() == Mode::Redis {
                                 storage.degrade(reason);
                             }
                         }
@@ -129,16 +121,6 @@ impl Storage {
         });
     }
 
-    /// Whether Redis answers a PING on a connection that is up, within the command timeout
-    /// (at most a second).
-    async fn redis_answers_elsewhere(&self) -> bool {
-        let Some(redis) = &self.inner.redis else {
-            return false;
-        };
-        let patience = redis.command_timeout().min(Duration::from_secs(1));
-        redis.answers_elsewhere(patience).await
-    }
-
     /// Liveness check of the monitor: PING in `redis` mode (an idle dead connection is not
     /// noticed otherwise), resync attempt in `degraded`/`resyncing`.
     pub(super) async fn check_redis(&self) {
@@ -149,12 +131,7 @@ impl Storage {
             Mode::Redis => {
                 // Patient: a busy machine must not pass for an outage (calls detect real ones).
                 let patience = Duration::from_secs(1);
-                // The next connection may still be backing off its reconnection after a
-                // freeze: an outage only if no connection that is up answers either.
-                if !redis.ping_patiently(patience).await
-                    && !redis.answers_elsewhere(patience).await
-                    && self.mode() == Mode::Redis
-                {
+                if !redis.ping_patiently(patience).await && self.mode() == Mode::Redis {
                     self.degrade("PING unanswered".into());
                 }
             }

@@ -134,8 +134,6 @@ pub struct RedisBackend {
     unreplicated: std::sync::atomic::AtomicU64,
     /// Writes the master had not written to its append-only file within the timeout.
     unsynced: std::sync::atomic::AtomicU64,
-    /// Calls sent again on another connection after theirs was lost under them.
-    resent: std::sync::atomic::AtomicU64,
     /// Masters whose replicas did not answer the last `WAIT`.
     replicas: ReplicaWatch,
     /// `storage.redis.native_commands`.
@@ -289,17 +287,6 @@ fn builder(settings: &RedisSettings, fail_fast: bool) -> Result<Builder, Storage
     Ok(builder)
 }
 
-/// Whether a call's error says its connection was lost under it (closed, reset), or that it
-/// had none to go out on (the command was not written), rather than a server that is slow or
-/// answered an error.
-fn is_connection_loss(e: &Error) -> bool {
-    matches!(
-        e.kind(),
-        ErrorKind::IO | ErrorKind::Canceled | ErrorKind::Routing
-    ) || e.details().contains("failed write attempts")
-        || e.details().contains("Failed to route command")
-}
-
 /// Classifies a fred error. fred reports many server error replies as `Unknown`, so the
 /// reply text decides first: Redis error replies start with an upper-case code (`ERR`,
 /// `WRONGTYPE`, `NOSCRIPT`, ...).
@@ -440,7 +427,6 @@ impl RedisBackend {
             }),
             unreplicated: std::sync::atomic::AtomicU64::new(0),
             unsynced: std::sync::atomic::AtomicU64::new(0),
-            resent: std::sync::atomic::AtomicU64::new(0),
             replicas: ReplicaWatch::new(Duration::from_millis(
                 settings.wait_timeout_ms.max(100) * 2,
             )),
@@ -662,11 +648,6 @@ impl RedisBackend {
         self.unreplicated.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Calls sent again on another connection after theirs was lost under them.
-    pub fn resent_calls(&self) -> u64 {
-        self.resent.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
     /// Writes the master had not written to its append-only file in time (`wait_aof`).
     pub fn unsynced_writes(&self) -> u64 {
         self.unsynced.load(std::sync::atomic::Ordering::Relaxed)
@@ -883,13 +864,7 @@ impl RedisBackend {
         }
     }
 
-    /// Runs one op. A call whose connection was lost under it, or that had none to go out
-    /// on, is sent once more on another connection of the pool that is up: the pool's
-    /// connections find a restarted server, or one the server closed, one by one, and that is
-    /// no outage while another serves. Redis may have run the first sending: the lock
-    /// acquisition and hand-over answer a second sending as the first; a lock release or
-    /// compare-and-set sent twice answers "not held" / "not equal"; a plain write is applied
-    /// twice, as a write replayed from the outbox after an outage would be.
+    /// Runs one op.
     pub async fn exec(&self, op: &Op) -> Result<Reply, Failure> {
         if let (true, Op::Scan { pattern, count, .. }) = (self.clustered, op) {
             return self.scan_masters(pattern, *count).await;
@@ -917,26 +892,8 @@ impl RedisBackend {
                 }
             }
         }
-        let mut client = client;
-        let sent = match self.send(client, op).await {
-            // The connection was lost under the call, not the server: after a restart of the
-            // server, or a connection it closed, the pool's connections find out one by one,
-            // and the first call on each meets the loss. Another connection that is up answers
-            // (as if the call had met the outage and was replayed; a connection that was
-            // merely slow is not asked twice: a timeout is not a loss).
-            Err(e) if is_connection_loss(&e) => match self.connected_other(client) {
-                Some(other) => {
-                    tracing::debug!(error = %e, "connection lost under a call: sent on another");
-                    self.resent
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    client = other;
-                    self.send(other, op).await
-                }
-                None => Err(e),
-            },
-            other => other,
-        };
-        let reply = match sent.map(to_reply).map_err(|e| classify(&e)) {
+        let (cmd, args) = op.to_command();
+        let reply = match self.raw(client, cmd, args, op.first_key()).await {
             Err(Failure::NoScript) => {
                 let Op::Eval { script, .. } = op else {
                     return Err(Failure::Command("NOSCRIPT".into()));
@@ -951,45 +908,6 @@ impl RedisBackend {
             self.wait_for_replicas(client, op.first_key()).await?;
         }
         Ok(reply)
-    }
-
-    /// Sends `op`'s command on `client`.
-    async fn send(&self, client: &Client, op: &Op) -> Result<Value, Error> {
-        let (cmd, args) = op.to_command();
-        let command = CustomCommand::new_static(cmd, self.hash_for(op.first_key()), false);
-        client
-            .with_options(&self.opts)
-            .custom::<Value, String>(command, args)
-            .await
-    }
-
-    /// A connection of the pool other than `not` that is up now.
-    fn connected_other(&self, not: &Client) -> Option<&Client> {
-        self.pool
-            .clients()
-            .iter()
-            .find(|c| !std::ptr::eq(*c, not) && c.is_connected())
-    }
-
-    /// Whether Redis answers a PING, within `patience`, on any connection of the pool that is
-    /// up (asked at once). A lost connection is no outage while another serves.
-    pub async fn answers_elsewhere(&self, patience: Duration) -> bool {
-        let opts = Options {
-            timeout: Some(patience),
-            ..self.opts.clone()
-        };
-        let pings = self
-            .pool
-            .clients()
-            .iter()
-            .filter(|c| c.is_connected())
-            .map(|client| {
-                let command = CustomCommand::new_static("PING", ClusterHash::Random, false);
-                let client = client.with_options(&opts);
-                Box::pin(async move { client.custom::<Value, String>(command, Vec::new()).await })
-            })
-            .collect::<Vec<_>>();
-        !pings.is_empty() && futures::future::select_ok(pings).await.is_ok()
     }
 
     async fn raw(
@@ -1010,23 +928,21 @@ impl RedisBackend {
 
     /// Runs plain ops (no scripts) pipelined on one connection: one round trip for the lot.
     /// The outer error is an outage; the inner ones are Redis's replies to single commands.
-    /// A pipeline whose connection was lost under it is sent once more on another connection
-    /// that is up, as [`RedisBackend::exec`] does for one call.
     pub async fn exec_pipeline(&self, ops: &[Op]) -> Result<Vec<Result<Reply, Failure>>, Failure> {
-        let mut client = self.pool.next();
-        let results = match self.send_pipeline(client, ops).await {
-            Err(e) if is_connection_loss(&e) => match self.connected_other(client) {
-                Some(other) => {
-                    tracing::debug!(error = %e, "connection lost under a pipeline: sent on another");
-                    self.resent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    client = other;
-                    self.send_pipeline(other, ops).await
-                }
-                None => Err(e),
-            },
-            other => other,
+        let client = self.pool.next();
+        let pipeline = client.pipeline();
+        for op in ops {
+            let (cmd, args) = op.to_command();
+            let command = CustomCommand::new_static(cmd, self.hash_for(op.first_key()), false);
+            let _: () = pipeline
+                .custom(command, args)
+                .await
+                .map_err(|e| classify(&e))?;
         }
-        .map_err(|e| classify(&e))?;
+        let timeout = self.opts.timeout.unwrap_or(Duration::from_secs(1));
+        let results: Vec<Result<Value, Error>> = tokio::time::timeout(timeout, pipeline.try_all())
+            .await
+            .map_err(|_| Failure::Outage("pipeline timed out".into()))?;
         let mut out = Vec::with_capacity(results.len());
         for result in results {
             match result {
@@ -1054,29 +970,6 @@ impl RedisBackend {
             }
         }
         Ok(out)
-    }
-
-    /// Sends `ops` pipelined on `client`: each command's reply, or the error that stopped the
-    /// lot (the first command's connection error when the connection was lost under it).
-    async fn send_pipeline(
-        &self,
-        client: &Client,
-        ops: &[Op],
-    ) -> Result<Vec<Result<Value, Error>>, Error> {
-        let pipeline = client.pipeline();
-        for op in ops {
-            let (cmd, args) = op.to_command();
-            let command = CustomCommand::new_static(cmd, self.hash_for(op.first_key()), false);
-            let _: () = pipeline.custom(command, args).await?;
-        }
-        let timeout = self.opts.timeout.unwrap_or(Duration::from_secs(1));
-        let results: Vec<Result<Value, Error>> = tokio::time::timeout(timeout, pipeline.try_all())
-            .await
-            .map_err(|_| Error::new(ErrorKind::Timeout, "pipeline timed out"))?;
-        match results.iter().find_map(|r| r.as_ref().err()) {
-            Some(e) if is_connection_loss(e) => Err(e.clone()),
-            _ => Ok(results),
-        }
     }
 
     /// Loads a script into Redis's cache: on a Cluster into every master's, since EVALSHA
@@ -1153,11 +1046,6 @@ impl RedisBackend {
             Reply::Str("0".into()),
             Reply::Array(keys.into_iter().map(Reply::Str).collect()),
         ]))
-    }
-
-    /// The command timeout (`storage.redis.timeout_ms`).
-    pub fn command_timeout(&self) -> Duration {
-        self.opts.timeout.unwrap_or(Duration::from_secs(1))
     }
 
     /// A PING with the command timeout: true when Redis answers.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use botfleet::settings::{FallbackKind, StorageSettings};
-use botfleet::storage::{KeySchema, Mode, Op, Reply, Storage, StorageError, StorageEvent};
+use botfleet::storage::{KeySchema, Mode, Storage, StorageError, StorageEvent};
 use parking_lot::Mutex;
 use support::{poll_until_async, Acked, RedisServer, WriteLoad};
 
@@ -515,115 +515,4 @@ async fn superseded_writes_are_replayed_once_with_the_newest_value() {
     assert_eq!(server.cmd(&["LLEN", "plain"]).as_int(), Some(50));
     let ttl = server.cmd(&["PTTL", "legacy"]).as_int().unwrap();
     assert!(ttl > 0 && ttl <= 600_000, "the expiry is kept: {ttl}");
-}
-
-/// Ids of the server's client connections whose last command was `command`.
-fn clients_last_running(server: &RedisServer, command: &str) -> Vec<String> {
-    let list = server.cmd(&["CLIENT", "LIST", "TYPE", "normal"]);
-    let text = list.as_str().unwrap_or_default().to_string();
-    let last = format!("cmd={command} ");
-    text.lines()
-        .filter(|line| line.contains(&last))
-        .filter_map(|line| {
-            line.split_whitespace()
-                .find_map(|field| field.strip_prefix("id="))
-                .map(str::to_string)
-        })
-        .collect()
-}
-
-/// The server closes connections of the pool one at a time (an idle timeout, a proxy,
-/// `CLIENT KILL`) while it serves on: that is no outage. The storage stays on Redis, and every
-/// call and pipelined batch around the closes answers from Redis (one the lost connection
-/// carried goes out again on one that is up), where the fallback, which has never seen the
-/// counter, would start it again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_lost_connection_is_not_an_outage() {
-    let server = RedisServer::start().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let mut st = settings(&server.url(), dir.path());
-    st.redis.pool_size = 4;
-    // A call the pool sends on a connection in the instant it is lost waits for it to connect
-    // again (`reconnect_min_ms`, 100 ms): on a busy machine that can pass the default 200 ms
-    // timeout, which is an outage by design.
-    st.redis.timeout_ms = 2_000;
-    let storage = Storage::open(&st, &KeySchema::default()).await.unwrap();
-    assert_eq!(storage.mode(), Mode::Redis);
-    let mut events = storage.events();
-    let mut expected = 0;
-    for _ in 0..8 {
-        expected += 1;
-        assert_eq!(storage.incr_by("lost:n", 1).await.unwrap(), expected);
-    }
-    // The pool's connections: each has run an INCRBY (calls go round the pool).
-    let before = clients_last_running(&server, "incrby");
-    assert_eq!(before.len(), 4, "the pool's connections: {before:?}");
-
-    for victim in &before[..2] {
-        server.cmd(&["CLIENT", "KILL", "ID", victim]);
-        for _ in 0..50 {
-            expected += 1;
-            assert_eq!(
-                storage.incr_by("lost:n", 1).await.unwrap(),
-                expected,
-                "answered by the fallback? mode {}",
-                storage.mode()
-            );
-        }
-    }
-    // Pipelined batches too.
-    for victim in &before[2..] {
-        server.cmd(&["CLIENT", "KILL", "ID", victim]);
-        for _ in 0..50 {
-            let replies = storage
-                .execute_batch(vec![
-                    Op::IncrBy {
-                        key: "lost:n".into(),
-                        by: 1,
-                    },
-                    Op::IncrBy {
-                        key: "lost:n".into(),
-                        by: 1,
-                    },
-                ])
-                .await;
-            expected += 2;
-            assert_eq!(
-                replies.last().cloned().unwrap().unwrap(),
-                Reply::Int(expected),
-                "answered by the fallback? mode {}",
-                storage.mode()
-            );
-        }
-    }
-    // Calls go on until the pool is whole again: four new connections.
-    let whole = poll_until_async(Duration::from_secs(10), || {
-        expected += 1;
-        let storage = storage.clone();
-        let want = expected;
-        let server = &server;
-        let before = &before;
-        async move {
-            assert_eq!(storage.incr_by("lost:n", 1).await.unwrap(), want);
-            let now = clients_last_running(server, "incrby");
-            now.len() == 4 && !now.iter().any(|id| before.contains(id))
-        }
-    })
-    .await;
-    assert!(
-        whole.is_ok(),
-        "pool not reconnected: {:?}",
-        clients_last_running(&server, "incrby")
-    );
-    assert_eq!(storage.mode(), Mode::Redis);
-    while let Ok(event) = events.try_recv() {
-        assert!(
-            !matches!(event, StorageEvent::ModeChanged { .. }),
-            "a lost connection turned the storage: {event:?}"
-        );
-    }
-    assert_eq!(
-        server.cmd(&["GET", "lost:n"]).as_str(),
-        Some(expected.to_string().as_str())
-    );
 }
