@@ -45,10 +45,10 @@ use crate::storage::{Keyspace, LocalError, Native, Reply, Script};
 /// while we hold it, and ours fails while it holds it); the fencing counter is raised in the
 /// same script ([`NEXT_FENCE`]). A request whose token the lock already holds is granted
 /// again with a new fence: a call sent twice (sent again after its reply was lost, when the
-/// first had run) is still a grant; `pcall`, so a key of another type stays "held by
-/// someone else". Answers, per request, the fencing token, or 0 when
-/// the lock is held by someone else; then, unless mark ms is 0 (`try_acquire`), it sets the waiting mark for that
-/// long, so that the release is announced.
+/// first had run) is still a grant; `pcall`, so a key of another type stays "held by someone
+/// else". Answers, per request, the fencing token, or 0 when the lock is held by someone
+/// else; then, unless mark ms is 0 (`try_acquire`), it sets the waiting mark for that long,
+/// so that the release is announced.
 const ACQUIRE: &str = r#"
 local out = {}
 local now = nil
