@@ -5,6 +5,12 @@
 //! handle ([`Watchdogs`]), and dropping it takes it out again. Only a guard still held
 //! when its first extension comes due gets an extension task ([`extend_while_held`]), which
 //! then renews the lock every TTL/3 until the guard ends it.
+//!
+//! Filing a guard wakes the timer only when the guard comes due before the timer means to
+//! wake. While guards are being filed the timer wakes at least every TTL/3 of the shortest
+//! TTL filed since it last woke, so a guard filed after that is never due before the timer's
+//! next wake, and a busy handle files guard after guard without waking anything (a wake-up
+//! per guard cost a context switch on another worker per lock taken).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -72,6 +78,10 @@ struct Timer {
     task: Option<JoinHandle<()>>,
     /// When the timer task means to wake next.
     wakes_at: Option<Instant>,
+    /// The shortest extension period (TTL/3) of the guards filed since the timer last woke.
+    recent_every: Option<Duration>,
+    /// Times the timer task woke.
+    wakes: u64,
 }
 
 /// A filed guard's place with the timer.
@@ -108,11 +118,13 @@ impl Watchdogs {
             lost,
             state: Mutex::new(State::Filed),
         });
-        let due = acquired_at + every(ttl);
+        let period = every(ttl);
+        let due = acquired_at + period;
         let (key, earlier) = {
             let mut timer = self.state.lock();
             let key = (due, timer.next_seq);
             timer.next_seq += 1;
+            timer.recent_every = Some(timer.recent_every.map_or(period, |p| p.min(period)));
             timer.due.insert(key, watch.clone());
             if timer.task.as_ref().is_none_or(JoinHandle::is_finished) {
                 timer.wakes_at = None;
@@ -142,6 +154,10 @@ impl Watchdogs {
 
 /// The timer: starts the extension task of every guard still held when its first
 /// extension comes due. Ends when its lock handle is gone.
+///
+/// It wakes at the earliest due time filed, and no later than the shortest TTL/3 filed since
+/// it last woke (or [`IDLE_CHECK`] when none was): so that a guard filed with that TTL is
+/// never due before the next wake and need not wake it (see [`Watchdogs::file`]).
 async fn run(shared: Weak<Shared>) {
     loop {
         let Some(strong) = shared.upgrade() else {
@@ -150,10 +166,16 @@ async fn run(shared: Weak<Shared>) {
         let now = Instant::now();
         let (due, wake) = {
             let mut timer = strong.watchdogs.state.lock();
+            timer.wakes += 1;
             let later = timer.due.split_off(&(now, u64::MAX));
             let due = std::mem::replace(&mut timer.due, later);
+            let period = timer
+                .recent_every
+                .take()
+                .unwrap_or(IDLE_CHECK)
+                .min(IDLE_CHECK);
             let next = timer.due.first_key_value().map(|(k, _)| k.0);
-            let wake = next.unwrap_or(now + IDLE_CHECK).min(now + IDLE_CHECK);
+            let wake = next.map_or(now + period, |at| at.min(now + period));
             timer.wakes_at = Some(wake);
             (due, wake)
         };
@@ -238,4 +260,106 @@ async fn extend_while_held(shared: Arc<Shared>, watch: Arc<Watch>) {
 /// the time the extension's reply took and for the clocks of Redis and this process.
 fn extension_deadline(extended_at: Instant, ttl: Duration) -> Instant {
     extended_at + ttl * 2 / 3
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{LockSettings, Locks};
+    use super::*;
+    use crate::storage::{KeySchema, Storage};
+
+    /// A lock handle on a storage without Redis: the watchdogs' extensions fail, which
+    /// these tests do not look at.
+    async fn shared() -> Arc<Shared> {
+        let mut settings = crate::settings::Settings::default();
+        settings.storage.redis.enabled = false;
+        let storage = Storage::open(&settings.storage, &KeySchema::default())
+            .await
+            .unwrap();
+        Locks::new(storage, LockSettings::default()).shared
+    }
+
+    fn wakes(shared: &Shared) -> u64 {
+        shared.watchdogs.state.lock().wakes
+    }
+
+    fn extending(filed: &Filed) -> bool {
+        matches!(*filed.watch().state.lock(), State::Extending(_))
+    }
+
+    /// Polls until `filed` has its extension task; how long after `since` that was.
+    async fn extension_started(filed: &Filed, since: Instant, within: Duration) -> Duration {
+        while !extending(filed) {
+            assert!(
+                since.elapsed() < within,
+                "no extension task {within:?} after the guard was filed"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        since.elapsed()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn guards_taken_and_released_one_after_another_leave_the_timer_asleep() {
+        let shared = shared().await;
+        let ttl = Duration::from_secs(10);
+        for i in 0..200 {
+            // Released before the timer could run (a lock released in the task's same
+            // step), so that the timer never finds a guard held to wait for.
+            let filed = shared.watchdogs.file(&shared, "n", &format!("t{i}"), ttl);
+            shared.watchdogs.end(&filed);
+            // The timer would run here if the filing woke it.
+            tokio::time::sleep(Duration::from_micros(500)).await;
+        }
+        // Its first run and the wake that shortened its sleep to the guards' TTL/3 (a
+        // third if this loop took longer than that); not one per guard.
+        assert!(
+            wakes(&shared) <= 3,
+            "the timer woke {} times",
+            wakes(&shared)
+        );
+        assert!(shared.watchdogs.state.lock().due.is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_guard_of_a_shorter_ttl_than_the_others_still_gets_its_extension_on_time() {
+        let shared = shared().await;
+        // The timer settles on a sleep of 10 s / 3.
+        let long = shared
+            .watchdogs
+            .file(&shared, "long", "t1", Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        shared.watchdogs.end(&long);
+        let filed_at = Instant::now();
+        let short = shared
+            .watchdogs
+            .file(&shared, "short", "t2", Duration::from_millis(300));
+        let after = extension_started(&short, filed_at, Duration::from_secs(2)).await;
+        assert!(
+            after >= Duration::from_millis(100),
+            "extended after {after:?}"
+        );
+        shared.watchdogs.end(&short);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_guard_held_past_its_first_third_is_extended_while_others_come_and_go() {
+        let shared = shared().await;
+        let ttl = Duration::from_millis(600);
+        let filed_at = Instant::now();
+        let held = shared.watchdogs.file(&shared, "held", "t0", ttl);
+        for i in 0..10 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let other = shared
+                .watchdogs
+                .file(&shared, "other", &format!("t{i}"), ttl);
+            shared.watchdogs.end(&other);
+        }
+        let after = extension_started(&held, filed_at, Duration::from_secs(2)).await;
+        assert!(
+            after >= Duration::from_millis(200),
+            "extended after {after:?}"
+        );
+        shared.watchdogs.end(&held);
+    }
 }
