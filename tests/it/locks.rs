@@ -1029,6 +1029,17 @@ fn bench_locks_runs_the_scenarios_asked_for_and_refuses_unknown_ones() {
     assert!(lines
         .iter()
         .all(|l| l["pairs_per_s"].as_f64().unwrap() > 0.0));
+    // What the pairs cost Redis: at least one script call per pair (a hand-over, or an
+    // acquisition and a release; batches of this one task's calls cannot form), and time in
+    // those scripts.
+    for line in &lines {
+        let calls = line["script_calls_per_pair"].as_f64().unwrap();
+        assert!((1.0..=3.0).contains(&calls), "{line}");
+        assert!(
+            line["server_script_us_per_pair"].as_f64().unwrap() > 0.0,
+            "{line}"
+        );
+    }
     // Every lock was released; only the fencing counter is left.
     assert_eq!(
         server.cmd(&["KEYS", "bench-lock:*"]),

@@ -13,7 +13,9 @@
 //! The scenarios' lines carry the CPU time a pair cost this process and the server
 //! (`client_cpu_us_per_pair`, `server_cpu_us_per_pair`): on a machine whose cores the two
 //! share, `1 / server` bounds the pairs per second of any client of these scripts, and
-//! `cores / (client + server)` this one's.
+//! `cores / (client + server)` this one's. `script_calls_per_pair` and
+//! `server_script_us_per_pair` say how many script calls a pair took (batches carry several
+//! requests) and how long Redis ran them.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -263,20 +263,41 @@ pub async fn open_storage_with(url: &str, native: bool) -> Result<Storage, Stora
 }
 
 /// CPU time, seconds: this process's (user + system, all threads) and the server's
-/// (`INFO cpu` `used_cpu_user` + `used_cpu_sys`, on a Cluster of the master that answers). Taken
-/// before and after a scenario, the differences say what a pair or a task cost each side: on a
-/// machine whose cores the two share, they bound what any client can reach.
+/// (`INFO cpu` `used_cpu_user` + `used_cpu_sys`, on a Cluster of the master that answers),
+/// and the server's script calls so far with the time it spent running them (`INFO
+/// commandstats`: `EVAL`, `EVALSHA`, `FCALL`). Taken before and after a scenario, the
+/// differences say what a pair or a task cost each side: on a machine whose cores the two
+/// share, they bound what any client can reach; the script figures say how many requests a
+/// call carried and what the scripts themselves cost Redis.
 #[derive(Debug, Clone, Copy)]
 pub struct CpuSample {
     client_s: f64,
-    server_s: Option<f64>,
+    server: Option<ServerSample>,
 }
 
+/// The server's side of a [`CpuSample`].
+#[derive(Debug, Clone, Copy)]
+struct ServerSample {
+    cpu_s: f64,
+    script_calls: u64,
+    script_us: u64,
+}
+
+/// Answers `"CPU_SECONDS SCRIPT_CALLS SCRIPT_USEC"` (its own call is counted by the next
+/// sample: one call among thousands).
 const SERVER_CPU: &str = r#"
 local info = redis.call('INFO', 'cpu')
 local user = string.match(info, 'used_cpu_user:([%d%.]+)')
 local sys = string.match(info, 'used_cpu_sys:([%d%.]+)')
-return string.format('%.6f', tonumber(user) + tonumber(sys))
+local calls, usec = 0, 0
+local stats = redis.call('INFO', 'commandstats')
+for name, c, u in string.gmatch(stats, 'cmdstat_(%w+):calls=(%d+),usec=(%d+)') do
+  if name == 'eval' or name == 'evalsha' or name == 'fcall' then
+    calls = calls + tonumber(c)
+    usec = usec + tonumber(u)
+  end
+end
+return string.format('%.6f %d %d', tonumber(user) + tonumber(sys), calls, usec)
 "#;
 
 /// The fallback twin of a benchmark's script: these run on Redis only.
@@ -296,24 +317,48 @@ impl CpuSample {
         let script = SCRIPT.get_or_init(|| {
             botfleet::storage::Script::new("bench-server-cpu", SERVER_CPU, no_local_script)
         });
-        let server_s = match storage.eval_on_redis(script, &[], &[]).await {
-            Ok(reply) => reply.into_opt_string().and_then(|s| s.parse().ok()),
+        let server = match storage.eval_on_redis(script, &[], &[]).await {
+            Ok(reply) => reply
+                .into_opt_string()
+                .and_then(|s| ServerSample::parse(&s)),
             Err(_) => None,
         };
         Self {
             client_s: process_cpu_s(),
-            server_s,
+            server,
         }
     }
 
-    /// `client_cpu_us_per_{unit}` and `server_cpu_us_per_{unit}` since `self`, for `count`
-    /// units, into `line`.
+    /// `client_cpu_us_per_{unit}`, `server_cpu_us_per_{unit}`, `script_calls_per_{unit}` and
+    /// `server_script_us_per_{unit}` since `self`, for `count` units, into `line`.
     pub fn report(&self, now: &CpuSample, count: usize, unit: &str, line: &mut serde_json::Value) {
-        let per = |a: f64, b: f64| ((b - a) * 1e6 / count.max(1) as f64 * 10.0).round() / 10.0;
-        line[format!("client_cpu_us_per_{unit}")] = per(self.client_s, now.client_s).into();
-        if let (Some(a), Some(b)) = (self.server_s, now.server_s) {
-            line[format!("server_cpu_us_per_{unit}")] = per(a, b).into();
+        let count = count.max(1) as f64;
+        // (b - a) × scale per unit, rounded to `digits` decimals.
+        let per = |a: f64, b: f64, scale: f64, digits: i32| {
+            let f = 10f64.powi(digits);
+            ((b - a) * scale / count * f).round() / f
+        };
+        line[format!("client_cpu_us_per_{unit}")] = per(self.client_s, now.client_s, 1e6, 1).into();
+        if let (Some(a), Some(b)) = (self.server, now.server) {
+            line[format!("server_cpu_us_per_{unit}")] = per(a.cpu_s, b.cpu_s, 1e6, 1).into();
+            line[format!("script_calls_per_{unit}")] =
+                per(a.script_calls as f64, b.script_calls as f64, 1.0, 2).into();
+            line[format!("server_script_us_per_{unit}")] =
+                per(a.script_us as f64, b.script_us as f64, 1.0, 1).into();
         }
+    }
+}
+
+impl ServerSample {
+    /// [`SERVER_CPU`]'s answer.
+    fn parse(text: &str) -> Option<Self> {
+        let mut parts = text.split_whitespace();
+        let sample = Self {
+            cpu_s: parts.next()?.parse().ok()?,
+            script_calls: parts.next()?.parse().ok()?,
+            script_us: parts.next()?.parse().ok()?,
+        };
+        parts.next().is_none().then_some(sample)
     }
 }
 
@@ -379,6 +424,45 @@ pub fn host_port(url: &str) -> (String, u16) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_server_sample_is_three_numbers_or_nothing() {
+        let sample = ServerSample::parse("12.500000 40002 502244").unwrap();
+        assert_eq!(
+            (sample.cpu_s, sample.script_calls, sample.script_us),
+            (12.5, 40002, 502244)
+        );
+        for bad in ["", "12.5", "12.5 1", "12.5 1 x", "12.5 1 2 3", "x 1 2"] {
+            assert!(ServerSample::parse(bad).is_none(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_report_divides_by_the_count() {
+        let sample = |client_s, cpu_s, script_calls, script_us| CpuSample {
+            client_s,
+            server: Some(ServerSample {
+                cpu_s,
+                script_calls,
+                script_us,
+            }),
+        };
+        let (before, after) = (sample(1.0, 2.0, 100, 1_000), sample(1.5, 2.25, 400, 13_000));
+        let mut line = serde_json::json!({});
+        before.report(&after, 200, "pair", &mut line);
+        assert_eq!(line["client_cpu_us_per_pair"], 2500.0);
+        assert_eq!(line["server_cpu_us_per_pair"], 1250.0);
+        assert_eq!(line["script_calls_per_pair"], 1.5);
+        assert_eq!(line["server_script_us_per_pair"], 60.0);
+        // Without the server's side, only the client's figure.
+        let mut line = serde_json::json!({});
+        let alone = CpuSample {
+            client_s: 1.0,
+            server: None,
+        };
+        alone.report(&after, 200, "task", &mut line);
+        assert_eq!(line, serde_json::json!({"client_cpu_us_per_task": 2500.0}));
+    }
 
     #[test]
     fn host_port_reads_urls() {

@@ -4,7 +4,8 @@
 //! one at a time), `bulk-add` (batches of 1,000), `priority` (bulk, priorities 1..10). One
 //! JSON line each with `enqueue_per_s`, `process_per_s`, the Redis memory per waiting task and
 //! the CPU time processing a task cost this process and the server (`client_cpu_us_per_task`,
-//! `server_cpu_us_per_task`).
+//! `server_cpu_us_per_task`), with the script calls per task and Redis's time in them
+//! (`script_calls_per_task`, `server_script_us_per_task`).
 //! The scheduler runs with its reliability on (visibility deadlines, retries, dead letters).
 //! `--queues Q` spreads the tasks over Q named queues (one scheduler each, keys under the
 //! queue's hash tag), which on Redis Cluster shard over the masters; `scripts/bench-cluster.sh`
