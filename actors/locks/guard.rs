@@ -310,9 +310,13 @@ pub(super) async fn release(
             args: vec![token.to_string(), notice],
         })
         .await;
-    // Whatever happened, the head waiter of this process may try now (or, after a run of
-    // hand-overs, a moment later: the other processes' turn).
-    if yield_turn {
+    // Whatever happened, the head waiter of this process may try now; after a run of
+    // hand-overs a moment later, the other processes' turn, if the release was announced
+    // (2). Unannounced, no waiter had marked the name since the last release: no other
+    // process waits (a waiter marks the name with every attempt that fails, for as long as
+    // it may wait), and holding ours back would only leave the lock idle.
+    if yield_turn && matches!(reply, Ok(2)) {
+        shared.turns_yielded.fetch_add(1, Ordering::Relaxed);
         let (queues, name) = (shared.queues.clone(), name.to_string());
         tokio::spawn(async move {
             tokio::time::sleep(YIELD).await;
@@ -321,5 +325,5 @@ pub(super) async fn release(
     } else {
         shared.queues.wake(name);
     }
-    Ok(reply.map_err(LockError::from_storage)? == 1)
+    Ok(reply.map_err(LockError::from_storage)? >= 1)
 }

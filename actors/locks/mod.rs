@@ -29,7 +29,9 @@
 //! waiters directly. When this process has a waiter
 //! for the name, the holder instead hands the lock over in one script (compare-and-set to the
 //! waiter's token, with a new fencing token), at most 128 times in a row; then it releases the
-//! lock for everyone and holds its own waiters back for 1 ms, so other processes get a turn.
+//! lock for everyone and, when the release was announced (a waiter, of this process or
+//! another, marked the name since the last release), holds its own waiters back for 1 ms, so
+//! other processes get a turn.
 //!
 //! Calls of one process share script calls: acquisitions (and releases) asked for while
 //! [`SCRIPT_CALLS_IN_FLIGHT`] are in flight queue and go out together as one call of the same
@@ -157,6 +159,9 @@ pub(crate) struct Shared {
     notices: AtomicU64,
     /// Watchdog extensions that failed and were retried (see `watchdog::extend_while_held`).
     pub(super) extension_retries: AtomicU64,
+    /// Releases that held this process's waiters back after a run of hand-overs, for another
+    /// process's waiter (see `guard::release`).
+    pub(super) turns_yielded: AtomicU64,
     /// Guards of this process not yet released or dropped.
     held: AtomicUsize,
     /// What this process holds now, by token: its guards, and the leases it handed out
@@ -286,6 +291,7 @@ impl Locks {
                 local: parking_lot::Mutex::new(HashMap::new()),
                 notices: AtomicU64::new(0),
                 extension_retries: AtomicU64::new(0),
+                turns_yielded: AtomicU64::new(0),
                 held: AtomicUsize::new(0),
                 holding: parking_lot::Mutex::new(HashMap::new()),
                 runtime: tokio::runtime::Handle::try_current().ok(),
@@ -799,6 +805,7 @@ impl Locks {
             script_calls: ac + rc,
             script_requests: ar + rr,
             extension_retries: self.shared.extension_retries.load(Ordering::Relaxed),
+            turns_yielded: self.shared.turns_yielded.load(Ordering::Relaxed),
         }
     }
 }
@@ -903,6 +910,10 @@ pub struct LockStats {
     /// degraded) and were retried since start; a guard is reported lost only when none
     /// succeeds in time.
     pub extension_retries: u64,
+    /// Releases since start that, after a run of hand-overs inside this process, held its
+    /// waiters back a moment so that another process's waiter could take the lock; only when
+    /// the release was announced (some waiter had marked the name).
+    pub turns_yielded: u64,
 }
 
 /// Event: a lock was released (a notice from the release channel: `ORIGIN\nNAME`).

@@ -72,7 +72,8 @@ return out
 /// channel, then per request, token, notice. Compare-and-delete; announces a release when a
 /// waiter marked the name (an uncontended release publishes nothing). One `DEL` takes the lock
 /// and the mark: the lock exists (its token was just read), so 2 keys deleted means a mark.
-/// Answers, per request, 1 when the lock was still ours, else 0.
+/// Answers, per request, 2 when the lock was still ours and the release was announced, 1
+/// when it was ours and nobody had marked the name, else 0.
 const RELEASE: &str = r#"
 local out = {}
 for i = 1, #KEYS / 2 do
@@ -80,8 +81,10 @@ for i = 1, #KEYS / 2 do
   if redis.call('GET', KEYS[k]) == ARGV[a] then
     if redis.call('DEL', KEYS[k], KEYS[k + 1]) == 2 then
       redis.call('PUBLISH', ARGV[1], ARGV[a + 1])
+      out[i] = 2
+    else
+      out[i] = 1
     end
-    out[i] = 1
   else
     out[i] = 0
   end

@@ -55,8 +55,8 @@ pub enum Native {
     /// KEYS: per request, the key and its waiting mark; ARGV: a channel, then per request
     /// the value the key must hold and a notice. Per request: deletes the key if it holds
     /// the value, and then, when the mark exists, deletes it and publishes the notice on the
-    /// channel. Answers an array of 1 (deleted) or 0 per request. Needs `DELIFEQ` or
-    /// `DELEX ... IFEQ`.
+    /// channel. Answers an array of 2 (deleted and announced), 1 (deleted, no mark) or 0
+    /// per request. Needs `DELIFEQ` or `DELEX ... IFEQ`.
     DeleteIfEqualAnnounced,
 }
 

@@ -624,7 +624,8 @@ impl RedisBackend {
                 let mut announce = Vec::new();
                 for (pair, (_, mark, _, notice)) in replies.chunks_exact(2).zip(&requests) {
                     let deleted = pair[0].as_int() == 1;
-                    if deleted && pair[1].as_int() == 1 {
+                    let announced = deleted && pair[1].as_int() == 1;
+                    if announced {
                         // A waiter marked the name: tell it, as the script would have.
                         announce.push(("DEL", vec![mark.clone()], mark.as_str()));
                         announce.push((
@@ -633,7 +634,7 @@ impl RedisBackend {
                             mark.as_str(),
                         ));
                     }
-                    out.push(Reply::Int(i64::from(deleted)));
+                    out.push(Reply::Int(i64::from(deleted) + i64::from(announced)));
                 }
                 if !announce.is_empty() {
                     self.pipelined(client, announce).await?;

@@ -818,6 +818,44 @@ async fn hand_overs_inside_one_process_do_not_starve_another() {
     b.shutdown().await.unwrap();
 }
 
+/// Runs of hand-overs inside one process, with no other process waiting, end in releases
+/// that do not hold this process's waiters back: nobody marked the name. Only the first run's
+/// release is announced, marked by the first waiter's failed attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_of_hand_overs_yield_a_turn_only_to_a_waiter_that_marked_the_name() {
+    let server = TestRedis::start().unwrap();
+    let fleet = Fleet::start(patient(&server.url())).await.unwrap();
+    let name = "bet-lock:busy-user-agent";
+    // Four tasks take the lock 800 times in all: six runs of 128 hand-overs and more.
+    let tasks: Vec<_> = (0..4)
+        .map(|_| {
+            let locks = fleet.locks();
+            tokio::spawn(async move {
+                for _ in 0..200 {
+                    let guard = locks
+                        .acquire(name, Duration::from_secs(10), Duration::from_secs(30))
+                        .await
+                        .unwrap();
+                    assert!(guard.release().await.unwrap());
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let stats = fleet.lock_stats().await.unwrap();
+    // Hand-overs carried the lock: the acquire and release scripts ran only around them.
+    assert!(stats.script_calls < 100, "{stats:?}");
+    assert!(
+        stats.turns_yielded <= 2,
+        "{} turns yielded with no other process waiting: {stats:?}",
+        stats.turns_yielded
+    );
+    assert_eq!(server.cmd(&["EXISTS", name]).as_int(), Some(0));
+    fleet.shutdown().await.unwrap();
+}
+
 /// Two fleets (two "processes") on one Redis whose lock waiters retry only every 5 s, so a
 /// waiter that gets in quickly was woken by a release notice.
 async fn two_fleets_woken_only_by_notices(server: &TestRedis) -> (Fleet, Fleet) {
