@@ -182,6 +182,12 @@ pub(crate) fn render(
             "Lock extensions that failed and were retried since start",
             locks.extension_retries,
         );
+        counter(
+            &mut registry,
+            "lock_turns_yielded",
+            "Releases after a run of hand-overs that held this process's waiters back for another waiter, since start",
+            locks.turns_yielded,
+        );
     }
     if let Some(presence) = &snapshot.presence {
         counter(

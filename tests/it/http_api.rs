@@ -179,6 +179,10 @@ async fn read_endpoints_report_the_fleet() {
     assert_eq!(sample(&samples, "botfleet_lock_waiters", &[]), 1.0);
     assert_eq!(sample(&samples, "botfleet_locks_held", &[]), 1.0);
     assert_eq!(
+        sample(&samples, "botfleet_lock_turns_yielded_total", &[]),
+        0.0
+    );
+    assert_eq!(
         sample(&samples, "botfleet_queue_depth", &[("status", "pending")]),
         1.0
     );
