@@ -578,22 +578,36 @@ impl RedisBackend {
         client: &Client,
         commands: Vec<(&'static str, Vec<String>, &str)>,
     ) -> Result<Vec<Reply>, Failure> {
+        let commands = commands
+            .into_iter()
+            .map(|(cmd, args, key)| (cmd, args, Some(key)));
+        self.send_pipeline(client, commands)
+            .await?
+            .into_iter()
+            .map(|r| r.map(to_reply).map_err(|e| classify(&e)))
+            .collect()
+    }
+
+    /// Sends `commands` (name, arguments, the key that routes it) pipelined on `client`, in
+    /// one round trip bounded by the timeout: each command's own result, or an outage when
+    /// the pipeline could not be sent or answered in time.
+    async fn send_pipeline<'a>(
+        &self,
+        client: &Client,
+        commands: impl Iterator<Item = (&'static str, Vec<String>, Option<&'a str>)>,
+    ) -> Result<Vec<Result<Value, Error>>, Failure> {
         let pipeline = client.pipeline();
         for (cmd, args, key) in commands {
-            let command = CustomCommand::new_static(cmd, self.hash_for(Some(key)), false);
+            let command = CustomCommand::new_static(cmd, self.hash_for(key), false);
             let _: () = pipeline
                 .custom(command, args)
                 .await
                 .map_err(|e| classify(&e))?;
         }
         let timeout = self.opts.timeout.unwrap_or(Duration::from_secs(1));
-        let results: Vec<Result<Value, Error>> = tokio::time::timeout(timeout, pipeline.try_all())
+        tokio::time::timeout(timeout, pipeline.try_all())
             .await
-            .map_err(|_| Failure::Outage("pipeline timed out".into()))?;
-        results
-            .into_iter()
-            .map(|r| r.map(to_reply).map_err(|e| classify(&e)))
-            .collect()
+            .map_err(|_| Failure::Outage("pipeline timed out".into()))
     }
 
     /// Runs a native plan on `client`: the reply the script would have given.
@@ -931,19 +945,11 @@ impl RedisBackend {
     /// The outer error is an outage; the inner ones are Redis's replies to single commands.
     pub async fn exec_pipeline(&self, ops: &[Op]) -> Result<Vec<Result<Reply, Failure>>, Failure> {
         let client = self.pool.next();
-        let pipeline = client.pipeline();
-        for op in ops {
+        let commands = ops.iter().map(|op| {
             let (cmd, args) = op.to_command();
-            let command = CustomCommand::new_static(cmd, self.hash_for(op.first_key()), false);
-            let _: () = pipeline
-                .custom(command, args)
-                .await
-                .map_err(|e| classify(&e))?;
-        }
-        let timeout = self.opts.timeout.unwrap_or(Duration::from_secs(1));
-        let results: Vec<Result<Value, Error>> = tokio::time::timeout(timeout, pipeline.try_all())
-            .await
-            .map_err(|_| Failure::Outage("pipeline timed out".into()))?;
+            (cmd, args, op.first_key())
+        });
+        let results = self.send_pipeline(client, commands).await?;
         let mut out = Vec::with_capacity(results.len());
         for result in results {
             match result {
