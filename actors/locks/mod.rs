@@ -336,7 +336,7 @@ impl Locks {
         let channel = &self.shared.settings.release_channel;
         let token = new_token();
         let keys = storage.keys();
-        let (fence_key, waiting_key) = (keys.lock_fence(name), keys.lock_waiting(name));
+        let (fence_key, waiting_key) = keys.lock_keys(name);
         let ttl_ms = ttl.as_millis().to_string();
         storage
             .eval_on_redis(
@@ -370,7 +370,7 @@ impl Locks {
         let storage = &self.shared.storage;
         let token = new_token();
         let keys = storage.keys();
-        let (fence_key, waiting_key) = (keys.lock_fence(name), keys.lock_waiting(name));
+        let (fence_key, waiting_key) = keys.lock_keys(name);
         let ttl_ms = ttl.as_millis().to_string();
         let fence = storage
             .eval_on_redis(
@@ -715,7 +715,7 @@ impl Locks {
         }
         let token = new_token();
         let keys = shared.storage.keys();
-        let (fence_key, waiting_key) = (keys.lock_fence(name), keys.lock_waiting(name));
+        let (fence_key, waiting_key) = keys.lock_keys(name);
         let (ttl_ms, mark_ms) = (ttl.as_millis().to_string(), mark_ms.to_string());
         let sent_at_ms = now_ms();
         let reply = shared

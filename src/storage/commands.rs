@@ -569,12 +569,7 @@ impl Storage {
         if mode != Mode::Redis {
             return Err(StorageError::Unavailable(format!("storage is {mode}")));
         }
-        let op = Op::Eval {
-            script: script.reference.clone(),
-            keys: keys.iter().map(|k| k.to_string()).collect(),
-            args: args.iter().map(|a| a.to_string()).collect(),
-        };
-        match redis.exec(&op).await {
+        match redis.eval(&script.reference, keys, args).await {
             Ok(reply) => Ok(reply),
             Err(Failure::Outage(reason)) => {
                 self.degrade(reason.clone());

@@ -87,15 +87,28 @@ impl KeySchema {
     /// given. One counter per slot, not one per name: tokens strictly increase for every name
     /// of the slot and the counters never grow with the number of names.
     pub fn lock_fence(&self, lock_name: &str) -> String {
-        let tag = super::outbox::slot_tag(hash_slot(lock_name));
-        format!("{}:lock-fence:{{{tag}}}", self.internal)
+        self.fence_in(lock_slot_tag(lock_name))
     }
 
     /// `INTERNAL:lock-waiting:{TAG}:NAME`: set (with a TTL) by a waiter whose attempt failed,
     /// deleted by the release script, which announces the release only when it was set; TAG
     /// puts it in the lock name's slot.
     pub fn lock_waiting(&self, lock_name: &str) -> String {
-        let tag = super::outbox::slot_tag(hash_slot(lock_name));
+        self.waiting_in(lock_slot_tag(lock_name), lock_name)
+    }
+
+    /// [`KeySchema::lock_fence`] and [`KeySchema::lock_waiting`] of one lock, with its hash
+    /// slot computed once: an acquisition needs both.
+    pub fn lock_keys(&self, lock_name: &str) -> (String, String) {
+        let tag = lock_slot_tag(lock_name);
+        (self.fence_in(tag), self.waiting_in(tag, lock_name))
+    }
+
+    fn fence_in(&self, tag: &str) -> String {
+        format!("{}:lock-fence:{{{tag}}}", self.internal)
+    }
+
+    fn waiting_in(&self, tag: &str, lock_name: &str) -> String {
         format!("{}:lock-waiting:{{{tag}}}:{lock_name}", self.internal)
     }
 
@@ -103,6 +116,11 @@ impl KeySchema {
     pub fn instances_pattern(&self) -> String {
         format!("{}:instance:*", self.internal)
     }
+}
+
+/// The tag that puts a lock's internal keys in the lock name's slot.
+fn lock_slot_tag(lock_name: &str) -> &'static str {
+    super::outbox::slot_tag(hash_slot(lock_name))
 }
 
 /// The cluster hash slot of a key (CRC16 of its hash tag, as Redis Cluster computes it).
@@ -166,6 +184,11 @@ mod tests {
             assert_eq!(
                 hash_slot(&plain.lock_waiting(name)),
                 hash_slot(name),
+                "{name}"
+            );
+            assert_eq!(
+                plain.lock_keys(name),
+                (plain.lock_fence(name), plain.lock_waiting(name)),
                 "{name}"
             );
         }

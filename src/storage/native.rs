@@ -123,23 +123,23 @@ impl DeleteIfEqual {
 pub(crate) fn plan(
     native: Native,
     commands: &Commands,
-    keys: &[String],
-    args: &[String],
+    keys: &[&str],
+    args: &[&str],
 ) -> Option<Plan> {
     match native {
         Native::CompareAndSet if commands.set_ifeq => {
             let ([key], [expect, expected, value, at]) = (keys, args) else {
                 return None;
             };
-            let mut out = vec![key.clone(), value.clone()];
-            match expect.as_str() {
-                "1" => out.extend(["IFEQ".to_string(), expected.clone()]),
+            let mut out = vec![key.to_string(), value.to_string()];
+            match *expect {
+                "1" => out.extend(["IFEQ".to_string(), expected.to_string()]),
                 "0" => out.push("NX".into()),
                 _ => return None,
             }
-            if at != "0" {
+            if *at != "0" {
                 at.parse::<u64>().ok()?;
-                out.extend(["PXAT".to_string(), at.clone()]);
+                out.extend(["PXAT".to_string(), at.to_string()]);
             }
             Some(Plan::Single {
                 cmd: "SET",
@@ -156,8 +156,8 @@ pub(crate) fn plan(
             let mut out = Vec::with_capacity(keys.len() * 2 + 3);
             out.push(keys.len().to_string());
             for (key, value) in keys.iter().zip(values) {
-                out.push(key.clone());
-                out.push(value.clone());
+                out.push(key.to_string());
+                out.push(value.to_string());
             }
             if ttl > 0 {
                 out.extend(["PX".to_string(), ttl.to_string()]);
@@ -178,12 +178,12 @@ pub(crate) fn plan(
             Some(Plan::Single {
                 cmd: "SET",
                 args: vec![
-                    key.clone(),
-                    value.clone(),
+                    key.to_string(),
+                    value.to_string(),
                     "IFEQ".into(),
-                    value.clone(),
+                    value.to_string(),
                     "PX".into(),
-                    ttl.clone(),
+                    ttl.to_string(),
                 ],
                 map: MapReply::Written,
             })
@@ -197,11 +197,18 @@ pub(crate) fn plan(
             let requests = keys
                 .chunks_exact(2)
                 .zip(rest.chunks_exact(2))
-                .map(|(k, a)| (k[0].clone(), k[1].clone(), a[0].clone(), a[1].clone()))
+                .map(|(k, a)| {
+                    (
+                        k[0].to_string(),
+                        k[1].to_string(),
+                        a[0].to_string(),
+                        a[1].to_string(),
+                    )
+                })
                 .collect();
             Some(Plan::Release {
                 form,
-                channel: channel.clone(),
+                channel: channel.to_string(),
                 requests,
             })
         }
@@ -220,7 +227,11 @@ pub(crate) fn is_unsupported(message: &str) -> bool {
 mod tests {
     use super::*;
 
-    fn s(items: &[&str]) -> Vec<String> {
+    fn s<'a>(items: &[&'a str]) -> Vec<&'a str> {
+        items.to_vec()
+    }
+
+    fn owned(items: &[&str]) -> Vec<String> {
         items.iter().map(|x| x.to_string()).collect()
     }
 
@@ -242,7 +253,7 @@ mod tests {
             p,
             Some(Plan::Single {
                 cmd: "SET",
-                args: s(&["k", "new", "IFEQ", "old"]),
+                args: owned(&["k", "new", "IFEQ", "old"]),
                 map: MapReply::Written
             })
         );
@@ -256,7 +267,7 @@ mod tests {
             p,
             Some(Plan::Single {
                 cmd: "SET",
-                args: s(&["k", "new", "NX", "PXAT", "123"]),
+                args: owned(&["k", "new", "NX", "PXAT", "123"]),
                 map: MapReply::Written
             })
         );
@@ -294,7 +305,7 @@ mod tests {
             p,
             Some(Plan::Single {
                 cmd: "MSETEX",
-                args: s(&["2", "a", "1", "b", "2", "PX", "500"]),
+                args: owned(&["2", "a", "1", "b", "2", "PX", "500"]),
                 map: MapReply::Count(2)
             })
         );
@@ -307,7 +318,7 @@ mod tests {
             p,
             Some(Plan::Single {
                 cmd: "SET",
-                args: s(&["l", "t", "IFEQ", "t", "PX", "900"]),
+                args: owned(&["l", "t", "IFEQ", "t", "PX", "900"]),
                 map: MapReply::Written
             })
         );
@@ -334,7 +345,7 @@ mod tests {
         );
         assert_eq!(
             DeleteIfEqual::DelEx.command("k", "v"),
-            ("DELEX", s(&["k", "IFEQ", "v"]))
+            ("DELEX", owned(&["k", "IFEQ", "v"]))
         );
         assert!(is_unsupported(
             "ERR unknown command 'DELIFEQ', with args beginning with: "

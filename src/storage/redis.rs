@@ -884,19 +884,36 @@ impl RedisBackend {
         if let (true, Op::Scan { pattern, count, .. }) = (self.clustered, op) {
             return self.scan_masters(pattern, *count).await;
         }
+        if let Op::Eval { script, keys, args } = op {
+            let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            return self.eval(script, &keys, &args).await;
+        }
         let client = self.pool.next();
-        if let Op::Eval {
-            script: ScriptRef {
-                native: Some(form), ..
-            },
-            keys,
-            args,
-        } = op
-        {
-            if let Some(plan) = native::plan(*form, &self.commands(), keys, args) {
+        let (cmd, args) = op.to_command();
+        let reply = self.raw(client, cmd, args, op.first_key()).await?;
+        if op.is_write() {
+            self.wait_for_replicas(client, op.first_key()).await?;
+        }
+        Ok(reply)
+    }
+
+    /// Runs a script (`EVALSHA`, loading it on `NOSCRIPT`), or its native form where the
+    /// server has the command. The keys and arguments are borrowed: each is copied once,
+    /// into the command sent.
+    pub async fn eval(
+        &self,
+        script: &ScriptRef,
+        keys: &[&str],
+        args: &[&str],
+    ) -> Result<Reply, Failure> {
+        let client = self.pool.next();
+        let first_key = keys.first().copied();
+        if let Some(form) = script.native {
+            if let Some(plan) = native::plan(form, &self.commands(), keys, args) {
                 match self.run_plan(client, plan).await {
                     Ok(reply) => {
-                        self.wait_for_replicas(client, op.first_key()).await?;
+                        self.wait_for_replicas(client, first_key).await?;
                         return Ok(reply);
                     }
                     // Nothing was applied: the script runs instead (below).
@@ -907,35 +924,42 @@ impl RedisBackend {
                 }
             }
         }
-        let (cmd, args) = op.to_command();
-        let reply = match self.raw(client, cmd, args, op.first_key()).await {
+        let evalsha = || {
+            let numkeys = keys.len().to_string();
+            let mut out: Vec<Value> = Vec::with_capacity(2 + keys.len() + args.len());
+            out.push(Value::from(&*script.sha));
+            out.push(Value::from(numkeys));
+            out.extend(keys.iter().chain(args).map(|s| Value::from(*s)));
+            out
+        };
+        let reply = match self.raw(client, "EVALSHA", evalsha(), first_key).await {
             Err(Failure::NoScript) => {
-                let Op::Eval { script, .. } = op else {
-                    return Err(Failure::Command("NOSCRIPT".into()));
-                };
                 self.load(script).await?;
-                let (cmd, args) = op.to_command();
-                self.raw(client, cmd, args, op.first_key()).await
+                self.raw(client, "EVALSHA", evalsha(), first_key).await
             }
             other => other,
         }?;
-        if op.is_write() {
-            self.wait_for_replicas(client, op.first_key()).await?;
-        }
+        // A script may write (the lock scripts all do): wait for the replicas as for any
+        // write.
+        self.wait_for_replicas(client, first_key).await?;
         Ok(reply)
     }
 
-    async fn raw(
+    async fn raw<V>(
         &self,
         client: &Client,
         cmd: &'static str,
-        args: Vec<String>,
+        args: Vec<V>,
         key: Option<&str>,
-    ) -> Result<Reply, Failure> {
+    ) -> Result<Reply, Failure>
+    where
+        V: TryInto<Value> + Send,
+        V::Error: Into<Error> + Send,
+    {
         let command = CustomCommand::new_static(cmd, self.hash_for(key), false);
         client
             .with_options(&self.opts)
-            .custom::<Value, String>(command, args)
+            .custom::<Value, V>(command, args)
             .await
             .map(to_reply)
             .map_err(|e| classify(&e))
@@ -1057,7 +1081,7 @@ impl RedisBackend {
 
     /// A PING with the command timeout: true when Redis answers.
     pub async fn ping(&self) -> bool {
-        self.raw(self.pool.next(), "PING", Vec::new(), None)
+        self.raw(self.pool.next(), "PING", Vec::<Value>::new(), None)
             .await
             .is_ok()
     }
