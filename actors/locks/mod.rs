@@ -850,10 +850,11 @@ pub struct LockLease {
 pub(super) fn new_token() -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let bits = rand::random::<u128>();
-    (0..32)
-        .rev()
-        .map(|nibble| HEX[((bits >> (nibble * 4)) & 0xf) as usize] as char)
-        .collect()
+    let mut out = String::with_capacity(32);
+    for nibble in (0..32).rev() {
+        out.push(HEX[((bits >> (nibble * 4)) & 0xf) as usize] as char);
+    }
+    out
 }
 
 /// Who in this process holds a lock (see [`HeldLock`]).

@@ -104,18 +104,28 @@ impl KeySchema {
         (self.fence_in(tag), self.waiting_in(tag, lock_name))
     }
 
+    // Built with `push_str`, not `format!`: every acquisition makes both.
     fn fence_in(&self, tag: &str) -> String {
-        format!("{}:lock-fence:{{{tag}}}", self.internal)
+        concat(&[&self.internal, ":lock-fence:{", tag, "}"])
     }
 
     fn waiting_in(&self, tag: &str, lock_name: &str) -> String {
-        format!("{}:lock-waiting:{{{tag}}}:{lock_name}", self.internal)
+        concat(&[&self.internal, ":lock-waiting:{", tag, "}:", lock_name])
     }
 
     /// Glob matching every presence record.
     pub fn instances_pattern(&self) -> String {
         format!("{}:instance:*", self.internal)
     }
+}
+
+/// `parts` joined, in a string allocated once.
+fn concat(parts: &[&str]) -> String {
+    let mut out = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for part in parts {
+        out.push_str(part);
+    }
+    out
 }
 
 /// The tag that puts a lock's internal keys in the lock name's slot.

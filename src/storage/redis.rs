@@ -84,6 +84,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use fred::bytes::BytesMut;
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
 use fred::types::config::{Options, ReconnectError, Server, ServerConfig, UnresponsiveConfig};
@@ -285,6 +286,26 @@ fn builder(settings: &RedisSettings, fail_fast: bool) -> Result<Builder, Storage
             };
         });
     Ok(builder)
+}
+
+/// `parts` as command arguments that share one buffer: one allocation for the lot, where a
+/// value per argument would copy each into its own.
+fn one_buffer<'a>(parts: impl Iterator<Item = &'a str> + Clone) -> Vec<Value> {
+    let mut buf = BytesMut::with_capacity(parts.clone().map(str::len).sum());
+    let mut ends = Vec::with_capacity(parts.size_hint().0);
+    for part in parts {
+        buf.extend_from_slice(part.as_bytes());
+        ends.push(buf.len());
+    }
+    let buf = buf.freeze();
+    let mut start = 0;
+    ends.into_iter()
+        .map(|end| {
+            let value = Value::Bytes(buf.slice(start..end));
+            start = end;
+            value
+        })
+        .collect()
 }
 
 /// Classifies a fred error. fred reports many server error replies as `Unknown`, so the
@@ -926,11 +947,8 @@ impl RedisBackend {
         }
         let evalsha = || {
             let numkeys = keys.len().to_string();
-            let mut out: Vec<Value> = Vec::with_capacity(2 + keys.len() + args.len());
-            out.push(Value::from(&*script.sha));
-            out.push(Value::from(numkeys));
-            out.extend(keys.iter().chain(args).map(|s| Value::from(*s)));
-            out
+            let sha_and_count = [&*script.sha, numkeys.as_str()];
+            one_buffer(sha_and_count.iter().chain(keys).chain(args).copied())
         };
         let reply = match self.raw(client, "EVALSHA", evalsha(), first_key).await {
             Err(Failure::NoScript) => {
@@ -1270,6 +1288,27 @@ fn config_error(e: &Error) -> StorageError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_buffer_gives_each_part_as_its_own_argument() {
+        let parts = [
+            "0123abcd",
+            "2",
+            "bet-lock:é",
+            "",
+            "INTERNAL:lock-fence:{12}",
+            "10000",
+        ];
+        let values = one_buffer(parts.iter().copied());
+        assert_eq!(values.len(), parts.len());
+        for (value, part) in values.iter().zip(parts) {
+            let Value::Bytes(bytes) = value else {
+                panic!("{value:?} is not bytes");
+            };
+            assert_eq!(&bytes[..], part.as_bytes());
+        }
+        assert!(one_buffer(std::iter::empty()).is_empty());
+    }
     use crate::settings::check_redis_url;
 
     /// The settings validate `storage.redis.url` without the Redis client; this holds their
