@@ -172,6 +172,7 @@ impl Batcher {
             .storage
             .eval_on_redis(self.script, &keys, &args)
             .await?;
+        // A call of one request answers its integer alone.
         let values: Vec<i64> = match reply {
             Reply::Array(items) => items.iter().map(Reply::as_int).collect(),
             other => vec![other.as_int()],
@@ -229,6 +230,15 @@ impl Batcher {
     }
 }
 
+/// The first request's answer in a lock script's reply: an array, or the integer alone of a
+/// call of one request.
+pub(super) fn first_answer(reply: &Reply) -> i64 {
+    match reply {
+        Reply::Array(items) => items.first().map_or(0, Reply::as_int),
+        other => other.as_int(),
+    }
+}
+
 /// The end of a caller's call: its slot goes to a drain task for the queue, or is freed.
 struct Turn(Arc<Batcher>);
 
@@ -256,5 +266,22 @@ impl Drop for Turn {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_answer_is_read_from_an_array_or_an_integer_alone() {
+        assert_eq!(
+            first_answer(&Reply::Int(1_796_605_463_495_552)),
+            1_796_605_463_495_552
+        );
+        assert_eq!(first_answer(&Reply::Int(0)), 0);
+        let batch = Reply::Array(vec![Reply::Int(7), Reply::Int(0)]);
+        assert_eq!(first_answer(&batch), 7);
+        assert_eq!(first_answer(&Reply::Array(Vec::new())), 0);
     }
 }

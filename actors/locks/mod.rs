@@ -380,7 +380,7 @@ impl Locks {
             )
             .await
             .map_err(LockError::from_storage)?;
-        if fence.into_strings().first().map(String::as_str) == Some("0") {
+        if batch::first_answer(&fence) == 0 {
             return Ok(false);
         }
         for _ in 0..n {

@@ -17,18 +17,23 @@ use std::sync::OnceLock;
 /// replica promoted before it received the last raises) thus still issues a token above every
 /// one issued before, as long as its clock is not behind the clock that issued them by more
 /// than the time between the two grants (see ARCHITECTURE.md, "Fencing tokens"). Numbers
-/// stay below 2^53, so Lua's doubles hold them exactly; `%.0f` writes them without an
-/// exponent. `replicate_commands` (a no-op since Redis 7) lets older servers write after
-/// `TIME`. A script call reads `TIME` once, however many grants it makes: the fence of each
-/// is still above its own counter.
+/// stay below 2^53, so Lua's doubles hold them exactly. The clock's value is written as
+/// `TIME`'s seconds followed by its microseconds padded to six digits: the digits
+/// `string.format('%.0f')` would give, for less of Redis's time; the rare `last + 1` is
+/// formatted with `%.0f` (no exponent).
+/// `replicate_commands` (a no-op since Redis 7) lets older servers write after `TIME`. A
+/// script call reads `TIME` once, at its first grant, however many grants it makes: the
+/// fence of each is still above its own counter.
 const NEXT_FENCE: &str = r#"
 if redis.replicate_commands then redis.replicate_commands() end
-local function server_now()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000000 + tonumber(t[2])
-end
-local function next_fence(key, now)
-  local last = tonumber(redis.call('SET', key, string.format('%.0f', now), 'GET') or '0')
+local now, now_text
+local function next_fence(key)
+  if not now then
+    local t = redis.call('TIME')
+    now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+    now_text = t[1] .. string.sub('00000' .. t[2], -6)
+  end
+  local last = tonumber(redis.call('SET', key, now_text, 'GET') or '0')
   if last < now then
     return now
   end
@@ -48,22 +53,25 @@ use crate::storage::{Keyspace, LocalError, Native, Reply, Script};
 /// first had run) is still a grant; `pcall`, so a key of another type stays "held by someone
 /// else". Answers, per request, the fencing token, or 0 when the lock is held by someone
 /// else; then, unless mark ms is 0 (`try_acquire`), it sets the waiting mark for that long,
-/// so that the release is announced.
+/// so that the release is announced. A call of one request answers its integer alone, not an
+/// array of one (no table to build).
 const ACQUIRE: &str = r#"
-local out = {}
-local now = nil
-for i = 1, #KEYS / 3 do
-  local k, a = i * 3 - 2, i * 3 - 2
+local function one(k, a)
   if redis.call('SET', KEYS[k], ARGV[a], 'PX', ARGV[a + 1], 'NX')
       or redis.pcall('GET', KEYS[k]) == ARGV[a] then
-    now = now or server_now()
-    out[i] = next_fence(KEYS[k + 1], now)
-  else
-    if ARGV[a + 2] ~= '0' then
-      redis.call('SET', KEYS[k + 2], '1', 'PX', ARGV[a + 2])
-    end
-    out[i] = 0
+    return next_fence(KEYS[k + 1])
   end
+  if ARGV[a + 2] ~= '0' then
+    redis.call('SET', KEYS[k + 2], '1', 'PX', ARGV[a + 2])
+  end
+  return 0
+end
+if #KEYS == 3 then
+  return one(1, 1)
+end
+local out = {}
+for i = 1, #KEYS / 3 do
+  out[i] = one(i * 3 - 2, i * 3 - 2)
 end
 return out
 "#;
@@ -73,21 +81,25 @@ return out
 /// waiter marked the name (an uncontended release publishes nothing). One `DEL` takes the lock
 /// and the mark: the lock exists (its token was just read), so 2 keys deleted means a mark.
 /// Answers, per request, 2 when the lock was still ours and the release was announced, 1
-/// when it was ours and nobody had marked the name, else 0.
+/// when it was ours and nobody had marked the name, else 0; a call of one request its
+/// integer alone.
 const RELEASE: &str = r#"
-local out = {}
-for i = 1, #KEYS / 2 do
-  local k, a = i * 2 - 1, i * 2
+local function one(k, a)
   if redis.call('GET', KEYS[k]) == ARGV[a] then
     if redis.call('DEL', KEYS[k], KEYS[k + 1]) == 2 then
       redis.call('PUBLISH', ARGV[1], ARGV[a + 1])
-      out[i] = 2
-    else
-      out[i] = 1
+      return 2
     end
-  else
-    out[i] = 0
+    return 1
   end
+  return 0
+end
+if #KEYS == 2 then
+  return one(1, 2)
+end
+local out = {}
+for i = 1, #KEYS / 2 do
+  out[i] = one(i * 2 - 1, i * 2)
 end
 return out
 "#;
@@ -100,7 +112,7 @@ const HANDOFF: &str = r#"
 local held = redis.call('GET', KEYS[1])
 if held == ARGV[1] or held == ARGV[2] then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-  return next_fence(KEYS[2], server_now())
+  return next_fence(KEYS[2])
 end
 return 0
 "#;
