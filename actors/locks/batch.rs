@@ -172,11 +172,7 @@ impl Batcher {
             .storage
             .eval_on_redis(self.script, &keys, &args)
             .await?;
-        // A call of one request answers its integer alone.
-        let values: Vec<i64> = match reply {
-            Reply::Array(items) => items.iter().map(Reply::as_int).collect(),
-            other => vec![other.as_int()],
-        };
+        let values = answers(&reply);
         if values.len() != count {
             return Err(StorageError::Command(format!(
                 "{}: {} answers for {} requests",
@@ -230,13 +226,18 @@ impl Batcher {
     }
 }
 
-/// The first request's answer in a lock script's reply: an array, or the integer alone of a
+/// The per-request answers in a lock script's reply: an array, or the integer alone of a
 /// call of one request.
-pub(super) fn first_answer(reply: &Reply) -> i64 {
+fn answers(reply: &Reply) -> Vec<i64> {
     match reply {
-        Reply::Array(items) => items.first().map_or(0, Reply::as_int),
-        other => other.as_int(),
+        Reply::Array(items) => items.iter().map(Reply::as_int).collect(),
+        other => vec![other.as_int()],
     }
+}
+
+/// The first request's answer in a lock script's reply ([`answers`]), 0 when there is none.
+pub(super) fn first_answer(reply: &Reply) -> i64 {
+    answers(reply).first().copied().unwrap_or(0)
 }
 
 /// The end of a caller's call: its slot goes to a drain task for the queue, or is freed.

@@ -1288,6 +1288,7 @@ fn config_error(e: &Error) -> StorageError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::settings::check_redis_url;
 
     #[test]
     fn one_buffer_gives_each_part_as_its_own_argument() {
@@ -1309,7 +1310,6 @@ mod tests {
         }
         assert!(one_buffer(std::iter::empty()).is_empty());
     }
-    use crate::settings::check_redis_url;
 
     /// The settings validate `storage.redis.url` without the Redis client; this holds their
     /// check to the client's own parser: what the client refuses, validation refuses too, and
