@@ -19,10 +19,12 @@ use crate::storage::{group_by_slot, Reply, Script, Storage, StorageError};
 /// Requests sent in one script call at most.
 const MAX_BATCH: usize = 256;
 /// Calls of one script in flight at once (several keep the connections' pipelines busy while
-/// a batch is answered). 50 tasks taking locks of their own made 10-18% more pairs per second
-/// with 16 than with 4 (nine alternating rounds; 8 and 12 in between, 24 and 32 less again):
-/// smaller batches, but the client and the server overlap more.
-pub(super) const MAX_IN_FLIGHT: usize = 16;
+/// a batch is answered). Fewer calls carry more requests each, which costs both sides less
+/// per request; more calls overlap the client's work with the server's. 50 tasks taking locks
+/// of their own made the most pairs per second with 8: 1-13% more than with 16 in each of four
+/// alternating rounds (0.71 calls per pair instead of 1.17, and about 1 µs less CPU per pair
+/// on each side), and as many or more than with 4, 2, 6 or 12.
+pub(super) const MAX_IN_FLIGHT: usize = 8;
 
 /// One request, in the script's per-request layout.
 #[derive(Debug, Clone)]

@@ -3,10 +3,12 @@
 //! the head. A holder of this process may instead hand its lock to the head directly (one
 //! script moves the lock to the head's token): the head then finds a [`Grant`] in its slot.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+// Hashed on every acquisition: foldhash (seeded per process) rather than SipHash.
+use foldhash::HashMap;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
