@@ -289,10 +289,15 @@ async fn run_job(inner: Arc<Inner>, spec: Arc<Job>) {
                 matches!(inner.storage.get(&last_key).await, Ok(Some(v)) if v == *label)
             }
         };
-        if let (false, Some(label)) = (done, label) {
+        if !done {
             let storage = &inner.storage;
             let work = async {
-                // Read again under the lock: another process may have run it meanwhile.
+                // Under the lock, the period is the one current now (the wait for the lock may
+                // have crossed into the next: that period runs, not the one that has ended),
+                // and the last run is read again (another process may have run it meanwhile).
+                let Some(label) = cadence.label(now_ms()) else {
+                    return;
+                };
                 if matches!(storage.get(&last_key).await, Ok(Some(v)) if v == label) {
                     return;
                 }

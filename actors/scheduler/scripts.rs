@@ -67,6 +67,13 @@ return added
 /// (finished, reaped, claimed again: nothing changed); the status after it (the current one
 /// when refused); n the new deadline (extend) or the retry time (a failure retried later);
 /// the archive's fields only when asked, for applied completions and failures.
+///
+/// Most of a step's cost to Redis is its `redis.call`s, so per task it makes as few as it can:
+/// the processing set loses the step's completions in one `ZREM`, and the queue loses, and the
+/// processing set gains, the step's claims in one `ZREM` and one `ZADD` after the claims (the
+/// scan therefore reads the queue by position, and an explicit id is claimed once); a claim
+/// writes its attempt in the same `HSET` as its status (from the `HMGET` that read the task;
+/// `HINCRBY` when the stored count is not a plain integer, which fails as before).
 const STEP: &str = r#"
 local P, now, iso = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local vis, maxa, ttl = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
@@ -83,8 +90,17 @@ local function bury(id, h, err)
   redis.call('ZADD', KEYS[4], now, id)
   dead = dead + 1
 end
-local function complete(id, h, st)
-  redis.call('ZREM', KEYS[2], id)
+local function flush(cmd, key, list, step)
+  for i = 1, #list, step do
+    redis.call(cmd, key, unpack(list, i, math.min(i + step - 1, #list)))
+  end
+end
+local function complete(id, h, st, later)
+  if later then
+    later[#later + 1] = id
+  else
+    redis.call('ZREM', KEYS[2], id)
+  end
   if st ~= 'processing' then
     redis.call('ZREM', KEYS[1], id)
     redis.call('ZREM', KEYS[3], id)
@@ -109,13 +125,15 @@ local function fail(id, h, att, m, err, retry, retry_iso)
   redis.call('ZADD', KEYS[3], retry, id)
   return 'pending'
 end
+local finished = {}
 for _ = 1, nd do
   local id = ARGV[a]
   a = a + 2
   local h = P .. id
   local st = redis.call('HGET', h, 'status')
-  if st and st ~= 'completed' then complete(id, h, st) end
+  if st and st ~= 'completed' then complete(id, h, st, finished) end
 end
+flush('ZREM', KEYS[2], finished, 500)
 for _ = 1, nf do
   local id, att, err = ARGV[a], ARGV[a + 1], ARGV[a + 2]
   local retry, retry_iso = tonumber(ARGV[a + 3]), ARGV[a + 4]
@@ -202,10 +220,11 @@ end
 local ids_at = a
 local tok = ids_at + ni
 local out = {}
+local popped, busy, taken = {}, {}, {}
 local function try(id)
   local h = P .. id
   local f = redis.call('HMGET', h, 'type', 'data', 'priority', 'created_at', 'max_attempts',
-    'lease')
+    'lease', 'attempts')
   if not f[1] then return false end
   local key = f[1]
   local c = caps[key]
@@ -215,21 +234,29 @@ local function try(id)
   end
   if not c or c <= 0 then return false end
   caps[key] = c - 1
-  redis.call('ZREM', KEYS[1], id)
-  local att = redis.call('HINCRBY', h, 'attempts', 1)
-  if claimed < nt then
-    redis.call('HSET', h, 'status', 'processing', 'updated_at', iso, 'lease', ARGV[tok + claimed])
+  taken[id] = true
+  popped[#popped + 1] = id
+  local att = f[7]
+  if att == '0' or (att and #att < 14 and string.find(att, '^[1-9]%d*$')) then
+    att = tostring(tonumber(att) + 1)
   else
-    redis.call('HSET', h, 'status', 'processing', 'updated_at', iso)
+    att = tostring(redis.call('HINCRBY', h, 'attempts', 1))
+  end
+  if claimed < nt then
+    redis.call('HSET', h, 'status', 'processing', 'updated_at', iso, 'attempts', att,
+      'lease', ARGV[tok + claimed])
+  else
+    redis.call('HSET', h, 'status', 'processing', 'updated_at', iso, 'attempts', att)
     if f[6] then redis.call('HDEL', h, 'lease') end
   end
-  redis.call('ZADD', KEYS[2], now + vis, id)
+  busy[#busy + 1] = now + vis
+  busy[#busy + 1] = id
   local n = #out
   out[n + 1] = id
   out[n + 2] = f[1]
   out[n + 3] = f[2] or ''
   out[n + 4] = f[3] or '0'
-  out[n + 5] = tostring(att)
+  out[n + 5] = att
   out[n + 6] = f[4] or ''
   out[n + 7] = f[5] or ''
   claimed = claimed + 1
@@ -238,7 +265,7 @@ end
 if ni > 0 then
   for i = 0, ni - 1 do
     local id = ARGV[ids_at + i]
-    if claimed < total and redis.call('ZSCORE', KEYS[1], id) then try(id) end
+    if claimed < total and not taken[id] and redis.call('ZSCORE', KEYS[1], id) then try(id) end
   end
 else
   local start, scanned = 0, 0
@@ -247,10 +274,13 @@ else
     if #ids == 0 then break end
     for _, id in ipairs(ids) do
       scanned = scanned + 1
-      if not try(id) then start = start + 1 end
+      try(id)
     end
+    start = start + #ids
   end
 end
+flush('ZREM', KEYS[1], popped, 500)
+flush('ZADD', KEYS[2], busy, 1000)
 return {done, dead, reaped, claimed, out, buried, leased}
 "#;
 

@@ -127,6 +127,63 @@ async fn one_worker_slot_runs_in_exact_queue_order() {
     fleet.shutdown().await.unwrap();
 }
 
+/// Tasks no handler takes sit at the head of the queue: the claims read past them, in queue
+/// order, one at a time, and leave them queued; every task claimed counts one attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_read_past_tasks_nobody_takes_in_queue_order() {
+    let server = TestRedis::start().unwrap();
+    let fleet = Fleet::start(settings(&server.url())).await.unwrap();
+    let sched = fleet.scheduler();
+    let mut expected = Vec::new();
+    for i in 0..24i64 {
+        if i % 2 == 0 {
+            // Ahead of every `step` task, and taken by nobody.
+            sched
+                .enqueue(NewTask::raw("idle", "{}").priority(50 + i))
+                .await
+                .unwrap();
+            continue;
+        }
+        let prio = [1, 10, 5][i as usize % 3];
+        let id = sched
+            .enqueue(NewTask::raw("step", format!("{{\"i\":{i}}}")).priority(prio))
+            .await
+            .unwrap();
+        expected.push((-prio, i, id));
+    }
+    expected.sort();
+    let seen: Seen = Arc::default();
+    let s2 = seen.clone();
+    sched
+        .register_handler("step", 1, move |task| {
+            let seen = s2.clone();
+            async move {
+                seen.lock().push((task.id, task.data));
+                Ok(())
+            }
+        })
+        .unwrap();
+    poll_until_async(Duration::from_secs(20), || async {
+        seen.lock().len() == expected.len()
+    })
+    .await
+    .unwrap();
+    let order: Vec<String> = seen.lock().iter().map(|s| s.0.clone()).collect();
+    let want: Vec<String> = expected.iter().map(|e| e.2.clone()).collect();
+    assert_eq!(order, want);
+    for id in &want {
+        let task = sched.get(id).await.unwrap().unwrap();
+        assert_eq!(
+            (task.status, task.attempts),
+            (Some(TaskStatus::Completed), 1),
+            "{id}"
+        );
+    }
+    let counts = sched.counts().await.unwrap();
+    assert_eq!((counts.pending, counts.processing), (12, 0));
+    fleet.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outside_clients_seed_layout_task_is_processed() {
     let server = TestRedis::start().unwrap();
