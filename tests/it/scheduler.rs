@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use botfleet::actors::scheduler::state::{BotState, Counter, EventType};
-use botfleet::actors::scheduler::{NewTask, SchedulerError, TaskStatus};
+use botfleet::actors::scheduler::{NewTask, Scheduler, SchedulerError, TaskStatus};
 use botfleet::clock::now_ms;
 use botfleet::settings::Settings;
 use botfleet::storage::Mode;
@@ -42,6 +42,27 @@ fn spawn_child(role: &str, spec: String) -> std::process::Child {
 }
 
 type Seen = Arc<Mutex<Vec<(String, String)>>>;
+
+/// Runs the tasks of type `step` with one slot until `n` have run; answers their ids in the
+/// order they ran.
+async fn run_steps_one_at_a_time(sched: &Scheduler, n: usize) -> Vec<String> {
+    let seen: Seen = Arc::default();
+    let s2 = seen.clone();
+    sched
+        .register_handler("step", 1, move |task| {
+            let seen = s2.clone();
+            async move {
+                seen.lock().push((task.id, task.data));
+                Ok(())
+            }
+        })
+        .unwrap();
+    poll_until_async(Duration::from_secs(20), || async { seen.lock().len() == n })
+        .await
+        .unwrap();
+    let order = seen.lock().iter().map(|s| s.0.clone()).collect();
+    order
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn higher_priority_first_then_arrival_order() {
@@ -105,23 +126,7 @@ async fn one_worker_slot_runs_in_exact_queue_order() {
         expected.push((-prio, i, id));
     }
     expected.sort();
-    let seen: Seen = Arc::default();
-    let s2 = seen.clone();
-    sched
-        .register_handler("step", 1, move |task| {
-            let seen = s2.clone();
-            async move {
-                seen.lock().push((task.id, task.data));
-                Ok(())
-            }
-        })
-        .unwrap();
-    poll_until_async(Duration::from_secs(20), || async {
-        seen.lock().len() == 30
-    })
-    .await
-    .unwrap();
-    let order: Vec<String> = seen.lock().iter().map(|s| s.0.clone()).collect();
+    let order = run_steps_one_at_a_time(&sched, 30).await;
     let want: Vec<String> = expected.into_iter().map(|e| e.2).collect();
     assert_eq!(order, want);
     fleet.shutdown().await.unwrap();
@@ -152,23 +157,7 @@ async fn claims_read_past_tasks_nobody_takes_in_queue_order() {
         expected.push((-prio, i, id));
     }
     expected.sort();
-    let seen: Seen = Arc::default();
-    let s2 = seen.clone();
-    sched
-        .register_handler("step", 1, move |task| {
-            let seen = s2.clone();
-            async move {
-                seen.lock().push((task.id, task.data));
-                Ok(())
-            }
-        })
-        .unwrap();
-    poll_until_async(Duration::from_secs(20), || async {
-        seen.lock().len() == expected.len()
-    })
-    .await
-    .unwrap();
-    let order: Vec<String> = seen.lock().iter().map(|s| s.0.clone()).collect();
+    let order = run_steps_one_at_a_time(&sched, expected.len()).await;
     let want: Vec<String> = expected.iter().map(|e| e.2.clone()).collect();
     assert_eq!(order, want);
     for id in &want {
