@@ -292,13 +292,16 @@ async fn run_job(inner: Arc<Inner>, spec: Arc<Job>) {
         if !done {
             let storage = &inner.storage;
             let work = async {
-                // Under the lock, the period is the one current now (the wait for the lock may
-                // have crossed into the next: that period runs, not the one that has ended),
-                // and the last run is read again (another process may have run it meanwhile).
+                // Under the lock, the last run is read again (another process may have run
+                // it meanwhile), and the period is the one current once it is read, just
+                // before the job starts: the check and the lock take round trips, which may
+                // cross into the next period, and then that period runs, not the one that
+                // has ended (which would leave the new one to run again after it).
+                let last = storage.get(&last_key).await;
                 let Some(label) = cadence.label(now_ms()) else {
                     return;
                 };
-                if matches!(storage.get(&last_key).await, Ok(Some(v)) if v == label) {
+                if matches!(last, Ok(Some(v)) if v == label) {
                     return;
                 }
                 match job().await {
