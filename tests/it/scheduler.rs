@@ -43,6 +43,17 @@ fn spawn_child(role: &str, spec: String) -> std::process::Child {
 
 type Seen = Arc<Mutex<Vec<(String, String)>>>;
 
+/// Enqueues the `step` task `i`, at priority 1, 10 or 5 by `i`; answers where it belongs in
+/// the queue's order (minus its priority, then `i`) and its id.
+async fn enqueue_step(sched: &Scheduler, i: i64) -> (i64, i64, String) {
+    let prio = [1, 10, 5][i as usize % 3];
+    let id = sched
+        .enqueue(NewTask::raw("step", format!("{{\"i\":{i}}}")).priority(prio))
+        .await
+        .unwrap();
+    (-prio, i, id)
+}
+
 /// Runs the tasks of type `step` with one slot until `n` have run; answers their ids in the
 /// order they ran.
 async fn run_steps_one_at_a_time(sched: &Scheduler, n: usize) -> Vec<String> {
@@ -118,12 +129,7 @@ async fn one_worker_slot_runs_in_exact_queue_order() {
     let sched = fleet.scheduler();
     let mut expected = Vec::new();
     for i in 0..30i64 {
-        let prio = [1, 10, 5][i as usize % 3];
-        let id = sched
-            .enqueue(NewTask::raw("step", format!("{{\"i\":{i}}}")).priority(prio))
-            .await
-            .unwrap();
-        expected.push((-prio, i, id));
+        expected.push(enqueue_step(&sched, i).await);
     }
     expected.sort();
     let order = run_steps_one_at_a_time(&sched, 30).await;
@@ -149,12 +155,7 @@ async fn claims_read_past_tasks_nobody_takes_in_queue_order() {
                 .unwrap();
             continue;
         }
-        let prio = [1, 10, 5][i as usize % 3];
-        let id = sched
-            .enqueue(NewTask::raw("step", format!("{{\"i\":{i}}}")).priority(prio))
-            .await
-            .unwrap();
-        expected.push((-prio, i, id));
+        expected.push(enqueue_step(&sched, i).await);
     }
     expected.sort();
     let order = run_steps_one_at_a_time(&sched, expected.len()).await;
