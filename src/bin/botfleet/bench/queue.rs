@@ -150,7 +150,7 @@ pub async fn run(
                 Scheduler::for_queue(storage.clone(), sched_settings.clone(), "bench", name)
             })
             .collect();
-        let task = |i: usize| {
+        let task = move |i: usize| {
             let t = NewTask::new("noop", &json!({ "i": i, "payload": "x".repeat(100) }));
             if scenario == "priority" {
                 t.priority(1 + (i % 10) as i64)
@@ -166,25 +166,34 @@ pub async fn run(
                 .unwrap_or(0)
         };
         let before = used(storage.clone(), memory.clone()).await;
-        let t0 = Instant::now();
-        if scenario == "seq-add" {
-            for i in 0..n {
-                schedulers[i % queues].enqueue(task(i)).await?;
-            }
-        } else {
-            for start in (0..n).step_by(1_000) {
-                let mut batches: Vec<Vec<NewTask>> = vec![Vec::new(); queues];
-                for i in start..(start + 1_000).min(n) {
-                    batches[i % queues].push(task(i));
+        // The enqueuing loop runs on a worker of the runtime, as a bot's task would (and as
+        // the lock scenarios' tasks do), not on the thread blocked on the runtime: each reply
+        // would otherwise wake a thread outside the runtime's workers.
+        let enqueuing = schedulers.clone();
+        let enqueue = tokio::spawn(async move {
+            let t0 = Instant::now();
+            if scenario == "seq-add" {
+                for i in 0..n {
+                    enqueuing[i % queues].enqueue(task(i)).await?;
                 }
-                for (scheduler, batch) in schedulers.iter().zip(batches) {
-                    if !batch.is_empty() {
-                        scheduler.enqueue_bulk(batch).await?;
+            } else {
+                for start in (0..n).step_by(1_000) {
+                    let mut batches: Vec<Vec<NewTask>> = vec![Vec::new(); queues];
+                    for i in start..(start + 1_000).min(n) {
+                        batches[i % queues].push(task(i));
+                    }
+                    for (scheduler, batch) in enqueuing.iter().zip(batches) {
+                        if !batch.is_empty() {
+                            scheduler.enqueue_bulk(batch).await?;
+                        }
                     }
                 }
             }
-        }
-        let enqueue = t0.elapsed();
+            Ok::<_, SchedulerError>(t0.elapsed())
+        })
+        .await
+        // Nothing aborts the task: an error here is its panic, passed on.
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
         let after = used(storage.clone(), memory.clone()).await;
         let done = Arc::new(AtomicUsize::new(0));
         let all_done = Arc::new(Notify::new());
