@@ -32,9 +32,13 @@
 //!
 //! # One step per round trip
 //!
-//! The worker loop of a process sends one `task-step` script call that carries every finished
-//! result and asks for as many tasks as its handlers have free slots (per type, at most
-//! `scheduler.claim_batch` in all). In order, the script applies:
+//! The worker loop of a process sends `task-step` script calls that each carry every result
+//! finished since the last and ask for as many tasks as its handlers have free slots (per
+//! type, at most `scheduler.claim_batch` in all). With 16 slots or more, and while Redis
+//! serves, two steps are in flight at once, each claiming at most half of the slots, so that
+//! Redis runs one while the worker starts the other's tasks; a second step goes only with a
+//! full half (of results or of free slots): smaller steps cost Redis more per task than the
+//! overlap saves. In order, the script applies:
 //!
 //! - completions, once: a completed task is left alone. A completed hash keeps
 //!   `status completed` for `scheduler.completed_ttl_secs` (0 deletes it);
@@ -122,7 +126,7 @@ use std::time::{Duration, Instant};
 
 use actix::{Actor, ActorContext, ActorFutureExt, AsyncContext, Context};
 use dashmap::DashMap;
-use futures::FutureExt;
+use futures::{FutureExt, StreamExt};
 use parking_lot::RwLock;
 use serde::Serialize;
 use tokio::sync::{mpsc, Notify};
@@ -149,6 +153,16 @@ pub const MAX_PRIORITY: i64 = 1_000_000;
 const BULK_CHUNK: usize = 1_000;
 /// Results sent with one step.
 const MAX_RESULTS_PER_STEP: usize = 1_000;
+/// Steps of a process's worker in flight at once while Redis serves and its handlers have at
+/// least [`TWO_STEPS_FROM_SLOTS`] slots in all. A step's round trip leaves the worker waiting
+/// while Redis runs it, and Redis waiting while the worker starts the tasks it claimed and
+/// gathers their results: with two in flight, each claiming at most half of the slots, the
+/// two sides overlap. Outside Redis, and with fewer slots, one.
+const STEPS_IN_FLIGHT: usize = 2;
+/// Slots from which the worker keeps [`STEPS_IN_FLIGHT`] steps in flight. With fewer, the
+/// round trip is the bound: two steps would carry the same tasks per round trip in twice the
+/// calls.
+const TWO_STEPS_FROM_SLOTS: usize = 16;
 /// The type of a handler (or of a claim's `types`) that takes tasks of any type no other
 /// handler of the process names.
 pub const ANY_TYPE: &str = "*";
@@ -903,6 +917,11 @@ impl Scheduler {
 }
 
 impl Shared {
+    /// The slots of this process's handlers, all types together.
+    fn slots(&self) -> usize {
+        self.handlers.read().values().map(|h| h.concurrency).sum()
+    }
+
     fn backoff_ms(&self, attempt: u32) -> u64 {
         let s = &self.settings;
         let factor = 1u64 << attempt.saturating_sub(1).min(40);
@@ -1238,8 +1257,17 @@ fn archived_attempt(task: &Task, limit: u32) -> history::TaskRecord {
     }
 }
 
-/// The worker loop of a process: one step at a time, each carrying every finished result.
-/// Returns once stopping with nothing running and everything reported.
+/// A step the worker sent, with what it carried: its results (kept for the next step when
+/// it fails) and the slots per type it may claim (reserved until it answers).
+struct SentStep {
+    results: Vec<Outcome>,
+    reserved: Vec<(String, usize)>,
+    outcome: Result<Stepped, StorageError>,
+}
+
+/// The worker loop of a process: up to [`STEPS_IN_FLIGHT`] steps at once while Redis serves
+/// (one outside it), each carrying every finished result gathered since the last. Returns once
+/// stopping with nothing running, nothing in flight and everything reported.
 ///
 /// A worker that died (a panic) may have taken results off the channel without reporting
 /// them: the next one forgets the attempts whose handlers reported and whose results it does
@@ -1255,10 +1283,23 @@ async fn worker(shared: Arc<Shared>) {
     shared.inflight.retain(|id, running| {
         !running.reported.load(Ordering::Acquire) || results.iter().any(|o| o.id == *id)
     });
+    // Answered in the order they were sent, so that claims start in queue order.
+    let mut steps = futures::stream::FuturesOrdered::new();
+    // Slots per type that the steps in flight may still claim.
+    let mut reserved: HashMap<String, usize> = HashMap::new();
+    // The last step found nothing to do: claim again only after a result, a wake-up or the
+    // poll interval.
+    let mut idle = false;
+    // The last step claimed tasks, so the queue likely holds more: a second step may claim
+    // beside one in flight. (Otherwise a second step only carries results, so that a worker
+    // that finds nothing polls with one call.)
+    let mut found = false;
+    // After a failed step, the next is sent no sooner than this.
+    let mut retry_at: Option<tokio::time::Instant> = None;
     loop {
         fault::point("scheduler");
         if !shared.inflight.is_empty() {
-            // Handlers that are ready to finish do so before this step is built, so that it
+            // Handlers that are ready to finish do so before a step is built, so that it
             // carries their results and refills their slots in one call.
             tokio::task::yield_now().await;
         }
@@ -1269,116 +1310,240 @@ async fn worker(shared: Arc<Shared>) {
             }
         }
         let stopping = shared.stopping.load(Ordering::Acquire);
-        if stopping && results.is_empty() && shared.inflight.is_empty() {
+        if stopping && results.is_empty() && shared.inflight.is_empty() && steps.is_empty() {
             break;
         }
-        let handlers: Vec<(String, Arc<HandlerEntry>)> = shared
-            .handlers
-            .read()
-            .iter()
-            .map(|(t, h)| (t.clone(), h.clone()))
-            .collect();
-        let mut caps: Vec<(String, usize)> = if stopping {
-            Vec::new()
+        // Outside Redis, claims name their tasks, so that their replay claims the same ones:
+        // one step at a time, as two could name the same.
+        let outside = matches!(shared.storage.mode(), Mode::Degraded | Mode::Resyncing);
+        let limit = if outside || shared.slots() < TWO_STEPS_FROM_SLOTS {
+            1
         } else {
-            handlers
-                .iter()
-                .map(|(t, h)| {
-                    let free = h
-                        .concurrency
-                        .saturating_sub(h.running.load(Ordering::Acquire));
-                    (t.clone(), free)
-                })
-                .filter(|c| c.1 > 0)
-                .collect()
+            STEPS_IN_FLIGHT
         };
-        // Outside Redis, claims name their tasks, so that their replay claims the same ones.
-        let mut explicit = Vec::new();
-        if !caps.is_empty() && matches!(shared.storage.mode(), Mode::Degraded | Mode::Resyncing) {
-            match shared
-                .storage
-                .zrange_by_score(
-                    &shared.keys.queue,
-                    f64::NEG_INFINITY,
-                    f64::INFINITY,
-                    Some((0, shared.settings.scan_limit as u64)),
-                )
-                .await
-            {
-                Ok(v) => explicit = v.into_iter().map(|(m, _)| m).collect(),
-                Err(_) => caps.clear(),
-            }
-            if explicit.is_empty() {
-                caps.clear();
+        if retry_at.is_some_and(|t| tokio::time::Instant::now() < t) {
+            // A step failed a moment ago: wait (below) before the next.
+        } else {
+            retry_at = None;
+            while steps.len() < limit {
+                let claims = !(stopping || idle) && (steps.is_empty() || found);
+                let beside = !steps.is_empty();
+                let built =
+                    next_step(&shared, &mut results, &mut reserved, claims, limit, beside).await;
+                let Some(step) = built else { break };
+                steps.push_back(step);
             }
         }
-        if results.is_empty() && caps.is_empty() {
-            // Every slot is busy (or nothing to claim here): wait for a result.
-            tokio::select! {
-                o = rx.recv() => match o { Some(o) => results.push(o), None => break },
-                _ = shared.stop.notified() => {}
-                _ = shared.wake.notified() => {}
-                _ = tokio::time::sleep(poll) => {}
-            }
-            continue;
-        }
-        let had_results = !results.is_empty();
-        let call = StepCall {
-            results: &results,
-            caps: &caps,
-            explicit: &explicit,
-            ..StepCall::default()
-        };
-        match shared.step(&call).await {
-            Ok(Stepped {
-                claimed: tasks,
-                buried,
-                ..
-            }) => {
-                for o in &results {
-                    shared.inflight.remove(&o.id);
-                }
-                shared.archive_results(&mut results);
-                shared.archive_buried(buried);
-                results.clear();
-                shared.idle.notify_waiters();
-                let claimed = tasks.len();
-                for (task, limit) in tasks {
-                    // A handler of the type, else the catch-all `*` (the script claims for `*`
-                    // only types no other handler names).
-                    let entry = handlers
-                        .iter()
-                        .find(|(t, _)| *t == task.task_type)
-                        .or_else(|| handlers.iter().find(|(t, _)| t == ANY_TYPE))
-                        .map(|(_, h)| h.clone());
-                    match entry {
-                        Some(entry) => {
-                            entry.running.fetch_add(1, Ordering::AcqRel);
-                            shared.spawn_handler(task, limit, entry);
-                        }
-                        // Unreachable: the script claims only types given in `caps`.
-                        None => {
-                            tracing::error!(actor = "scheduler", id = %task.id, "claimed a task without handler")
-                        }
-                    }
-                }
-                if claimed == 0 && !had_results {
-                    tokio::select! {
-                        o = rx.recv() => match o { Some(o) => results.push(o), None => break },
-                        _ = shared.stop.notified() => {}
-                        _ = shared.wake.notified() => {}
-                        _ = tokio::time::sleep(poll) => {}
-                    }
+        tokio::select! {
+            Some(sent) = steps.next(), if !steps.is_empty() => {
+                let end = finish_step(&shared, sent, &mut results, &mut reserved);
+                found = end == StepEnd::Claimed;
+                match end {
+                    StepEnd::Claimed | StepEnd::Reported => idle = false,
+                    StepEnd::Idle => idle = true,
+                    StepEnd::Failed => retry_at = Some(tokio::time::Instant::now() + poll),
                 }
             }
-            Err(e) => {
-                tracing::warn!(actor = "scheduler", error = %e, "task step failed; retrying");
-                tokio::time::sleep(poll).await;
-            }
+            // Results are awaited only while another step could go; otherwise each would wake
+            // this loop ahead of the handlers still to finish, and the next step would carry
+            // fewer of them.
+            o = rx.recv(), if steps.len() < limit => match o {
+                Some(o) => {
+                    results.push(o);
+                    idle = false;
+                }
+                None => break,
+            },
+            _ = shared.stop.notified() => idle = false,
+            _ = shared.wake.notified() => idle = false,
+            _ = tokio::time::sleep(poll) => idle = false,
         }
     }
     drop(rx);
     shared.idle.notify_waiters();
+}
+
+/// How a step the worker sent ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StepEnd {
+    /// It claimed tasks.
+    Claimed,
+    /// It claimed none, and carried results.
+    Reported,
+    /// It found nothing to do.
+    Idle,
+    /// It failed; its results wait for the next step.
+    Failed,
+}
+
+/// Builds the worker's next step: the results gathered so far, and claims for the free slots
+/// of each type that no step in flight has reserved (with `limit` steps in flight, at most
+/// `1/limit` of all the slots per step, so that each step refills its share while the other
+/// runs). `None` when it would carry nothing.
+async fn next_step(
+    shared: &Arc<Shared>,
+    results: &mut Vec<Outcome>,
+    reserved: &mut HashMap<String, usize>,
+    claims: bool,
+    limit: usize,
+    beside: bool,
+) -> Option<futures::future::BoxFuture<'static, SentStep>> {
+    let handlers: Vec<(String, Arc<HandlerEntry>)> = shared
+        .handlers
+        .read()
+        .iter()
+        .map(|(t, h)| (t.clone(), h.clone()))
+        .collect();
+    let slots: usize = handlers.iter().map(|(_, h)| h.concurrency).sum();
+    let per_step = if limit > 1 {
+        slots.div_ceil(limit).max(1)
+    } else {
+        usize::MAX
+    };
+    let mut caps: Vec<(String, usize)> = if claims {
+        handlers
+            .iter()
+            .map(|(t, h)| {
+                let free = h
+                    .concurrency
+                    .saturating_sub(h.running.load(Ordering::Acquire))
+                    .saturating_sub(reserved.get(t).copied().unwrap_or(0));
+                (t.clone(), free)
+            })
+            .filter(|c| c.1 > 0)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    // Outside Redis, claims name their tasks, so that their replay claims the same ones.
+    let mut explicit = Vec::new();
+    if !caps.is_empty() && matches!(shared.storage.mode(), Mode::Degraded | Mode::Resyncing) {
+        match shared
+            .storage
+            .zrange_by_score(
+                &shared.keys.queue,
+                f64::NEG_INFINITY,
+                f64::INFINITY,
+                Some((0, shared.settings.scan_limit as u64)),
+            )
+            .await
+        {
+            Ok(v) => explicit = v.into_iter().map(|(m, _)| m).collect(),
+            Err(_) => caps.clear(),
+        }
+        if explicit.is_empty() {
+            caps.clear();
+        }
+    }
+    if results.is_empty() && caps.is_empty() {
+        return None;
+    }
+    let reserve: Vec<(String, usize)> = caps
+        .iter()
+        .map(|(t, free)| (t.clone(), (*free).min(per_step)))
+        .collect();
+    let claimable = reserve.iter().map(|r| r.1).sum::<usize>().min(per_step);
+    let unreserved = slots.saturating_sub(reserved.values().sum());
+    if beside && results.len() < per_step && claimable < per_step.min(unreserved) {
+        // Beside a step in flight, only a full share (or every slot the other left): each
+        // call has a fixed cost to Redis, and smaller steps cost it more per task than the
+        // overlap saves, so they wait for the step in flight to answer.
+        return None;
+    }
+    for (t, n) in &reserve {
+        *reserved.entry(t.clone()).or_default() += n;
+    }
+    let carried = std::mem::take(results);
+    let shared = shared.clone();
+    Some(Box::pin(async move {
+        let call = StepCall {
+            results: &carried,
+            caps: &caps,
+            explicit: &explicit,
+            max: (per_step != usize::MAX).then_some(per_step),
+            ..StepCall::default()
+        };
+        let outcome = shared.step(&call).await;
+        SentStep {
+            results: carried,
+            reserved: reserve,
+            outcome,
+        }
+    }))
+}
+
+/// Takes a step's answer: its reservation released, its results forgotten (archived) and
+/// handlers spawned for its claims; when it failed, its results go back in front of `results`
+/// for the next step.
+fn finish_step(
+    shared: &Arc<Shared>,
+    sent: SentStep,
+    results: &mut Vec<Outcome>,
+    reserved: &mut HashMap<String, usize>,
+) -> StepEnd {
+    let SentStep {
+        results: mut carried,
+        reserved: reserve,
+        outcome,
+    } = sent;
+    for (t, n) in &reserve {
+        if let Some(held) = reserved.get_mut(t) {
+            *held = held.saturating_sub(*n);
+        }
+    }
+    let Stepped {
+        claimed: tasks,
+        buried,
+        ..
+    } = match outcome {
+        Ok(stepped) => stepped,
+        Err(e) => {
+            tracing::warn!(actor = "scheduler", error = %e, "task step failed; retrying");
+            // A step applies each result once, so sending them again is safe.
+            carried.append(results);
+            *results = carried;
+            return StepEnd::Failed;
+        }
+    };
+    for o in &carried {
+        shared.inflight.remove(&o.id);
+    }
+    shared.archive_results(&mut carried);
+    shared.archive_buried(buried);
+    shared.idle.notify_waiters();
+    if tasks.is_empty() {
+        return if carried.is_empty() {
+            StepEnd::Idle
+        } else {
+            StepEnd::Reported
+        };
+    }
+    let handlers: Vec<(String, Arc<HandlerEntry>)> = shared
+        .handlers
+        .read()
+        .iter()
+        .map(|(t, h)| (t.clone(), h.clone()))
+        .collect();
+    for (task, limit) in tasks {
+        // A handler of the type, else the catch-all `*` (the script claims for `*` only types
+        // no other handler names).
+        let entry = handlers
+            .iter()
+            .find(|(t, _)| *t == task.task_type)
+            .or_else(|| handlers.iter().find(|(t, _)| t == ANY_TYPE))
+            .map(|(_, h)| h.clone());
+        match entry {
+            Some(entry) => {
+                entry.running.fetch_add(1, Ordering::AcqRel);
+                shared.spawn_handler(task, limit, entry);
+            }
+            // Unreachable: the script claims only types given in `caps`.
+            None => {
+                tracing::error!(actor = "scheduler", id = %task.id, "claimed a task without handler")
+            }
+        }
+    }
+    StepEnd::Claimed
 }
 
 /// Extends the visibility deadline of the tasks this process runs, every third of the timeout.

@@ -12,6 +12,7 @@ use crate::support;
 
 use std::collections::HashMap;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -819,8 +820,79 @@ async fn cron_jobs_run_once_per_fire_time() {
     fleet.shutdown().await.unwrap();
 }
 
+/// With enough slots the worker keeps two steps in flight, each claiming at most half of
+/// them: the second step claims what the first left, so together they fill every slot, and
+/// never one more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_steps_in_flight_fill_every_slot_and_never_one_more() {
+    const SLOTS: usize = 20;
+    const TASKS: usize = 200;
+    let server = TestRedis::start().unwrap();
+    let fleet = Fleet::start(settings(&server.url())).await.unwrap();
+    let sched = fleet.scheduler();
+    for i in 0..TASKS {
+        sched
+            .enqueue(NewTask::raw("held", format!("{{\"i\":{i}}}")))
+            .await
+            .unwrap();
+    }
+    let running = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let done: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
+    let (open, gate) = tokio::sync::watch::channel(false);
+    let (r2, m2, d2) = (running.clone(), most.clone(), done.clone());
+    sched
+        .register_handler("held", SLOTS, move |task| {
+            let (running, most, done, mut gate) =
+                (r2.clone(), m2.clone(), d2.clone(), gate.clone());
+            async move {
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                // Every task waits until the test has seen all the slots busy at once.
+                gate.wait_for(|open| *open)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                *done.lock().entry(task.id).or_default() += 1;
+                running.fetch_sub(1, Ordering::SeqCst);
+                Ok(())
+            }
+        })
+        .unwrap();
+    poll_until_async(Duration::from_secs(20), || async {
+        running.load(Ordering::SeqCst) == SLOTS
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{} of {SLOTS} slots busy", running.load(Ordering::SeqCst)));
+    open.send(true).unwrap();
+    poll_until_async(Duration::from_secs(30), || async {
+        done.lock().len() == TASKS
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{} of {TASKS} done", done.lock().len()));
+    assert_eq!(most.load(Ordering::SeqCst), SLOTS);
+    assert!(done.lock().values().all(|n| *n == 1), "a task ran twice");
+    poll_until_async(Duration::from_secs(10), || async {
+        server.cmd(&["ZCARD", "bot:tasks:processing"]).as_int() == Some(0)
+    })
+    .await
+    .unwrap();
+    fleet.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_and_restarted_under_load_every_task_completes_once() {
+    killed_and_restarted_under_load(8).await;
+}
+
+/// As above with slots enough for two steps in flight when Redis dies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_and_restarted_under_two_steps_in_flight_every_task_completes_once() {
+    killed_and_restarted_under_load(24).await;
+}
+
+/// Tasks enqueued while `slots` handlers run them; Redis killed (-9) half-way and restarted
+/// from its persistence: every task completes exactly once.
+async fn killed_and_restarted_under_load(slots: usize) {
     let mut server = RedisServer::builder().persistence(true).start().unwrap();
     let mut s = settings(&server.url());
     s.storage.redis.timeout_ms = 300;
@@ -831,7 +903,7 @@ async fn redis_killed_and_restarted_under_load_every_task_completes_once() {
     let done: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
     let d2 = done.clone();
     sched
-        .register_handler("work", 8, move |task| {
+        .register_handler("work", slots, move |task| {
             let done = d2.clone();
             async move {
                 tokio::time::sleep(Duration::from_millis(2)).await;
