@@ -917,6 +917,15 @@ impl Scheduler {
 }
 
 impl Shared {
+    /// The handlers registered now, with their types.
+    fn handler_list(&self) -> Vec<(String, Arc<HandlerEntry>)> {
+        self.handlers
+            .read()
+            .iter()
+            .map(|(t, h)| (t.clone(), h.clone()))
+            .collect()
+    }
+
     /// The slots of this process's handlers, all types together.
     fn slots(&self) -> usize {
         self.handlers.read().values().map(|h| h.concurrency).sum()
@@ -1356,7 +1365,8 @@ async fn worker(shared: Arc<Shared>) {
             },
             _ = shared.stop.notified() => idle = false,
             _ = shared.wake.notified() => idle = false,
-            _ = tokio::time::sleep(poll) => idle = false,
+            // A step in flight wakes the loop when it answers (its own timeout bounds it).
+            _ = tokio::time::sleep(poll), if steps.is_empty() => idle = false,
         }
     }
     drop(rx);
@@ -1388,12 +1398,7 @@ async fn next_step(
     limit: usize,
     beside: bool,
 ) -> Option<futures::future::BoxFuture<'static, SentStep>> {
-    let handlers: Vec<(String, Arc<HandlerEntry>)> = shared
-        .handlers
-        .read()
-        .iter()
-        .map(|(t, h)| (t.clone(), h.clone()))
-        .collect();
+    let handlers = shared.handler_list();
     let slots: usize = handlers.iter().map(|(_, h)| h.concurrency).sum();
     let per_step = if limit > 1 {
         slots.div_ceil(limit).max(1)
@@ -1518,12 +1523,7 @@ fn finish_step(
             StepEnd::Reported
         };
     }
-    let handlers: Vec<(String, Arc<HandlerEntry>)> = shared
-        .handlers
-        .read()
-        .iter()
-        .map(|(t, h)| (t.clone(), h.clone()))
-        .collect();
+    let handlers = shared.handler_list();
     for (task, limit) in tasks {
         // A handler of the type, else the catch-all `*` (the script claims for `*` only types
         // no other handler names).
