@@ -341,7 +341,7 @@ impl Shared {
 
     /// Ids this process may claim outside Redis (its local queue), `None` on Redis; an error
     /// reading them is an empty list (nothing claimed this time).
-    async fn local_ids(&self) -> Option<Vec<String>> {
+    pub(super) async fn local_ids(&self) -> Option<Vec<String>> {
         if !matches!(self.storage.mode(), Mode::Degraded | Mode::Resyncing) {
             return None;
         }

@@ -1422,22 +1422,12 @@ async fn next_step(
     };
     // Outside Redis, claims name their tasks, so that their replay claims the same ones.
     let mut explicit = Vec::new();
-    if !caps.is_empty() && matches!(shared.storage.mode(), Mode::Degraded | Mode::Resyncing) {
-        match shared
-            .storage
-            .zrange_by_score(
-                &shared.keys.queue,
-                f64::NEG_INFINITY,
-                f64::INFINITY,
-                Some((0, shared.settings.scan_limit as u64)),
-            )
-            .await
-        {
-            Ok(v) => explicit = v.into_iter().map(|(m, _)| m).collect(),
-            Err(_) => caps.clear(),
-        }
-        if explicit.is_empty() {
-            caps.clear();
+    if !caps.is_empty() {
+        if let Some(ids) = shared.local_ids().await {
+            explicit = ids;
+            if explicit.is_empty() {
+                caps.clear();
+            }
         }
     }
     if results.is_empty() && caps.is_empty() {
