@@ -12,7 +12,8 @@
 #
 # Prints every JSON line as it comes, then a table: per round and scenario, botfleet's
 # figure, the best peer's, and the ratio (pairs_per_s for locks; process_per_s and
-# enqueue_per_s for the queue).
+# enqueue_per_s for the queue). botfleet's `50-tasks-unfenced-commands` (rslock's commands
+# through botfleet's storage) is set beside rslock's `50-tasks-distinct-keys`.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -90,6 +91,11 @@ for line in open(path):
                 best["botfleet"] = d[f]
             elif best["peer"] is None or d[f] > best["peer"]:
                 best["peer"], best["peer_name"] = d[f], d.get("peer", "")
+# botfleet's client with rslock's own commands, beside rslock's figure for the same workload.
+for (r, scenario, f), v in list(rows.items()):
+    if scenario == "50-tasks-unfenced-commands":
+        peer = rows.get((r, "50-tasks-distinct-keys", f), {})
+        v["peer"], v["peer_name"] = peer.get("peer"), peer.get("peer_name", "")
 print()
 print(f"{'round':>5}  {'scenario':<26} {'figure':<14} {'botfleet':>10} {'best peer':>10}  ratio  peer")
 for (r, scenario, f), v in sorted(rows.items()):

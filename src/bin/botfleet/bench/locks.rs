@@ -7,6 +7,11 @@
 //! `one-task-bare-extensions` the watchdog's extension called back to back on one held lock.
 //! Each line of botfleet's names the server and the form each script ran in (`server`;
 //! `--scripts` keeps the scripts where the server has native commands, to compare the two).
+//! `50-tasks-unfenced-commands` is rslock's own commands per pair (a plain `SET NX PX`, then a
+//! script that deletes the key if it still holds the token) sent by 50 tasks through
+//! botfleet's storage, with no lock manager, fence or waiting mark: beside
+//! `50-tasks-distinct-keys` in the same run, it says what the fenced, holder-checked pair
+//! costs each side over rslock's, on the same client stack.
 //! The last, `round-trip-floor`, is the server's: `redis-benchmark -c 1` `SET`s per second on
 //! one connection, and half of that, the pairs per second of two awaited round trips that
 //! any client can reach at most (left out when `redis-benchmark` is not installed).
@@ -27,7 +32,7 @@ use super::{CpuSample, Latencies};
 use crate::exit::BadArgument;
 use botfleet::actors::locks::{LockError, Locks};
 use botfleet::settings::LockSettings;
-use botfleet::storage::{Storage, StorageError};
+use botfleet::storage::{Keyspace, LocalError, Reply, Script, Storage, StorageError};
 
 /// The lock TTL of the workload.
 const TTL: Duration = Duration::from_secs(10);
@@ -51,11 +56,12 @@ pub struct LocksBench {
 }
 
 /// The scenarios, in the order they run.
-pub const SCENARIOS: [&str; 7] = [
+pub const SCENARIOS: [&str; 8] = [
     "one-task",
     "50-tasks-distinct-keys",
     "8-tasks-one-key",
     "one-task-release-on-drop",
+    "50-tasks-unfenced-commands",
     "one-task-bare-scripts",
     "one-task-bare-extensions",
     "round-trip-floor",
@@ -138,6 +144,27 @@ pub async fn run(
         before.report(&after, done, "pair", &mut line);
         out(line);
     }
+    if wanted("50-tasks-unfenced-commands") {
+        let unlock = Arc::new(Script::new(
+            "bench-unlock-if-held",
+            UNLOCK_IF_HELD,
+            unlock_on_redis_only,
+        ));
+        // Known to the server before the clock starts (as the lock scripts are by then).
+        storage
+            .eval_on_redis(&unlock, &["bench-lock:unfenced-warm-up"], &["-"])
+            .await?;
+        let before = CpuSample::take(&storage).await;
+        let (elapsed, done) = unfenced_run(&storage, &unlock, 50, n).await?;
+        let after = CpuSample::take(&storage).await;
+        let mut line = json!({
+            "peer": "botfleet", "bench": "locks", "scenario": "50-tasks-unfenced-commands",
+            "tasks": 50, "pairs": done,
+            "pairs_per_s": (done as f64 / elapsed.as_secs_f64()).round(),
+        });
+        before.report(&after, done, "pair", &mut line);
+        out(line);
+    }
     if wanted("one-task-bare-scripts") {
         bare_scripts(&storage, n, &mut out).await?;
     }
@@ -199,6 +226,63 @@ async fn bare_scripts(
         "pairs": n, "pairs_per_s": (n as f64 / elapsed.as_secs_f64()).round(),
     }));
     Ok(())
+}
+
+/// rslock's release: deletes the key if it still holds the token (1), else nothing (0).
+const UNLOCK_IF_HELD: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"#;
+
+/// The fallback twin of [`UNLOCK_IF_HELD`]: never run, the scenario calls Redis only.
+fn unlock_on_redis_only(
+    _: &mut Keyspace,
+    _: u64,
+    _: &[String],
+    _: &[String],
+) -> Result<Reply, LocalError> {
+    Err(LocalError::Script(
+        "the benchmark's unlock runs on redis only".into(),
+    ))
+}
+
+/// `50-tasks-unfenced-commands`: `tasks` tasks, `pairs` in all, each pair rslock's commands
+/// (`SET key token PX ttl NX`, then `unlock`, [`UNLOCK_IF_HELD`]) through the storage. Fails if a key
+/// was not free or not released: every key is new and taken by one task.
+async fn unfenced_run(
+    storage: &Storage,
+    unlock: &Arc<Script>,
+    tasks: usize,
+    pairs: usize,
+) -> Result<(Duration, usize), LocksBenchError> {
+    let per_task = (pairs / tasks).max(1);
+    let run = format!("{:08x}", rand::random::<u32>());
+    let start = Instant::now();
+    let mut handles = Vec::with_capacity(tasks);
+    for t in 0..tasks {
+        let (storage, unlock, run) = (storage.clone(), unlock.clone(), run.clone());
+        handles.push(tokio::spawn(async move {
+            for i in 0..per_task {
+                let key = format!("bench-lock:{run}:unfenced:{t}:{i}");
+                let token = format!("{:032x}", rand::random::<u128>());
+                if !storage.set_nx(&key, token.as_str(), Some(TTL)).await? {
+                    return Err(LocksBenchError::Task(format!("{key} was not free")));
+                }
+                let released = storage.eval_on_redis(&unlock, &[&key], &[&token]).await?;
+                if released.as_int() != 1 {
+                    return Err(LocksBenchError::Task(format!("{key} was not released")));
+                }
+            }
+            Ok(())
+        }));
+    }
+    for h in handles {
+        h.await
+            .map_err(|e| LocksBenchError::Task(e.to_string()))??;
+    }
+    Ok((start.elapsed(), per_task * tasks))
 }
 
 async fn scenario_run(
