@@ -4,9 +4,12 @@
 //! call itself, not the two or three commands inside. So up to [`MAX_IN_FLIGHT`] calls of a
 //! script go out at once, on their callers' tasks; calls that arrive while that many are in
 //! flight queue, and the next free slot sends them together as one call of the same script
-//! (its KEYS and ARGV are per-request groups). A process with few concurrent calls pays
-//! nothing for this. On Redis Cluster a batch is split by hash
-//! slot, since one script may only touch keys of one slot.
+//! (its KEYS and ARGV are per-request groups). A call made while others are in flight
+//! gathers first: it lets the tasks ready to run go ahead (typically the callers the last
+//! answer woke), and what they ask for meanwhile queues and goes out with its own request,
+//! in one call and one socket write. A process with one call at a time pays nothing for
+//! this. On Redis Cluster a batch is split by hash slot, since one script may only touch
+//! keys of one slot; there calls do not gather.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -76,6 +79,9 @@ impl std::fmt::Debug for Batcher {
 struct State {
     /// Calls of this script in flight (on callers' tasks or drain tasks).
     in_flight: usize,
+    /// A caller is gathering: it let the tasks ready to run go first, and sends what they
+    /// queued meanwhile with its own request (see [`Batcher::call`]).
+    gathering: bool,
     /// Requests waiting for the next call.
     pending: Vec<(Request, oneshot::Sender<Outcome>)>,
 }
@@ -111,20 +117,28 @@ impl Batcher {
 
     /// Runs `request`: at once while fewer than [`MAX_IN_FLIGHT`] calls are in flight, else
     /// with the next batch.
+    ///
+    /// A call made while others are in flight first gathers: it lets the tasks ready to run
+    /// on its worker go first (one `yield_now`), and the requests they make meanwhile queue
+    /// and go out with its own in one call. Those tasks are typically the callers woken by
+    /// the last answer; without gathering each sent its own call, one socket write each.
+    /// A lone caller (nothing in flight) sends at once.
     pub(super) async fn call(self: &Arc<Self>, request: Request) -> Outcome {
         let queued = {
             let mut state = self.state.lock();
-            if state.in_flight >= MAX_IN_FLIGHT {
+            if state.in_flight >= MAX_IN_FLIGHT || state.gathering {
                 let (tx, rx) = oneshot::channel();
                 state.pending.push((request, tx));
                 Err(rx)
             } else {
+                let gather = state.in_flight > 0 && !self.storage.is_clustered();
                 state.in_flight += 1;
-                Ok(request)
+                state.gathering = gather;
+                Ok((request, gather))
             }
         };
-        let request = match queued {
-            Ok(request) => request,
+        let (request, gather) = match queued {
+            Ok(turn) => turn,
             Err(rx) => {
                 return rx.await.unwrap_or_else(|_| {
                     Err(StorageError::Unavailable(
@@ -136,10 +150,35 @@ impl Batcher {
         // Our turn: whatever queues up meanwhile is sent when it ends, even if this future is
         // dropped half-way.
         let _turn = Turn(self.clone());
-        match self.run(std::iter::once(&request)).await {
-            Ok(mut out) => Ok(out.pop().unwrap_or(0)),
+        let gathered = if gather {
+            let gathering = Gathering(self);
+            tokio::task::yield_now().await;
+            drop(gathering);
+            let mut state = self.state.lock();
+            let n = state.pending.len().min(MAX_BATCH - 1);
+            state.pending.drain(..n).collect()
+        } else {
+            Vec::new()
+        };
+        if gathered.is_empty() {
+            return match self.run(1, std::iter::once(&request)).await {
+                Ok(mut out) => Ok(out.pop().unwrap_or(0)),
+                Err(e) => {
+                    self.abandon(&request, &e);
+                    Err(e)
+                }
+            };
+        }
+        let requests = std::iter::once(&request).chain(gathered.iter().map(|(r, _)| r));
+        match self.run(1 + gathered.len(), requests).await {
+            Ok(values) => {
+                let own = values[0];
+                self.answer(gathered, Ok(values[1..].to_vec()));
+                Ok(own)
+            }
             Err(e) => {
                 self.abandon(&request, &e);
+                self.answer(gathered, Err(e.clone()));
                 Err(e)
             }
         }
@@ -158,9 +197,9 @@ impl Batcher {
     /// One script call for `requests` (all in one slot on a cluster).
     async fn run<'a>(
         &self,
-        requests: impl ExactSizeIterator<Item = &'a Request>,
+        count: usize,
+        requests: impl Iterator<Item = &'a Request>,
     ) -> Result<Vec<i64>, StorageError> {
-        let count = requests.len();
         let mut keys = Vec::with_capacity(count * 3);
         let mut args: Vec<&str> = Vec::with_capacity(self.head_args.len() + count * 3);
         args.extend(self.head_args.iter().map(String::as_str));
@@ -208,7 +247,18 @@ impl Batcher {
     }
 
     async fn send(&self, group: Vec<(Request, oneshot::Sender<Outcome>)>) {
-        match self.run(group.iter().map(|(r, _)| r)).await {
+        let outcome = self.run(group.len(), group.iter().map(|(r, _)| r)).await;
+        self.answer(group, outcome);
+    }
+
+    /// Gives each queued request of `group` its answer from `outcome` (the call's values, in
+    /// order); a request whose caller is gone goes to the orphan handler.
+    fn answer(
+        &self,
+        group: Vec<(Request, oneshot::Sender<Outcome>)>,
+        outcome: Result<Vec<i64>, StorageError>,
+    ) {
+        match outcome {
             Ok(values) => {
                 for ((request, tx), value) in group.into_iter().zip(values) {
                     if tx.send(Ok(value)).is_err() {
@@ -240,6 +290,16 @@ fn answers(reply: &Reply) -> Vec<i64> {
 /// The first request's answer in a lock script's reply ([`answers`]), 0 when there is none.
 pub(super) fn first_answer(reply: &Reply) -> i64 {
     answers(reply).first().copied().unwrap_or(0)
+}
+
+/// A caller gathering requests: whether it goes on or its future is dropped, the next
+/// caller may gather again.
+struct Gathering<'a>(&'a Batcher);
+
+impl Drop for Gathering<'_> {
+    fn drop(&mut self) {
+        self.0.state.lock().gathering = false;
+    }
 }
 
 /// The end of a caller's call: its slot goes to a drain task for the queue, or is freed.

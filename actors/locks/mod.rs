@@ -35,7 +35,9 @@
 //!
 //! Calls of one process share script calls: acquisitions (and releases) asked for while
 //! [`SCRIPT_CALLS_IN_FLIGHT`] are in flight queue and go out together as one call of the same
-//! script, split by hash slot on a Cluster; an acquisition whose caller left meanwhile is
+//! script, split by hash slot on a Cluster; so do those asked for while a call made behind
+//! another in flight gathers (it lets the tasks ready to run go first, off Cluster); an
+//! acquisition whose caller left meanwhile is
 //! released (`batch.rs`; [`LockStats::queued_calls`], [`LockStats::script_calls`],
 //! [`LockStats::script_requests`]). The watchdog extends a lock every TTL/3; a failed
 //! extension is retried, and the guard reports itself lost when Redis says the lock is not its

@@ -951,9 +951,10 @@ async fn concurrent_calls_of_one_process_share_script_calls() {
     fleet.shutdown().await.unwrap();
 }
 
-/// Runs the 30 lock calls `start` spawns while Redis is frozen until all but
-/// [`SCRIPT_CALLS_IN_FLIGHT`] of them queue; asserts the queued ones went out in one script
-/// call (counted by botfleet and by Redis).
+/// Runs the 30 lock calls `start` spawns while Redis is frozen until every request is either
+/// in a script call sent or queued; asserts they shared calls: at most
+/// [`SCRIPT_CALLS_IN_FLIGHT`] went out while Redis was frozen, and the queued ones went out
+/// together in one more (counted by botfleet and by Redis).
 async fn shared_calls<T: Send + 'static>(
     server: &RedisServer,
     fleet: &Fleet,
@@ -963,20 +964,29 @@ async fn shared_calls<T: Send + 'static>(
     let evalsha_before = evalsha_calls(server);
     server.freeze();
     let tasks = start(&fleet.locks());
-    let queued = poll_until_async(Duration::from_secs(5), || async {
-        fleet.lock_stats().await.unwrap().queued_calls == 30 - SCRIPT_CALLS_IN_FLIGHT
+    let placed = poll_until_async(Duration::from_secs(5), || async {
+        let now = fleet.lock_stats().await.unwrap();
+        now.script_requests - before.script_requests + now.queued_calls as u64 == 30
     })
     .await;
+    let frozen = fleet.lock_stats().await.unwrap();
     server.thaw();
-    queued.expect("the calls beyond those in flight queued");
+    placed.expect("every request was sent or queued");
     let mut out = Vec::new();
     for task in tasks {
         out.push(task.await.unwrap());
     }
     let after = fleet.lock_stats().await.unwrap();
     assert_eq!(after.script_requests - before.script_requests, 30);
-    let calls = SCRIPT_CALLS_IN_FLIGHT as u64 + 1;
-    assert_eq!(after.script_calls - before.script_calls, calls);
+    let sent_frozen = frozen.script_calls - before.script_calls;
+    assert!(
+        (1..=SCRIPT_CALLS_IN_FLIGHT as u64).contains(&sent_frozen),
+        "{sent_frozen} calls in flight"
+    );
+    let calls = after.script_calls - before.script_calls;
+    let queued = u64::from(frozen.queued_calls > 0);
+    assert_eq!(calls, sent_frozen + queued, "{frozen:?} {after:?}");
+    assert!(calls < 30 / 2, "{calls} calls for 30 requests");
     assert_eq!(evalsha_calls(server) - evalsha_before, calls);
     out
 }
@@ -1302,4 +1312,69 @@ async fn a_lock_call_sent_twice_is_answered_as_once() {
     assert!(second.release().await.unwrap(), "still the waiter's lock");
     assert_eq!(server.cmd(&["EXISTS", name]).as_int(), Some(0));
     fleet.shutdown().await.unwrap();
+}
+
+/// A call made while another is in flight first lets the callers ready to run go ahead, and
+/// sends what they asked for meanwhile with its own request: ten acquisitions started
+/// together behind one in flight leave in one script call, not in seven more (the calls in
+/// flight allowed). The ten are polled by one task, so that all are asked for before the
+/// first goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_made_while_one_is_in_flight_gather_into_one() {
+    let server = RedisServer::start().unwrap();
+    let mut s = settings(&server.url());
+    s.storage.redis.timeout_ms = 15_000;
+    let storage = Storage::open(&s.storage, &KeySchema::default())
+        .await
+        .unwrap();
+    let locks = botfleet::actors::locks::Locks::new(storage.clone(), s.locks.clone());
+    let ttl = Duration::from_secs(30);
+    // Warm the script cache so the counts below are the calls themselves.
+    let warm_up = locks.try_acquire("warm-up", ttl).await.unwrap().unwrap();
+    assert!(warm_up.release().await.unwrap());
+    let before = locks.stats();
+    let evalsha_before = evalsha_calls(&server);
+
+    server.freeze();
+    let first = {
+        let locks = locks.clone();
+        tokio::spawn(async move { locks.try_acquire("payout-lock:round-1", ttl).await })
+    };
+    poll_until_async(Duration::from_secs(5), || async {
+        locks.stats().script_calls == before.script_calls + 1
+    })
+    .await
+    .expect("the first call went out");
+    let names: Vec<String> = (2..=11).map(|i| format!("payout-lock:round-{i}")).collect();
+    let rest = {
+        let (locks, names) = (locks.clone(), names.clone());
+        tokio::spawn(async move {
+            futures::future::join_all(names.iter().map(|n| locks.try_acquire(n, ttl))).await
+        })
+    };
+    let placed = poll_until_async(Duration::from_secs(5), || async {
+        let now = locks.stats();
+        now.script_requests - before.script_requests + now.queued_calls as u64 == 11
+    })
+    .await;
+    let frozen = locks.stats();
+    server.thaw();
+    placed.expect("every request was sent or queued");
+    assert_eq!(frozen.script_calls - before.script_calls, 2, "{frozen:?}");
+    assert_eq!(frozen.queued_calls, 0, "{frozen:?}");
+
+    // Each caller got its own lock, with its own token.
+    let first = first.await.unwrap().unwrap().expect("round-1 was free");
+    assert_eq!(
+        server.cmd(&["GET", "payout-lock:round-1"]).as_str(),
+        Some(first.token())
+    );
+    for (acquired, name) in rest.await.unwrap().into_iter().zip(&names) {
+        let guard = acquired.unwrap().expect("the lock was free");
+        assert_eq!(server.cmd(&["GET", name]).as_str(), Some(guard.token()));
+        assert!(guard.release().await.unwrap(), "{name}");
+    }
+    assert_eq!(evalsha_calls(&server) - evalsha_before, 2 + 10);
+    assert!(first.release().await.unwrap());
+    storage.close().await;
 }
