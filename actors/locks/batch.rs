@@ -160,20 +160,12 @@ impl Batcher {
         } else {
             Vec::new()
         };
-        if gathered.is_empty() {
-            return match self.run(1, std::iter::once(&request)).await {
-                Ok(mut out) => Ok(out.pop().unwrap_or(0)),
-                Err(e) => {
-                    self.abandon(&request, &e);
-                    Err(e)
-                }
-            };
-        }
         let requests = std::iter::once(&request).chain(gathered.iter().map(|(r, _)| r));
         match self.run(1 + gathered.len(), requests).await {
-            Ok(values) => {
-                let own = values[0];
-                self.answer(gathered, Ok(values[1..].to_vec()));
+            Ok(mut values) => {
+                // `run` answers one value per request: ours first, then the gathered ones.
+                let own = values.remove(0);
+                self.answer(gathered, Ok(values));
                 Ok(own)
             }
             Err(e) => {
