@@ -214,7 +214,7 @@ pub(super) async fn handoff(
 ) -> Option<Result<bool, LockError>> {
     let waiter = shared.queues.head(name)?;
     let next = super::new_token();
-    let fence_key = shared.storage.keys().lock_fence(name);
+    let fence_key = shared.fence_key(name);
     let ttl_ms = waiter.ttl_ms.to_string();
     let sent_at_ms = now_ms();
     let reply = shared

@@ -3,11 +3,12 @@
 //!
 //! Owns: the lock keys, named exactly as given (`bet-lock:USER-AGENT`,
 //! `wallet-retry-scheduler-lock`, ...) and holding the holder's random token, so that seed
-//! clients and botfleet exclude each other; the fencing counters (`INTERNAL:lock-fence:{TAG}`,
-//! one per cluster slot, TAG chosen to hash to the lock's slot so that one script touches a
-//! lock and its counter on a Cluster; no expiry; each grant sets it to one more than it held
-//! and never below the server's clock in microseconds, so tokens strictly increase even
-//! across a Redis that lost the counter, see `scripts.rs`); the waiting marks (`INTERNAL:lock-waiting:{TAG}:NAME`); this process's wait queues
+//! clients and botfleet exclude each other; the fencing counters (`INTERNAL:lock-fence`, one
+//! for every lock, raised once per script call; on a Cluster `INTERNAL:lock-fence:{TAG}`, one
+//! per slot, TAG chosen to hash to the lock's slot so that one script touches a lock and its
+//! counter; no expiry; each grant takes one more than the counter held and never below the
+//! server's clock in microseconds, so tokens strictly increase even across a Redis that lost
+//! the counter, see `scripts.rs`); the waiting marks (`INTERNAL:lock-waiting:{TAG}:NAME`); this process's wait queues
 //! (arrival order) and the subscription to the release channel (`locks.release_channel`).
 //!
 //! The host calls the [`Locks`] handle (`Fleet::locks()`): [`Locks::try_acquire`],
@@ -193,6 +194,32 @@ impl Shared {
         }
     }
 
+    /// The fencing counter and the waiting mark of `name`. The counter is the one of every
+    /// lock ([`KeySchema::lock_fence_shared`]) off a Cluster, so that a script call granting
+    /// several locks raises one counter once; on a Cluster it is the lock's slot's
+    /// ([`KeySchema::lock_fence`]), the only one a script may touch with the lock.
+    ///
+    /// [`KeySchema::lock_fence_shared`]: crate::storage::KeySchema::lock_fence_shared
+    /// [`KeySchema::lock_fence`]: crate::storage::KeySchema::lock_fence
+    pub(super) fn lock_keys(&self, name: &str) -> (String, String) {
+        let keys = self.storage.keys();
+        if self.storage.is_clustered() {
+            keys.lock_keys(name)
+        } else {
+            (keys.lock_fence_shared(), keys.lock_waiting(name))
+        }
+    }
+
+    /// The fencing counter of `name` (see [`Shared::lock_keys`]).
+    pub(super) fn fence_key(&self, name: &str) -> String {
+        let keys = self.storage.keys();
+        if self.storage.is_clustered() {
+            keys.lock_fence(name)
+        } else {
+            keys.lock_fence_shared()
+        }
+    }
+
     /// Notes that this process holds `name` with `token`.
     pub(super) fn note_held(&self, token: &str, lock: HeldLock) {
         let mut holding = self.holding.lock();
@@ -339,8 +366,7 @@ impl Locks {
         let storage = &self.shared.storage;
         let channel = &self.shared.settings.release_channel;
         let token = new_token();
-        let keys = storage.keys();
-        let (fence_key, waiting_key) = keys.lock_keys(name);
+        let (fence_key, waiting_key) = self.shared.lock_keys(name);
         let ttl_ms = ttl.as_millis().to_string();
         storage
             .eval_on_redis(
@@ -373,8 +399,7 @@ impl Locks {
     ) -> Result<bool, LockError> {
         let storage = &self.shared.storage;
         let token = new_token();
-        let keys = storage.keys();
-        let (fence_key, waiting_key) = keys.lock_keys(name);
+        let (fence_key, waiting_key) = self.shared.lock_keys(name);
         let ttl_ms = ttl.as_millis().to_string();
         let fence = storage
             .eval_on_redis(
@@ -718,8 +743,7 @@ impl Locks {
             return Ok(None);
         }
         let token = new_token();
-        let keys = shared.storage.keys();
-        let (fence_key, waiting_key) = keys.lock_keys(name);
+        let (fence_key, waiting_key) = shared.lock_keys(name);
         let (ttl_ms, mark_ms) = (ttl.as_millis().to_string(), mark_ms.to_string());
         let sent_at_ms = now_ms();
         let reply = shared

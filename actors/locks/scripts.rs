@@ -11,34 +11,50 @@
 use std::sync::OnceLock;
 
 /// The fencing token of a new holder, shared by the acquire and hand-over scripts: one more
-/// than the counter, and never below the server's clock in microseconds (`TIME`), written
-/// back to the counter (one `SET ... GET` where the clock is ahead of the counter, as it
-/// almost always is; a second `SET` where it is not). A Redis that lost the counter (restarted without its data, or a
-/// replica promoted before it received the last raises) thus still issues a token above every
-/// one issued before, as long as its clock is not behind the clock that issued them by more
-/// than the time between the two grants (see ARCHITECTURE.md, "Fencing tokens"). Numbers
-/// stay below 2^53, so Lua's doubles hold them exactly. The clock's value is written as
-/// `TIME`'s seconds followed by its microseconds padded to six digits: the digits
-/// `string.format('%.0f')` would give, for less of Redis's time; the rare `last + 1` is
-/// formatted with `%.0f` (no exponent).
-/// `replicate_commands` (a no-op since Redis 7) lets older servers write after `TIME`. A
-/// script call reads `TIME` once, at its first grant, however many grants it makes: the
-/// fence of each is still above its own counter.
+/// than the counter, and never below the server's clock in microseconds (`TIME`). A Redis
+/// that lost the counter (restarted without its data, or a replica promoted before it
+/// received the last raises) thus still issues a token above every one issued before, as
+/// long as its clock is not behind the clock that issued them by more than the time between
+/// the two grants (see ARCHITECTURE.md, "Fencing tokens"). Numbers stay below 2^53, so Lua's
+/// doubles hold them exactly.
+///
+/// `next_fence(key, n)` raises a counter once per script call: its first grant reserves `n`
+/// tokens (the call's requests, an upper bound of its grants on that counter), writing the
+/// last of them to the counter (one `SET ... GET` where the clock is ahead of the counter,
+/// as it almost always is; a second `SET` where it is not), and the call's later grants on
+/// the same counter take the next reserved token with no command. The counter thus holds
+/// the highest token issued or reserved; the next call's tokens are above it. A lone grant
+/// writes the clock's value as `TIME`'s seconds followed by its microseconds padded to six
+/// digits: the digits `string.format('%.0f')` would give, for less of Redis's time. A call
+/// reads `TIME` once, at its first grant.
+/// `replicate_commands` (a no-op since Redis 7) lets older servers write after `TIME`.
 const NEXT_FENCE: &str = r#"
 if redis.replicate_commands then redis.replicate_commands() end
 local now, now_text
-local function next_fence(key)
+local reserved = {}
+local function next_fence(key, n)
+  local given = reserved[key]
+  if given then
+    reserved[key] = given + 1
+    return given
+  end
   if not now then
     local t = redis.call('TIME')
     now = tonumber(t[1]) * 1000000 + tonumber(t[2])
     now_text = t[1] .. string.sub('00000' .. t[2], -6)
   end
-  local last = tonumber(redis.call('SET', key, now_text, 'GET') or '0')
-  if last < now then
-    return now
+  local top = now_text
+  if n > 1 then
+    top = string.format('%.0f', now + n - 1)
   end
-  redis.call('SET', key, string.format('%.0f', last + 1))
-  return last + 1
+  local first = now
+  local last = tonumber(redis.call('SET', key, top, 'GET') or '0')
+  if last >= now then
+    first = last + 1
+    redis.call('SET', key, string.format('%.0f', first + n - 1))
+  end
+  reserved[key] = first + 1
+  return first
 end
 "#;
 
@@ -56,21 +72,22 @@ use crate::storage::{Keyspace, LocalError, Native, Reply, Script};
 /// so that the release is announced. A call of one request answers its integer alone, not an
 /// array of one (no table to build).
 const ACQUIRE: &str = r#"
+local n = #KEYS / 3
 local function one(k, a)
   if redis.call('SET', KEYS[k], ARGV[a], 'PX', ARGV[a + 1], 'NX')
       or redis.pcall('GET', KEYS[k]) == ARGV[a] then
-    return next_fence(KEYS[k + 1])
+    return next_fence(KEYS[k + 1], n)
   end
   if ARGV[a + 2] ~= '0' then
     redis.call('SET', KEYS[k + 2], '1', 'PX', ARGV[a + 2])
   end
   return 0
 end
-if #KEYS == 3 then
+if n == 1 then
   return one(1, 1)
 end
 local out = {}
-for i = 1, #KEYS / 3 do
+for i = 1, n do
   out[i] = one(i * 3 - 2, i * 3 - 2)
 end
 return out
@@ -112,7 +129,7 @@ const HANDOFF: &str = r#"
 local held = redis.call('GET', KEYS[1])
 if held == ARGV[1] or held == ARGV[2] then
   redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-  return next_fence(KEYS[2])
+  return next_fence(KEYS[2], 1)
 end
 return 0
 "#;

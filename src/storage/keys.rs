@@ -104,6 +104,15 @@ impl KeySchema {
         (self.fence_in(tag), self.waiting_in(tag, lock_name))
     }
 
+    /// `INTERNAL:lock-fence`: the one fencing counter of every lock on a Redis that is not a
+    /// Cluster (where one script may touch keys of any slot). The acquire script raises it
+    /// once per call, however many locks the call grants, where a counter per slot would be
+    /// raised once per grant: that is the lock manager's choice (see `Locks`), this is the
+    /// key. Tokens strictly increase for every name, as with a counter per slot.
+    pub fn lock_fence_shared(&self) -> String {
+        concat(&[&self.internal, ":lock-fence"])
+    }
+
     // Built with `push_str`, not `format!`: every acquisition makes both.
     fn fence_in(&self, tag: &str) -> String {
         concat(&[&self.internal, ":lock-fence:{", tag, "}"])

@@ -49,7 +49,7 @@
 //! | scheduler: queue, processing, delayed, dead, `PREFIX:task:*` | `keys.prefix` carries a hash tag (`{bot}`); start-up refuses a Cluster URL otherwise |
 //! | a named queue (`Scheduler::for_queue`) | all under `{NAME}` |
 //! | session counters: `PREFIX:session:ID`, `PREFIX:metrics:ID` | the prefix's hash tag |
-//! | locks: the lock, `lock-fence:{TAG}`, `lock-waiting:{TAG}:NAME` | TAG is chosen to hash to the lock name's slot ([`KeySchema::lock_fence`](super::KeySchema::lock_fence)) |
+//! | locks: the lock, `lock-fence:{TAG}`, `lock-waiting:{TAG}:NAME` | TAG is chosen to hash to the lock name's slot ([`KeySchema::lock_fence`](super::KeySchema::lock_fence)); off a Cluster one `lock-fence` serves every lock |
 //! | hazards tick: `hazards-D`, `INTERNAL:hazards-tick:{hazards-D}` | tagged with the seed key's name |
 //! | shared data: the shared key and `shared-data-guard:{TAG}` | TAG is chosen to hash to the shared key's slot |
 //! | outbox replay: the entry's keys and `INTERNAL:replayed:{TAG}` | one marker per slot |

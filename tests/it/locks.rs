@@ -128,7 +128,7 @@ async fn mutual_exclusion_across_three_processes() {
     assert_eq!(get("overlap:inside").as_deref(), Some("0"));
     assert_eq!(server.cmd(&["EXISTS", SHARED]).as_int(), Some(0));
     // The fencing counter follows the server's clock (microseconds) at least.
-    let fence_key = KeySchema::default().lock_fence(SHARED);
+    let fence_key = fence_counter(&server, SHARED);
     let counter: u64 = server
         .cmd(&["GET", &fence_key])
         .as_str()
@@ -699,7 +699,8 @@ async fn outage_local_grants_process_local_locks() {
         .unwrap()
         .unwrap();
     assert!(!remote.is_local());
-    let counter = KeySchema::default().lock_fence("bet-cleanup-lock");
+    // Off a Cluster, one counter serves every lock.
+    let counter = KeySchema::default().lock_fence_shared();
     let counter = server
         .cmd(&["GET", &counter])
         .as_str()
@@ -870,12 +871,28 @@ async fn two_fleets_woken_only_by_notices(server: &TestRedis) -> (Fleet, Fleet) 
 
 /// Calls of one script (`EVALSHA`) that Redis ran, from `INFO commandstats`.
 fn evalsha_calls(server: &RedisServer) -> u64 {
+    command_calls(server, "evalsha")
+}
+
+/// How many times `command` ran on `server`, scripts' commands included (`INFO
+/// commandstats`).
+fn command_calls(server: &RedisServer, command: &str) -> u64 {
     let info = server.cmd(&["INFO", "commandstats"]);
     let info = info.as_str().unwrap_or_default().to_string();
+    let prefix = format!("cmdstat_{command}:calls=");
     info.lines()
-        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
         .and_then(|rest| rest.split(',').next())
         .map_or(0, |n| n.parse().unwrap())
+}
+
+/// The fencing counter of `name` on `server`: its slot's on a Cluster, the one of every
+/// lock elsewhere.
+fn fence_counter(server: &TestRedis, name: &str) -> String {
+    match server {
+        TestRedis::Cluster(_) => KeySchema::default().lock_fence(name),
+        _ => KeySchema::default().lock_fence_shared(),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -919,15 +936,23 @@ async fn concurrent_calls_of_one_process_share_script_calls() {
             Some(guard.token()),
             "{name} holds its holder's token"
         );
-        // Each name's counter is its slot's, and holds the token it issued last.
-        let counter = KeySchema::default().lock_fence(name);
-        let expected = server
-            .cmd(&["GET", &counter])
-            .as_str()
-            .unwrap()
-            .parse::<u64>();
-        assert_eq!(guard.fencing_token(), Some(expected.unwrap()), "{name}");
     }
+    // One counter serves every lock off a Cluster: each grant has its own token, and the
+    // counter holds the highest token issued or reserved.
+    let counter: u64 = server
+        .cmd(&["GET", &KeySchema::default().lock_fence_shared()])
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut fences: Vec<u64> = guards.iter().map(|g| g.fencing_token().unwrap()).collect();
+    fences.sort_unstable();
+    fences.dedup();
+    assert_eq!(fences.len(), guards.len(), "a token issued twice");
+    assert!(
+        fences.iter().all(|&f| f <= counter),
+        "{fences:?} > {counter}"
+    );
 
     let released = shared_calls(&server, &fleet, move |_| {
         guards
@@ -1118,7 +1143,7 @@ async fn fencing_tokens_stay_above_a_counter_ahead_of_the_clock() {
     let fleet = Fleet::start(patient(&server.url())).await.unwrap();
     let locks = fleet.locks();
     let name = "payout-lock:round-88";
-    let counter = KeySchema::default().lock_fence(name);
+    let counter = fence_counter(&server, name);
     let counter_now = |server: &TestRedis| -> u64 {
         server
             .cmd(&["GET", &counter])
@@ -1334,6 +1359,7 @@ async fn calls_made_while_one_is_in_flight_gather_into_one() {
     assert!(warm_up.release().await.unwrap());
     let before = locks.stats();
     let evalsha_before = evalsha_calls(&server);
+    let sets_before = command_calls(&server, "set");
 
     server.freeze();
     let first = {
@@ -1369,8 +1395,33 @@ async fn calls_made_while_one_is_in_flight_gather_into_one() {
         server.cmd(&["GET", "payout-lock:round-1"]).as_str(),
         Some(first.token())
     );
-    for (acquired, name) in rest.await.unwrap().into_iter().zip(&names) {
-        let guard = acquired.unwrap().expect("the lock was free");
+    let gathered: Vec<LockGuard> = rest
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|acquired| acquired.unwrap().expect("the lock was free"))
+        .collect();
+    // A call raises the counter once, however many locks it grants: a `SET NX` per grant
+    // and one `SET ... GET` of the counter per call (2 + 11 here, not 2 + 20; one more
+    // should the second call read the same microsecond from `TIME` as the first, and raise
+    // the counter past it). The ten gathered grants took the ten tokens the call reserved,
+    // and the counter holds the last.
+    let sets = command_calls(&server, "set") - sets_before;
+    assert!((13..=14).contains(&sets), "{sets} SETs");
+    let mut fences: Vec<u64> = gathered
+        .iter()
+        .map(|g| g.fencing_token().unwrap())
+        .collect();
+    fences.sort_unstable();
+    assert!(fences[0] > first.fencing_token().unwrap());
+    assert_eq!(
+        fences,
+        (fences[0]..fences[0] + 10).collect::<Vec<_>>(),
+        "the tokens the call reserved"
+    );
+    let counter = server.cmd(&["GET", &KeySchema::default().lock_fence_shared()]);
+    assert_eq!(counter.as_str(), Some(fences[9].to_string().as_str()));
+    for (guard, name) in gathered.into_iter().zip(&names) {
         assert_eq!(server.cmd(&["GET", name]).as_str(), Some(guard.token()));
         assert!(guard.release().await.unwrap(), "{name}");
     }
