@@ -80,12 +80,13 @@ impl KeySchema {
         format!("{}:instance:{instance_id}", self.internal)
     }
 
-    /// `INTERNAL:lock-fence:{TAG}`: the fencing counter (a decimal string: one more than
-    /// before and never below the server's clock in microseconds at each grant) shared
-    /// by the locks whose name hashes to TAG's cluster slot, so a lock and its counter are
-    /// touched by one script even on Redis Cluster while the lock key stays exactly the name
-    /// given. One counter per slot, not one per name: tokens strictly increase for every name
-    /// of the slot and the counters never grow with the number of names.
+    /// `INTERNAL:lock-fence:{TAG}`: the fencing counter on a Cluster (a decimal string: the
+    /// highest token issued or reserved; a grant takes one more, never below the server's
+    /// clock in microseconds) shared by the locks whose name hashes to TAG's cluster slot, so
+    /// a lock and its counter are touched by one script while the lock key stays exactly the
+    /// name given. One counter per slot, not one per name: tokens strictly increase for every
+    /// name of the slot and the counters never grow with the number of names. Off a Cluster
+    /// the lock manager uses [`KeySchema::lock_fence_shared`].
     pub fn lock_fence(&self, lock_name: &str) -> String {
         self.fence_in(lock_slot_tag(lock_name))
     }
