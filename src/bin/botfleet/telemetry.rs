@@ -52,11 +52,34 @@ pub fn init(log: &LogSettings) -> Result<(), TelemetryError> {
     let rust_log = std::env::var(RUST_LOG).ok();
     let ansi = std::io::stderr().is_terminal();
     let subscriber = subscriber(log, rust_log.as_deref(), std::io::stderr, ansi)?;
+    let most = log_max_level(log, rust_log.as_deref())?;
     tracing::subscriber::set_global_default(subscriber)
         .map_err(|err| TelemetryError::AlreadyInstalled(err.to_string()))?;
     *installed = true;
-    tracing_log::LogTracer::init()
+    tracing_log::LogTracer::builder()
+        .with_max_level(most)
+        .init()
         .map_err(|err| TelemetryError::AlreadyInstalled(format!("`log` bridge: {err}")))
+}
+
+/// The most verbose `log` level the filter lets through. The `log` crate skips a record
+/// above it with one load, before asking the bridge: the Redis client checks for trace and
+/// debug records several times per command, and without this each check went through the
+/// bridge to the filter.
+fn log_max_level(
+    log: &LogSettings,
+    rust_log: Option<&str>,
+) -> Result<tracing_log::log::LevelFilter, TelemetryError> {
+    use tracing_log::log::LevelFilter;
+    use tracing_subscriber::filter::LevelFilter as Tracing;
+    Ok(match filter(log, rust_log)?.max_level_hint() {
+        Some(Tracing::OFF) => LevelFilter::Off,
+        Some(Tracing::ERROR) => LevelFilter::Error,
+        Some(Tracing::WARN) => LevelFilter::Warn,
+        Some(Tracing::INFO) => LevelFilter::Info,
+        Some(Tracing::DEBUG) => LevelFilter::Debug,
+        _ => LevelFilter::Trace,
+    })
 }
 
 /// Checks `RUST_LOG` as [`init`] would read it, without installing anything (`config check`;
@@ -185,5 +208,32 @@ mod tests {
         };
         let err = filter(&log, None).unwrap_err();
         assert!(err.to_string().starts_with("log.level: "), "{err}");
+    }
+
+    /// The `log` crate's records (the Redis client's) stop at the most verbose level any
+    /// directive lets through, and no sooner.
+    #[test]
+    fn log_records_stop_at_the_filters_most_verbose_level() {
+        use tracing_log::log::LevelFilter;
+        let log = |level: &str| LogSettings {
+            level: level.into(),
+            ..LogSettings::default()
+        };
+        for (level, most) in [
+            ("info", LevelFilter::Info),
+            ("warn", LevelFilter::Warn),
+            ("error", LevelFilter::Error),
+            ("off", LevelFilter::Off),
+            ("info,botfleet=debug", LevelFilter::Debug),
+            ("warn,fred=trace", LevelFilter::Trace),
+        ] {
+            assert_eq!(log_max_level(&log(level), None).unwrap(), most, "{level}");
+        }
+        assert_eq!(
+            log_max_level(&log("info"), Some("fred=debug")).unwrap(),
+            LevelFilter::Debug,
+            "RUST_LOG decides"
+        );
+        assert!(log_max_level(&log("x=loud"), None).is_err());
     }
 }
