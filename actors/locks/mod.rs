@@ -194,23 +194,23 @@ impl Shared {
         }
     }
 
-    /// The fencing counter and the waiting mark of `name`. The counter is the one of every
-    /// lock ([`KeySchema::lock_fence_shared`]) off a Cluster, so that a script call granting
-    /// several locks raises one counter once; on a Cluster it is the lock's slot's
+    /// The fencing counter and the waiting mark of `name` (the counter: [`Shared::fence_key`]).
+    pub(super) fn lock_keys(&self, name: &str) -> (String, String) {
+        if self.storage.is_clustered() {
+            // Both in the lock's slot: its tag computed once.
+            self.storage.keys().lock_keys(name)
+        } else {
+            (self.fence_key(name), self.storage.keys().lock_waiting(name))
+        }
+    }
+
+    /// The fencing counter of `name`: the one of every lock
+    /// ([`KeySchema::lock_fence_shared`]) off a Cluster, so that a script call granting
+    /// several locks raises one counter once; on a Cluster the lock's slot's
     /// ([`KeySchema::lock_fence`]), the only one a script may touch with the lock.
     ///
     /// [`KeySchema::lock_fence_shared`]: crate::storage::KeySchema::lock_fence_shared
     /// [`KeySchema::lock_fence`]: crate::storage::KeySchema::lock_fence
-    pub(super) fn lock_keys(&self, name: &str) -> (String, String) {
-        let keys = self.storage.keys();
-        if self.storage.is_clustered() {
-            keys.lock_keys(name)
-        } else {
-            (keys.lock_fence_shared(), keys.lock_waiting(name))
-        }
-    }
-
-    /// The fencing counter of `name` (see [`Shared::lock_keys`]).
     pub(super) fn fence_key(&self, name: &str) -> String {
         let keys = self.storage.keys();
         if self.storage.is_clustered() {

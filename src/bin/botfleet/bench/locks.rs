@@ -278,11 +278,23 @@ async fn unfenced_run(
             Ok(())
         }));
     }
+    join_tasks(handles).await?;
+    Ok((start.elapsed(), per_task * tasks))
+}
+
+/// Waits for every benchmark task: the first failure, a task's own or its panic, fails the
+/// scenario.
+async fn join_tasks<E>(
+    handles: Vec<tokio::task::JoinHandle<Result<(), E>>>,
+) -> Result<(), LocksBenchError>
+where
+    LocksBenchError: From<E>,
+{
     for h in handles {
         h.await
             .map_err(|e| LocksBenchError::Task(e.to_string()))??;
     }
-    Ok((start.elapsed(), per_task * tasks))
+    Ok(())
 }
 
 async fn scenario_run(
@@ -321,10 +333,7 @@ async fn scenario_run(
             Ok::<(), LockError>(())
         }));
     }
-    for h in handles {
-        h.await
-            .map_err(|e| LocksBenchError::Task(e.to_string()))??;
-    }
+    join_tasks(handles).await?;
     if on_drop {
         // The releases run in the background: the scenario ends when they are all done.
         let pattern = format!("bench-lock:{run}:*");
