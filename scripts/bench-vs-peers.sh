@@ -13,7 +13,18 @@
 # Prints every JSON line as it comes, then a table: per round and scenario, botfleet's
 # figure, the best peer's, and the ratio (pairs_per_s for locks; process_per_s and
 # enqueue_per_s for the queue). botfleet's `50-tasks-unfenced-commands` (rslock's commands
-# through botfleet's storage) is set beside rslock's `50-tasks-distinct-keys`.
+# through botfleet's storage) is set beside rslock's `50-tasks-distinct-keys`, and its
+# `one-task` beside the round-trip floor of the same round.
+#
+# PLACE says where the processes run (`taskset`):
+#   shared  (default) where the scheduler puts them;
+#   same    the server and every client on CPU 0: no wake-up crosses CPUs, so the figures
+#           are the CPU each side spends per pair;
+#   split   the server on CPU 0, the clients on the other CPUs: every reply wakes a client
+#           on another CPU, and the two sides run in parallel.
+# On a virtual machine whose idle CPUs halt, a wake-up on another CPU can cost more than
+# the work of a round trip, and the scheduler moves the processes between these cases
+# during a run: `same` and `split` take that out of the comparison.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -32,6 +43,34 @@ case "$rounds" in
     exit 2
     ;;
 esac
+place=${PLACE:-shared}
+server_cpus= client_cpus=
+case "$place" in
+  shared) ;;
+  same | split)
+    command -v taskset >/dev/null || {
+      echo "$0: PLACE=$place needs taskset (util-linux)" >&2
+      exit 2
+    }
+    cpus=$(nproc)
+    if [ "$place" = same ]; then
+      server_cpus=0 client_cpus=0
+    elif [ "$cpus" -lt 2 ]; then
+      echo "$0: PLACE=split needs at least 2 CPUs, this machine has $cpus" >&2
+      exit 2
+    else
+      server_cpus=0 client_cpus=1-$((cpus - 1))
+    fi
+    ;;
+  *)
+    echo "$0: PLACE: expected shared, same or split, got \"$place\"" >&2
+    exit 2
+    ;;
+esac
+# Runs a client where PLACE puts clients.
+client() {
+  if [ -n "$client_cpus" ]; then taskset -c "$client_cpus" "$@"; else "$@"; fi
+}
 peers=${PEERS_DIR:-../shared/peers}
 [ -x "$peers/run.sh" ] || [ -f "$peers/run.sh" ] || {
   echo "$0: no run.sh in $peers (set PEERS_DIR)" >&2
@@ -51,7 +90,9 @@ while :; do
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
   [ "$port" != 6379 ] && break
 done
-redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" \
+server=(redis-server)
+[ -n "$server_cpus" ] && server=(taskset -c "$server_cpus" redis-server)
+"${server[@]}" --port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$work" \
   --daemonize yes --pidfile "$work/redis.pid" --logfile "$work/redis.log"
 for _ in $(seq 1 100); do
   redis-cli -p "$port" ping >/dev/null 2>&1 && break
@@ -62,12 +103,12 @@ url=redis://127.0.0.1:$port
 lines=$work/lines
 for round in $(seq 1 "$rounds"); do
   case "$what" in
-    locks) "$bin" bench locks --redis "$url" ;;
-    queue) "$bin" bench queue --redis "$url" ;;
-    queue-http) "$bin" bench queue --via http --redis "$url" ;;
+    locks) client "$bin" bench locks --redis "$url" ;;
+    queue) client "$bin" bench queue --redis "$url" ;;
+    queue-http) client "$bin" bench queue --via http --redis "$url" ;;
   esac | sed "s/^/$round /" | tee -a "$lines"
   redis-cli -p "$port" flushall >/dev/null
-  REDIS_URL=$url bash "$peers/run.sh" "${what%-http}" | grep '^{' | sed "s/^/$round /" |
+  REDIS_URL=$url client bash "$peers/run.sh" "${what%-http}" | grep '^{' | sed "s/^/$round /" |
     tee -a "$lines"
   redis-cli -p "$port" flushall >/dev/null
 done
@@ -96,6 +137,13 @@ for (r, scenario, f), v in list(rows.items()):
     if scenario == "50-tasks-unfenced-commands":
         peer = rows.get((r, "50-tasks-distinct-keys", f), {})
         v["peer"], v["peer_name"] = peer.get("peer"), peer.get("peer_name", "")
+# botfleet's one-task beside the round-trip floor (redis-benchmark, same round).
+for (r, scenario, f), v in list(rows.items()):
+    if scenario == "round-trip-floor" and v["peer"] is not None:
+        mine = rows.get((r, "one-task", f), {}).get("botfleet")
+        rows[(r, "one-task / floor", f)] = {
+            "botfleet": mine, "peer": v["peer"], "peer_name": v["peer_name"],
+        }
 print()
 print(f"{'round':>5}  {'scenario':<26} {'figure':<14} {'botfleet':>10} {'best peer':>10}  ratio  peer")
 for (r, scenario, f), v in sorted(rows.items()):

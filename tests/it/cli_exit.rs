@@ -163,6 +163,43 @@ fn bench_locks_refuses_an_unknown_scenario_before_connecting() {
     assert!(stderr.contains("one-task-bare-scripts"), "{stderr}");
 }
 
+/// The side-by-side script refuses bad arguments before it builds or starts anything: no
+/// server is left behind and no temporary directory is made.
+#[test]
+fn bench_vs_peers_refuses_bad_arguments_before_starting_anything() {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/bench-vs-peers.sh");
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let mut cmd = Command::new("bash");
+        cmd.arg(&script).args(args).env_clear();
+        cmd.env("PATH", std::env::var_os("PATH").unwrap_or_default());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    };
+    assert_usage(&run(&["nope"], &[]), "usage:");
+    assert_usage(
+        &run(&["locks", "0"], &[]),
+        "ROUNDS: expected a positive integer, got \"0\"",
+    );
+    assert_usage(
+        &run(&["locks", "2x"], &[]),
+        "ROUNDS: expected a positive integer, got \"2x\"",
+    );
+    assert_usage(
+        &run(&["locks", "1"], &[("PLACE", "everywhere")]),
+        "PLACE: expected shared, same or split, got \"everywhere\"",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    assert_usage(
+        &run(
+            &["locks", "1"],
+            &[("PEERS_DIR", dir.path().to_str().unwrap())],
+        ),
+        "no run.sh in",
+    );
+}
+
 #[test]
 fn status_refuses_a_url_that_is_no_http_url() {
     let dir = tempfile::tempdir().unwrap();
