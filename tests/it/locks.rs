@@ -1112,6 +1112,20 @@ fn bench_locks_runs_the_scenarios_asked_for_and_refuses_unknown_ones() {
     assert!(lines
         .iter()
         .all(|l| l["pairs_per_s"].as_f64().unwrap() > 0.0));
+    // The lock manager's scenarios give the spread of their 25 ms windows (none when the run
+    // was shorter than one): ordered percentiles, the fastest windows with pairs in them.
+    for line in &lines[..2] {
+        assert_eq!(line["window_ms"], 25, "{line}");
+        let windows = &line["window_pairs_per_s"];
+        if !windows.is_null() {
+            let p = |q: &str| windows[q].as_f64().unwrap();
+            assert!(
+                p("p10") <= p("p50") && p("p50") <= p("p90") && p("p90") > 0.0,
+                "{line}"
+            );
+        }
+    }
+    assert!(lines[2].get("window_pairs_per_s").is_none(), "{}", lines[2]);
     // rslock's commands: a plain `SET NX` and one release script per pair, never batched
     // (one call more where the server did not know the script yet).
     let calls = lines[2]["script_calls_per_pair"].as_f64().unwrap();

@@ -20,8 +20,12 @@
 //! share, `1 / server` bounds the pairs per second of any client of these scripts, and
 //! `cores / (client + server)` this one's. `script_calls_per_pair` and
 //! `server_script_us_per_pair` say how many script calls a pair took (batches carry several
-//! requests) and how long Redis ran them.
+//! requests) and how long Redis ran them. The peer scenarios' lines also carry the pairs per
+//! second of each [`WINDOW`] of the run (`window_pairs_per_s`: p10, p50, p90), counted by a
+//! thread of their own: a run whose round trips alternate between fast and slow (the process
+//! and the server on one CPU, or waking each other across two) shows it there.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -133,13 +137,15 @@ pub async fn run(
             continue;
         }
         let before = CpuSample::take(&storage).await;
-        let (elapsed, waits, done) =
+        let (elapsed, waits, done, windows) =
             scenario_run(&locks, &storage, tasks, pairs, shared, on_drop).await?;
         let after = CpuSample::take(&storage).await;
         let mut line = json!({
             "peer": "botfleet", "bench": "locks", "scenario": scenario, "tasks": tasks,
             "pairs": done, "pairs_per_s": (done as f64 / elapsed.as_secs_f64()).round(),
             "wait_p50_us": waits.percentile_us(0.50), "wait_p99_us": waits.percentile_us(0.99),
+            "window_ms": WINDOW.as_millis() as u64,
+            "window_pairs_per_s": window_rates(&windows, WINDOW),
         });
         before.report(&after, done, "pair", &mut line);
         out(line);
@@ -297,6 +303,70 @@ where
     Ok(())
 }
 
+/// The span over which [`Windows`] counts the pairs done.
+const WINDOW: Duration = Duration::from_millis(25);
+
+/// The pairs done in each [`WINDOW`] of a scenario, counted by a thread of its own (it
+/// wakes once a window, off the runtime the scenario runs on).
+struct Windows {
+    done: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    counter: std::thread::JoinHandle<Vec<u64>>,
+}
+
+impl Windows {
+    fn start() -> Self {
+        let (done, stop) = (
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let (counted, stopped) = (done.clone(), stop.clone());
+        let counter = std::thread::spawn(move || {
+            let mut counts = Vec::new();
+            let (mut last, mut next) = (0, Instant::now() + WINDOW);
+            // Window ends are fixed from the start: a late wake-up makes that window
+            // longer and the next one shorter, never the run's windows fewer.
+            while !stopped.load(Ordering::Relaxed) {
+                std::thread::sleep(next.saturating_duration_since(Instant::now()));
+                if stopped.load(Ordering::Relaxed) {
+                    break;
+                }
+                let now = counted.load(Ordering::Relaxed);
+                counts.push(now - last);
+                (last, next) = (now, next + WINDOW);
+            }
+            counts
+        });
+        Self {
+            done,
+            stop,
+            counter,
+        }
+    }
+
+    /// The counts of the whole windows (the last, partial one is left out).
+    fn finish(self) -> Vec<u64> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.counter.join().unwrap_or_default()
+    }
+}
+
+/// p10, p50 and p90 of the windows' pairs per second (`null` for a run shorter than one
+/// window).
+fn window_rates(counts: &[u64], window: Duration) -> serde_json::Value {
+    if counts.is_empty() {
+        return serde_json::Value::Null;
+    }
+    let mut sorted = counts.to_vec();
+    sorted.sort_unstable();
+    let per_s = |q: f64| {
+        // Nearest rank.
+        let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+        (sorted[rank - 1] as f64 / window.as_secs_f64()).round()
+    };
+    json!({ "p10": per_s(0.10), "p50": per_s(0.50), "p90": per_s(0.90) })
+}
+
 async fn scenario_run(
     locks: &Locks,
     storage: &Storage,
@@ -304,14 +374,20 @@ async fn scenario_run(
     pairs: usize,
     shared: bool,
     on_drop: bool,
-) -> Result<(Duration, Latencies, usize), LocksBenchError> {
+) -> Result<(Duration, Latencies, usize, Vec<u64>), LocksBenchError> {
     let per_task = pairs / tasks;
     let waits = Arc::new(Mutex::new(Latencies::default()));
     let run = format!("{:08x}", rand::random::<u32>());
     let start = Instant::now();
+    let windows = Windows::start();
     let mut handles = Vec::with_capacity(tasks);
     for t in 0..tasks {
-        let (locks, waits, run) = (locks.clone(), waits.clone(), run.clone());
+        let (locks, waits, run, done) = (
+            locks.clone(),
+            waits.clone(),
+            run.clone(),
+            windows.done.clone(),
+        );
         handles.push(tokio::spawn(async move {
             let mut mine = Latencies::default();
             for i in 0..per_task {
@@ -328,6 +404,7 @@ async fn scenario_run(
                 } else {
                     guard.release().await?;
                 }
+                done.fetch_add(1, Ordering::Relaxed);
             }
             waits.lock().merge(&mine);
             Ok::<(), LockError>(())
@@ -342,6 +419,29 @@ async fn scenario_run(
         }
     }
     let elapsed = start.elapsed();
+    let windows = windows.finish();
     let waits = waits.lock().clone();
-    Ok((elapsed, waits, per_task * tasks))
+    Ok((elapsed, waits, per_task * tasks, windows))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_rates_are_nearest_rank_percentiles_per_second() {
+        let window = Duration::from_millis(25);
+        // Ten windows, 1..=10 pairs each, given out of order.
+        let counts = [7, 3, 10, 1, 5, 9, 2, 8, 4, 6];
+        assert_eq!(
+            window_rates(&counts, window),
+            json!({ "p10": 40.0, "p50": 200.0, "p90": 360.0 })
+        );
+        // One window: every percentile is that window's.
+        assert_eq!(
+            window_rates(&[3], window),
+            json!({ "p10": 120.0, "p50": 120.0, "p90": 120.0 })
+        );
+        assert_eq!(window_rates(&[], window), serde_json::Value::Null);
+    }
 }
