@@ -163,8 +163,8 @@ fn bench_locks_refuses_an_unknown_scenario_before_connecting() {
     assert!(stderr.contains("one-task-bare-scripts"), "{stderr}");
 }
 
-/// The side-by-side script refuses bad arguments before it builds or starts anything: no
-/// server is left behind and no temporary directory is made.
+/// The side-by-side script refuses bad arguments, naming them, before it builds or starts
+/// anything.
 #[test]
 fn bench_vs_peers_refuses_bad_arguments_before_starting_anything() {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/bench-vs-peers.sh");

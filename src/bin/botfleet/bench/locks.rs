@@ -307,11 +307,12 @@ where
 const WINDOW: Duration = Duration::from_millis(25);
 
 /// The pairs done in each [`WINDOW`] of a scenario, counted by a thread of its own (it
-/// wakes once a window, off the runtime the scenario runs on).
+/// wakes once a window, off the runtime the scenario runs on). Dropped unfinished (the
+/// scenario failed), it stops its thread.
 struct Windows {
     done: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
-    counter: std::thread::JoinHandle<Vec<u64>>,
+    counter: Option<std::thread::JoinHandle<Vec<u64>>>,
 }
 
 impl Windows {
@@ -340,14 +341,23 @@ impl Windows {
         Self {
             done,
             stop,
-            counter,
+            counter: Some(counter),
         }
     }
 
     /// The counts of the whole windows (the last, partial one is left out).
-    fn finish(self) -> Vec<u64> {
+    fn finish(mut self) -> Vec<u64> {
         self.stop.store(true, Ordering::Relaxed);
-        self.counter.join().unwrap_or_default()
+        self.counter
+            .take()
+            .and_then(|counter| counter.join().ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Windows {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
 
