@@ -1113,14 +1113,15 @@ fn bench_locks_runs_the_scenarios_asked_for_and_refuses_unknown_ones() {
         .iter()
         .all(|l| l["pairs_per_s"].as_f64().unwrap() > 0.0));
     // The lock manager's scenarios give the spread of their 25 ms windows (none when the run
-    // was shorter than one): ordered percentiles, the fastest windows with pairs in them.
+    // was shorter than one; a window may hold no pair when a slow start or the last,
+    // partial window took them all): ordered percentiles.
     for line in &lines[..2] {
         assert_eq!(line["window_ms"], 25, "{line}");
         let windows = &line["window_pairs_per_s"];
         if !windows.is_null() {
             let p = |q: &str| windows[q].as_f64().unwrap();
             assert!(
-                p("p10") <= p("p50") && p("p50") <= p("p90") && p("p90") > 0.0,
+                0.0 <= p("p10") && p("p10") <= p("p50") && p("p50") <= p("p90"),
                 "{line}"
             );
         }
