@@ -37,8 +37,9 @@
 //! host received it; a slow host makes the queue longer, not the inbox stuck; nothing is
 //! dropped, nothing delivered twice. Payloads that are not envelopes (a foreign sender) are
 //! delivered without an id; duplicates of such a payload heard live and found in the queue
-//! within a few seconds are delivered once. A message only published (never queued) is
-//! delivered as heard while the channel has room.
+//! within a few seconds are delivered once; heard live, such a payload too is delivered after
+//! a read of the queue, so that it cannot overtake a message whose live copy was missed. A
+//! message only published (never queued) is delivered as heard while the channel has room.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -660,14 +661,27 @@ impl Admin {
                 }
             }
             None => {
+                // As for an id: messages before it may wait in the queue (their live copy
+                // missed), so the queue is read first and this one cannot overtake them. A
+                // seed sender publishes before it pushes, so the read seldom holds this one
+                // yet; when it does, it is delivered from there and this copy skipped.
+                let read = match self.drain(&mut state, None).await {
+                    Ok(read) => read,
+                    Err(e) => {
+                        // Nothing could be read before it: delivered as heard.
+                        tracing::warn!(actor = "admin-inbox", error = %e, "admin queue read failed; the message is delivered as heard");
+                        Read::Done
+                    }
+                };
                 if state.plain_is_copy(raw, Delivery::Live) {
                     state.plain_first_time(raw, Delivery::Live);
                     self.shared.duplicates.fetch_add(1, Ordering::Relaxed);
-                } else if self.shared.tx.capacity() > 0 {
+                } else if read == Read::Done && self.shared.tx.capacity() > 0 {
                     state.plain_first_time(raw, Delivery::Live);
                     self.deliver(&mut state, message, None);
                 }
-                // Else the channel is full: a seed sender queued it too, read later.
+                // Else the channel is full, or the read stopped short: a seed sender queued
+                // it too, read later behind the messages before it.
             }
         }
     }

@@ -689,6 +689,65 @@ async fn two_thousand_admin_messages_reach_an_http_consumer_in_order_across_a_cr
     fleet.shutdown().await.unwrap();
 }
 
+/// A payload without an id heard live is delivered after a read of the queue, so it cannot
+/// overtake a message whose live copy was missed: here one only pushed (a bare `RPUSH`
+/// announces nothing), as a message published before the subscription would be.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_payload_heard_live_does_not_overtake_a_queued_message() {
+    let server = RedisServer::start().unwrap();
+    let mut s = settings(&server.url());
+    // No poll during the test: only the reads on start and those live messages start.
+    s.admin.poll_interval_ms = 600_000;
+    let fleet = Fleet::start(s).await.unwrap();
+    let own = std::process::id();
+    let (channel, queue) = (format!("admin:bot:{own}"), format!("admin:queue:{own}"));
+    let mut inbox = fleet.admin().inbox().unwrap();
+    // Subscribed, and the queue read once with the consumer there (it was empty).
+    poll_until_async(WAIT, || {
+        let subscribed = server
+            .cmd(&["PUBSUB", "NUMSUB", &channel])
+            .as_array()
+            .unwrap()[1]
+            .as_int()
+            == Some(1);
+        let read = fleet.admin().stats().queue_reads >= 1;
+        async move { subscribed && read }
+    })
+    .await
+    .unwrap();
+
+    let queued = json!({
+        "id": "admin_1740227344000_00000001",
+        "type": "admin_message",
+        "timestamp": "2025-02-22T12:29:04.000000",
+        "message": "queued first",
+    })
+    .to_string();
+    resp(&server, &["RPUSH", &queue, &queued]);
+    let plain = json!({"message": "heard second", "timestamp": 1_740_227_345.0}).to_string();
+    resp(&server, &["PUBLISH", &channel, &plain]);
+    resp(&server, &["RPUSH", &queue, &plain]);
+
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let message = tokio::time::timeout(WAIT, inbox.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        got.push(message.message);
+    }
+    assert_eq!(got, ["queued first", "heard second"]);
+    // Each once: the queue empties and nothing more comes.
+    poll_until_async(WAIT, || {
+        let n = server.cmd(&["LLEN", &queue]).as_int();
+        async move { n == Some(0) }
+    })
+    .await
+    .unwrap();
+    assert!(inbox.try_recv().is_err(), "each once");
+    fleet.shutdown().await.unwrap();
+}
+
 /// Seed payloads reach an embedded host as typed messages (the seed's publish-then-push,
 /// with its own id; a bare `{"message", "timestamp"}`); another pid's queue filled with
 /// LPUSH is served through HTTP; the queue of the host's own pid is refused over HTTP while
