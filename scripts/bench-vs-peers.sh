@@ -16,6 +16,11 @@
 # through botfleet's storage) is set beside rslock's `50-tasks-distinct-keys`, and its
 # `one-task` beside the round-trip floor of the same round.
 #
+# N sets the workload's size on both sides (default 20000, the peers' own default): the lock
+# pairs (`bench locks --pairs N`; `8-tasks-one-key` takes N/10 of them on each side) or the
+# queue's tasks (`bench queue --tasks N`). The short scenarios of the default size last a
+# fraction of a second, so a slow start weighs on them; a larger N takes that out.
+#
 # PLACE says where the processes run (`taskset`):
 #   shared  (default) where the scheduler puts them;
 #   same    the server and every client on CPU 0: no wake-up crosses CPUs, so the figures
@@ -40,6 +45,13 @@ esac
 case "$rounds" in
   '' | *[!0-9]* | 0)
     echo "$0: ROUNDS: expected a positive integer, got \"$rounds\"" >&2
+    exit 2
+    ;;
+esac
+n=${N:-20000}
+case "$n" in
+  '' | *[!0-9]* | 0*)
+    echo "$0: N: expected a positive integer (the workload's size), got \"$n\"" >&2
     exit 2
     ;;
 esac
@@ -103,12 +115,12 @@ url=redis://127.0.0.1:$port
 lines=$work/lines
 for round in $(seq 1 "$rounds"); do
   case "$what" in
-    locks) client "$bin" bench locks --redis "$url" ;;
-    queue) client "$bin" bench queue --redis "$url" ;;
-    queue-http) client "$bin" bench queue --via http --redis "$url" ;;
+    locks) client "$bin" bench locks --redis "$url" --pairs "$n" ;;
+    queue) client "$bin" bench queue --redis "$url" --tasks "$n" ;;
+    queue-http) client "$bin" bench queue --via http --redis "$url" --tasks "$n" ;;
   esac | sed "s/^/$round /" | tee -a "$lines"
   redis-cli -p "$port" flushall >/dev/null
-  REDIS_URL=$url client bash "$peers/run.sh" "${what%-http}" | grep '^{' | sed "s/^/$round /" |
+  REDIS_URL=$url N=$n client bash "$peers/run.sh" "${what%-http}" | grep '^{' | sed "s/^/$round /" |
     tee -a "$lines"
   redis-cli -p "$port" flushall >/dev/null
 done

@@ -190,6 +190,12 @@ fn bench_vs_peers_refuses_bad_arguments_before_starting_anything() {
         &run(&["locks", "1"], &[("PLACE", "everywhere")]),
         "PLACE: expected shared, same or split, got \"everywhere\"",
     );
+    for n in ["0", "20k", "-5", "010"] {
+        assert_usage(
+            &run(&["locks", "1"], &[("N", n)]),
+            &format!("N: expected a positive integer (the workload's size), got \"{n}\""),
+        );
+    }
     let dir = tempfile::tempdir().unwrap();
     assert_usage(
         &run(
