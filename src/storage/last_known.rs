@@ -41,7 +41,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
@@ -204,6 +204,9 @@ pub(super) struct LastKnown {
     /// keys (read back [`SHARED_EVERY`] times less often: the task queues are large and change
     /// with every claim).
     dirty: Mutex<[Dirty; 2]>,
+    /// Keys taken from `dirty` whose read-back has not ended yet: still waiting to be read
+    /// back, as far as [`LastKnown::usage`] is concerned.
+    reading: AtomicUsize,
     /// Where the copy is saved (the file fallback only).
     file: Option<PathBuf>,
     /// The copy changed since it was last saved.
@@ -284,6 +287,7 @@ impl LastKnown {
                 seeded: HashSet::new(),
             }),
             dirty: Mutex::new([Dirty::default(), Dirty::default()]),
+            reading: AtomicUsize::new(0),
             file: dir.filter(|_| settings.enabled).map(|d| d.join(FILE_NAME)),
             unsaved: AtomicBool::new(false),
             saved_at: AtomicU64::new(0),
@@ -510,7 +514,9 @@ impl LastKnown {
     }
 
     /// Up to `n` dirty keys, oldest first, no longer marked: state keys, and shared keys too
-    /// when `shared`.
+    /// when `shared`. They count as waiting to be read back until the caller ends their
+    /// read-back: [`LastKnown::read_ended`] once they are stored, or
+    /// [`LastKnown::read_again`].
     pub(super) fn take_dirty(&self, n: usize, shared: bool) -> Vec<String> {
         let mut dirty = self.dirty.lock();
         let mut taken = Vec::new();
@@ -519,11 +525,13 @@ impl LastKnown {
             let left = n - taken.len();
             dirty[1].take(left, &mut taken);
         }
+        self.reading.fetch_add(taken.len(), Ordering::AcqRel);
         taken
     }
 
     /// Whether `key` is to be read back, or not held at all; unmarks it (the caller reads it
-    /// back now).
+    /// back now when this answers true, then ends the read-back as for
+    /// [`LastKnown::take_dirty`]).
     pub(super) fn take_if_stale(&self, key: &str) -> bool {
         let mut dirty = self.dirty.lock();
         let mut marked = false;
@@ -533,8 +541,43 @@ impl LastKnown {
                 marked = true;
             }
         }
+        if marked {
+            // Counted while the lock is held, so that `usage` never misses it.
+            self.reading.fetch_add(1, Ordering::AcqRel);
+        }
         drop(dirty);
-        marked || !self.copy.lock().used.contains_key(key)
+        if marked {
+            return true;
+        }
+        let held = self.copy.lock().used.contains_key(key);
+        if !held {
+            self.reading.fetch_add(1, Ordering::AcqRel);
+        }
+        !held
+    }
+
+    /// The read-back of `n` keys taken with [`LastKnown::take_dirty`] or
+    /// [`LastKnown::take_if_stale`] ended: they were stored in the copy, or given up.
+    pub(super) fn read_ended(&self, n: usize) {
+        self.reading.fetch_sub(n, Ordering::AcqRel);
+    }
+
+    /// The read-back of `keys` (taken with [`LastKnown::take_dirty`] or
+    /// [`LastKnown::take_if_stale`]) failed: they are marked for reading back again, in the
+    /// same step that stops counting them as being read.
+    pub(super) fn read_again(&self, keys: impl IntoIterator<Item = String>) {
+        let kinds: Vec<(String, bool)> = keys
+            .into_iter()
+            .map(|k| {
+                let shared = self.kind(&k) == Some(Remembered::Shared);
+                (k, shared)
+            })
+            .collect();
+        let mut dirty = self.dirty.lock();
+        for (key, shared) in &kinds {
+            dirty[usize::from(*shared)].mark(key);
+        }
+        self.reading.fetch_sub(kinds.len(), Ordering::AcqRel);
     }
 
     /// Whether keys wait to be read back (shared ones counted when `shared`).
@@ -603,9 +646,11 @@ impl LastKnown {
 
     /// Keys and bytes held, keys evicted since start, and keys waiting to be read back.
     pub(super) fn usage(&self) -> (usize, u64, u64, usize) {
+        // Under the marks' lock: a key moves between the marks and `reading` under it, so
+        // it is counted once, in one or the other.
         let pending = {
             let dirty = self.dirty.lock();
-            dirty[0].keys.len() + dirty[1].keys.len()
+            dirty[0].keys.len() + dirty[1].keys.len() + self.reading.load(Ordering::Acquire)
         };
         let copy = self.copy.lock();
         (
@@ -943,6 +988,44 @@ mod tests {
         lk.note_changed(["task:2"]);
         assert_eq!(lk.take_dirty(10, false), vec!["task:2".to_string()]);
         assert!(lk.take_dirty(10, false).is_empty());
+    }
+
+    #[test]
+    fn a_key_being_read_back_still_counts_as_waiting() {
+        let lk = LastKnown::open(&settings(1 << 20), None);
+        lk.remember("task:*", Remembered::State);
+        lk.remember("queue:*", Remembered::Shared);
+        let waiting = |lk: &LastKnown| lk.usage().3;
+        lk.note_changed(["task:1", "task:2", "queue:a"]);
+        assert_eq!(waiting(&lk), 3);
+        // Taken for a read-back: still waiting until the read-back ends.
+        let taken = lk.take_dirty(10, false);
+        assert_eq!(taken, vec!["task:1".to_string(), "task:2".to_string()]);
+        assert!(!lk.has_dirty(false));
+        assert_eq!(waiting(&lk), 3);
+        // Failed: marked again, counted once.
+        lk.read_again(taken);
+        assert_eq!(waiting(&lk), 3);
+        assert!(lk.has_dirty(false));
+        let taken = lk.take_dirty(10, true);
+        assert_eq!(taken.len(), 3);
+        lk.read_ended(taken.len());
+        assert_eq!(waiting(&lk), 0);
+        // A key read back on demand counts while it is read, whether it was marked or is
+        // not held at all; one held and unmarked is not read back.
+        lk.note_changed(["task:3"]);
+        assert!(lk.take_if_stale("task:3"));
+        assert!(lk.take_if_stale("task:4"));
+        assert_eq!(waiting(&lk), 2);
+        lk.read_again(["task:3".to_string()]);
+        lk.read_ended(1);
+        assert_eq!(waiting(&lk), 1);
+        assert_eq!(lk.take_dirty(10, false), vec!["task:3".to_string()]);
+        lk.read_ended(1);
+        assert_eq!(waiting(&lk), 0);
+        lk.observe(&get("task:5"), &Reply::Str("v".into()));
+        assert!(!lk.take_if_stale("task:5"));
+        assert_eq!(waiting(&lk), 0);
     }
 
     #[test]

@@ -78,16 +78,21 @@ impl Storage {
                 return;
             }
             let keys = last_known.take_dirty(REFRESH_BATCH, shared);
-            for group in group_by_slot(keys, |k| k.as_str()) {
+            let mut groups = group_by_slot(keys, |k| k.as_str()).into_iter();
+            while let Some(group) = groups.next() {
                 match self.read_back(redis, &group).await {
-                    Ok(()) => {}
+                    Ok(()) => last_known.read_ended(group.len()),
                     Err(Failure::Outage(reason)) => {
-                        last_known.mark_all_dirty(group);
+                        // This batch's keys not read back yet are read back after the outage.
+                        last_known.read_again(group.into_iter().chain(groups.flatten()));
                         self.degrade(reason);
                         return;
                     }
                     Err(e) => {
                         tracing::warn!(backend = "redis", error = ?e, "last-known read-back refused");
+                        // That group is given up; the batch's others wait for the next round.
+                        last_known.read_ended(group.len());
+                        last_known.read_again(groups.flatten());
                         return;
                     }
                 }
@@ -106,9 +111,12 @@ impl Storage {
             return;
         }
         let keys = vec![key.to_string()];
-        if let Err(e) = self.read_back(redis, &keys).await {
-            tracing::debug!(backend = "redis", key, error = ?e, "last-known read-back deferred");
-            last_known.mark_all_dirty(keys);
+        match self.read_back(redis, &keys).await {
+            Ok(()) => last_known.read_ended(1),
+            Err(e) => {
+                tracing::debug!(backend = "redis", key, error = ?e, "last-known read-back deferred");
+                last_known.read_again(keys);
+            }
         }
     }
 
