@@ -92,7 +92,7 @@ use scripts::scripts;
 
 use crate::clock::now_ms;
 use crate::settings::{LockOutage, LockSettings};
-use crate::storage::{Mode, Storage, StorageError};
+use crate::storage::{Mode, Reply, Storage, StorageError};
 use crate::supervisor::{fault, ChildContext};
 
 /// Why a lock call failed.
@@ -363,28 +363,53 @@ impl Locks {
     /// guard or watchdog around them. `botfleet bench locks` reports it as the floor the lock
     /// API is measured against; hosts take locks with [`Locks::acquire`] and its siblings.
     pub async fn bare_pair(&self, name: &str, ttl: Duration) -> Result<(), LockError> {
+        self.bare_pairs(&[name], ttl).await.map(|_| ())
+    }
+
+    /// [`Locks::bare_pair`] for several names at once: one acquire call for all of them (the
+    /// per-request layout the batcher sends), then one release call. On a Cluster the names
+    /// must share a slot. `Ok(false)` when a name was not free or not released (it was held
+    /// by someone else); what was granted is released either way. For `botfleet bench
+    /// locks`, which measures what such calls cost the server.
+    pub async fn bare_pairs(&self, names: &[&str], ttl: Duration) -> Result<bool, LockError> {
+        if names.is_empty() {
+            return Ok(true);
+        }
         let storage = &self.shared.storage;
-        let channel = &self.shared.settings.release_channel;
-        let token = new_token();
-        let (fence_key, waiting_key) = self.shared.lock_keys(name);
+        let channel = self.shared.settings.release_channel.as_str();
         let ttl_ms = ttl.as_millis().to_string();
-        storage
-            .eval_on_redis(
-                &scripts().acquire,
-                &[name, &fence_key, &waiting_key],
-                &[&token, &ttl_ms, "0"],
-            )
+        let tokens: Vec<String> = names.iter().map(|_| new_token()).collect();
+        let lock_keys: Vec<(String, String)> =
+            names.iter().map(|n| self.shared.lock_keys(n)).collect();
+        let mut keys = Vec::with_capacity(names.len() * 3);
+        let mut args = Vec::with_capacity(names.len() * 3);
+        for ((name, (fence_key, waiting_key)), token) in names.iter().zip(&lock_keys).zip(&tokens) {
+            keys.extend([*name, fence_key.as_str(), waiting_key.as_str()]);
+            args.extend([token.as_str(), ttl_ms.as_str(), "0"]);
+        }
+        let granted = storage
+            .eval_on_redis(&scripts().acquire, &keys, &args)
             .await
             .map_err(LockError::from_storage)?;
-        storage
-            .eval_on_redis(
-                &scripts().release,
-                &[name, &waiting_key],
-                &[channel, &token, "-"],
-            )
+        let mut keys = Vec::with_capacity(names.len() * 2);
+        let mut args = Vec::with_capacity(1 + names.len() * 2);
+        args.push(channel);
+        for ((name, (_, waiting_key)), token) in names.iter().zip(&lock_keys).zip(&tokens) {
+            keys.extend([*name, waiting_key.as_str()]);
+            args.extend([token.as_str(), "-"]);
+        }
+        let released = storage
+            .eval_on_redis(&scripts().release, &keys, &args)
             .await
             .map_err(LockError::from_storage)?;
-        Ok(())
+        // A call of one request answers its integer, of several an array.
+        let all = |reply: &Reply, ok: fn(i64) -> bool| match reply {
+            Reply::Array(items) => {
+                items.len() == names.len() && items.iter().all(|r| ok(r.as_int()))
+            }
+            one => names.len() == 1 && ok(one.as_int()),
+        };
+        Ok(all(&granted, |fence| fence > 0) && all(&released, |r| r == 1))
     }
 
     /// `n` extensions of one lock, bare, timed for `botfleet bench locks`: the acquire

@@ -1149,6 +1149,55 @@ fn bench_locks_runs_the_scenarios_asked_for_and_refuses_unknown_ones() {
     );
 }
 
+/// `bench locks --scenario pipelined-server-cost`: the fenced pairs one and eight to a call
+/// and rslock's commands, with calls in flight together; each line says what the pairs cost
+/// the server, the calls carry the requests they should, and every lock is released.
+#[test]
+fn bench_locks_pipelined_server_cost_batches_the_fenced_pairs_and_releases_them() {
+    let server = RedisServer::start().unwrap();
+    let ran = std::process::Command::new(env!("CARGO_BIN_EXE_botfleet"))
+        .args(["bench", "locks", "--redis", &server.url(), "--pairs", "200"])
+        .args(["--scenario", "pipelined-server-cost"])
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(ran.status.success(), "{ran:?}");
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&ran.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let forms: Vec<(&str, u64)> = lines
+        .iter()
+        .map(|l| {
+            assert_eq!(l["scenario"], "pipelined-server-cost", "{l}");
+            (l["form"].as_str().unwrap(), l["batch"].as_u64().unwrap())
+        })
+        .collect();
+    assert_eq!(
+        forms,
+        [("fenced", 1), ("fenced", 8), ("rslock-commands", 1)]
+    );
+    // Script calls per pair: an acquire and a release call per pair, per eight pairs, or
+    // rslock's one release script (one call more where the server did not know a script).
+    for (line, calls) in lines.iter().zip([2.0, 0.25, 1.0]) {
+        assert_eq!(line["pairs"], 200, "{line}");
+        let per_pair = line["script_calls_per_pair"].as_f64().unwrap();
+        assert!(
+            per_pair >= calls && per_pair <= calls + 0.011,
+            "expected {calls} calls per pair: {line}"
+        );
+        assert!(
+            line["server_cpu_us_per_pair"].as_f64().unwrap() > 0.0,
+            "{line}"
+        );
+        assert!(line["pairs_per_s"].as_f64().unwrap() > 0.0, "{line}");
+    }
+    assert_eq!(
+        server.cmd(&["KEYS", "bench-lock:*"]),
+        RespValue::Array(Vec::new())
+    );
+}
+
 /// A fencing counter ahead of the server's clock (tokens issued by a server whose clock ran
 /// ahead, or written by hand) is still raised by one, by a grant and by a hand-over, and the
 /// counter keeps the token issued; a counter behind the clock jumps to the clock.

@@ -5,6 +5,10 @@
 //! `one-task-bare-scripts`, is the floor of the one-task scenario: the same two scripts per
 //! pair called back to back through the storage, without the lock manager;
 //! `one-task-bare-extensions` the watchdog's extension called back to back on one held lock.
+//! `pipelined-server-cost` sends pairs with 32 calls in flight from one task (botfleet's
+//! scripts one and eight requests to a call, then rslock's commands), so that the server runs
+//! them back to back: what a pair costs the server without the wake-ups a round trip at a
+//! time adds, one line per form.
 //! Each line of botfleet's names the server and the form each script ran in (`server`;
 //! `--scripts` keeps the scripts where the server has native commands, to compare the two).
 //! `50-tasks-unfenced-commands` is rslock's own commands per pair (a plain `SET NX PX`, then a
@@ -60,7 +64,7 @@ pub struct LocksBench {
 }
 
 /// The scenarios, in the order they run.
-pub const SCENARIOS: [&str; 8] = [
+pub const SCENARIOS: [&str; 9] = [
     "one-task",
     "50-tasks-distinct-keys",
     "8-tasks-one-key",
@@ -68,6 +72,7 @@ pub const SCENARIOS: [&str; 8] = [
     "50-tasks-unfenced-commands",
     "one-task-bare-scripts",
     "one-task-bare-extensions",
+    "pipelined-server-cost",
     "round-trip-floor",
 ];
 
@@ -186,6 +191,33 @@ pub async fn run(
             "extensions_per_s": (n as f64 / elapsed.as_secs_f64()).round(),
         }));
     }
+    if wanted("pipelined-server-cost") {
+        let bare = Locks::new(storage.clone(), LockSettings::default());
+        let unlock = Arc::new(Script::new(
+            "bench-unlock-if-held",
+            UNLOCK_IF_HELD,
+            unlock_on_redis_only,
+        ));
+        // Every script known to the server before the clock starts: otherwise the first
+        // calls in flight each come back for the script's text.
+        let warm = format!("bench-lock:{:08x}:pipelined-warm-up", rand::random::<u32>());
+        bare.bare_pair(&warm, TTL).await?;
+        storage
+            .eval_on_redis(&unlock, &["bench-lock:unfenced-warm-up"], &["-"])
+            .await?;
+        for (form, batch) in [("fenced", 1), ("fenced", 8), ("rslock-commands", 1)] {
+            let before = CpuSample::take(&storage).await;
+            let (elapsed, done) = pipelined_run(&bare, &storage, &unlock, form, batch, n).await?;
+            let after = CpuSample::take(&storage).await;
+            let mut line = json!({
+                "peer": "botfleet", "bench": "locks", "scenario": "pipelined-server-cost",
+                "form": form, "batch": batch, "in_flight": PIPELINED_IN_FLIGHT, "pairs": done,
+                "pairs_per_s": (done as f64 / elapsed.as_secs_f64()).round(),
+            });
+            before.report(&after, done, "pair", &mut line);
+            out(line);
+        }
+    }
     storage.close().await;
     if wanted("round-trip-floor") {
         let url = bench.redis_url.clone();
@@ -286,6 +318,76 @@ async fn unfenced_run(
     }
     join_tasks(handles).await?;
     Ok((start.elapsed(), per_task * tasks))
+}
+
+/// Calls in flight at once in `pipelined-server-cost`: enough that the server finds several
+/// in each read and runs them back to back, without waiting on a wake-up between them.
+const PIPELINED_IN_FLIGHT: usize = 32;
+
+/// `pipelined-server-cost`: `pairs` acquire + release pairs on new keys, [`PIPELINED_IN_FLIGHT`]
+/// calls in flight at once from one task, so that what a pair costs the server is its work
+/// alone, not the wake-ups that a round trip at a time adds on a machine whose idle cores
+/// halt. `fenced` is botfleet's scripts, `batch` requests per call (one acquire call, then
+/// one release call: [`Locks::bare_pairs`]); `rslock-commands` is rslock's pair (a plain `SET
+/// NX PX`, then [`UNLOCK_IF_HELD`]). Fails if a key was not free or not released.
+async fn pipelined_run(
+    locks: &Locks,
+    storage: &Storage,
+    unlock: &Arc<Script>,
+    form: &'static str,
+    batch: usize,
+    pairs: usize,
+) -> Result<(Duration, usize), LocksBenchError> {
+    use futures::stream::{self, StreamExt, TryStreamExt};
+
+    let calls = (pairs / batch).max(1);
+    let run = format!("{:08x}", rand::random::<u32>());
+    let (locks, storage, unlock) = (locks.clone(), storage.clone(), unlock.clone());
+    let start = Instant::now();
+    // On a worker of the runtime, like the scenarios' tasks.
+    tokio::spawn(async move {
+        stream::iter(0..calls)
+            .map(|call| {
+                let (locks, storage, unlock, run) = (&locks, &storage, &unlock, &run);
+                async move {
+                    // One hash tag per call: on a Cluster a batch shares a slot.
+                    let names: Vec<String> = (0..batch)
+                        .map(|i| format!("bench-lock:{{{run}:{call}}}:pipelined:{form}:{i}"))
+                        .collect();
+                    if form == "fenced" {
+                        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+                        if !locks.bare_pairs(&names, TTL).await? {
+                            return Err(LocksBenchError::Task(format!(
+                                "{} was not free or not released",
+                                names[0]
+                            )));
+                        }
+                        return Ok(());
+                    }
+                    for key in &names {
+                        let token = format!("{:032x}", rand::random::<u128>());
+                        if !storage.set_nx(key, token.as_str(), Some(TTL)).await?
+                            || storage
+                                .eval_on_redis(unlock, &[key], &[&token])
+                                .await?
+                                .as_int()
+                                != 1
+                        {
+                            return Err(LocksBenchError::Task(format!(
+                                "{key} was not free or not released"
+                            )));
+                        }
+                    }
+                    Ok(())
+                }
+            })
+            .buffer_unordered(PIPELINED_IN_FLIGHT)
+            .try_collect::<()>()
+            .await
+    })
+    .await
+    .map_err(|e| LocksBenchError::Task(e.to_string()))??;
+    Ok((start.elapsed(), calls * batch))
 }
 
 /// Waits for every benchmark task: the first failure, a task's own or its panic, fails the
