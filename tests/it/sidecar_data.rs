@@ -68,10 +68,14 @@ struct Api {
 
 impl Api {
     fn new(base: String) -> Api {
-        Api {
-            base,
-            client: reqwest::Client::new(),
-        }
+        // The server closes a connection idle for `keep_alive_ms` (5 s here, on a clock that
+        // may run up to 500 ms behind): a client that reused one kept longer would race that
+        // close and see its request fail unanswered. Idle connections are dropped well before.
+        let client = reqwest::Client::builder()
+            .pool_idle_timeout(Duration::from_secs(2))
+            .build()
+            .unwrap();
+        Api { base, client }
     }
 
     fn of(http: &HttpApi) -> Api {
