@@ -156,15 +156,7 @@ pub async fn run(
         out(line);
     }
     if wanted("50-tasks-unfenced-commands") {
-        let unlock = Arc::new(Script::new(
-            "bench-unlock-if-held",
-            UNLOCK_IF_HELD,
-            unlock_on_redis_only,
-        ));
-        // Known to the server before the clock starts (as the lock scripts are by then).
-        storage
-            .eval_on_redis(&unlock, &["bench-lock:unfenced-warm-up"], &["-"])
-            .await?;
+        let unlock = loaded_unlock(&storage).await?;
         let before = CpuSample::take(&storage).await;
         let (elapsed, done) = unfenced_run(&storage, &unlock, 50, n).await?;
         let after = CpuSample::take(&storage).await;
@@ -193,18 +185,11 @@ pub async fn run(
     }
     if wanted("pipelined-server-cost") {
         let bare = Locks::new(storage.clone(), LockSettings::default());
-        let unlock = Arc::new(Script::new(
-            "bench-unlock-if-held",
-            UNLOCK_IF_HELD,
-            unlock_on_redis_only,
-        ));
-        // Every script known to the server before the clock starts: otherwise the first
-        // calls in flight each come back for the script's text.
+        let unlock = loaded_unlock(&storage).await?;
+        // The lock scripts known to the server before the clock starts too: otherwise the
+        // first calls in flight each come back for the script's text.
         let warm = format!("bench-lock:{:08x}:pipelined-warm-up", rand::random::<u32>());
         bare.bare_pair(&warm, TTL).await?;
-        storage
-            .eval_on_redis(&unlock, &["bench-lock:unfenced-warm-up"], &["-"])
-            .await?;
         for (form, batch) in [("fenced", 1), ("fenced", 8), ("rslock-commands", 1)] {
             let before = CpuSample::take(&storage).await;
             let (elapsed, done) = pipelined_run(&bare, &storage, &unlock, form, batch, n).await?;
@@ -286,6 +271,34 @@ fn unlock_on_redis_only(
     ))
 }
 
+/// [`UNLOCK_IF_HELD`], known to the server before any clock starts (as the lock scripts are
+/// by then).
+async fn loaded_unlock(storage: &Storage) -> Result<Arc<Script>, LocksBenchError> {
+    let unlock = Arc::new(Script::new(
+        "bench-unlock-if-held",
+        UNLOCK_IF_HELD,
+        unlock_on_redis_only,
+    ));
+    storage
+        .eval_on_redis(&unlock, &["bench-lock:unfenced-warm-up"], &["-"])
+        .await?;
+    Ok(unlock)
+}
+
+/// rslock's pair on `key`: `SET key token PX ttl NX`, then `unlock`. Fails if the key was
+/// not free or not released.
+async fn rslock_pair(storage: &Storage, unlock: &Script, key: &str) -> Result<(), LocksBenchError> {
+    let token = format!("{:032x}", rand::random::<u128>());
+    if !storage.set_nx(key, token.as_str(), Some(TTL)).await? {
+        return Err(LocksBenchError::Task(format!("{key} was not free")));
+    }
+    let released = storage.eval_on_redis(unlock, &[key], &[&token]).await?;
+    if released.as_int() != 1 {
+        return Err(LocksBenchError::Task(format!("{key} was not released")));
+    }
+    Ok(())
+}
+
 /// `50-tasks-unfenced-commands`: `tasks` tasks, `pairs` in all, each pair rslock's commands
 /// (`SET key token PX ttl NX`, then `unlock`, [`UNLOCK_IF_HELD`]) through the storage. Fails if a key
 /// was not free or not released: every key is new and taken by one task.
@@ -304,16 +317,9 @@ async fn unfenced_run(
         handles.push(tokio::spawn(async move {
             for i in 0..per_task {
                 let key = format!("bench-lock:{run}:unfenced:{t}:{i}");
-                let token = format!("{:032x}", rand::random::<u128>());
-                if !storage.set_nx(&key, token.as_str(), Some(TTL)).await? {
-                    return Err(LocksBenchError::Task(format!("{key} was not free")));
-                }
-                let released = storage.eval_on_redis(&unlock, &[&key], &[&token]).await?;
-                if released.as_int() != 1 {
-                    return Err(LocksBenchError::Task(format!("{key} was not released")));
-                }
+                rslock_pair(&storage, &unlock, &key).await?;
             }
-            Ok(())
+            Ok::<(), LocksBenchError>(())
         }));
     }
     join_tasks(handles).await?;
@@ -365,18 +371,7 @@ async fn pipelined_run(
                         return Ok(());
                     }
                     for key in &names {
-                        let token = format!("{:032x}", rand::random::<u128>());
-                        if !storage.set_nx(key, token.as_str(), Some(TTL)).await?
-                            || storage
-                                .eval_on_redis(unlock, &[key], &[&token])
-                                .await?
-                                .as_int()
-                                != 1
-                        {
-                            return Err(LocksBenchError::Task(format!(
-                                "{key} was not free or not released"
-                            )));
-                        }
+                        rslock_pair(storage, unlock, key).await?;
                     }
                     Ok(())
                 }
