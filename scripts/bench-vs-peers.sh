@@ -13,8 +13,9 @@
 # Prints every JSON line as it comes, then a table: per round and scenario, botfleet's
 # figure, the best peer's, and the ratio (pairs_per_s for locks; process_per_s and
 # enqueue_per_s for the queue). botfleet's `50-tasks-unfenced-commands` (rslock's commands
-# through botfleet's storage) is set beside rslock's `50-tasks-distinct-keys`, and its
-# `one-task` beside the round-trip floor of the same round.
+# through botfleet's storage) is set beside rslock's `50-tasks-distinct-keys`; its
+# `one-task`, and the two forms of `one-task-bare-socket` (the same scripts, then plain
+# commands, over a bare socket), beside the round-trip floor of the same round.
 #
 # N sets the workload's size on both sides (default 20000, the peers' own default): the lock
 # pairs (`bench locks --pairs N`; `8-tasks-one-key` takes N/10 of them on each side) or the
@@ -138,7 +139,9 @@ for line in open(path):
     side = "botfleet" if d.get("peer") == "botfleet" else "peer"
     for f in figures:
         if f in d:
-            key = (int(round_), d["scenario"], f)
+            # Scenarios with several forms (one line each) keep one row per form.
+            scenario = d["scenario"] + (f" {d['form']}" if "form" in d else "")
+            key = (int(round_), scenario, f)
             best = rows.setdefault(key, {"botfleet": None, "peer": None, "peer_name": ""})
             if side == "botfleet":
                 best["botfleet"] = d[f]
@@ -152,10 +155,15 @@ for (r, scenario, f), v in list(rows.items()):
 # botfleet's one-task beside the round-trip floor (redis-benchmark, same round).
 for (r, scenario, f), v in list(rows.items()):
     if scenario == "round-trip-floor" and v["peer"] is not None:
-        mine = rows.get((r, "one-task", f), {}).get("botfleet")
-        rows[(r, "one-task / floor", f)] = {
-            "botfleet": mine, "peer": v["peer"], "peer_name": v["peer_name"],
-        }
+        for mine, label in [
+            ("one-task", "one-task / floor"),
+            ("one-task-bare-socket fenced-scripts", "socket scripts / floor"),
+            ("one-task-bare-socket plain-commands", "socket plain / floor"),
+        ]:
+            rows[(r, label, f)] = {
+                "botfleet": rows.get((r, mine, f), {}).get("botfleet"),
+                "peer": v["peer"], "peer_name": v["peer_name"],
+            }
 print()
 print(f"{'round':>5}  {'scenario':<26} {'figure':<14} {'botfleet':>10} {'best peer':>10}  ratio  peer")
 for (r, scenario, f), v in sorted(rows.items()):

@@ -92,7 +92,7 @@ use scripts::scripts;
 
 use crate::clock::now_ms;
 use crate::settings::{LockOutage, LockSettings};
-use crate::storage::{Mode, Reply, Storage, StorageError};
+use crate::storage::{Mode, Reply, Script, Storage, StorageError};
 use crate::supervisor::{fault, ChildContext};
 
 /// Why a lock call failed.
@@ -376,30 +376,13 @@ impl Locks {
             return Ok(true);
         }
         let storage = &self.shared.storage;
-        let channel = self.shared.settings.release_channel.as_str();
-        let ttl_ms = ttl.as_millis().to_string();
-        let tokens: Vec<String> = names.iter().map(|_| new_token()).collect();
-        let lock_keys: Vec<(String, String)> =
-            names.iter().map(|n| self.shared.lock_keys(n)).collect();
-        let mut keys = Vec::with_capacity(names.len() * 3);
-        let mut args = Vec::with_capacity(names.len() * 3);
-        for ((name, (fence_key, waiting_key)), token) in names.iter().zip(&lock_keys).zip(&tokens) {
-            keys.extend([*name, fence_key.as_str(), waiting_key.as_str()]);
-            args.extend([token.as_str(), ttl_ms.as_str(), "0"]);
-        }
+        let [acquire, release] = self.bare_layout(names, ttl);
         let granted = storage
-            .eval_on_redis(&scripts().acquire, &keys, &args)
+            .eval_on_redis(&scripts().acquire, &strs(&acquire.0), &strs(&acquire.1))
             .await
             .map_err(LockError::from_storage)?;
-        let mut keys = Vec::with_capacity(names.len() * 2);
-        let mut args = Vec::with_capacity(1 + names.len() * 2);
-        args.push(channel);
-        for ((name, (_, waiting_key)), token) in names.iter().zip(&lock_keys).zip(&tokens) {
-            keys.extend([*name, waiting_key.as_str()]);
-            args.extend([token.as_str(), "-"]);
-        }
         let released = storage
-            .eval_on_redis(&scripts().release, &keys, &args)
+            .eval_on_redis(&scripts().release, &strs(&release.0), &strs(&release.1))
             .await
             .map_err(LockError::from_storage)?;
         // A call of one request answers its integer, of several an array.
@@ -410,6 +393,61 @@ impl Locks {
             one => names.len() == 1 && ok(one.as_int()),
         };
         Ok(all(&granted, |fence| fence > 0) && all(&released, |r| r == 1))
+    }
+
+    /// The keys and arguments of the acquire call, then of the release call, of
+    /// [`Locks::bare_pairs`] for `names`, each under a new token: the per-request layout the
+    /// batcher sends.
+    fn bare_layout(&self, names: &[&str], ttl: Duration) -> [(Vec<String>, Vec<String>); 2] {
+        let ttl_ms = ttl.as_millis().to_string();
+        let mut acquire = (Vec::with_capacity(names.len() * 3), Vec::new());
+        let mut release = (Vec::with_capacity(names.len() * 2), Vec::new());
+        release.1.push(self.shared.settings.release_channel.clone());
+        for name in names {
+            let token = new_token();
+            let (fence_key, waiting_key) = self.shared.lock_keys(name);
+            acquire
+                .0
+                .extend([name.to_string(), fence_key, waiting_key.clone()]);
+            acquire
+                .1
+                .extend([token.clone(), ttl_ms.clone(), "0".to_string()]);
+            release.0.extend([name.to_string(), waiting_key]);
+            release.1.extend([token, "-".to_string()]);
+        }
+        [acquire, release]
+    }
+
+    /// What one [`Locks::bare_pair`] of `name` sends, as a client of its own would send it:
+    /// `EVALSHA` of the acquire script, then of the release script, with their keys and
+    /// arguments under a new token. The scripts must be in the server's script cache first
+    /// ([`Locks::bare_pair_scripts`]). For `botfleet bench locks`, which sends them over a
+    /// bare socket to tell what the Redis client costs from what the scripts cost; hosts take
+    /// locks with [`Locks::acquire`] and its siblings.
+    pub fn bare_pair_commands(&self, name: &str, ttl: Duration) -> [Vec<String>; 2] {
+        let [acquire, release] = self.bare_layout(&[name], ttl);
+        let evalsha = |script: &Script, (keys, args): (Vec<String>, Vec<String>)| {
+            let mut command = vec![
+                "EVALSHA".to_string(),
+                script.sha().to_string(),
+                keys.len().to_string(),
+            ];
+            command.extend(keys);
+            command.extend(args);
+            command
+        };
+        let scripts = scripts();
+        [
+            evalsha(&scripts.acquire, acquire),
+            evalsha(&scripts.release, release),
+        ]
+    }
+
+    /// The Lua source of the acquire and release scripts that [`Locks::bare_pair_commands`]
+    /// calls, for `SCRIPT LOAD` (whose answer is the SHA-1 those commands name).
+    pub fn bare_pair_scripts() -> [&'static str; 2] {
+        let scripts = scripts();
+        [scripts.acquire.lua(), scripts.release.lua()]
     }
 
     /// `n` extensions of one lock, bare, timed for `botfleet bench locks`: the acquire
@@ -897,6 +935,11 @@ pub struct LockLease {
     /// just before the acquisition was sent, plus the TTL (so never later than the real
     /// expiry by this process's clock).
     pub expires_at_ms: u64,
+}
+
+/// `values` borrowed, for a storage call.
+fn strs(values: &[String]) -> Vec<&str> {
+    values.iter().map(String::as_str).collect()
 }
 
 /// A random token: 32 lower-case hex digits (128 bits).

@@ -66,6 +66,11 @@ impl Script {
     pub fn sha(&self) -> &str {
         &self.reference.sha
     }
+
+    /// The Lua source.
+    pub fn lua(&self) -> &str {
+        &self.reference.lua
+    }
 }
 
 /// SHA-1 as lowercase hex (the digest `SCRIPT LOAD` answers).

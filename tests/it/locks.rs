@@ -1198,6 +1198,65 @@ fn bench_locks_pipelined_server_cost_batches_the_fenced_pairs_and_releases_them(
     );
 }
 
+/// `bench locks --scenario one-task-bare-socket`: the lock scripts and the plain commands
+/// over a bare socket, which authenticates as the URL says (the default user may not run
+/// them here); each line counts its pairs, its script calls, and every lock is released.
+#[test]
+fn bench_locks_bare_socket_sends_the_scripts_and_the_plain_commands_and_releases_them() {
+    let server = RedisServer::builder()
+        .config("user default on nopass ~* &* +@all -evalsha -eval -set -del")
+        .config("user bench on >bench-secret ~* &* +@all")
+        .start()
+        .unwrap();
+    let url = format!("redis://bench:bench-secret@127.0.0.1:{}", server.port());
+    let ran = std::process::Command::new(env!("CARGO_BIN_EXE_botfleet"))
+        .args(["bench", "locks", "--redis", &url, "--pairs", "200"])
+        .args(["--scenario", "one-task-bare-socket"])
+        .env_clear()
+        .output()
+        .unwrap();
+    assert!(ran.status.success(), "{ran:?}");
+    assert!(
+        !String::from_utf8_lossy(&ran.stderr).contains("bench-secret"),
+        "{ran:?}"
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&ran.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let forms: Vec<&str> = lines
+        .iter()
+        .map(|l| {
+            assert_eq!(l["scenario"], "one-task-bare-socket", "{l}");
+            l["form"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(forms, ["fenced-scripts", "plain-commands"]);
+    // Two script calls per pair, or none (and the CPU sample's own, at most 0.01 per pair).
+    for (line, calls) in lines.iter().zip([2.0, 0.0]) {
+        assert_eq!(line["pairs"], 200, "{line}");
+        let per_pair = line["script_calls_per_pair"].as_f64().unwrap();
+        assert!(
+            per_pair >= calls && per_pair <= calls + 0.011,
+            "expected {calls} calls per pair: {line}"
+        );
+        assert!(line["pairs_per_s"].as_f64().unwrap() > 0.0, "{line}");
+        assert!(
+            line["server_cpu_us_per_pair"].as_f64().unwrap() > 0.0,
+            "{line}"
+        );
+    }
+    assert!(
+        lines[0]["server_script_us_per_pair"].as_f64().unwrap() > 0.0,
+        "{}",
+        lines[0]
+    );
+    assert_eq!(
+        server.cmd(&["KEYS", "bench-lock:*"]),
+        RespValue::Array(Vec::new())
+    );
+}
+
 /// A fencing counter ahead of the server's clock (tokens issued by a server whose clock ran
 /// ahead, or written by hand) is still raised by one, by a grant and by a hand-over, and the
 /// counter keeps the token issued; a counter behind the clock jumps to the clock.

@@ -5,6 +5,9 @@
 //! `one-task-bare-scripts`, is the floor of the one-task scenario: the same two scripts per
 //! pair called back to back through the storage, without the lock manager;
 //! `one-task-bare-extensions` the watchdog's extension called back to back on one held lock.
+//! `one-task-bare-socket` sends the same two scripts per pair over a bare socket, with no
+//! Redis client library, then two plain commands per pair the same way: beside `one-task`
+//! and `round-trip-floor`, what the client stack costs and what the scripts cost.
 //! `pipelined-server-cost` sends pairs with 32 calls in flight from one task (botfleet's
 //! scripts one and eight requests to a call, then rslock's commands), so that the server runs
 //! them back to back: what a pair costs the server without the wake-ups a round trip at a
@@ -36,6 +39,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use serde_json::json;
 
+use super::bare::BareReply;
 use super::{CpuSample, Latencies};
 use crate::exit::BadArgument;
 use botfleet::actors::locks::{LockError, Locks};
@@ -64,7 +68,7 @@ pub struct LocksBench {
 }
 
 /// The scenarios, in the order they run.
-pub const SCENARIOS: [&str; 9] = [
+pub const SCENARIOS: [&str; 10] = [
     "one-task",
     "50-tasks-distinct-keys",
     "8-tasks-one-key",
@@ -72,6 +76,7 @@ pub const SCENARIOS: [&str; 9] = [
     "50-tasks-unfenced-commands",
     "one-task-bare-scripts",
     "one-task-bare-extensions",
+    "one-task-bare-socket",
     "pipelined-server-cost",
     "round-trip-floor",
 ];
@@ -89,6 +94,9 @@ pub enum LocksBenchError {
     /// A benchmark task panicked.
     #[error("benchmark task failed: {0}")]
     Task(String),
+    /// The bare socket of `one-task-bare-socket` failed (it names the cause).
+    #[error("bare socket: {0}")]
+    Bare(String),
     /// A scenario name that is not one of [`SCENARIOS`].
     #[error("unknown scenario {0:?}; expected one of: {list}", list = SCENARIOS.join(", "))]
     UnknownScenario(String),
@@ -183,6 +191,9 @@ pub async fn run(
             "extensions_per_s": (n as f64 / elapsed.as_secs_f64()).round(),
         }));
     }
+    if wanted("one-task-bare-socket") {
+        bare_socket(&storage, &bench.redis_url, n, &mut out).await?;
+    }
     if wanted("pipelined-server-cost") {
         let bare = Locks::new(storage.clone(), LockSettings::default());
         let unlock = loaded_unlock(&storage).await?;
@@ -248,6 +259,91 @@ async fn bare_scripts(
         "peer": "botfleet", "bench": "locks", "scenario": "one-task-bare-scripts", "tasks": 1,
         "pairs": n, "pairs_per_s": (n as f64 / elapsed.as_secs_f64()).round(),
     }));
+    Ok(())
+}
+
+/// `one-task-bare-socket`: one task sends `n` pairs over a bare socket ([`bare`]), one
+/// command at a time, in two forms: the lock manager's acquire and release scripts as
+/// [`Locks::bare_pair_commands`] lays them out (`fenced-scripts`), and two plain commands,
+/// `SET NX PX` then `DEL` (`plain-commands`). Beside `one-task` and `round-trip-floor`, the
+/// first says what the Redis client stack costs and the second what the scripts cost. A line
+/// with `skipped` for a URL the bare socket does not speak.
+///
+/// [`bare`]: super::bare
+async fn bare_socket(
+    storage: &Storage,
+    url: &str,
+    n: usize,
+    out: &mut impl FnMut(serde_json::Value),
+) -> Result<(), LocksBenchError> {
+    if let Some(reason) = super::bare::unsupported(url) {
+        out(json!({
+            "peer": "botfleet", "bench": "locks", "scenario": "one-task-bare-socket",
+            "skipped": reason,
+        }));
+        return Ok(());
+    }
+    let mut connection = super::bare::BareConnection::connect(url)
+        .await
+        .map_err(LocksBenchError::Bare)?;
+    for lua in Locks::bare_pair_scripts() {
+        connection
+            .call(&["SCRIPT", "LOAD", lua])
+            .await
+            .map_err(LocksBenchError::Bare)?;
+    }
+    let locks = Locks::new(storage.clone(), LockSettings::default());
+    let run = format!("{:08x}", rand::random::<u32>());
+    let ttl_ms = TTL.as_millis().to_string();
+    for form in ["fenced-scripts", "plain-commands"] {
+        let before = CpuSample::take(storage).await;
+        let start = Instant::now();
+        // On a worker of the runtime, like the scenarios' tasks; the connection comes back.
+        let (back, done) = {
+            let locks = locks.clone();
+            let (run, ttl_ms) = (run.clone(), ttl_ms.clone());
+            tokio::spawn(async move {
+                for i in 0..n {
+                    let name = format!("bench-lock:{run}:socket:{form}:{i}");
+                    let [first, second] = if form == "fenced-scripts" {
+                        locks.bare_pair_commands(&name, TTL)
+                    } else {
+                        let set = ["SET", &name, "1", "NX", "PX", &ttl_ms];
+                        [
+                            set.map(String::from).to_vec(),
+                            vec!["DEL".into(), name.clone()],
+                        ]
+                    };
+                    let granted = connection.call(&first).await?;
+                    let released = connection.call(&second).await?;
+                    let held = match &granted {
+                        BareReply::Int(fence) => *fence > 0,
+                        BareReply::Status(ok) => ok == "OK",
+                        BareReply::Bulk(_) => false,
+                    };
+                    if !held || released != BareReply::Int(1) {
+                        return Err(format!(
+                            "{name} was not free or not released ({granted:?}, {released:?})"
+                        ));
+                    }
+                }
+                Ok((connection, n))
+            })
+            .await
+            .map_err(|e| LocksBenchError::Task(e.to_string()))?
+            .map_err(LocksBenchError::Bare)?
+        };
+        connection = back;
+        let elapsed = start.elapsed();
+        let after = CpuSample::take(storage).await;
+        let mut line = json!({
+            "peer": "botfleet", "bench": "locks", "scenario": "one-task-bare-socket",
+            "form": form, "tasks": 1, "pairs": done,
+            "pairs_per_s": (done as f64 / elapsed.as_secs_f64()).round(),
+        });
+        before.report(&after, done, "pair", &mut line);
+        out(line);
+    }
     Ok(())
 }
 

@@ -5,6 +5,7 @@
 //! `run(&options, out)`, which prints through `out`; [`BenchCommand`] names it and [`run`]
 //! dispatches.
 
+mod bare;
 mod cache;
 mod heartbeat;
 mod history;
