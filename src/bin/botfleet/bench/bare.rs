@@ -1,11 +1,13 @@
 //! A bare Redis connection for `bench locks --scenario one-task-bare-socket`: one TCP socket,
 //! RESP2 written and read in the caller's task, one command at a time, with none of a Redis
-//! client's machinery (no router task, pool, timeouts or reconnection). What the lock
+//! client's machinery (no router task, pool or reconnection; one timeout per command, so that
+//! a frozen server fails the benchmark instead of hanging it). What the lock
 //! scenarios cost beyond it is what the client stack costs; what it costs beyond plain
 //! commands is what the scripts cost.
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
+use tokio::time::{timeout, Duration};
 
 /// Longest reply line or bulk string read (the benchmark's replies are a few bytes).
 const MAX_REPLY: usize = 1 << 20;
@@ -24,6 +26,8 @@ pub enum BareReply {
 /// A plain `redis://` server, connected and authenticated.
 pub struct BareConnection {
     stream: BufReader<TcpStream>,
+    /// The longest a connection attempt or a command (write and reply) may take.
+    patience: Duration,
     out: Vec<u8>,
     line: Vec<u8>,
 }
@@ -43,8 +47,9 @@ pub fn unsupported(url: &str) -> Option<String> {
 
 impl BareConnection {
     /// Connects to `url` (a plain `redis://` URL, see [`unsupported`]), and authenticates and
-    /// selects its database as the URL says.
-    pub async fn connect(url: &str) -> Result<Self, String> {
+    /// selects its database as the URL says. Connecting, and then each command, fails after
+    /// `patience`.
+    pub async fn connect(url: &str, patience: Duration) -> Result<Self, String> {
         if let Some(reason) = unsupported(url) {
             return Err(reason);
         }
@@ -52,12 +57,14 @@ impl BareConnection {
         let host = parsed.host_str().ok_or("the URL has no host")?;
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let port = parsed.port().unwrap_or(6379);
-        let stream = TcpStream::connect((host, port))
+        let stream = timeout(patience, TcpStream::connect((host, port)))
             .await
+            .map_err(|_| format!("connecting to {host}:{port}: no answer within {patience:?}"))?
             .map_err(|e| format!("connecting to {host}:{port}: {e}"))?;
         stream.set_nodelay(true).map_err(|e| e.to_string())?;
         let mut connection = Self {
             stream: BufReader::new(stream),
+            patience,
             out: Vec::with_capacity(512),
             line: Vec::with_capacity(64),
         };
@@ -84,8 +91,17 @@ impl BareConnection {
         Ok(connection)
     }
 
-    /// Sends `args` as one command and reads its reply; an error reply is an `Err` quoting it.
+    /// Sends `args` as one command and reads its reply; an error reply is an `Err` quoting it,
+    /// and so is no reply within the connection's patience (the connection is then out of
+    /// step with its replies: the benchmark ends).
     pub async fn call<A: AsRef<[u8]>>(&mut self, args: &[A]) -> Result<BareReply, String> {
+        let patience = self.patience;
+        timeout(patience, self.send(args))
+            .await
+            .map_err(|_| format!("no reply within {patience:?}"))?
+    }
+
+    async fn send<A: AsRef<[u8]>>(&mut self, args: &[A]) -> Result<BareReply, String> {
         self.out.clear();
         self.out
             .extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
@@ -187,10 +203,39 @@ mod tests {
             socket.write_all(reply).await.unwrap();
         });
         let url = format!("redis://127.0.0.1:{port}");
-        let mut connection = BareConnection::connect(&url).await.unwrap();
+        let mut connection = BareConnection::connect(&url, Duration::from_secs(10))
+            .await
+            .unwrap();
         let answer = connection.call(&["PING"]).await;
         server.await.unwrap();
         answer
+    }
+
+    #[tokio::test]
+    async fn a_server_that_does_not_answer_fails_the_command_in_time() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        // Accepts, reads the command, and keeps the connection open without a reply.
+        let server = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut command = [0u8; 14];
+            socket.read_exact(&mut command).await.unwrap();
+            let mut rest = Vec::new();
+            let _ = socket.read_to_end(&mut rest).await;
+        });
+        let url = format!("redis://127.0.0.1:{port}");
+        let patience = Duration::from_millis(200);
+        let mut connection = BareConnection::connect(&url, patience).await.unwrap();
+        let started = std::time::Instant::now();
+        let answer = connection.call(&["PING"]).await;
+        assert_eq!(answer, Err("no reply within 200ms".to_string()));
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        drop(connection);
+        server.await.unwrap();
     }
 
     #[tokio::test]

@@ -262,6 +262,9 @@ async fn bare_scripts(
     Ok(())
 }
 
+/// The longest a command of `one-task-bare-socket` may wait for its reply.
+const BARE_PATIENCE: Duration = Duration::from_secs(10);
+
 /// `one-task-bare-socket`: one task sends `n` pairs over a bare socket ([`bare`]), one
 /// command at a time, in two forms: the lock manager's acquire and release scripts as
 /// [`Locks::bare_pair_commands`] lays them out (`fenced-scripts`), and two plain commands,
@@ -283,7 +286,7 @@ async fn bare_socket(
         }));
         return Ok(());
     }
-    let mut connection = super::bare::BareConnection::connect(url)
+    let mut connection = super::bare::BareConnection::connect(url, BARE_PATIENCE)
         .await
         .map_err(LocksBenchError::Bare)?;
     for lua in Locks::bare_pair_scripts() {
