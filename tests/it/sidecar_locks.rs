@@ -536,7 +536,11 @@ fn lock_run_and_seed_clients_exclude_each_other() {
         exit 4
     "#;
     let mut holder = lock_run(&daemon, name, 5_000, 0, script).spawn().unwrap();
-    poll_until(WAIT, || daemon.path("held").exists()).expect("CMD runs");
+    // The shell creates the file before it writes the line: wait for the whole line.
+    poll_until(WAIT, || {
+        std::fs::read_to_string(daemon.path("held")).is_ok_and(|h| h.ends_with('\n'))
+    })
+    .expect("CMD runs");
     let held = std::fs::read_to_string(daemon.path("held")).unwrap();
     let parts: Vec<&str> = held.split_whitespace().collect();
     assert_eq!(parts.len(), 3, "{held}");
