@@ -75,7 +75,11 @@
 //! queue first and names the ids in its claim (a named id is claimed only while still queued);
 //! `task-enqueue` skips an id that exists; a completion replayed for a task already complete
 //! changes nothing. Tasks claimed from Redis before the outage finish on the fallback, and
-//! their completion is replayed. Known limit: a claim that meets the outage mid-call is
+//! their completion is replayed. An enqueue that fails on Redis mid-call (the connection lost,
+//! the timeout) may have run there, and a worker on Redis may have claimed its task already:
+//! the fallback keeps such tasks out of its queues (they are not run from it), the outbox
+//! replays the enqueue all the same, and the task runs from Redis once the outage ends. Known
+//! limit: a claim that meets the outage mid-call is
 //! recorded as a claim from the head; replayed, it claims Redis tasks that nobody runs, with
 //! an expired deadline, so the reaper returns them at the next step (their `attempts` counts
 //! one more).
@@ -135,7 +139,7 @@ use crate::actors::history;
 use crate::clock::iso8601;
 use crate::clock::now_ms;
 use crate::settings::SchedulerSettings;
-use crate::storage::{Mode, Op, Remembered, Reply, Storage, StorageError};
+use crate::storage::{Mode, Op, Remembered, Reply, Served, Storage, StorageError};
 use crate::supervisor::{fault, ChildContext};
 use ids::new_task_id;
 pub use lease::{
@@ -710,16 +714,37 @@ impl Scheduler {
             for row in chunk {
                 args.extend(row.iter().map(String::as_str));
             }
-            added += self
+            let (reply, served) = self
                 .shared
                 .storage
-                .eval(&scripts().enqueue, &[&k.queue, &k.delayed], &args)
-                .await?
-                .as_int();
+                .eval_served(&scripts().enqueue, &[&k.queue, &k.delayed], &args)
+                .await?;
+            added += reply.as_int();
+            if served == Served::FallbackAfterFailure {
+                self.withhold_locally(chunk.iter().map(|row| row[0].clone()).collect());
+            }
         }
         self.shared.wake.notify_one();
         self.shared.arrived.notify_waiters();
         Ok((ids, added))
+    }
+
+    /// Keeps tasks whose enqueue failed on Redis mid-call out of the fallback's queues for the
+    /// rest of the outage. Redis may have run that enqueue, and a worker there (of this
+    /// process, before the outage was seen, or of another) claimed the task: run here too, it
+    /// would run twice. The outbox still replays the enqueue (which skips an id that exists),
+    /// so each task runs once, from Redis, after the outage.
+    fn withhold_locally(&self, ids: Vec<String>) {
+        let k = &self.shared.keys;
+        for key in [&k.queue, &k.delayed] {
+            let op = Op::ZRem {
+                key: key.clone(),
+                members: ids.clone(),
+            };
+            if let Err(e) = self.shared.storage.apply_locally_only(op) {
+                tracing::warn!(actor = "scheduler", error = %e, "could not withhold tasks from the fallback's queue");
+            }
+        }
     }
 
     /// Cancels a waiting (queued or delayed) task, deleting it: false when it is not waiting

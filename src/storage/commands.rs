@@ -10,7 +10,7 @@ use tokio::sync::broadcast;
 
 use super::op::{self, Expiry, Op, Reply};
 use super::redis::Failure;
-use super::{Mode, Script, Storage, StorageError, Subscription, Ttl, BUS_CAPACITY};
+use super::{Mode, Script, Served, Storage, StorageError, Subscription, Ttl, BUS_CAPACITY};
 
 impl Storage {
     /// `GET`.
@@ -524,6 +524,28 @@ impl Storage {
                 args: args.iter().map(|a| a.to_string()).collect(),
             },
             Some(script.local),
+        )
+        .await
+    }
+
+    /// [`Storage::eval`], answering where the reply came from too: a caller that hands out
+    /// work tells a call that failed on Redis mid-call, which Redis may also have run
+    /// ([`Served::FallbackAfterFailure`]), from one only the fallback ran.
+    pub async fn eval_served(
+        &self,
+        script: &Script,
+        keys: &[&str],
+        args: &[&str],
+    ) -> Result<(Reply, Served), StorageError> {
+        self.run_served(
+            Op::Eval {
+                script: script.reference.clone(),
+                keys: keys.iter().map(|k| k.to_string()).collect(),
+                args: args.iter().map(|a| a.to_string()).collect(),
+            },
+            Some(script.local),
+            None,
+            false,
         )
         .await
     }

@@ -225,6 +225,20 @@ impl From<LocalError> for StorageError {
     }
 }
 
+/// Where a call was served ([`Storage::eval_served`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Served {
+    /// Redis answered.
+    Redis,
+    /// The fallback answered, and the call is in the outbox for Redis.
+    Fallback,
+    /// The fallback answered after the call failed on Redis mid-call (a lost connection, the
+    /// command timeout): Redis may have run it too, and other processes may already see its
+    /// effect there. The outbox replays it all the same.
+    FallbackAfterFailure,
+}
+
 /// The storage mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -630,6 +644,18 @@ impl Storage {
         script: Option<LocalScript>,
         supersede: Option<&str>,
     ) -> Result<Reply, StorageError> {
+        Ok(self.run_served(op, script, supersede, false).await?.0)
+    }
+
+    /// [`Storage::run_tagged`], answering where the reply came from too. `failed` says that an
+    /// earlier try of this call already failed on Redis mid-call.
+    async fn run_served(
+        &self,
+        op: Op,
+        script: Option<LocalScript>,
+        supersede: Option<&str>,
+        mut failed: bool,
+    ) -> Result<(Reply, Served), StorageError> {
         let inner = &self.inner;
         if let Some(redis) = &inner.redis {
             if self.mode() == Mode::Redis {
@@ -638,9 +664,12 @@ impl Storage {
                         if inner.last_known.is_enabled() {
                             inner.last_known.observe(&op, &reply);
                         }
-                        return Ok(reply);
+                        return Ok((reply, Served::Redis));
                     }
-                    Err(Failure::Outage(reason)) => self.degrade(reason),
+                    Err(Failure::Outage(reason)) => {
+                        failed = true;
+                        self.degrade(reason)
+                    }
                     Err(Failure::Command(message)) => return Err(StorageError::Command(message)),
                     Err(Failure::NoScript) => {
                         return Err(StorageError::Command("NOSCRIPT after reload".into()))
@@ -652,11 +681,17 @@ impl Storage {
         // tight loop would monopolise the runtime's workers and starve the monitor that
         // resyncs (tokio does not preempt). Yields once the task's coop budget is spent.
         tokio::task::consume_budget().await;
+        let fallback = if failed {
+            Served::FallbackAfterFailure
+        } else {
+            Served::Fallback
+        };
         if let Op::Publish { channel, message } = &op {
-            return Ok(Reply::Int(self.deliver_local(channel, message) as i64));
+            let delivered = self.deliver_local(channel, message) as i64;
+            return Ok((Reply::Int(delivered), fallback));
         }
         if op.is_write() && self.mode() == Mode::Resyncing && self.wait_out_resync().await {
-            return Box::pin(self.run_tagged(op, script, supersede)).await;
+            return Box::pin(self.run_served(op, script, supersede, failed)).await;
         }
         let outbox = if inner.redis.is_some() {
             inner
@@ -683,10 +718,10 @@ impl Storage {
             || !has_redis || self.mode() != Mode::Redis,
         );
         match result {
-            Ok(Some(reply)) => Ok(reply),
+            Ok(Some(reply)) => Ok((reply, fallback)),
             // The outbox was drained and the mode went back to `redis` between our check
             // and the lock: send the op to Redis after all.
-            Ok(None) => Box::pin(self.run_tagged(op, script, supersede)).await,
+            Ok(None) => Box::pin(self.run_served(op, script, supersede, failed)).await,
             Err(e) => {
                 if matches!(
                     e,
@@ -701,6 +736,30 @@ impl Storage {
                 Err(e)
             }
         }
+    }
+
+    /// Applies the write `op` to the fallback only while Redis is configured and not serving:
+    /// journaled with the fallback's data, never sent to Redis and never replayed, and gone
+    /// with the rest of the fallback's data when the outage ends. For what this process must
+    /// not act on during the outage, such as work whose hand-out Redis may already have seen
+    /// ([`Served::FallbackAfterFailure`]). False (nothing done) while Redis serves.
+    pub fn apply_locally_only(&self, op: Op) -> Result<bool, StorageError> {
+        if !op.is_write() {
+            return Err(StorageError::Command(
+                "apply_locally_only takes a write, not a read".into(),
+            ));
+        }
+        let has_redis = self.inner.redis.is_some();
+        let applied = self.inner.local.execute(
+            &op,
+            None,
+            crate::clock::now_ms(),
+            OutboxMode::No,
+            None,
+            None,
+            || has_redis && self.mode() != Mode::Redis,
+        )?;
+        Ok(applied.is_some())
     }
 
     /// Holds a write back while the outbox is replayed, so that writers cannot outpace the

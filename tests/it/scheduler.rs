@@ -982,3 +982,89 @@ async fn killed_and_restarted_under_load(slots: usize) {
     assert_eq!(done.len(), ids.len());
     fleet.shutdown().await.unwrap();
 }
+
+/// A task whose enqueue fails on Redis mid-call (the server froze: Redis may run it later,
+/// and another process claim it there) is not run from the fallback during the outage; once
+/// Redis is back it runs once, in whichever process claims it. A task enqueued once the outage
+/// is known runs from the fallback as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_whose_enqueue_may_have_reached_redis_runs_once_and_not_from_the_fallback() {
+    let server = RedisServer::start().unwrap();
+    let mut quick = settings(&server.url());
+    quick.storage.redis.timeout_ms = 300;
+    quick.storage.redis.ping_interval_ms = 50;
+    // The other process waits out the freeze: it stays on Redis throughout.
+    let mut patient = settings(&server.url());
+    patient.storage.redis.timeout_ms = 15_000;
+    let (one, other) = (
+        Fleet::start(quick).await.unwrap(),
+        Fleet::start(patient).await.unwrap(),
+    );
+    let runs: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
+    for fleet in [&one, &other] {
+        let runs = runs.clone();
+        fleet
+            .scheduler()
+            .register_handler("work", 4, move |task| {
+                let runs = runs.clone();
+                async move {
+                    *runs.lock().entry(task.id).or_default() += 1;
+                    Ok(())
+                }
+            })
+            .unwrap();
+    }
+    server.freeze();
+    assert_eq!(one.storage().mode(), Mode::Redis);
+    // Sent to Redis, which does not answer within the timeout: the fallback takes it.
+    let uncertain = one
+        .scheduler()
+        .enqueue(NewTask::raw("work", "{\"n\":1}"))
+        .await
+        .unwrap();
+    assert_eq!(one.storage().mode(), Mode::Degraded);
+    // Enqueued on the fallback alone: it runs there. The worker claims in queue order, so by
+    // then it would have run the first one had that been in the fallback's queue.
+    let local = one
+        .scheduler()
+        .enqueue(NewTask::raw("work", "{\"n\":2}"))
+        .await
+        .unwrap();
+    poll_until_async(Duration::from_secs(10), || async {
+        runs.lock().contains_key(&local)
+    })
+    .await
+    .expect("the task enqueued during the outage ran from the fallback");
+    assert_eq!(
+        runs.lock().get(&uncertain),
+        None,
+        "a task Redis may hold ran from the fallback"
+    );
+    server.thaw();
+    let status = |id: &str| {
+        server
+            .cmd(&["HGET", &format!("bot:task:{id}"), "status"])
+            .as_str()
+            .map(str::to_string)
+    };
+    poll_until_async(Duration::from_secs(30), || async {
+        one.storage().mode() == Mode::Redis
+            && status(&uncertain).as_deref() == Some("completed")
+            && status(&local).as_deref() == Some("completed")
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "mode {}; {:?} {:?}; runs {:?}",
+            one.storage().mode(),
+            status(&uncertain),
+            status(&local),
+            runs.lock()
+        )
+    });
+    assert_eq!(runs.lock().get(&uncertain), Some(&1), "{:?}", runs.lock());
+    assert_eq!(runs.lock().get(&local), Some(&1), "{:?}", runs.lock());
+    assert_eq!(server.cmd(&["ZCARD", "bot:tasks:queue"]).as_int(), Some(0));
+    one.shutdown().await.unwrap();
+    other.shutdown().await.unwrap();
+}
