@@ -139,7 +139,7 @@ use crate::actors::history;
 use crate::clock::iso8601;
 use crate::clock::now_ms;
 use crate::settings::SchedulerSettings;
-use crate::storage::{Mode, Op, Remembered, Reply, Served, Storage, StorageError};
+use crate::storage::{Mode, Op, Remembered, Reply, Storage, StorageError};
 use crate::supervisor::{fault, ChildContext};
 use ids::new_task_id;
 pub use lease::{
@@ -714,37 +714,31 @@ impl Scheduler {
             for row in chunk {
                 args.extend(row.iter().map(String::as_str));
             }
-            let (reply, served) = self
+            // An enqueue that fails on Redis mid-call may have run there, and a worker there
+            // (of this process, before the outage was seen, or of another) may have claimed
+            // its tasks: run from the fallback too, they would run twice. They stay out of the
+            // fallback's queues; the replayed enqueue (which skips an id that exists) leaves
+            // them to Redis, where they run once the outage ends.
+            let ids: Vec<String> = chunk.iter().map(|row| row[0].clone()).collect();
+            let withhold = [&k.queue, &k.delayed].map(|key| Op::ZRem {
+                key: key.clone(),
+                members: ids.clone(),
+            });
+            let (reply, _) = self
                 .shared
                 .storage
-                .eval_served(&scripts().enqueue, &[&k.queue, &k.delayed], &args)
+                .eval_withholding(
+                    &scripts().enqueue,
+                    &[&k.queue, &k.delayed],
+                    &args,
+                    &withhold,
+                )
                 .await?;
             added += reply.as_int();
-            if served == Served::FallbackAfterFailure {
-                self.withhold_locally(chunk.iter().map(|row| row[0].clone()).collect());
-            }
         }
         self.shared.wake.notify_one();
         self.shared.arrived.notify_waiters();
         Ok((ids, added))
-    }
-
-    /// Keeps tasks whose enqueue failed on Redis mid-call out of the fallback's queues for the
-    /// rest of the outage. Redis may have run that enqueue, and a worker there (of this
-    /// process, before the outage was seen, or of another) claimed the task: run here too, it
-    /// would run twice. The outbox still replays the enqueue (which skips an id that exists),
-    /// so each task runs once, from Redis, after the outage.
-    fn withhold_locally(&self, ids: Vec<String>) {
-        let k = &self.shared.keys;
-        for key in [&k.queue, &k.delayed] {
-            let op = Op::ZRem {
-                key: key.clone(),
-                members: ids.clone(),
-            };
-            if let Err(e) = self.shared.storage.apply_locally_only(op) {
-                tracing::warn!(actor = "scheduler", error = %e, "could not withhold tasks from the fallback's queue");
-            }
-        }
     }
 
     /// Cancels a waiting (queued or delayed) task, deleting it: false when it is not waiting

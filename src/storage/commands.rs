@@ -528,14 +528,19 @@ impl Storage {
         .await
     }
 
-    /// [`Storage::eval`], answering where the reply came from too: a caller that hands out
-    /// work tells a call that failed on Redis mid-call, which Redis may also have run
-    /// ([`Served::FallbackAfterFailure`]), from one only the fallback ran.
-    pub async fn eval_served(
+    /// [`Storage::eval`] of a call that hands out work, answering where the reply came from
+    /// too. When the call fails on Redis mid-call (a lost connection, the command timeout),
+    /// Redis may have run it as well, and another worker may act on its effect there: the
+    /// fallback then runs it and, under the same lock, the writes `withhold`, which are
+    /// applied to the fallback alone (journaled, never replayed, gone when the outage ends),
+    /// so that nothing in this process acts on what Redis may hold. The outbox replays the
+    /// call all the same.
+    pub async fn eval_withholding(
         &self,
         script: &Script,
         keys: &[&str],
         args: &[&str],
+        withhold: &[Op],
     ) -> Result<(Reply, Served), StorageError> {
         self.run_served(
             Op::Eval {
@@ -545,6 +550,7 @@ impl Storage {
             },
             Some(script.local),
             None,
+            withhold,
             false,
         )
         .await

@@ -147,6 +147,9 @@ impl Local {
     /// A write with a `supersede` tag replaces the outbox entry of the last write with the
     /// same tag, if it still waits: only the newest of them is replayed (within one process
     /// lifetime; entries restored from the journal are not matched).
+    ///
+    /// After a write, the writes `then` are applied under the same lock, journaled but never
+    /// recorded in the outbox (see `Storage::eval_withholding`).
     #[allow(clippy::too_many_arguments)]
     pub fn execute(
         &self,
@@ -156,6 +159,7 @@ impl Local {
         outbox: OutboxMode,
         version: Option<VersionCheck>,
         supersede: Option<&str>,
+        then: &[Op],
         guard: impl FnOnce() -> bool,
     ) -> Result<Option<Reply>, StorageError> {
         let mut st = self.state.lock();
@@ -213,12 +217,21 @@ impl Local {
             return Ok(Some(reply));
         }
         let abs = op.clone().with_absolute_expiry(now_ms);
-        let mut records = Vec::with_capacity(2);
+        let mut records = Vec::with_capacity(2 + then.len());
         if journaled && !matches!(op, Op::Eval { .. }) {
             records.push(Record::Op {
                 op: abs.clone(),
                 at_ms: now_ms,
             });
+        }
+        for next in then.iter().filter(|next| next.is_write()) {
+            // What it answers does not matter: a write that does not apply changes nothing.
+            if st.ks.apply(next, now_ms).is_ok() && journaled {
+                records.push(Record::Op {
+                    op: next.clone().with_absolute_expiry(now_ms),
+                    at_ms: now_ms,
+                });
+            }
         }
         if outbox == OutboxMode::Yes {
             let entry = OutboxEntry {

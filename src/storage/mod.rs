@@ -225,7 +225,7 @@ impl From<LocalError> for StorageError {
     }
 }
 
-/// Where a call was served ([`Storage::eval_served`]).
+/// Where a call was served ([`Storage::eval_withholding`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Served {
@@ -644,16 +644,19 @@ impl Storage {
         script: Option<LocalScript>,
         supersede: Option<&str>,
     ) -> Result<Reply, StorageError> {
-        Ok(self.run_served(op, script, supersede, false).await?.0)
+        Ok(self.run_served(op, script, supersede, &[], false).await?.0)
     }
 
-    /// [`Storage::run_tagged`], answering where the reply came from too. `failed` says that an
-    /// earlier try of this call already failed on Redis mid-call.
+    /// [`Storage::run_tagged`], answering where the reply came from too. When the call failed
+    /// on Redis mid-call, the fallback applies the writes `withhold` right after it, under the
+    /// same lock and never replayed. `failed` says that an earlier try of this call already
+    /// failed so.
     async fn run_served(
         &self,
         op: Op,
         script: Option<LocalScript>,
         supersede: Option<&str>,
+        withhold: &[Op],
         mut failed: bool,
     ) -> Result<(Reply, Served), StorageError> {
         let inner = &self.inner;
@@ -691,7 +694,7 @@ impl Storage {
             return Ok((Reply::Int(delivered), fallback));
         }
         if op.is_write() && self.mode() == Mode::Resyncing && self.wait_out_resync().await {
-            return Box::pin(self.run_served(op, script, supersede, failed)).await;
+            return Box::pin(self.run_served(op, script, supersede, withhold, failed)).await;
         }
         let outbox = if inner.redis.is_some() {
             inner
@@ -715,13 +718,14 @@ impl Storage {
             outbox,
             version,
             supersede,
+            if failed { withhold } else { &[] },
             || !has_redis || self.mode() != Mode::Redis,
         );
         match result {
             Ok(Some(reply)) => Ok((reply, fallback)),
             // The outbox was drained and the mode went back to `redis` between our check
             // and the lock: send the op to Redis after all.
-            Ok(None) => Box::pin(self.run_served(op, script, supersede, failed)).await,
+            Ok(None) => Box::pin(self.run_served(op, script, supersede, withhold, failed)).await,
             Err(e) => {
                 if matches!(
                     e,
@@ -736,30 +740,6 @@ impl Storage {
                 Err(e)
             }
         }
-    }
-
-    /// Applies the write `op` to the fallback only while Redis is configured and not serving:
-    /// journaled with the fallback's data, never sent to Redis and never replayed, and gone
-    /// with the rest of the fallback's data when the outage ends. For what this process must
-    /// not act on during the outage, such as work whose hand-out Redis may already have seen
-    /// ([`Served::FallbackAfterFailure`]). False (nothing done) while Redis serves.
-    pub fn apply_locally_only(&self, op: Op) -> Result<bool, StorageError> {
-        if !op.is_write() {
-            return Err(StorageError::Command(
-                "apply_locally_only takes a write, not a read".into(),
-            ));
-        }
-        let has_redis = self.inner.redis.is_some();
-        let applied = self.inner.local.execute(
-            &op,
-            None,
-            crate::clock::now_ms(),
-            OutboxMode::No,
-            None,
-            None,
-            || has_redis && self.mode() != Mode::Redis,
-        )?;
-        Ok(applied.is_some())
     }
 
     /// Holds a write back while the outbox is replayed, so that writers cannot outpace the

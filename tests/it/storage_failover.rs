@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use botfleet::settings::{FallbackKind, StorageSettings};
-use botfleet::storage::{KeySchema, Mode, Storage, StorageError, StorageEvent};
+use botfleet::storage::{KeySchema, Mode, Op, Served, Storage, StorageError, StorageEvent};
 use parking_lot::Mutex;
 use support::{poll_until_async, Acked, RedisServer, WriteLoad};
 
@@ -433,7 +433,7 @@ fn set_and_log_local(
     keys: &[String],
     args: &[String],
 ) -> Result<botfleet::storage::Reply, botfleet::storage::LocalError> {
-    use botfleet::storage::{Expiry, Op};
+    use botfleet::storage::Expiry;
     ks.apply(
         &Op::Set {
             key: keys[0].clone(),
@@ -515,4 +515,73 @@ async fn superseded_writes_are_replayed_once_with_the_newest_value() {
     assert_eq!(server.cmd(&["LLEN", "plain"]).as_int(), Some(50));
     let ttl = server.cmd(&["PTTL", "legacy"]).as_int().unwrap();
     assert!(ttl > 0 && ttl <= 600_000, "the expiry is kept: {ttl}");
+}
+
+/// A script call that fails on Redis mid-call (the server froze) runs on the fallback
+/// followed by its withheld writes, which are journaled but never replayed: the fallback and
+/// a store reopened after a crash keep them, Redis never sees them. A call the fallback takes
+/// at once (the outage known) runs without them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_withheld_after_a_call_failed_mid_call_stay_on_the_fallback() {
+    let mut server = RedisServer::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut st = settings(&server.url(), dir.path());
+    st.fallback = FallbackKind::File;
+    st.file.fsync_interval_ms = 0;
+    st.redis.timeout_ms = 300;
+    let storage = Storage::open(&st, &KeySchema::default()).await.unwrap();
+    wait_mode(&storage, Mode::Redis, Duration::from_secs(10)).await;
+    let script = botfleet::storage::Script::new("set-and-log", SET_AND_LOG, set_and_log_local);
+    let withhold = |key: &str| {
+        [Op::Del {
+            keys: vec![key.to_string()],
+        }]
+    };
+    server.freeze();
+    let (reply, served) = storage
+        .eval_withholding(&script, &["job", "job-log"], &["v1"], &withhold("job"))
+        .await
+        .unwrap();
+    assert_eq!((reply.as_int(), served), (1, Served::FallbackAfterFailure));
+    assert_eq!(storage.mode(), Mode::Degraded);
+    let (_, served) = storage
+        .eval_withholding(
+            &script,
+            &["other", "other-log"],
+            &["v2"],
+            &withhold("other"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(served, Served::Fallback);
+    // The script ran on the fallback both times; only the first call's withheld write did.
+    assert_eq!(storage.get("job").await.unwrap(), None);
+    assert_eq!(storage.llen("job-log").await.unwrap(), 1);
+    assert_eq!(storage.get("other").await.unwrap().as_deref(), Some("v2"));
+    assert_eq!(
+        storage.stats().outbox_len,
+        2,
+        "the calls, not the withheld write"
+    );
+
+    // A crash, with Redis still down: the reopened store knows what was withheld.
+    let copy = tempfile::tempdir().unwrap();
+    copy_dir(&dir.path().join("store"), &copy.path().join("store"));
+    storage.close().await;
+    drop(storage);
+    server.kill9();
+    let mut again = settings(&server.url(), copy.path());
+    again.fallback = FallbackKind::File;
+    let second = Storage::open(&again, &KeySchema::default()).await.unwrap();
+    assert_eq!(second.mode(), Mode::Degraded);
+    assert_eq!(second.get("job").await.unwrap(), None);
+    assert_eq!(second.llen("job-log").await.unwrap(), 1);
+
+    // Redis back, empty: the replay runs both calls, and nothing withheld.
+    server.restart_empty().unwrap();
+    wait_mode(&second, Mode::Redis, Duration::from_secs(10)).await;
+    assert_eq!(server.cmd(&["GET", "job"]).as_str(), Some("v1"));
+    assert_eq!(server.cmd(&["LLEN", "job-log"]).as_int(), Some(1));
+    assert_eq!(server.cmd(&["GET", "other"]).as_str(), Some("v2"));
+    assert_eq!(second.get("job").await.unwrap().as_deref(), Some("v1"));
 }
