@@ -965,11 +965,15 @@ async fn killed_and_restarted_under_load(slots: usize) {
     });
     let done = done.lock().clone();
     for id in &ids {
+        // On failure, what Redis holds of the task (attempts, status) and the storage's
+        // counters say which path ran it again.
         assert_eq!(
             done.get(id),
             Some(&1),
-            "{id} completed {:?} times",
-            done.get(id)
+            "{id} completed {:?} times; its hash {:?}; storage {:?}",
+            done.get(id),
+            server.cmd(&["HGETALL", &format!("bot:task:{id}")]),
+            fleet.storage().stats()
         );
         assert_eq!(
             server
