@@ -150,6 +150,60 @@ impl LockError {
 /// How often [`Shared::note_held`] sweeps expired leases (in leases noted).
 const LEASE_SWEEP: usize = 256;
 
+/// What this process holds now: each lock by its token, and how many holders each name has.
+#[derive(Debug, Default)]
+struct Holding {
+    by_token: HashMap<String, HeldLock>,
+    /// Holders per name, keyed by the name's hash so that noting a holder allocates no key
+    /// (a collision only makes a waiter skip its waiting mark: see `Locks::wait_for`).
+    per_name: HashMap<u64, u32>,
+    hasher: foldhash::fast::RandomState,
+}
+
+impl Holding {
+    fn hash(&self, name: &str) -> u64 {
+        std::hash::BuildHasher::hash_one(&self.hasher, name)
+    }
+
+    fn insert(&mut self, token: String, lock: HeldLock) {
+        let hash = self.hash(&lock.name);
+        if let Some(old) = self.by_token.insert(token, lock) {
+            // The same token noted again (a lease re-noted): count it once.
+            self.forget_name(&old.name);
+        }
+        *self.per_name.entry(hash).or_default() += 1;
+    }
+
+    fn remove(&mut self, token: &str) {
+        if let Some(old) = self.by_token.remove(token) {
+            self.forget_name(&old.name);
+        }
+    }
+
+    /// Drops the leases whose TTL has passed.
+    fn sweep(&mut self, now: u64) {
+        let expired: Vec<String> = self
+            .by_token
+            .iter()
+            .filter(|(_, held)| held.expires_at_ms.is_some_and(|at| at <= now))
+            .map(|(token, _)| token.clone())
+            .collect();
+        for token in expired {
+            self.remove(&token);
+        }
+    }
+
+    fn forget_name(&mut self, name: &str) {
+        let hash = self.hash(name);
+        if let Some(n) = self.per_name.get_mut(&hash) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_name.remove(&hash);
+            }
+        }
+    }
+}
+
 /// What the lock handles of one process share.
 #[derive(Debug)]
 pub(crate) struct Shared {
@@ -172,7 +226,7 @@ pub(crate) struct Shared {
     /// What this process holds now, by token: its guards, and the leases it handed out
     /// (`GET /api/locks/held`). Leases left to expire are dropped once their TTL has passed.
     // A parking_lot mutex: a map operation under it, never an await.
-    holding: parking_lot::Mutex<HashMap<String, HeldLock>>,
+    holding: parking_lot::Mutex<Holding>,
     runtime: Option<tokio::runtime::Handle>,
     /// Acquisitions and releases in flight together go out as one script call.
     acquire_batch: Arc<batch::Batcher>,
@@ -226,16 +280,15 @@ impl Shared {
         // Guards leave the map when dropped; a lease its holder left to expire stays until a
         // sweep, every `LEASE_SWEEP`th lease noted, drops those past their TTL: the map stays
         // bounded by what is held, at an amortized constant cost per acquisition.
-        if lock.holder == Holder::Lease && holding.len() % LEASE_SWEEP == LEASE_SWEEP - 1 {
-            let now = now_ms();
-            holding.retain(|_, held| held.expires_at_ms.is_none_or(|at| at > now));
+        if lock.holder == Holder::Lease && holding.by_token.len() % LEASE_SWEEP == LEASE_SWEEP - 1 {
+            holding.sweep(now_ms());
         }
         holding.insert(token.to_owned(), lock);
     }
 
     /// Notes that the lock held with `token` now expires at `expires_at_ms`.
     pub(super) fn note_extended(&self, token: &str, expires_at_ms: u64) {
-        if let Some(held) = self.holding.lock().get_mut(token) {
+        if let Some(held) = self.holding.lock().by_token.get_mut(token) {
             held.expires_at_ms = Some(expires_at_ms);
         }
     }
@@ -243,6 +296,13 @@ impl Shared {
     /// Notes that the lock held with `token` is no longer held.
     pub(super) fn note_released(&self, token: &str) {
         self.holding.lock().remove(token);
+    }
+
+    /// Whether a guard or a lease of this process holds `name` now (as far as this process
+    /// knows: a lease left to expire counts until a sweep drops it).
+    pub(super) fn holds(&self, name: &str) -> bool {
+        let holding = self.holding.lock();
+        !holding.per_name.is_empty() && holding.per_name.contains_key(&holding.hash(name))
     }
 
     fn release_local(&self, name: &str, token: &str) -> bool {
@@ -324,7 +384,7 @@ impl Locks {
                 extension_retries: AtomicU64::new(0),
                 turns_yielded: AtomicU64::new(0),
                 held: AtomicUsize::new(0),
-                holding: parking_lot::Mutex::new(HashMap::default()),
+                holding: parking_lot::Mutex::new(Holding::default()),
                 runtime: tokio::runtime::Handle::try_current().ok(),
                 watchdogs: watchdog::Watchdogs::default(),
             }
@@ -663,11 +723,17 @@ impl Locks {
             let head = ticket.is_head();
             if head {
                 // A failed attempt marks the name for as long as this waiter may still wait,
-                // so that its release is announced on the channel.
-                let mark_ms = deadline
-                    .saturating_duration_since(tokio::time::Instant::now())
-                    .as_millis()
-                    .max(1) as u64;
+                // so that its release is announced on the channel; not while a holder of this
+                // process has it, whose release wakes this queue anyway (a mark would make
+                // that holder's run of hand-overs end by yielding a turn to nobody).
+                let mark_ms = if self.shared.holds(name) {
+                    0
+                } else {
+                    deadline
+                        .saturating_duration_since(tokio::time::Instant::now())
+                        .as_millis()
+                        .max(1) as u64
+                };
                 if let Some(held) = attempt(mark_ms).await? {
                     ticket.served();
                     return Ok(held);
@@ -860,6 +926,7 @@ impl Locks {
             .shared
             .holding
             .lock()
+            .by_token
             .values()
             .filter(|h| h.expires_at_ms.is_none_or(|at| at > now))
             .cloned()
@@ -884,6 +951,7 @@ impl Locks {
                 self.shared
                     .holding
                     .lock()
+                    .by_token
                     .values()
                     .filter(|h| {
                         h.holder == Holder::Lease && h.expires_at_ms.is_none_or(|at| at > now)
@@ -1065,6 +1133,33 @@ async fn listen(locks: Locks) -> Result<(), &'static str> {
 mod tests {
     use super::*;
     use crate::storage::KeySchema;
+
+    #[test]
+    fn a_name_counts_as_held_while_any_of_its_holders_is_noted() {
+        let lock = |name: &str, holder, expires_at_ms| HeldLock {
+            name: name.to_string(),
+            holder,
+            fence: Some(1),
+            expires_at_ms: Some(expires_at_ms),
+        };
+        let held = |h: &Holding, name: &str| h.per_name.contains_key(&h.hash(name));
+        let mut h = Holding::default();
+        h.insert("t1".into(), lock("a", Holder::Guard, 1_000));
+        h.insert("t2".into(), lock("a", Holder::Lease, 500));
+        h.insert("t3".into(), lock("b", Holder::Guard, 1_000));
+        // Noted again (a lease noted twice): still one holder.
+        h.insert("t3".into(), lock("b", Holder::Guard, 2_000));
+        assert!(held(&h, "a") && held(&h, "b") && !held(&h, "c"));
+        h.remove("t1");
+        assert!(held(&h, "a"), "the lease still holds it");
+        // The lease's TTL has passed: the sweep drops it, and the name is free.
+        h.sweep(700);
+        assert!(!held(&h, "a"));
+        assert!(held(&h, "b"));
+        h.remove("t3");
+        h.remove("t3");
+        assert!(h.per_name.is_empty() && h.by_token.is_empty());
+    }
 
     #[test]
     fn tokens_are_32_lower_case_hex_digits_and_differ() {

@@ -825,13 +825,7 @@ async fn hand_overs_inside_one_process_do_not_starve_another() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_of_hand_overs_yield_a_turn_only_to_a_waiter_that_marked_the_name() {
     let server = TestRedis::start().unwrap();
-    // The head waiter's safety-net retry does not fire during a run: on a loaded machine a run
-    // of 128 hand-overs can outlast the default 50-250 ms, and a retry that finds the lock
-    // held by this process marks the name, which then yields a turn to nobody.
-    let mut s = patient(&server.url());
-    s.locks.retry_min_ms = 5_000;
-    s.locks.retry_max_ms = 5_000;
-    let fleet = Fleet::start(s).await.unwrap();
+    let fleet = Fleet::start(patient(&server.url())).await.unwrap();
     let name = "bet-lock:busy-user-agent";
     // Four tasks take the lock 800 times in all: six runs of 128 hand-overs and more.
     let tasks: Vec<_> = (0..4)
