@@ -24,7 +24,9 @@
 //! guard of the handle; a task of its own once it outlives its first third, see `watchdog.rs`)
 //! and releases it when dropped; it never talks to the actor. The `LockManager` actor listens to
 //! the release channel from a supervised task and wakes the head waiter of the released name
-//! (its counters are read from the handle, [`Locks::stats`]). A waiter whose attempt fails marks the name (in the acquire script); a
+//! (its counters are read from the handle, [`Locks::stats`]). A waiter whose attempt fails
+//! marks the name (in the acquire script), unless a guard or lease of this process holds it
+//! (whose release wakes the waiter anyway: the handle counts its holders per name); a
 //! release that finds the mark announces itself on the channel (`ORIGIN\nNAME`, in the
 //! release script), so an uncontended release publishes nothing; it wakes this process's
 //! waiters directly. When this process has a waiter

@@ -231,7 +231,7 @@ impl From<LocalError> for StorageError {
 pub enum Served {
     /// Redis answered.
     Redis,
-    /// The fallback answered, and the call is in the outbox for Redis.
+    /// The fallback answered (with Redis configured, the call waits in the outbox for it).
     Fallback,
     /// The fallback answered after the call failed on Redis mid-call (a lost connection, the
     /// command timeout): Redis may have run it too, and other processes may already see its

@@ -210,22 +210,34 @@ async fn panic_in_scheduler_is_restarted() {
     fleet.shutdown().await.unwrap();
 }
 
-/// A waiter for `name` is granted the lock once its holder releases it.
-async fn handed_over(fleet: &Fleet, name: &str) {
+/// A waiter for `name` is granted the lock once its holder, another process (plain commands,
+/// as a seed's client holds a lock), releases it and announces the release on the channel:
+/// the waiter marked the name, and the lock manager's notice wakes it. (A holder of the
+/// waiter's own process would wake it directly, with no notice.)
+async fn handed_over(fleet: &Fleet, redis: &TestRedis, name: &str) {
     let locks = fleet.locks();
     let ttl = Duration::from_secs(5);
-    let holder = locks.try_acquire(name, ttl).await.unwrap().expect("free");
+    assert_eq!(
+        redis
+            .cmd(&["SET", name, "elsewhere", "PX", "5000", "NX"])
+            .as_str(),
+        Some("OK"),
+        "{name} is free"
+    );
     let waiter = {
         let (locks, name) = (locks.clone(), name.to_owned());
         tokio::spawn(async move { locks.acquire(&name, ttl, Duration::from_secs(10)).await })
     };
-    poll_until_async(WAIT, || {
-        let locks = locks.clone();
-        async move { locks.stats().waiters >= 1 }
+    let mark = fleet.storage().keys().lock_waiting(name);
+    poll_until_async(WAIT, || async {
+        redis.cmd(&["EXISTS", &mark]).as_int() == Some(1)
     })
     .await
-    .expect("the waiter queues");
-    assert!(holder.release().await.unwrap());
+    .expect("the waiter marks the name");
+    // The holder's release: the lock and the mark go, and the notice follows.
+    assert_eq!(redis.cmd(&["DEL", name, &mark]).as_int(), Some(2));
+    let channel = &fleet.settings().locks.release_channel;
+    redis.cmd(&["PUBLISH", channel, &format!("elsewhere\n{name}")]);
     let granted = tokio::time::timeout(WAIT, waiter).await.unwrap().unwrap();
     let guard = granted.expect("the waiter is granted the lock");
     assert!(guard.release().await.unwrap());
@@ -235,14 +247,19 @@ async fn handed_over(fleet: &Fleet, name: &str) {
 async fn panic_in_lock_manager_is_restarted() {
     let redis = TestRedis::start().unwrap();
     let fleet = Fleet::start(settings(&redis.url())).await.unwrap();
-    handed_over(&fleet, "supervised-lock-1").await;
+    handed_over(&fleet, &redis, "supervised-lock-1").await;
     let notices = || fleet.locks().stats().notices_heard;
     grows("release notices heard", 0, 1, notices).await;
     let heard = notices();
     // The next release notice the manager hears panics its task.
     let restarted = panic_and_restart(&fleet, "locks", "locks");
-    let (_, ()) = tokio::join!(handed_over(&fleet, "supervised-lock-2"), restarted);
-    handed_over(&fleet, "supervised-lock-3").await;
+    // Armed first (the hand-over's notice may go out before it yields).
+    let ((), ()) = tokio::join!(
+        biased;
+        restarted,
+        handed_over(&fleet, &redis, "supervised-lock-2")
+    );
+    handed_over(&fleet, &redis, "supervised-lock-3").await;
     // The new incarnation hears the release notices again.
     grows("release notices heard after the restart", heard, 1, notices).await;
     fleet.shutdown().await.unwrap();
