@@ -517,15 +517,8 @@ impl Storage {
         keys: &[&str],
         args: &[&str],
     ) -> Result<Reply, StorageError> {
-        self.run(
-            Op::Eval {
-                script: script.reference.clone(),
-                keys: keys.iter().map(|k| k.to_string()).collect(),
-                args: args.iter().map(|a| a.to_string()).collect(),
-            },
-            Some(script.local),
-        )
-        .await
+        self.run(eval_op(script, keys, args), Some(script.local))
+            .await
     }
 
     /// [`Storage::eval`] of a call that hands out work, answering where the reply came from
@@ -543,11 +536,7 @@ impl Storage {
         withhold: &[Op],
     ) -> Result<(Reply, Served), StorageError> {
         self.run_served(
-            Op::Eval {
-                script: script.reference.clone(),
-                keys: keys.iter().map(|k| k.to_string()).collect(),
-                args: args.iter().map(|a| a.to_string()).collect(),
-            },
+            eval_op(script, keys, args),
             Some(script.local),
             None,
             withhold,
@@ -567,16 +556,8 @@ impl Storage {
         args: &[&str],
     ) -> Result<Reply, StorageError> {
         let tag = format!("eval\0{}\0{}", script.reference.sha, keys.join("\0"));
-        self.run_tagged(
-            Op::Eval {
-                script: script.reference.clone(),
-                keys: keys.iter().map(|k| k.to_string()).collect(),
-                args: args.iter().map(|a| a.to_string()).collect(),
-            },
-            Some(script.local),
-            Some(&tag),
-        )
-        .await
+        self.run_tagged(eval_op(script, keys, args), Some(script.local), Some(&tag))
+            .await
     }
 
     /// Runs a script on Redis only, never on the fallback and never through the outbox: for
@@ -838,4 +819,13 @@ fn cas_local(
         now_ms,
     )?;
     Ok(Reply::Int(1))
+}
+
+/// The op of a call of `script`.
+fn eval_op(script: &Script, keys: &[&str], args: &[&str]) -> Op {
+    Op::Eval {
+        script: script.reference.clone(),
+        keys: keys.iter().map(|k| k.to_string()).collect(),
+        args: args.iter().map(|a| a.to_string()).collect(),
+    }
 }
