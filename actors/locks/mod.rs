@@ -77,6 +77,7 @@ mod scripts;
 mod watchdog;
 
 use std::future::Future;
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -164,7 +165,7 @@ struct Holding {
 
 impl Holding {
     fn hash(&self, name: &str) -> u64 {
-        std::hash::BuildHasher::hash_one(&self.hasher, name)
+        self.hasher.hash_one(name)
     }
 
     fn insert(&mut self, token: String, lock: HeldLock) {
@@ -184,24 +185,32 @@ impl Holding {
 
     /// Drops the leases whose TTL has passed.
     fn sweep(&mut self, now: u64) {
-        let expired: Vec<String> = self
-            .by_token
-            .iter()
-            .filter(|(_, held)| held.expires_at_ms.is_some_and(|at| at <= now))
-            .map(|(token, _)| token.clone())
-            .collect();
-        for token in expired {
-            self.remove(&token);
-        }
+        let Holding {
+            by_token,
+            per_name,
+            hasher,
+        } = self;
+        by_token.retain(|_, held| {
+            let live = held.expires_at_ms.is_none_or(|at| at > now);
+            if !live {
+                uncount(per_name, hasher.hash_one(held.name.as_str()));
+            }
+            live
+        });
     }
 
     fn forget_name(&mut self, name: &str) {
         let hash = self.hash(name);
-        if let Some(n) = self.per_name.get_mut(&hash) {
-            *n -= 1;
-            if *n == 0 {
-                self.per_name.remove(&hash);
-            }
+        uncount(&mut self.per_name, hash);
+    }
+}
+
+/// One holder fewer for the name of hash `hash`.
+fn uncount(per_name: &mut HashMap<u64, u32>, hash: u64) {
+    if let Some(n) = per_name.get_mut(&hash) {
+        *n -= 1;
+        if *n == 0 {
+            per_name.remove(&hash);
         }
     }
 }

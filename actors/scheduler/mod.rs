@@ -719,11 +719,19 @@ impl Scheduler {
             // its tasks: run from the fallback too, they would run twice. They stay out of the
             // fallback's queues; the replayed enqueue (which skips an id that exists) leaves
             // them to Redis, where they run once the outage ends.
-            let ids: Vec<String> = chunk.iter().map(|row| row[0].clone()).collect();
-            let withhold = [&k.queue, &k.delayed].map(|key| Op::ZRem {
-                key: key.clone(),
-                members: ids.clone(),
-            });
+            let withhold = || {
+                let ids: Vec<String> = chunk.iter().map(|row| row[0].clone()).collect();
+                vec![
+                    Op::ZRem {
+                        key: k.queue.clone(),
+                        members: ids.clone(),
+                    },
+                    Op::ZRem {
+                        key: k.delayed.clone(),
+                        members: ids,
+                    },
+                ]
+            };
             let (reply, _) = self
                 .shared
                 .storage

@@ -524,7 +524,7 @@ impl Storage {
     /// [`Storage::eval`] of a call that hands out work, answering where the reply came from
     /// too. When the call fails on Redis mid-call (a lost connection, the command timeout),
     /// Redis may have run it as well, and another worker may act on its effect there: the
-    /// fallback then runs it and, under the same lock, the writes `withhold`, which are
+    /// fallback then runs it and, under the same lock, the writes `withhold` makes, which are
     /// applied to the fallback alone (journaled, never replayed, gone when the outage ends),
     /// so that nothing in this process acts on what Redis may hold. The outbox replays the
     /// call all the same.
@@ -533,7 +533,7 @@ impl Storage {
         script: &Script,
         keys: &[&str],
         args: &[&str],
-        withhold: &[Op],
+        withhold: &(dyn Fn() -> Vec<Op> + Sync),
     ) -> Result<(Reply, Served), StorageError> {
         self.run_served(
             eval_op(script, keys, args),

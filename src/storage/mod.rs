@@ -644,19 +644,22 @@ impl Storage {
         script: Option<LocalScript>,
         supersede: Option<&str>,
     ) -> Result<Reply, StorageError> {
-        Ok(self.run_served(op, script, supersede, &[], false).await?.0)
+        Ok(self
+            .run_served(op, script, supersede, &Vec::new, false)
+            .await?
+            .0)
     }
 
     /// [`Storage::run_tagged`], answering where the reply came from too. When the call failed
-    /// on Redis mid-call, the fallback applies the writes `withhold` right after it, under the
-    /// same lock and never replayed. `failed` says that an earlier try of this call already
-    /// failed so.
+    /// on Redis mid-call, the fallback applies the writes `withhold` makes right after it,
+    /// under the same lock and never replayed (made only then: a call that succeeds builds
+    /// nothing). `failed` says that an earlier try of this call already failed so.
     async fn run_served(
         &self,
         op: Op,
         script: Option<LocalScript>,
         supersede: Option<&str>,
-        withhold: &[Op],
+        withhold: &(dyn Fn() -> Vec<Op> + Sync),
         mut failed: bool,
     ) -> Result<(Reply, Served), StorageError> {
         let inner = &self.inner;
@@ -696,6 +699,7 @@ impl Storage {
         if op.is_write() && self.mode() == Mode::Resyncing && self.wait_out_resync().await {
             return Box::pin(self.run_served(op, script, supersede, withhold, failed)).await;
         }
+        let then = if failed { withhold() } else { Vec::new() };
         let outbox = if inner.redis.is_some() {
             inner
                 .counters
@@ -718,7 +722,7 @@ impl Storage {
             outbox,
             version,
             supersede,
-            if failed { withhold } else { &[] },
+            &then,
             || !has_redis || self.mode() != Mode::Redis,
         );
         match result {

@@ -1435,9 +1435,7 @@ async fn a_lock_call_sent_twice_is_answered_as_once() {
     let fleet = Fleet::start(patient(&server.url())).await.unwrap();
     let locks = fleet.locks();
     let name = "payout-lock:resent";
-    server.cmd(&["CONFIG", "SET", "slowlog-log-slower-than", "0"]);
-    server.cmd(&["CONFIG", "SET", "slowlog-max-len", "1000"]);
-    server.cmd(&["SLOWLOG", "RESET"]);
+    log_every_command(&server);
     let guard = locks
         .try_acquire(name, Duration::from_secs(30))
         .await

@@ -532,10 +532,12 @@ async fn writes_withheld_after_a_call_failed_mid_call_stay_on_the_fallback() {
     let storage = Storage::open(&st, &KeySchema::default()).await.unwrap();
     wait_mode(&storage, Mode::Redis, Duration::from_secs(10)).await;
     let script = botfleet::storage::Script::new("set-and-log", SET_AND_LOG, set_and_log_local);
-    let withhold = |key: &str| {
-        [Op::Del {
-            keys: vec![key.to_string()],
-        }]
+    let withhold = |key: &'static str| {
+        move || {
+            vec![Op::Del {
+                keys: vec![key.to_string()],
+            }]
+        }
     };
     server.freeze();
     let (reply, served) = storage
