@@ -201,10 +201,7 @@ impl Batcher {
         }
         self.calls.fetch_add(1, Ordering::Relaxed);
         self.requests.fetch_add(count as u64, Ordering::Relaxed);
-        let reply = self
-            .storage
-            .eval_on_redis(self.script, &keys, &args)
-            .await?;
+        let reply = self.storage.eval_lock(self.script, &keys, &args).await?;
         let values = answers(&reply);
         if values.len() != count {
             return Err(StorageError::Command(format!(

@@ -219,7 +219,7 @@ pub(super) async fn handoff(
     let sent_at_ms = now_ms();
     let reply = shared
         .storage
-        .eval_on_redis(
+        .eval_lock(
             &scripts().handoff,
             &[name, &fence_key],
             &[token, &next, &ttl_ms],

@@ -46,8 +46,14 @@
 //! extension is retried, and the guard reports itself lost when Redis says the lock is not its
 //! own, or when no extension has succeeded in time ([`LockStats::extension_retries`]).
 //!
+//! The scripts go out on the storage's lock lanes where it has them
+//! ([`Storage::eval_lock`](crate::storage::Storage::eval_lock),
+//! `storage.redis.lock_connections`): connections of their own that the calling task writes
+//! and reads itself, with no hand-off to the Redis client's tasks; a call that finds no lane
+//! free goes through the pool.
+//!
 //! Failure: lock scripts run through
-//! [`Storage::eval_on_redis`](crate::storage::Storage::eval_on_redis), never on the fallback
+//! [`Storage::eval_lock`](crate::storage::Storage::eval_lock), never on the fallback
 //! and never through the outbox: a lock granted locally and replayed later would exclude
 //! nobody. While Redis is unreachable `acquire` fails at once with [`LockError::Unavailable`]
 //! (`locks.on_outage = "refuse"`) or grants a process-local lock (`"local"`: no fencing token,
@@ -449,11 +455,11 @@ impl Locks {
         let storage = &self.shared.storage;
         let [acquire, release] = self.bare_layout(names, ttl);
         let granted = storage
-            .eval_on_redis(&scripts().acquire, &strs(&acquire.0), &strs(&acquire.1))
+            .eval_lock(&scripts().acquire, &strs(&acquire.0), &strs(&acquire.1))
             .await
             .map_err(LockError::from_storage)?;
         let released = storage
-            .eval_on_redis(&scripts().release, &strs(&release.0), &strs(&release.1))
+            .eval_lock(&scripts().release, &strs(&release.0), &strs(&release.1))
             .await
             .map_err(LockError::from_storage)?;
         // A call of one request answers its integer, of several an array.
@@ -536,7 +542,7 @@ impl Locks {
         let (fence_key, waiting_key) = self.shared.lock_keys(name);
         let ttl_ms = ttl.as_millis().to_string();
         let fence = storage
-            .eval_on_redis(
+            .eval_lock(
                 &scripts().acquire,
                 &[name, &fence_key, &waiting_key],
                 &[&token, &ttl_ms, "0"],
@@ -548,12 +554,12 @@ impl Locks {
         }
         for _ in 0..n {
             storage
-                .eval_on_redis(&scripts().extend, &[name], &[&token, &ttl_ms])
+                .eval_lock(&scripts().extend, &[name], &[&token, &ttl_ms])
                 .await
                 .map_err(LockError::from_storage)?;
         }
         storage
-            .eval_on_redis(
+            .eval_lock(
                 &scripts().release,
                 &[name, &waiting_key],
                 &[&self.shared.settings.release_channel, &token, "-"],
@@ -676,7 +682,7 @@ impl Locks {
         let reply = self
             .shared
             .storage
-            .eval_on_redis(&scripts().extend, &[name], &[token, &ttl_ms.to_string()])
+            .eval_lock(&scripts().extend, &[name], &[token, &ttl_ms.to_string()])
             .await
             .map_err(LockError::from_storage)?;
         let extended = (reply.as_int() == 1).then_some(sent_at_ms + ttl_ms);

@@ -1,6 +1,10 @@
 //! The lock scripts (acquire, release, extend, hand-over). Each is one round trip. They run on Redis only
-//! ([`Storage::eval_on_redis`](crate::storage::Storage::eval_on_redis)): a lock granted by the
-//! fallback and replayed later would be a lie, so the local twins refuse to run.
+//! ([`Storage::eval_lock`](crate::storage::Storage::eval_lock)): a lock granted by the
+//! fallback and replayed later would be a lie, so the local twins refuse to run. Each is safe
+//! to send twice, which lets a lock lane send a call again on a new connection when its idle
+//! one turns out dead: an acquisition by a token that already holds the lock answers it as
+//! granted, a release and an extension compare the token, and a hand-over sent again finds
+//! the lock already the waiter's and only raises the fence once more.
 //!
 //! On a server that has the commands, the extension runs as `SET lock token IFEQ token PX
 //! ttl` and the release as `DELIFEQ` (or `DELEX ... IFEQ`) with a check of the waiting mark
@@ -173,7 +177,7 @@ fn with_fence(script: &str) -> String {
 }
 
 /// The fallback twin of every lock script: never called, since lock scripts go through
-/// `eval_on_redis`; refuses if it ever were.
+/// `eval_lock`, on Redis only; refuses if it ever were.
 fn redis_only(_: &mut Keyspace, _: u64, _: &[String], _: &[String]) -> Result<Reply, LocalError> {
     Err(LocalError::Script("lock scripts run on redis only".into()))
 }

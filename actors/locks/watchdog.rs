@@ -224,7 +224,7 @@ async fn extend_while_held(shared: Arc<Shared>, watch: Arc<Watch>) {
             let sent = Instant::now();
             let reply = shared
                 .storage
-                .eval_on_redis(&scripts().extend, &[name], &[token, &ttl_ms])
+                .eval_lock(&scripts().extend, &[name], &[token, &ttl_ms])
                 .await;
             match reply {
                 Ok(r) if r.as_int() == 1 => {

@@ -231,6 +231,10 @@ pub struct RedisSettings {
     /// (`SET IFEQ`, `DELIFEQ`/`DELEX`, `MSETEX`: Redis 8.4+, Valkey 8.1+); false keeps every
     /// script.
     pub native_commands: bool,
+    /// Connections of their own for the lock scripts, written and read on the caller's task
+    /// (one server without TLS or `wait_replicas` only; elsewhere, and with 0, the lock
+    /// scripts go through the pool). At most [`MAX_LOCK_CONNECTIONS`].
+    pub lock_connections: usize,
 }
 
 impl Default for RedisSettings {
@@ -256,9 +260,13 @@ impl Default for RedisSettings {
             wait_timeout_ms: 100,
             wait_aof: false,
             native_commands: true,
+            lock_connections: 2,
         }
     }
 }
+
+/// The most lock connections `storage.redis.lock_connections` may ask for.
+pub const MAX_LOCK_CONNECTIONS: usize = 64;
 
 impl RedisSettings {
     /// Default command timeout (ms).
@@ -295,6 +303,7 @@ impl fmt::Debug for RedisSettings {
             wait_timeout_ms,
             wait_aof,
             native_commands,
+            lock_connections,
         } = self;
         f.debug_struct("RedisSettings")
             .field("enabled", enabled)
@@ -317,6 +326,7 @@ impl fmt::Debug for RedisSettings {
             .field("wait_timeout_ms", wait_timeout_ms)
             .field("wait_aof", wait_aof)
             .field("native_commands", native_commands)
+            .field("lock_connections", lock_connections)
             .finish()
     }
 }

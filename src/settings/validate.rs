@@ -331,6 +331,16 @@ fn semantic(settings: &Settings, tree: &Node, problems: &mut Vec<Problem>) {
             ),
         );
     }
+    if redis.lock_connections > super::MAX_LOCK_CONNECTIONS {
+        check.fail(
+            "storage.redis.lock_connections",
+            format!(
+                "expected at most {}, got {}",
+                super::MAX_LOCK_CONNECTIONS,
+                redis.lock_connections
+            ),
+        );
+    }
     let supervisor = &settings.supervisor;
     check.at_most(
         "supervisor.backoff_base_ms",

@@ -571,6 +571,38 @@ impl Storage {
         keys: &[&str],
         args: &[&str],
     ) -> Result<Reply, StorageError> {
+        self.on_redis_only(script, keys, args, false).await
+    }
+
+    /// [`Storage::eval_on_redis`] for a script that is safe to send twice (an acquisition
+    /// by token, a compare-and-delete): it runs on a lock lane, a connection of its own
+    /// written and read on the caller's task, when one is free (`storage.redis.lock_connections`;
+    /// the storage's `lane` module says when there are lanes). A lane's connection that died
+    /// while idle (its server restarted) is replaced and the script sent again.
+    pub async fn eval_lock(
+        &self,
+        script: &Script,
+        keys: &[&str],
+        args: &[&str],
+    ) -> Result<Reply, StorageError> {
+        self.on_redis_only(script, keys, args, true).await
+    }
+
+    /// Script calls the lock lanes served ([`Storage::eval_lock`]); 0 without lanes.
+    pub fn lock_lane_calls(&self) -> u64 {
+        self.inner
+            .redis
+            .as_ref()
+            .map_or(0, |redis| redis.lane_calls())
+    }
+
+    async fn on_redis_only(
+        &self,
+        script: &Script,
+        keys: &[&str],
+        args: &[&str],
+        lane: bool,
+    ) -> Result<Reply, StorageError> {
         let Some(redis) = &self.inner.redis else {
             return Err(StorageError::Unavailable("no redis configured".into()));
         };
@@ -578,7 +610,12 @@ impl Storage {
         if mode != Mode::Redis {
             return Err(StorageError::Unavailable(format!("storage is {mode}")));
         }
-        match redis.eval(&script.reference, keys, args).await {
+        let outcome = if lane {
+            redis.eval_on_lane(&script.reference, keys, args).await
+        } else {
+            redis.eval(&script.reference, keys, args).await
+        };
+        match outcome {
             Ok(reply) => Ok(reply),
             Err(Failure::Outage(reason)) => {
                 self.degrade(reason.clone());

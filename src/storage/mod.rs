@@ -62,7 +62,10 @@
 //! - [`Storage::eval_on_redis`]: a script that must never run on the fallback nor be replayed
 //!   (locks: a lock granted locally and replayed later would exclude nobody). It fails with
 //!   [`StorageError::Unavailable`] at once when the mode is not `redis`, and when Redis fails
-//!   mid-call (the mode then degrades as usual).
+//!   mid-call (the mode then degrades as usual). [`Storage::eval_lock`] is the same for
+//!   scripts that are safe to send twice (the lock scripts): it runs them on a lock lane, a
+//!   connection of its own that the calling task writes and reads itself
+//!   (`storage.redis.lock_connections`, the `lane` module).
 //! - [`Storage::compare_and_set`]: a string written only if it still holds what the caller
 //!   read, for records several processes change (game sessions, fairness seeds). Its replay
 //!   after an outage compares again, so a write another process made stale is refused.
@@ -121,6 +124,7 @@
 //! | `journal.rs` | the file fallback's journal, snapshot and compaction |
 //! | `monitor.rs` | the monitor task: connection events, PINGs, sweeps, resync |
 //! | `redis.rs` | the Redis backend (fred): fast failure, Sentinel, Cluster, several daemons |
+//! | `lane.rs` | the lock lanes: the lock scripts' own connections, read on the caller's task |
 //! | `replicas.rs` | `storage.redis.wait_replicas`: `WAIT`, and masters that lost their replicas |
 //! | `server.rs` | which server answers (Redis or Valkey, its version) and which native commands it has |
 //! | `native.rs` | [`Native`]: the native commands some scripts run as, where the server has them |
@@ -131,6 +135,7 @@ mod glob;
 mod journal;
 mod keys;
 mod keyspace;
+mod lane;
 mod last_known;
 mod local;
 mod monitor;
@@ -154,6 +159,7 @@ use tokio::sync::{broadcast, Notify};
 pub use glob::glob_match;
 pub use keys::{group_by_slot, hash_slot, KeySchema};
 pub use keyspace::{Keyspace, LocalError};
+pub use lane::LANE_CLIENT_NAME;
 pub use last_known::{Freshness, Remembered};
 pub use native::Native;
 pub use op::{Expiry, Op, Reply};

@@ -92,6 +92,7 @@ use fred::types::{ClusterHash, CustomCommand, KeyspaceEvent, Message};
 use parking_lot::Mutex;
 use tokio::sync::broadcast;
 
+use super::lane::{Lanes, Target};
 use super::native::{self, Feature, MapReply, Plan};
 use super::op::{Op, Reply, ScriptRef};
 use super::outbox::{command_wrapper, marker_key, replay_command, script_wrapper, OutboxEntry};
@@ -143,6 +144,9 @@ pub struct RedisBackend {
     profile: parking_lot::RwLock<Option<Profile>>,
     /// Whether the last detection found `wait_aof` impossible (logged once per change).
     aof_refused: std::sync::atomic::AtomicBool,
+    /// The lock scripts' own connections (`storage.redis.lock_connections`), where the
+    /// deployment allows them (see the `lane` module).
+    lanes: Option<Lanes>,
 }
 
 /// What each write waits for before it is acknowledged.
@@ -313,17 +317,13 @@ fn one_buffer<'a>(parts: impl Iterator<Item = &'a str> + Clone) -> Vec<Value> {
 /// `WRONGTYPE`, `NOSCRIPT`, ...).
 fn classify(e: &Error) -> Failure {
     let details = e.details();
-    let code = details.split_whitespace().next().unwrap_or_default();
+    let code = reply_code(details);
     let is_reply_code = !code.is_empty()
         && code.len() <= 16
         && code.chars().all(|c| c.is_ascii_uppercase() || c == '_');
     match code {
         "NOSCRIPT" => return Failure::NoScript,
-        // The server cannot serve right now (loading a dataset, a replica after a fail-over,
-        // a script running too long): an outage, the data path will come back.
-        "LOADING" | "READONLY" | "MASTERDOWN" | "BUSY" | "TRYAGAIN" | "CLUSTERDOWN" => {
-            return Failure::Outage(e.to_string())
-        }
+        _ if is_outage_code(code) => return Failure::Outage(e.to_string()),
         _ => {}
     }
     match e.kind() {
@@ -337,6 +337,30 @@ fn classify(e: &Error) -> Failure {
         | ErrorKind::Protocol => Failure::Outage(e.to_string()),
         ErrorKind::Unknown if !is_reply_code => Failure::Outage(e.to_string()),
         _ => Failure::Command(details.to_string()),
+    }
+}
+
+/// The code an error reply starts with (`ERR`, `NOSCRIPT`, `LOADING`, ...).
+fn reply_code(text: &str) -> &str {
+    text.split_whitespace().next().unwrap_or_default()
+}
+
+/// The server cannot serve right now (loading a dataset, a replica after a fail-over, a script
+/// running too long): an outage, the data path will come back.
+fn is_outage_code(code: &str) -> bool {
+    matches!(
+        code,
+        "LOADING" | "READONLY" | "MASTERDOWN" | "BUSY" | "TRYAGAIN" | "CLUSTERDOWN"
+    )
+}
+
+/// Classifies an error reply read off a connection of botfleet's own (the lock lanes), as
+/// [`classify`] does fred's.
+pub(super) fn classify_reply(text: &str) -> Failure {
+    match reply_code(text) {
+        "NOSCRIPT" => Failure::NoScript,
+        code if is_outage_code(code) => Failure::Outage(text.to_string()),
+        _ => Failure::Command(text.to_string()),
     }
 }
 
@@ -433,7 +457,34 @@ impl RedisBackend {
         settings: &RedisSettings,
     ) -> Self {
         let clustered = pool.clients()[0].is_clustered();
-        let database = pool.clients()[0].client_config().database.unwrap_or(0);
+        let config = pool.clients()[0].client_config();
+        let database = config.database.unwrap_or(0);
+        let wait = (settings.wait_replicas > 0 || settings.wait_aof).then_some(Wait {
+            replicas: settings.wait_replicas,
+            timeout_ms: settings.wait_timeout_ms.max(1),
+            aof: settings.wait_aof,
+        });
+        // One server, no TLS, no replica to wait for: see the `lane` module.
+        let lanes = match &config.server {
+            ServerConfig::Centralized { server }
+                if config.tls.is_none() && wait.is_none() && settings.lock_connections > 0 =>
+            {
+                Some(Lanes::new(
+                    Target {
+                        host: server.host.to_string(),
+                        port: server.port,
+                        username: config.username.clone(),
+                        password: config.password.clone(),
+                        database,
+                    },
+                    settings.lock_connections,
+                    Duration::from_millis(settings.timeout_ms),
+                    Duration::from_millis(settings.connect_timeout_ms),
+                    Duration::from_millis(settings.reconnect_max_ms),
+                ))
+            }
+            _ => None,
+        };
         Self {
             pool,
             subscriber,
@@ -441,11 +492,7 @@ impl RedisBackend {
             channels: Mutex::new(BTreeSet::new()),
             clustered,
             database,
-            wait: (settings.wait_replicas > 0 || settings.wait_aof).then_some(Wait {
-                replicas: settings.wait_replicas,
-                timeout_ms: settings.wait_timeout_ms.max(1),
-                aof: settings.wait_aof,
-            }),
+            wait,
             unreplicated: std::sync::atomic::AtomicU64::new(0),
             unsynced: std::sync::atomic::AtomicU64::new(0),
             replicas: ReplicaWatch::new(Duration::from_millis(
@@ -454,6 +501,7 @@ impl RedisBackend {
             native_enabled: settings.native_commands,
             profile: parking_lot::RwLock::new(None),
             aof_refused: std::sync::atomic::AtomicBool::new(false),
+            lanes,
         }
     }
 
@@ -961,6 +1009,32 @@ impl RedisBackend {
         // write.
         self.wait_for_replicas(client, first_key).await?;
         Ok(reply)
+    }
+
+    /// Runs a lock script: on a free lock lane where there are lanes and the script does not
+    /// run as a native command on this server, else as [`RedisBackend::eval`] does.
+    pub async fn eval_on_lane(
+        &self,
+        script: &ScriptRef,
+        keys: &[&str],
+        args: &[&str],
+    ) -> Result<Reply, Failure> {
+        if let Some(lanes) = &self.lanes {
+            let native = script
+                .native
+                .is_some_and(|form| native::plan(form, &self.commands(), keys, args).is_some());
+            if !native {
+                if let Some(outcome) = lanes.eval(script, keys, args).await {
+                    return outcome;
+                }
+            }
+        }
+        self.eval(script, keys, args).await
+    }
+
+    /// Calls the lock lanes served (0 without lanes).
+    pub fn lane_calls(&self) -> u64 {
+        self.lanes.as_ref().map_or(0, Lanes::calls)
     }
 
     async fn raw<V>(

@@ -14,9 +14,9 @@ use std::io::{BufRead, BufReader};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use botfleet::actors::locks::{LockError, LockGuard, SCRIPT_CALLS_IN_FLIGHT};
+use botfleet::actors::locks::{LockError, LockGuard, Locks, SCRIPT_CALLS_IN_FLIGHT};
 use botfleet::settings::{LockOutage, Settings};
-use botfleet::storage::{KeySchema, Mode, Storage, StorageError};
+use botfleet::storage::{KeySchema, Mode, Storage, StorageError, LANE_CLIENT_NAME};
 use botfleet::Fleet;
 use support::{poll_until_async, RedisServer, RespValue, TestRedis};
 
@@ -1178,6 +1178,29 @@ fn bench_locks_runs_the_scenarios_asked_for_and_refuses_unknown_ones() {
         server.cmd(&["KEYS", "bench-lock:*"]),
         RespValue::Array(Vec::new())
     );
+
+    // The lock lanes: each line says how many there were, and the lock manager's lines how
+    // many calls a pair made on them; with none, every call goes through the pool.
+    for line in &lines {
+        assert_eq!(line["lock_connections"], 2, "{line}");
+    }
+    for line in &lines[..2] {
+        let lane = line["lane_calls_per_pair"].as_f64().unwrap_or(0.0);
+        assert!(lane > 0.0, "{line}");
+    }
+    let pooled = bench(&["--scenario", "one-task", "--lock-connections", "0"]);
+    assert!(pooled.status.success(), "{pooled:?}");
+    let line: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&pooled.stdout).trim()).unwrap();
+    assert_eq!(line["lock_connections"], 0, "{line}");
+    assert!(line.get("lane_calls_per_pair").is_none(), "{line}");
+    let too_many = bench(&["--scenario", "one-task", "--lock-connections", "65"]);
+    assert_eq!(too_many.status.code(), Some(2), "{too_many:?}");
+    let stderr = String::from_utf8_lossy(&too_many.stderr);
+    assert!(
+        stderr.contains("--lock-connections") && stderr.contains("expected at most 64, got 65"),
+        "{stderr}"
+    );
 }
 
 /// `bench locks --scenario pipelined-server-cost`: the fenced pairs one and eight to a call
@@ -1583,4 +1606,199 @@ async fn calls_made_while_one_is_in_flight_gather_into_one() {
     assert_eq!(evalsha_calls(&server) - evalsha_before, 2 + 10);
     assert!(first.release().await.unwrap());
     storage.close().await;
+}
+
+/// The lock lanes' connections on `server`: each one's `CLIENT LIST` id.
+fn lane_clients(server: &RedisServer) -> Vec<String> {
+    let list = server.cmd(&["CLIENT", "LIST"]);
+    let text = list.as_str().unwrap_or_default().to_string();
+    text.lines()
+        .filter(|line| {
+            line.split(' ')
+                .any(|field| field == format!("name={LANE_CLIENT_NAME}"))
+        })
+        .filter_map(|line| {
+            line.split(' ')
+                .find_map(|field| field.strip_prefix("id="))
+                .map(str::to_string)
+        })
+        .collect()
+}
+
+/// Acquires and releases `name` once, on a free lock.
+async fn one_pair(locks: &Locks, name: &str) {
+    let guard = locks
+        .try_acquire(name, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap_or_else(|| panic!("{name} is free"));
+    assert!(guard.fencing_token().is_some(), "a lock of Redis's");
+    assert!(guard.release().await.unwrap(), "still the guard's lock");
+}
+
+/// Lock scripts run on the lanes, connections of their own that authenticate and select the
+/// database as the pool does; with `lock_connections = 0` they go through the pool and no
+/// lane connects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_scripts_run_on_their_own_connections_unless_there_are_none() {
+    let server = RedisServer::start().unwrap();
+    let fleet = Fleet::start(patient(&server.url())).await.unwrap();
+    let storage = fleet.storage().clone();
+    assert!(
+        lane_clients(&server).is_empty(),
+        "lanes connect at first use"
+    );
+    one_pair(&fleet.locks(), "lane-lock:first").await;
+    let served = storage.lock_lane_calls();
+    assert!(served >= 2, "the acquisition and the release: {served}");
+    let lanes = lane_clients(&server);
+    assert!(
+        (1..=2).contains(&lanes.len()),
+        "one or two lanes (the default): {lanes:?}"
+    );
+    one_pair(&fleet.locks(), "lane-lock:second").await;
+    assert!(storage.lock_lane_calls() >= served + 2);
+    assert_eq!(lane_clients(&server).len(), lanes.len(), "lanes are kept");
+    fleet.shutdown().await.unwrap();
+
+    let pooled = RedisServer::start().unwrap();
+    let mut s = patient(&pooled.url());
+    s.storage.redis.lock_connections = 0;
+    let fleet = Fleet::start(s).await.unwrap();
+    one_pair(&fleet.locks(), "lane-lock:pooled").await;
+    assert_eq!(fleet.storage().lock_lane_calls(), 0);
+    assert!(lane_clients(&pooled).is_empty());
+    fleet.shutdown().await.unwrap();
+
+    // A password and a database: the lane's lock lands where the pool reads.
+    let guarded = RedisServer::builder()
+        .config("requirepass lane-secret")
+        .start()
+        .unwrap();
+    let mut s = patient(&guarded.url());
+    s.storage.redis.password = "lane-secret".into();
+    s.storage.redis.db = 3;
+    let fleet = Fleet::start(s).await.unwrap();
+    let storage = fleet.storage().clone();
+    let name = "lane-lock:guarded";
+    let guard = fleet
+        .locks()
+        .try_acquire(name, Duration::from_secs(30))
+        .await
+        .unwrap()
+        .expect("the lock is free");
+    assert!(storage.lock_lane_calls() >= 1, "served by a lane");
+    assert_eq!(
+        storage.get(name).await.unwrap().as_deref(),
+        Some(guard.token()),
+        "the lane wrote the lock into database 3"
+    );
+    assert!(guard.release().await.unwrap());
+    assert_eq!(storage.get(name).await.unwrap(), None);
+    fleet.shutdown().await.unwrap();
+}
+
+/// A lane's connection that died with its server while idle is replaced, and the call sent
+/// again on the new one: after a restart that lost the data (and the script cache), the
+/// first lock call succeeds, and the storage does not take it for another outage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lane_whose_server_restarted_empty_serves_the_next_call_on_a_new_connection() {
+    let mut server = RedisServer::start().unwrap();
+    // The storage and the lock handle alone: no service of a fleet takes a lock meanwhile,
+    // so the next call is the first on the dead connection.
+    let s = patient(&server.url());
+    let storage = Storage::open(&s.storage, &KeySchema::default())
+        .await
+        .unwrap();
+    let locks = Locks::new(storage.clone(), s.locks.clone());
+    one_pair(&locks, "lane-lock:before").await;
+    let before = lane_clients(&server);
+    assert!(!before.is_empty());
+    server.restart_empty().unwrap();
+    // Wait until the storage is back on Redis and stays there.
+    poll_until_async(Duration::from_secs(15), || {
+        let storage = storage.clone();
+        async move { storage.mode() == Mode::Redis && storage.get("lane-lock:probe").await.is_ok() }
+    })
+    .await
+    .expect("the storage is back on Redis");
+    let changes = storage.stats().mode_changes;
+    let served = storage.lock_lane_calls();
+    one_pair(&locks, "lane-lock:after").await;
+    assert!(storage.lock_lane_calls() > served, "served by a lane");
+    assert_eq!(
+        storage.stats().mode_changes,
+        changes,
+        "the dead connection was not taken for an outage"
+    );
+    assert!(!lane_clients(&server).is_empty(), "a new lane connection");
+    storage.close().await;
+}
+
+/// A lane call meets a frozen server: it fails within the command timeout as an outage; a
+/// call dropped half-way (its caller gave up) closes its connection, whose late reply could
+/// otherwise answer the next call; once the server is back the lanes serve again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lane_call_on_a_frozen_server_fails_in_time_and_a_dropped_one_closes_its_connection() {
+    let server = RedisServer::start().unwrap();
+    let mut s = patient(&server.url());
+    s.storage.redis.lock_connections = 1;
+    let fleet = Fleet::start(s).await.unwrap();
+    let storage = fleet.storage().clone();
+    let locks = fleet.locks();
+    one_pair(&fleet.locks(), "lane-lock:warm").await;
+    let lane = lane_clients(&server);
+    assert_eq!(lane.len(), 1, "{lane:?}");
+
+    // Dropped half-way: the caller's own deadline is far shorter than the 2 s timeout.
+    server.freeze();
+    let dropped = tokio::time::timeout(
+        Duration::from_millis(100),
+        locks.try_acquire("lane-lock:dropped", Duration::from_secs(30)),
+    )
+    .await;
+    assert!(dropped.is_err(), "answered by a frozen server: {dropped:?}");
+    // Failed in time: the command timeout, then an outage.
+    let start = Instant::now();
+    let failed = locks
+        .try_acquire("lane-lock:frozen", Duration::from_secs(30))
+        .await;
+    assert!(
+        matches!(failed, Err(LockError::Unavailable(_))),
+        "{failed:?}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "{:?} for a 2 s timeout",
+        start.elapsed()
+    );
+    server.thaw();
+    poll_until_async(Duration::from_secs(10), || async {
+        !lane_clients(&server).contains(&lane[0])
+    })
+    .await
+    .expect("the connection of the dropped call is closed");
+    poll_until_async(Duration::from_secs(15), || {
+        let storage = storage.clone();
+        async move { storage.mode() == Mode::Redis }
+    })
+    .await
+    .expect("the storage is back on Redis");
+    // A lane that could not connect to the frozen server leaves the calls to the pool for
+    // reconnect_max_ms: pairs run until one is served by the lane again.
+    let mut pairs = 0;
+    poll_until_async(Duration::from_secs(10), || {
+        pairs += 1;
+        let (locks, storage) = (locks.clone(), storage.clone());
+        let name = format!("lane-lock:thawed-{pairs}");
+        async move {
+            let served = storage.lock_lane_calls();
+            one_pair(&locks, &name).await;
+            storage.lock_lane_calls() > served
+        }
+    })
+    .await
+    .expect("the lane serves again");
+    assert_eq!(lane_clients(&server).len(), 1);
+    fleet.shutdown().await.unwrap();
 }

@@ -314,6 +314,24 @@ fn every_problem_is_reported_at_once_with_its_key() {
 }
 
 #[test]
+fn lock_connections_are_bounded() {
+    let err = load_err("[storage.redis]\nlock_connections = 65\n", &[]);
+    assert_eq!(err.problems().len(), 1, "{err}");
+    assert!(
+        message(&err, "storage.redis.lock_connections")
+            .starts_with("storage.redis.lock_connections: expected at most 64, got 65"),
+        "{err}"
+    );
+    let err = load_err("[storage.redis]\nlock_connections = -1\n", &[]);
+    assert!(!message(&err, "storage.redis.lock_connections").is_empty());
+    let none = load_ok("[storage.redis]\nlock_connections = 0\n", &[]);
+    assert_eq!(none.storage.redis.lock_connections, 0);
+    let most = load_ok("[storage.redis]\nlock_connections = 64\n", &[]);
+    assert_eq!(most.storage.redis.lock_connections, 64);
+    assert_eq!(load_ok("", &[]).storage.redis.lock_connections, 2);
+}
+
+#[test]
 fn a_replica_wait_must_be_shorter_than_the_command_timeout() {
     let file = "[storage.redis]\ntimeout_ms = 300\nwait_replicas = 1\nwait_timeout_ms = 300\n";
     let err = load_err(file, &[]);

@@ -43,7 +43,7 @@ use super::bare::BareReply;
 use super::{CpuSample, Latencies};
 use crate::exit::BadArgument;
 use botfleet::actors::locks::{LockError, Locks};
-use botfleet::settings::LockSettings;
+use botfleet::settings::{LockSettings, MAX_LOCK_CONNECTIONS};
 use botfleet::storage::{Keyspace, LocalError, Reply, Script, Storage, StorageError};
 
 /// The lock TTL of the workload.
@@ -65,6 +65,10 @@ pub struct LocksBench {
     /// (`storage.redis.native_commands = false`), to compare the two forms.
     #[arg(long)]
     pub scripts: bool,
+    /// The lock scripts' own connections (`storage.redis.lock_connections`); 0 sends them
+    /// through the pool, to compare the two in one run.
+    #[arg(long, value_name = "N", default_value_t = botfleet::settings::RedisSettings::default().lock_connections)]
+    pub lock_connections: usize,
 }
 
 /// The scenarios, in the order they run.
@@ -113,6 +117,17 @@ pub fn check_scenarios(scenarios: &[String]) -> Result<(), BadArgument> {
     }
 }
 
+/// `--lock-connections` checked before anything runs: at most the setting's bound.
+pub fn check_lock_connections(count: usize) -> Result<(), BadArgument> {
+    if count > MAX_LOCK_CONNECTIONS {
+        return Err(BadArgument::new(
+            "--lock-connections",
+            format!("expected at most {MAX_LOCK_CONNECTIONS}, got {count}"),
+        ));
+    }
+    Ok(())
+}
+
 /// Runs the scenarios asked for (all by default), printing one JSON line each through `out`.
 pub async fn run(
     bench: &LocksBench,
@@ -127,12 +142,15 @@ pub async fn run(
     }
     let wanted =
         |name: &str| bench.scenarios.is_empty() || bench.scenarios.iter().any(|s| s == name);
-    let storage = super::open_storage_with(&bench.redis_url, !bench.scripts).await?;
+    let storage =
+        super::open_storage_with(&bench.redis_url, !bench.scripts, bench.lock_connections).await?;
     // Each line of botfleet's names the server and the form the scripts ran in.
     let server = super::server_line(&storage);
+    let lock_connections = bench.lock_connections;
     let mut out = |mut line: serde_json::Value| {
         if line["peer"] == "botfleet" {
             line["server"] = server.clone();
+            line["lock_connections"] = lock_connections.into();
         }
         out(line)
     };

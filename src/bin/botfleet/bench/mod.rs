@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use botfleet::settings::{redis_url_problem, StorageSettings};
+use botfleet::settings::{redis_url_problem, RedisSettings, StorageSettings};
 use botfleet::storage::{KeySchema, Mode, Storage, StorageError};
 use clap::Subcommand;
 
@@ -79,7 +79,8 @@ pub fn run(command: &BenchCommand) -> anyhow::Result<()> {
 }
 
 /// Refuses a bad argument before anything starts (a server, a runtime): `--redis` that is not
-/// a Redis URL the storage can use, `--scenario` that names no scenario.
+/// a Redis URL the storage can use, `--scenario` that names no scenario, `--lock-connections`
+/// past the setting's bound.
 fn check_arguments(command: &BenchCommand) -> Result<(), BadArgument> {
     let redis = match command {
         BenchCommand::Storage(b) => {
@@ -88,6 +89,7 @@ fn check_arguments(command: &BenchCommand) -> Result<(), BadArgument> {
         }
         BenchCommand::Locks(b) => {
             locks::check_scenarios(&b.scenarios)?;
+            locks::check_lock_connections(b.lock_connections)?;
             Some(b.redis_url.as_str())
         }
         BenchCommand::Queue(b) => Some(b.redis_url.as_str()),
@@ -242,15 +244,21 @@ pub fn given_or_private(url: Option<&str>) -> std::io::Result<(String, Option<Pr
 /// Opens the storage on `url` with a 2 s command timeout (a loaded 2-core machine must not
 /// look like an outage half-way through); fails when Redis does not answer.
 pub async fn open_storage(url: &str) -> Result<Storage, StorageError> {
-    open_storage_with(url, true).await
+    open_storage_with(url, true, RedisSettings::default().lock_connections).await
 }
 
 /// [`open_storage`] with `storage.redis.native_commands` set to `native` (false: the scripts
-/// run even where the server has the native command, to compare the two).
-pub async fn open_storage_with(url: &str, native: bool) -> Result<Storage, StorageError> {
+/// run even where the server has the native command, to compare the two) and
+/// `storage.redis.lock_connections` to `lock_connections`.
+pub async fn open_storage_with(
+    url: &str,
+    native: bool,
+    lock_connections: usize,
+) -> Result<Storage, StorageError> {
     let mut settings = StorageSettings::default();
     settings.redis.url = url.to_string();
     settings.redis.native_commands = native;
+    settings.redis.lock_connections = lock_connections;
     settings.redis.timeout_ms = 2_000;
     let storage = Storage::open(&settings, &KeySchema::default()).await?;
     if storage.mode() != Mode::Redis {
@@ -274,6 +282,8 @@ pub async fn open_storage_with(url: &str, native: bool) -> Result<Storage, Stora
 pub struct CpuSample {
     client_s: f64,
     server: Option<ServerSample>,
+    /// Script calls the storage's lock lanes served.
+    lane_calls: u64,
 }
 
 /// The server's side of a [`CpuSample`].
@@ -327,11 +337,13 @@ impl CpuSample {
         Self {
             client_s: process_cpu_s(),
             server,
+            lane_calls: storage.lock_lane_calls(),
         }
     }
 
-    /// `client_cpu_us_per_{unit}`, `server_cpu_us_per_{unit}`, `script_calls_per_{unit}` and
-    /// `server_script_us_per_{unit}` since `self`, for `count` units, into `line`.
+    /// `client_cpu_us_per_{unit}`, `server_cpu_us_per_{unit}`, `script_calls_per_{unit}`,
+    /// `server_script_us_per_{unit}` and, when the lock lanes served any call meanwhile,
+    /// `lane_calls_per_{unit}` since `self`, for `count` units, into `line`.
     pub fn report(&self, now: &CpuSample, count: usize, unit: &str, line: &mut serde_json::Value) {
         let count = count.max(1) as f64;
         // (b - a) × scale per unit, rounded to `digits` decimals.
@@ -340,6 +352,10 @@ impl CpuSample {
             ((b - a) * scale / count * f).round() / f
         };
         line[format!("client_cpu_us_per_{unit}")] = per(self.client_s, now.client_s, 1e6, 1).into();
+        if now.lane_calls > self.lane_calls {
+            line[format!("lane_calls_per_{unit}")] =
+                per(self.lane_calls as f64, now.lane_calls as f64, 1.0, 2).into();
+        }
         if let (Some(a), Some(b)) = (self.server, now.server) {
             line[format!("server_cpu_us_per_{unit}")] = per(a.cpu_s, b.cpu_s, 1e6, 1).into();
             line[format!("script_calls_per_{unit}")] =
@@ -440,26 +456,32 @@ mod tests {
 
     #[test]
     fn a_report_divides_by_the_count() {
-        let sample = |client_s, cpu_s, script_calls, script_us| CpuSample {
+        let sample = |client_s, cpu_s, script_calls, script_us, lane_calls| CpuSample {
             client_s,
             server: Some(ServerSample {
                 cpu_s,
                 script_calls,
                 script_us,
             }),
+            lane_calls,
         };
-        let (before, after) = (sample(1.0, 2.0, 100, 1_000), sample(1.5, 2.25, 400, 13_000));
+        let (before, after) = (
+            sample(1.0, 2.0, 100, 1_000, 7),
+            sample(1.5, 2.25, 400, 13_000, 307),
+        );
         let mut line = serde_json::json!({});
         before.report(&after, 200, "pair", &mut line);
         assert_eq!(line["client_cpu_us_per_pair"], 2500.0);
         assert_eq!(line["server_cpu_us_per_pair"], 1250.0);
         assert_eq!(line["script_calls_per_pair"], 1.5);
         assert_eq!(line["server_script_us_per_pair"], 60.0);
-        // Without the server's side, only the client's figure.
+        assert_eq!(line["lane_calls_per_pair"], 1.5);
+        // Without the server's side or a lane call, only the client's figure.
         let mut line = serde_json::json!({});
         let alone = CpuSample {
             client_s: 1.0,
             server: None,
+            lane_calls: 307,
         };
         alone.report(&after, 200, "task", &mut line);
         assert_eq!(line, serde_json::json!({"client_cpu_us_per_task": 2500.0}));
