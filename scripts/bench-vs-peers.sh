@@ -22,6 +22,9 @@
 # queue's tasks (`bench queue --tasks N`). The short scenarios of the default size last a
 # fraction of a second, so a slow start weighs on them; a larger N takes that out.
 #
+# BENCH_ARGS adds arguments to botfleet's side only (split on spaces), e.g.
+# BENCH_ARGS="--lock-connections 0" to send the lock scripts through the pool.
+#
 # PLACE says where the processes run (`taskset`):
 #   shared  (default) where the scheduler puts them;
 #   same    the server and every client on CPU 0: no wake-up crosses CPUs, so the figures
@@ -114,11 +117,12 @@ done
 url=redis://127.0.0.1:$port
 
 lines=$work/lines
+read -r -a extra <<<"${BENCH_ARGS:-}"
 for round in $(seq 1 "$rounds"); do
   case "$what" in
-    locks) client "$bin" bench locks --redis "$url" --pairs "$n" ;;
-    queue) client "$bin" bench queue --redis "$url" --tasks "$n" ;;
-    queue-http) client "$bin" bench queue --via http --redis "$url" --tasks "$n" ;;
+    locks) client "$bin" bench locks --redis "$url" --pairs "$n" "${extra[@]}" ;;
+    queue) client "$bin" bench queue --redis "$url" --tasks "$n" "${extra[@]}" ;;
+    queue-http) client "$bin" bench queue --via http --redis "$url" --tasks "$n" "${extra[@]}" ;;
   esac | sed "s/^/$round /" | tee -a "$lines"
   redis-cli -p "$port" flushall >/dev/null
   REDIS_URL=$url N=$n client bash "$peers/run.sh" "${what%-http}" | grep '^{' | sed "s/^/$round /" |

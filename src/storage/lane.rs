@@ -34,7 +34,6 @@ use tokio::runtime::Id as RuntimeId;
 use tokio::sync::{Mutex, MutexGuard};
 
 use super::op::{Reply, ScriptRef};
-use super::redis::{classify_reply, Failure};
 
 /// The name a lane's connection gives itself (`CLIENT SETNAME`): `CLIENT LIST` tells the lock
 /// lanes from the pool.
@@ -96,6 +95,20 @@ impl std::fmt::Debug for Lanes {
     }
 }
 
+/// Why a lane call failed; the Redis backend maps it to its own failures.
+#[derive(Debug)]
+pub(super) enum LaneFailure {
+    /// No reply in time, or the connection failed: an outage.
+    Lost(String),
+    /// The server answered an error (its text, code first).
+    Refused(String),
+}
+
+/// Whether an error reply says the script is not in the server's cache.
+fn is_noscript(text: &str) -> bool {
+    text.split_whitespace().next() == Some("NOSCRIPT")
+}
+
 /// Why a call on a connection failed.
 enum Broken {
     /// The server answered an error.
@@ -139,7 +152,7 @@ impl Lanes {
         script: &ScriptRef,
         keys: &[&str],
         args: &[&str],
-    ) -> Option<Result<Reply, Failure>> {
+    ) -> Option<Result<Reply, LaneFailure>> {
         let mut lane = self.free_lane()?;
         // Out of its lane while in use: a call dropped half-way drops (closes) it. A
         // connection of another runtime is closed: its socket is driven by that runtime,
@@ -175,7 +188,7 @@ impl Lanes {
                 *lane = kept;
                 Err(failure)
             }
-            Err(_) => Err(Failure::Outage(format!(
+            Err(_) => Err(LaneFailure::Lost(format!(
                 "lock call: no reply from {}:{} within {:?}",
                 self.target.host, self.target.port, self.timeout
             ))),
@@ -217,7 +230,7 @@ impl Lanes {
         script: &ScriptRef,
         keys: &[&str],
         args: &[&str],
-    ) -> Result<(Connection, Reply), (Option<Connection>, Failure)> {
+    ) -> Result<(Connection, Reply), (Option<Connection>, LaneFailure)> {
         let numkeys = keys.len().to_string();
         let head = ["EVALSHA", &*script.sha, numkeys.as_str()];
         let command = || head.iter().chain(keys).chain(args).map(|s| s.as_bytes());
@@ -230,32 +243,26 @@ impl Lanes {
                     resent = true;
                     current = self.connect().await.map_err(|reason| {
                         self.pause_after(&reason);
-                        (None, Failure::Outage(reason))
+                        (None, LaneFailure::Lost(reason))
                     })?;
                 }
-                Err(Broken::Io { reason, .. }) => return Err((None, Failure::Outage(reason))),
-                Err(Broken::Reply(text)) => match classify_reply(&text) {
-                    Failure::NoScript if !loaded => {
-                        loaded = true;
-                        let load = ["SCRIPT", "LOAD", &*script.lua].map(str::as_bytes);
-                        match current.call(load.into_iter()).await {
-                            Ok(_) => {}
-                            Err(Broken::Reply(text)) => {
-                                return Err((Some(current), classify_reply(&text)))
-                            }
-                            Err(Broken::Io { reason, .. }) => {
-                                return Err((None, Failure::Outage(reason)))
-                            }
+                Err(Broken::Io { reason, .. }) => return Err((None, LaneFailure::Lost(reason))),
+                Err(Broken::Reply(text)) if is_noscript(&text) && !loaded => {
+                    loaded = true;
+                    let load = ["SCRIPT", "LOAD", &*script.lua].map(str::as_bytes);
+                    match current.call(load.into_iter()).await {
+                        Ok(_) => {}
+                        Err(Broken::Reply(text)) => {
+                            return Err((Some(current), LaneFailure::Refused(text)))
+                        }
+                        Err(Broken::Io { reason, .. }) => {
+                            return Err((None, LaneFailure::Lost(reason)))
                         }
                     }
-                    Failure::NoScript => {
-                        return Err((
-                            Some(current),
-                            Failure::Command("NOSCRIPT after SCRIPT LOAD".into()),
-                        ))
-                    }
-                    other => return Err((Some(current), other)),
-                },
+                }
+                Err(Broken::Reply(text)) => {
+                    return Err((Some(current), LaneFailure::Refused(text)))
+                }
             }
         }
     }
@@ -594,23 +601,5 @@ mod tests {
         assert!(error.contains("nested deeper"), "{error}");
         let deepest = "*1\r\n".repeat(MAX_DEPTH) + ":1\r\n";
         assert!(whole(deepest.as_bytes()).unwrap().is_some());
-    }
-
-    #[test]
-    fn error_replies_are_classified_as_the_pool_classifies_them() {
-        assert!(matches!(
-            classify_reply("NOSCRIPT No matching"),
-            Failure::NoScript
-        ));
-        for outage in ["LOADING loading", "BUSY script", "READONLY replica"] {
-            assert!(
-                matches!(classify_reply(outage), Failure::Outage(_)),
-                "{outage}"
-            );
-        }
-        match classify_reply("WRONGTYPE Operation against a key") {
-            Failure::Command(text) => assert!(text.starts_with("WRONGTYPE")),
-            other => panic!("{other:?}"),
-        }
     }
 }

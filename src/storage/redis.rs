@@ -92,7 +92,7 @@ use fred::types::{ClusterHash, CustomCommand, KeyspaceEvent, Message};
 use parking_lot::Mutex;
 use tokio::sync::broadcast;
 
-use super::lane::{Lanes, Target};
+use super::lane::{LaneFailure, Lanes, Target};
 use super::native::{self, Feature, MapReply, Plan};
 use super::op::{Op, Reply, ScriptRef};
 use super::outbox::{command_wrapper, marker_key, replay_command, script_wrapper, OutboxEntry};
@@ -356,7 +356,7 @@ fn is_outage_code(code: &str) -> bool {
 
 /// Classifies an error reply read off a connection of botfleet's own (the lock lanes), as
 /// [`classify`] does fred's.
-pub(super) fn classify_reply(text: &str) -> Failure {
+fn classify_reply(text: &str) -> Failure {
     match reply_code(text) {
         "NOSCRIPT" => Failure::NoScript,
         code if is_outage_code(code) => Failure::Outage(text.to_string()),
@@ -1024,8 +1024,11 @@ impl RedisBackend {
                 .native
                 .is_some_and(|form| native::plan(form, &self.commands(), keys, args).is_some());
             if !native {
-                if let Some(outcome) = lanes.eval(script, keys, args).await {
-                    return outcome;
+                match lanes.eval(script, keys, args).await {
+                    None => {}
+                    Some(Ok(reply)) => return Ok(reply),
+                    Some(Err(LaneFailure::Lost(reason))) => return Err(Failure::Outage(reason)),
+                    Some(Err(LaneFailure::Refused(text))) => return Err(classify_reply(&text)),
                 }
             }
         }
@@ -1363,6 +1366,24 @@ fn config_error(e: &Error) -> StorageError {
 mod tests {
     use super::*;
     use crate::settings::check_redis_url;
+
+    #[test]
+    fn error_replies_are_classified_as_the_pool_classifies_them() {
+        assert!(matches!(
+            classify_reply("NOSCRIPT No matching"),
+            Failure::NoScript
+        ));
+        for outage in ["LOADING loading", "BUSY script", "READONLY replica"] {
+            assert!(
+                matches!(classify_reply(outage), Failure::Outage(_)),
+                "{outage}"
+            );
+        }
+        match classify_reply("WRONGTYPE Operation against a key") {
+            Failure::Command(text) => assert!(text.starts_with("WRONGTYPE")),
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn one_buffer_gives_each_part_as_its_own_argument() {
