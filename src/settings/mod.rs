@@ -260,7 +260,7 @@ impl Default for RedisSettings {
             wait_timeout_ms: 100,
             wait_aof: false,
             native_commands: true,
-            lock_connections: 2,
+            lock_connections: 8,
         }
     }
 }

@@ -9,7 +9,8 @@
 //! reply and gives the connection back, with no task in between. `bench locks` measures what
 //! that saves (`--lock-connections 0` sends every lock script through the pool).
 //!
-//! `storage.redis.lock_connections` lanes are opened, lazily, when the deployment is one
+//! Up to `storage.redis.lock_connections` lanes, each connected when a call finds every
+//! connected lane busy (one call at a time needs one), when the deployment is one
 //! server reached without TLS and writes wait for no replica: a Cluster, a Sentinel
 //! deployment, `rediss://` or `wait_replicas` keep the pool, whose client follows the topology
 //! and waits as asked. A call finds a free lane or goes through the pool: it never waits for a

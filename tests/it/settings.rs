@@ -328,7 +328,7 @@ fn lock_connections_are_bounded() {
     assert_eq!(none.storage.redis.lock_connections, 0);
     let most = load_ok("[storage.redis]\nlock_connections = 64\n", &[]);
     assert_eq!(most.storage.redis.lock_connections, 64);
-    assert_eq!(load_ok("", &[]).storage.redis.lock_connections, 2);
+    assert_eq!(load_ok("", &[]).storage.redis.lock_connections, 8);
 }
 
 #[test]
