@@ -18,12 +18,14 @@
 //!
 //! Failure is the pool's: no reply within `storage.redis.timeout_ms`, a lost connection or an
 //! outage reply (`LOADING`, `BUSY`, ...) is an outage, and the connection is closed (its reply
-//! is out of step). A connection that has sat idle may have died with its server (a restart):
+//! is out of step). So is a server that does not answer a new lane's connection within
+//! `connect_timeout_ms` (or `timeout_ms`, when longer). A connection that has sat idle may have died with its server (a restart):
 //! a call on it that meets a closed socket before any byte of a reply is sent again once on a
 //! new connection, which is safe for the lock scripts (an acquisition sent twice is answered
-//! as once; a release or an extension is a compare on the token). A lane that cannot connect
-//! (a refused AUTH, `maxclients`) leaves the calls to the pool for `reconnect_max_ms`, and
-//! says so once in the log. A call dropped half-way closes its connection.
+//! as once; a release or an extension is a compare on the token). A lane whose connection is
+//! refused (a server down, a refused AUTH, `maxclients`) leaves its call to the pool, which
+//! tells an outage from an error; the lanes then stay unused for `reconnect_max_ms`, and say
+//! so once in the log. A call dropped half-way closes its connection.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -109,6 +111,22 @@ fn is_noscript(text: &str) -> bool {
     text.split_whitespace().next() == Some("NOSCRIPT")
 }
 
+/// Why a lane could not connect.
+enum Unconnected {
+    /// Nothing answered in time (a frozen or unreachable server).
+    Silent(String),
+    /// The connection or a set-up command was refused.
+    Refused(String),
+}
+
+impl Unconnected {
+    fn reason(self) -> String {
+        match self {
+            Unconnected::Silent(reason) | Unconnected::Refused(reason) => reason,
+        }
+    }
+}
+
 /// Why a call on a connection failed.
 enum Broken {
     /// The server answered an error.
@@ -167,7 +185,13 @@ impl Lanes {
             Some(connection) => connection,
             None => match self.connect().await {
                 Ok(connection) => connection,
-                Err(reason) => {
+                // No answer at all: an outage, as the pool would find it.
+                Err(Unconnected::Silent(reason)) => {
+                    self.pause_after(&reason);
+                    return Some(Err(LaneFailure::Lost(reason)));
+                }
+                // Refused (a down server, a refused AUTH, `maxclients`): the pool decides.
+                Err(Unconnected::Refused(reason)) => {
                     self.pause_after(&reason);
                     return None;
                 }
@@ -241,7 +265,8 @@ impl Lanes {
                 Ok(reply) => return Ok((current, reply)),
                 Err(Broken::Io { resendable, .. }) if resendable && !resent => {
                     resent = true;
-                    current = self.connect().await.map_err(|reason| {
+                    current = self.connect().await.map_err(|unconnected| {
+                        let reason = unconnected.reason();
                         self.pause_after(&reason);
                         (None, LaneFailure::Lost(reason))
                     })?;
@@ -268,7 +293,7 @@ impl Lanes {
     }
 
     /// A new connection, authenticated, on its database and named [`LANE_CLIENT_NAME`].
-    async fn connect(&self) -> Result<Connection, String> {
+    async fn connect(&self) -> Result<Connection, Unconnected> {
         let Target {
             host,
             port,
@@ -302,7 +327,11 @@ impl Lanes {
                 .await?;
             Ok(connection)
         };
-        match tokio::time::timeout(self.connect_timeout, setup).await {
+        // A connection made for a call is part of it: no more patience than either bound
+        // allows (a connection attempt's, or the call's when that is longer, so that a
+        // slow accept on a loaded server is not taken for an outage the pool would not see).
+        let patience = self.connect_timeout.max(self.timeout);
+        match tokio::time::timeout(patience, setup).await {
             Ok(result) => {
                 if result.is_ok() && self.failing.swap(false, Ordering::Relaxed) {
                     tracing::info!(
@@ -310,12 +339,12 @@ impl Lanes {
                         "lock lane connected again: lock scripts use their own connections"
                     );
                 }
-                result
+                result.map_err(Unconnected::Refused)
             }
-            Err(_) => Err(format!(
+            Err(_) => Err(Unconnected::Silent(format!(
                 "connecting to {host}:{port}: no answer within {:?}",
-                self.connect_timeout
-            )),
+                patience
+            ))),
         }
     }
 
