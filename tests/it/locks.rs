@@ -1662,6 +1662,28 @@ async fn lock_scripts_run_on_their_own_connections_unless_there_are_none() {
     assert_eq!(lane_clients(&server), lanes, "the lane is kept");
     fleet.shutdown().await.unwrap();
 
+    // Many calls at once: no more lanes than the setting allows; the rest use the pool.
+    let bounded = RedisServer::start().unwrap();
+    let mut s = patient(&bounded.url());
+    s.storage.redis.lock_connections = 2;
+    let fleet = Fleet::start(s).await.unwrap();
+    let locks = fleet.locks();
+    let pairs: Vec<_> = (0..64)
+        .map(|i| {
+            let locks = locks.clone();
+            tokio::spawn(async move { one_pair(&locks, &format!("lane-lock:many-{i}")).await })
+        })
+        .collect();
+    for pair in pairs {
+        pair.await.unwrap();
+    }
+    let lanes = lane_clients(&bounded);
+    assert!(
+        (1..=2).contains(&lanes.len()),
+        "at most lock_connections lanes: {lanes:?}"
+    );
+    fleet.shutdown().await.unwrap();
+
     let pooled = RedisServer::start().unwrap();
     let mut s = patient(&pooled.url());
     s.storage.redis.lock_connections = 0;
