@@ -171,11 +171,11 @@ impl Lanes {
         keys: &[&str],
         args: &[&str],
     ) -> Option<Result<Reply, LaneFailure>> {
-        let mut lane = self.free_lane()?;
+        let here = tokio::runtime::Handle::try_current().ok()?.id();
+        let mut lane = self.free_lane(here)?;
         // Out of its lane while in use: a call dropped half-way drops (closes) it. A
         // connection of another runtime is closed: its socket is driven by that runtime,
         // which may be gone (or not running this task's I/O).
-        let here = tokio::runtime::Handle::current().id();
         let idle = lane.take().filter(|connection| connection.runtime == here);
         if idle.is_none() && self.paused() {
             return None;
@@ -220,11 +220,10 @@ impl Lanes {
         Some(outcome)
     }
 
-    /// A free lane: one connected on the caller's runtime if there is one, else an
+    /// A free lane: one connected on the caller's runtime (`here`) if there is one, else an
     /// unconnected one, else one connected on another runtime; `None` when every lane is in
-    /// use or the caller is on no runtime.
-    fn free_lane(&self) -> Option<MutexGuard<'_, Option<Connection>>> {
-        let here = tokio::runtime::Handle::try_current().ok()?.id();
+    /// use.
+    fn free_lane(&self, here: RuntimeId) -> Option<MutexGuard<'_, Option<Connection>>> {
         // The best free lane seen so far, and whether it is unconnected.
         let mut best: Option<(MutexGuard<'_, Option<Connection>>, bool)> = None;
         for lane in self.lanes.iter() {

@@ -976,6 +976,29 @@ impl RedisBackend {
         keys: &[&str],
         args: &[&str],
     ) -> Result<Reply, Failure> {
+        self.eval_via(script, keys, args, None).await
+    }
+
+    /// Runs a lock script as [`RedisBackend::eval`] does, but a script that does not run as
+    /// a native command goes out on a free lock lane where there are lanes.
+    pub async fn eval_on_lane(
+        &self,
+        script: &ScriptRef,
+        keys: &[&str],
+        args: &[&str],
+    ) -> Result<Reply, Failure> {
+        self.eval_via(script, keys, args, self.lanes.as_ref()).await
+    }
+
+    /// [`RedisBackend::eval`], with the script (not its native form) sent on a free lane of
+    /// `lanes` when there is one.
+    async fn eval_via(
+        &self,
+        script: &ScriptRef,
+        keys: &[&str],
+        args: &[&str],
+        lanes: Option<&Lanes>,
+    ) -> Result<Reply, Failure> {
         let client = self.pool.next();
         let first_key = keys.first().copied();
         if let Some(form) = script.native {
@@ -991,6 +1014,15 @@ impl RedisBackend {
                     }
                     Err(e) => return Err(e),
                 }
+            }
+        }
+        // Lanes exist only where no write waits for replicas (see `assemble`).
+        if let Some(lanes) = lanes {
+            match lanes.eval(script, keys, args).await {
+                None => {}
+                Some(Ok(reply)) => return Ok(reply),
+                Some(Err(LaneFailure::Lost(reason))) => return Err(Failure::Outage(reason)),
+                Some(Err(LaneFailure::Refused(text))) => return Err(classify_reply(&text)),
             }
         }
         let evalsha = || {
@@ -1009,30 +1041,6 @@ impl RedisBackend {
         // write.
         self.wait_for_replicas(client, first_key).await?;
         Ok(reply)
-    }
-
-    /// Runs a lock script: on a free lock lane where there are lanes and the script does not
-    /// run as a native command on this server, else as [`RedisBackend::eval`] does.
-    pub async fn eval_on_lane(
-        &self,
-        script: &ScriptRef,
-        keys: &[&str],
-        args: &[&str],
-    ) -> Result<Reply, Failure> {
-        if let Some(lanes) = &self.lanes {
-            let native = script
-                .native
-                .is_some_and(|form| native::plan(form, &self.commands(), keys, args).is_some());
-            if !native {
-                match lanes.eval(script, keys, args).await {
-                    None => {}
-                    Some(Ok(reply)) => return Ok(reply),
-                    Some(Err(LaneFailure::Lost(reason))) => return Err(Failure::Outage(reason)),
-                    Some(Err(LaneFailure::Refused(text))) => return Err(classify_reply(&text)),
-                }
-            }
-        }
-        self.eval(script, keys, args).await
     }
 
     /// Calls the lock lanes served (0 without lanes).
